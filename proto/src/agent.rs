@@ -1,0 +1,367 @@
+//! Messages between the control plane and node agents over NATS.
+//!
+//! The agent is the source of truth for what a host runs (the level); the control plane's
+//! records are what it wants (the intent). Heartbeats carry a digest of the agent's inventory;
+//! when the digest differs from the last inventory the leader holds, it asks for the full
+//! inventory and reconciles. Facts are edges that only make reconciliation faster: losing one
+//! costs at most a heartbeat or two. Every command is idempotent by container id.
+
+use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ids::{ContainerId, NodeId, PoolName};
+use crate::pool::{ContainerResources, HealthCheck};
+use crate::records::{Health, Resources};
+use crate::time::Timestamp;
+
+/// Periodic liveness and load report of an agent (`pool.v1.node.<node>.heartbeat`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The sender.
+    pub node: NodeId,
+    /// Random per agent process: a change means the agent restarted.
+    pub boot_id: Uuid,
+    /// Increases with every message the agent process sends (heartbeats and facts).
+    pub seq: u64,
+    /// Agent's clock when sent.
+    pub sent_at: Timestamp,
+    /// Agent version.
+    pub agent_version: String,
+    /// The node's container /64.
+    pub ipv6_prefix: String,
+    /// The node's labels.
+    pub labels: BTreeMap<String, String>,
+    /// What the node offers to containers.
+    pub capacity: Resources,
+    /// What is in use on the node.
+    pub usage: Usage,
+    /// Containers the agent manages.
+    pub containers: u32,
+    /// [`inventory_digest`] of the agent's inventory.
+    pub inventory_digest: u64,
+}
+
+/// Load of a node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Memory in use on the host, MiB.
+    pub memory_used_mb: u64,
+    /// Memory of the host, MiB.
+    pub memory_total_mb: u64,
+    /// Host load average over one minute.
+    pub load1: f64,
+}
+
+impl Usage {
+    /// Memory in use as a share of the total, 0.0..=1.0.
+    pub fn memory_fraction(&self) -> f64 {
+        if self.memory_total_mb == 0 {
+            return 0.0;
+        }
+        self.memory_used_mb as f64 / self.memory_total_mb as f64
+    }
+}
+
+/// What Docker says a container is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObservedStatus {
+    /// Created or started, not yet probed healthy.
+    Starting,
+    /// Running.
+    Running,
+    /// Exited, died or was killed.
+    Exited,
+}
+
+/// One container as its agent sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InventoryEntry {
+    /// Warmpool's id (the `io.warmpool.id` label).
+    pub id: ContainerId,
+    /// Its pool.
+    pub pool: PoolName,
+    /// Pool generation it was made from.
+    pub generation: u64,
+    /// Docker's id.
+    pub docker_id: String,
+    /// Its IPv6 address on the node's bridge.
+    pub ipv6: Option<Ipv6Addr>,
+    /// What Docker says.
+    pub status: ObservedStatus,
+    /// The probes' verdict.
+    pub health: Health,
+    /// Exit code, once exited.
+    pub exit_code: Option<i64>,
+    /// Killed by the OOM killer.
+    pub oom_killed: bool,
+    /// Last time its network counters moved.
+    pub last_activity_at: Option<Timestamp>,
+}
+
+/// Everything an agent manages, at one moment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// The node.
+    pub node: NodeId,
+    /// The agent process.
+    pub boot_id: Uuid,
+    /// The agent's message counter when taken.
+    pub seq: u64,
+    /// The agent's clock when taken.
+    pub taken_at: Timestamp,
+    /// The containers, sorted by id.
+    pub containers: Vec<InventoryEntry>,
+}
+
+impl Inventory {
+    /// [`inventory_digest`] of these containers.
+    pub fn digest(&self) -> u64 {
+        inventory_digest(&self.containers)
+    }
+}
+
+/// A digest of what matters for reconciliation in an inventory: ids, status, health verdict,
+/// address. Independent of order. FNV-1a, so both sides compute it the same way with no
+/// dependency.
+pub fn inventory_digest(entries: &[InventoryEntry]) -> u64 {
+    let mut keys: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{}|{:?}|{}|{}",
+                e.id,
+                e.status,
+                e.health.as_str(),
+                e.ipv6.map(|a| a.to_string()).unwrap_or_default()
+            )
+        })
+        .collect();
+    keys.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for key in keys {
+        for b in key.bytes().chain(std::iter::once(b'\n')) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// An edge in an agent's inventory (`pool.v1.node.<node>.facts`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "fact", rename_all = "snake_case")]
+pub enum Fact {
+    /// A container's entry changed (started, became healthy or unhealthy, exited).
+    Observed {
+        /// The sender.
+        node: NodeId,
+        /// The agent's message counter.
+        seq: u64,
+        /// The container's entry now.
+        entry: InventoryEntry,
+    },
+    /// A container is gone from the host (removed, or destroyed on command).
+    Gone {
+        /// The sender.
+        node: NodeId,
+        /// The agent's message counter.
+        seq: u64,
+        /// The container.
+        id: ContainerId,
+        /// Why.
+        reason: String,
+    },
+    /// Creating a container failed; nothing of it is left on the host.
+    CreateFailed {
+        /// The sender.
+        node: NodeId,
+        /// The agent's message counter.
+        seq: u64,
+        /// The container.
+        id: ContainerId,
+        /// Docker's error.
+        error: String,
+    },
+}
+
+impl Fact {
+    /// The node that sent the fact.
+    pub fn node(&self) -> &NodeId {
+        match self {
+            Fact::Observed { node, .. } | Fact::Gone { node, .. } | Fact::CreateFailed { node, .. } => {
+                node
+            }
+        }
+    }
+}
+
+/// Everything an agent needs to make one container.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreateSpec {
+    /// Its id, to become the `io.warmpool.id` label.
+    pub id: ContainerId,
+    /// Its pool.
+    pub pool: PoolName,
+    /// Pool generation it is made from.
+    pub generation: u64,
+    /// Docker image.
+    pub image: String,
+    /// Command; empty means the image's.
+    pub command: Vec<String>,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Service port.
+    pub port: u16,
+    /// Limits.
+    pub resources: ContainerResources,
+    /// Health check the agent runs.
+    pub health: HealthCheck,
+}
+
+/// A command from the leader to an agent (`pool.v1.node.<node>.cmd`, request/reply).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AgentCommand {
+    /// Make this container, if it does not exist yet. Answered once accepted; progress
+    /// arrives as facts.
+    Create(CreateSpec),
+    /// Remove this container, if it exists. Answered once it is gone.
+    Destroy {
+        /// The container.
+        id: ContainerId,
+        /// Why, for the agent's log.
+        reason: String,
+    },
+    /// Send the full inventory.
+    Inventory,
+}
+
+/// An agent's answer to an [`AgentCommand`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum AgentReply {
+    /// The create was accepted (or the container already exists).
+    Accepted,
+    /// The container is gone; `existed` says whether there was anything to remove.
+    Destroyed {
+        /// Whether the container existed.
+        existed: bool,
+    },
+    /// The full inventory.
+    Inventory(Inventory),
+    /// The command could not be carried out.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(status: ObservedStatus, health: Health) -> InventoryEntry {
+        InventoryEntry {
+            id: ContainerId::new(),
+            pool: PoolName::new("demo").unwrap(),
+            generation: 1,
+            docker_id: "abc".into(),
+            ipv6: Some("fd36:1::2".parse().unwrap()),
+            status,
+            health,
+            exit_code: None,
+            oom_killed: false,
+            last_activity_at: None,
+        }
+    }
+
+    #[test]
+    fn digest_ignores_order_and_sees_health() {
+        let a = entry(ObservedStatus::Running, Health::Healthy);
+        let b = entry(ObservedStatus::Starting, Health::Unknown);
+        let d1 = inventory_digest(&[a.clone(), b.clone()]);
+        assert_eq!(d1, inventory_digest(&[b.clone(), a.clone()]));
+        let mut sick = a.clone();
+        sick.health = Health::Unhealthy { consecutive_failures: 3 };
+        assert_ne!(d1, inventory_digest(&[sick, b.clone()]));
+        assert_ne!(d1, inventory_digest(&[a]));
+        assert_ne!(inventory_digest(&[]), inventory_digest(&[b]));
+    }
+
+    #[test]
+    fn commands_and_replies_round_trip() {
+        let cmds = vec![
+            AgentCommand::Destroy { id: ContainerId::new(), reason: "released".into() },
+            AgentCommand::Inventory,
+            AgentCommand::Create(CreateSpec {
+                id: ContainerId::new(),
+                pool: PoolName::new("demo").unwrap(),
+                generation: 2,
+                image: "warmpool-demo:latest".into(),
+                command: vec![],
+                env: BTreeMap::new(),
+                port: 8080,
+                resources: ContainerResources::default(),
+                health: HealthCheck::default(),
+            }),
+        ];
+        for c in cmds {
+            let json = serde_json::to_vec(&c).unwrap();
+            assert_eq!(serde_json::from_slice::<AgentCommand>(&json).unwrap(), c);
+        }
+        let inv = Inventory {
+            node: NodeId::new("n1").unwrap(),
+            boot_id: Uuid::now_v7(),
+            seq: 9,
+            taken_at: Timestamp(5),
+            containers: vec![entry(ObservedStatus::Exited, Health::Unknown)],
+        };
+        for r in [
+            AgentReply::Accepted,
+            AgentReply::Destroyed { existed: true },
+            AgentReply::Inventory(inv),
+            AgentReply::Error { message: "no such image".into() },
+        ] {
+            let json = serde_json::to_vec(&r).unwrap();
+            assert_eq!(serde_json::from_slice::<AgentReply>(&json).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn facts_round_trip_and_garbage_is_an_error() {
+        let f = Fact::Gone {
+            node: NodeId::new("n1").unwrap(),
+            seq: 3,
+            id: ContainerId::new(),
+            reason: "oom".into(),
+        };
+        let json = serde_json::to_vec(&f).unwrap();
+        assert_eq!(serde_json::from_slice::<Fact>(&json).unwrap(), f);
+        assert!(serde_json::from_slice::<Fact>(b"{\"fact\":\"exploded\"}").is_err());
+        assert!(serde_json::from_slice::<Fact>(b"\xff\x00").is_err());
+    }
+
+    #[test]
+    fn heartbeat_round_trips() {
+        let hb = Heartbeat {
+            node: NodeId::new("n1").unwrap(),
+            boot_id: Uuid::now_v7(),
+            seq: 1,
+            sent_at: Timestamp(10),
+            agent_version: "0.1.0".into(),
+            ipv6_prefix: "fd36:1::/64".into(),
+            labels: BTreeMap::from([("region".into(), "eu".into())]),
+            capacity: Resources { cpu_millis: 2000, memory_mb: 4096 },
+            usage: Usage { memory_used_mb: 1024, memory_total_mb: 4096, load1: 0.5 },
+            containers: 3,
+            inventory_digest: 77,
+        };
+        let json = serde_json::to_vec(&hb).unwrap();
+        assert_eq!(serde_json::from_slice::<Heartbeat>(&json).unwrap(), hb);
+        assert!((hb.usage.memory_fraction() - 0.25).abs() < 1e-9);
+    }
+}

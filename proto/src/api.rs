@@ -1,0 +1,285 @@
+//! REST API v1 bodies. Requests reject unknown fields.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{MemberId, NodeId, PoolName, SessionId};
+use crate::records::{Node, NodeStatus, Pool};
+use crate::time::Timestamp;
+
+/// Every error answer: `{"error":{"code":"…","message":"…"}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// A machine-readable code and a human-readable message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable, snake_case: `not_found`, `bad_request`, `no_capacity`, `no_quorum`, ...
+    pub code: String,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+/// `POST /v1/allocations`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAllocation {
+    /// The pool to allocate from.
+    pub pool: PoolName,
+    /// The caller's session; a new one is made up when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<SessionId>,
+    /// Lease length; the pool's `lease_seconds` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<u64>,
+    /// How long to wait for a warm container when none is free (at most 60000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    /// Retrying with the same key returns the same allocation, never a second one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// Longest `wait_ms` an allocation may ask for.
+pub const MAX_WAIT_MS: u64 = 60_000;
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+/// `POST /v1/allocations/{id}/renew`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewAllocation {
+    /// New lease length from now; the pool's `lease_seconds` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<u64>,
+}
+
+/// Counts of containers by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Live containers (creating, warm, allocated, releasing).
+    pub total: u32,
+    /// Being made.
+    pub creating: u32,
+    /// Warm and healthy, ready to hand out.
+    pub warm: u32,
+    /// Handed out.
+    pub allocated: u32,
+    /// Being destroyed.
+    pub releasing: u32,
+    /// Live but failing their health checks.
+    pub unhealthy: u32,
+}
+
+/// One pool in `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// The pool.
+    pub name: PoolName,
+    /// Its spec generation.
+    pub generation: u64,
+    /// Containers by state.
+    pub counts: Counts,
+    /// Warm containers the pool is aiming for.
+    pub wanted: u32,
+    /// `min_warm` of the spec.
+    pub min_warm: u32,
+    /// `max_warm` of the spec.
+    pub max_warm: u32,
+    /// `max_total` of the spec.
+    pub max_total: u32,
+}
+
+/// One node in `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeCounts {
+    /// The node.
+    pub node: NodeId,
+    /// Its status.
+    pub status: NodeStatus,
+    /// Its containers by state.
+    pub counts: Counts,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// Over every pool.
+    pub totals: Counts,
+    /// Per pool, by name.
+    pub pools: Vec<PoolStatus>,
+    /// Per node, by id.
+    pub nodes: Vec<NodeCounts>,
+    /// Raft index the answer reflects.
+    pub applied_index: u64,
+}
+
+/// A pool in `GET /v1/pools` and `GET /v1/pools/{name}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolView {
+    /// Spec and bookkeeping.
+    #[serde(flatten)]
+    pub pool: Pool,
+    /// Its containers by state.
+    pub counts: Counts,
+    /// Warm containers the pool is aiming for.
+    pub wanted: u32,
+}
+
+/// A node in `GET /v1/nodes`: the replicated record and what the answering member has heard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The replicated record.
+    #[serde(flatten)]
+    pub node: Node,
+    /// When this control-plane member last heard a heartbeat, if it has.
+    pub last_heartbeat_at: Option<Timestamp>,
+    /// Milliseconds since that heartbeat.
+    pub heartbeat_age_ms: Option<u64>,
+    /// Memory in use on the host, 0.0..=1.0, from the last heartbeat.
+    pub memory_fraction: Option<f64>,
+    /// Its containers by state.
+    pub counts: Counts,
+}
+
+/// `GET /v1/health`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthView {
+    /// `ok`.
+    pub status: String,
+    /// The answering member.
+    pub member: MemberId,
+    /// Software version.
+    pub version: String,
+}
+
+/// A control-plane member in `GET /v1/cluster`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Raft id.
+    pub id: MemberId,
+    /// Its REST API address, as it announced it.
+    pub api_addr: String,
+    /// `voter` or `learner`.
+    pub role: String,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The answering member.
+    pub member: MemberId,
+    /// The leader it knows of.
+    pub leader: Option<MemberId>,
+    /// Raft term.
+    pub term: u64,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub state: String,
+    /// Members of the cluster.
+    pub members: Vec<MemberView>,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Last applied index.
+    pub applied_index: Option<u64>,
+    /// Last index in the latest snapshot.
+    pub snapshot_index: Option<u64>,
+}
+
+/// `POST /v1/cluster/members`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    /// The new member's Raft id.
+    pub id: MemberId,
+    /// Its REST API address.
+    pub api_addr: String,
+}
+
+/// `GET /v1/events` query.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    /// Only events with `seq` above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// At most this many (default 100, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Newest first, for paging back from `before`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+    /// Only this pool's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Only this container's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Only this session's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Only these kinds, comma-separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Only this node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// `GET /v1/containers` query.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerQuery {
+    /// Only this pool's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Only on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Only in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Only held by this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+/// Labels given to a node, as `key=value` pairs.
+pub type Labels = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_request_minimal_and_strict() {
+        let req: CreateAllocation = serde_json::from_str(r#"{"pool":"demo"}"#).unwrap();
+        assert_eq!(req.pool.as_str(), "demo");
+        assert!(req.wait_ms.is_none());
+        assert!(serde_json::from_str::<CreateAllocation>(r#"{"pool":"demo","x":1}"#).is_err());
+        assert!(serde_json::from_str::<CreateAllocation>(r#"{}"#).is_err());
+        let full = CreateAllocation {
+            pool: PoolName::new("demo").unwrap(),
+            session_id: Some(SessionId::new("s").unwrap()),
+            lease_seconds: Some(5),
+            wait_ms: Some(100),
+            idempotency_key: Some("k".into()),
+        };
+        let json = serde_json::to_string(&full).unwrap();
+        assert_eq!(serde_json::from_str::<CreateAllocation>(&json).unwrap(), full);
+    }
+
+    #[test]
+    fn error_body_shape() {
+        let e = ErrorBody {
+            error: ErrorDetail { code: "not_found".into(), message: "no pool x".into() },
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"error":{"code":"not_found","message":"no pool x"}}"#
+        );
+    }
+}

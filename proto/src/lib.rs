@@ -1,0 +1,46 @@
+//! Wire types of Warmpool, shared by the control plane, the node agent and `poolctl`.
+//!
+//! Nothing here does IO. Every type that crosses a process boundary lives in this crate, so a
+//! change to the protocol is a change to one place:
+//!
+//! - [`ids`]: identifiers (`ContainerId`, `NodeId`, `PoolName`, ...), validated on parse.
+//! - [`time`]: [`Timestamp`], milliseconds since the Unix epoch, RFC 3339 on the wire.
+//! - [`pool`]: [`PoolSpec`] and its parts (health check, resources, constraints).
+//! - [`records`]: container, node and allocation records as the control plane keeps them.
+//! - [`event`]: the lifecycle event log.
+//! - [`agent`]: messages between the control plane and node agents over NATS.
+//! - [`subjects`]: the NATS subject names, all under `pool.v1`.
+//! - [`api`]: REST request and response bodies.
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod api;
+pub mod event;
+pub mod ids;
+pub mod pool;
+pub mod records;
+pub mod subjects;
+pub mod time;
+
+pub use event::{Event, EventKind};
+pub use ids::{AllocationId, ContainerId, MemberId, NodeId, PoolName, SessionId};
+pub use pool::{HealthCheck, HealthProbe, PoolSpec};
+pub use records::{Allocation, Container, ContainerState, Health, Node, NodeStatus};
+pub use time::Timestamp;
+
+/// Protocol version carried in every NATS subject and REST path.
+pub const PROTOCOL_VERSION: &str = "v1";
+
+/// Docker label holding a container's [`ContainerId`].
+pub const LABEL_ID: &str = "io.warmpool.id";
+/// Docker label holding a container's pool name.
+pub const LABEL_POOL: &str = "io.warmpool.pool";
+/// Docker label holding the id of the node that made the container.
+pub const LABEL_NODE: &str = "io.warmpool.node";
+/// Docker label holding the pool generation the container was made from.
+pub const LABEL_GENERATION: &str = "io.warmpool.generation";
+/// Docker label holding the container's health check as JSON, so a restarted agent can probe
+/// adopted containers without asking the control plane.
+pub const LABEL_HEALTH: &str = "io.warmpool.health";
+/// Docker label holding the container's service port.
+pub const LABEL_PORT: &str = "io.warmpool.port";

@@ -1,0 +1,350 @@
+//! Pool specifications.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::PoolName;
+
+/// What a pool's containers are and how many of them to keep warm.
+///
+/// Every field but `name` and `image` has a default, so `{"name":"demo","image":"busybox"}` is
+/// a complete spec. Unknown fields are rejected: a misspelt `min_wram` must not silently mean 0.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// The pool's name, unique in the cluster.
+    pub name: PoolName,
+    /// Docker image reference. It must already be present on every node (no pulls).
+    pub image: String,
+    /// Command and arguments; empty means the image's own command.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The TCP port the workload serves on, inside the container.
+    #[serde(default = "defaults::port")]
+    pub port: u16,
+    /// Environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Per-container resource limits.
+    #[serde(default)]
+    pub resources: ContainerResources,
+    /// The floor: warm containers the pool always tries to keep.
+    #[serde(default)]
+    pub min_warm: u32,
+    /// The ceiling for warm containers; defaults to `min_warm`.
+    #[serde(default)]
+    pub max_warm: Option<u32>,
+    /// Hard limit on live containers of this pool (warm, creating and allocated together).
+    #[serde(default = "defaults::max_total")]
+    pub max_total: u32,
+    /// How the agent decides that a container is healthy.
+    #[serde(default)]
+    pub health: HealthCheck,
+    /// Lease given to an allocation that asks for none.
+    #[serde(default = "defaults::lease_seconds")]
+    pub lease_seconds: u64,
+    /// Cap on an allocation's total life, renewals included. None: no cap.
+    #[serde(default)]
+    pub max_lifetime_secs: Option<u64>,
+    /// Release an allocated container after this long without network activity.
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u64>,
+    /// What happens to a released container.
+    #[serde(default)]
+    pub reuse: ReusePolicy,
+    /// Node labels a node must carry to host this pool, e.g. `{"region": "eu"}`.
+    #[serde(default)]
+    pub constraints: BTreeMap<String, String>,
+    /// How fast the pool grows.
+    #[serde(default)]
+    pub scaling: Scaling,
+}
+
+/// Limits applied to each container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerResources {
+    /// CPU in thousandths of a core.
+    #[serde(default = "defaults::cpu_millis")]
+    pub cpu_millis: u64,
+    /// Memory limit in MiB.
+    #[serde(default = "defaults::memory_mb")]
+    pub memory_mb: u64,
+    /// Maximum number of processes.
+    #[serde(default = "defaults::pids")]
+    pub pids: i64,
+}
+
+impl Default for ContainerResources {
+    fn default() -> Self {
+        ContainerResources {
+            cpu_millis: defaults::cpu_millis(),
+            memory_mb: defaults::memory_mb(),
+            pids: defaults::pids(),
+        }
+    }
+}
+
+/// A health check: what to probe, how often, and when to give up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// What to probe.
+    #[serde(default)]
+    pub probe: HealthProbe,
+    /// Time between probes.
+    #[serde(default = "defaults::interval_ms")]
+    pub interval_ms: u64,
+    /// Time a probe may take.
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive failures that make a container unhealthy.
+    #[serde(default = "defaults::failure_threshold")]
+    pub failure_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            probe: HealthProbe::default(),
+            interval_ms: defaults::interval_ms(),
+            timeout_ms: defaults::timeout_ms(),
+            failure_threshold: defaults::failure_threshold(),
+        }
+    }
+}
+
+/// The probe itself, sent to the container's IPv6 address and service port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HealthProbe {
+    /// `GET path` must answer 2xx or 3xx.
+    Http {
+        /// Request path, starting with `/`.
+        path: String,
+    },
+    /// A TCP connection must be accepted.
+    Tcp,
+}
+
+impl Default for HealthProbe {
+    fn default() -> Self {
+        HealthProbe::Http { path: "/".into() }
+    }
+}
+
+/// What happens to a container after its allocation ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReusePolicy {
+    /// Destroyed and replaced; never handed to another session.
+    #[default]
+    Never,
+}
+
+/// Pacing of scale-ups.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scaling {
+    /// Containers asked for at once per pool.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: u32,
+    /// Pause between batches.
+    #[serde(default = "defaults::pacing_ms")]
+    pub pacing_ms: u64,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Scaling {
+            batch_size: defaults::batch_size(),
+            pacing_ms: defaults::pacing_ms(),
+        }
+    }
+}
+
+mod defaults {
+    pub fn port() -> u16 {
+        8080
+    }
+    pub fn max_total() -> u32 {
+        100
+    }
+    pub fn lease_seconds() -> u64 {
+        600
+    }
+    pub fn cpu_millis() -> u64 {
+        500
+    }
+    pub fn memory_mb() -> u64 {
+        128
+    }
+    pub fn pids() -> i64 {
+        256
+    }
+    pub fn interval_ms() -> u64 {
+        1000
+    }
+    pub fn timeout_ms() -> u64 {
+        1000
+    }
+    pub fn failure_threshold() -> u32 {
+        3
+    }
+    pub fn batch_size() -> u32 {
+        4
+    }
+    pub fn pacing_ms() -> u64 {
+        200
+    }
+}
+
+/// Why a pool spec was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid pool spec: {0}")]
+pub struct SpecError(pub String);
+
+impl PoolSpec {
+    /// A spec with every default, for `image`.
+    pub fn new(name: PoolName, image: impl Into<String>) -> Self {
+        PoolSpec {
+            name,
+            image: image.into(),
+            command: Vec::new(),
+            port: defaults::port(),
+            env: BTreeMap::new(),
+            resources: ContainerResources::default(),
+            min_warm: 0,
+            max_warm: None,
+            max_total: defaults::max_total(),
+            health: HealthCheck::default(),
+            lease_seconds: defaults::lease_seconds(),
+            max_lifetime_secs: None,
+            idle_timeout_secs: None,
+            reuse: ReusePolicy::Never,
+            constraints: BTreeMap::new(),
+            scaling: Scaling::default(),
+        }
+    }
+
+    /// The ceiling for warm containers (`max_warm`, or `min_warm` when unset).
+    pub fn max_warm(&self) -> u32 {
+        self.max_warm.unwrap_or(self.min_warm).max(self.min_warm)
+    }
+
+    /// Checks the relations between fields that serde cannot.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let fail = |m: String| Err(SpecError(m));
+        if self.image.trim().is_empty() {
+            return fail("image must not be empty".into());
+        }
+        if self.port == 0 {
+            return fail("port must be 1..=65535".into());
+        }
+        if let Some(max) = self.max_warm {
+            if max < self.min_warm {
+                return fail(format!("max_warm ({max}) is below min_warm ({})", self.min_warm));
+            }
+        }
+        if self.max_warm() > self.max_total {
+            return fail(format!(
+                "max_total ({}) is below the warm ceiling ({})",
+                self.max_total,
+                self.max_warm()
+            ));
+        }
+        if self.max_total > 10_000 {
+            return fail("max_total must be at most 10000".into());
+        }
+        if self.resources.cpu_millis < 10 {
+            return fail("resources.cpu_millis must be at least 10".into());
+        }
+        if self.resources.memory_mb < 6 {
+            return fail("resources.memory_mb must be at least 6 (Docker's minimum)".into());
+        }
+        if self.resources.pids < 1 {
+            return fail("resources.pids must be at least 1".into());
+        }
+        let h = &self.health;
+        if h.interval_ms < 100 || h.timeout_ms == 0 || h.failure_threshold == 0 {
+            return fail(
+                "health needs interval_ms >= 100, timeout_ms >= 1 and failure_threshold >= 1"
+                    .into(),
+            );
+        }
+        if let HealthProbe::Http { path } = &h.probe {
+            if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace()) {
+                return fail(format!(
+                    "health.probe.path {path:?} must start with '/' and hold no spaces"
+                ));
+            }
+        }
+        if self.lease_seconds == 0 {
+            return fail("lease_seconds must be at least 1".into());
+        }
+        if self.scaling.batch_size == 0 {
+            return fail("scaling.batch_size must be at least 1".into());
+        }
+        if self.env.keys().any(|k| k.is_empty() || k.contains('=')) {
+            return fail("env names must be non-empty and hold no '='".into());
+        }
+        if self.constraints.keys().any(|k| k.is_empty()) {
+            return fail("constraint keys must be non-empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> PoolSpec {
+        PoolSpec::new(PoolName::new("demo").unwrap(), "warmpool-demo:latest")
+    }
+
+    #[test]
+    fn minimal_json_gets_every_default() {
+        let spec: PoolSpec =
+            serde_json::from_str(r#"{"name":"demo","image":"warmpool-demo:latest"}"#).unwrap();
+        assert_eq!(spec, demo());
+        spec.validate().unwrap();
+    }
+
+    #[test]
+    fn round_trips_with_every_field() {
+        let mut spec = demo();
+        spec.command = vec!["/bin/busybox".into(), "httpd".into()];
+        spec.env.insert("A".into(), "1".into());
+        spec.min_warm = 3;
+        spec.max_warm = Some(5);
+        spec.health.probe = HealthProbe::Tcp;
+        spec.constraints.insert("region".into(), "eu".into());
+        spec.idle_timeout_secs = Some(30);
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<PoolSpec>(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<PoolSpec>(r#"{"name":"d","image":"i","min_wram":3}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("min_wram"), "{err}");
+    }
+
+    #[test]
+    fn validate_catches_inconsistent_sizes() {
+        let mut spec = demo();
+        spec.min_warm = 5;
+        spec.max_warm = Some(2);
+        assert!(spec.validate().is_err());
+        spec.max_warm = None;
+        spec.max_total = 4;
+        assert!(spec.validate().is_err());
+        spec.max_total = 5;
+        spec.validate().unwrap();
+        spec.health.probe = HealthProbe::Http { path: "no-slash".into() };
+        assert!(spec.validate().is_err());
+    }
+}

@@ -1,0 +1,305 @@
+//! Records the control plane keeps in its replicated state and serves over the API.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv6Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AllocationId, ContainerId, NodeId, PoolName, SessionId};
+use crate::pool::PoolSpec;
+use crate::time::Timestamp;
+
+/// Where a container is in its life.
+///
+/// `creating → warm → allocated → releasing → terminated`; any live state may end in `failed`
+/// (it never became usable) or `terminated` (it was lost or destroyed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    /// Planned by the control plane; the agent is making it or about to.
+    Creating,
+    /// Running, healthy and waiting to be handed out.
+    Warm,
+    /// Handed to a session.
+    Allocated,
+    /// Released; the agent is destroying it.
+    Releasing,
+    /// Gone.
+    Terminated,
+    /// Never became warm.
+    Failed,
+}
+
+impl ContainerState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [ContainerState; 6] = [
+        ContainerState::Creating,
+        ContainerState::Warm,
+        ContainerState::Allocated,
+        ContainerState::Releasing,
+        ContainerState::Terminated,
+        ContainerState::Failed,
+    ];
+
+    /// The state's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerState::Creating => "creating",
+            ContainerState::Warm => "warm",
+            ContainerState::Allocated => "allocated",
+            ContainerState::Releasing => "releasing",
+            ContainerState::Terminated => "terminated",
+            ContainerState::Failed => "failed",
+        }
+    }
+
+    /// True until the container is terminated or failed.
+    pub fn is_live(self) -> bool {
+        !matches!(self, ContainerState::Terminated | ContainerState::Failed)
+    }
+}
+
+impl fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ContainerState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ContainerState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown container state {s:?}"))
+    }
+}
+
+/// The verdict of a container's health probes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Health {
+    /// Not probed successfully yet.
+    #[default]
+    Unknown,
+    /// The last probe passed.
+    Healthy,
+    /// At least `failure_threshold` consecutive probes failed.
+    Unhealthy {
+        /// Consecutive failed probes so far.
+        consecutive_failures: u32,
+    },
+}
+
+impl Health {
+    /// The verdict's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy { .. } => "unhealthy",
+        }
+    }
+}
+
+/// A container as the control plane knows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Container {
+    /// Its id, also the Docker label `io.warmpool.id`.
+    pub id: ContainerId,
+    /// The pool it belongs to.
+    pub pool: PoolName,
+    /// The node it runs on.
+    pub node: NodeId,
+    /// The pool generation (spec version) it was made from.
+    pub generation: u64,
+    /// Lifecycle state.
+    pub state: ContainerState,
+    /// Health verdict as last reported by its agent.
+    pub health: Health,
+    /// Docker's id, once the agent has made it.
+    pub docker_id: Option<String>,
+    /// Its address on the node's /64.
+    pub ipv6: Option<Ipv6Addr>,
+    /// The service port.
+    pub port: u16,
+    /// The session holding it, while allocated.
+    pub session: Option<SessionId>,
+    /// The allocation holding it, while allocated.
+    pub allocation: Option<AllocationId>,
+    /// When the control plane planned it.
+    pub created_at: Timestamp,
+    /// When it first became warm.
+    pub warm_at: Option<Timestamp>,
+    /// When it was allocated.
+    pub allocated_at: Option<Timestamp>,
+    /// Last network activity seen by the agent.
+    pub last_activity_at: Option<Timestamp>,
+    /// When the lease of its allocation runs out.
+    pub lease_expires_at: Option<Timestamp>,
+    /// When it was released.
+    pub released_at: Option<Timestamp>,
+    /// When it was terminated or failed.
+    pub ended_at: Option<Timestamp>,
+    /// Why it was released, terminated or failed.
+    pub reason: Option<String>,
+    /// Raft log index at which it was first seen running, if it was. An inventory requested
+    /// after this index that lacks the container proves it is gone.
+    pub observed_index: Option<u64>,
+}
+
+impl Container {
+    /// `http://[ipv6]:port`, once the container has an address.
+    pub fn url(&self) -> Option<String> {
+        self.ipv6.map(|ip| format!("http://[{ip}]:{}", self.port))
+    }
+}
+
+/// A Docker host's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// Takes new containers.
+    Ready,
+    /// Keeps what it has, takes nothing new.
+    Cordoned,
+    /// Takes nothing new; its warm containers move elsewhere.
+    Draining,
+    /// Missed its heartbeats; its containers are gone from the pool.
+    Down,
+}
+
+impl NodeStatus {
+    /// The status's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Ready => "ready",
+            NodeStatus::Cordoned => "cordoned",
+            NodeStatus::Draining => "draining",
+            NodeStatus::Down => "down",
+        }
+    }
+}
+
+/// CPU and memory of a node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU in thousandths of a core.
+    pub cpu_millis: u64,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+}
+
+/// A Docker host running an agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Its id.
+    pub id: NodeId,
+    /// The /64 its containers get addresses from, e.g. `fd36:1::/64`.
+    pub ipv6_prefix: String,
+    /// Labels matched by pool constraints.
+    pub labels: BTreeMap<String, String>,
+    /// What it can hold.
+    pub capacity: Resources,
+    /// Scheduling status.
+    pub status: NodeStatus,
+    /// Version of its agent.
+    pub agent_version: String,
+    /// When it first joined.
+    pub joined_at: Timestamp,
+    /// When its status last changed.
+    pub status_changed_at: Timestamp,
+    /// Why it is down, cordoned or draining.
+    pub reason: Option<String>,
+}
+
+/// Whether an allocation still holds its container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationState {
+    /// The session holds the container.
+    Active,
+    /// Over; the container is being or has been destroyed.
+    Released,
+}
+
+/// Why an allocation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseReason {
+    /// The client released it.
+    Client,
+    /// Its lease ran out.
+    Expired,
+    /// No network activity for the pool's `idle_timeout_secs`.
+    Idle,
+    /// Its container became unhealthy.
+    Unhealthy,
+    /// Its container or node was lost.
+    Lost,
+    /// Its pool was deleted.
+    PoolDeleted,
+}
+
+impl ReleaseReason {
+    /// The reason's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseReason::Client => "client",
+            ReleaseReason::Expired => "expired",
+            ReleaseReason::Idle => "idle",
+            ReleaseReason::Unhealthy => "unhealthy",
+            ReleaseReason::Lost => "lost",
+            ReleaseReason::PoolDeleted => "pool_deleted",
+        }
+    }
+}
+
+/// A container handed to a session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// Its id.
+    pub id: AllocationId,
+    /// The session holding it.
+    pub session_id: SessionId,
+    /// The pool it came from.
+    pub pool: PoolName,
+    /// The container.
+    pub container_id: ContainerId,
+    /// The node the container runs on.
+    pub node: NodeId,
+    /// The container's address.
+    pub ipv6: Option<Ipv6Addr>,
+    /// The container's service port.
+    pub port: u16,
+    /// `http://[ipv6]:port`.
+    pub url: Option<String>,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When its lease runs out unless renewed.
+    pub expires_at: Timestamp,
+    /// The latest `expires_at` renewals may reach (`max_lifetime_secs`).
+    pub max_expires_at: Option<Timestamp>,
+    /// The caller's key that makes retries safe.
+    pub idempotency_key: Option<String>,
+    /// Active or released.
+    pub state: AllocationState,
+    /// When it was released.
+    pub released_at: Option<Timestamp>,
+    /// Why it was released.
+    pub release_reason: Option<ReleaseReason>,
+}
+
+/// A pool as stored: its spec and bookkeeping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    /// The spec as last set.
+    pub spec: PoolSpec,
+    /// Bumped on every spec change; containers of older generations are never handed out.
+    pub generation: u64,
+    /// When the pool was created.
+    pub created_at: Timestamp,
+    /// When the spec last changed.
+    pub updated_at: Timestamp,
+}
