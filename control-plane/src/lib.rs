@@ -1,0 +1,14 @@
+//! Warmpool's control plane.
+//!
+//! Layout:
+//! - [`state`]: the replicated state machine, pure: commands in, state and events out.
+//! - `raft`: openraft storage on sled and the Raft network over NATS.
+//! - `cluster`: writes (forwarded to the leader) and reads (local or linearizable).
+//! - `placement` and `keepwarm`: pure decisions of where and how many containers to make.
+//! - `reconcile`: pure comparison of what the state wants with what agents report.
+//! - `agents`: the NATS edge to node agents: heartbeats, facts, commands.
+//! - `leader`: the loop the leader runs to carry out those decisions.
+//! - `api`: the REST API and event stream.
+#![warn(missing_docs)]
+
+pub mod state;

@@ -1,0 +1,831 @@
+//! Applying one command: every state transition and the events it derives.
+
+use warmpool_proto::agent::{InventoryEntry, ObservedStatus};
+use warmpool_proto::records::{AllocationState, NodeStatus, Pool, ReleaseReason};
+use warmpool_proto::{
+    Allocation, AllocationId, Container, ContainerId, ContainerState, Event, EventKind, Health,
+    Node, NodeId, PoolName, PoolSpec, SessionId, Timestamp,
+};
+
+use super::{
+    Command, PoolState, RejectCode, Request, Response, ENDED_CONTAINER_RETENTION, EVENT_RETENTION,
+    RELEASED_ALLOCATION_RETENTION,
+};
+
+/// The log position and clock of the command being applied.
+#[derive(Clone, Copy)]
+struct Ctx {
+    index: u64,
+    at: Timestamp,
+}
+
+/// Fields of an event besides its position; filled by the `emit` helpers.
+#[derive(Clone, Default)]
+struct EventBody {
+    pool: Option<PoolName>,
+    container: Option<ContainerId>,
+    node: Option<NodeId>,
+    session: Option<SessionId>,
+    allocation: Option<warmpool_proto::AllocationId>,
+    reason: Option<String>,
+    detail: Option<serde_json::Value>,
+}
+
+impl EventBody {
+    fn of_container(c: &Container) -> Self {
+        EventBody {
+            pool: Some(c.pool.clone()),
+            container: Some(c.id),
+            node: Some(c.node.clone()),
+            session: c.session.clone(),
+            allocation: c.allocation,
+            ..Default::default()
+        }
+    }
+
+    fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+}
+
+impl PoolState {
+    /// Applies the entry at log `index`. Never fails: a command that cannot be carried out
+    /// answers [`Response::Rejected`] and leaves the state as it was.
+    pub fn apply(&mut self, index: u64, req: Request) -> Response {
+        let ctx = Ctx { index, at: req.at };
+        self.applied_index = index;
+        match req.cmd {
+            Command::CreatePool { spec } => self.create_pool(ctx, spec),
+            Command::PutPool { spec } => self.put_pool(ctx, spec),
+            Command::DeletePool { name } => self.delete_pool(ctx, &name),
+            Command::PlanContainers {
+                pool,
+                generation,
+                placements,
+            } => self.plan(ctx, &pool, generation, placements),
+            Command::Observe { node, entries } => {
+                for entry in entries {
+                    self.observe(ctx, &node, entry);
+                }
+                Response::Ok
+            }
+            Command::ContainersGone { gone } => {
+                for (id, reason) in gone {
+                    self.container_gone(ctx, id, &reason);
+                }
+                Response::Ok
+            }
+            Command::RetireContainers { ids, reason } => {
+                for id in ids {
+                    self.retire(ctx, id, &reason);
+                }
+                Response::Ok
+            }
+            Command::Allocate {
+                allocation_id,
+                pool,
+                session,
+                lease_ms,
+                idempotency_key,
+            } => self.allocate(ctx, allocation_id, pool, session, lease_ms, idempotency_key),
+            Command::Release {
+                allocation_id,
+                reason,
+            } => self.release(ctx, allocation_id, reason),
+            Command::Renew {
+                allocation_id,
+                lease_ms,
+            } => self.renew(ctx, allocation_id, lease_ms),
+            Command::NodeJoin {
+                node,
+                ipv6_prefix,
+                labels,
+                capacity,
+                agent_version,
+            } => self.node_join(ctx, node, ipv6_prefix, labels, capacity, agent_version),
+            Command::NodeDown { node, reason } => self.node_down(ctx, &node, &reason),
+            Command::SetNodeStatus { node, status } => self.set_node_status(ctx, &node, status),
+            Command::SetWanted {
+                pool,
+                wanted,
+                detail,
+            } => self.set_wanted(ctx, &pool, wanted, detail),
+        }
+    }
+
+    fn emit(&mut self, ctx: Ctx, kind: EventKind, body: EventBody) {
+        self.next_event_seq += 1;
+        self.events.push_back(Event {
+            seq: self.next_event_seq,
+            log_index: ctx.index,
+            at: ctx.at,
+            kind,
+            pool: body.pool,
+            container: body.container,
+            node: body.node,
+            session: body.session,
+            allocation: body.allocation,
+            reason: body.reason,
+            detail: body.detail,
+        });
+        while self.events.len() > EVENT_RETENTION {
+            self.events.pop_front();
+        }
+    }
+
+    // ---- pools ----
+
+    fn create_pool(&mut self, ctx: Ctx, spec: PoolSpec) -> Response {
+        if self.pools.contains_key(&spec.name) {
+            return Response::rejected(
+                RejectCode::Conflict,
+                format!("pool {:?} already exists", spec.name.as_str()),
+            );
+        }
+        self.put_pool(ctx, spec)
+    }
+
+    fn put_pool(&mut self, ctx: Ctx, spec: PoolSpec) -> Response {
+        if let Err(e) = spec.validate() {
+            return Response::rejected(RejectCode::Invalid, e.to_string());
+        }
+        let name = spec.name.clone();
+        let (pool, created, changed) = match self.pools.get(&name) {
+            None => (
+                Pool {
+                    spec,
+                    generation: 1,
+                    created_at: ctx.at,
+                    updated_at: ctx.at,
+                },
+                true,
+                true,
+            ),
+            Some(old) if old.spec == spec => (old.clone(), false, false),
+            Some(old) => (
+                Pool {
+                    spec,
+                    generation: old.generation + 1,
+                    created_at: old.created_at,
+                    updated_at: ctx.at,
+                },
+                false,
+                true,
+            ),
+        };
+        if changed {
+            self.pools.insert(name.clone(), pool.clone());
+            let kind = if created {
+                EventKind::PoolCreated
+            } else {
+                EventKind::PoolUpdated
+            };
+            let detail = serde_json::json!({ "generation": pool.generation });
+            self.emit(
+                ctx,
+                kind,
+                EventBody {
+                    pool: Some(name),
+                    detail: Some(detail),
+                    ..Default::default()
+                },
+            );
+        }
+        Response::Pool { pool, created }
+    }
+
+    fn delete_pool(&mut self, ctx: Ctx, name: &PoolName) -> Response {
+        if self.pools.remove(name).is_none() {
+            return Response::rejected(
+                RejectCode::NotFound,
+                format!("no pool named {:?}", name.as_str()),
+            );
+        }
+        self.wanted.remove(name);
+        let live: Vec<(ContainerId, Option<AllocationId>)> = self
+            .containers
+            .values()
+            .filter(|c| &c.pool == name && c.state.is_live())
+            .map(|c| (c.id, c.allocation))
+            .collect();
+        for (id, allocation) in live {
+            match allocation {
+                Some(a) => {
+                    self.release(ctx, a, ReleaseReason::PoolDeleted);
+                }
+                None => self.retire(ctx, id, "pool_deleted"),
+            }
+        }
+        self.emit(
+            ctx,
+            EventKind::PoolDeleted,
+            EventBody {
+                pool: Some(name.clone()),
+                ..Default::default()
+            },
+        );
+        Response::Ok
+    }
+
+    fn set_wanted(
+        &mut self,
+        ctx: Ctx,
+        pool: &PoolName,
+        wanted: u32,
+        detail: Option<serde_json::Value>,
+    ) -> Response {
+        let Some(p) = self.pools.get(pool) else {
+            return Response::rejected(RejectCode::NotFound, format!("no pool named {pool:?}"));
+        };
+        let before = self.wanted(p);
+        self.wanted.insert(pool.clone(), wanted);
+        let after = self.wanted(&self.pools[pool]);
+        if before != after {
+            let mut detail = detail.unwrap_or_else(|| serde_json::json!({}));
+            if let Some(obj) = detail.as_object_mut() {
+                obj.insert("from".into(), before.into());
+                obj.insert("to".into(), after.into());
+            }
+            self.emit(
+                ctx,
+                EventKind::PoolScaled,
+                EventBody {
+                    pool: Some(pool.clone()),
+                    detail: Some(detail),
+                    ..Default::default()
+                },
+            );
+        }
+        Response::Ok
+    }
+
+    // ---- containers ----
+
+    /// Moves a container to `state`, keeping the warm index and the ended list in step.
+    fn set_state(&mut self, id: ContainerId, state: ContainerState, at: Timestamp) {
+        let Some(c) = self.containers.get_mut(&id) else {
+            return;
+        };
+        let was = c.state;
+        if was == state {
+            return;
+        }
+        c.state = state;
+        if was == ContainerState::Warm {
+            let key = (c.warm_at.unwrap_or(c.created_at), c.id);
+            if let Some(set) = self.warm_index.get_mut(&c.pool) {
+                set.remove(&key);
+            }
+        }
+        match state {
+            ContainerState::Warm => {
+                let at = *c.warm_at.get_or_insert(at);
+                self.warm_index
+                    .entry(c.pool.clone())
+                    .or_default()
+                    .insert((at, c.id));
+            }
+            ContainerState::Terminated | ContainerState::Failed => {
+                c.ended_at = Some(at);
+                self.ended_containers.push_back(id);
+                while self.ended_containers.len() > ENDED_CONTAINER_RETENTION {
+                    if let Some(old) = self.ended_containers.pop_front() {
+                        self.containers.remove(&old);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn plan(
+        &mut self,
+        ctx: Ctx,
+        pool: &PoolName,
+        generation: u64,
+        placements: Vec<(ContainerId, NodeId)>,
+    ) -> Response {
+        let Some(p) = self.pools.get(pool) else {
+            return Response::rejected(RejectCode::NotFound, format!("no pool named {pool:?}"));
+        };
+        if p.generation != generation {
+            return Response::rejected(
+                RejectCode::Conflict,
+                format!(
+                    "plan for generation {generation}, pool is at {}",
+                    p.generation
+                ),
+            );
+        }
+        let port = p.spec.port;
+        let max_total = p.spec.max_total as usize;
+        let mut live = self.live_count(pool);
+        for (id, node) in placements {
+            let node_ready = self
+                .nodes
+                .get(&node)
+                .is_some_and(|n| n.status == NodeStatus::Ready);
+            if live >= max_total || !node_ready || self.containers.contains_key(&id) {
+                continue;
+            }
+            live += 1;
+            let c = Container {
+                id,
+                pool: pool.clone(),
+                node,
+                generation,
+                state: ContainerState::Creating,
+                health: Health::Unknown,
+                docker_id: None,
+                ipv6: None,
+                port,
+                session: None,
+                allocation: None,
+                created_at: ctx.at,
+                warm_at: None,
+                allocated_at: None,
+                last_activity_at: None,
+                lease_expires_at: None,
+                released_at: None,
+                ended_at: None,
+                reason: None,
+                observed_index: None,
+            };
+            let body = EventBody::of_container(&c);
+            self.containers.insert(id, c);
+            self.emit(ctx, EventKind::ContainerCreated, body);
+        }
+        Response::Ok
+    }
+
+    /// Live containers of a pool that count against `max_total` (releasing ones are on their
+    /// way out and do not block replacements).
+    pub(super) fn live_count(&self, pool: &PoolName) -> usize {
+        self.containers
+            .values()
+            .filter(|c| {
+                &c.pool == pool
+                    && matches!(
+                        c.state,
+                        ContainerState::Creating | ContainerState::Warm | ContainerState::Allocated
+                    )
+            })
+            .count()
+    }
+
+    fn observe(&mut self, ctx: Ctx, node: &NodeId, entry: InventoryEntry) {
+        let Some(c) = self.containers.get_mut(&entry.id) else {
+            return;
+        };
+        if &c.node != node || !c.state.is_live() {
+            return;
+        }
+        if entry.docker_id != c.docker_id.as_deref().unwrap_or_default() {
+            c.docker_id = Some(entry.docker_id.clone());
+        }
+        if entry.ipv6.is_some() {
+            c.ipv6 = entry.ipv6;
+        }
+        if c.observed_index.is_none() {
+            c.observed_index = Some(ctx.index);
+        }
+        if let Some(t) = entry.last_activity_at {
+            if c.last_activity_at.is_none_or(|old| t > old) {
+                c.last_activity_at = Some(t);
+            }
+        }
+        let id = c.id;
+        let state = c.state;
+
+        if entry.status == ObservedStatus::Exited {
+            let reason = if entry.oom_killed {
+                "oom_killed".to_string()
+            } else {
+                format!(
+                    "exited ({})",
+                    entry.exit_code.map_or("?".into(), |c| c.to_string())
+                )
+            };
+            self.lose(ctx, id, &reason);
+            return;
+        }
+
+        let health_changed = c.health.as_str() != entry.health.as_str();
+        c.health = entry.health;
+        if health_changed && state != ContainerState::Creating {
+            let body = EventBody::of_container(c).reason(entry.health.as_str());
+            self.emit(ctx, EventKind::ContainerHealthChanged, body);
+        }
+
+        match (state, entry.health) {
+            (ContainerState::Creating, Health::Healthy)
+                if entry.status == ObservedStatus::Running && entry.ipv6.is_some() =>
+            {
+                self.set_state(id, ContainerState::Warm, ctx.at);
+                let body = EventBody::of_container(&self.containers[&id]);
+                self.emit(ctx, EventKind::ContainerWarm, body);
+            }
+            (ContainerState::Creating | ContainerState::Warm, Health::Unhealthy { .. }) => {
+                // Never offered again; destroyed and replaced.
+                self.retire(ctx, id, "unhealthy");
+            }
+            _ => {}
+        }
+    }
+
+    /// A container stopped working on its own (exited, killed, lost with its node): an
+    /// allocated one takes its allocation down with it; all are destroyed.
+    fn lose(&mut self, ctx: Ctx, id: ContainerId, reason: &str) {
+        let Some(c) = self.containers.get(&id) else {
+            return;
+        };
+        match c.state {
+            ContainerState::Allocated => {
+                if let Some(a) = c.allocation {
+                    self.end_allocation(ctx, a, ReleaseReason::Lost, Some(reason));
+                }
+            }
+            ContainerState::Creating | ContainerState::Warm => self.retire(ctx, id, reason),
+            _ => {}
+        }
+    }
+
+    /// Takes a container out of service: it goes to `releasing`, and the leader has its agent
+    /// destroy it.
+    fn retire(&mut self, ctx: Ctx, id: ContainerId, reason: &str) {
+        let Some(c) = self.containers.get_mut(&id) else {
+            return;
+        };
+        match c.state {
+            ContainerState::Creating | ContainerState::Warm => {
+                c.reason = Some(reason.to_string());
+                self.set_state(id, ContainerState::Releasing, ctx.at);
+            }
+            ContainerState::Allocated => {
+                if let Some(a) = c.allocation {
+                    let why = if reason == "unhealthy" {
+                        ReleaseReason::Unhealthy
+                    } else {
+                        ReleaseReason::Lost
+                    };
+                    self.end_allocation(ctx, a, why, Some(reason));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn container_gone(&mut self, ctx: Ctx, id: ContainerId, reason: &str) {
+        let Some(c) = self.containers.get(&id) else {
+            return;
+        };
+        if !c.state.is_live() {
+            return;
+        }
+        if c.state == ContainerState::Allocated {
+            // Gone while a session held it: that session lost it.
+            self.lose(ctx, id, reason);
+        }
+        let Some(c) = self.containers.get_mut(&id) else {
+            return;
+        };
+        let reason = c.reason.clone().unwrap_or_else(|| reason.to_string());
+        c.reason = Some(reason.clone());
+        let (state, kind) = if c.warm_at.is_some() {
+            (ContainerState::Terminated, EventKind::ContainerTerminated)
+        } else {
+            (ContainerState::Failed, EventKind::ContainerFailed)
+        };
+        let body = EventBody::of_container(c).reason(reason);
+        self.set_state(id, state, ctx.at);
+        self.emit(ctx, kind, body);
+    }
+
+    // ---- allocations ----
+
+    /// The container an allocation from `pool` would get: the longest-warm container of the
+    /// pool's current generation that is healthy, on a node that is up and not draining.
+    pub(super) fn pick_warm(&self, pool: &PoolName) -> Option<ContainerId> {
+        let generation = self.pools.get(pool)?.generation;
+        self.warm_index
+            .get(pool)?
+            .iter()
+            .map(|(_, id)| *id)
+            .find(|id| {
+                let Some(c) = self.containers.get(id) else {
+                    return false;
+                };
+                c.state == ContainerState::Warm
+                    && c.generation == generation
+                    && c.health == Health::Healthy
+                    && self.nodes.get(&c.node).is_some_and(|n| {
+                        matches!(n.status, NodeStatus::Ready | NodeStatus::Cordoned)
+                    })
+            })
+    }
+
+    fn allocate(
+        &mut self,
+        ctx: Ctx,
+        allocation_id: AllocationId,
+        pool: PoolName,
+        session: SessionId,
+        lease_ms: u64,
+        idempotency_key: Option<String>,
+    ) -> Response {
+        if let Some(key) = &idempotency_key {
+            if let Some(existing) = self.allocation_by_key(key) {
+                if existing.pool != pool {
+                    return Response::rejected(
+                        RejectCode::Conflict,
+                        format!(
+                            "idempotency key {key:?} was used for pool {:?}",
+                            existing.pool.as_str()
+                        ),
+                    );
+                }
+                return Response::Allocation {
+                    allocation: existing.clone(),
+                    replayed: true,
+                };
+            }
+        }
+        if let Some(existing) = self.allocations.get(&allocation_id) {
+            // A retried proposal of the same command: answer what it made.
+            return Response::Allocation {
+                allocation: existing.clone(),
+                replayed: true,
+            };
+        }
+        let Some(p) = self.pools.get(&pool) else {
+            return Response::rejected(RejectCode::NotFound, format!("no pool named {pool:?}"));
+        };
+        let max_lifetime = p.spec.max_lifetime_secs;
+        let Some(cid) = self.pick_warm(&pool) else {
+            return Response::rejected(
+                RejectCode::NoCapacity,
+                format!("no warm container free in pool {:?}", pool.as_str()),
+            );
+        };
+        let max_expires_at = max_lifetime.map(|s| ctx.at.plus_millis(s.saturating_mul(1000)));
+        let expires_at = match max_expires_at {
+            Some(cap) => ctx.at.plus_millis(lease_ms).min(cap),
+            None => ctx.at.plus_millis(lease_ms),
+        };
+        self.set_state(cid, ContainerState::Allocated, ctx.at);
+        let c = self
+            .containers
+            .get_mut(&cid)
+            .expect("picked container exists");
+        c.session = Some(session.clone());
+        c.allocation = Some(allocation_id);
+        c.allocated_at = Some(ctx.at);
+        c.lease_expires_at = Some(expires_at);
+        let allocation = Allocation {
+            id: allocation_id,
+            session_id: session,
+            pool,
+            container_id: cid,
+            node: c.node.clone(),
+            ipv6: c.ipv6,
+            port: c.port,
+            url: c.url(),
+            created_at: ctx.at,
+            expires_at,
+            max_expires_at,
+            idempotency_key: idempotency_key.clone(),
+            state: AllocationState::Active,
+            released_at: None,
+            release_reason: None,
+        };
+        let body = EventBody::of_container(c);
+        self.allocations.insert(allocation_id, allocation.clone());
+        if let Some(key) = idempotency_key {
+            self.idempotency.insert(key, allocation_id);
+        }
+        self.emit(ctx, EventKind::ContainerAllocated, body);
+        Response::Allocation {
+            allocation,
+            replayed: false,
+        }
+    }
+
+    fn release(&mut self, ctx: Ctx, id: AllocationId, reason: ReleaseReason) -> Response {
+        let Some(a) = self.allocations.get(&id) else {
+            return Response::rejected(RejectCode::NotFound, format!("no allocation {id}"));
+        };
+        if a.state == AllocationState::Active {
+            self.end_allocation(ctx, id, reason, None);
+        }
+        Response::Allocation {
+            allocation: self.allocations[&id].clone(),
+            replayed: false,
+        }
+    }
+
+    /// Ends an active allocation and sends its container to be destroyed (containers are never
+    /// reused across sessions).
+    fn end_allocation(
+        &mut self,
+        ctx: Ctx,
+        id: AllocationId,
+        reason: ReleaseReason,
+        detail: Option<&str>,
+    ) {
+        let Some(a) = self.allocations.get_mut(&id) else {
+            return;
+        };
+        if a.state != AllocationState::Active {
+            return;
+        }
+        a.state = AllocationState::Released;
+        a.released_at = Some(ctx.at);
+        a.release_reason = Some(reason);
+        let cid = a.container_id;
+        self.released_allocations.push_back(id);
+        while self.released_allocations.len() > RELEASED_ALLOCATION_RETENTION {
+            if let Some(old) = self.released_allocations.pop_front() {
+                if let Some(gone) = self.allocations.remove(&old) {
+                    if let Some(key) = gone.idempotency_key {
+                        self.idempotency.remove(&key);
+                    }
+                }
+            }
+        }
+        let Some(c) = self.containers.get_mut(&cid) else {
+            return;
+        };
+        c.released_at = Some(ctx.at);
+        c.reason = Some(detail.unwrap_or(reason.as_str()).to_string());
+        let mut body = EventBody::of_container(c).reason(reason.as_str());
+        body.allocation = Some(id);
+        if c.state == ContainerState::Allocated {
+            self.set_state(cid, ContainerState::Releasing, ctx.at);
+        }
+        if reason == ReleaseReason::Lost {
+            let mut lost = body.clone();
+            lost.reason = Some(detail.unwrap_or("lost").to_string());
+            self.emit(ctx, EventKind::AllocationLost, lost);
+        }
+        self.emit(ctx, EventKind::ContainerReleased, body);
+    }
+
+    fn renew(&mut self, ctx: Ctx, id: AllocationId, lease_ms: u64) -> Response {
+        let Some(a) = self.allocations.get_mut(&id) else {
+            return Response::rejected(RejectCode::NotFound, format!("no allocation {id}"));
+        };
+        if a.state != AllocationState::Active {
+            return Response::rejected(
+                RejectCode::Conflict,
+                format!("allocation {id} is released and cannot be renewed"),
+            );
+        }
+        let wanted = ctx.at.plus_millis(lease_ms);
+        let new_expiry = a.max_expires_at.map_or(wanted, |cap| wanted.min(cap));
+        if new_expiry <= a.expires_at && a.max_expires_at.is_some_and(|cap| a.expires_at >= cap) {
+            return Response::rejected(
+                RejectCode::Conflict,
+                format!("allocation {id} has reached its pool's max_lifetime_secs"),
+            );
+        }
+        a.expires_at = new_expiry.max(a.expires_at);
+        let (cid, expires_at) = (a.container_id, a.expires_at);
+        let allocation = a.clone();
+        if let Some(c) = self.containers.get_mut(&cid) {
+            c.lease_expires_at = Some(expires_at);
+            let mut body = EventBody::of_container(c);
+            body.allocation = Some(id);
+            body.detail = Some(serde_json::json!({ "expires_at": expires_at }));
+            self.emit(ctx, EventKind::AllocationRenewed, body);
+        }
+        Response::Allocation {
+            allocation,
+            replayed: false,
+        }
+    }
+
+    // ---- nodes ----
+
+    fn node_join(
+        &mut self,
+        ctx: Ctx,
+        id: NodeId,
+        ipv6_prefix: String,
+        labels: std::collections::BTreeMap<String, String>,
+        capacity: warmpool_proto::records::Resources,
+        agent_version: String,
+    ) -> Response {
+        let (status, joined_at, status_changed_at, reason, announce) = match self.nodes.get(&id) {
+            None => (NodeStatus::Ready, ctx.at, ctx.at, None, Some("new")),
+            Some(n) if n.status == NodeStatus::Down => (
+                NodeStatus::Ready,
+                n.joined_at,
+                ctx.at,
+                None,
+                Some("returned"),
+            ),
+            Some(n) => (
+                n.status,
+                n.joined_at,
+                n.status_changed_at,
+                n.reason.clone(),
+                None,
+            ),
+        };
+        self.nodes.insert(
+            id.clone(),
+            Node {
+                id: id.clone(),
+                ipv6_prefix,
+                labels,
+                capacity,
+                status,
+                agent_version,
+                joined_at,
+                status_changed_at,
+                reason,
+            },
+        );
+        if let Some(why) = announce {
+            self.emit(
+                ctx,
+                EventKind::NodeJoined,
+                EventBody {
+                    node: Some(id),
+                    reason: Some(why.into()),
+                    ..Default::default()
+                },
+            );
+        }
+        Response::Ok
+    }
+
+    fn node_down(&mut self, ctx: Ctx, id: &NodeId, reason: &str) -> Response {
+        let Some(n) = self.nodes.get_mut(id) else {
+            return Response::rejected(RejectCode::NotFound, format!("no node {id}"));
+        };
+        if n.status == NodeStatus::Down {
+            return Response::Ok;
+        }
+        n.status = NodeStatus::Down;
+        n.status_changed_at = ctx.at;
+        n.reason = Some(reason.to_string());
+        self.emit(
+            ctx,
+            EventKind::NodeDown,
+            EventBody {
+                node: Some(id.clone()),
+                reason: Some(reason.into()),
+                ..Default::default()
+            },
+        );
+        // Everything on a down node is gone as far as the pool is concerned. If the node comes
+        // back, its agent's leftovers have no live record and are destroyed by reconciliation.
+        let on_node: Vec<ContainerId> = self
+            .containers
+            .values()
+            .filter(|c| &c.node == id && c.state.is_live())
+            .map(|c| c.id)
+            .collect();
+        for cid in on_node {
+            self.container_gone(ctx, cid, "node_down");
+        }
+        Response::Ok
+    }
+
+    fn set_node_status(&mut self, ctx: Ctx, id: &NodeId, status: NodeStatus) -> Response {
+        let Some(n) = self.nodes.get_mut(id) else {
+            return Response::rejected(RejectCode::NotFound, format!("no node {id}"));
+        };
+        if n.status == NodeStatus::Down || status == NodeStatus::Down {
+            return Response::rejected(
+                RejectCode::Conflict,
+                format!(
+                    "node {id} is {}; only heartbeats change that",
+                    n.status.as_str()
+                ),
+            );
+        }
+        if n.status == status {
+            return Response::Ok;
+        }
+        n.status = status;
+        n.status_changed_at = ctx.at;
+        n.reason = None;
+        let kind = match status {
+            NodeStatus::Ready => EventKind::NodeUncordoned,
+            NodeStatus::Cordoned => EventKind::NodeCordoned,
+            _ => EventKind::NodeDraining,
+        };
+        self.emit(
+            ctx,
+            kind,
+            EventBody {
+                node: Some(id.clone()),
+                ..Default::default()
+            },
+        );
+        Response::Ok
+    }
+}

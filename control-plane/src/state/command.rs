@@ -1,0 +1,200 @@
+//! Commands: the payload of every Raft log entry, and what applying one answers.
+
+use serde::{Deserialize, Serialize};
+use warmpool_proto::agent::InventoryEntry;
+use warmpool_proto::records::{Allocation, NodeStatus, Pool, ReleaseReason, Resources};
+use warmpool_proto::{AllocationId, ContainerId, NodeId, PoolName, PoolSpec, SessionId, Timestamp};
+
+use std::collections::BTreeMap;
+
+/// One Raft log entry's payload: a command stamped with the proposer's clock.
+///
+/// The state machine reads time only from `at`, so replaying the log on any member, at any
+/// time, yields the same state and the same events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// When the command was proposed.
+    pub at: Timestamp,
+    /// What to do.
+    pub cmd: Command,
+}
+
+impl Request {
+    /// `cmd`, stamped now.
+    pub fn now(cmd: Command) -> Self {
+        Request {
+            at: Timestamp::now(),
+            cmd,
+        }
+    }
+}
+
+/// A change to the replicated state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Create a pool; refused if it exists.
+    CreatePool {
+        /// The spec, already validated.
+        spec: PoolSpec,
+    },
+    /// Create or replace a pool's spec; a change bumps its generation.
+    PutPool {
+        /// The spec, already validated.
+        spec: PoolSpec,
+    },
+    /// Delete a pool; its containers are released.
+    DeletePool {
+        /// The pool.
+        name: PoolName,
+    },
+    /// The leader planned new containers for a pool, each on a node.
+    PlanContainers {
+        /// The pool.
+        pool: PoolName,
+        /// The generation planned for; a stale plan is refused.
+        generation: u64,
+        /// New container ids and their nodes.
+        placements: Vec<(ContainerId, NodeId)>,
+    },
+    /// What an agent reports about containers it runs.
+    Observe {
+        /// The reporting node.
+        node: NodeId,
+        /// The containers' entries.
+        entries: Vec<InventoryEntry>,
+    },
+    /// Containers no longer on their host (destroyed, vanished, or never made).
+    ContainersGone {
+        /// The containers and why each is gone.
+        gone: Vec<(ContainerId, String)>,
+    },
+    /// Stop offering these containers and have them destroyed (scale down, old spec, drain).
+    RetireContainers {
+        /// The containers.
+        ids: Vec<ContainerId>,
+        /// Why.
+        reason: String,
+    },
+    /// Hand a warm container of `pool` to `session`. The state machine picks the container, so
+    /// concurrent allocations can never pick the same one.
+    Allocate {
+        /// Id of the new allocation.
+        allocation_id: AllocationId,
+        /// The pool.
+        pool: PoolName,
+        /// The session.
+        session: SessionId,
+        /// Lease length in milliseconds.
+        lease_ms: u64,
+        /// Retries with the same key get the same allocation.
+        idempotency_key: Option<String>,
+    },
+    /// End an allocation.
+    Release {
+        /// The allocation.
+        allocation_id: AllocationId,
+        /// Why.
+        reason: ReleaseReason,
+    },
+    /// Extend an allocation's lease to `lease_ms` from now (capped by `max_lifetime_secs`).
+    Renew {
+        /// The allocation.
+        allocation_id: AllocationId,
+        /// New lease length from now, in milliseconds.
+        lease_ms: u64,
+    },
+    /// A node announced itself, or came back after being down.
+    NodeJoin {
+        /// The node.
+        node: NodeId,
+        /// Its container /64.
+        ipv6_prefix: String,
+        /// Its labels.
+        labels: BTreeMap<String, String>,
+        /// Its capacity.
+        capacity: Resources,
+        /// Its agent's version.
+        agent_version: String,
+    },
+    /// A node missed its heartbeats; everything on it is lost.
+    NodeDown {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// Cordon, uncordon or drain a node.
+    SetNodeStatus {
+        /// The node.
+        node: NodeId,
+        /// `ready`, `cordoned` or `draining`.
+        status: NodeStatus,
+    },
+    /// The scaler changed a pool's wanted warm count.
+    SetWanted {
+        /// The pool.
+        pool: PoolName,
+        /// The new target.
+        wanted: u32,
+        /// The decision's inputs, kept in the event.
+        detail: Option<serde_json::Value>,
+    },
+}
+
+/// What applying a command answers. Business refusals are values here, never storage errors:
+/// a storage error stops Raft.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    /// Done; nothing to return.
+    Ok,
+    /// The pool as it now is.
+    Pool {
+        /// The pool.
+        pool: Pool,
+        /// True when the command created it.
+        created: bool,
+    },
+    /// An allocation.
+    Allocation {
+        /// The allocation.
+        allocation: Allocation,
+        /// True when an earlier command with the same idempotency key made it.
+        replayed: bool,
+    },
+    /// The command was refused; the state did not change.
+    Rejected(Rejection),
+}
+
+/// Why a command was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// Category, mapped to an HTTP status by the API.
+    pub code: RejectCode,
+    /// For a person.
+    pub message: String,
+}
+
+/// Categories of refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    /// Something named does not exist.
+    NotFound,
+    /// It exists already, or is in a state that forbids the change.
+    Conflict,
+    /// No warm container is free.
+    NoCapacity,
+    /// The command is not valid.
+    Invalid,
+}
+
+impl Response {
+    pub(crate) fn rejected(code: RejectCode, message: impl Into<String>) -> Self {
+        Response::Rejected(Rejection {
+            code,
+            message: message.into(),
+        })
+    }
+}

@@ -1,0 +1,144 @@
+//! The replicated state: pools, containers, nodes, allocations and the event log.
+//!
+//! [`PoolState::apply`] is the whole state machine: a pure function of the current state and
+//! one [`Request`], with no IO and no clock of its own. Raft calls it on every member with the
+//! same log, so every member holds the same state and the same event log.
+
+mod apply;
+pub mod command;
+mod query;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use warmpool_proto::records::Pool;
+use warmpool_proto::{
+    Allocation, AllocationId, Container, ContainerId, Event, Node, NodeId, PoolName, Timestamp,
+};
+
+pub use command::{Command, RejectCode, Rejection, Request, Response};
+pub use query::EventFilter;
+
+/// Most events kept; older ones are dropped from the front.
+pub const EVENT_RETENTION: usize = 100_000;
+/// Most ended (terminated or failed) container records kept for inspection.
+pub const ENDED_CONTAINER_RETENTION: usize = 2_000;
+/// Most released allocation records (and their idempotency keys) kept.
+pub const RELEASED_ALLOCATION_RETENTION: usize = 100_000;
+
+/// Everything the control plane agrees on.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PoolState {
+    pools: BTreeMap<PoolName, Pool>,
+    containers: BTreeMap<ContainerId, Container>,
+    nodes: BTreeMap<NodeId, Node>,
+    allocations: BTreeMap<AllocationId, Allocation>,
+    /// Idempotency key → the allocation it made.
+    idempotency: BTreeMap<String, AllocationId>,
+    /// The scaler's wanted warm count per pool, when it has set one.
+    wanted: BTreeMap<PoolName, u32>,
+    events: VecDeque<Event>,
+    next_event_seq: u64,
+    /// Ended containers, oldest first, for pruning.
+    ended_containers: VecDeque<ContainerId>,
+    /// Released allocations, oldest first, for pruning.
+    released_allocations: VecDeque<AllocationId>,
+    /// Index of the last applied log entry.
+    applied_index: u64,
+
+    /// Warm containers per pool, ordered by when they became warm: allocation takes the
+    /// oldest first. Derived from `containers`; rebuilt after a snapshot is loaded.
+    #[serde(skip)]
+    warm_index: BTreeMap<PoolName, BTreeSet<(Timestamp, ContainerId)>>,
+}
+
+impl PoolState {
+    /// Rebuilds derived indexes; call after deserializing.
+    pub fn rebuild_indexes(&mut self) {
+        self.warm_index.clear();
+        let warm: Vec<_> = self
+            .containers
+            .values()
+            .filter(|c| c.state == warmpool_proto::ContainerState::Warm)
+            .map(|c| (c.pool.clone(), c.warm_at.unwrap_or(c.created_at), c.id))
+            .collect();
+        for (pool, at, id) in warm {
+            self.warm_index.entry(pool).or_default().insert((at, id));
+        }
+    }
+
+    /// Index of the last applied log entry.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Sequence number of the newest event, 0 if none.
+    pub fn last_event_seq(&self) -> u64 {
+        self.next_event_seq
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &PoolName) -> Option<&Pool> {
+        self.pools.get(name)
+    }
+
+    /// Every pool, by name.
+    pub fn pools(&self) -> impl Iterator<Item = &Pool> {
+        self.pools.values()
+    }
+
+    /// A container by id (live, or recently ended).
+    pub fn container(&self, id: &ContainerId) -> Option<&Container> {
+        self.containers.get(id)
+    }
+
+    /// Every container record, by id.
+    pub fn containers(&self) -> impl Iterator<Item = &Container> {
+        self.containers.values()
+    }
+
+    /// A node by id.
+    pub fn node(&self, id: &NodeId) -> Option<&Node> {
+        self.nodes.get(id)
+    }
+
+    /// Every node, by id.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    /// An allocation by id.
+    pub fn allocation(&self, id: &AllocationId) -> Option<&Allocation> {
+        self.allocations.get(id)
+    }
+
+    /// Every allocation record, by id.
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocations.values()
+    }
+
+    /// The allocation an idempotency key made, if it is still remembered.
+    pub fn allocation_by_key(&self, key: &str) -> Option<&Allocation> {
+        self.idempotency
+            .get(key)
+            .and_then(|id| self.allocations.get(id))
+    }
+
+    /// The warm count a pool aims for: the scaler's choice within `min_warm..=max_warm`.
+    pub fn wanted(&self, pool: &Pool) -> u32 {
+        let spec = &pool.spec;
+        self.wanted
+            .get(&spec.name)
+            .copied()
+            .unwrap_or(spec.min_warm)
+            .clamp(spec.min_warm, spec.max_warm())
+    }
+
+    /// Whether `pool` has a container an allocation could take right now.
+    pub fn has_allocatable(&self, pool: &PoolName) -> bool {
+        self.pick_warm(pool).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,183 @@
+//! Read-only views of the state for the API: counts, status, filtered lists.
+
+use std::collections::BTreeMap;
+
+use warmpool_proto::api::{Counts, EventQuery, NodeCounts, PoolStatus, StatusView};
+use warmpool_proto::{Container, ContainerState, Event, EventKind, Health, NodeId, PoolName};
+
+use super::PoolState;
+
+/// Default and largest page of events.
+pub const EVENT_PAGE: usize = 100;
+/// Largest page of events a caller may ask for.
+pub const EVENT_PAGE_MAX: usize = 1000;
+
+/// A parsed [`EventQuery`] filter.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    /// Only this pool's.
+    pub pool: Option<String>,
+    /// Only this container's.
+    pub container: Option<String>,
+    /// Only this session's.
+    pub session: Option<String>,
+    /// Only this node's.
+    pub node: Option<String>,
+    /// Only these kinds (empty: all).
+    pub kinds: Vec<EventKind>,
+}
+
+impl EventFilter {
+    /// Parses the filter part of a query; an unknown kind is an error.
+    pub fn from_query(q: &EventQuery) -> Result<Self, String> {
+        let kinds = match &q.kind {
+            None => Vec::new(),
+            Some(s) => s
+                .split(',')
+                .filter(|k| !k.is_empty())
+                .map(str::parse)
+                .collect::<Result<Vec<EventKind>, String>>()?,
+        };
+        Ok(EventFilter {
+            pool: q.pool.clone(),
+            container: q.container.clone(),
+            session: q.session.clone(),
+            node: q.node.clone(),
+            kinds,
+        })
+    }
+
+    /// Whether `e` passes.
+    pub fn matches(&self, e: &Event) -> bool {
+        fn field<T: ToString>(want: &Option<String>, have: &Option<T>) -> bool {
+            match want {
+                None => true,
+                Some(w) => have.as_ref().is_some_and(|h| &h.to_string() == w),
+            }
+        }
+        (self.kinds.is_empty() || self.kinds.contains(&e.kind))
+            && field(&self.pool, &e.pool)
+            && field(&self.container, &e.container)
+            && field(&self.session, &e.session)
+            && field(&self.node, &e.node)
+    }
+}
+
+/// Adds a container to counts by state; ended containers do not count.
+fn count(counts: &mut Counts, c: &Container) {
+    if !c.state.is_live() {
+        return;
+    }
+    counts.total += 1;
+    let unhealthy = matches!(c.health, Health::Unhealthy { .. });
+    if unhealthy {
+        counts.unhealthy += 1;
+    }
+    match c.state {
+        ContainerState::Creating => counts.creating += 1,
+        ContainerState::Warm if !unhealthy => counts.warm += 1,
+        ContainerState::Allocated => counts.allocated += 1,
+        ContainerState::Releasing => counts.releasing += 1,
+        _ => {}
+    }
+}
+
+impl PoolState {
+    /// Events after `after` (ascending), or with `before` and no `after` the newest ones
+    /// below `before`; at most `limit`.
+    pub fn events(
+        &self,
+        after: Option<u64>,
+        before: Option<u64>,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Vec<Event> {
+        let limit = limit.clamp(1, EVENT_PAGE_MAX);
+        let first_seq = self.events.front().map_or(0, |e| e.seq);
+        match (after, before) {
+            (None, Some(before)) => {
+                let mut out: Vec<Event> = self
+                    .events
+                    .iter()
+                    .rev()
+                    .filter(|e| e.seq < before && filter.matches(e))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                out.reverse();
+                out
+            }
+            _ => {
+                let after = after.unwrap_or(0);
+                // Events have consecutive sequence numbers: jump straight to the first one.
+                let skip = after.saturating_sub(first_seq.saturating_sub(1)) as usize;
+                self.events
+                    .iter()
+                    .skip(skip)
+                    .filter(|e| e.seq > after && before.is_none_or(|b| e.seq < b))
+                    .filter(|e| filter.matches(e))
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            }
+        }
+    }
+
+    /// Live-container counts of one pool.
+    pub fn pool_counts(&self, pool: &PoolName) -> Counts {
+        let mut counts = Counts::default();
+        for c in self.containers.values().filter(|c| &c.pool == pool) {
+            count(&mut counts, c);
+        }
+        counts
+    }
+
+    /// Totals, per pool and per node.
+    pub fn status(&self) -> StatusView {
+        let mut totals = Counts::default();
+        let mut by_pool: BTreeMap<&PoolName, Counts> = BTreeMap::new();
+        let mut by_node: BTreeMap<&NodeId, Counts> = BTreeMap::new();
+        for c in self.containers.values() {
+            count(&mut totals, c);
+            count(by_pool.entry(&c.pool).or_default(), c);
+            count(by_node.entry(&c.node).or_default(), c);
+        }
+        let pools = self
+            .pools
+            .values()
+            .map(|p| PoolStatus {
+                name: p.spec.name.clone(),
+                generation: p.generation,
+                counts: by_pool.get(&p.spec.name).copied().unwrap_or_default(),
+                wanted: self.wanted(p),
+                min_warm: p.spec.min_warm,
+                max_warm: p.spec.max_warm(),
+                max_total: p.spec.max_total,
+            })
+            .collect();
+        let nodes = self
+            .nodes
+            .values()
+            .map(|n| NodeCounts {
+                node: n.id.clone(),
+                status: n.status,
+                counts: by_node.get(&n.id).copied().unwrap_or_default(),
+            })
+            .collect();
+        StatusView {
+            totals,
+            pools,
+            nodes,
+            applied_index: self.applied_index,
+        }
+    }
+
+    /// Live-container counts of one node.
+    pub fn node_counts(&self, node: &NodeId) -> Counts {
+        let mut counts = Counts::default();
+        for c in self.containers.values().filter(|c| &c.node == node) {
+            count(&mut counts, c);
+        }
+        counts
+    }
+}

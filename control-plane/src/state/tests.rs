@@ -1,0 +1,634 @@
+//! State-machine tests: plain values in, plain values out.
+
+use std::collections::BTreeMap;
+
+use warmpool_proto::agent::{InventoryEntry, ObservedStatus};
+use warmpool_proto::records::{AllocationState, NodeStatus, ReleaseReason, Resources};
+use warmpool_proto::{
+    AllocationId, ContainerId, ContainerState, EventKind, Health, NodeId, PoolName, PoolSpec,
+    SessionId, Timestamp,
+};
+
+use super::*;
+
+/// A state plus a log cursor, so tests read as a sequence of commands.
+struct Harness {
+    state: PoolState,
+    index: u64,
+    now: u64,
+    log: Vec<(u64, Request)>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness {
+            state: PoolState::default(),
+            index: 0,
+            now: 1_000_000,
+            log: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, cmd: Command) -> Response {
+        self.index += 1;
+        self.now += 10;
+        let req = Request {
+            at: Timestamp(self.now),
+            cmd,
+        };
+        self.log.push((self.index, req.clone()));
+        self.state.apply(self.index, req)
+    }
+
+    fn node(&mut self, name: &str) -> NodeId {
+        let node = NodeId::new(name).unwrap();
+        self.apply(Command::NodeJoin {
+            node: node.clone(),
+            ipv6_prefix: "fd36:1::/64".into(),
+            labels: BTreeMap::new(),
+            capacity: Resources {
+                cpu_millis: 2000,
+                memory_mb: 4096,
+            },
+            agent_version: "test".into(),
+        });
+        node
+    }
+
+    fn pool(&mut self, name: &str, min_warm: u32) -> PoolName {
+        let name = PoolName::new(name).unwrap();
+        let mut spec = PoolSpec::new(name.clone(), "img");
+        spec.min_warm = min_warm;
+        assert!(matches!(
+            self.apply(Command::CreatePool { spec }),
+            Response::Pool { created: true, .. }
+        ));
+        name
+    }
+
+    fn plan(&mut self, pool: &PoolName, node: &NodeId, n: usize) -> Vec<ContainerId> {
+        let ids: Vec<ContainerId> = (0..n).map(|_| ContainerId::new()).collect();
+        let generation = self.state.pool(pool).unwrap().generation;
+        self.apply(Command::PlanContainers {
+            pool: pool.clone(),
+            generation,
+            placements: ids.iter().map(|id| (*id, node.clone())).collect(),
+        });
+        ids
+    }
+
+    fn observe(&mut self, node: &NodeId, id: ContainerId, status: ObservedStatus, health: Health) {
+        let c = self.state.container(&id).unwrap().clone();
+        self.apply(Command::Observe {
+            node: node.clone(),
+            entries: vec![InventoryEntry {
+                id,
+                pool: c.pool,
+                generation: c.generation,
+                docker_id: format!("d-{id}"),
+                ipv6: Some("fd36:1::10".parse().unwrap()),
+                status,
+                health,
+                exit_code: (status == ObservedStatus::Exited).then_some(137),
+                oom_killed: false,
+                last_activity_at: None,
+            }],
+        });
+    }
+
+    fn warm(&mut self, pool: &PoolName, node: &NodeId, n: usize) -> Vec<ContainerId> {
+        let ids = self.plan(pool, node, n);
+        for id in &ids {
+            self.observe(node, *id, ObservedStatus::Running, Health::Healthy);
+        }
+        ids
+    }
+
+    fn allocate(&mut self, pool: &PoolName, key: Option<&str>) -> Response {
+        self.apply(Command::Allocate {
+            allocation_id: AllocationId::new(),
+            pool: pool.clone(),
+            session: SessionId::new("s-1").unwrap(),
+            lease_ms: 60_000,
+            idempotency_key: key.map(str::to_string),
+        })
+    }
+
+    fn kinds_for(&self, id: ContainerId) -> Vec<EventKind> {
+        let filter = EventFilter {
+            container: Some(id.to_string()),
+            ..Default::default()
+        };
+        self.state
+            .events(None, None, 1000, &filter)
+            .iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+}
+
+fn allocation(r: Response) -> (warmpool_proto::Allocation, bool) {
+    match r {
+        Response::Allocation {
+            allocation,
+            replayed,
+        } => (allocation, replayed),
+        other => panic!("expected an allocation, got {other:?}"),
+    }
+}
+
+fn rejection(r: Response) -> RejectCode {
+    match r {
+        Response::Rejected(rej) => rej.code,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn full_lifecycle_emits_events_in_order() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 1);
+    let [id] = h.plan(&p, &n, 1)[..] else {
+        unreachable!()
+    };
+    assert_eq!(
+        h.state.container(&id).unwrap().state,
+        ContainerState::Creating
+    );
+
+    // Running but not yet healthy: still creating.
+    h.observe(&n, id, ObservedStatus::Running, Health::Unknown);
+    assert_eq!(
+        h.state.container(&id).unwrap().state,
+        ContainerState::Creating
+    );
+    h.observe(&n, id, ObservedStatus::Running, Health::Healthy);
+    assert_eq!(h.state.container(&id).unwrap().state, ContainerState::Warm);
+
+    let (a, replayed) = allocation(h.allocate(&p, None));
+    assert!(!replayed);
+    assert_eq!(a.container_id, id);
+    assert_eq!(a.url.as_deref(), Some("http://[fd36:1::10]:8080"));
+    assert_eq!(a.expires_at, Timestamp(a.created_at.0 + 60_000));
+    let c = h.state.container(&id).unwrap();
+    assert_eq!(c.state, ContainerState::Allocated);
+    assert_eq!(c.allocation, Some(a.id));
+
+    let (released, _) = allocation(h.apply(Command::Release {
+        allocation_id: a.id,
+        reason: ReleaseReason::Client,
+    }));
+    assert_eq!(released.state, AllocationState::Released);
+    assert_eq!(released.release_reason, Some(ReleaseReason::Client));
+    assert_eq!(
+        h.state.container(&id).unwrap().state,
+        ContainerState::Releasing
+    );
+
+    h.apply(Command::ContainersGone {
+        gone: vec![(id, "destroyed".into())],
+    });
+    let c = h.state.container(&id).unwrap();
+    assert_eq!(c.state, ContainerState::Terminated);
+    assert_eq!(
+        c.reason.as_deref(),
+        Some("client"),
+        "the first reason sticks"
+    );
+
+    assert_eq!(
+        h.kinds_for(id),
+        vec![
+            EventKind::ContainerCreated,
+            EventKind::ContainerWarm,
+            EventKind::ContainerAllocated,
+            EventKind::ContainerReleased,
+            EventKind::ContainerTerminated,
+        ]
+    );
+}
+
+#[test]
+fn release_is_idempotent_and_unknown_release_is_not_found() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 1);
+    h.warm(&p, &n, 1);
+    let (a, _) = allocation(h.allocate(&p, None));
+    let first = allocation(h.apply(Command::Release {
+        allocation_id: a.id,
+        reason: ReleaseReason::Client,
+    }))
+    .0;
+    let events = h.state.last_event_seq();
+    let again = allocation(h.apply(Command::Release {
+        allocation_id: a.id,
+        reason: ReleaseReason::Expired,
+    }))
+    .0;
+    assert_eq!(first, again, "a second release changes nothing");
+    assert_eq!(h.state.last_event_seq(), events);
+    let r = h.apply(Command::Release {
+        allocation_id: AllocationId::new(),
+        reason: ReleaseReason::Client,
+    });
+    assert_eq!(rejection(r), RejectCode::NotFound);
+}
+
+#[test]
+fn idempotency_key_yields_the_same_allocation() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 2);
+    h.warm(&p, &n, 2);
+    let (a, replayed_a) = allocation(h.allocate(&p, Some("key-1")));
+    let (b, replayed_b) = allocation(h.allocate(&p, Some("key-1")));
+    assert!(!replayed_a && replayed_b);
+    assert_eq!(a, b);
+    assert_eq!(
+        h.state.pool_counts(&p).allocated,
+        1,
+        "one container, not two"
+    );
+    assert_eq!(h.state.pool_counts(&p).warm, 1);
+
+    // After release the key still answers the same (now released) allocation.
+    h.apply(Command::Release {
+        allocation_id: a.id,
+        reason: ReleaseReason::Client,
+    });
+    let (c, replayed) = allocation(h.allocate(&p, Some("key-1")));
+    assert!(replayed);
+    assert_eq!(c.id, a.id);
+    assert_eq!(c.state, AllocationState::Released);
+
+    let other = h.pool("other", 0);
+    assert_eq!(
+        rejection(h.allocate(&other, Some("key-1"))),
+        RejectCode::Conflict
+    );
+}
+
+#[test]
+fn a_retried_allocate_proposal_is_answered_not_doubled() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 2);
+    h.warm(&p, &n, 2);
+    let cmd = Command::Allocate {
+        allocation_id: AllocationId::new(),
+        pool: p.clone(),
+        session: SessionId::new("s").unwrap(),
+        lease_ms: 1000,
+        idempotency_key: None,
+    };
+    let (a, _) = allocation(h.apply(cmd.clone()));
+    let (b, replayed) = allocation(h.apply(cmd));
+    assert!(replayed);
+    assert_eq!(a.id, b.id);
+    assert_eq!(h.state.pool_counts(&p).allocated, 1);
+}
+
+#[test]
+fn allocations_never_share_a_container_and_empty_pool_is_no_capacity() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 3);
+    let ids = h.warm(&p, &n, 3);
+    let mut got: Vec<ContainerId> = (0..3)
+        .map(|_| allocation(h.allocate(&p, None)).0.container_id)
+        .collect();
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want, "each warm container handed out exactly once");
+
+    let before = serde_json::to_string(&h.state).unwrap();
+    let r = h.allocate(&p, None);
+    assert_eq!(rejection(r), RejectCode::NoCapacity);
+    let mut after: PoolState =
+        serde_json::from_str(&serde_json::to_string(&h.state).unwrap()).unwrap();
+    after.applied_index = serde_json::from_str::<PoolState>(&before)
+        .unwrap()
+        .applied_index;
+    assert_eq!(
+        serde_json::to_string(&after).unwrap(),
+        before,
+        "a refusal changes nothing"
+    );
+
+    let unknown = PoolName::new("nope").unwrap();
+    assert_eq!(rejection(h.allocate(&unknown, None)), RejectCode::NotFound);
+}
+
+#[test]
+fn allocation_takes_the_longest_warm_first() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 2);
+    let ids = h.plan(&p, &n, 2);
+    h.observe(&n, ids[1], ObservedStatus::Running, Health::Healthy);
+    h.observe(&n, ids[0], ObservedStatus::Running, Health::Healthy);
+    assert_eq!(allocation(h.allocate(&p, None)).0.container_id, ids[1]);
+}
+
+#[test]
+fn unhealthy_warm_container_is_retired_and_never_offered() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 1);
+    let [id] = h.warm(&p, &n, 1)[..] else {
+        unreachable!()
+    };
+    h.observe(
+        &n,
+        id,
+        ObservedStatus::Running,
+        Health::Unhealthy {
+            consecutive_failures: 3,
+        },
+    );
+    let c = h.state.container(&id).unwrap();
+    assert_eq!(c.state, ContainerState::Releasing);
+    assert_eq!(c.reason.as_deref(), Some("unhealthy"));
+    assert_eq!(rejection(h.allocate(&p, None)), RejectCode::NoCapacity);
+    assert!(h.kinds_for(id).contains(&EventKind::ContainerHealthChanged));
+}
+
+#[test]
+fn a_killed_warm_container_leaves_the_pool() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 1);
+    let [id] = h.warm(&p, &n, 1)[..] else {
+        unreachable!()
+    };
+    h.observe(&n, id, ObservedStatus::Exited, Health::Healthy);
+    assert_eq!(
+        h.state.container(&id).unwrap().state,
+        ContainerState::Releasing
+    );
+    assert_eq!(h.state.pool_counts(&p).warm, 0);
+    h.apply(Command::ContainersGone {
+        gone: vec![(id, "destroyed".into())],
+    });
+    let c = h.state.container(&id).unwrap();
+    assert_eq!(c.state, ContainerState::Terminated);
+    assert_eq!(c.reason.as_deref(), Some("exited (137)"));
+}
+
+#[test]
+fn an_allocated_container_that_dies_is_reported_lost() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 1);
+    let [id] = h.warm(&p, &n, 1)[..] else {
+        unreachable!()
+    };
+    let (a, _) = allocation(h.allocate(&p, None));
+    h.observe(&n, id, ObservedStatus::Exited, Health::Healthy);
+    let a = h.state.allocation(&a.id).unwrap();
+    assert_eq!(a.state, AllocationState::Released);
+    assert_eq!(a.release_reason, Some(ReleaseReason::Lost));
+    assert!(h.kinds_for(id).contains(&EventKind::AllocationLost));
+}
+
+#[test]
+fn node_down_ends_everything_on_it_and_rejoin_makes_it_ready() {
+    let mut h = Harness::new();
+    let n1 = h.node("n1");
+    let n2 = h.node("n2");
+    let p = h.pool("demo", 2);
+    let on1 = h.warm(&p, &n1, 2);
+    let on2 = h.warm(&p, &n2, 1);
+    let (a, _) = allocation(h.allocate(&p, None));
+    assert!(on1.contains(&a.container_id), "oldest warm first");
+    h.apply(Command::NodeDown {
+        node: n1.clone(),
+        reason: "missed heartbeats".into(),
+    });
+    for id in &on1 {
+        assert_eq!(
+            h.state.container(id).unwrap().state,
+            ContainerState::Terminated
+        );
+    }
+    assert_eq!(
+        h.state.allocation(&a.id).unwrap().release_reason,
+        Some(ReleaseReason::Lost)
+    );
+    assert_eq!(
+        h.state.container(&on2[0]).unwrap().state,
+        ContainerState::Warm
+    );
+    // Planning onto a down node is refused silently (no container made).
+    let before = h.state.containers().count();
+    h.plan(&p, &n1, 1);
+    assert_eq!(h.state.containers().count(), before);
+
+    h.node("n1");
+    assert_eq!(h.state.node(&n1).unwrap().status, NodeStatus::Ready);
+    let kinds: Vec<_> = h
+        .state
+        .events(
+            None,
+            None,
+            1000,
+            &EventFilter {
+                node: Some("n1".into()),
+                ..Default::default()
+            },
+        )
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(kinds.contains(&EventKind::NodeDown));
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == EventKind::NodeJoined)
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn a_changed_spec_bumps_generation_and_old_containers_are_not_offered() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 1);
+    h.warm(&p, &n, 1);
+    let mut spec = h.state.pool(&p).unwrap().spec.clone();
+    let same = h.apply(Command::PutPool { spec: spec.clone() });
+    assert!(matches!(same, Response::Pool { ref pool, created: false } if pool.generation == 1));
+    spec.image = "img:v2".into();
+    h.apply(Command::PutPool { spec });
+    assert_eq!(h.state.pool(&p).unwrap().generation, 2);
+    assert_eq!(rejection(h.allocate(&p, None)), RejectCode::NoCapacity);
+    // A plan made for the old generation is stale.
+    let r = h.apply(Command::PlanContainers {
+        pool: p.clone(),
+        generation: 1,
+        placements: vec![(ContainerId::new(), n.clone())],
+    });
+    assert_eq!(rejection(r), RejectCode::Conflict);
+    let new = h.warm(&p, &n, 1);
+    assert_eq!(allocation(h.allocate(&p, None)).0.container_id, new[0]);
+}
+
+#[test]
+fn plan_never_exceeds_max_total() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let name = PoolName::new("small").unwrap();
+    let mut spec = PoolSpec::new(name.clone(), "img");
+    spec.min_warm = 2;
+    spec.max_total = 3;
+    h.apply(Command::CreatePool { spec });
+    h.plan(&name, &n, 5);
+    assert_eq!(h.state.pool_counts(&name).total, 3);
+}
+
+#[test]
+fn renew_extends_up_to_max_lifetime() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let name = PoolName::new("leased").unwrap();
+    let mut spec = PoolSpec::new(name.clone(), "img");
+    spec.min_warm = 1;
+    spec.max_lifetime_secs = Some(100);
+    h.apply(Command::CreatePool { spec });
+    h.warm(&name, &n, 1);
+    let (a, _) = allocation(h.allocate(&name, None));
+    let cap = a.max_expires_at.unwrap();
+    assert_eq!(cap, a.created_at.plus_millis(100_000));
+    let (renewed, _) = allocation(h.apply(Command::Renew {
+        allocation_id: a.id,
+        lease_ms: 80_000,
+    }));
+    assert!(renewed.expires_at > a.expires_at);
+    let (capped, _) = allocation(h.apply(Command::Renew {
+        allocation_id: a.id,
+        lease_ms: 500_000,
+    }));
+    assert_eq!(capped.expires_at, cap);
+    let r = h.apply(Command::Renew {
+        allocation_id: a.id,
+        lease_ms: 500_000,
+    });
+    assert_eq!(
+        rejection(r),
+        RejectCode::Conflict,
+        "renewals stop at max_lifetime"
+    );
+}
+
+#[test]
+fn delete_pool_releases_its_containers() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 2);
+    h.warm(&p, &n, 2);
+    let (a, _) = allocation(h.allocate(&p, None));
+    h.apply(Command::DeletePool { name: p.clone() });
+    assert!(h.state.pool(&p).is_none());
+    assert_eq!(
+        h.state.allocation(&a.id).unwrap().release_reason,
+        Some(ReleaseReason::PoolDeleted)
+    );
+    assert!(h
+        .state
+        .containers()
+        .all(|c| c.state == ContainerState::Releasing));
+    assert_eq!(
+        rejection(h.apply(Command::DeletePool { name: p })),
+        RejectCode::NotFound
+    );
+}
+
+#[test]
+fn cordoned_node_keeps_offering_draining_node_does_not() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 2);
+    h.warm(&p, &n, 2);
+    h.apply(Command::SetNodeStatus {
+        node: n.clone(),
+        status: NodeStatus::Cordoned,
+    });
+    assert!(h.state.has_allocatable(&p));
+    h.apply(Command::SetNodeStatus {
+        node: n.clone(),
+        status: NodeStatus::Draining,
+    });
+    assert!(!h.state.has_allocatable(&p));
+    let r = h.apply(Command::SetNodeStatus {
+        node: n,
+        status: NodeStatus::Down,
+    });
+    assert_eq!(rejection(r), RejectCode::Conflict);
+}
+
+#[test]
+fn snapshot_round_trip_restores_indexes_and_replay_is_deterministic() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 3);
+    h.warm(&p, &n, 3);
+    allocation(h.allocate(&p, Some("k")));
+
+    let mut replayed = PoolState::default();
+    for (index, req) in h.log.clone() {
+        replayed.apply(index, req);
+    }
+    let json = serde_json::to_vec(&h.state).unwrap();
+    assert_eq!(
+        serde_json::to_vec(&replayed).unwrap(),
+        json,
+        "same log, same state"
+    );
+
+    let mut restored: PoolState = serde_json::from_slice(&json).unwrap();
+    restored.rebuild_indexes();
+    assert_eq!(serde_json::to_vec(&restored).unwrap(), json);
+    assert!(restored.has_allocatable(&p), "warm index rebuilt");
+    assert_eq!(restored.pool_counts(&p).warm, 2);
+    let before = restored.pool_counts(&p).allocated;
+    restored.apply(
+        99,
+        Request {
+            at: Timestamp(2_000_000),
+            cmd: Command::Allocate {
+                allocation_id: AllocationId::new(),
+                pool: p.clone(),
+                session: SessionId::new("s").unwrap(),
+                lease_ms: 1,
+                idempotency_key: None,
+            },
+        },
+    );
+    assert_eq!(restored.pool_counts(&p).allocated, before + 1);
+}
+
+#[test]
+fn events_page_forward_and_back_with_filters() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 5);
+    h.warm(&p, &n, 5);
+    let all = h.state.events(None, None, 1000, &EventFilter::default());
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=all.len() as u64).collect::<Vec<_>>()
+    );
+    let page = h.state.events(Some(3), None, 2, &EventFilter::default());
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5]);
+    let back = h.state.events(None, Some(5), 2, &EventFilter::default());
+    assert_eq!(back.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+    let warm = EventFilter {
+        kinds: vec![EventKind::ContainerWarm],
+        ..Default::default()
+    };
+    assert_eq!(h.state.events(None, None, 1000, &warm).len(), 5);
+}
