@@ -11,4 +11,5 @@
 //! - `api`: the REST API and event stream.
 #![warn(missing_docs)]
 
+pub mod raft;
 pub mod state;

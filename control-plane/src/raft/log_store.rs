@@ -1,0 +1,183 @@
+//! The Raft log and vote on sled.
+//!
+//! ### To ensure correctness
+//!
+//! - The vote is flushed to disk before `save_vote` returns: a member that forgot its vote
+//!   could vote twice in one term.
+//! - Appended entries are flushed before the `LogFlushed` callback fires: openraft counts an
+//!   entry towards a quorum once the callback says it is durable.
+//! - Writes are serialized by openraft (one writer), so no write overtakes an earlier one.
+//! - Keys are big-endian indexes, so sled's order is log order and ranges are cheap.
+//! - `committed` is saved without a flush: losing it only means re-applying less on restart,
+//!   and the leader re-commits the rest.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
+
+use super::typ::{Entry, LogId, StorageError, Vote};
+use super::TypeConfig;
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+
+/// Log store: tree `raft_log` (index → entry) and tree `raft_meta` (vote, committed, purged).
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageError::IO { source: StorageIOError::new(subject, verb, openraft::AnyError::new(&e)) }
+}
+
+fn key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+impl LogStore {
+    /// Opens the log store in `db`.
+    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        Ok(LogStore { db: db.clone(), log: db.open_tree("raft_log")?, meta: db.open_tree("raft_meta")? })
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, k: &[u8], subject: ErrorSubject<u64>) -> Result<Option<T>, StorageError> {
+        let Some(bytes) = self.meta.get(k).map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| io_err(subject, ErrorVerb::Read, e))
+    }
+
+    fn write_meta<T: serde::Serialize>(&self, k: &[u8], v: &T, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
+        let bytes = serde_json::to_vec(v).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
+        self.meta.insert(k, bytes).map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+
+    async fn flush(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
+        self.db.flush_async().await.map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Entry, StorageError> {
+        serde_json::from_slice(bytes).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+
+    /// Number of entries on disk (for metrics and tests).
+    pub fn len(&self) -> usize {
+        self.log.len()
+    }
+
+    /// True when no entry is on disk.
+    pub fn is_empty(&self) -> bool {
+        self.log.is_empty()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        for item in self.log.range(key(start)..) {
+            let (k, v) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let index = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
+                io_err(ErrorSubject::Logs, ErrorVerb::Read, std::io::Error::other("bad log key"))
+            })?);
+            if !range.contains(&index) {
+                break;
+            }
+            out.push(Self::decode(&v)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.read_meta(LAST_PURGED, ErrorSubject::Store)?;
+        let last = match self.log.last().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))? {
+            Some((_, v)) => Some(Self::decode(&v)?.log_id),
+            None => None,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_meta(VOTE, vote, ErrorSubject::Vote)?;
+        self.flush(ErrorSubject::Vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_meta(VOTE, ErrorSubject::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.write_meta(COMMITTED, &committed, ErrorSubject::Store)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.read_meta::<Option<LogId>>(COMMITTED, ErrorSubject::Store)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = serde_json::to_vec(&entry).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            batch.insert(&key(entry.log_id.index), bytes);
+        }
+        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        // Durable first, acknowledged second.
+        let flushed = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        let ok = flushed.is_ok();
+        callback.log_io_completed(flushed);
+        if !ok {
+            return Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other("flush failed")));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(key(log_id.index)..) {
+            let (k, _) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.flush(ErrorSubject::Logs).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point first: a crash in between leaves extra entries, never a hole.
+        self.write_meta(LAST_PURGED, &log_id, ErrorSubject::Store)?;
+        self.flush(ErrorSubject::Store).await?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=key(log_id.index)) {
+            let (k, _) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        Ok(())
+    }
+}
