@@ -11,5 +11,8 @@
 //! - `api`: the REST API and event stream.
 #![warn(missing_docs)]
 
+pub mod cluster;
+pub mod keepwarm;
+pub mod placement;
 pub mod raft;
 pub mod state;

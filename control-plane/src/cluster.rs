@@ -1,0 +1,371 @@
+//! The cluster as the rest of the control plane sees it: write a command and get its answer,
+//! wherever the leader is; read with the freshness a caller needs.
+//!
+//! Any member takes any request. A write on a follower is forwarded over NATS to the leader
+//! (`pool.v1.cp.<leader>.forward`), which proposes it and answers with what applying it
+//! returned. Writes retry across leader changes until a deadline; a retried command is the same
+//! command (same allocation id, same container ids), and the state machine answers a repeat
+//! with what the first one made, so a retry never doubles anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use warmpool_proto::subjects;
+
+use crate::raft::state_machine::Shared;
+use crate::raft::{MemberId, Raft};
+use crate::state::{Request, Response};
+
+/// How long a write may take, retries across a leader change included.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long adding a member may take (it catches up first, perhaps by snapshot).
+pub const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Why a write or a consistent read did not happen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ClusterError {
+    /// No leader could be found or reached before the deadline: fewer than a quorum of
+    /// members are up, or an election did not finish.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// The member asked is not the leader (retried internally).
+    #[error("member is not the leader")]
+    NotLeader,
+    /// A membership change was refused.
+    #[error("{0}")]
+    Membership(String),
+    /// Raft stopped.
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+impl ClusterError {
+    fn retryable(&self) -> bool {
+        matches!(self, ClusterError::NotLeader | ClusterError::NoQuorum(_))
+    }
+}
+
+/// What followers ask the leader.
+#[derive(Serialize, Deserialize)]
+enum Forward {
+    Write(Request),
+    ReadIndex,
+    AddMember { id: MemberId, addr: String },
+    RemoveMember { id: MemberId },
+}
+
+/// The leader's answer.
+#[derive(Serialize, Deserialize)]
+enum ForwardReply {
+    Written(Response),
+    ReadIndex(u64),
+    Done,
+    Failed(ClusterError),
+}
+
+/// Handle on the local member and, through it, the cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    id: MemberId,
+    raft: Raft,
+    shared: Arc<Shared>,
+    nats: async_nats::Client,
+}
+
+impl Cluster {
+    /// The local member `id`.
+    pub fn new(id: MemberId, raft: Raft, shared: Arc<Shared>, nats: async_nats::Client) -> Self {
+        Cluster { id, raft, shared, nats }
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> MemberId {
+        self.id
+    }
+
+    /// The Raft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The replicated state, as applied on this member.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The leader this member knows of.
+    pub fn leader(&self) -> Option<MemberId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this member leads.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// Proposes `req` and answers what applying it returned, forwarding to the leader when
+    /// this member is not it and retrying across leader changes until [`WRITE_DEADLINE`].
+    pub async fn write(&self, req: Request) -> Result<Response, ClusterError> {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        self.retry(deadline, |leader| {
+            let req = req.clone();
+            async move {
+                if leader == self.id {
+                    self.write_local(req, deadline).await
+                } else {
+                    match self.forward(leader, &Forward::Write(req), deadline).await? {
+                        ForwardReply::Written(r) => Ok(r),
+                        ForwardReply::Failed(e) => Err(e),
+                        _ => Err(ClusterError::NotLeader),
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits until this member has applied everything committed when the call began, as
+    /// confirmed by a quorum: a read after this sees every write acknowledged before it.
+    pub async fn read_barrier(&self) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        let index = self
+            .retry(deadline, |leader| async move {
+                if leader == self.id {
+                    self.read_index_local().await
+                } else {
+                    match self.forward(leader, &Forward::ReadIndex, deadline).await? {
+                        ForwardReply::ReadIndex(i) => Ok(i),
+                        ForwardReply::Failed(e) => Err(e),
+                        _ => Err(ClusterError::NotLeader),
+                    }
+                }
+            })
+            .await?;
+        let mut applied = self.shared.subscribe();
+        let caught_up = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= index)).await;
+        match caught_up {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ClusterError::NoQuorum(format!("member {} did not catch up to index {index} in time", self.id))),
+        }
+    }
+
+    /// Adds a member: as a learner first, promoted to voter once it has caught up.
+    pub async fn add_member(&self, id: MemberId, addr: String) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + MEMBERSHIP_DEADLINE;
+        self.retry(deadline, |leader| {
+            let addr = addr.clone();
+            async move {
+                if leader == self.id {
+                    self.add_member_local(id, addr).await
+                } else {
+                    self.forward_done(leader, &Forward::AddMember { id, addr }, deadline).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// Removes a member from the voters and the cluster.
+    pub async fn remove_member(&self, id: MemberId) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + MEMBERSHIP_DEADLINE;
+        self.retry(deadline, |leader| async move {
+            if leader == self.id {
+                self.remove_member_local(id).await
+            } else {
+                self.forward_done(leader, &Forward::RemoveMember { id }, deadline).await
+            }
+        })
+        .await
+    }
+
+    async fn retry<T, F, Fut>(&self, deadline: Instant, mut attempt: F) -> Result<T, ClusterError>
+    where
+        F: FnMut(MemberId) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClusterError>>,
+    {
+        let mut metrics = self.raft.metrics();
+        let mut last = ClusterError::NoQuorum("no leader elected".into());
+        loop {
+            let leader = metrics.borrow_and_update().current_leader;
+            if let Some(leader) = leader {
+                match attempt(leader).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) if e.retryable() => last = e,
+                    Err(e) => return Err(e),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(match last {
+                    ClusterError::NotLeader => ClusterError::NoQuorum("no reachable leader".into()),
+                    e => e,
+                });
+            }
+            // Wait for news of a leader, but not forever: a forward may have failed while the
+            // metrics did not change.
+            let pause = Instant::now() + Duration::from_millis(100);
+            let _ = tokio::time::timeout_at(pause.min(deadline), metrics.changed()).await;
+        }
+    }
+
+    async fn write_local(&self, req: Request, deadline: Instant) -> Result<Response, ClusterError> {
+        match tokio::time::timeout_at(deadline, self.raft.client_write(req)).await {
+            Err(_) => Err(ClusterError::NoQuorum(format!(
+                "leader {} could not commit within {WRITE_DEADLINE:?}: a quorum is not reachable",
+                self.id
+            ))),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(ClusterError::NotLeader),
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(ClusterError::Membership(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(ClusterError::Fatal(e.to_string())),
+        }
+    }
+
+    async fn read_index_local(&self) -> Result<u64, ClusterError> {
+        let read = tokio::time::timeout(WRITE_DEADLINE, self.raft.ensure_linearizable()).await;
+        match read {
+            Err(_) => Err(ClusterError::NoQuorum("leadership could not be confirmed by a quorum".into())),
+            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(ClusterError::NotLeader),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(ClusterError::NoQuorum(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(ClusterError::Fatal(e.to_string())),
+        }
+    }
+
+    async fn add_member_local(&self, id: MemberId, addr: String) -> Result<(), ClusterError> {
+        let map_err = |e: RaftError<MemberId, ClientWriteError<MemberId, BasicNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ClusterError::NotLeader,
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ClusterError::Membership(e.to_string()),
+            RaftError::Fatal(e) => ClusterError::Fatal(e.to_string()),
+        };
+        let voters = self.voters();
+        if voters.contains(&id) {
+            return Ok(());
+        }
+        self.raft.add_learner(id, BasicNode::new(addr), true).await.map_err(map_err)?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn remove_member_local(&self, id: MemberId) -> Result<(), ClusterError> {
+        let voters = self.voters();
+        let learner = self.members().contains_key(&id) && !voters.contains(&id);
+        let change = if learner {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(ClusterError::Membership("cannot remove the last voter".into()));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            return Err(ClusterError::Membership(format!("member {id} is not in the cluster")));
+        };
+        self.raft.change_membership(change, false).await.map_err(|e| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ClusterError::NotLeader,
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ClusterError::Membership(e.to_string()),
+            RaftError::Fatal(e) => ClusterError::Fatal(e.to_string()),
+        })?;
+        Ok(())
+    }
+
+    /// Voter ids of the current membership.
+    pub fn voters(&self) -> BTreeSet<MemberId> {
+        self.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+    }
+
+    /// Every member (voters and learners) and its node data.
+    pub fn members(&self) -> BTreeMap<MemberId, BasicNode> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect()
+    }
+
+    async fn forward_done(&self, leader: MemberId, fwd: &Forward, deadline: Instant) -> Result<(), ClusterError> {
+        match self.forward(leader, fwd, deadline).await? {
+            ForwardReply::Done => Ok(()),
+            ForwardReply::Failed(e) => Err(e),
+            _ => Err(ClusterError::NotLeader),
+        }
+    }
+
+    async fn forward(&self, leader: MemberId, fwd: &Forward, deadline: Instant) -> Result<ForwardReply, ClusterError> {
+        let payload = serde_json::to_vec(fwd).map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        let request = self.nats.request(subjects::forward(leader), Bytes::from(payload));
+        match tokio::time::timeout_at(deadline, request).await {
+            Err(_) => Err(ClusterError::NoQuorum(format!("leader {leader} did not answer in time"))),
+            Ok(Err(e)) => {
+                debug!(leader, error = %e, "forward to leader failed");
+                Err(ClusterError::NotLeader)
+            }
+            Ok(Ok(msg)) => serde_json::from_slice(&msg.payload)
+                .map_err(|e| ClusterError::Fatal(format!("bad forward reply from member {leader}: {e}"))),
+        }
+    }
+
+    /// Answers forwarded requests addressed to this member until `shutdown`.
+    pub async fn serve_forwards(self, shutdown: CancellationToken) -> Result<(), async_nats::SubscribeError> {
+        let mut sub = self.nats.subscribe(subjects::forward(self.id)).await?;
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = sub.next() => match m { Some(m) => m, None => break },
+            };
+            let Some(reply) = msg.reply.clone() else { continue };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let answer = match serde_json::from_slice::<Forward>(&msg.payload) {
+                    Err(e) => {
+                        warn!(error = %e, "malformed forwarded request; dropped");
+                        return;
+                    }
+                    Ok(fwd) => this.answer_forward(fwd).await,
+                };
+                match serde_json::to_vec(&answer) {
+                    Ok(bytes) => {
+                        if let Err(e) = this.nats.publish(reply, Bytes::from(bytes)).await {
+                            debug!(error = %e, "forward reply not sent");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "cannot encode forward reply"),
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn answer_forward(&self, fwd: Forward) -> ForwardReply {
+        // Only ever act locally here: a forwarded request is never forwarded again, so two
+        // members that disagree about the leader cannot bounce a request between them.
+        let result = match fwd {
+            Forward::Write(req) => {
+                self.write_local(req, Instant::now() + WRITE_DEADLINE).await.map(ForwardReply::Written)
+            }
+            Forward::ReadIndex => self.read_index_local().await.map(ForwardReply::ReadIndex),
+            Forward::AddMember { id, addr } => self.add_member_local(id, addr).await.map(|_| ForwardReply::Done),
+            Forward::RemoveMember { id } => self.remove_member_local(id).await.map(|_| ForwardReply::Done),
+        };
+        result.unwrap_or_else(ForwardReply::Failed)
+    }
+}

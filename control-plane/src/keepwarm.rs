@@ -1,0 +1,375 @@
+//! Keep-warm: how many containers each pool should make or retire now. Pure: state and loads
+//! in, decisions out; the leader loop carries them out.
+//!
+//! Per pool, the *supply* is warm, healthy containers of the current generation on nodes that
+//! may hand them out, plus those being made. Below the wanted count the pool grows by at most
+//! `batch_size` per `pacing_ms`, with at most two batches being made at once, never past
+//! `max_total`. It retires, a batch at a time: containers of an older generation (they are never
+//! handed out), warm containers beyond what is wanted, and warm containers on draining nodes
+//! once the rest of the fleet holds enough.
+
+use std::collections::BTreeMap;
+
+use warmpool_proto::records::{NodeStatus, Pool};
+use warmpool_proto::{ContainerId, ContainerState, Health, NodeId, PoolName, Timestamp};
+
+use crate::placement::{self, NodeLoad, Overcommit};
+use crate::state::PoolState;
+
+/// A decision for the leader loop to carry out.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Plan new containers of `pool` on these nodes (one entry per container).
+    Create {
+        /// The pool.
+        pool: PoolName,
+        /// The generation they are for.
+        generation: u64,
+        /// One node per new container.
+        nodes: Vec<NodeId>,
+    },
+    /// Take these containers out of the pool.
+    Retire {
+        /// The containers.
+        ids: Vec<ContainerId>,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The pool is short and no node can take more; the reason is for logs and status.
+    Stuck {
+        /// The pool.
+        pool: PoolName,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Plans every pool. `last_batch` holds when each pool last asked for containers.
+pub fn plan(
+    state: &PoolState,
+    loads: &[NodeLoad],
+    last_batch: &BTreeMap<PoolName, Timestamp>,
+    now: Timestamp,
+    over: Overcommit,
+) -> Vec<Decision> {
+    let mut out = Vec::new();
+    for pool in state.pools() {
+        plan_pool(state, pool, loads, last_batch.get(&pool.spec.name).copied(), now, over, &mut out);
+    }
+    out
+}
+
+fn plan_pool(
+    state: &PoolState,
+    pool: &Pool,
+    loads: &[NodeLoad],
+    last_batch: Option<Timestamp>,
+    now: Timestamp,
+    over: Overcommit,
+    out: &mut Vec<Decision>,
+) {
+    let spec = &pool.spec;
+    let name = &spec.name;
+    let batch = spec.scaling.batch_size as usize;
+    let offering = |node: &NodeId| {
+        state.node(node).is_some_and(|n| matches!(n.status, NodeStatus::Ready | NodeStatus::Cordoned))
+    };
+
+    let mut warm_current = Vec::new(); // (warm_at, id) of usable warm containers
+    let mut draining_warm = Vec::new();
+    let mut creating = 0usize;
+    let mut stale = Vec::new();
+    let mut live = 0usize;
+    for c in state.containers().filter(|c| &c.pool == name) {
+        if matches!(c.state, ContainerState::Creating | ContainerState::Warm | ContainerState::Allocated) {
+            live += 1;
+        }
+        let current = c.generation == pool.generation;
+        match c.state {
+            ContainerState::Creating | ContainerState::Warm if !current => stale.push(c.id),
+            ContainerState::Creating => creating += 1,
+            ContainerState::Warm if matches!(c.health, Health::Unhealthy { .. }) => {}
+            ContainerState::Warm if offering(&c.node) => warm_current.push((c.warm_at, c.id)),
+            ContainerState::Warm => draining_warm.push(c.id),
+            _ => {}
+        }
+    }
+
+    if !stale.is_empty() {
+        stale.truncate(batch);
+        out.push(Decision::Retire { ids: stale, reason: "spec_changed" });
+    }
+
+    let wanted = state.wanted(pool) as usize;
+    let supply = warm_current.len() + creating;
+
+    // Draining nodes give up their warm containers once the rest holds enough.
+    if !draining_warm.is_empty() && warm_current.len() >= wanted {
+        draining_warm.truncate(batch);
+        out.push(Decision::Retire { ids: draining_warm, reason: "drain" });
+    }
+
+    if supply > wanted && warm_current.len() > wanted {
+        // Scale down: retire the newest warm containers first, keeping the longest-warm ones
+        // that allocations take first.
+        warm_current.sort();
+        let surplus = (warm_current.len() - wanted).min(batch);
+        let ids = warm_current.iter().rev().take(surplus).map(|(_, id)| *id).collect();
+        out.push(Decision::Retire { ids, reason: "scale_down" });
+        return;
+    }
+
+    let deficit = wanted.saturating_sub(supply);
+    if deficit == 0 {
+        return;
+    }
+    let paced = last_batch.is_some_and(|t| now.since(t).as_millis() < u128::from(spec.scaling.pacing_ms));
+    if paced || creating >= 2 * batch {
+        return;
+    }
+    let room = (spec.max_total as usize).saturating_sub(live);
+    let n = deficit.min(batch).min(room);
+    if n == 0 {
+        out.push(Decision::Stuck { pool: name.clone(), reason: format!("at max_total ({})", spec.max_total) });
+        return;
+    }
+    let mut pool_loads = loads.to_vec();
+    for l in &mut pool_loads {
+        l.pool_count = state
+            .containers()
+            .filter(|c| &c.pool == name && c.node == l.id && c.state.is_live())
+            .count() as u32;
+    }
+    let (nodes, why) = placement::place(pool_loads, spec, n, over);
+    if !nodes.is_empty() {
+        out.push(Decision::Create { pool: name.clone(), generation: pool.generation, nodes });
+    }
+    if let Some(why) = why {
+        let reason = if loads.is_empty() { "no nodes have joined".to_string() } else { why.to_string() };
+        out.push(Decision::Stuck { pool: name.clone(), reason });
+    }
+}
+
+/// Loads of every node for placement: reservations from the state, memory from heartbeats.
+pub fn node_loads(state: &PoolState, memory_fraction: impl Fn(&NodeId) -> Option<f64>) -> Vec<NodeLoad> {
+    let mut reserved: BTreeMap<&NodeId, warmpool_proto::records::Resources> = BTreeMap::new();
+    for c in state.containers().filter(|c| c.state.is_live()) {
+        if let Some(pool) = state.pool(&c.pool) {
+            let r = reserved.entry(&c.node).or_default();
+            r.cpu_millis += pool.spec.resources.cpu_millis;
+            r.memory_mb += pool.spec.resources.memory_mb;
+        }
+    }
+    state
+        .nodes()
+        .map(|n| NodeLoad {
+            id: n.id.clone(),
+            status: n.status,
+            labels: n.labels.clone(),
+            capacity: n.capacity,
+            memory_fraction: memory_fraction(&n.id),
+            reserved: reserved.get(&n.id).copied().unwrap_or_default(),
+            pool_count: 0,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use warmpool_proto::agent::{InventoryEntry, ObservedStatus};
+    use warmpool_proto::records::Resources;
+    use warmpool_proto::{AllocationId, PoolSpec, SessionId};
+
+    use super::*;
+    use crate::state::{Command, Request};
+
+    struct World {
+        state: PoolState,
+        index: u64,
+    }
+
+    impl World {
+        fn new(nodes: &[&str]) -> Self {
+            let mut w = World { state: PoolState::default(), index: 0 };
+            for n in nodes {
+                w.apply(Command::NodeJoin {
+                    node: NodeId::new(*n).unwrap(),
+                    ipv6_prefix: "fd36:1::/64".into(),
+                    labels: BTreeMap::new(),
+                    capacity: Resources { cpu_millis: 2000, memory_mb: 8192 },
+                    agent_version: "t".into(),
+                });
+            }
+            w
+        }
+        fn apply(&mut self, cmd: Command) {
+            self.index += 1;
+            self.state.apply(self.index, Request { at: Timestamp(self.index * 1000), cmd });
+        }
+        fn pool(&mut self, min_warm: u32, batch: u32) -> PoolName {
+            let name = PoolName::new("demo").unwrap();
+            let mut spec = PoolSpec::new(name.clone(), "img");
+            spec.min_warm = min_warm;
+            spec.scaling.batch_size = batch;
+            self.apply(Command::PutPool { spec });
+            name
+        }
+        fn decide(&self) -> Vec<Decision> {
+            let loads = node_loads(&self.state, |_| Some(0.2));
+            plan(&self.state, &loads, &BTreeMap::new(), Timestamp(10_000_000), Overcommit::default())
+        }
+        /// Carries out create decisions and makes every new container warm.
+        fn carry_out(&mut self) {
+            for d in self.decide() {
+                if let Decision::Create { pool, generation, nodes } = d {
+                    let placements: Vec<_> = nodes.into_iter().map(|n| (ContainerId::new(), n)).collect();
+                    self.apply(Command::PlanContainers { pool: pool.clone(), generation, placements: placements.clone() });
+                    for (id, node) in placements {
+                        self.apply(Command::Observe {
+                            node,
+                            entries: vec![InventoryEntry {
+                                id,
+                                pool: pool.clone(),
+                                generation,
+                                docker_id: "d".into(),
+                                ipv6: Some("fd36:1::5".parse().unwrap()),
+                                status: ObservedStatus::Running,
+                                health: Health::Healthy,
+                                exit_code: None,
+                                oom_killed: false,
+                                last_activity_at: None,
+                            }],
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn created(ds: &[Decision]) -> usize {
+        ds.iter().map(|d| if let Decision::Create { nodes, .. } = d { nodes.len() } else { 0 }).sum()
+    }
+
+    #[test]
+    fn fills_a_pool_in_batches_spread_over_nodes() {
+        let mut w = World::new(&["a", "b"]);
+        w.pool(5, 2);
+        let d = w.decide();
+        assert_eq!(created(&d), 2, "one batch at a time: {d:?}");
+        let Decision::Create { nodes, .. } = &d[0] else { panic!() };
+        assert_ne!(nodes[0], nodes[1], "spread over nodes");
+        w.carry_out();
+        w.carry_out();
+        w.carry_out();
+        assert_eq!(w.state.pool_counts(&PoolName::new("demo").unwrap()).warm, 5);
+        assert!(w.decide().is_empty(), "full pool: nothing to do");
+    }
+
+    #[test]
+    fn creating_containers_count_as_supply() {
+        let mut w = World::new(&["a"]);
+        let p = w.pool(3, 4);
+        let d = w.decide();
+        let Decision::Create { generation, nodes, .. } = d[0].clone() else { panic!() };
+        w.apply(Command::PlanContainers {
+            pool: p,
+            generation,
+            placements: nodes.into_iter().map(|n| (ContainerId::new(), n)).collect(),
+        });
+        assert!(w.decide().is_empty(), "three being made already cover min_warm 3");
+    }
+
+    #[test]
+    fn an_allocation_is_replaced() {
+        let mut w = World::new(&["a"]);
+        let p = w.pool(3, 4);
+        w.carry_out();
+        w.apply(Command::Allocate {
+            allocation_id: AllocationId::new(),
+            pool: p,
+            session: SessionId::new("s").unwrap(),
+            lease_ms: 1000,
+            idempotency_key: None,
+        });
+        assert_eq!(created(&w.decide()), 1);
+    }
+
+    #[test]
+    fn never_beyond_max_total() {
+        let mut w = World::new(&["a"]);
+        let name = PoolName::new("demo").unwrap();
+        let mut spec = PoolSpec::new(name.clone(), "img");
+        spec.min_warm = 2;
+        spec.max_total = 2;
+        w.apply(Command::PutPool { spec });
+        w.carry_out();
+        for _ in 0..2 {
+            w.apply(Command::Allocate {
+                allocation_id: AllocationId::new(),
+                pool: name.clone(),
+                session: SessionId::new("s").unwrap(),
+                lease_ms: 1000,
+                idempotency_key: None,
+            });
+        }
+        let d = w.decide();
+        assert_eq!(created(&d), 0);
+        assert!(matches!(&d[..], [Decision::Stuck { .. }]), "{d:?}");
+    }
+
+    #[test]
+    fn a_spec_change_retires_old_containers_and_makes_new_ones() {
+        let mut w = World::new(&["a"]);
+        let p = w.pool(2, 4);
+        w.carry_out();
+        let mut spec = w.state.pool(&p).unwrap().spec.clone();
+        spec.image = "img:v2".into();
+        w.apply(Command::PutPool { spec });
+        let d = w.decide();
+        assert!(matches!(&d[0], Decision::Retire { ids, reason: "spec_changed" } if ids.len() == 2), "{d:?}");
+        assert_eq!(created(&d), 2);
+    }
+
+    #[test]
+    fn scale_down_retires_the_surplus() {
+        let mut w = World::new(&["a"]);
+        let p = w.pool(1, 4);
+        let mut spec = w.state.pool(&p).unwrap().spec.clone();
+        spec.max_warm = Some(4);
+        w.apply(Command::PutPool { spec });
+        w.apply(Command::SetWanted { pool: p.clone(), wanted: 4, detail: None });
+        w.carry_out();
+        assert_eq!(w.state.pool_counts(&p).warm, 4);
+        w.apply(Command::SetWanted { pool: p, wanted: 1, detail: None });
+        let d = w.decide();
+        assert!(matches!(&d[..], [Decision::Retire { ids, reason: "scale_down" }] if ids.len() == 3), "{d:?}");
+    }
+
+    #[test]
+    fn draining_node_hands_over_once_others_hold_enough() {
+        let mut w = World::new(&["a", "b"]);
+        let p = w.pool(2, 4);
+        w.carry_out();
+        w.apply(Command::SetNodeStatus { node: NodeId::new("a").unwrap(), status: NodeStatus::Draining });
+        let d = w.decide();
+        assert_eq!(created(&d), 1, "replacement for the draining node's container: {d:?}");
+        let Decision::Create { nodes, .. } = d.iter().find(|d| matches!(d, Decision::Create { .. })).unwrap() else { panic!() };
+        assert_eq!(nodes[0].as_str(), "b");
+        w.carry_out();
+        let d = w.decide();
+        assert!(matches!(&d[..], [Decision::Retire { reason: "drain", .. }]), "{d:?}");
+        let _ = p;
+    }
+
+    #[test]
+    fn pacing_holds_the_next_batch() {
+        let mut w = World::new(&["a"]);
+        let p = w.pool(8, 2);
+        let loads = node_loads(&w.state, |_| None);
+        let last = BTreeMap::from([(p, Timestamp(10_000_000 - 50))]);
+        let d = plan(&w.state, &loads, &last, Timestamp(10_000_000), Overcommit::default());
+        assert!(d.is_empty(), "a batch went out 50 ms ago; pacing is 200 ms");
+    }
+}

@@ -1,0 +1,209 @@
+//! Where new containers go: a pure scoring of nodes.
+//!
+//! A node can take a container of a pool when it is `ready`, carries every label the pool's
+//! constraints name, its memory use is under [`MEMORY_PRESSURE`], and the container's limits
+//! fit in what is left of its capacity (times the overcommit factors). Among eligible nodes,
+//! new containers go first to the node with the fewest of the pool's containers (spreading a
+//! pool over the fleet), then to the least reserved node, then by id so the choice is
+//! deterministic.
+
+use std::collections::BTreeMap;
+
+use warmpool_proto::records::{NodeStatus, Resources};
+use warmpool_proto::{NodeId, PoolSpec};
+
+/// A node whose memory use is over this share takes no new containers.
+pub const MEMORY_PRESSURE: f64 = 0.9;
+
+/// What placement needs to know about a node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeLoad {
+    /// The node.
+    pub id: NodeId,
+    /// Its scheduling status.
+    pub status: NodeStatus,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// What it offers.
+    pub capacity: Resources,
+    /// Host memory in use, 0.0..=1.0, from its last heartbeat (None: not heard yet).
+    pub memory_fraction: Option<f64>,
+    /// Limits of the live containers placed on it.
+    pub reserved: Resources,
+    /// Live containers of the pool being placed.
+    pub pool_count: u32,
+}
+
+/// How far reservations may exceed capacity: warm containers are mostly idle.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Overcommit {
+    /// CPU factor.
+    pub cpu: f64,
+    /// Memory factor.
+    pub memory: f64,
+}
+
+impl Default for Overcommit {
+    fn default() -> Self {
+        Overcommit { cpu: 8.0, memory: 1.0 }
+    }
+}
+
+/// Why a node cannot take a container.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Ineligible {
+    /// Not ready (cordoned, draining or down).
+    #[error("node {0} is {1}")]
+    NotReady(NodeId, &'static str),
+    /// Lacks a constraint label.
+    #[error("node {0} lacks label {1}={2}")]
+    Constraint(NodeId, String, String),
+    /// Memory use over [`MEMORY_PRESSURE`].
+    #[error("node {0} memory use is {1:.0}%")]
+    MemoryPressure(NodeId, f64),
+    /// Not enough cpu or memory left.
+    #[error("node {0} has no {1} left")]
+    Full(NodeId, &'static str),
+}
+
+/// Whether `node` can take one more container of `spec`.
+pub fn eligible(node: &NodeLoad, spec: &PoolSpec, over: Overcommit) -> Result<(), Ineligible> {
+    if node.status != NodeStatus::Ready {
+        return Err(Ineligible::NotReady(node.id.clone(), node.status.as_str()));
+    }
+    for (k, v) in &spec.constraints {
+        if node.labels.get(k) != Some(v) {
+            return Err(Ineligible::Constraint(node.id.clone(), k.clone(), v.clone()));
+        }
+    }
+    if let Some(f) = node.memory_fraction {
+        if f > MEMORY_PRESSURE {
+            return Err(Ineligible::MemoryPressure(node.id.clone(), f * 100.0));
+        }
+    }
+    let cpu_room = node.capacity.cpu_millis as f64 * over.cpu - node.reserved.cpu_millis as f64;
+    if cpu_room < spec.resources.cpu_millis as f64 {
+        return Err(Ineligible::Full(node.id.clone(), "cpu"));
+    }
+    let mem_room = node.capacity.memory_mb as f64 * over.memory - node.reserved.memory_mb as f64;
+    if mem_room < spec.resources.memory_mb as f64 {
+        return Err(Ineligible::Full(node.id.clone(), "memory"));
+    }
+    Ok(())
+}
+
+/// Picks nodes for up to `n` new containers of `spec`, one entry per container. Fewer (even
+/// none) when the fleet cannot hold them; the `Err` then says why the first refusal happened.
+pub fn place(
+    mut nodes: Vec<NodeLoad>,
+    spec: &PoolSpec,
+    n: usize,
+    over: Overcommit,
+) -> (Vec<NodeId>, Option<Ineligible>) {
+    let mut out = Vec::with_capacity(n);
+    let mut why = None;
+    for _ in 0..n {
+        let mut best: Option<usize> = None;
+        for (i, node) in nodes.iter().enumerate() {
+            if let Err(e) = eligible(node, spec, over) {
+                why.get_or_insert(e);
+                continue;
+            }
+            let better = match best {
+                None => true,
+                Some(b) => score(node) < score(&nodes[b]),
+            };
+            if better {
+                best = Some(i);
+            }
+        }
+        let Some(i) = best else { break };
+        let node = &mut nodes[i];
+        node.pool_count += 1;
+        node.reserved.cpu_millis += spec.resources.cpu_millis;
+        node.reserved.memory_mb += spec.resources.memory_mb;
+        out.push(node.id.clone());
+    }
+    let why = if out.len() < n { why } else { None };
+    (out, why)
+}
+
+/// Lower is better.
+fn score(n: &NodeLoad) -> (u32, u64, &NodeId) {
+    let mem = n.reserved.memory_mb.saturating_mul(1000) / n.capacity.memory_mb.max(1);
+    (n.pool_count, mem, &n.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use warmpool_proto::PoolName;
+
+    use super::*;
+
+    fn node(id: &str) -> NodeLoad {
+        NodeLoad {
+            id: NodeId::new(id).unwrap(),
+            status: NodeStatus::Ready,
+            labels: BTreeMap::new(),
+            capacity: Resources { cpu_millis: 2000, memory_mb: 4096 },
+            memory_fraction: Some(0.3),
+            reserved: Resources::default(),
+            pool_count: 0,
+        }
+    }
+
+    fn spec() -> PoolSpec {
+        PoolSpec::new(PoolName::new("demo").unwrap(), "img")
+    }
+
+    fn ids(v: &[NodeId]) -> Vec<&str> {
+        v.iter().map(|n| n.as_str()).collect()
+    }
+
+    #[test]
+    fn spreads_a_pool_over_nodes() {
+        let (got, why) = place(vec![node("a"), node("b"), node("c")], &spec(), 6, Overcommit::default());
+        assert_eq!(ids(&got), ["a", "b", "c", "a", "b", "c"]);
+        assert!(why.is_none());
+    }
+
+    #[test]
+    fn prefers_nodes_with_fewer_of_the_pool() {
+        let mut a = node("a");
+        a.pool_count = 2;
+        let (got, _) = place(vec![a, node("b")], &spec(), 3, Overcommit::default());
+        assert_eq!(ids(&got), ["b", "b", "a"]);
+    }
+
+    #[test]
+    fn honours_constraints() {
+        let mut eu = node("eu1");
+        eu.labels.insert("region".into(), "eu".into());
+        let mut s = spec();
+        s.constraints.insert("region".into(), "eu".into());
+        let (got, _) = place(vec![node("us1"), eu, node("us2")], &s, 3, Overcommit::default());
+        assert_eq!(ids(&got), ["eu1", "eu1", "eu1"]);
+    }
+
+    #[test]
+    fn skips_memory_pressure_and_unready_nodes_and_says_why() {
+        let mut hot = node("hot");
+        hot.memory_fraction = Some(0.95);
+        let mut cordoned = node("cordoned");
+        cordoned.status = NodeStatus::Cordoned;
+        let (got, why) = place(vec![hot.clone(), cordoned], &spec(), 1, Overcommit::default());
+        assert!(got.is_empty());
+        assert_eq!(why, Some(Ineligible::MemoryPressure(hot.id, 95.0)));
+    }
+
+    #[test]
+    fn respects_capacity() {
+        let mut small = node("small");
+        small.capacity = Resources { cpu_millis: 10_000, memory_mb: 300 };
+        let over = Overcommit { cpu: 1.0, memory: 1.0 };
+        // 128 MiB each: two fit in 300 MiB, a third does not.
+        let (got, why) = place(vec![small], &spec(), 3, over);
+        assert_eq!(got.len(), 2);
+        assert!(matches!(why, Some(Ineligible::Full(_, "memory"))));
+    }
+}
