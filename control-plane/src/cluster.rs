@@ -84,7 +84,12 @@ pub struct Cluster {
 impl Cluster {
     /// The local member `id`.
     pub fn new(id: MemberId, raft: Raft, shared: Arc<Shared>, nats: async_nats::Client) -> Self {
-        Cluster { id, raft, shared, nats }
+        Cluster {
+            id,
+            raft,
+            shared,
+            nats,
+        }
     }
 
     /// This member's id.
@@ -156,7 +161,10 @@ impl Cluster {
         let caught_up = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= index)).await;
         match caught_up {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(ClusterError::NoQuorum(format!("member {} did not catch up to index {index} in time", self.id))),
+            _ => Err(ClusterError::NoQuorum(format!(
+                "member {} did not catch up to index {index} in time",
+                self.id
+            ))),
         }
     }
 
@@ -169,7 +177,8 @@ impl Cluster {
                 if leader == self.id {
                     self.add_member_local(id, addr).await
                 } else {
-                    self.forward_done(leader, &Forward::AddMember { id, addr }, deadline).await
+                    self.forward_done(leader, &Forward::AddMember { id, addr }, deadline)
+                        .await
                 }
             }
         })
@@ -183,7 +192,8 @@ impl Cluster {
             if leader == self.id {
                 self.remove_member_local(id).await
             } else {
-                self.forward_done(leader, &Forward::RemoveMember { id }, deadline).await
+                self.forward_done(leader, &Forward::RemoveMember { id }, deadline)
+                    .await
             }
         })
         .await
@@ -225,7 +235,9 @@ impl Cluster {
                 self.id
             ))),
             Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(ClusterError::NotLeader),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(ClusterError::NotLeader)
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
                 Err(ClusterError::Membership(e.to_string()))
             }
@@ -236,9 +248,13 @@ impl Cluster {
     async fn read_index_local(&self) -> Result<u64, ClusterError> {
         let read = tokio::time::timeout(WRITE_DEADLINE, self.raft.ensure_linearizable()).await;
         match read {
-            Err(_) => Err(ClusterError::NoQuorum("leadership could not be confirmed by a quorum".into())),
+            Err(_) => Err(ClusterError::NoQuorum(
+                "leadership could not be confirmed by a quorum".into(),
+            )),
             Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(ClusterError::NotLeader),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                Err(ClusterError::NotLeader)
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
                 Err(ClusterError::NoQuorum(e.to_string()))
             }
@@ -249,14 +265,19 @@ impl Cluster {
     async fn add_member_local(&self, id: MemberId, addr: String) -> Result<(), ClusterError> {
         let map_err = |e: RaftError<MemberId, ClientWriteError<MemberId, BasicNode>>| match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ClusterError::NotLeader,
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ClusterError::Membership(e.to_string()),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                ClusterError::Membership(e.to_string())
+            }
             RaftError::Fatal(e) => ClusterError::Fatal(e.to_string()),
         };
         let voters = self.voters();
         if voters.contains(&id) {
             return Ok(());
         }
-        self.raft.add_learner(id, BasicNode::new(addr), true).await.map_err(map_err)?;
+        self.raft
+            .add_learner(id, BasicNode::new(addr), true)
+            .await
+            .map_err(map_err)?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
@@ -271,23 +292,40 @@ impl Cluster {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         } else if voters.contains(&id) {
             if voters.len() == 1 {
-                return Err(ClusterError::Membership("cannot remove the last voter".into()));
+                return Err(ClusterError::Membership(
+                    "cannot remove the last voter".into(),
+                ));
             }
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else {
-            return Err(ClusterError::Membership(format!("member {id} is not in the cluster")));
+            return Err(ClusterError::Membership(format!(
+                "member {id} is not in the cluster"
+            )));
         };
-        self.raft.change_membership(change, false).await.map_err(|e| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ClusterError::NotLeader,
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ClusterError::Membership(e.to_string()),
-            RaftError::Fatal(e) => ClusterError::Fatal(e.to_string()),
-        })?;
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+                    ClusterError::NotLeader
+                }
+                RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                    ClusterError::Membership(e.to_string())
+                }
+                RaftError::Fatal(e) => ClusterError::Fatal(e.to_string()),
+            })?;
         Ok(())
     }
 
     /// Voter ids of the current membership.
     pub fn voters(&self) -> BTreeSet<MemberId> {
-        self.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
     }
 
     /// Every member (voters and learners) and its node data.
@@ -302,7 +340,12 @@ impl Cluster {
             .collect()
     }
 
-    async fn forward_done(&self, leader: MemberId, fwd: &Forward, deadline: Instant) -> Result<(), ClusterError> {
+    async fn forward_done(
+        &self,
+        leader: MemberId,
+        fwd: &Forward,
+        deadline: Instant,
+    ) -> Result<(), ClusterError> {
         match self.forward(leader, fwd, deadline).await? {
             ForwardReply::Done => Ok(()),
             ForwardReply::Failed(e) => Err(e),
@@ -310,29 +353,44 @@ impl Cluster {
         }
     }
 
-    async fn forward(&self, leader: MemberId, fwd: &Forward, deadline: Instant) -> Result<ForwardReply, ClusterError> {
+    async fn forward(
+        &self,
+        leader: MemberId,
+        fwd: &Forward,
+        deadline: Instant,
+    ) -> Result<ForwardReply, ClusterError> {
         let payload = serde_json::to_vec(fwd).map_err(|e| ClusterError::Fatal(e.to_string()))?;
-        let request = self.nats.request(subjects::forward(leader), Bytes::from(payload));
+        let request = self
+            .nats
+            .request(subjects::forward(leader), Bytes::from(payload));
         match tokio::time::timeout_at(deadline, request).await {
-            Err(_) => Err(ClusterError::NoQuorum(format!("leader {leader} did not answer in time"))),
+            Err(_) => Err(ClusterError::NoQuorum(format!(
+                "leader {leader} did not answer in time"
+            ))),
             Ok(Err(e)) => {
                 debug!(leader, error = %e, "forward to leader failed");
                 Err(ClusterError::NotLeader)
             }
-            Ok(Ok(msg)) => serde_json::from_slice(&msg.payload)
-                .map_err(|e| ClusterError::Fatal(format!("bad forward reply from member {leader}: {e}"))),
+            Ok(Ok(msg)) => serde_json::from_slice(&msg.payload).map_err(|e| {
+                ClusterError::Fatal(format!("bad forward reply from member {leader}: {e}"))
+            }),
         }
     }
 
     /// Answers forwarded requests addressed to this member until `shutdown`.
-    pub async fn serve_forwards(self, shutdown: CancellationToken) -> Result<(), async_nats::SubscribeError> {
+    pub async fn serve_forwards(
+        self,
+        shutdown: CancellationToken,
+    ) -> Result<(), async_nats::SubscribeError> {
         let mut sub = self.nats.subscribe(subjects::forward(self.id)).await?;
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 m = sub.next() => match m { Some(m) => m, None => break },
             };
-            let Some(reply) = msg.reply.clone() else { continue };
+            let Some(reply) = msg.reply.clone() else {
+                continue;
+            };
             let this = self.clone();
             tokio::spawn(async move {
                 let answer = match serde_json::from_slice::<Forward>(&msg.payload) {
@@ -359,12 +417,19 @@ impl Cluster {
         // Only ever act locally here: a forwarded request is never forwarded again, so two
         // members that disagree about the leader cannot bounce a request between them.
         let result = match fwd {
-            Forward::Write(req) => {
-                self.write_local(req, Instant::now() + WRITE_DEADLINE).await.map(ForwardReply::Written)
-            }
+            Forward::Write(req) => self
+                .write_local(req, Instant::now() + WRITE_DEADLINE)
+                .await
+                .map(ForwardReply::Written),
             Forward::ReadIndex => self.read_index_local().await.map(ForwardReply::ReadIndex),
-            Forward::AddMember { id, addr } => self.add_member_local(id, addr).await.map(|_| ForwardReply::Done),
-            Forward::RemoveMember { id } => self.remove_member_local(id).await.map(|_| ForwardReply::Done),
+            Forward::AddMember { id, addr } => self
+                .add_member_local(id, addr)
+                .await
+                .map(|_| ForwardReply::Done),
+            Forward::RemoveMember { id } => self
+                .remove_member_local(id)
+                .await
+                .map(|_| ForwardReply::Done),
         };
         result.unwrap_or_else(ForwardReply::Failed)
     }

@@ -54,7 +54,15 @@ pub fn plan(
 ) -> Vec<Decision> {
     let mut out = Vec::new();
     for pool in state.pools() {
-        plan_pool(state, pool, loads, last_batch.get(&pool.spec.name).copied(), now, over, &mut out);
+        plan_pool(
+            state,
+            pool,
+            loads,
+            last_batch.get(&pool.spec.name).copied(),
+            now,
+            over,
+            &mut out,
+        );
     }
     out
 }
@@ -72,7 +80,9 @@ fn plan_pool(
     let name = &spec.name;
     let batch = spec.scaling.batch_size as usize;
     let offering = |node: &NodeId| {
-        state.node(node).is_some_and(|n| matches!(n.status, NodeStatus::Ready | NodeStatus::Cordoned))
+        state
+            .node(node)
+            .is_some_and(|n| matches!(n.status, NodeStatus::Ready | NodeStatus::Cordoned))
     };
 
     let mut warm_current = Vec::new(); // (warm_at, id) of usable warm containers
@@ -81,7 +91,10 @@ fn plan_pool(
     let mut stale = Vec::new();
     let mut live = 0usize;
     for c in state.containers().filter(|c| &c.pool == name) {
-        if matches!(c.state, ContainerState::Creating | ContainerState::Warm | ContainerState::Allocated) {
+        if matches!(
+            c.state,
+            ContainerState::Creating | ContainerState::Warm | ContainerState::Allocated
+        ) {
             live += 1;
         }
         let current = c.generation == pool.generation;
@@ -97,7 +110,10 @@ fn plan_pool(
 
     if !stale.is_empty() {
         stale.truncate(batch);
-        out.push(Decision::Retire { ids: stale, reason: "spec_changed" });
+        out.push(Decision::Retire {
+            ids: stale,
+            reason: "spec_changed",
+        });
     }
 
     let wanted = state.wanted(pool) as usize;
@@ -106,7 +122,10 @@ fn plan_pool(
     // Draining nodes give up their warm containers once the rest holds enough.
     if !draining_warm.is_empty() && warm_current.len() >= wanted {
         draining_warm.truncate(batch);
-        out.push(Decision::Retire { ids: draining_warm, reason: "drain" });
+        out.push(Decision::Retire {
+            ids: draining_warm,
+            reason: "drain",
+        });
     }
 
     if supply > wanted && warm_current.len() > wanted {
@@ -114,8 +133,16 @@ fn plan_pool(
         // that allocations take first.
         warm_current.sort();
         let surplus = (warm_current.len() - wanted).min(batch);
-        let ids = warm_current.iter().rev().take(surplus).map(|(_, id)| *id).collect();
-        out.push(Decision::Retire { ids, reason: "scale_down" });
+        let ids = warm_current
+            .iter()
+            .rev()
+            .take(surplus)
+            .map(|(_, id)| *id)
+            .collect();
+        out.push(Decision::Retire {
+            ids,
+            reason: "scale_down",
+        });
         return;
     }
 
@@ -123,14 +150,18 @@ fn plan_pool(
     if deficit == 0 {
         return;
     }
-    let paced = last_batch.is_some_and(|t| now.since(t).as_millis() < u128::from(spec.scaling.pacing_ms));
+    let paced =
+        last_batch.is_some_and(|t| now.since(t).as_millis() < u128::from(spec.scaling.pacing_ms));
     if paced || creating >= 2 * batch {
         return;
     }
     let room = (spec.max_total as usize).saturating_sub(live);
     let n = deficit.min(batch).min(room);
     if n == 0 {
-        out.push(Decision::Stuck { pool: name.clone(), reason: format!("at max_total ({})", spec.max_total) });
+        out.push(Decision::Stuck {
+            pool: name.clone(),
+            reason: format!("at max_total ({})", spec.max_total),
+        });
         return;
     }
     let mut pool_loads = loads.to_vec();
@@ -142,16 +173,30 @@ fn plan_pool(
     }
     let (nodes, why) = placement::place(pool_loads, spec, n, over);
     if !nodes.is_empty() {
-        out.push(Decision::Create { pool: name.clone(), generation: pool.generation, nodes });
+        out.push(Decision::Create {
+            pool: name.clone(),
+            generation: pool.generation,
+            nodes,
+        });
     }
     if let Some(why) = why {
-        let reason = if loads.is_empty() { "no nodes have joined".to_string() } else { why.to_string() };
-        out.push(Decision::Stuck { pool: name.clone(), reason });
+        let reason = if loads.is_empty() {
+            "no nodes have joined".to_string()
+        } else {
+            why.to_string()
+        };
+        out.push(Decision::Stuck {
+            pool: name.clone(),
+            reason,
+        });
     }
 }
 
 /// Loads of every node for placement: reservations from the state, memory from heartbeats.
-pub fn node_loads(state: &PoolState, memory_fraction: impl Fn(&NodeId) -> Option<f64>) -> Vec<NodeLoad> {
+pub fn node_loads(
+    state: &PoolState,
+    memory_fraction: impl Fn(&NodeId) -> Option<f64>,
+) -> Vec<NodeLoad> {
     let mut reserved: BTreeMap<&NodeId, warmpool_proto::records::Resources> = BTreeMap::new();
     for c in state.containers().filter(|c| c.state.is_live()) {
         if let Some(pool) = state.pool(&c.pool) {
@@ -192,13 +237,19 @@ mod tests {
 
     impl World {
         fn new(nodes: &[&str]) -> Self {
-            let mut w = World { state: PoolState::default(), index: 0 };
+            let mut w = World {
+                state: PoolState::default(),
+                index: 0,
+            };
             for n in nodes {
                 w.apply(Command::NodeJoin {
                     node: NodeId::new(*n).unwrap(),
                     ipv6_prefix: "fd36:1::/64".into(),
                     labels: BTreeMap::new(),
-                    capacity: Resources { cpu_millis: 2000, memory_mb: 8192 },
+                    capacity: Resources {
+                        cpu_millis: 2000,
+                        memory_mb: 8192,
+                    },
                     agent_version: "t".into(),
                 });
             }
@@ -206,7 +257,13 @@ mod tests {
         }
         fn apply(&mut self, cmd: Command) {
             self.index += 1;
-            self.state.apply(self.index, Request { at: Timestamp(self.index * 1000), cmd });
+            self.state.apply(
+                self.index,
+                Request {
+                    at: Timestamp(self.index * 1000),
+                    cmd,
+                },
+            );
         }
         fn pool(&mut self, min_warm: u32, batch: u32) -> PoolName {
             let name = PoolName::new("demo").unwrap();
@@ -218,14 +275,30 @@ mod tests {
         }
         fn decide(&self) -> Vec<Decision> {
             let loads = node_loads(&self.state, |_| Some(0.2));
-            plan(&self.state, &loads, &BTreeMap::new(), Timestamp(10_000_000), Overcommit::default())
+            plan(
+                &self.state,
+                &loads,
+                &BTreeMap::new(),
+                Timestamp(10_000_000),
+                Overcommit::default(),
+            )
         }
         /// Carries out create decisions and makes every new container warm.
         fn carry_out(&mut self) {
             for d in self.decide() {
-                if let Decision::Create { pool, generation, nodes } = d {
-                    let placements: Vec<_> = nodes.into_iter().map(|n| (ContainerId::new(), n)).collect();
-                    self.apply(Command::PlanContainers { pool: pool.clone(), generation, placements: placements.clone() });
+                if let Decision::Create {
+                    pool,
+                    generation,
+                    nodes,
+                } = d
+                {
+                    let placements: Vec<_> =
+                        nodes.into_iter().map(|n| (ContainerId::new(), n)).collect();
+                    self.apply(Command::PlanContainers {
+                        pool: pool.clone(),
+                        generation,
+                        placements: placements.clone(),
+                    });
                     for (id, node) in placements {
                         self.apply(Command::Observe {
                             node,
@@ -249,7 +322,15 @@ mod tests {
     }
 
     fn created(ds: &[Decision]) -> usize {
-        ds.iter().map(|d| if let Decision::Create { nodes, .. } = d { nodes.len() } else { 0 }).sum()
+        ds.iter()
+            .map(|d| {
+                if let Decision::Create { nodes, .. } = d {
+                    nodes.len()
+                } else {
+                    0
+                }
+            })
+            .sum()
     }
 
     #[test]
@@ -258,7 +339,9 @@ mod tests {
         w.pool(5, 2);
         let d = w.decide();
         assert_eq!(created(&d), 2, "one batch at a time: {d:?}");
-        let Decision::Create { nodes, .. } = &d[0] else { panic!() };
+        let Decision::Create { nodes, .. } = &d[0] else {
+            panic!()
+        };
         assert_ne!(nodes[0], nodes[1], "spread over nodes");
         w.carry_out();
         w.carry_out();
@@ -272,13 +355,21 @@ mod tests {
         let mut w = World::new(&["a"]);
         let p = w.pool(3, 4);
         let d = w.decide();
-        let Decision::Create { generation, nodes, .. } = d[0].clone() else { panic!() };
+        let Decision::Create {
+            generation, nodes, ..
+        } = d[0].clone()
+        else {
+            panic!()
+        };
         w.apply(Command::PlanContainers {
             pool: p,
             generation,
             placements: nodes.into_iter().map(|n| (ContainerId::new(), n)).collect(),
         });
-        assert!(w.decide().is_empty(), "three being made already cover min_warm 3");
+        assert!(
+            w.decide().is_empty(),
+            "three being made already cover min_warm 3"
+        );
     }
 
     #[test]
@@ -328,7 +419,10 @@ mod tests {
         spec.image = "img:v2".into();
         w.apply(Command::PutPool { spec });
         let d = w.decide();
-        assert!(matches!(&d[0], Decision::Retire { ids, reason: "spec_changed" } if ids.len() == 2), "{d:?}");
+        assert!(
+            matches!(&d[0], Decision::Retire { ids, reason: "spec_changed" } if ids.len() == 2),
+            "{d:?}"
+        );
         assert_eq!(created(&d), 2);
     }
 
@@ -339,12 +433,23 @@ mod tests {
         let mut spec = w.state.pool(&p).unwrap().spec.clone();
         spec.max_warm = Some(4);
         w.apply(Command::PutPool { spec });
-        w.apply(Command::SetWanted { pool: p.clone(), wanted: 4, detail: None });
+        w.apply(Command::SetWanted {
+            pool: p.clone(),
+            wanted: 4,
+            detail: None,
+        });
         w.carry_out();
         assert_eq!(w.state.pool_counts(&p).warm, 4);
-        w.apply(Command::SetWanted { pool: p, wanted: 1, detail: None });
+        w.apply(Command::SetWanted {
+            pool: p,
+            wanted: 1,
+            detail: None,
+        });
         let d = w.decide();
-        assert!(matches!(&d[..], [Decision::Retire { ids, reason: "scale_down" }] if ids.len() == 3), "{d:?}");
+        assert!(
+            matches!(&d[..], [Decision::Retire { ids, reason: "scale_down" }] if ids.len() == 3),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -352,14 +457,36 @@ mod tests {
         let mut w = World::new(&["a", "b"]);
         let p = w.pool(2, 4);
         w.carry_out();
-        w.apply(Command::SetNodeStatus { node: NodeId::new("a").unwrap(), status: NodeStatus::Draining });
+        w.apply(Command::SetNodeStatus {
+            node: NodeId::new("a").unwrap(),
+            status: NodeStatus::Draining,
+        });
         let d = w.decide();
-        assert_eq!(created(&d), 1, "replacement for the draining node's container: {d:?}");
-        let Decision::Create { nodes, .. } = d.iter().find(|d| matches!(d, Decision::Create { .. })).unwrap() else { panic!() };
+        assert_eq!(
+            created(&d),
+            1,
+            "replacement for the draining node's container: {d:?}"
+        );
+        let Decision::Create { nodes, .. } = d
+            .iter()
+            .find(|d| matches!(d, Decision::Create { .. }))
+            .unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(nodes[0].as_str(), "b");
         w.carry_out();
         let d = w.decide();
-        assert!(matches!(&d[..], [Decision::Retire { reason: "drain", .. }]), "{d:?}");
+        assert!(
+            matches!(
+                &d[..],
+                [Decision::Retire {
+                    reason: "drain",
+                    ..
+                }]
+            ),
+            "{d:?}"
+        );
         let _ = p;
     }
 
@@ -369,7 +496,13 @@ mod tests {
         let p = w.pool(8, 2);
         let loads = node_loads(&w.state, |_| None);
         let last = BTreeMap::from([(p, Timestamp(10_000_000 - 50))]);
-        let d = plan(&w.state, &loads, &last, Timestamp(10_000_000), Overcommit::default());
+        let d = plan(
+            &w.state,
+            &loads,
+            &last,
+            Timestamp(10_000_000),
+            Overcommit::default(),
+        );
         assert!(d.is_empty(), "a batch went out 50 ms ago; pacing is 200 ms");
     }
 }

@@ -11,8 +11,13 @@
 //! - `api`: the REST API and event stream.
 #![warn(missing_docs)]
 
+pub mod agents;
+pub mod api;
 pub mod cluster;
 pub mod keepwarm;
+pub mod leader;
 pub mod placement;
 pub mod raft;
+pub mod reconcile;
+pub mod server;
 pub mod state;

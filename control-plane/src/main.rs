@@ -1,1 +1,136 @@
-fn main() {}
+//! `warmpool-control-plane`: flags, logging, metrics, then [`server::run`] until a signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+use warmpool_control_plane::leader::LeaderConfig;
+use warmpool_control_plane::server::{self, Config, RaftTuning};
+
+/// A Warmpool control-plane member.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Raft id of this member (1, 2, 3, ...).
+    #[arg(long, env = "WARMPOOL_MEMBER_ID")]
+    id: u64,
+    /// NATS server URL.
+    #[arg(
+        long,
+        env = "WARMPOOL_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
+    /// NATS user.
+    #[arg(long, env = "WARMPOOL_NATS_USER")]
+    nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "WARMPOOL_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
+    /// REST API listen address.
+    #[arg(long, env = "WARMPOOL_API_ADDR", default_value = "127.0.0.1:7070")]
+    api_addr: SocketAddr,
+    /// API URL other members and clients should use (default: http://<api-addr>).
+    #[arg(long, env = "WARMPOOL_ADVERTISE")]
+    advertise: Option<String>,
+    /// Data directory (Raft log and snapshots).
+    #[arg(long, env = "WARMPOOL_DATA_DIR", default_value = "./warmpool-data")]
+    data_dir: PathBuf,
+    /// Start a new cluster with this member as its only voter (ignored once initialized).
+    #[arg(long, env = "WARMPOOL_BOOTSTRAP")]
+    bootstrap: bool,
+    /// Seconds without a heartbeat before a node is declared down.
+    #[arg(long, env = "WARMPOOL_NODE_TIMEOUT_SECS", default_value_t = 5.0)]
+    node_timeout_secs: f64,
+    /// Reservation overcommit for CPU when placing containers.
+    #[arg(long, env = "WARMPOOL_CPU_OVERCOMMIT", default_value_t = 8.0)]
+    cpu_overcommit: f64,
+    /// Raft: take a snapshot after this many log entries.
+    #[arg(long, env = "WARMPOOL_SNAPSHOT_EVERY", default_value_t = 5000)]
+    snapshot_every: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "WARMPOOL_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn,async_nats=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        fmt.json().init();
+    } else {
+        fmt.with_ansi(ansi).init();
+    }
+    if !(args.node_timeout_secs > 0.0 && args.cpu_overcommit > 0.0) {
+        anyhow::bail!("--node-timeout-secs and --cpu-overcommit must be positive");
+    }
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+
+    let leader = LeaderConfig {
+        node_timeout: Duration::from_secs_f64(args.node_timeout_secs),
+        overcommit: warmpool_control_plane::placement::Overcommit {
+            cpu: args.cpu_overcommit,
+            memory: 1.0,
+        },
+        ..LeaderConfig::default()
+    };
+    let config = Config {
+        id: args.id,
+        nats_url: args.nats_url,
+        nats_user: args.nats_user,
+        nats_password: args.nats_password,
+        advertise: args
+            .advertise
+            .unwrap_or_else(|| format!("http://{}", args.api_addr)),
+        api_addr: args.api_addr,
+        data_dir: args.data_dir,
+        bootstrap: args.bootstrap,
+        leader,
+        raft: RaftTuning {
+            snapshot_every: args.snapshot_every,
+            ..RaftTuning::default()
+        },
+        agent_timeout: Duration::from_secs(5),
+    };
+
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received; stopping");
+        signal.cancel();
+    });
+    server::run(config, Some(metrics), shutdown)
+        .await
+        .context("control plane failed")
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -45,7 +45,10 @@ pub struct Overcommit {
 
 impl Default for Overcommit {
     fn default() -> Self {
-        Overcommit { cpu: 8.0, memory: 1.0 }
+        Overcommit {
+            cpu: 8.0,
+            memory: 1.0,
+        }
     }
 }
 
@@ -73,7 +76,11 @@ pub fn eligible(node: &NodeLoad, spec: &PoolSpec, over: Overcommit) -> Result<()
     }
     for (k, v) in &spec.constraints {
         if node.labels.get(k) != Some(v) {
-            return Err(Ineligible::Constraint(node.id.clone(), k.clone(), v.clone()));
+            return Err(Ineligible::Constraint(
+                node.id.clone(),
+                k.clone(),
+                v.clone(),
+            ));
         }
     }
     if let Some(f) = node.memory_fraction {
@@ -145,7 +152,10 @@ mod tests {
             id: NodeId::new(id).unwrap(),
             status: NodeStatus::Ready,
             labels: BTreeMap::new(),
-            capacity: Resources { cpu_millis: 2000, memory_mb: 4096 },
+            capacity: Resources {
+                cpu_millis: 2000,
+                memory_mb: 4096,
+            },
             memory_fraction: Some(0.3),
             reserved: Resources::default(),
             pool_count: 0,
@@ -162,7 +172,12 @@ mod tests {
 
     #[test]
     fn spreads_a_pool_over_nodes() {
-        let (got, why) = place(vec![node("a"), node("b"), node("c")], &spec(), 6, Overcommit::default());
+        let (got, why) = place(
+            vec![node("a"), node("b"), node("c")],
+            &spec(),
+            6,
+            Overcommit::default(),
+        );
         assert_eq!(ids(&got), ["a", "b", "c", "a", "b", "c"]);
         assert!(why.is_none());
     }
@@ -181,7 +196,12 @@ mod tests {
         eu.labels.insert("region".into(), "eu".into());
         let mut s = spec();
         s.constraints.insert("region".into(), "eu".into());
-        let (got, _) = place(vec![node("us1"), eu, node("us2")], &s, 3, Overcommit::default());
+        let (got, _) = place(
+            vec![node("us1"), eu, node("us2")],
+            &s,
+            3,
+            Overcommit::default(),
+        );
         assert_eq!(ids(&got), ["eu1", "eu1", "eu1"]);
     }
 
@@ -191,7 +211,12 @@ mod tests {
         hot.memory_fraction = Some(0.95);
         let mut cordoned = node("cordoned");
         cordoned.status = NodeStatus::Cordoned;
-        let (got, why) = place(vec![hot.clone(), cordoned], &spec(), 1, Overcommit::default());
+        let (got, why) = place(
+            vec![hot.clone(), cordoned],
+            &spec(),
+            1,
+            Overcommit::default(),
+        );
         assert!(got.is_empty());
         assert_eq!(why, Some(Ineligible::MemoryPressure(hot.id, 95.0)));
     }
@@ -199,8 +224,14 @@ mod tests {
     #[test]
     fn respects_capacity() {
         let mut small = node("small");
-        small.capacity = Resources { cpu_millis: 10_000, memory_mb: 300 };
-        let over = Overcommit { cpu: 1.0, memory: 1.0 };
+        small.capacity = Resources {
+            cpu_millis: 10_000,
+            memory_mb: 300,
+        };
+        let over = Overcommit {
+            cpu: 1.0,
+            memory: 1.0,
+        };
         // 128 MiB each: two fit in 300 MiB, a third does not.
         let (got, why) = place(vec![small], &spec(), 3, over);
         assert_eq!(got.len(), 2);

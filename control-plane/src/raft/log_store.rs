@@ -32,8 +32,14 @@ pub struct LogStore {
     meta: sled::Tree,
 }
 
-fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
-    StorageError::IO { source: StorageIOError::new(subject, verb, openraft::AnyError::new(&e)) }
+fn io_err(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
+    StorageError::IO {
+        source: StorageIOError::new(subject, verb, openraft::AnyError::new(&e)),
+    }
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -43,24 +49,49 @@ fn key(index: u64) -> [u8; 8] {
 impl LogStore {
     /// Opens the log store in `db`.
     pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
-        Ok(LogStore { db: db.clone(), log: db.open_tree("raft_log")?, meta: db.open_tree("raft_meta")? })
+        Ok(LogStore {
+            db: db.clone(),
+            log: db.open_tree("raft_log")?,
+            meta: db.open_tree("raft_meta")?,
+        })
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, k: &[u8], subject: ErrorSubject<u64>) -> Result<Option<T>, StorageError> {
-        let Some(bytes) = self.meta.get(k).map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))? else {
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        k: &[u8],
+        subject: ErrorSubject<u64>,
+    ) -> Result<Option<T>, StorageError> {
+        let Some(bytes) = self
+            .meta
+            .get(k)
+            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?
+        else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| io_err(subject, ErrorVerb::Read, e))
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io_err(subject, ErrorVerb::Read, e))
     }
 
-    fn write_meta<T: serde::Serialize>(&self, k: &[u8], v: &T, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
-        let bytes = serde_json::to_vec(v).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
-        self.meta.insert(k, bytes).map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
+    fn write_meta<T: serde::Serialize>(
+        &self,
+        k: &[u8],
+        v: &T,
+        subject: ErrorSubject<u64>,
+    ) -> Result<(), StorageError> {
+        let bytes =
+            serde_json::to_vec(v).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
+        self.meta
+            .insert(k, bytes)
+            .map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
         Ok(())
     }
 
     async fn flush(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
-        self.db.flush_async().await.map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
         Ok(())
     }
 
@@ -93,7 +124,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         for item in self.log.range(key(start)..) {
             let (k, v) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             let index = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
-                io_err(ErrorSubject::Logs, ErrorVerb::Read, std::io::Error::other("bad log key"))
+                io_err(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Read,
+                    std::io::Error::other("bad log key"),
+                )
             })?);
             if !range.contains(&index) {
                 break;
@@ -109,11 +144,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read_meta(LAST_PURGED, ErrorSubject::Store)?;
-        let last = match self.log.last().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))? {
+        let last = match self
+            .log
+            .last()
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?
+        {
             Some((_, v)) => Some(Self::decode(&v)?.log_id),
             None => None,
         };
-        Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -134,26 +176,44 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_meta::<Option<LogId>>(COMMITTED, ErrorSubject::Store)?.flatten())
+        Ok(self
+            .read_meta::<Option<LogId>>(COMMITTED, ErrorSubject::Store)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            let bytes = serde_json::to_vec(&entry).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            let bytes = serde_json::to_vec(&entry)
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
             batch.insert(&key(entry.log_id.index), bytes);
         }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         // Durable first, acknowledged second.
-        let flushed = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        let flushed = self
+            .db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(std::io::Error::other);
         let ok = flushed.is_ok();
         callback.log_io_completed(flushed);
         if !ok {
-            return Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other("flush failed")));
+            return Err(io_err(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                std::io::Error::other("flush failed"),
+            ));
         }
         Ok(())
     }
@@ -164,7 +224,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (k, _) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         self.flush(ErrorSubject::Logs).await
     }
 
@@ -177,7 +239,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (k, _) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         Ok(())
     }
 }

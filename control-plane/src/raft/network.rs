@@ -8,11 +8,14 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use openraft::error::{InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
@@ -39,7 +42,10 @@ impl RaftNetworkFactory<TypeConfig> for NatsNetwork {
     type Network = NatsConnection;
 
     async fn new_client(&mut self, target: MemberId, _node: &BasicNode) -> NatsConnection {
-        NatsConnection { client: self.client.clone(), target }
+        NatsConnection {
+            client: self.client.clone(),
+            target,
+        }
     }
 }
 
@@ -59,7 +65,9 @@ pub(crate) struct SnapshotChunkHeader {
 }
 
 /// Frames a snapshot chunk: 4-byte big-endian header length, JSON header, raw data.
-pub(crate) fn encode_snapshot_chunk(req: &InstallSnapshotRequest<TypeConfig>) -> Result<Bytes, serde_json::Error> {
+pub(crate) fn encode_snapshot_chunk(
+    req: &InstallSnapshotRequest<TypeConfig>,
+) -> Result<Bytes, serde_json::Error> {
     let header = serde_json::to_vec(&SnapshotChunkHeader {
         vote: req.vote,
         meta: req.meta.clone(),
@@ -74,12 +82,25 @@ pub(crate) fn encode_snapshot_chunk(req: &InstallSnapshotRequest<TypeConfig>) ->
 }
 
 /// Parses a frame made by [`encode_snapshot_chunk`].
-pub(crate) fn decode_snapshot_chunk(bytes: &[u8]) -> Result<InstallSnapshotRequest<TypeConfig>, String> {
-    let len_bytes: [u8; 4] = bytes.get(..4).and_then(|b| b.try_into().ok()).ok_or("short snapshot frame")?;
+pub(crate) fn decode_snapshot_chunk(
+    bytes: &[u8],
+) -> Result<InstallSnapshotRequest<TypeConfig>, String> {
+    let len_bytes: [u8; 4] = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("short snapshot frame")?;
     let len = u32::from_be_bytes(len_bytes) as usize;
-    let header = bytes.get(4..4 + len).ok_or("snapshot header runs past the frame")?;
+    let header = bytes
+        .get(4..4 + len)
+        .ok_or("snapshot header runs past the frame")?;
     let h: SnapshotChunkHeader = serde_json::from_slice(header).map_err(|e| e.to_string())?;
-    Ok(InstallSnapshotRequest { vote: h.vote, meta: h.meta, offset: h.offset, data: bytes[4 + len..].to_vec(), done: h.done })
+    Ok(InstallSnapshotRequest {
+        vote: h.vote,
+        meta: h.meta,
+        offset: h.offset,
+        data: bytes[4 + len..].to_vec(),
+        done: h.done,
+    })
 }
 
 type RpcResult<T, E> = Result<T, RPCError<MemberId, BasicNode, RaftError<MemberId, E>>>;
@@ -93,32 +114,52 @@ impl NatsConnection {
         let subject = subjects::raft(self.target, rpc);
         let max = self.client.server_info().max_payload;
         if max > 0 && payload.len() > max {
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(1)));
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(1),
+            ));
         }
         let reply = match tokio::time::timeout(ttl, self.client.request(subject, payload)).await {
-            Err(_) => return Err(net_err(format!("raft {} to member {} timed out after {ttl:?}", rpc.as_str(), self.target))),
+            Err(_) => {
+                return Err(net_err(format!(
+                    "raft {} to member {} timed out after {ttl:?}",
+                    rpc.as_str(),
+                    self.target
+                )))
+            }
             Ok(Err(e)) => {
                 return Err(match e.kind() {
-                    async_nats::RequestErrorKind::NoResponders => RPCError::Unreachable(Unreachable::new(
-                        &std::io::Error::other(format!("member {} is not listening", self.target)),
+                    async_nats::RequestErrorKind::NoResponders => {
+                        RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
+                            "member {} is not listening",
+                            self.target
+                        ))))
+                    }
+                    _ => net_err(format!(
+                        "raft {} to member {}: {e}",
+                        rpc.as_str(),
+                        self.target
                     )),
-                    _ => net_err(format!("raft {} to member {}: {e}", rpc.as_str(), self.target)),
                 })
             }
             Ok(Ok(msg)) => msg,
         };
-        let answer: Result<Resp, RaftError<MemberId, E>> = serde_json::from_slice(&reply.payload)
-            .map_err(|e| net_err(format!("bad raft reply from member {}: {e}", self.target)))?;
+        let answer: Result<Resp, RaftError<MemberId, E>> =
+            serde_json::from_slice(&reply.payload)
+                .map_err(|e| net_err(format!("bad raft reply from member {}: {e}", self.target)))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
-fn net_err<E: std::error::Error>(msg: String) -> RPCError<MemberId, BasicNode, RaftError<MemberId, E>> {
+fn net_err<E: std::error::Error>(
+    msg: String,
+) -> RPCError<MemberId, BasicNode, RaftError<MemberId, E>> {
     RPCError::Network(NetworkError::new(&std::io::Error::other(msg)))
 }
 
 fn encode<T: Serialize, E: std::error::Error>(v: &T) -> RpcResult<Bytes, E> {
-    serde_json::to_vec(v).map(Bytes::from).map_err(|e| net_err(format!("encode raft request: {e}")))
+    serde_json::to_vec(v)
+        .map(Bytes::from)
+        .map_err(|e| net_err(format!("encode raft request: {e}")))
 }
 
 impl RaftNetwork<TypeConfig> for NatsConnection {
@@ -136,8 +177,10 @@ impl RaftNetwork<TypeConfig> for NatsConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<MemberId>, InstallSnapshotError> {
-        let payload = encode_snapshot_chunk(&rpc).map_err(|e| net_err(format!("encode snapshot chunk: {e}")))?;
-        self.call(RaftRpc::Snapshot, payload, option.hard_ttl()).await
+        let payload = encode_snapshot_chunk(&rpc)
+            .map_err(|e| net_err(format!("encode snapshot chunk: {e}")))?;
+        self.call(RaftRpc::Snapshot, payload, option.hard_ttl())
+            .await
     }
 
     async fn vote(
@@ -170,7 +213,10 @@ mod tests {
             done: false,
         };
         let frame = encode_snapshot_chunk(&req).unwrap();
-        assert!(frame.len() < req.data.len() + 400, "raw bytes, not JSON arrays");
+        assert!(
+            frame.len() < req.data.len() + 400,
+            "raw bytes, not JSON arrays"
+        );
         assert_eq!(decode_snapshot_chunk(&frame).unwrap(), req);
         assert!(decode_snapshot_chunk(b"\x00\x00").is_err());
         assert!(decode_snapshot_chunk(b"\x00\x00\xff\xffabc").is_err());

@@ -31,7 +31,12 @@ pub async fn serve(
             warn!(subject = %msg.subject, "raft message without a reply subject; dropped");
             continue;
         };
-        let rpc = msg.subject.as_str().rsplit('.').next().and_then(RaftRpc::parse);
+        let rpc = msg
+            .subject
+            .as_str()
+            .rsplit('.')
+            .next()
+            .and_then(RaftRpc::parse);
         let (raft, client) = (raft.clone(), client.clone());
         // One task per request: a long snapshot install must not hold up votes.
         tokio::spawn(async move {
@@ -55,7 +60,9 @@ pub async fn serve(
 }
 
 fn to_bytes<T: Serialize>(v: &T) -> Result<Bytes, String> {
-    serde_json::to_vec(v).map(Bytes::from).map_err(|e| e.to_string())
+    serde_json::to_vec(v)
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
 }
 
 async fn handle(raft: &Raft, rpc: RaftRpc, payload: &[u8]) -> Result<Bytes, String> {
@@ -72,7 +79,8 @@ async fn handle(raft: &Raft, rpc: RaftRpc, payload: &[u8]) -> Result<Bytes, Stri
         }
         RaftRpc::Snapshot => {
             let req = decode_snapshot_chunk(payload)?;
-            let res: Result<_, RaftError<MemberId, InstallSnapshotError>> = raft.install_snapshot(req).await;
+            let res: Result<_, RaftError<MemberId, InstallSnapshotError>> =
+                raft.install_snapshot(req).await;
             to_bytes(&res)
         }
     }

@@ -13,7 +13,9 @@ use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError,
+};
 use tokio::sync::watch;
 
 use super::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership};
@@ -70,8 +72,14 @@ pub struct StateMachineStore {
     snapshots: sled::Tree,
 }
 
-fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
-    StorageError::IO { source: StorageIOError::new(subject, verb, openraft::AnyError::new(&e)) }
+fn io_err(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
+    StorageError::IO {
+        source: StorageIOError::new(subject, verb, openraft::AnyError::new(&e)),
+    }
 }
 
 impl StateMachineStore {
@@ -120,19 +128,30 @@ impl StateMachineStore {
 
     async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
-        let meta_bytes = serde_json::to_vec(meta).map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+        let meta_bytes =
+            serde_json::to_vec(meta).map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
         let mut batch = sled::Batch::default();
         batch.insert(SNAPSHOT_META, meta_bytes);
         batch.insert(SNAPSHOT_DATA, data);
-        self.snapshots.apply_batch(batch).map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
-        self.db.flush_async().await.map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+        self.snapshots
+            .apply_batch(batch)
+            .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
         Ok(())
     }
 
     /// Replaces the whole state with the snapshot's.
     fn replace(&self, meta: &SnapshotMeta, bytes: &[u8]) -> Result<(), StorageError> {
-        let mut state: PoolState = serde_json::from_slice(bytes)
-            .map_err(|e| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, e))?;
+        let mut state: PoolState = serde_json::from_slice(bytes).map_err(|e| {
+            io_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                e,
+            )
+        })?;
         state.rebuild_indexes();
         let index = meta.last_log_id.map_or(0, |l| l.index);
         {
@@ -155,13 +174,25 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             (d.last_applied, d.membership.clone(), bytes)
         };
         let snapshot_id = match last_log_id {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, warmpool_proto::Timestamp::now().0),
+            Some(l) => format!(
+                "{}-{}-{}",
+                l.leader_id,
+                l.index,
+                warmpool_proto::Timestamp::now().0
+            ),
             None => format!("none-{}", warmpool_proto::Timestamp::now().0),
         };
-        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
         self.save_snapshot(&meta, &bytes).await?;
         metrics::gauge!("warmpool_raft_snapshot_bytes").set(bytes.len() as f64);
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
     }
 }
 
@@ -219,7 +250,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.load_snapshot()?.map(|(meta, bytes)| Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) }))
+        Ok(self.load_snapshot()?.map(|(meta, bytes)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
     }
 }
 
@@ -233,10 +267,15 @@ mod tests {
     struct SledBuilder;
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
-        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
-            let dir = tempfile::tempdir().map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
-            let db = sled::open(dir.path()).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
-            let log = LogStore::open(&db).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+            let dir = tempfile::tempdir()
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+            let db = sled::open(dir.path())
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+            let log = LogStore::open(&db)
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
             let sm = StateMachineStore::open(&db)?;
             Ok((dir, log, sm))
         }

@@ -6,7 +6,7 @@
 
 mod apply;
 pub mod command;
-mod query;
+pub mod query;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 

@@ -1,0 +1,317 @@
+//! The NATS edge to node agents: what every member hears from them (heartbeats, facts) and
+//! how the leader talks to them (commands).
+//!
+//! Everything here is soft state: it is rebuilt from the next heartbeat or inventory after a
+//! restart or a leader change, and nothing in it is needed for correctness of the replicated
+//! state, only for how fast it follows reality.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use warmpool_proto::agent::{AgentCommand, AgentReply, Fact, Heartbeat, Inventory};
+use warmpool_proto::{subjects, ContainerId, NodeId, Timestamp};
+
+use crate::reconcile::Observed;
+
+/// What this member last heard from one node.
+#[derive(Clone, Debug)]
+pub struct NodeSoft {
+    /// The last heartbeat.
+    pub heartbeat: Heartbeat,
+    /// When it arrived (monotonic).
+    pub received: Instant,
+    /// When it arrived (wall clock).
+    pub received_at: Timestamp,
+    /// The last inventory, with facts merged in since.
+    pub observed: Option<Observed>,
+    /// The inventory is out of date and should be asked for.
+    pub pull_wanted: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    nodes: HashMap<NodeId, NodeSoft>,
+    /// Containers agents said are gone or failed to create, for the leader to record.
+    gone: Vec<(NodeId, ContainerId, String)>,
+}
+
+/// Soft state about the fleet, shared by the listener, the leader loop and the API.
+#[derive(Default)]
+pub struct Fleet {
+    inner: Mutex<Inner>,
+    /// Woken when something arrived that the leader should act on.
+    pub wake: Notify,
+}
+
+impl Fleet {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a heartbeat; asks for the inventory when its digest differs from ours.
+    pub fn on_heartbeat(&self, hb: Heartbeat) {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let stale = |obs: &Option<Observed>| match obs {
+            None => true,
+            Some(o) => {
+                o.inventory.boot_id != hb.boot_id || o.inventory.digest() != hb.inventory_digest
+            }
+        };
+        let (new, want) = match inner.nodes.get(&hb.node) {
+            None => (true, true),
+            Some(n) => (false, stale(&n.observed)),
+        };
+        let entry = inner
+            .nodes
+            .entry(hb.node.clone())
+            .or_insert_with(|| NodeSoft {
+                heartbeat: hb.clone(),
+                received: now,
+                received_at: Timestamp::now(),
+                observed: None,
+                pull_wanted: true,
+            });
+        entry.heartbeat = hb;
+        entry.received = now;
+        entry.received_at = Timestamp::now();
+        entry.pull_wanted |= want;
+        drop(inner);
+        if new || want {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Merges a fact into the node's inventory and queues what the leader must record.
+    pub fn on_fact(&self, fact: Fact) {
+        let mut inner = self.lock();
+        let node = fact.node().clone();
+        match fact {
+            Fact::Observed { entry, .. } => {
+                match inner.nodes.get_mut(&node).and_then(|n| n.observed.as_mut()) {
+                    Some(obs) => {
+                        let list = &mut obs.inventory.containers;
+                        match list.binary_search_by(|e| e.id.cmp(&entry.id)) {
+                            Ok(i) => list[i] = entry,
+                            Err(i) => list.insert(i, entry),
+                        }
+                    }
+                    None => {
+                        if let Some(n) = inner.nodes.get_mut(&node) {
+                            n.pull_wanted = true;
+                        }
+                    }
+                }
+            }
+            Fact::Gone { id, reason, .. } => {
+                if let Some(obs) = inner.nodes.get_mut(&node).and_then(|n| n.observed.as_mut()) {
+                    obs.inventory.containers.retain(|e| e.id != id);
+                }
+                inner.gone.push((node, id, reason));
+            }
+            Fact::CreateFailed { id, error, .. } => {
+                inner
+                    .gone
+                    .push((node, id, format!("create_failed: {error}")));
+            }
+        }
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    /// Stores an inventory the leader asked for when its applied index was `requested_index`.
+    pub fn store_inventory(&self, inventory: Inventory, requested_index: u64) {
+        let mut inner = self.lock();
+        if let Some(n) = inner.nodes.get_mut(&inventory.node) {
+            n.pull_wanted = n.heartbeat.boot_id != inventory.boot_id
+                || n.heartbeat.inventory_digest != inventory.digest()
+                    && n.heartbeat.seq > inventory.seq;
+            n.observed = Some(Observed {
+                inventory,
+                requested_index,
+            });
+        }
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    /// Marks every node's inventory as wanted (a new leader trusts nothing it held before).
+    pub fn forget_inventories(&self) {
+        let mut inner = self.lock();
+        for n in inner.nodes.values_mut() {
+            n.observed = None;
+            n.pull_wanted = true;
+        }
+    }
+
+    /// Nodes whose inventory should be asked for; clears their flag.
+    pub fn take_pulls(&self) -> Vec<NodeId> {
+        let mut inner = self.lock();
+        let mut out = Vec::new();
+        for (id, n) in inner.nodes.iter_mut() {
+            if n.pull_wanted {
+                n.pull_wanted = false;
+                out.push(id.clone());
+            }
+        }
+        out
+    }
+
+    /// Asks again for a node's inventory (after a failed pull).
+    pub fn want_pull(&self, node: &NodeId) {
+        if let Some(n) = self.lock().nodes.get_mut(node) {
+            n.pull_wanted = true;
+        }
+    }
+
+    /// Takes the queued gone and failed containers.
+    pub fn take_gone(&self) -> Vec<(NodeId, ContainerId, String)> {
+        std::mem::take(&mut self.lock().gone)
+    }
+
+    /// A copy of what is known of `node`.
+    pub fn node(&self, node: &NodeId) -> Option<NodeSoft> {
+        self.lock().nodes.get(node).cloned()
+    }
+
+    /// A copy of what is known of every node.
+    pub fn nodes(&self) -> HashMap<NodeId, NodeSoft> {
+        self.lock().nodes.clone()
+    }
+
+    /// The node's observed inventory, if any.
+    pub fn observed(&self, node: &NodeId) -> Option<Observed> {
+        self.lock().nodes.get(node).and_then(|n| n.observed.clone())
+    }
+
+    /// Memory use of `node` from its last heartbeat.
+    pub fn memory_fraction(&self, node: &NodeId) -> Option<f64> {
+        self.lock()
+            .nodes
+            .get(node)
+            .map(|n| n.heartbeat.usage.memory_fraction())
+    }
+}
+
+/// Listens to every agent's heartbeats and facts until `shutdown`.
+///
+/// A message whose payload names a different node than its subject is refused and logged:
+/// NATS permissions let an agent publish only under its own subject, so the subject is the
+/// trustworthy part. Malformed messages are logged and dropped, never fatal.
+pub async fn listen(
+    client: async_nats::Client,
+    fleet: Arc<Fleet>,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut heartbeats = client.subscribe(subjects::ALL_HEARTBEATS).await?;
+    let mut facts = client.subscribe(subjects::ALL_FACTS).await?;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(msg) = heartbeats.next() => {
+                match parse::<Heartbeat>(&msg.subject, &msg.payload, |h| &h.node) {
+                    Ok(hb) => {
+                        metrics::counter!("warmpool_agent_heartbeats_total").increment(1);
+                        fleet.on_heartbeat(hb);
+                    }
+                    Err(e) => reject(&msg.subject, &e),
+                }
+            }
+            Some(msg) = facts.next() => {
+                match parse::<Fact>(&msg.subject, &msg.payload, |f| f.node()) {
+                    Ok(fact) => {
+                        metrics::counter!("warmpool_agent_facts_total").increment(1);
+                        fleet.on_fact(fact);
+                    }
+                    Err(e) => reject(&msg.subject, &e),
+                }
+            }
+            else => break,
+        }
+    }
+    Ok(())
+}
+
+fn reject(subject: &str, why: &str) {
+    metrics::counter!("warmpool_agent_messages_rejected_total").increment(1);
+    warn!(subject, reason = why, "agent message rejected");
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    subject: &str,
+    payload: &[u8],
+    node: impl Fn(&T) -> &NodeId,
+) -> Result<T, String> {
+    let from = subjects::node_of(subject).ok_or_else(|| "not a node subject".to_string())?;
+    let msg: T = serde_json::from_slice(payload).map_err(|e| format!("malformed: {e}"))?;
+    if node(&msg) != &from {
+        return Err(format!(
+            "names node {} but was published by node {from}",
+            node(&msg)
+        ));
+    }
+    Ok(msg)
+}
+
+/// Why a command to an agent got no useful answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No agent listens for the node.
+    #[error("no agent is listening for node {0}")]
+    NoAgent(NodeId),
+    /// The agent did not answer in time.
+    #[error("agent of node {0} did not answer within {1:?}")]
+    Timeout(NodeId, Duration),
+    /// NATS failed.
+    #[error("nats: {0}")]
+    Nats(String),
+    /// The answer was not an `AgentReply`.
+    #[error("malformed reply from node {0}: {1}")]
+    Malformed(NodeId, String),
+}
+
+/// Sends commands to agents (request/reply on `pool.v1.node.<node>.cmd`).
+#[derive(Clone)]
+pub struct Agents {
+    client: async_nats::Client,
+    timeout: Duration,
+}
+
+impl Agents {
+    /// Commands over `client`, each waiting at most `timeout` for its answer.
+    pub fn new(client: async_nats::Client, timeout: Duration) -> Self {
+        Agents { client, timeout }
+    }
+
+    /// Sends `cmd` to `node` and waits for its answer.
+    pub async fn send(&self, node: &NodeId, cmd: &AgentCommand) -> Result<AgentReply, AgentError> {
+        let payload = serde_json::to_vec(cmd).map_err(|e| AgentError::Nats(e.to_string()))?;
+        let req = self
+            .client
+            .request(subjects::cmd(node), Bytes::from(payload));
+        let msg = match tokio::time::timeout(self.timeout, req).await {
+            Err(_) => return Err(AgentError::Timeout(node.clone(), self.timeout)),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                return Err(AgentError::NoAgent(node.clone()))
+            }
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+                return Err(AgentError::Timeout(node.clone(), self.timeout))
+            }
+            Ok(Err(e)) => return Err(AgentError::Nats(e.to_string())),
+            Ok(Ok(msg)) => msg,
+        };
+        let reply = serde_json::from_slice(&msg.payload)
+            .map_err(|e| AgentError::Malformed(node.clone(), e.to_string()));
+        if let Err(e) = &reply {
+            debug!(error = %e, "agent reply rejected");
+        }
+        reply
+    }
+}

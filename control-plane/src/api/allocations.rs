@@ -1,0 +1,248 @@
+//! `/v1/allocations`: the hot path. No Docker call happens here: an allocation is one Raft
+//! write that hands over a container already warm.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use tokio::time::Instant;
+use warmpool_proto::api::{CreateAllocation, RenewAllocation, MAX_IDEMPOTENCY_KEY, MAX_WAIT_MS};
+use warmpool_proto::records::{AllocationState, ReleaseReason};
+use warmpool_proto::{Allocation, AllocationId, SessionId};
+
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery, OptionalJson};
+use super::{barrier_if_asked, read_fresh, AppState};
+use crate::state::{Command, RejectCode, Request, Response as Applied};
+
+/// Longest lease one request may ask for (30 days).
+const MAX_LEASE_SECONDS: u64 = 30 * 24 * 3600;
+
+fn parse_id(id: &str) -> Result<AllocationId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::NotFound(format!("no allocation {id:?}")))
+}
+
+fn lease_ms(secs: u64) -> Result<u64, ApiError> {
+    if secs == 0 || secs > MAX_LEASE_SECONDS {
+        return Err(ApiError::BadRequest(format!(
+            "lease_seconds must be 1..={MAX_LEASE_SECONDS}"
+        )));
+    }
+    Ok(secs * 1000)
+}
+
+/// Records one allocation attempt's latency and outcome.
+fn record(pool: &str, outcome: &'static str, start: Instant) {
+    let labels = [("pool", pool.to_string()), ("outcome", outcome.to_string())];
+    metrics::histogram!("warmpool_allocation_duration_seconds", &labels)
+        .record(start.elapsed().as_secs_f64());
+    metrics::counter!("warmpool_allocations_total", &labels).increment(1);
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    ApiJson(req): ApiJson<CreateAllocation>,
+) -> Result<Response, ApiError> {
+    let start = Instant::now();
+    let wait_ms = req.wait_ms.unwrap_or(0);
+    if wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::BadRequest(format!(
+            "wait_ms must be at most {MAX_WAIT_MS}"
+        )));
+    }
+    if let Some(key) = &req.idempotency_key {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(ApiError::BadRequest(format!(
+                "idempotency_key must be 1..={MAX_IDEMPOTENCY_KEY} bytes"
+            )));
+        }
+    }
+    let pool = req.pool.clone();
+    let default_lease = read_fresh(&app, &HeaderMap::new(), |s| {
+        s.pool(&pool).map(|p| p.spec.lease_seconds)
+    })
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("no pool named {:?}", pool.as_str())))?;
+    let lease_ms = lease_ms(req.lease_seconds.unwrap_or(default_lease))?;
+    let session = match req.session_id {
+        Some(s) => s,
+        None => SessionId::new(format!("s-{}", uuid::Uuid::now_v7()))
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+    };
+    let cmd = Command::Allocate {
+        allocation_id: AllocationId::new(),
+        pool: pool.clone(),
+        session,
+        lease_ms,
+        idempotency_key: req.idempotency_key.clone(),
+    };
+
+    let deadline = start + Duration::from_millis(wait_ms);
+    let shared = app.cluster.shared().clone();
+    let mut applied = shared.subscribe();
+    let mut first = true;
+    loop {
+        // Propose only when it can succeed, so a waiting request does not fill the log with
+        // refusals: the first time, then whenever the local replica shows a warm container.
+        let hopeful = first
+            || shared.read(|s| {
+                s.has_allocatable(&pool)
+                    || req
+                        .idempotency_key
+                        .as_deref()
+                        .is_some_and(|k| s.allocation_by_key(k).is_some())
+            });
+        first = false;
+        applied.borrow_and_update();
+        if hopeful {
+            match app.cluster.write(Request::now(cmd.clone())).await {
+                Ok(Applied::Allocation {
+                    allocation,
+                    replayed,
+                }) => {
+                    record(
+                        pool.as_str(),
+                        if replayed { "replayed" } else { "allocated" },
+                        start,
+                    );
+                    let mut resp = (StatusCode::CREATED, Json(&allocation)).into_response();
+                    let location = format!("/v1/allocations/{}", allocation.id);
+                    if let Ok(v) = HeaderValue::from_str(&location) {
+                        resp.headers_mut().insert("location", v);
+                    }
+                    if replayed {
+                        resp.headers_mut()
+                            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                    }
+                    return Ok(resp);
+                }
+                Ok(Applied::Rejected(r)) if r.code == RejectCode::NoCapacity => {}
+                Ok(Applied::Rejected(r)) => {
+                    record(pool.as_str(), "refused", start);
+                    return Err(r.into());
+                }
+                Ok(other) => {
+                    return Err(ApiError::Internal(format!("unexpected answer {other:?}")))
+                }
+                Err(e) => {
+                    record(pool.as_str(), "unavailable", start);
+                    return Err(e.into());
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            record(pool.as_str(), "no_capacity", start);
+            return Err(ApiError::NoCapacity {
+                message: format!(
+                    "no warm container of pool {:?} became free within {wait_ms} ms; retry, or pass a longer wait_ms",
+                    pool.as_str()
+                ),
+                retry_after: 1,
+            });
+        }
+        // Wait for the replica to change (a container became warm), or the deadline.
+        let _ = tokio::time::timeout_at(deadline, applied.changed()).await;
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pool: Option<String>,
+    session: Option<String>,
+    state: Option<String>,
+}
+
+pub async fn list(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<Allocation>>, ApiError> {
+    let state = match q.state.as_deref() {
+        None => None,
+        Some("active") => Some(AllocationState::Active),
+        Some("released") => Some(AllocationState::Released),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown allocation state {other:?}: active or released"
+            )))
+        }
+    };
+    barrier_if_asked(&app, &headers).await?;
+    Ok(Json(app.cluster.shared().read(|s| {
+        s.allocations()
+            .filter(|a| q.pool.as_deref().is_none_or(|p| a.pool.as_str() == p))
+            .filter(|a| {
+                q.session
+                    .as_deref()
+                    .is_none_or(|p| a.session_id.as_str() == p)
+            })
+            .filter(|a| state.is_none_or(|st| a.state == st))
+            .cloned()
+            .collect()
+    })))
+}
+
+pub async fn get(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Allocation>, ApiError> {
+    let id = parse_id(&id)?;
+    read_fresh(&app, &headers, |s| s.allocation(&id).cloned())
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no allocation {id}")))
+}
+
+async fn write_allocation(app: &AppState, cmd: Command) -> Result<Json<Allocation>, ApiError> {
+    match app.cluster.write(Request::now(cmd)).await? {
+        Applied::Allocation { allocation, .. } => Ok(Json(allocation)),
+        Applied::Rejected(r) => Err(r.into()),
+        other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+    }
+}
+
+pub async fn release(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Allocation>, ApiError> {
+    let id = parse_id(&id)?;
+    write_allocation(
+        &app,
+        Command::Release {
+            allocation_id: id,
+            reason: ReleaseReason::Client,
+        },
+    )
+    .await
+}
+
+pub async fn renew(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<RenewAllocation>,
+) -> Result<Json<Allocation>, ApiError> {
+    let id = parse_id(&id)?;
+    let secs = match body.lease_seconds {
+        Some(s) => s,
+        None => read_fresh(&app, &HeaderMap::new(), |s| {
+            s.allocation(&id)
+                .map(|a| s.pool(&a.pool).map_or(600, |p| p.spec.lease_seconds))
+        })
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no allocation {id}")))?,
+    };
+    write_allocation(
+        &app,
+        Command::Renew {
+            allocation_id: id,
+            lease_ms: lease_ms(secs)?,
+        },
+    )
+    .await
+}

@@ -1,0 +1,125 @@
+//! API errors: one enum, one mapping to HTTP status and the design's JSON error body.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use warmpool_proto::api::{ErrorBody, ErrorDetail};
+
+use crate::cluster::ClusterError;
+use crate::state::{RejectCode, Rejection};
+
+/// Everything a handler can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no key, or a wrong one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: the key's role may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: nothing by that name.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the route exists, the method does not.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 409: it exists, or its state forbids the change.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: the body is too large.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415: not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 503 with Retry-After: no warm container came free in time.
+    #[error("{message}")]
+    NoCapacity {
+        /// For a person.
+        message: String,
+        /// Seconds to wait before retrying.
+        retry_after: u64,
+    },
+    /// 503: no quorum; writes are not possible now.
+    #[error("{0}")]
+    NoQuorum(String),
+    /// 500: a bug or a broken part.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::NoCapacity { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
+            ApiError::NoQuorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let retry_after = match &self {
+            ApiError::NoCapacity { retry_after, .. } => Some(*retry_after),
+            ApiError::NoQuorum(_) => Some(1),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message: self.to_string(),
+            },
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        match r.code {
+            RejectCode::NotFound => ApiError::NotFound(r.message),
+            RejectCode::Conflict => ApiError::Conflict(r.message),
+            RejectCode::Invalid => ApiError::BadRequest(r.message),
+            RejectCode::NoCapacity => ApiError::NoCapacity {
+                message: r.message,
+                retry_after: 1,
+            },
+        }
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::NoQuorum(m) => ApiError::NoQuorum(m),
+            ClusterError::NotLeader => ApiError::NoQuorum("no leader".into()),
+            ClusterError::Membership(m) => ApiError::Conflict(m),
+            ClusterError::Fatal(m) => ApiError::Internal(m),
+        }
+    }
+}

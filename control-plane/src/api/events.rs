@@ -1,0 +1,109 @@
+//! `/v1/events`: the event log, paged, and live as Server-Sent Events.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::Json;
+use futures::stream::{self, Stream, StreamExt};
+use warmpool_proto::api::EventQuery;
+use warmpool_proto::Event;
+
+use super::error::ApiError;
+use super::extract::ApiQuery;
+use super::{barrier_if_asked, AppState};
+use crate::state::query::{EVENT_PAGE, EVENT_PAGE_MAX};
+use crate::state::EventFilter;
+
+pub async fn list(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let filter = EventFilter::from_query(&q).map_err(ApiError::BadRequest)?;
+    let limit = q.limit.unwrap_or(EVENT_PAGE);
+    if limit == 0 || limit > EVENT_PAGE_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1..={EVENT_PAGE_MAX}"
+        )));
+    }
+    barrier_if_asked(&app, &headers).await?;
+    Ok(Json(
+        app.cluster
+            .shared()
+            .read(|s| s.events(q.after, q.before, limit, &filter)),
+    ))
+}
+
+/// Live events. Starts after `Last-Event-ID` (a reconnecting client), else after `after`, else
+/// at the newest event; then follows the log as this member applies it. A client that falls
+/// behind loses nothing: each step reads the log from where the last one stopped.
+pub async fn stream(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let filter = EventFilter::from_query(&q).map_err(ApiError::BadRequest)?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()))
+        .map(|v| v.ok_or_else(|| ApiError::BadRequest("Last-Event-ID must be an event seq".into())))
+        .transpose()?;
+    let shared = app.cluster.shared().clone();
+    let start = last_event_id
+        .or(q.after)
+        .unwrap_or_else(|| shared.read(|s| s.last_event_seq()));
+    let applied = shared.subscribe();
+    metrics::gauge!("warmpool_event_streams").increment(1.0);
+    let guard = StreamGuard;
+
+    let events = stream::unfold(
+        (start, applied, shared, filter, guard),
+        |(mut after, mut applied, shared, filter, guard)| async move {
+            loop {
+                applied.borrow_and_update();
+                let (batch, scanned_to) = shared.read(|s| {
+                    let batch = s.events(Some(after), None, EVENT_PAGE_MAX, &filter);
+                    let scanned_to = if batch.len() == EVENT_PAGE_MAX {
+                        batch.last().map_or(after, |e| e.seq)
+                    } else {
+                        s.last_event_seq()
+                    };
+                    (batch, scanned_to)
+                });
+                after = after.max(scanned_to);
+                if !batch.is_empty() {
+                    return Some((batch, (after, applied, shared, filter, guard)));
+                }
+                if applied.changed().await.is_err() {
+                    return None;
+                }
+            }
+        },
+    )
+    .flat_map(|batch| stream::iter(batch.into_iter().map(to_sse)));
+    Ok(Sse::new(events).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("keepalive"),
+    ))
+}
+
+fn to_sse(e: Event) -> Result<SseEvent, Infallible> {
+    let data = serde_json::to_string(&e).unwrap_or_else(|_| "{}".into());
+    Ok(SseEvent::default()
+        .id(e.seq.to_string())
+        .event(e.kind.as_str())
+        .data(data))
+}
+
+/// Counts open streams in the metrics.
+struct StreamGuard;
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        metrics::gauge!("warmpool_event_streams").decrement(1.0);
+    }
+}

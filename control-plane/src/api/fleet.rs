@@ -1,0 +1,155 @@
+//! Health, status, containers and nodes.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use serde_json::json;
+use tokio::time::Instant;
+use warmpool_proto::api::{ContainerQuery, HealthView, NodeView, StatusView};
+use warmpool_proto::records::NodeStatus;
+use warmpool_proto::{Container, ContainerId, ContainerState, NodeId};
+
+use super::error::ApiError;
+use super::extract::ApiQuery;
+use super::{barrier_if_asked, read_fresh, AppState};
+use crate::state::{Command, Request, Response as Applied};
+
+pub async fn health(State(app): State<AppState>) -> Json<HealthView> {
+    Json(HealthView {
+        status: "ok".into(),
+        member: app.cluster.id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+pub async fn ready(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    match app.cluster.leader() {
+        Some(leader) => Ok(Json(
+            json!({ "status": "ready", "member": app.cluster.id(), "leader": leader }),
+        )),
+        None => Err(ApiError::NoQuorum(format!(
+            "member {} knows no leader",
+            app.cluster.id()
+        ))),
+    }
+}
+
+pub async fn status(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<StatusView>, ApiError> {
+    barrier_if_asked(&app, &headers).await?;
+    Ok(Json(app.cluster.shared().read(|s| s.status())))
+}
+
+pub async fn containers(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<ContainerQuery>,
+) -> Result<Json<Vec<Container>>, ApiError> {
+    let state: Option<ContainerState> = q
+        .state
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    barrier_if_asked(&app, &headers).await?;
+    Ok(Json(app.cluster.shared().read(|s| {
+        s.containers()
+            .filter(|c| q.pool.as_deref().is_none_or(|p| c.pool.as_str() == p))
+            .filter(|c| q.node.as_deref().is_none_or(|n| c.node.as_str() == n))
+            .filter(|c| {
+                q.session
+                    .as_deref()
+                    .is_none_or(|x| c.session.as_ref().is_some_and(|s| s.as_str() == x))
+            })
+            .filter(|c| match state {
+                Some(st) => c.state == st,
+                // Without a state filter, list what is alive; ended ones are asked for by state.
+                None => c.state.is_live(),
+            })
+            .cloned()
+            .collect()
+    })))
+}
+
+pub async fn container(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Container>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no container {id:?}"));
+    let cid: ContainerId = id.parse().map_err(|_| not_found())?;
+    read_fresh(&app, &headers, |s| s.container(&cid).cloned())
+        .await?
+        .map(Json)
+        .ok_or_else(not_found)
+}
+
+fn node_view(
+    app: &AppState,
+    node: warmpool_proto::Node,
+    counts: warmpool_proto::api::Counts,
+) -> NodeView {
+    let soft = app.fleet.node(&node.id);
+    NodeView {
+        last_heartbeat_at: soft.as_ref().map(|s| s.received_at),
+        heartbeat_age_ms: soft
+            .as_ref()
+            .map(|s| Instant::now().duration_since(s.received).as_millis() as u64),
+        memory_fraction: soft.as_ref().map(|s| s.heartbeat.usage.memory_fraction()),
+        counts,
+        node,
+    }
+}
+
+pub async fn nodes(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<NodeView>>, ApiError> {
+    barrier_if_asked(&app, &headers).await?;
+    let nodes: Vec<_> = app.cluster.shared().read(|s| {
+        s.nodes()
+            .map(|n| (n.clone(), s.node_counts(&n.id)))
+            .collect()
+    });
+    Ok(Json(
+        nodes
+            .into_iter()
+            .map(|(n, c)| node_view(&app, n, c))
+            .collect(),
+    ))
+}
+
+pub async fn node_action(
+    State(app): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<NodeView>, ApiError> {
+    let status = match action.as_str() {
+        "cordon" => NodeStatus::Cordoned,
+        "uncordon" => NodeStatus::Ready,
+        "drain" => NodeStatus::Draining,
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "no node action {other:?}: cordon, uncordon or drain"
+            )))
+        }
+    };
+    let node = NodeId::new(&id).map_err(|_| ApiError::NotFound(format!("no node {id:?}")))?;
+    if let Applied::Rejected(r) = app
+        .cluster
+        .write(Request::now(Command::SetNodeStatus {
+            node: node.clone(),
+            status,
+        }))
+        .await?
+    {
+        return Err(r.into());
+    }
+    let found = app
+        .cluster
+        .shared()
+        .read(|s| s.node(&node).map(|n| (n.clone(), s.node_counts(&n.id))));
+    let (n, counts) = found.ok_or_else(|| ApiError::NotFound(format!("no node {id:?}")))?;
+    Ok(Json(node_view(&app, n, counts)))
+}

@@ -1,0 +1,110 @@
+//! `/v1/pools`.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use warmpool_proto::api::PoolView;
+use warmpool_proto::records::Pool;
+use warmpool_proto::{PoolName, PoolSpec};
+
+use super::error::ApiError;
+use super::extract::ApiJson;
+use super::{barrier_if_asked, created, read_fresh, AppState};
+use crate::state::{Command, PoolState, Request, Response as Applied};
+
+fn view(s: &PoolState, pool: Pool) -> PoolView {
+    PoolView {
+        counts: s.pool_counts(&pool.spec.name),
+        wanted: s.wanted(&pool),
+        pool,
+    }
+}
+
+fn parse_name(name: &str) -> Result<PoolName, ApiError> {
+    PoolName::new(name).map_err(|_| ApiError::NotFound(format!("no pool named {name:?}")))
+}
+
+pub async fn list(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<PoolView>>, ApiError> {
+    barrier_if_asked(&app, &headers).await?;
+    Ok(Json(
+        app.cluster
+            .shared()
+            .read(|s| s.pools().map(|p| view(s, p.clone())).collect()),
+    ))
+}
+
+pub async fn get(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<PoolView>, ApiError> {
+    let name = parse_name(&name)?;
+    read_fresh(&app, &headers, |s| {
+        s.pool(&name).map(|p| view(s, p.clone()))
+    })
+    .await?
+    .map(Json)
+    .ok_or_else(|| ApiError::NotFound(format!("no pool named {:?}", name.as_str())))
+}
+
+async fn write_pool(app: &AppState, cmd: Command) -> Result<Response, ApiError> {
+    match app.cluster.write(Request::now(cmd)).await? {
+        Applied::Pool {
+            pool,
+            created: was_created,
+        } => {
+            let v = app.cluster.shared().read(|s| view(s, pool));
+            Ok(if was_created {
+                created(v)
+            } else {
+                Json(v).into_response()
+            })
+        }
+        Applied::Rejected(r) => Err(r.into()),
+        other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+    }
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    ApiJson(spec): ApiJson<PoolSpec>,
+) -> Result<Response, ApiError> {
+    spec.validate()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    write_pool(&app, Command::CreatePool { spec }).await
+}
+
+pub async fn put(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(spec): ApiJson<PoolSpec>,
+) -> Result<Response, ApiError> {
+    if spec.name.as_str() != name {
+        return Err(ApiError::BadRequest(format!(
+            "the body names pool {:?} but the path names {name:?}",
+            spec.name.as_str()
+        )));
+    }
+    spec.validate()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    write_pool(&app, Command::PutPool { spec }).await
+}
+
+pub async fn delete(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = parse_name(&name)?;
+    match app
+        .cluster
+        .write(Request::now(Command::DeletePool { name }))
+        .await?
+    {
+        Applied::Rejected(r) => Err(r.into()),
+        _ => Ok(StatusCode::NO_CONTENT),
+    }
+}

@@ -1,0 +1,425 @@
+//! The loop the leader runs: it turns the pure decisions of [`keepwarm`](crate::keepwarm) and
+//! [`reconcile`](crate::reconcile) into Raft writes and agent commands.
+//!
+//! Level-triggered: each step looks at the whole state and every inventory and does what is
+//! missing, so a lost message, a crashed agent or a new leader only delays convergence. The
+//! loop runs on every member and acts only while the member leads. A new leader first waits
+//! until it has applied everything committed (a read barrier), forgets the inventories it
+//! held, and gives every node a full `node_timeout` of grace before declaring it down.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use warmpool_proto::agent::{AgentCommand, AgentReply};
+use warmpool_proto::records::{AllocationState, NodeStatus, ReleaseReason};
+use warmpool_proto::{ContainerId, NodeId, PoolName, Timestamp};
+
+use crate::agents::{AgentError, Agents, Fleet};
+use crate::cluster::Cluster;
+use crate::keepwarm::{self, Decision};
+use crate::placement::Overcommit;
+use crate::reconcile::{self, Action, InFlight};
+use crate::state::{Command, Request, Response};
+
+/// Tunables of the leader loop.
+#[derive(Clone, Debug)]
+pub struct LeaderConfig {
+    /// Longest pause between steps when nothing happens.
+    pub tick: Duration,
+    /// Shortest pause between steps, however busy.
+    pub min_step: Duration,
+    /// A node not heard from for this long is declared down.
+    pub node_timeout: Duration,
+    /// Reservation overcommit for placement.
+    pub overcommit: Overcommit,
+}
+
+impl Default for LeaderConfig {
+    fn default() -> Self {
+        LeaderConfig {
+            tick: Duration::from_millis(500),
+            min_step: Duration::from_millis(25),
+            node_timeout: Duration::from_secs(5),
+            overcommit: Overcommit::default(),
+        }
+    }
+}
+
+/// Soft state of one term of leadership; dropped when leadership is lost.
+struct Term {
+    since: Instant,
+    inflight: Arc<Mutex<InFlight>>,
+    last_batch: BTreeMap<PoolName, Timestamp>,
+    pulls: Arc<Mutex<BTreeSet<NodeId>>>,
+    stuck: HashMap<PoolName, String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The leader loop.
+pub struct Leader {
+    cluster: Cluster,
+    fleet: Arc<Fleet>,
+    agents: Agents,
+    config: LeaderConfig,
+}
+
+impl Leader {
+    /// A loop over `cluster`, acting on `fleet` through `agents`.
+    pub fn new(cluster: Cluster, fleet: Arc<Fleet>, agents: Agents, config: LeaderConfig) -> Self {
+        Leader {
+            cluster,
+            fleet,
+            agents,
+            config,
+        }
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut term: Option<Term> = None;
+        let mut applied = self.cluster.shared().subscribe();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.config.tick) => {}
+                _ = self.fleet.wake.notified() => {}
+                _ = applied.changed() => {}
+            }
+            if !self.cluster.is_leader() {
+                if term.take().is_some() {
+                    info!(
+                        member = self.cluster.id(),
+                        "no longer leader; leader loop idle"
+                    );
+                }
+                continue;
+            }
+            if term.is_none() {
+                if let Err(e) = self.cluster.read_barrier().await {
+                    debug!(error = %e, "new leader not caught up yet");
+                    continue;
+                }
+                info!(member = self.cluster.id(), "leading: reconciling the fleet");
+                self.fleet.forget_inventories();
+                term = Some(Term {
+                    since: Instant::now(),
+                    inflight: Arc::default(),
+                    last_batch: BTreeMap::new(),
+                    pulls: Arc::default(),
+                    stuck: HashMap::new(),
+                });
+            }
+            if let Some(t) = term.as_mut() {
+                self.step(t).await;
+            }
+            tokio::time::sleep(self.config.min_step).await;
+        }
+    }
+
+    async fn write(&self, cmd: Command) -> Option<Response> {
+        match self.cluster.write(Request::now(cmd)).await {
+            Ok(Response::Rejected(r)) => {
+                debug!(code = ?r.code, message = %r.message, "leader proposal refused");
+                None
+            }
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!(error = %e, "leader proposal failed");
+                None
+            }
+        }
+    }
+
+    async fn step(&self, term: &mut Term) {
+        self.liveness(term).await;
+        self.pull_inventories(term);
+        self.record_gone().await;
+        self.reconcile_nodes(term).await;
+        self.keep_warm(term).await;
+        self.expire_leases().await;
+    }
+
+    /// Joins nodes that announce themselves and downs nodes that went quiet.
+    async fn liveness(&self, term: &Term) {
+        let heard = self.fleet.nodes();
+        let now = Instant::now();
+        let timeout = self.config.node_timeout;
+        let (joins, downs) = self.cluster.shared().read(|s| {
+            let mut joins = Vec::new();
+            for (id, soft) in &heard {
+                if now.duration_since(soft.received) > timeout {
+                    continue;
+                }
+                let hb = &soft.heartbeat;
+                let changed = match s.node(id) {
+                    None => true,
+                    Some(n) => {
+                        n.status == NodeStatus::Down
+                            || n.labels != hb.labels
+                            || n.ipv6_prefix != hb.ipv6_prefix
+                            || n.capacity != hb.capacity
+                            || n.agent_version != hb.agent_version
+                    }
+                };
+                if changed {
+                    joins.push(Command::NodeJoin {
+                        node: id.clone(),
+                        ipv6_prefix: hb.ipv6_prefix.clone(),
+                        labels: hb.labels.clone(),
+                        capacity: hb.capacity,
+                        agent_version: hb.agent_version.clone(),
+                    });
+                }
+            }
+            let mut downs = Vec::new();
+            for n in s.nodes().filter(|n| n.status != NodeStatus::Down) {
+                // Grace: a new leader counts from when it took over, not from a heartbeat it
+                // never saw.
+                let last = heard
+                    .get(&n.id)
+                    .map_or(term.since, |h| h.received.max(term.since));
+                let quiet = now.duration_since(last);
+                if quiet > timeout {
+                    downs.push(Command::NodeDown {
+                        node: n.id.clone(),
+                        reason: format!("no heartbeat for {:.1}s", quiet.as_secs_f64()),
+                    });
+                }
+            }
+            (joins, downs)
+        });
+        for cmd in joins.into_iter().chain(downs) {
+            if let Command::NodeDown { node, reason } = &cmd {
+                warn!(%node, %reason, "node down");
+            }
+            self.write(cmd).await;
+        }
+    }
+
+    fn pull_inventories(&self, term: &Term) {
+        for node in self.fleet.take_pulls() {
+            if !lock(&term.pulls).insert(node.clone()) {
+                continue;
+            }
+            let (agents, fleet, pulls) =
+                (self.agents.clone(), self.fleet.clone(), term.pulls.clone());
+            let requested_index = self.cluster.shared().applied_index();
+            tokio::spawn(async move {
+                match agents.send(&node, &AgentCommand::Inventory).await {
+                    Ok(AgentReply::Inventory(inv)) if inv.node == node => {
+                        fleet.store_inventory(inv, requested_index)
+                    }
+                    Ok(other) => {
+                        warn!(%node, reply = ?other, "unexpected inventory reply");
+                        fleet.want_pull(&node);
+                    }
+                    Err(e) => {
+                        debug!(%node, error = %e, "inventory pull failed");
+                        fleet.want_pull(&node);
+                    }
+                }
+                lock(&pulls).remove(&node);
+            });
+        }
+    }
+
+    async fn record_gone(&self) {
+        let gone = self.fleet.take_gone();
+        if gone.is_empty() {
+            return;
+        }
+        // Only record what the agent says of its own containers.
+        let gone: Vec<(ContainerId, String)> = self.cluster.shared().read(|s| {
+            gone.into_iter()
+                .filter(|(node, id, _)| s.container(id).is_some_and(|c| &c.node == node))
+                .map(|(_, id, reason)| (id, reason))
+                .collect()
+        });
+        if !gone.is_empty() {
+            self.write(Command::ContainersGone { gone }).await;
+        }
+    }
+
+    async fn reconcile_nodes(&self, term: &Term) {
+        let now = Timestamp::now();
+        let per_node: Vec<(NodeId, Vec<Action>)> = {
+            let inflight = lock(&term.inflight);
+            let nodes: Vec<NodeId> = self.cluster.shared().read(|s| {
+                s.nodes()
+                    .filter(|n| n.status != NodeStatus::Down)
+                    .map(|n| n.id.clone())
+                    .collect()
+            });
+            nodes
+                .into_iter()
+                .map(|node| {
+                    let observed = self.fleet.observed(&node);
+                    let actions = self.cluster.shared().read(|s| {
+                        reconcile::reconcile(s, &node, observed.as_ref(), &inflight, now)
+                    });
+                    (node, actions)
+                })
+                .collect()
+        };
+        for (node, actions) in per_node {
+            for action in actions {
+                match action {
+                    Action::Observe(entries) => {
+                        self.write(Command::Observe {
+                            node: node.clone(),
+                            entries,
+                        })
+                        .await;
+                    }
+                    Action::Gone(gone) => {
+                        self.write(Command::ContainersGone { gone }).await;
+                    }
+                    Action::Create(spec) => self.send_create(term, &node, *spec),
+                    Action::Destroy(id, reason) => self.send_destroy(term, &node, id, reason),
+                }
+            }
+        }
+    }
+
+    fn send_create(&self, term: &Term, node: &NodeId, spec: warmpool_proto::agent::CreateSpec) {
+        lock(&term.inflight)
+            .creates
+            .insert(spec.id, Timestamp::now());
+        let (agents, cluster, node) = (self.agents.clone(), self.cluster.clone(), node.clone());
+        tokio::spawn(async move {
+            let id = spec.id;
+            match agents.send(&node, &AgentCommand::Create(spec)).await {
+                Ok(AgentReply::Accepted) => {}
+                Ok(AgentReply::Error { message }) => {
+                    warn!(%node, container = %id, error = %message, "create refused");
+                    let gone = vec![(id, format!("create_failed: {message}"))];
+                    let _ = cluster
+                        .write(Request::now(Command::ContainersGone { gone }))
+                        .await;
+                }
+                Ok(other) => warn!(%node, reply = ?other, "unexpected create reply"),
+                Err(e @ (AgentError::NoAgent(_) | AgentError::Timeout(..))) => {
+                    debug!(%node, container = %id, error = %e, "create not delivered; will resend")
+                }
+                Err(e) => warn!(%node, container = %id, error = %e, "create failed"),
+            }
+        });
+    }
+
+    fn send_destroy(&self, term: &Term, node: &NodeId, id: ContainerId, reason: String) {
+        if !lock(&term.inflight).destroys.insert(id) {
+            return;
+        }
+        let (agents, cluster, inflight, fleet) = (
+            self.agents.clone(),
+            self.cluster.clone(),
+            term.inflight.clone(),
+            self.fleet.clone(),
+        );
+        let node = node.clone();
+        tokio::spawn(async move {
+            let cmd = AgentCommand::Destroy {
+                id,
+                reason: reason.clone(),
+            };
+            match agents.send(&node, &cmd).await {
+                Ok(AgentReply::Destroyed { .. }) => {
+                    let is_record = cluster
+                        .shared()
+                        .read(|s| s.container(&id).is_some_and(|c| c.state.is_live()));
+                    if is_record {
+                        let gone = vec![(id, "destroyed".to_string())];
+                        let _ = cluster
+                            .write(Request::now(Command::ContainersGone { gone }))
+                            .await;
+                    }
+                    // The inventory we hold still lists it until the next pull.
+                    fleet.want_pull(&node);
+                }
+                Ok(other) => warn!(%node, container = %id, reply = ?other, "destroy not confirmed"),
+                Err(e) => {
+                    debug!(%node, container = %id, error = %e, "destroy not delivered; will resend")
+                }
+            }
+            lock(&inflight).destroys.remove(&id);
+        });
+    }
+
+    async fn keep_warm(&self, term: &mut Term) {
+        let now = Timestamp::now();
+        let decisions = self.cluster.shared().read(|s| {
+            let loads = keepwarm::node_loads(s, |n| self.fleet.memory_fraction(n));
+            keepwarm::plan(s, &loads, &term.last_batch, now, self.config.overcommit)
+        });
+        for d in decisions {
+            match d {
+                Decision::Create {
+                    pool,
+                    generation,
+                    nodes,
+                } => {
+                    term.last_batch.insert(pool.clone(), now);
+                    term.stuck.remove(&pool);
+                    let placements: Vec<(ContainerId, NodeId)> =
+                        nodes.into_iter().map(|n| (ContainerId::new(), n)).collect();
+                    let cmd = Command::PlanContainers {
+                        pool,
+                        generation,
+                        placements: placements.clone(),
+                    };
+                    if self.write(cmd).await.is_none() {
+                        continue;
+                    }
+                    // Send the creates now rather than on the next step: this is the refill
+                    // path after an allocation.
+                    for (id, node) in placements {
+                        let spec = self
+                            .cluster
+                            .shared()
+                            .read(|s| s.container(&id).and_then(|c| reconcile::create_spec(s, c)));
+                        if let Some(spec) = spec {
+                            self.send_create(term, &node, spec);
+                        }
+                    }
+                }
+                Decision::Retire { ids, reason } => {
+                    self.write(Command::RetireContainers {
+                        ids,
+                        reason: reason.to_string(),
+                    })
+                    .await;
+                }
+                Decision::Stuck { pool, reason } => {
+                    if term.stuck.get(&pool) != Some(&reason) {
+                        warn!(%pool, %reason, "pool cannot grow");
+                        term.stuck.insert(pool, reason);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn expire_leases(&self) {
+        let now = Timestamp::now();
+        let expired: Vec<_> = self.cluster.shared().read(|s| {
+            s.allocations()
+                .filter(|a| a.state == AllocationState::Active && a.expires_at <= now)
+                .map(|a| a.id)
+                .collect()
+        });
+        for allocation_id in expired {
+            self.write(Command::Release {
+                allocation_id,
+                reason: ReleaseReason::Expired,
+            })
+            .await;
+        }
+    }
+}

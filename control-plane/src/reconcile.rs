@@ -1,0 +1,383 @@
+//! Reconciliation of one node: what the replicated state wants against what the node's agent
+//! reports. Pure: state, inventory and timers in, actions out.
+//!
+//! The inventory is the level, so every rule here is safe to apply again and again:
+//!
+//! - An inventory entry with no live record on this node is an **orphan**: destroy it.
+//! - A record in `releasing` is destroyed until its agent no longer has it; then it is gone.
+//! - An entry that says more than its record (first seen, became healthy, health changed,
+//!   exited) is **observed** into the state.
+//! - A record in `creating` the agent does not have is (re)sent to the agent, at most every
+//!   [`CREATE_RESEND_MS`], and given up after [`CREATE_DEADLINE_MS`].
+//! - A record the agent once had (`observed_index` set) that is missing from an inventory
+//!   requested *after* that index is **gone**: the agent had it, and no longer does.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use warmpool_proto::agent::{CreateSpec, Inventory, InventoryEntry, ObservedStatus};
+use warmpool_proto::{Container, ContainerId, ContainerState, Health, NodeId, Timestamp};
+
+use crate::state::PoolState;
+
+/// A create the agent has not confirmed is sent again after this long.
+pub const CREATE_RESEND_MS: u64 = 10_000;
+/// A container not seen on its node this long after it was planned is given up.
+pub const CREATE_DEADLINE_MS: u64 = 90_000;
+
+/// An agent's inventory as the leader holds it.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// The inventory (facts received since are merged in).
+    pub inventory: Inventory,
+    /// The leader's applied index when it asked for the inventory.
+    pub requested_index: u64,
+}
+
+/// Something to do for one node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Propose these entries into the state.
+    Observe(Vec<InventoryEntry>),
+    /// Propose that these containers are gone.
+    Gone(Vec<(ContainerId, String)>),
+    /// Ask the agent to make a container.
+    Create(Box<CreateSpec>),
+    /// Ask the agent to destroy a container.
+    Destroy(ContainerId, String),
+}
+
+/// What the leader has in flight, so nothing is sent twice at once.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    /// When each create was last sent.
+    pub creates: BTreeMap<ContainerId, Timestamp>,
+    /// Destroys awaiting an answer.
+    pub destroys: BTreeSet<ContainerId>,
+}
+
+/// Plans the actions for `node`.
+pub fn reconcile(
+    state: &PoolState,
+    node: &NodeId,
+    observed: Option<&Observed>,
+    inflight: &InFlight,
+    now: Timestamp,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let mut observe = Vec::new();
+    let mut gone = Vec::new();
+    let mut seen = BTreeSet::new();
+
+    if let Some(obs) = observed {
+        for entry in &obs.inventory.containers {
+            seen.insert(entry.id);
+            let record = state
+                .container(&entry.id)
+                .filter(|c| c.state.is_live() && &c.node == node);
+            match record {
+                None => {
+                    if !inflight.destroys.contains(&entry.id) {
+                        actions.push(Action::Destroy(entry.id, "orphan".into()));
+                    }
+                }
+                Some(c) if c.state == ContainerState::Releasing => {
+                    if !inflight.destroys.contains(&entry.id) {
+                        let why = c.reason.clone().unwrap_or_else(|| "released".into());
+                        actions.push(Action::Destroy(entry.id, why));
+                    }
+                }
+                Some(c) if says_more(c, entry) => observe.push(entry.clone()),
+                Some(_) => {}
+            }
+        }
+    }
+
+    let records = state
+        .containers()
+        .filter(|c| &c.node == node && c.state.is_live());
+    for c in records.filter(|c| !seen.contains(&c.id)) {
+        let had_it = match (observed, c.observed_index) {
+            (Some(obs), Some(at)) => at <= obs.requested_index,
+            _ => false,
+        };
+        match c.state {
+            _ if had_it => gone.push((c.id, "vanished".to_string())),
+            ContainerState::Releasing => {
+                // Never seen, or seen and since removed: either way the agent does not have it
+                // (an inventory exists and lacks it). If a late create makes it appear, it is
+                // an orphan then and destroyed.
+                if observed.is_some() && !inflight.destroys.contains(&c.id) {
+                    gone.push((c.id, "destroyed".to_string()));
+                }
+            }
+            ContainerState::Creating if c.observed_index.is_none() => {
+                if now.since(c.created_at).as_millis() > u128::from(CREATE_DEADLINE_MS) {
+                    gone.push((c.id, "create_timed_out".to_string()));
+                    continue;
+                }
+                let due = inflight.creates.get(&c.id).is_none_or(|sent| {
+                    now.since(*sent).as_millis() >= u128::from(CREATE_RESEND_MS)
+                });
+                if due {
+                    if let Some(spec) = create_spec(state, c) {
+                        actions.push(Action::Create(Box::new(spec)));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    if !observe.is_empty() {
+        actions.insert(0, Action::Observe(observe));
+    }
+    if !gone.is_empty() {
+        actions.insert(0, Action::Gone(gone));
+    }
+    actions
+}
+
+/// Whether `entry` tells the state something it does not know.
+fn says_more(c: &Container, e: &InventoryEntry) -> bool {
+    let becomes_warm = c.state == ContainerState::Creating
+        && e.status == ObservedStatus::Running
+        && e.health == Health::Healthy;
+    becomes_warm
+        || e.status == ObservedStatus::Exited
+        || c.observed_index.is_none()
+        || c.health.as_str() != e.health.as_str()
+        || (e.ipv6.is_some() && c.ipv6 != e.ipv6)
+        || c.docker_id.as_deref() != Some(e.docker_id.as_str())
+}
+
+/// The create command for a planned container, from its pool's spec.
+pub fn create_spec(state: &PoolState, c: &Container) -> Option<CreateSpec> {
+    let pool = state.pool(&c.pool)?;
+    let s = &pool.spec;
+    Some(CreateSpec {
+        id: c.id,
+        pool: c.pool.clone(),
+        generation: c.generation,
+        image: s.image.clone(),
+        command: s.command.clone(),
+        env: s.env.clone(),
+        port: s.port,
+        resources: s.resources.clone(),
+        health: s.health.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use uuid::Uuid;
+    use warmpool_proto::records::Resources;
+    use warmpool_proto::{PoolName, PoolSpec};
+
+    use super::*;
+    use crate::state::{Command, Request};
+
+    struct World {
+        state: PoolState,
+        index: u64,
+        node: NodeId,
+        pool: PoolName,
+    }
+
+    impl World {
+        fn new() -> Self {
+            let node = NodeId::new("n1").unwrap();
+            let pool = PoolName::new("demo").unwrap();
+            let mut w = World {
+                state: PoolState::default(),
+                index: 0,
+                node: node.clone(),
+                pool: pool.clone(),
+            };
+            w.apply(Command::NodeJoin {
+                node,
+                ipv6_prefix: "fd36:1::/64".into(),
+                labels: BTreeMap::new(),
+                capacity: Resources {
+                    cpu_millis: 1000,
+                    memory_mb: 1000,
+                },
+                agent_version: "t".into(),
+            });
+            w.apply(Command::PutPool {
+                spec: PoolSpec::new(pool, "img"),
+            });
+            w
+        }
+        fn apply(&mut self, cmd: Command) {
+            self.index += 1;
+            self.state.apply(
+                self.index,
+                Request {
+                    at: Timestamp(1_000 * self.index),
+                    cmd,
+                },
+            );
+        }
+        fn plan(&mut self) -> ContainerId {
+            let id = ContainerId::new();
+            self.apply(Command::PlanContainers {
+                pool: self.pool.clone(),
+                generation: 1,
+                placements: vec![(id, self.node.clone())],
+            });
+            id
+        }
+        fn entry(&self, id: ContainerId, health: Health) -> InventoryEntry {
+            InventoryEntry {
+                id,
+                pool: self.pool.clone(),
+                generation: 1,
+                docker_id: format!("d{id}"),
+                ipv6: Some("fd36:1::9".parse().unwrap()),
+                status: ObservedStatus::Running,
+                health,
+                exit_code: None,
+                oom_killed: false,
+                last_activity_at: None,
+            }
+        }
+        fn observed(&self, entries: Vec<InventoryEntry>) -> Observed {
+            Observed {
+                inventory: Inventory {
+                    node: self.node.clone(),
+                    boot_id: Uuid::nil(),
+                    seq: 1,
+                    taken_at: Timestamp(0),
+                    containers: entries,
+                },
+                requested_index: self.index,
+            }
+        }
+        fn run(&self, obs: Option<&Observed>, inflight: &InFlight, now: u64) -> Vec<Action> {
+            reconcile(&self.state, &self.node, obs, inflight, Timestamp(now))
+        }
+    }
+
+    #[test]
+    fn planned_container_is_created_then_resent_then_given_up() {
+        let mut w = World::new();
+        let id = w.plan();
+        let created_at = w.state.container(&id).unwrap().created_at.0;
+        let a = w.run(None, &InFlight::default(), created_at);
+        assert!(matches!(&a[..], [Action::Create(s)] if s.id == id && s.image == "img"));
+
+        let mut inflight = InFlight::default();
+        inflight.creates.insert(id, Timestamp(created_at));
+        assert!(
+            w.run(None, &inflight, created_at + 1_000).is_empty(),
+            "sent a second ago"
+        );
+        assert!(matches!(
+            &w.run(None, &inflight, created_at + CREATE_RESEND_MS)[..],
+            [Action::Create(_)]
+        ));
+        let late = w.run(None, &inflight, created_at + CREATE_DEADLINE_MS + 1);
+        assert_eq!(
+            late,
+            vec![Action::Gone(vec![(id, "create_timed_out".into())])]
+        );
+    }
+
+    #[test]
+    fn healthy_entry_is_observed_once() {
+        let mut w = World::new();
+        let id = w.plan();
+        let obs = w.observed(vec![w.entry(id, Health::Healthy)]);
+        let a = w.run(Some(&obs), &InFlight::default(), 0);
+        assert!(matches!(&a[..], [Action::Observe(e)] if e[0].id == id));
+        let Action::Observe(entries) = a[0].clone() else {
+            unreachable!()
+        };
+        w.apply(Command::Observe {
+            node: w.node.clone(),
+            entries,
+        });
+        assert_eq!(w.state.container(&id).unwrap().state, ContainerState::Warm);
+        assert!(
+            w.run(Some(&obs), &InFlight::default(), 0).is_empty(),
+            "nothing new to say"
+        );
+    }
+
+    #[test]
+    fn orphans_and_released_containers_are_destroyed_once() {
+        let mut w = World::new();
+        let stranger = ContainerId::new();
+        let obs = w.observed(vec![w.entry(stranger, Health::Healthy)]);
+        assert_eq!(
+            w.run(Some(&obs), &InFlight::default(), 0),
+            vec![Action::Destroy(stranger, "orphan".into())]
+        );
+        let mut inflight = InFlight::default();
+        inflight.destroys.insert(stranger);
+        assert!(
+            w.run(Some(&obs), &inflight, 0).is_empty(),
+            "already being destroyed"
+        );
+
+        let id = w.plan();
+        w.apply(Command::Observe {
+            node: w.node.clone(),
+            entries: vec![w.entry(id, Health::Healthy)],
+        });
+        w.apply(Command::RetireContainers {
+            ids: vec![id],
+            reason: "scale_down".into(),
+        });
+        let obs = w.observed(vec![w.entry(id, Health::Healthy)]);
+        assert_eq!(
+            w.run(Some(&obs), &InFlight::default(), 0),
+            vec![Action::Destroy(id, "scale_down".into())]
+        );
+        // Once the agent no longer has it, it is gone.
+        let obs = w.observed(vec![]);
+        assert_eq!(
+            w.run(Some(&obs), &InFlight::default(), 0),
+            vec![Action::Gone(vec![(id, "vanished".into())])]
+        );
+    }
+
+    #[test]
+    fn a_warm_container_missing_from_a_later_inventory_is_gone_but_not_from_an_earlier_one() {
+        let mut w = World::new();
+        let id = w.plan();
+        let mut stale = w.observed(vec![]);
+        w.apply(Command::Observe {
+            node: w.node.clone(),
+            entries: vec![w.entry(id, Health::Healthy)],
+        });
+        // Requested before the container was first seen: its absence proves nothing.
+        assert!(w
+            .run(Some(&stale), &InFlight::default(), 0)
+            .iter()
+            .all(|a| !matches!(a, Action::Gone(_))));
+        stale.requested_index = w.index;
+        assert_eq!(
+            w.run(Some(&stale), &InFlight::default(), 0),
+            vec![Action::Gone(vec![(id, "vanished".into())])]
+        );
+    }
+
+    #[test]
+    fn another_nodes_container_is_an_orphan_here() {
+        let mut w = World::new();
+        let id = w.plan();
+        let other = NodeId::new("n2").unwrap();
+        let obs = w.observed(vec![w.entry(id, Health::Healthy)]);
+        let a = reconcile(
+            &w.state,
+            &other,
+            Some(&obs),
+            &InFlight::default(),
+            Timestamp(0),
+        );
+        assert_eq!(a, vec![Action::Destroy(id, "orphan".into())]);
+    }
+}

@@ -1,0 +1,306 @@
+//! Starting and stopping one control-plane member.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use metrics_exporter_prometheus::PrometheusHandle;
+use openraft::{BasicNode, SnapshotPolicy};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use warmpool_proto::{subjects, MemberId};
+
+use crate::agents::{self, Agents, Fleet};
+use crate::api::{self, App};
+use crate::cluster::Cluster;
+use crate::leader::{Leader, LeaderConfig};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::NatsNetwork;
+use crate::raft::state_machine::StateMachineStore;
+use crate::raft::{self, Raft};
+use crate::state::query::EVENT_PAGE_MAX;
+
+/// Raft timing and compaction.
+#[derive(Clone, Debug)]
+pub struct RaftTuning {
+    /// Leader heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// Election timeout range, ms.
+    pub election_ms: (u64, u64),
+    /// Take a snapshot after this many entries since the last one.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind the last snapshot, for lagging followers.
+    pub keep_behind_snapshot: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 150,
+            election_ms: (600, 1200),
+            snapshot_every: 5000,
+            keep_behind_snapshot: 1000,
+        }
+    }
+}
+
+/// A member's configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Raft id of this member.
+    pub id: MemberId,
+    /// NATS server URL.
+    pub nats_url: String,
+    /// NATS user, if the server wants one.
+    pub nats_user: Option<String>,
+    /// NATS password.
+    pub nats_password: Option<String>,
+    /// Where the REST API listens.
+    pub api_addr: SocketAddr,
+    /// The API address others should use for this member.
+    pub advertise: String,
+    /// Where Raft keeps its log and snapshots.
+    pub data_dir: PathBuf,
+    /// Initialize a new cluster with this member as its only voter, unless already initialized.
+    pub bootstrap: bool,
+    /// Leader loop tunables.
+    pub leader: LeaderConfig,
+    /// Raft tunables.
+    pub raft: RaftTuning,
+    /// How long a command to an agent may take.
+    pub agent_timeout: Duration,
+}
+
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be opened.
+    #[error("cannot open data directory {0}: {1}")]
+    Storage(PathBuf, String),
+    /// Raft refused its configuration or failed to start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// NATS could not be reached or subscribed.
+    #[error("nats: {0}")]
+    Nats(String),
+    /// The API address could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+/// Runs a member until `shutdown`, then stops it in order: the API stops taking requests,
+/// background tasks end, Raft shuts down, the disk is flushed.
+pub async fn run(
+    config: Config,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let dir = config.data_dir.join("raft");
+    let db = sled::Config::new()
+        .path(&dir)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .map_err(|e| StartError::Storage(dir.clone(), e.to_string()))?;
+    let log = LogStore::open(&db).map_err(|e| StartError::Storage(dir.clone(), e.to_string()))?;
+    let sm = StateMachineStore::open(&db)
+        .map_err(|e| StartError::Storage(dir.clone(), e.to_string()))?;
+    let shared = sm.shared();
+
+    let mut nats_opts = async_nats::ConnectOptions::new()
+        .name(format!("warmpool-control-plane-{}", config.id))
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2));
+    if let (Some(user), Some(pass)) = (&config.nats_user, &config.nats_password) {
+        nats_opts = nats_opts.user_and_password(user.clone(), pass.clone());
+    }
+    let nats = nats_opts
+        .connect(&config.nats_url)
+        .await
+        .map_err(|e| StartError::Nats(e.to_string()))?;
+
+    let t = &config.raft;
+    let raft_config = openraft::Config {
+        cluster_name: "warmpool".into(),
+        heartbeat_interval: t.heartbeat_ms,
+        election_timeout_min: t.election_ms.0,
+        election_timeout_max: t.election_ms.1,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every),
+        max_in_snapshot_log_to_keep: t.keep_behind_snapshot,
+        // Chunks stay well under NATS's default 1 MiB payload limit.
+        snapshot_max_chunk_size: 512 * 1024,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| StartError::Raft(e.to_string()))?;
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        NatsNetwork::new(nats.clone()),
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| StartError::Raft(e.to_string()))?;
+
+    let mut tasks = JoinSet::new();
+    let stop = shutdown.child_token();
+    {
+        let (nats, raft, stop) = (nats.clone(), raft.clone(), stop.clone());
+        let id = config.id;
+        tasks.spawn(async move {
+            if let Err(e) = raft::server::serve(nats, raft, id, stop).await {
+                warn!(error = %e, "raft rpc server stopped");
+            }
+        });
+    }
+
+    // Initialize only a brand-new member; a restarted one finds its vote and log on disk.
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    if config.bootstrap && !initialized {
+        let members = std::collections::BTreeMap::from([(
+            config.id,
+            BasicNode::new(config.advertise.clone()),
+        )]);
+        raft.initialize(members)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        info!(member = config.id, "initialized a new cluster");
+    }
+
+    let cluster = Cluster::new(config.id, raft.clone(), shared.clone(), nats.clone());
+    let fleet = Arc::new(Fleet::default());
+    tasks.spawn(
+        cluster
+            .clone()
+            .serve_forwards(stop.clone())
+            .map_log("forward server"),
+    );
+    tasks
+        .spawn(agents::listen(nats.clone(), fleet.clone(), stop.clone()).map_log("agent listener"));
+    let leader = Leader::new(
+        cluster.clone(),
+        fleet.clone(),
+        Agents::new(nats.clone(), config.agent_timeout),
+        config.leader.clone(),
+    );
+    tasks.spawn(leader.run(stop.clone()));
+    tasks.spawn(publish_events(cluster.clone(), nats.clone(), stop.clone()));
+    tasks.spawn(raft_metrics(raft.clone(), stop.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.api_addr)
+        .await
+        .map_err(|e| StartError::Listen(config.api_addr, e))?;
+    info!(member = config.id, api = %config.api_addr, nats = %config.nats_url, "control plane up");
+    let app = Arc::new(App {
+        cluster,
+        fleet,
+        metrics,
+    });
+    let serve_stop = stop.clone();
+    let served = axum::serve(listener, api::router(app))
+        .with_graceful_shutdown(async move { serve_stop.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        warn!(error = %e, "api server failed");
+    }
+
+    // Ordered stop: everything else, then Raft, then the disk.
+    stop.cancel();
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("background tasks did not stop within 5s; aborting them");
+        tasks.abort_all();
+    }
+    if let Err(e) = raft.shutdown().await {
+        warn!(error = %e, "raft shutdown");
+    }
+    let _ = db.flush_async().await;
+    info!(member = config.id, "control plane stopped");
+    Ok(())
+}
+
+trait LogErr {
+    async fn map_log(self, what: &'static str);
+}
+
+impl<F, E> LogErr for F
+where
+    F: std::future::Future<Output = Result<(), E>> + Send,
+    E: std::fmt::Display,
+{
+    async fn map_log(self, what: &'static str) {
+        if let Err(e) = self.await {
+            warn!(error = %e, "{what} stopped");
+        }
+    }
+}
+
+/// While leading, publishes each committed event on `pool.v1.events` for live views that
+/// prefer NATS to SSE. At-least-once across leader changes: consumers dedupe by `seq`.
+async fn publish_events(cluster: Cluster, nats: async_nats::Client, stop: CancellationToken) {
+    let shared = cluster.shared().clone();
+    let mut applied = shared.subscribe();
+    let mut after = shared.read(|s| s.last_event_seq());
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = applied.changed() => if changed.is_err() { return },
+        }
+        if !cluster.is_leader() {
+            after = shared.read(|s| s.last_event_seq());
+            continue;
+        }
+        loop {
+            let filter = crate::state::EventFilter::default();
+            let batch = shared.read(|s| s.events(Some(after), None, EVENT_PAGE_MAX, &filter));
+            let Some(last) = batch.last().map(|e| e.seq) else {
+                break;
+            };
+            for e in batch {
+                if let Ok(bytes) = serde_json::to_vec(&e) {
+                    let _ = nats.publish(subjects::EVENTS, Bytes::from(bytes)).await;
+                }
+            }
+            after = last;
+        }
+    }
+}
+
+/// Mirrors Raft's own metrics into Prometheus gauges.
+async fn raft_metrics(raft: Raft, stop: CancellationToken) {
+    let mut rx = raft.metrics();
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            metrics::gauge!("warmpool_raft_term").set(m.current_term as f64);
+            metrics::gauge!("warmpool_raft_is_leader").set(
+                if m.state == openraft::ServerState::Leader {
+                    1.0
+                } else {
+                    0.0
+                },
+            );
+            metrics::gauge!("warmpool_raft_leader_id")
+                .set(m.current_leader.map_or(-1.0, |l| l as f64));
+            metrics::gauge!("warmpool_raft_last_log_index")
+                .set(m.last_log_index.unwrap_or(0) as f64);
+            metrics::gauge!("warmpool_raft_applied_index")
+                .set(m.last_applied.map_or(0, |l| l.index) as f64);
+            metrics::gauge!("warmpool_raft_snapshot_index")
+                .set(m.snapshot.map_or(0, |l| l.index) as f64);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+    }
+}
