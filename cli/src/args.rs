@@ -1,0 +1,480 @@
+//! The command line of `poolctl`, as clap derive types.
+//!
+//! Values are parsed into the proto's validated types here (pool names, node ids, UUIDs,
+//! event kinds), so a typo is a usage error (exit 2) before any request is made.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use warmpool_proto::api::{MAX_IDEMPOTENCY_KEY, MAX_WAIT_MS};
+use warmpool_proto::{
+    AllocationId, ContainerId, ContainerState, EventKind, MemberId, NodeId, PoolName, SessionId,
+};
+
+use crate::spec::{parse_kv, Setting};
+
+/// Operate a Warmpool cluster: pools, allocations, containers, nodes, events, membership.
+#[derive(Debug, Parser)]
+#[command(name = "poolctl", version, propagate_version = true)]
+pub struct Cli {
+    /// Control-plane URL; several, comma-separated, are tried in turn when one is unreachable
+    /// or has no leader.
+    #[arg(
+        long,
+        env = "POOLCTL_URL",
+        default_value = "http://127.0.0.1:7070",
+        value_delimiter = ',',
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub url: Vec<String>,
+    /// API token, sent as `Authorization: Bearer <token>`.
+    #[arg(
+        long,
+        env = "POOLCTL_TOKEN",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub token: Option<String>,
+    /// Output format: aligned tables for people, JSON for programs.
+    #[arg(
+        long,
+        short = 'o',
+        value_enum,
+        default_value_t = Output::Table,
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub output: Output,
+    /// Show full ids in tables instead of their last 12 hex digits.
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub wide: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns and `key: value` lines.
+    Table,
+    /// The API's JSON, pretty-printed; one object per line when following events.
+    Json,
+}
+
+/// A `poolctl` command.
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, show, update and delete pools.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Container counts over all pools and nodes.
+    Status,
+    /// Take a warm container from a pool for a session.
+    Alloc(AllocArgs),
+    /// Release an allocation; its container is destroyed and replaced.
+    Release {
+        /// The allocation's id.
+        id: AllocationId,
+    },
+    /// Extend an allocation's lease, counted from now.
+    Renew {
+        /// The allocation's id.
+        id: AllocationId,
+        /// New lease length; the pool's default when absent.
+        #[arg(long, value_name = "N")]
+        lease_seconds: Option<u64>,
+    },
+    /// List allocations.
+    Allocations(AllocationsArgs),
+    /// List containers.
+    Containers(ContainersArgs),
+    /// Show one container.
+    Container {
+        /// The container's id.
+        id: ContainerId,
+    },
+    /// Show the event log, or follow it live.
+    Events(EventsArgs),
+    /// List the nodes (Docker hosts).
+    Nodes,
+    /// Cordon, uncordon or drain a node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Control-plane membership and Raft state.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `poolctl pool ...`
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Create a pool from flags, a JSON spec file, or both (flags win).
+    Create(CreateArgs),
+    /// List pools with their counts.
+    List,
+    /// Show a pool's spec and counts.
+    Show {
+        /// The pool.
+        name: PoolName,
+    },
+    /// Change a pool: the flags given are merged onto its current spec; `--file` replaces the
+    /// spec (then the flags apply on top).
+    Update(UpdateArgs),
+    /// Delete a pool; its containers, allocated ones included, are destroyed.
+    Delete {
+        /// The pool.
+        name: PoolName,
+    },
+}
+
+/// `poolctl pool create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The pool's name (taken from the file when absent).
+    #[arg(required_unless_present = "file")]
+    pub name: Option<PoolName>,
+    /// The spec.
+    #[command(flatten)]
+    pub spec: SpecFlags,
+}
+
+/// `poolctl pool update`.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// The pool.
+    pub name: PoolName,
+    /// Changes to the spec.
+    #[command(flatten)]
+    pub spec: SpecFlags,
+    /// Remove an environment variable (repeatable).
+    #[arg(long = "unset-env", value_name = "KEY")]
+    pub unset_env: Vec<String>,
+    /// Remove a placement constraint (repeatable).
+    #[arg(long = "unset-constraint", value_name = "KEY")]
+    pub unset_constraint: Vec<String>,
+}
+
+/// Pool spec fields as flags, shared by `pool create` and `pool update`. Every flag is
+/// optional: what is not given keeps its value (the default, the file's, or the current one).
+#[derive(Debug, Default, Args)]
+pub struct SpecFlags {
+    /// Read the spec from a JSON file ("-" for standard input). The output of
+    /// `pool show -o json` is accepted too.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Docker image; must be present on every node.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Warm containers always kept.
+    #[arg(long, value_name = "N")]
+    pub min_warm: Option<u32>,
+    /// Ceiling for warm containers (`none`: same as --min-warm).
+    #[arg(long, value_name = "N|none")]
+    pub max_warm: Option<Setting<u32>>,
+    /// Hard limit on live containers of the pool.
+    #[arg(long, value_name = "N")]
+    pub max_total: Option<u32>,
+    /// Service port inside the container.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// CPU limit in thousandths of a core.
+    #[arg(long, value_name = "N")]
+    pub cpu_millis: Option<u64>,
+    /// Memory limit in MiB.
+    #[arg(long, value_name = "N")]
+    pub memory_mb: Option<u64>,
+    /// Process limit.
+    #[arg(long, value_name = "N")]
+    pub pids: Option<i64>,
+    /// Environment variable (repeatable); replaces a variable of the same name.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub env: Vec<(String, String)>,
+    /// Node label a node must carry (repeatable), e.g. region=eu.
+    #[arg(long = "constraint", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub constraints: Vec<(String, String)>,
+    /// Health check: HTTP GET of this path must answer 2xx or 3xx.
+    #[arg(long, value_name = "PATH", conflicts_with = "health_tcp")]
+    pub health_path: Option<String>,
+    /// Health check: a TCP connection to the service port must be accepted.
+    #[arg(long)]
+    pub health_tcp: bool,
+    /// Time between health probes.
+    #[arg(long, value_name = "MS")]
+    pub health_interval_ms: Option<u64>,
+    /// Time a health probe may take.
+    #[arg(long, value_name = "MS")]
+    pub health_timeout_ms: Option<u64>,
+    /// Consecutive failed probes that make a container unhealthy.
+    #[arg(long, value_name = "N")]
+    pub health_failures: Option<u32>,
+    /// Lease of an allocation that asks for none.
+    #[arg(long, value_name = "N")]
+    pub lease_seconds: Option<u64>,
+    /// Release an allocation after this long without network activity (`none`: never).
+    #[arg(long, value_name = "SECS|none")]
+    pub idle_timeout_secs: Option<Setting<u64>>,
+    /// Cap on an allocation's life, renewals included (`none`: no cap).
+    #[arg(long, value_name = "SECS|none")]
+    pub max_lifetime_secs: Option<Setting<u64>>,
+    /// Containers asked for at once when the pool grows.
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<u32>,
+    /// Pause between batches.
+    #[arg(long, value_name = "MS")]
+    pub pacing_ms: Option<u64>,
+    /// Command and arguments, after `--`; replaces the image's command.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `poolctl alloc`.
+#[derive(Debug, Args)]
+pub struct AllocArgs {
+    /// The pool to allocate from.
+    pub pool: PoolName,
+    /// The session the container is for; the server makes one up when absent.
+    #[arg(long, value_name = "SESSION")]
+    pub session: Option<SessionId>,
+    /// Lease length; the pool's default when absent.
+    #[arg(long, value_name = "N")]
+    pub lease_seconds: Option<u64>,
+    /// How long to wait for a warm container when none is free.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_MS))]
+    pub wait_ms: Option<u64>,
+    /// Retrying with the same key gives the same allocation, never a second one (one is made
+    /// up when absent).
+    #[arg(long, value_name = "KEY", value_parser = parse_idempotency_key)]
+    pub idempotency_key: Option<String>,
+}
+
+fn parse_idempotency_key(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(format!("must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"));
+    }
+    Ok(s.to_string())
+}
+
+/// `poolctl allocations`.
+#[derive(Debug, Args)]
+pub struct AllocationsArgs {
+    /// Only this pool's.
+    #[arg(long)]
+    pub pool: Option<PoolName>,
+    /// Only this session's.
+    #[arg(long)]
+    pub session: Option<SessionId>,
+    /// Only in this state.
+    #[arg(long, value_parser = ["active", "released"])]
+    pub state: Option<String>,
+}
+
+/// `poolctl containers`.
+#[derive(Debug, Args)]
+pub struct ContainersArgs {
+    /// Only this pool's.
+    #[arg(long)]
+    pub pool: Option<PoolName>,
+    /// Only on this node.
+    #[arg(long)]
+    pub node: Option<NodeId>,
+    /// Only in this state (creating, warm, allocated, releasing, terminated, failed).
+    #[arg(long)]
+    pub state: Option<ContainerState>,
+    /// Only held by this session.
+    #[arg(long)]
+    pub session: Option<SessionId>,
+}
+
+/// `poolctl events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events after this sequence number (oldest first). Without it, the newest
+    /// `--limit` events are shown.
+    #[arg(long, value_name = "SEQ", conflicts_with = "before")]
+    pub after: Option<u64>,
+    /// Only events before this sequence number (the newest `--limit` of them).
+    #[arg(long, value_name = "SEQ")]
+    pub before: Option<u64>,
+    /// At most this many [default: the server's page size; 10 with --follow].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub limit: Option<u64>,
+    /// Only this pool's.
+    #[arg(long)]
+    pub pool: Option<PoolName>,
+    /// Only this container's.
+    #[arg(long)]
+    pub container: Option<ContainerId>,
+    /// Only this session's.
+    #[arg(long)]
+    pub session: Option<SessionId>,
+    /// Only this node's.
+    #[arg(long)]
+    pub node: Option<NodeId>,
+    /// Only these kinds (repeatable or comma-separated), e.g. container_allocated.
+    #[arg(long, value_name = "KIND", value_delimiter = ',')]
+    pub kind: Vec<EventKind>,
+    /// Keep streaming new events until interrupted (Ctrl-C).
+    #[arg(long, short = 'f', conflicts_with = "before")]
+    pub follow: bool,
+}
+
+/// `poolctl node ...`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Take no new containers on the node; keep the ones it has.
+    Cordon {
+        /// The node.
+        id: NodeId,
+    },
+    /// Take new containers on the node again.
+    Uncordon {
+        /// The node.
+        id: NodeId,
+    },
+    /// Take no new containers on the node and move its warm ones elsewhere.
+    Drain {
+        /// The node.
+        id: NodeId,
+    },
+}
+
+/// `poolctl cluster ...`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Raft state and members, as the answering member sees them.
+    Status,
+    /// Add a control-plane member (it joins as a learner and is promoted).
+    Add {
+        /// The new member's Raft id.
+        id: MemberId,
+        /// Its REST API address, e.g. http://10.0.0.2:7070.
+        api_addr: String,
+    },
+    /// Remove a control-plane member.
+    Remove {
+        /// The member's Raft id.
+        id: MemberId,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("poolctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_anywhere_and_url_lists() {
+        let cli = parse(&["status", "--url", "http://a:1,http://b:2", "-o", "json"]).unwrap();
+        assert_eq!(cli.url, vec!["http://a:1", "http://b:2"]);
+        assert_eq!(cli.output, Output::Json);
+        assert!(matches!(cli.command, Command::Status));
+    }
+
+    #[test]
+    fn pool_create_takes_flags_and_trailing_command() {
+        let cli = parse(&[
+            "pool",
+            "create",
+            "demo",
+            "--image",
+            "img:1",
+            "--min-warm",
+            "2",
+            "--env",
+            "A=1",
+            "--env",
+            "B=x=y",
+            "--constraint",
+            "region=eu",
+            "--health-tcp",
+            "--max-warm",
+            "none",
+            "--",
+            "/bin/httpd",
+            "-f",
+            "-p",
+            "8080",
+        ])
+        .unwrap();
+        let Command::Pool(PoolCommand::Create(c)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(c.name.unwrap().as_str(), "demo");
+        assert_eq!(c.spec.image.as_deref(), Some("img:1"));
+        assert_eq!(
+            c.spec.env,
+            vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
+        assert_eq!(c.spec.max_warm, Some(Setting::Clear));
+        assert!(c.spec.health_tcp);
+        assert_eq!(c.spec.command, vec!["/bin/httpd", "-f", "-p", "8080"]);
+    }
+
+    #[test]
+    fn usage_errors_are_caught_by_the_parser() {
+        use clap::error::ErrorKind;
+        let bad = [
+            vec!["pool", "create", "Demo", "--image", "i"],
+            vec!["pool", "create", "demo", "--env", "NOEQUALS"],
+            vec![
+                "pool",
+                "create",
+                "demo",
+                "--health-tcp",
+                "--health-path",
+                "/",
+            ],
+            vec!["pool", "create"],
+            vec!["release", "not-a-uuid"],
+            vec!["alloc", "demo", "--wait-ms", "60001"],
+            vec!["events", "--kind", "container_exploded"],
+            vec!["events", "--follow", "--before", "3"],
+            vec!["containers", "--state", "sleeping"],
+            vec!["node", "reboot", "n1"],
+        ];
+        for args in bad {
+            let err = parse(&args).expect_err(&format!("{args:?} parsed"));
+            assert_ne!(err.kind(), ErrorKind::DisplayHelp);
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+        // --file stands in for the name.
+        assert!(parse(&["pool", "create", "--file", "spec.json"]).is_ok());
+    }
+
+    #[test]
+    fn event_kinds_split_on_commas() {
+        let cli = parse(&[
+            "events",
+            "--kind",
+            "pool_created,node_down",
+            "--kind",
+            "container_warm",
+        ])
+        .unwrap();
+        let Command::Events(e) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            e.kind,
+            vec![
+                EventKind::PoolCreated,
+                EventKind::NodeDown,
+                EventKind::ContainerWarm
+            ]
+        );
+    }
+}

@@ -1,0 +1,450 @@
+//! Carrying out a parsed command: build the request, call the [`Client`], print the answer.
+
+use std::io::Write;
+
+use serde::Serialize;
+use warmpool_proto::api::{
+    AddMember, ContainerQuery, CreateAllocation, EventQuery, RenewAllocation,
+};
+use warmpool_proto::{Event, Timestamp};
+
+use crate::args::{Cli, ClusterCommand, Command, EventsArgs, NodeCommand, Output, PoolCommand};
+use crate::client::{AllocationQuery, Client, NodeAction};
+use crate::error::{fmt_duration, ClientError};
+use crate::render::{self, Style};
+use crate::spec;
+
+/// `before` that means "the newest events": the API answers the newest `limit` events below
+/// `before` when `after` is absent. (i64::MAX rather than u64::MAX, in case a server keeps
+/// sequence numbers signed.)
+const NEWEST: u64 = i64::MAX as u64;
+/// Events shown before following, unless `--limit` says otherwise.
+const FOLLOW_BACKLOG: usize = 10;
+
+/// Why a command failed, and so how `poolctl` exits.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command line or a file given on it is wrong; nothing was sent (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The control plane said no, or could not be reached (exit 1).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Writing the output failed (exit 1, or 0 for a closed pipe such as `| head`).
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl CliError {
+    /// The process exit code: 2 for usage errors (a bad URL included), 1 for API and
+    /// transport errors, 0 when the reader of the output went away.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::Client(ClientError::Config(_)) => 2,
+            CliError::Client(_) => 1,
+            CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+            CliError::Output(_) => 1,
+        }
+    }
+
+    /// The message for standard error, `error: ...`, with a hint where one helps; empty when
+    /// there is nothing to say (a closed pipe).
+    pub fn render(&self) -> String {
+        match self {
+            CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => String::new(),
+            CliError::Client(e @ ClientError::Unreachable { .. }) => {
+                format!("error: {e}; is it running? set POOLCTL_URL")
+            }
+            CliError::Client(
+                e @ ClientError::Api {
+                    status,
+                    retry_after,
+                    ..
+                },
+            ) => {
+                let hint = match (status, retry_after) {
+                    (401, _) => " (set the API token with --token or POOLCTL_TOKEN)".to_string(),
+                    (403, _) => " (the token's role does not allow this)".to_string(),
+                    (_, Some(d)) => format!(" (retry after {})", fmt_duration(*d)),
+                    _ => String::new(),
+                };
+                format!("error: {e}{hint}")
+            }
+            other => format!("error: {other}"),
+        }
+    }
+}
+
+/// Runs `cli`, writing its output to `out`.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    let client = Client::new(cli.url.clone(), cli.token.clone())?;
+    let style = Style {
+        wide: cli.wide,
+        now: Timestamp::now(),
+    };
+    let p = Printer {
+        out,
+        output: cli.output,
+        style,
+    };
+    dispatch(cli.command, &client, p).await
+}
+
+struct Printer<'a> {
+    out: &'a mut dyn Write,
+    output: Output,
+    style: Style,
+}
+
+impl Printer<'_> {
+    /// Prints `value` as pretty JSON or as `table(value)`.
+    fn show<T: Serialize>(
+        &mut self,
+        value: &T,
+        table: impl FnOnce(&T, Style) -> String,
+    ) -> Result<(), CliError> {
+        match self.output {
+            Output::Json => {
+                let json = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
+                writeln!(self.out, "{json}")?;
+            }
+            Output::Table => write!(self.out, "{}", table(value, self.style))?,
+        }
+        Ok(())
+    }
+
+    /// Prints a line in table mode only.
+    fn note(&mut self, line: &str) -> Result<(), CliError> {
+        if self.output == Output::Table {
+            writeln!(self.out, "{line}")?;
+        }
+        Ok(())
+    }
+
+    /// One event: a line, or one compact JSON object per line.
+    fn event(&mut self, e: &Event) -> Result<(), CliError> {
+        match self.output {
+            Output::Json => {
+                let json = serde_json::to_string(e).map_err(std::io::Error::other)?;
+                writeln!(self.out, "{json}")?;
+            }
+            Output::Table => writeln!(self.out, "{}", render::event_line(e, self.style.wide))?,
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+fn opt_str<T: ToString>(v: &Option<T>) -> Option<String> {
+    v.as_ref().map(ToString::to_string)
+}
+
+async fn dispatch(command: Command, client: &Client, mut p: Printer<'_>) -> Result<(), CliError> {
+    match command {
+        Command::Pool(cmd) => pool(cmd, client, p).await,
+        Command::Status => p.show(&client.status().await?, |s, _| render::status_view(s)),
+        Command::Alloc(a) => {
+            let req = CreateAllocation {
+                pool: a.pool,
+                session_id: a.session,
+                lease_seconds: a.lease_seconds,
+                wait_ms: a.wait_ms,
+                idempotency_key: a.idempotency_key,
+            };
+            p.show(&client.allocate(&req).await?, render::allocation_detail)
+        }
+        Command::Release { id } => p.show(&client.release(id).await?, render::allocation_detail),
+        Command::Renew { id, lease_seconds } => {
+            let a = client.renew(id, &RenewAllocation { lease_seconds }).await?;
+            p.show(&a, render::allocation_detail)
+        }
+        Command::Allocations(a) => {
+            let q = AllocationQuery {
+                pool: opt_str(&a.pool),
+                session: opt_str(&a.session),
+                state: a.state,
+            };
+            p.show(&client.list_allocations(&q).await?, |l, s| {
+                render::allocations_table(l, s)
+            })
+        }
+        Command::Containers(c) => {
+            let q = ContainerQuery {
+                pool: opt_str(&c.pool),
+                node: opt_str(&c.node),
+                state: c.state.map(|s| s.as_str().to_string()),
+                session: opt_str(&c.session),
+            };
+            p.show(&client.list_containers(&q).await?, |l, s| {
+                render::containers_table(l, s)
+            })
+        }
+        Command::Container { id } => {
+            p.show(&client.get_container(id).await?, render::container_detail)
+        }
+        Command::Events(e) => events(e, client, p).await,
+        Command::Nodes => p.show(&client.nodes().await?, |l, _| render::nodes_table(l)),
+        Command::Node(cmd) => {
+            let (id, action) = match cmd {
+                NodeCommand::Cordon { id } => (id, NodeAction::Cordon),
+                NodeCommand::Uncordon { id } => (id, NodeAction::Uncordon),
+                NodeCommand::Drain { id } => (id, NodeAction::Drain),
+            };
+            p.show(&client.node_action(&id, action).await?, |n, _| {
+                render::node_line(n)
+            })
+        }
+        Command::Cluster(cmd) => {
+            let view = match cmd {
+                ClusterCommand::Status => client.cluster().await?,
+                ClusterCommand::Add { id, api_addr } => {
+                    client.add_member(&AddMember { id, api_addr }).await?
+                }
+                ClusterCommand::Remove { id } => client.remove_member(id).await?,
+            };
+            p.show(&view, |c, _| render::cluster_view(c))
+        }
+    }
+}
+
+async fn pool(cmd: PoolCommand, client: &Client, mut p: Printer<'_>) -> Result<(), CliError> {
+    let read_file = |flags: &crate::args::SpecFlags| -> Result<_, CliError> {
+        flags
+            .file
+            .as_deref()
+            .map(spec::read_spec_file)
+            .transpose()
+            .map_err(CliError::Usage)
+    };
+    match cmd {
+        PoolCommand::Create(c) => {
+            let file = read_file(&c.spec)?;
+            let spec =
+                spec::spec_for_create(c.name.as_ref(), &c.spec, file).map_err(CliError::Usage)?;
+            p.show(&client.create_pool(&spec).await?, render::pool_detail)
+        }
+        PoolCommand::List => p.show(&client.list_pools().await?, |l, _| render::pools_table(l)),
+        PoolCommand::Show { name } => p.show(&client.get_pool(&name).await?, render::pool_detail),
+        PoolCommand::Update(u) => {
+            let file = read_file(&u.spec)?;
+            // Read first: `update` never creates, and the flags merge onto what is there.
+            // (Not atomic: a change made by someone else in between is overwritten.)
+            let current = client.get_pool(&u.name).await?.pool.spec;
+            let spec = spec::spec_for_update(
+                &u.name,
+                current,
+                &u.spec,
+                file,
+                &u.unset_env,
+                &u.unset_constraint,
+            )
+            .map_err(CliError::Usage)?;
+            let (view, _created) = client.put_pool(&spec).await?;
+            p.show(&view, render::pool_detail)
+        }
+        PoolCommand::Delete { name } => {
+            client.delete_pool(&name).await?;
+            p.note(&format!("pool {name} deleted"))
+        }
+    }
+}
+
+/// The query `poolctl events` sends first: the newest `limit` events unless `--after` or
+/// `--before` pins a range.
+pub fn events_query(e: &EventsArgs) -> EventQuery {
+    let kind = (!e.kind.is_empty()).then(|| {
+        e.kind
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let limit = match (e.limit, e.follow) {
+        (Some(n), _) => Some(n),
+        (None, true) => Some(FOLLOW_BACKLOG as u64),
+        (None, false) => None,
+    };
+    EventQuery {
+        after: e.after,
+        before: match (e.after, e.before) {
+            (None, None) => Some(NEWEST),
+            (_, before) => before,
+        },
+        limit: limit.map(|n| n as usize),
+        pool: opt_str(&e.pool),
+        container: opt_str(&e.container),
+        session: opt_str(&e.session),
+        kind,
+        node: opt_str(&e.node),
+    }
+}
+
+/// The stream query for `--follow`, resuming after the backlog that was printed.
+pub fn follow_query(mut q: EventQuery, backlog: &[Event]) -> EventQuery {
+    q.after = backlog.last().map(|e| e.seq).or(q.after).or(Some(0));
+    q.before = None;
+    q.limit = None;
+    q
+}
+
+async fn events(e: EventsArgs, client: &Client, mut p: Printer<'_>) -> Result<(), CliError> {
+    let query = events_query(&e);
+    let backlog = client.events(&query).await?;
+    if !e.follow {
+        return p.show(&backlog, |list, style| {
+            list.iter()
+                .map(|ev| render::event_line(ev, style.wide) + "\n")
+                .collect()
+        });
+    }
+    for ev in &backlog {
+        p.event(ev)?;
+    }
+    let stream = client.event_stream(&follow_query(query, &backlog));
+    futures::pin_mut!(stream);
+    let ctrl_c = tokio::signal::ctrl_c();
+    futures::pin_mut!(ctrl_c);
+    loop {
+        let item = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            item = futures::StreamExt::next(&mut stream) => item,
+        };
+        match item {
+            None => return Ok(()),
+            Some(Ok(ev)) => p.event(&ev)?,
+            Some(Err(err)) if err.is_retryable() => {
+                eprintln!("warning: event stream: {err}; reconnecting");
+            }
+            Some(Err(err @ ClientError::Decode { .. })) => {
+                eprintln!("warning: skipped an event: {err}");
+            }
+            Some(Err(err)) => return Err(err.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::time::Duration;
+    use warmpool_proto::EventKind;
+
+    fn events_args(args: &[&str]) -> EventsArgs {
+        let cli = Cli::try_parse_from(["poolctl", "events"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Events(e) => e,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn events_without_a_range_asks_for_the_newest() {
+        let q = events_query(&events_args(&[
+            "--pool",
+            "demo",
+            "--kind",
+            "pool_created,node_down",
+        ]));
+        assert_eq!(q.before, Some(NEWEST));
+        assert_eq!(q.after, None);
+        assert_eq!(q.limit, None, "the server's default");
+        assert_eq!(q.pool.as_deref(), Some("demo"));
+        assert_eq!(q.kind.as_deref(), Some("pool_created,node_down"));
+
+        let q = events_query(&events_args(&["--after", "41", "--limit", "5"]));
+        assert_eq!((q.after, q.before, q.limit), (Some(41), None, Some(5)));
+        let q = events_query(&events_args(&["--before", "9"]));
+        assert_eq!((q.after, q.before), (None, Some(9)));
+    }
+
+    #[test]
+    fn follow_resumes_after_the_backlog() {
+        let q = events_query(&events_args(&["--follow"]));
+        assert_eq!((q.before, q.limit), (Some(NEWEST), Some(FOLLOW_BACKLOG)));
+        let ev = |seq| Event {
+            seq,
+            log_index: seq,
+            at: Timestamp(0),
+            kind: EventKind::PoolCreated,
+            pool: None,
+            container: None,
+            node: None,
+            session: None,
+            allocation: None,
+            reason: None,
+            detail: None,
+        };
+        let s = follow_query(q.clone(), &[ev(7), ev(9)]);
+        assert_eq!((s.after, s.before, s.limit), (Some(9), None, None));
+        assert_eq!(
+            follow_query(q, &[]).after,
+            Some(0),
+            "nothing yet: from the start"
+        );
+        let q = events_query(&events_args(&["--follow", "--after", "30"]));
+        assert_eq!(follow_query(q, &[]).after, Some(30));
+    }
+
+    #[test]
+    fn error_messages_and_exit_codes() {
+        let unreachable = CliError::Client(ClientError::Unreachable {
+            attempts: vec![("http://127.0.0.1:7070".into(), "connection refused".into())],
+        });
+        assert_eq!(
+            unreachable.render(),
+            "error: cannot reach the control plane at http://127.0.0.1:7070 (connection refused); is it running? set POOLCTL_URL"
+        );
+        assert_eq!(unreachable.exit_code(), 1);
+
+        let api = |status, code: &str, retry| {
+            CliError::Client(ClientError::Api {
+                status,
+                code: code.into(),
+                message: "m".into(),
+                retry_after: retry,
+            })
+        };
+        let nf = CliError::Client(ClientError::Api {
+            status: 404,
+            code: "not_found".into(),
+            message: "no pool named \"x\"".into(),
+            retry_after: None,
+        });
+        assert_eq!(nf.render(), "error: not_found: no pool named \"x\"");
+        assert_eq!(nf.exit_code(), 1);
+        assert_eq!(
+            api(401, "unauthorized", None).render(),
+            "error: unauthorized: m (set the API token with --token or POOLCTL_TOKEN)"
+        );
+        assert_eq!(
+            api(403, "forbidden", None).render(),
+            "error: forbidden: m (the token's role does not allow this)"
+        );
+        assert_eq!(
+            api(503, "no_capacity", Some(Duration::from_secs(2))).render(),
+            "error: no_capacity: m (retry after 2s)"
+        );
+
+        let usage = CliError::Usage("pool create needs --image (or --file)".into());
+        assert_eq!(
+            usage.render(),
+            "error: pool create needs --image (or --file)"
+        );
+        assert_eq!(usage.exit_code(), 2);
+        let bad_url = CliError::Client(ClientError::Config(
+            "invalid control-plane URL \"x:y:z\"".into(),
+        ));
+        assert_eq!(bad_url.exit_code(), 2);
+        let timeout = CliError::Client(ClientError::Timeout {
+            url: "http://cp/v1/status".into(),
+            after: Some(Duration::from_secs(10)),
+        });
+        assert_eq!(
+            timeout.render(),
+            "error: request to http://cp/v1/status timed out after 10s"
+        );
+        let pipe = CliError::Output(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert_eq!((pipe.exit_code(), pipe.render().as_str()), (0, ""));
+    }
+}
