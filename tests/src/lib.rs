@@ -1,1 +1,470 @@
-//! placeholder
+//! Harness for whole-system tests: real nats-server, real control-plane and agent processes,
+//! the real dockerd. Every test gets its own NATS server, ports, data directory, node ids,
+//! IPv6 /64 and Docker network, so tests run in parallel and clean up after themselves, even
+//! when they fail (everything is torn down in `Drop`).
+//!
+//! The binaries must be built first (`cargo build --bins`; `deploy/dev.sh test` does it).
+
+use std::fs::File;
+use std::future::Future;
+use std::net::{Ipv6Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use poolctl::Client;
+use warmpool_proto::api::StatusView;
+use warmpool_proto::{PoolName, PoolSpec};
+
+pub use poolctl;
+pub use warmpool_proto as proto;
+
+/// The demo image every test pool uses.
+pub const DEMO_IMAGE: &str = "warmpool-demo:latest";
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Path of a workspace binary; panics with instructions when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let path = target.join("debug").join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --bins` first (deploy/dev.sh test does)", path.display());
+    path
+}
+
+/// A short random suffix for names that must not collide between tests.
+pub fn unique(prefix: &str) -> String {
+    let u = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &u[..8])
+}
+
+/// A random /64 under fd36::/16, never fd36:1::/64 (which `deploy/dev.sh up` uses).
+pub fn random_prefix() -> String {
+    let n = 0x100 + (uuid::Uuid::new_v4().as_u128() % 0xfe00) as u16;
+    format!("fd36:{n:x}::/64")
+}
+
+/// Whether `ip` lies in the /64 `prefix` (e.g. `fd36:1a2::/64`).
+pub fn in_prefix(ip: &Ipv6Addr, prefix: &str) -> bool {
+    let net: Ipv6Addr = prefix.trim_end_matches("/64").parse().expect("a /64 prefix");
+    ip.segments()[..4] == net.segments()[..4]
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// Builds the demo image once per test process.
+pub fn ensure_demo_image() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let status = Command::new(root().join("deploy/demo-image/build.sh"))
+            .arg(DEMO_IMAGE)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run deploy/demo-image/build.sh");
+        assert!(status.success(), "building the demo image failed");
+    });
+}
+
+/// Runs `docker` with `args`; returns stdout, panics on failure.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("run docker");
+    assert!(out.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Ids (Warmpool's, from labels) of the Docker containers of `node`, running or not.
+pub fn docker_containers_of(node: &str) -> Vec<String> {
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=io.warmpool.node={node}"),
+        "--format",
+        "{{.Label \"io.warmpool.id\"}}",
+    ]);
+    let mut ids: Vec<String> = out.lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
+    ids.sort();
+    ids
+}
+
+/// Polls `f` every 50 ms until it yields `Some`, or panics after `timeout` naming `what`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET http://[ip]:port/path` with a plain HTTP/1.0 request; the status and body.
+pub async fn http_get(ip: Ipv6Addr, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connect = tokio::net::TcpStream::connect((ip, port));
+    let mut s = tokio::time::timeout(Duration::from_secs(2), connect).await.map_err(|_| std::io::ErrorKind::TimedOut)??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: [{ip}]\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await.map_err(|_| std::io::ErrorKind::TimedOut)??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+fn log_file(dir: &Path, name: &str) -> (File, PathBuf) {
+    let path = dir.join(format!("{name}.log"));
+    let f = File::options().create(true).append(true).open(&path).expect("open log file");
+    (f, path)
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill").args(["-s", sig, &child.id().to_string()]).status();
+}
+
+fn stop_child(child: &mut Option<Child>, sig: &str) {
+    if let Some(mut c) = child.take() {
+        signal(&c, sig);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match c.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A nats-server on a free port.
+pub struct Nats {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Nats {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start(dir: &Path) -> Nats {
+        let mut n = Nats { child: None, port: free_port(), dir: dir.to_path_buf() };
+        n.restart();
+        n
+    }
+
+    /// Starts it again on the same port (after [`Nats::kill`]).
+    pub fn restart(&mut self) {
+        let (log, _) = log_file(&self.dir, "nats");
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("nats-server is installed (deploy/dev.sh test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILLs the server.
+    pub fn kill(&mut self) {
+        stop_child(&mut self.child, "KILL");
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One control-plane member process.
+pub struct Member {
+    /// Raft id.
+    pub id: u64,
+    /// API port on 127.0.0.1.
+    pub api_port: u16,
+    nats_url: String,
+    data_dir: PathBuf,
+    log_dir: PathBuf,
+    bootstrap: bool,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Member {
+    /// A member that will bootstrap a new cluster when `bootstrap`.
+    pub fn new(id: u64, nats_url: &str, dir: &Path, bootstrap: bool) -> Member {
+        Member {
+            id,
+            api_port: free_port(),
+            nats_url: nats_url.to_string(),
+            data_dir: dir.join(format!("cp{id}")),
+            log_dir: dir.to_path_buf(),
+            bootstrap,
+            extra: Vec::new(),
+            child: None,
+        }
+    }
+
+    /// Extra command-line flags for later starts.
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.extra = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    /// Starts the process.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "member {} is already running", self.id);
+        let (log, _) = log_file(&self.log_dir, &format!("cp{}", self.id));
+        let mut cmd = Command::new(bin("warmpool-control-plane"));
+        cmd.args(["--id", &self.id.to_string(), "--nats-url", &self.nats_url])
+            .args(["--api-addr", &format!("127.0.0.1:{}", self.api_port)])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra)
+            .env("RUST_LOG", "info,openraft=warn,sled=warn,async_nats=warn")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        if self.bootstrap {
+            cmd.arg("--bootstrap");
+        }
+        self.child = Some(cmd.spawn().expect("start warmpool-control-plane"));
+    }
+
+    /// SIGKILLs the process: no shutdown, no flush beyond what Raft already made durable.
+    pub fn kill(&mut self) {
+        stop_child(&mut self.child, "KILL");
+    }
+
+    /// SIGTERMs the process and waits for it to exit.
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child, "TERM");
+    }
+
+    /// Whether the process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The end of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log_dir.join(format!("cp{}.log", self.id)), lines)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One node agent process with its own node id, /64 and Docker network.
+pub struct Agent {
+    /// Node id.
+    pub node: String,
+    /// Its IPv6 /64.
+    pub prefix: String,
+    nats_url: String,
+    log_dir: PathBuf,
+    labels: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// An agent for a fresh node.
+    pub fn new(nats_url: &str, dir: &Path) -> Agent {
+        Agent {
+            node: unique("node"),
+            prefix: random_prefix(),
+            nats_url: nats_url.to_string(),
+            log_dir: dir.to_path_buf(),
+            labels: Vec::new(),
+            child: None,
+        }
+    }
+
+    /// Node labels (`k=v`) for later starts.
+    pub fn with_labels(mut self, labels: &[&str]) -> Self {
+        self.labels = labels.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Starts the process.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "agent {} is already running", self.node);
+        let (log, _) = log_file(&self.log_dir, &self.node);
+        let mut cmd = Command::new(bin("warmpool-agent"));
+        cmd.args(["--node-id", &self.node, "--nats-url", &self.nats_url, "--ipv6-prefix", &self.prefix])
+            .args(["--heartbeat-ms", "500"])
+            .env("RUST_LOG", "info,async_nats=warn")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for l in &self.labels {
+            cmd.args(["--label", l]);
+        }
+        self.child = Some(cmd.spawn().expect("start warmpool-agent"));
+    }
+
+    /// SIGKILLs the process; its containers keep running.
+    pub fn kill(&mut self) {
+        stop_child(&mut self.child, "KILL");
+    }
+
+    /// The end of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log_dir.join(format!("{}.log", self.node)), lines)
+    }
+
+    /// Removes every container and the network of this node.
+    pub fn cleanup_docker(&self) {
+        let ids = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=io.warmpool.node={}", self.node)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+        let _ = Command::new("docker")
+            .args(["network", "rm", &format!("warmpool-{}", self.node)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        self.cleanup_docker();
+    }
+}
+
+/// NATS, control-plane members and agents of one test, with a client on every member.
+pub struct TestCluster {
+    /// The NATS server.
+    pub nats: Nats,
+    /// Control-plane members.
+    pub members: Vec<Member>,
+    /// Agents.
+    pub agents: Vec<Agent>,
+    /// A client with every member's URL.
+    pub client: Client,
+    dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// One member (bootstrapped) and one agent, with the demo image built.
+    pub async fn single() -> TestCluster {
+        ensure_demo_image();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nats = Nats::start(dir.path());
+        let mut m = Member::new(1, &nats.url(), dir.path(), true);
+        m.start();
+        let mut a = Agent::new(&nats.url(), dir.path());
+        a.start();
+        let client = Client::new(vec![m.url()], None).expect("client");
+        let c = TestCluster { nats, members: vec![m], agents: vec![a], client, dir };
+        c.wait_ready().await;
+        c
+    }
+
+    /// The directory holding logs and data.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits until some member knows a leader.
+    pub async fn wait_ready(&self) {
+        let client = self.client.clone();
+        wait_until(Duration::from_secs(30), "a leader", || {
+            let client = client.clone();
+            async move { client.ready().await.ok().filter(|r| *r) }
+        })
+        .await;
+    }
+
+    /// The demo pool spec named `name`, with a fast health check.
+    pub fn demo_spec(name: &str, min_warm: u32) -> PoolSpec {
+        let mut spec = PoolSpec::new(PoolName::new(name).expect("pool name"), DEMO_IMAGE);
+        spec.min_warm = min_warm;
+        spec.health.probe = warmpool_proto::HealthProbe::Http { path: "/healthz".into() };
+        spec.health.interval_ms = 300;
+        spec
+    }
+
+    /// Waits until `pool` has at least `n` warm containers; returns the status then.
+    pub async fn wait_warm(&self, pool: &str, n: u32, timeout: Duration) -> StatusView {
+        let client = self.client.clone();
+        let what = format!("{n} warm containers in pool {pool}");
+        wait_until(timeout, &what, || {
+            let client = client.clone();
+            async move {
+                let s = client.status().await.ok()?;
+                let warm = s.pools.iter().find(|p| p.name.as_str() == pool)?.counts.warm;
+                (warm >= n).then_some(s)
+            }
+        })
+        .await
+    }
+
+    /// Prints every log's tail; call when a test is about to fail.
+    pub fn dump_logs(&self) {
+        for m in &self.members {
+            eprintln!("----- control plane {} -----\n{}", m.id, m.log_tail(60));
+        }
+        for a in &self.agents {
+            eprintln!("----- agent {} -----\n{}", a.node, a.log_tail(60));
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for a in &mut self.agents {
+            a.kill();
+        }
+        for m in &mut self.members {
+            m.kill();
+        }
+    }
+}

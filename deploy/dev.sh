@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Warmpool on one machine, for development and for trying it out.
+#
+#   deploy/dev.sh up      install what is missing, build, start NATS, the control plane and an
+#                         agent, create pool "demo" (min_warm 3) and wait until it is warm
+#   deploy/dev.sh down    stop what `up` started and remove the containers it made
+#   deploy/dev.sh status  what is running
+#   deploy/dev.sh test    install what is missing and run every test
+#
+# Everything `up` makes lives under .dev/ (logs, pids, Raft data, the env file).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DEV="$ROOT/.dev"
+BIN="$ROOT/target/debug"
+API_PORT=${WARMPOOL_DEV_API_PORT:-7070}
+NATS_PORT=${WARMPOOL_DEV_NATS_PORT:-4222}
+NODE_ID=${WARMPOOL_DEV_NODE:-local}
+PREFIX=${WARMPOOL_DEV_PREFIX:-fd36:1::/64}
+IMAGE=warmpool-demo:latest
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+}
+
+install_prereqs() {
+  local pkgs=()
+  command -v dockerd >/dev/null || pkgs+=(docker.io)
+  command -v nats-server >/dev/null || pkgs+=(nats-server)
+  dpkg -s busybox-static >/dev/null 2>&1 || pkgs+=(busybox-static)
+  command -v curl >/dev/null || pkgs+=(curl)
+  command -v ip >/dev/null || pkgs+=(iproute2)
+  command -v nsenter >/dev/null || pkgs+=(util-linux)
+  command -v iptables >/dev/null || pkgs+=(iptables)
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    say "installing ${pkgs[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  fi
+  command -v cargo >/dev/null || die "cargo is missing: install Rust 1.85 or newer (https://rustup.rs), then run this again"
+}
+
+start_dockerd() {
+  if docker info >/dev/null 2>&1; then return; fi
+  mkdir -p "$DEV"
+  say "starting dockerd (log: .dev/dockerd.log)"
+  as_root sh -c "nohup dockerd >'$DEV/dockerd.log' 2>&1 & echo \$! >'$DEV/dockerd.pid'"
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && return
+    sleep 0.5
+  done
+  tail -20 "$DEV/dockerd.log" >&2 || true
+  die "dockerd did not come up"
+}
+
+build() {
+  say "building (cargo build --bins)"
+  (cd "$ROOT" && cargo build --bins --quiet)
+  "$ROOT/deploy/demo-image/build.sh" "$IMAGE" >&2
+}
+
+running() { [ -f "$DEV/$1.pid" ] && kill -0 "$(cat "$DEV/$1.pid")" 2>/dev/null; }
+
+spawn() { # name, command...
+  local name=$1; shift
+  if running "$name"; then say "$name already running"; return; fi
+  nohup "$@" >"$DEV/$name.log" 2>&1 &
+  echo $! >"$DEV/$name.pid"
+}
+
+wait_http() { # url, what
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return
+    sleep 0.2
+  done
+  die "$2 did not answer at $1 (see .dev/*.log)"
+}
+
+up() {
+  install_prereqs
+  start_dockerd
+  build
+  mkdir -p "$DEV"
+  say "starting nats-server on 127.0.0.1:$NATS_PORT"
+  spawn nats nats-server -a 127.0.0.1 -p "$NATS_PORT"
+  say "starting the control plane (API http://127.0.0.1:$API_PORT)"
+  spawn cp1 "$BIN/warmpool-control-plane" --id 1 --bootstrap --data-dir "$DEV/cp1" \
+    --api-addr "127.0.0.1:$API_PORT" --nats-url "nats://127.0.0.1:$NATS_PORT"
+  say "starting an agent (node $NODE_ID, containers on $PREFIX)"
+  spawn agent "$BIN/warmpool-agent" --node-id "$NODE_ID" --ipv6-prefix "$PREFIX" \
+    --nats-url "nats://127.0.0.1:$NATS_PORT"
+  wait_http "http://127.0.0.1:$API_PORT/v1/ready" "the control plane"
+
+  cat >"$DEV/env" <<ENV
+export POOLCTL_URL=http://127.0.0.1:$API_PORT
+export PATH="$BIN:\$PATH"
+ENV
+  local poolctl="$BIN/poolctl"
+  export POOLCTL_URL=http://127.0.0.1:$API_PORT
+  if ! "$poolctl" pool show demo >/dev/null 2>&1; then
+    say "creating pool demo (min_warm 3, image $IMAGE)"
+    "$poolctl" pool create demo --image "$IMAGE" --min-warm 3 --health-path /healthz >/dev/null
+  fi
+  say "waiting for 3 warm containers"
+  local warm=0
+  for _ in $(seq 1 240); do
+    warm=$("$poolctl" --output json status | python3 -c 'import json,sys; s=json.load(sys.stdin); print(next((p["counts"]["warm"] for p in s["pools"] if p["name"]=="demo"),0))' 2>/dev/null || echo 0)
+    [ "$warm" -ge 3 ] && break
+    sleep 0.5
+  done
+  [ "$warm" -ge 3 ] || die "pool demo did not become warm (see .dev/agent.log and .dev/cp1.log)"
+  "$poolctl" status
+  cat <<MSG
+
+Warmpool is up: pool "demo" has $warm warm containers.
+
+  source .dev/env                  # POOLCTL_URL and poolctl on PATH
+  poolctl status                   # pools, nodes, counts
+  poolctl alloc demo               # a warm container in milliseconds; prints its URL
+  curl -g 'http://[<ipv6>]:8080/'  # the container answers on its own IPv6 address
+  poolctl release <allocation-id>  # destroyed and replaced
+  poolctl events --follow          # the lifecycle, live
+  deploy/dev.sh down               # stop everything
+
+MSG
+}
+
+stop_pid() { # name, signal
+  local name=$1
+  if running "$name"; then
+    kill "$(cat "$DEV/$name.pid")" 2>/dev/null || true
+    for _ in $(seq 1 50); do running "$name" || break; sleep 0.1; done
+    running "$name" && kill -9 "$(cat "$DEV/$name.pid")" 2>/dev/null || true
+  fi
+  rm -f "$DEV/$name.pid"
+}
+
+down() {
+  say "stopping agent, control plane and nats-server"
+  stop_pid agent
+  for m in cp1 cp2 cp3; do stop_pid "$m"; done
+  stop_pid nats
+  if docker info >/dev/null 2>&1; then
+    local ids
+    ids=$(docker ps -aq --filter "label=io.warmpool.node=$NODE_ID")
+    if [ -n "$ids" ]; then
+      say "removing $(echo "$ids" | wc -l) containers"
+      docker rm -f $ids >/dev/null
+    fi
+    docker network rm "warmpool-$NODE_ID" >/dev/null 2>&1 || true
+  fi
+  if [ -f "$DEV/dockerd.pid" ]; then
+    say "stopping the dockerd this script started"
+    as_root kill "$(cat "$DEV/dockerd.pid")" 2>/dev/null || true
+    rm -f "$DEV/dockerd.pid"
+  fi
+  rm -rf "$DEV"/cp1 "$DEV"/cp2 "$DEV"/cp3 "$DEV/env"
+}
+
+status() {
+  for n in nats cp1 cp2 cp3 agent; do
+    if running "$n"; then echo "$n: running (pid $(cat "$DEV/$n.pid"))"; fi
+  done
+}
+
+run_tests() {
+  install_prereqs
+  start_dockerd
+  build
+  say "running the tests"
+  cd "$ROOT"
+  cargo test --workspace --quiet
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  test) run_tests ;;
+  *) echo "usage: deploy/dev.sh up|down|status|test" >&2; exit 2 ;;
+esac
