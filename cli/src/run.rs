@@ -8,7 +8,10 @@ use warmpool_proto::api::{
 };
 use warmpool_proto::{Event, Timestamp};
 
-use crate::args::{Cli, ClusterCommand, Command, EventsArgs, NodeCommand, Output, PoolCommand};
+use crate::args::{
+    AllocArgs, AllocationsArgs, Cli, ClusterCommand, Command, ContainersArgs, EventsArgs,
+    NodeCommand, Output, PoolCommand,
+};
 use crate::client::{AllocationQuery, Client, NodeAction};
 use crate::error::{fmt_duration, ClientError};
 use crate::render::{self, Style};
@@ -144,13 +147,7 @@ async fn dispatch(command: Command, client: &Client, mut p: Printer<'_>) -> Resu
         Command::Pool(cmd) => pool(cmd, client, p).await,
         Command::Status => p.show(&client.status().await?, |s, _| render::status_view(s)),
         Command::Alloc(a) => {
-            let req = CreateAllocation {
-                pool: a.pool,
-                session_id: a.session,
-                lease_seconds: a.lease_seconds,
-                wait_ms: a.wait_ms,
-                idempotency_key: a.idempotency_key,
-            };
+            let req = alloc_request(a);
             p.show(&client.allocate(&req).await?, render::allocation_detail)
         }
         Command::Release { id } => p.show(&client.release(id).await?, render::allocation_detail),
@@ -159,22 +156,13 @@ async fn dispatch(command: Command, client: &Client, mut p: Printer<'_>) -> Resu
             p.show(&a, render::allocation_detail)
         }
         Command::Allocations(a) => {
-            let q = AllocationQuery {
-                pool: opt_str(&a.pool),
-                session: opt_str(&a.session),
-                state: a.state,
-            };
+            let q = allocation_query(&a);
             p.show(&client.list_allocations(&q).await?, |l, s| {
                 render::allocations_table(l, s)
             })
         }
         Command::Containers(c) => {
-            let q = ContainerQuery {
-                pool: opt_str(&c.pool),
-                node: opt_str(&c.node),
-                state: c.state.map(|s| s.as_str().to_string()),
-                session: opt_str(&c.session),
-            };
+            let q = container_query(&c);
             p.show(&client.list_containers(&q).await?, |l, s| {
                 render::containers_table(l, s)
             })
@@ -246,6 +234,36 @@ async fn pool(cmd: PoolCommand, client: &Client, mut p: Printer<'_>) -> Result<(
             client.delete_pool(&name).await?;
             p.note(&format!("pool {name} deleted"))
         }
+    }
+}
+
+/// The body of `poolctl alloc`.
+pub fn alloc_request(a: AllocArgs) -> CreateAllocation {
+    CreateAllocation {
+        pool: a.pool,
+        session_id: a.session,
+        lease_seconds: a.lease_seconds,
+        wait_ms: a.wait_ms,
+        idempotency_key: a.idempotency_key,
+    }
+}
+
+/// The query of `poolctl allocations`.
+pub fn allocation_query(a: &AllocationsArgs) -> AllocationQuery {
+    AllocationQuery {
+        pool: opt_str(&a.pool),
+        session: opt_str(&a.session),
+        state: a.state.clone(),
+    }
+}
+
+/// The query of `poolctl containers`.
+pub fn container_query(c: &ContainersArgs) -> ContainerQuery {
+    ContainerQuery {
+        pool: opt_str(&c.pool),
+        node: opt_str(&c.node),
+        state: c.state.map(|s| s.as_str().to_string()),
+        session: opt_str(&c.session),
     }
 }
 
@@ -329,6 +347,77 @@ mod tests {
     use clap::Parser;
     use std::time::Duration;
     use warmpool_proto::EventKind;
+
+    fn command(args: &[&str]) -> Command {
+        Cli::try_parse_from(["poolctl"].iter().chain(args))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn alloc_and_list_flags_become_requests() {
+        let Command::Alloc(a) = command(&[
+            "alloc",
+            "demo",
+            "--session",
+            "s-1",
+            "--lease-seconds",
+            "30",
+            "--wait-ms",
+            "2000",
+            "--idempotency-key",
+            "k-1",
+        ]) else {
+            panic!()
+        };
+        let req = alloc_request(a);
+        assert_eq!(
+            serde_json::to_value(&req).unwrap(),
+            serde_json::json!({
+                "pool": "demo", "session_id": "s-1", "lease_seconds": 30, "wait_ms": 2000,
+                "idempotency_key": "k-1"
+            })
+        );
+        let Command::Alloc(a) = command(&["alloc", "demo"]) else {
+            panic!()
+        };
+        assert_eq!(
+            serde_json::to_string(&alloc_request(a)).unwrap(),
+            r#"{"pool":"demo"}"#
+        );
+
+        let Command::Allocations(a) =
+            command(&["allocations", "--pool", "demo", "--state", "active"])
+        else {
+            panic!()
+        };
+        let q = allocation_query(&a);
+        assert_eq!(
+            (q.pool.as_deref(), q.session, q.state.as_deref()),
+            (Some("demo"), None, Some("active"))
+        );
+
+        let Command::Containers(c) = command(&[
+            "containers",
+            "--node",
+            "n1",
+            "--state",
+            "warm",
+            "--session",
+            "s-1",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(
+            container_query(&c),
+            ContainerQuery {
+                pool: None,
+                node: Some("n1".into()),
+                state: Some("warm".into()),
+                session: Some("s-1".into()),
+            }
+        );
+    }
 
     fn events_args(args: &[&str]) -> EventsArgs {
         let cli = Cli::try_parse_from(["poolctl", "events"].iter().chain(args)).unwrap();
