@@ -377,12 +377,55 @@ impl Cluster {
         }
     }
 
-    /// Answers forwarded requests addressed to this member until `shutdown`.
+    /// Asks the cluster to take this member in, until it does or `shutdown`. A new member
+    /// starts as a learner, catches up (by snapshot if the log was compacted) and is promoted
+    /// to voter by the leader, which alone answers on [`subjects::JOIN`].
+    pub async fn join(self, addr: String, shutdown: CancellationToken) {
+        let payload = match serde_json::to_vec(&Forward::AddMember { id: self.id, addr }) {
+            Ok(p) => Bytes::from(p),
+            Err(_) => return,
+        };
+        let mut pause = Duration::from_millis(200);
+        loop {
+            if self.voters().contains(&self.id) {
+                tracing::info!(member = self.id, "joined the cluster as a voter");
+                return;
+            }
+            let req = self.nats.request(subjects::JOIN, payload.clone());
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = tokio::time::timeout(MEMBERSHIP_DEADLINE, req) => r,
+            };
+            match outcome {
+                Ok(Ok(msg)) => match serde_json::from_slice::<ForwardReply>(&msg.payload) {
+                    Ok(ForwardReply::Done) => continue,
+                    Ok(ForwardReply::Failed(e)) => {
+                        warn!(member = self.id, error = %e, "join refused; retrying")
+                    }
+                    _ => warn!(member = self.id, "unexpected join reply; retrying"),
+                },
+                Ok(Err(e)) => {
+                    debug!(member = self.id, error = %e, "no leader answered the join; retrying")
+                }
+                Err(_) => debug!(member = self.id, "join timed out; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Answers forwarded requests addressed to this member, and join requests while it leads,
+    /// until `shutdown`.
     pub async fn serve_forwards(
         self,
         shutdown: CancellationToken,
     ) -> Result<(), async_nats::SubscribeError> {
-        let mut sub = self.nats.subscribe(subjects::forward(self.id)).await?;
+        let direct = self.nats.subscribe(subjects::forward(self.id)).await?;
+        let joins = self.nats.subscribe(subjects::JOIN).await?;
+        let mut sub = futures::stream::select(direct, joins);
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -391,6 +434,10 @@ impl Cluster {
             let Some(reply) = msg.reply.clone() else {
                 continue;
             };
+            // Only the leader answers joins; the others stay silent so the request reaches it.
+            if msg.subject.as_str() == subjects::JOIN && !self.is_leader() {
+                continue;
+            }
             let this = self.clone();
             tokio::spawn(async move {
                 let answer = match serde_json::from_slice::<Forward>(&msg.payload) {

@@ -43,6 +43,9 @@ struct Args {
     /// Start a new cluster with this member as its only voter (ignored once initialized).
     #[arg(long, env = "WARMPOOL_BOOTSTRAP")]
     bootstrap: bool,
+    /// Join the running cluster (found over NATS) as a new member (ignored once a member).
+    #[arg(long, env = "WARMPOOL_JOIN", conflicts_with = "bootstrap")]
+    join: bool,
     /// Seconds without a heartbeat before a node is declared down.
     #[arg(long, env = "WARMPOOL_NODE_TIMEOUT_SECS", default_value_t = 5.0)]
     node_timeout_secs: f64,
@@ -97,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
         api_addr: args.api_addr,
         data_dir: args.data_dir,
         bootstrap: args.bootstrap,
+        join: args.join,
         leader,
         raft: RaftTuning {
             snapshot_every: args.snapshot_every,

@@ -66,6 +66,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Initialize a new cluster with this member as its only voter, unless already initialized.
     pub bootstrap: bool,
+    /// Ask the running cluster to take this member in, unless already a member.
+    pub join: bool,
     /// Leader loop tunables.
     pub leader: LeaderConfig,
     /// Raft tunables.
@@ -181,6 +183,9 @@ pub async fn run(
             .serve_forwards(stop.clone())
             .map_log("forward server"),
     );
+    if config.join && !initialized {
+        tasks.spawn(cluster.clone().join(config.advertise.clone(), stop.clone()));
+    }
     tasks
         .spawn(agents::listen(nats.clone(), fleet.clone(), stop.clone()).map_log("agent listener"));
     let leader = Leader::new(

@@ -192,9 +192,9 @@ impl Fact {
     /// The node that sent the fact.
     pub fn node(&self) -> &NodeId {
         match self {
-            Fact::Observed { node, .. } | Fact::Gone { node, .. } | Fact::CreateFailed { node, .. } => {
-                node
-            }
+            Fact::Observed { node, .. }
+            | Fact::Gone { node, .. }
+            | Fact::CreateFailed { node, .. } => node,
         }
     }
 }
@@ -286,7 +286,9 @@ mod tests {
         let d1 = inventory_digest(&[a.clone(), b.clone()]);
         assert_eq!(d1, inventory_digest(&[b.clone(), a.clone()]));
         let mut sick = a.clone();
-        sick.health = Health::Unhealthy { consecutive_failures: 3 };
+        sick.health = Health::Unhealthy {
+            consecutive_failures: 3,
+        };
         assert_ne!(d1, inventory_digest(&[sick, b.clone()]));
         assert_ne!(d1, inventory_digest(&[a]));
         assert_ne!(inventory_digest(&[]), inventory_digest(&[b]));
@@ -295,7 +297,10 @@ mod tests {
     #[test]
     fn commands_and_replies_round_trip() {
         let cmds = vec![
-            AgentCommand::Destroy { id: ContainerId::new(), reason: "released".into() },
+            AgentCommand::Destroy {
+                id: ContainerId::new(),
+                reason: "released".into(),
+            },
             AgentCommand::Inventory,
             AgentCommand::Create(CreateSpec {
                 id: ContainerId::new(),
@@ -324,7 +329,9 @@ mod tests {
             AgentReply::Accepted,
             AgentReply::Destroyed { existed: true },
             AgentReply::Inventory(inv),
-            AgentReply::Error { message: "no such image".into() },
+            AgentReply::Error {
+                message: "no such image".into(),
+            },
         ] {
             let json = serde_json::to_vec(&r).unwrap();
             assert_eq!(serde_json::from_slice::<AgentReply>(&json).unwrap(), r);
@@ -355,8 +362,15 @@ mod tests {
             agent_version: "0.1.0".into(),
             ipv6_prefix: "fd36:1::/64".into(),
             labels: BTreeMap::from([("region".into(), "eu".into())]),
-            capacity: Resources { cpu_millis: 2000, memory_mb: 4096 },
-            usage: Usage { memory_used_mb: 1024, memory_total_mb: 4096, load1: 0.5 },
+            capacity: Resources {
+                cpu_millis: 2000,
+                memory_mb: 4096,
+            },
+            usage: Usage {
+                memory_used_mb: 1024,
+                memory_total_mb: 4096,
+                load1: 0.5,
+            },
             containers: 3,
             inventory_digest: 77,
         };

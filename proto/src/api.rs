@@ -269,13 +269,19 @@ mod tests {
             idempotency_key: Some("k".into()),
         };
         let json = serde_json::to_string(&full).unwrap();
-        assert_eq!(serde_json::from_str::<CreateAllocation>(&json).unwrap(), full);
+        assert_eq!(
+            serde_json::from_str::<CreateAllocation>(&json).unwrap(),
+            full
+        );
     }
 
     #[test]
     fn error_body_shape() {
         let e = ErrorBody {
-            error: ErrorDetail { code: "not_found".into(), message: "no pool x".into() },
+            error: ErrorDetail {
+                code: "not_found".into(),
+                message: "no pool x".into(),
+            },
         };
         assert_eq!(
             serde_json::to_string(&e).unwrap(),

@@ -170,7 +170,10 @@ mod tests {
     #[test]
     fn node_ids_are_subject_safe() {
         assert!(NodeId::new("host-a_1").is_ok());
-        assert!(NodeId::new("a.b").is_err(), "a dot would split the NATS subject");
+        assert!(
+            NodeId::new("a.b").is_err(),
+            "a dot would split the NATS subject"
+        );
         assert!(NodeId::new("a*").is_err());
         assert!(NodeId::new("").is_err());
         assert!(NodeId::new("x".repeat(65)).is_err());

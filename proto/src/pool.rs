@@ -244,7 +244,10 @@ impl PoolSpec {
         }
         if let Some(max) = self.max_warm {
             if max < self.min_warm {
-                return fail(format!("max_warm ({max}) is below min_warm ({})", self.min_warm));
+                return fail(format!(
+                    "max_warm ({max}) is below min_warm ({})",
+                    self.min_warm
+                ));
             }
         }
         if self.max_warm() > self.max_total {
@@ -344,7 +347,9 @@ mod tests {
         assert!(spec.validate().is_err());
         spec.max_total = 5;
         spec.validate().unwrap();
-        spec.health.probe = HealthProbe::Http { path: "no-slash".into() };
+        spec.health.probe = HealthProbe::Http {
+            path: "no-slash".into(),
+        };
         assert!(spec.validate().is_err());
     }
 }

@@ -7,6 +7,7 @@
 //! | `pool.v1.node.<node>.cmd` | leader → agent, request/reply |
 //! | `pool.v1.raft.<member>.<rpc>` | control plane ↔ control plane, request/reply |
 //! | `pool.v1.cp.<member>.forward` | follower → leader, request/reply |
+//! | `pool.v1.cp.join` | new member → leader, request/reply |
 //! | `pool.v1.events` | control plane → anyone |
 
 use crate::ids::{MemberId, NodeId};
@@ -20,6 +21,8 @@ pub const ALL_HEARTBEATS: &str = "pool.v1.node.*.heartbeat";
 pub const ALL_FACTS: &str = "pool.v1.node.*.facts";
 /// Committed events, for live views.
 pub const EVENTS: &str = "pool.v1.events";
+/// New control-plane members ask to join here; the leader answers.
+pub const JOIN: &str = "pool.v1.cp.join";
 
 /// Where `node` sends heartbeats.
 pub fn heartbeat(node: &NodeId) -> String {

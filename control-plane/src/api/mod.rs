@@ -34,6 +34,9 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 /// Header asking for a linearizable read.
 pub const CONSISTENCY_HEADER: &str = "warmpool-consistency";
+/// Header on every answer: the leader the answering member knows, or `none` (then its reads
+/// may be stale).
+pub const LEADER_HEADER: &str = "warmpool-leader";
 /// Header on every answer: the Raft index the answering member had applied.
 pub const APPLIED_INDEX_HEADER: &str = "warmpool-applied-index";
 
