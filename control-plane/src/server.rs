@@ -206,6 +206,7 @@ pub async fn run(
         cluster,
         fleet,
         metrics,
+        shutdown: stop.clone(),
     });
     let serve_stop = stop.clone();
     let served = axum::serve(listener, api::router(app))

@@ -25,14 +25,23 @@ pub const DEMO_IMAGE: &str = "warmpool-demo:latest";
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Path of a workspace binary; panics with instructions when it was not built.
 pub fn bin(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
     let path = target.join("debug").join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --bins` first (deploy/dev.sh test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (deploy/dev.sh test does)",
+        path.display()
+    );
     path
 }
 
@@ -50,13 +59,19 @@ pub fn random_prefix() -> String {
 
 /// Whether `ip` lies in the /64 `prefix` (e.g. `fd36:1a2::/64`).
 pub fn in_prefix(ip: &Ipv6Addr, prefix: &str) -> bool {
-    let net: Ipv6Addr = prefix.trim_end_matches("/64").parse().expect("a /64 prefix");
+    let net: Ipv6Addr = prefix
+        .trim_end_matches("/64")
+        .parse()
+        .expect("a /64 prefix");
     ip.segments()[..4] == net.segments()[..4]
 }
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// Builds the demo image once per test process.
@@ -74,8 +89,15 @@ pub fn ensure_demo_image() {
 
 /// Runs `docker` with `args`; returns stdout, panics on failure.
 pub fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("run docker");
-    assert!(out.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -89,7 +111,11 @@ pub fn docker_containers_of(node: &str) -> Vec<String> {
         "--format",
         "{{.Label \"io.warmpool.id\"}}",
     ]);
-    let mut ids: Vec<String> = out.lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
+    let mut ids: Vec<String> = out
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
     ids.sort();
     ids
 }
@@ -105,7 +131,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -114,24 +143,42 @@ where
 pub async fn http_get(ip: Ipv6Addr, port: u16, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let connect = tokio::net::TcpStream::connect((ip, port));
-    let mut s = tokio::time::timeout(Duration::from_secs(2), connect).await.map_err(|_| std::io::ErrorKind::TimedOut)??;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: [{ip}]\r\n\r\n").as_bytes()).await?;
+    let mut s = tokio::time::timeout(Duration::from_secs(2), connect)
+        .await
+        .map_err(|_| std::io::ErrorKind::TimedOut)??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: [{ip}]\r\n\r\n").as_bytes())
+        .await?;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await.map_err(|_| std::io::ErrorKind::TimedOut)??;
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| std::io::ErrorKind::TimedOut)??;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 fn log_file(dir: &Path, name: &str) -> (File, PathBuf) {
     let path = dir.join(format!("{name}.log"));
-    let f = File::options().create(true).append(true).open(&path).expect("open log file");
+    let f = File::options()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("open log file");
     (f, path)
 }
 
 fn signal(child: &Child, sig: &str) {
-    let _ = Command::new("kill").args(["-s", sig, &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-s", sig, &child.id().to_string()])
+        .status();
 }
 
 fn stop_child(child: &mut Option<Child>, sig: &str) {
@@ -169,7 +216,11 @@ pub struct Nats {
 impl Nats {
     /// Starts a server and waits until it accepts connections.
     pub fn start(dir: &Path) -> Nats {
-        let mut n = Nats { child: None, port: free_port(), dir: dir.to_path_buf() };
+        let mut n = Nats {
+            child: None,
+            port: free_port(),
+            dir: dir.to_path_buf(),
+        };
         n.restart();
         n
     }
@@ -250,7 +301,11 @@ impl Member {
 
     /// Starts the process.
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "member {} is already running", self.id);
+        assert!(
+            self.child.is_none(),
+            "member {} is already running",
+            self.id
+        );
         let (log, _) = log_file(&self.log_dir, &format!("cp{}", self.id));
         let mut cmd = Command::new(bin("warmpool-control-plane"));
         cmd.args(["--id", &self.id.to_string(), "--nats-url", &self.nats_url])
@@ -327,14 +382,25 @@ impl Agent {
 
     /// Starts the process.
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "agent {} is already running", self.node);
+        assert!(
+            self.child.is_none(),
+            "agent {} is already running",
+            self.node
+        );
         let (log, _) = log_file(&self.log_dir, &self.node);
         let mut cmd = Command::new(bin("warmpool-agent"));
-        cmd.args(["--node-id", &self.node, "--nats-url", &self.nats_url, "--ipv6-prefix", &self.prefix])
-            .args(["--heartbeat-ms", "500"])
-            .env("RUST_LOG", "info,async_nats=warn")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
+        cmd.args([
+            "--node-id",
+            &self.node,
+            "--nats-url",
+            &self.nats_url,
+            "--ipv6-prefix",
+            &self.prefix,
+        ])
+        .args(["--heartbeat-ms", "500"])
+        .env("RUST_LOG", "info,async_nats=warn")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
         for l in &self.labels {
             cmd.args(["--label", l]);
         }
@@ -354,12 +420,28 @@ impl Agent {
     /// Removes every container and the network of this node.
     pub fn cleanup_docker(&self) {
         let ids = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=io.warmpool.node={}", self.node)])
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=io.warmpool.node={}", self.node),
+            ])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default();
         if !ids.is_empty() {
-            let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let _ = Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
         let _ = Command::new("docker")
             .args(["network", "rm", &format!("warmpool-{}", self.node)])
@@ -400,7 +482,13 @@ impl TestCluster {
         let mut a = Agent::new(&nats.url(), dir.path());
         a.start();
         let client = Client::new(vec![m.url()], None).expect("client");
-        let c = TestCluster { nats, members: vec![m], agents: vec![a], client, dir };
+        let c = TestCluster {
+            nats,
+            members: vec![m],
+            agents: vec![a],
+            client,
+            dir,
+        };
         c.wait_ready().await;
         c
     }
@@ -424,7 +512,9 @@ impl TestCluster {
     pub fn demo_spec(name: &str, min_warm: u32) -> PoolSpec {
         let mut spec = PoolSpec::new(PoolName::new(name).expect("pool name"), DEMO_IMAGE);
         spec.min_warm = min_warm;
-        spec.health.probe = warmpool_proto::HealthProbe::Http { path: "/healthz".into() };
+        spec.health.probe = warmpool_proto::HealthProbe::Http {
+            path: "/healthz".into(),
+        };
         spec.health.interval_ms = 300;
         spec
     }
@@ -437,7 +527,12 @@ impl TestCluster {
             let client = client.clone();
             async move {
                 let s = client.status().await.ok()?;
-                let warm = s.pools.iter().find(|p| p.name.as_str() == pool)?.counts.warm;
+                let warm = s
+                    .pools
+                    .iter()
+                    .find(|p| p.name.as_str() == pool)?
+                    .counts
+                    .warm;
                 (warm >= n).then_some(s)
             }
         })

@@ -23,7 +23,10 @@ fn alloc(pool: &str) -> CreateAllocation {
 
 async fn demo_cluster(min_warm: u32) -> TestCluster {
     let c = TestCluster::single().await;
-    c.client.create_pool(&TestCluster::demo_spec("demo", min_warm)).await.expect("create pool");
+    c.client
+        .create_pool(&TestCluster::demo_spec("demo", min_warm))
+        .await
+        .expect("create pool");
     c.wait_warm("demo", min_warm, WARM_TIMEOUT).await;
     c
 }
@@ -33,13 +36,21 @@ async fn pool_reaches_min_warm_with_routed_ipv6_that_answers() {
     let c = demo_cluster(3).await;
     let prefix = c.agents[0].prefix.clone();
     let warm = c.client.list_containers(&Default::default()).await.unwrap();
-    let warm: Vec<_> = warm.into_iter().filter(|w| w.state == ContainerState::Warm).collect();
+    let warm: Vec<_> = warm
+        .into_iter()
+        .filter(|w| w.state == ContainerState::Warm)
+        .collect();
     assert_eq!(warm.len(), 3);
     for w in &warm {
         assert_eq!(w.health, Health::Healthy);
         let ip = w.ipv6.expect("a warm container has an address");
-        assert!(in_prefix(&ip, &prefix), "{ip} is not in the node's {prefix}");
-        let (status, _) = http_get(ip, w.port, "/").await.expect("the container answers over IPv6 from the host");
+        assert!(
+            in_prefix(&ip, &prefix),
+            "{ip} is not in the node's {prefix}"
+        );
+        let (status, _) = http_get(ip, w.port, "/")
+            .await
+            .expect("the container answers over IPv6 from the host");
         assert_eq!(status, 200);
     }
 }
@@ -53,7 +64,9 @@ async fn allocation_hands_out_a_live_container_and_the_pool_refills() {
     assert!(a.expires_at > a.created_at);
     let ip = a.ipv6.expect("address");
     assert!(a.url.as_deref().unwrap().contains(&ip.to_string()));
-    let (status, body) = http_get(ip, a.port, "/").await.expect("allocated container answers");
+    let (status, body) = http_get(ip, a.port, "/")
+        .await
+        .expect("allocated container answers");
     assert_eq!(status, 200, "{body}");
     let c2 = c.client.get_container(a.container_id).await.unwrap();
     assert_eq!(c2.state, ContainerState::Allocated);
@@ -61,7 +74,11 @@ async fn allocation_hands_out_a_live_container_and_the_pool_refills() {
 
     let s = c.wait_warm("demo", 3, WARM_TIMEOUT).await;
     let p = &s.pools[0];
-    assert_eq!((p.counts.warm, p.counts.allocated), (3, 1), "refilled to 3 warm beside the allocated one");
+    assert_eq!(
+        (p.counts.warm, p.counts.allocated),
+        (3, 1),
+        "refilled to 3 warm beside the allocated one"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,16 +90,37 @@ async fn release_destroys_the_container_and_the_log_tells_its_life_in_order() {
     assert_eq!(released.release_reason, Some(ReleaseReason::Client));
 
     let client = c.client.clone();
-    wait_until(Duration::from_secs(20), "the released container to terminate", || {
-        let client = client.clone();
-        async move { (client.get_container(a.container_id).await.ok()?.state == ContainerState::Terminated).then_some(()) }
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the released container to terminate",
+        || {
+            let client = client.clone();
+            async move {
+                (client.get_container(a.container_id).await.ok()?.state
+                    == ContainerState::Terminated)
+                    .then_some(())
+            }
+        },
+    )
     .await;
     let in_docker = docker_containers_of(&c.agents[0].node);
-    assert!(!in_docker.contains(&a.container_id.to_string()), "destroyed in Docker, not reused");
+    assert!(
+        !in_docker.contains(&a.container_id.to_string()),
+        "destroyed in Docker, not reused"
+    );
 
-    let q = EventQuery { container: Some(a.container_id.to_string()), ..Default::default() };
-    let kinds: Vec<EventKind> = c.client.events(&q).await.unwrap().iter().map(|e| e.kind).collect();
+    let q = EventQuery {
+        container: Some(a.container_id.to_string()),
+        ..Default::default()
+    };
+    let kinds: Vec<EventKind> = c
+        .client
+        .events(&q)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
     assert_eq!(
         kinds,
         vec![
@@ -103,31 +141,66 @@ async fn a_killed_agent_restarts_and_adopts_its_containers() {
     let node = c.agents[0].node.clone();
     let before = docker_containers_of(&node);
     assert_eq!(before.len(), 3);
-    let last_seq = c.client.events(&EventQuery { limit: Some(1000), ..Default::default() }).await.unwrap().last().unwrap().seq;
+    let last_seq = c
+        .client
+        .events(&EventQuery {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .seq;
 
     c.agents[0].kill();
     c.agents[0].start();
     // The agent must come back, re-adopt, and report an inventory the leader agrees with.
-    wait_until(Duration::from_secs(20), "the node to be heard again", || {
-        let client = c.client.clone();
-        async move {
-            let nodes = client.nodes().await.ok()?;
-            nodes.iter().find(|n| n.heartbeat_age_ms.is_some_and(|a| a < 1000)).map(|_| ())
-        }
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the node to be heard again",
+        || {
+            let client = c.client.clone();
+            async move {
+                let nodes = client.nodes().await.ok()?;
+                nodes
+                    .iter()
+                    .find(|n| n.heartbeat_age_ms.is_some_and(|a| a < 1000))
+                    .map(|_| ())
+            }
+        },
+    )
     .await;
     // Give reconciliation a few heartbeats to do anything it would wrongly do.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = docker_containers_of(&node);
-    assert_eq!(after, before, "same containers: no duplicates, no orphans, none lost");
+    assert_eq!(
+        after, before,
+        "same containers: no duplicates, no orphans, none lost"
+    );
     let s = c.client.status().await.unwrap();
     assert_eq!(s.pools[0].counts.warm, 3);
-    let since = c.client.events(&EventQuery { after: Some(last_seq), ..Default::default() }).await.unwrap();
+    let since = c
+        .client
+        .events(&EventQuery {
+            after: Some(last_seq),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let churn: Vec<_> = since
         .iter()
-        .filter(|e| matches!(e.kind, EventKind::ContainerCreated | EventKind::ContainerTerminated | EventKind::NodeDown))
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::ContainerCreated | EventKind::ContainerTerminated | EventKind::NodeDown
+            )
+        })
         .collect();
-    assert!(churn.is_empty(), "an agent restart must not churn containers: {churn:?}");
+    assert!(
+        churn.is_empty(),
+        "an agent restart must not churn containers: {churn:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,18 +217,30 @@ async fn a_docker_killed_container_is_reported_at_once_and_replaced() {
     let killed_at = Instant::now();
     docker(&["kill", victim.docker_id.as_deref().unwrap()]);
     let client = c.client.clone();
-    wait_until(Duration::from_secs(5), "the killed container to leave the pool", || {
-        let client = client.clone();
-        async move { (client.get_container(victim.id).await.ok()?.state != ContainerState::Warm).then_some(()) }
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "the killed container to leave the pool",
+        || {
+            let client = client.clone();
+            async move {
+                (client.get_container(victim.id).await.ok()?.state != ContainerState::Warm)
+                    .then_some(())
+            }
+        },
+    )
     .await;
     let noticed = killed_at.elapsed();
     // The agent's periodic resync is 10 s; this must come from the Docker event.
-    assert!(noticed < Duration::from_secs(5), "noticed after {noticed:?}");
+    assert!(
+        noticed < Duration::from_secs(5),
+        "noticed after {noticed:?}"
+    );
     let s = c.wait_warm("demo", 3, WARM_TIMEOUT).await;
     assert_eq!(s.pools[0].counts.warm, 3);
     let now = c.client.list_containers(&Default::default()).await.unwrap();
-    assert!(!now.iter().any(|x| x.id == victim.id && x.state == ContainerState::Warm));
+    assert!(!now
+        .iter()
+        .any(|x| x.id == victim.id && x.state == ContainerState::Warm));
     eprintln!("killed container left the pool after {noticed:?}");
 }
 
@@ -164,28 +249,59 @@ async fn a_restarted_control_plane_keeps_pools_allocations_and_events() {
     let mut c = demo_cluster(2).await;
     let a = c.client.allocate(&alloc("demo")).await.unwrap();
     let pools = c.client.list_pools().await.unwrap();
-    let events = c.client.events(&EventQuery { limit: Some(1000), ..Default::default() }).await.unwrap();
+    let events = c
+        .client
+        .events(&EventQuery {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 
     c.members[0].kill();
     c.members[0].start();
     c.wait_ready().await;
 
-    let after = c.client.get_allocation(a.id).await.expect("allocation survives");
+    let after = c
+        .client
+        .get_allocation(a.id)
+        .await
+        .expect("allocation survives");
     assert_eq!(after, a);
     let pools_after = c.client.list_pools().await.unwrap();
-    assert_eq!(pools_after.iter().map(|p| &p.pool).collect::<Vec<_>>(), pools.iter().map(|p| &p.pool).collect::<Vec<_>>());
-    let events_after = c.client.events(&EventQuery { limit: Some(1000), ..Default::default() }).await.unwrap();
+    assert_eq!(
+        pools_after.iter().map(|p| &p.pool).collect::<Vec<_>>(),
+        pools.iter().map(|p| &p.pool).collect::<Vec<_>>()
+    );
+    let events_after = c
+        .client
+        .events(&EventQuery {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(events_after.len() >= events.len());
-    assert_eq!(events_after[..events.len()], events[..], "the event log is kept, in order");
+    assert_eq!(
+        events_after[..events.len()],
+        events[..],
+        "the event log is kept, in order"
+    );
     // And it still works.
     c.wait_warm("demo", 2, WARM_TIMEOUT).await;
-    c.client.allocate(&alloc("demo")).await.expect("allocate after restart");
+    c.client
+        .allocate(&alloc("demo"))
+        .await
+        .expect("allocate after restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_idempotency_key_yields_the_same_allocation() {
     let c = demo_cluster(2).await;
-    let req = CreateAllocation { idempotency_key: Some("retry-me".into()), ..alloc("demo") };
+    let req = CreateAllocation {
+        idempotency_key: Some("retry-me".into()),
+        ..alloc("demo")
+    };
     let a = c.client.allocate(&req).await.unwrap();
     let b = c.client.allocate(&req).await.unwrap();
     assert_eq!(a, b);
@@ -199,34 +315,143 @@ async fn bad_input_answers_clearly_and_changes_nothing() {
     let url = c.members[0].url();
     let http = reqwest::Client::new();
     let pools_before = c.client.list_pools().await.unwrap();
-    let allocs_before = c.client.list_allocations(&Default::default()).await.unwrap();
+    let allocs_before = c
+        .client
+        .list_allocations(&Default::default())
+        .await
+        .unwrap();
 
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
-        ("POST", "/v1/allocations", r#"{"pool":"nope"}"#.into(), 404, "not_found"),
-        ("POST", "/v1/allocations", r#"{"pool":"demo""#.into(), 400, "bad_request"),
-        ("POST", "/v1/allocations", r#"{}"#.into(), 400, "bad_request"),
-        ("POST", "/v1/allocations", r#"{"pool":"demo","surprise":1}"#.into(), 400, "bad_request"),
-        ("POST", "/v1/allocations", r#"{"pool":"demo","wait_ms":999999999}"#.into(), 400, "bad_request"),
-        ("POST", "/v1/allocations", format!(r#"{{"pool":"{}"}}"#, "x".repeat(100_000)), 413, "payload_too_large"),
-        ("POST", "/v1/pools", r#"{"name":"Bad Name","image":"x"}"#.into(), 400, "bad_request"),
-        ("POST", "/v1/pools", r#"{"name":"demo2","image":"x","min_warm":5,"max_warm":1}"#.into(), 400, "bad_request"),
-        ("POST", "/v1/pools", r#"{"name":"demo","image":"x"}"#.into(), 409, "conflict"),
-        ("PUT", "/v1/pools/other", r#"{"name":"demo","image":"x"}"#.into(), 400, "bad_request"),
+        (
+            "POST",
+            "/v1/allocations",
+            r#"{"pool":"nope"}"#.into(),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/v1/allocations",
+            r#"{"pool":"demo""#.into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/allocations",
+            r#"{}"#.into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/allocations",
+            r#"{"pool":"demo","surprise":1}"#.into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/allocations",
+            r#"{"pool":"demo","wait_ms":999999999}"#.into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/allocations",
+            format!(r#"{{"pool":"{}"}}"#, "x".repeat(100_000)),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "POST",
+            "/v1/pools",
+            r#"{"name":"Bad Name","image":"x"}"#.into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/pools",
+            r#"{"name":"demo2","image":"x","min_warm":5,"max_warm":1}"#.into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/pools",
+            r#"{"name":"demo","image":"x"}"#.into(),
+            409,
+            "conflict",
+        ),
+        (
+            "PUT",
+            "/v1/pools/other",
+            r#"{"name":"demo","image":"x"}"#.into(),
+            400,
+            "bad_request",
+        ),
         ("GET", "/v1/pools/nope", String::new(), 404, "not_found"),
-        ("GET", "/v1/allocations/not-a-uuid", String::new(), 404, "not_found"),
-        ("DELETE", "/v1/allocations/0194f0a0-0000-7000-8000-000000000000", String::new(), 404, "not_found"),
-        ("GET", "/v1/events?after=banana", String::new(), 400, "bad_request"),
-        ("GET", "/v1/events?kind=exploded", String::new(), 400, "bad_request"),
-        ("GET", "/v1/containers?state=sleepy", String::new(), 400, "bad_request"),
+        (
+            "GET",
+            "/v1/allocations/not-a-uuid",
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            "/v1/allocations/0194f0a0-0000-7000-8000-000000000000",
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/v1/events?after=banana",
+            String::new(),
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/v1/events?kind=exploded",
+            String::new(),
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/v1/containers?state=sleepy",
+            String::new(),
+            400,
+            "bad_request",
+        ),
         ("GET", "/v1/nowhere", String::new(), 404, "not_found"),
-        ("PATCH", "/v1/pools", String::new(), 405, "method_not_allowed"),
+        (
+            "PATCH",
+            "/v1/pools",
+            String::new(),
+            405,
+            "method_not_allowed",
+        ),
     ];
     for (method, path, body, status, code) in cases {
-        let req = http.request(method.parse().unwrap(), format!("{url}{path}")).body(body);
+        let req = http
+            .request(method.parse().unwrap(), format!("{url}{path}"))
+            .body(body);
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status().as_u16(), status, "{method} {path}");
-        let err: warmpool_proto::api::ErrorBody = resp.json().await.unwrap_or_else(|e| panic!("{method} {path}: not an error body: {e}"));
-        assert_eq!(err.error.code, code, "{method} {path}: {}", err.error.message);
+        let err: warmpool_proto::api::ErrorBody = resp
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: not an error body: {e}"));
+        assert_eq!(
+            err.error.code, code,
+            "{method} {path}: {}",
+            err.error.message
+        );
         assert!(!err.error.message.is_empty());
     }
 
@@ -246,11 +471,29 @@ async fn bad_input_answers_clearly_and_changes_nothing() {
     let health = c.client.health().await.expect("still up after garbage");
     assert_eq!(health.status, "ok");
 
-    assert_eq!(c.client.list_pools().await.unwrap().iter().map(|p| &p.pool).collect::<Vec<_>>(), pools_before.iter().map(|p| &p.pool).collect::<Vec<_>>());
-    assert_eq!(c.client.list_allocations(&Default::default()).await.unwrap(), allocs_before);
+    assert_eq!(
+        c.client
+            .list_pools()
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| &p.pool)
+            .collect::<Vec<_>>(),
+        pools_before.iter().map(|p| &p.pool).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        c.client
+            .list_allocations(&Default::default())
+            .await
+            .unwrap(),
+        allocs_before
+    );
     // The pool still works.
     c.wait_warm("demo", 1, WARM_TIMEOUT).await;
-    c.client.allocate(&alloc("demo")).await.expect("allocation after bad input");
+    c.client
+        .allocate(&alloc("demo"))
+        .await
+        .expect("allocation after bad input");
 }
 
 /// Not a benchmark (that is `poolctl bench`): a simple loop that shows the hot path has no
@@ -261,7 +504,13 @@ async fn allocation_latency_loop() {
     let mut took = Vec::new();
     for _ in 0..10 {
         let t = Instant::now();
-        c.client.allocate(&CreateAllocation { wait_ms: None, ..alloc("demo") }).await.expect("a warm container");
+        c.client
+            .allocate(&CreateAllocation {
+                wait_ms: None,
+                ..alloc("demo")
+            })
+            .await
+            .expect("a warm container");
         took.push(t.elapsed());
     }
     took.sort();

@@ -83,7 +83,9 @@ pub async fn stream(
             }
         },
     )
-    .flat_map(|batch| stream::iter(batch.into_iter().map(to_sse)));
+    .flat_map(|batch| stream::iter(batch.into_iter().map(to_sse)))
+    // End with the member, so a graceful shutdown does not wait for clients to hang up.
+    .take_until(app.shutdown.clone().cancelled_owned());
     Ok(Sse::new(events).keep_alive(
         KeepAlive::new()
             .interval(Duration::from_secs(15))

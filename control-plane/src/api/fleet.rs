@@ -39,7 +39,9 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Result<Json<StatusView>, ApiError> {
     barrier_if_asked(&app, &headers).await?;
-    Ok(Json(app.cluster.shared().read(|s| s.status())))
+    let mut status = app.cluster.shared().read(|s| s.status());
+    status.applied_index = app.cluster.shared().applied_index();
+    Ok(Json(status))
 }
 
 pub async fn containers(

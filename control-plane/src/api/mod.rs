@@ -48,6 +48,8 @@ pub struct App {
     pub fleet: Arc<Fleet>,
     /// Renders `/metrics`, when a recorder is installed.
     pub metrics: Option<PrometheusHandle>,
+    /// Fires when the member stops; long-lived answers (event streams) end then.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Handler state.
