@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+pub mod sim_agent;
+
 use poolctl::Client;
 use warmpool_proto::api::StatusView;
 use warmpool_proto::{PoolName, PoolSpec};
@@ -269,6 +271,7 @@ pub struct Member {
     data_dir: PathBuf,
     log_dir: PathBuf,
     bootstrap: bool,
+    join: bool,
     extra: Vec<String>,
     child: Option<Child>,
 }
@@ -283,9 +286,17 @@ impl Member {
             data_dir: dir.join(format!("cp{id}")),
             log_dir: dir.to_path_buf(),
             bootstrap,
+            join: false,
             extra: Vec::new(),
             child: None,
         }
+    }
+
+    /// A new member that joins the running cluster on start.
+    pub fn joining(id: u64, nats_url: &str, dir: &Path) -> Member {
+        let mut m = Member::new(id, nats_url, dir, false);
+        m.join = true;
+        m
     }
 
     /// Extra command-line flags for later starts.
@@ -318,6 +329,9 @@ impl Member {
             .stderr(log);
         if self.bootstrap {
             cmd.arg("--bootstrap");
+        }
+        if self.join {
+            cmd.arg("--join");
         }
         self.child = Some(cmd.spawn().expect("start warmpool-control-plane"));
     }
@@ -491,6 +505,38 @@ impl TestCluster {
         };
         c.wait_ready().await;
         c
+    }
+
+    /// `n` members (the first bootstraps, the others join) and no agents; waits until all
+    /// `n` are voters.
+    pub async fn replicated(n: u64, extra_args: &[&str]) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nats = Nats::start(dir.path());
+        let mut members = Vec::new();
+        for id in 1..=n {
+            let m = if id == 1 { Member::new(1, &nats.url(), dir.path(), true) } else { Member::joining(id, &nats.url(), dir.path()) };
+            let mut m = m.with_args(extra_args);
+            m.start();
+            members.push(m);
+        }
+        let client = Client::new(members.iter().map(Member::url).collect(), None).expect("client");
+        let c = TestCluster { nats, members, agents: Vec::new(), client, dir };
+        c.wait_ready().await;
+        let client = c.client.clone();
+        wait_until(Duration::from_secs(60), "every member to be a voter", || {
+            let client = client.clone();
+            async move {
+                let view = client.cluster().await.ok()?;
+                (view.members.iter().filter(|m| m.role == "voter").count() == n as usize).then_some(())
+            }
+        })
+        .await;
+        c
+    }
+
+    /// A client talking to member `i` (0-based) only.
+    pub fn client_of(&self, i: usize) -> Client {
+        Client::new(vec![self.members[i].url()], None).expect("client")
     }
 
     /// The directory holding logs and data.

@@ -168,6 +168,12 @@ async fn observe(State(app): State<AppState>, req: Request, next: Next) -> Respo
         APPLIED_INDEX_HEADER,
         HeaderValue::from(app.cluster.shared().applied_index()),
     );
+    // A member that knows no leader may be cut off: its reads may be stale.
+    let leader = match app.cluster.leader() {
+        Some(l) => HeaderValue::from(l),
+        None => HeaderValue::from_static("none"),
+    };
+    headers.insert(LEADER_HEADER, leader);
     resp
 }
 

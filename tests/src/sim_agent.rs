@@ -1,0 +1,155 @@
+//! A simulated node agent: it speaks the real agent protocol over a real NATS server but
+//! "runs" containers only in memory, healthy at once, with made-up addresses from its /64.
+//!
+//! It stands in for Docker hosts in tests whose claims are about the control plane (Raft,
+//! allocation histories, failover, fleet scale), never in tests about Docker behaviour.
+
+use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+use warmpool_proto::agent::{
+    inventory_digest, AgentCommand, AgentReply, Fact, Heartbeat, Inventory, InventoryEntry, ObservedStatus, Usage,
+};
+use warmpool_proto::records::Resources;
+use warmpool_proto::{subjects, ContainerId, Health, NodeId, Timestamp};
+
+struct State {
+    containers: BTreeMap<ContainerId, InventoryEntry>,
+    seq: u64,
+    next_host: u64,
+}
+
+/// A running simulated agent; dropping it stops it (like a killed agent: no goodbye).
+pub struct SimAgent {
+    /// Its node id.
+    pub node: NodeId,
+    tasks: Vec<JoinHandle<()>>,
+    state: Arc<Mutex<State>>,
+}
+
+impl SimAgent {
+    /// Starts an agent for `node` against `nats_url`, heartbeating every `heartbeat`.
+    pub async fn start(nats_url: &str, node: &str, prefix_index: u16, heartbeat: Duration) -> SimAgent {
+        let node = NodeId::new(node).expect("node id");
+        let client = async_nats::connect(nats_url).await.expect("connect to nats");
+        let state = Arc::new(Mutex::new(State { containers: BTreeMap::new(), seq: 0, next_host: 2 }));
+        let boot_id = Uuid::now_v7();
+        let prefix = format!("fd37:{prefix_index:x}::/64");
+        let net: Ipv6Addr = format!("fd37:{prefix_index:x}::").parse().expect("prefix");
+
+        let mut sub = client.subscribe(subjects::cmd(&node)).await.expect("subscribe");
+        let cmd_task = {
+            let (client, state, node) = (client.clone(), state.clone(), node.clone());
+            tokio::spawn(async move {
+                while let Some(msg) = sub.next().await {
+                    let Some(reply) = msg.reply.clone() else { continue };
+                    let (answer, fact) = match serde_json::from_slice::<AgentCommand>(&msg.payload) {
+                        Err(e) => (AgentReply::Error { message: e.to_string() }, None),
+                        Ok(cmd) => handle(&state, &node, boot_id, net, cmd),
+                    };
+                    let _ = client.publish(reply, serde_json::to_vec(&answer).expect("json").into()).await;
+                    if let Some(f) = fact {
+                        let _ = client.publish(subjects::facts(&node), serde_json::to_vec(&f).expect("json").into()).await;
+                    }
+                }
+            })
+        };
+        let hb_task = {
+            let (client, state, node) = (client.clone(), state.clone(), node.clone());
+            tokio::spawn(async move {
+                loop {
+                    let hb = {
+                        let mut s = state.lock().expect("lock");
+                        s.seq += 1;
+                        let entries: Vec<_> = s.containers.values().cloned().collect();
+                        Heartbeat {
+                            node: node.clone(),
+                            boot_id,
+                            seq: s.seq,
+                            sent_at: Timestamp::now(),
+                            agent_version: "sim".into(),
+                            ipv6_prefix: prefix.clone(),
+                            labels: BTreeMap::new(),
+                            capacity: Resources { cpu_millis: 64_000, memory_mb: 256 * 1024 },
+                            usage: Usage { memory_used_mb: 1024, memory_total_mb: 256 * 1024, load1: 0.1 },
+                            containers: entries.len() as u32,
+                            inventory_digest: inventory_digest(&entries),
+                        }
+                    };
+                    let _ = client.publish(subjects::heartbeat(&node), serde_json::to_vec(&hb).expect("json").into()).await;
+                    tokio::time::sleep(heartbeat).await;
+                }
+            })
+        };
+        SimAgent { node, tasks: vec![cmd_task, hb_task], state }
+    }
+
+    /// Containers it runs.
+    pub fn container_count(&self) -> usize {
+        self.state.lock().expect("lock").containers.len()
+    }
+
+    /// Stops answering and heartbeating at once, like a killed process.
+    pub fn kill(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for SimAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn handle(
+    state: &Mutex<State>,
+    node: &NodeId,
+    boot_id: Uuid,
+    net: Ipv6Addr,
+    cmd: AgentCommand,
+) -> (AgentReply, Option<Fact>) {
+    let mut s = state.lock().expect("lock");
+    s.seq += 1;
+    let seq = s.seq;
+    match cmd {
+        AgentCommand::Create(spec) => {
+            if s.containers.contains_key(&spec.id) {
+                return (AgentReply::Accepted, None);
+            }
+            let host = s.next_host;
+            s.next_host += 1;
+            let mut seg = net.segments();
+            seg[6] = (host >> 16) as u16;
+            seg[7] = host as u16;
+            let entry = InventoryEntry {
+                id: spec.id,
+                pool: spec.pool,
+                generation: spec.generation,
+                docker_id: format!("sim-{}", spec.id),
+                ipv6: Some(Ipv6Addr::from(seg)),
+                status: ObservedStatus::Running,
+                health: Health::Healthy,
+                exit_code: None,
+                oom_killed: false,
+                last_activity_at: None,
+            };
+            s.containers.insert(spec.id, entry.clone());
+            (AgentReply::Accepted, Some(Fact::Observed { node: node.clone(), seq, entry }))
+        }
+        AgentCommand::Destroy { id, .. } => {
+            let existed = s.containers.remove(&id).is_some();
+            (AgentReply::Destroyed { existed }, None)
+        }
+        AgentCommand::Inventory => {
+            let containers = s.containers.values().cloned().collect();
+            (AgentReply::Inventory(Inventory { node: node.clone(), boot_id, seq, taken_at: Timestamp::now(), containers }), None)
+        }
+    }
+}

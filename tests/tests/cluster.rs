@@ -1,0 +1,306 @@
+//! Issue 3's promises: a 3-member control plane over NATS that agrees on its leader, serves
+//! any request on any member, survives losing its leader under load with nothing acknowledged
+//! lost and nothing doubled, restarts whole, and refuses writes clearly without a quorum.
+//!
+//! Agents here are simulated (`SimAgent`: the real protocol over real NATS, containers in
+//! memory), because these tests' claims are about the control plane, not about Docker.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use poolctl::Client;
+use warmpool_proto::api::{CreateAllocation, EventQuery};
+use warmpool_proto::records::AllocationState;
+use warmpool_proto::{AllocationId, ContainerId, EventKind, PoolName, SessionId};
+use warmpool_tests::sim_agent::SimAgent;
+use warmpool_tests::{unique, wait_until, TestCluster};
+
+async fn leader_index(c: &TestCluster) -> usize {
+    let view = wait_until(Duration::from_secs(20), "a leader", || {
+        let client = c.client.clone();
+        async move { client.cluster().await.ok().filter(|v| v.leader.is_some()) }
+    })
+    .await;
+    let leader = view.leader.unwrap();
+    c.members.iter().position(|m| m.id == leader).expect("leader is a member")
+}
+
+async fn sim_pool(c: &TestCluster, min_warm: u32) -> (SimAgent, String) {
+    let agent = SimAgent::start(&c.nats.url(), &unique("sim"), 7, Duration::from_millis(300)).await;
+    let name = unique("p").replace('-', "");
+    let mut spec = TestCluster::demo_spec(&name, min_warm);
+    spec.max_total = 10_000;
+    spec.scaling.batch_size = 16;
+    spec.scaling.pacing_ms = 50;
+    c.client.create_pool(&spec).await.expect("create pool");
+    c.wait_warm(&name, min_warm, Duration::from_secs(30)).await;
+    (agent, name)
+}
+
+fn alloc(pool: &str, key: Option<String>) -> CreateAllocation {
+    CreateAllocation {
+        pool: PoolName::new(pool).unwrap(),
+        session_id: None,
+        lease_seconds: None,
+        wait_ms: Some(2_000),
+        idempotency_key: key,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_sees_the_same_leader_and_three_voters() {
+    let c = TestCluster::replicated(3, &[]).await;
+    let mut leaders = BTreeSet::new();
+    for i in 0..3 {
+        let v = c.client_of(i).cluster().await.unwrap();
+        assert_eq!(v.members.iter().filter(|m| m.role == "voter").count(), 3, "member {i}: {v:?}");
+        leaders.insert(v.leader.expect("a leader"));
+    }
+    assert_eq!(leaders.len(), 1, "one leader for all: {leaders:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocation_made_through_a_follower_is_visible_through_every_member_at_once() {
+    let c = TestCluster::replicated(3, &[]).await;
+    let (_agent, pool) = sim_pool(&c, 3).await;
+    let leader = leader_index(&c).await;
+    let follower = (leader + 1) % 3;
+    let a = c.client_of(follower).allocate(&alloc(&pool, None)).await.expect("allocate through a follower");
+    for i in 0..3 {
+        let seen = c.client_of(i).get_allocation(a.id).await.unwrap_or_else(|e| panic!("member {i}: {e}"));
+        assert_eq!(seen, a, "member {i}");
+    }
+}
+
+/// One client's view of one allocation attempt.
+#[derive(Clone, Debug)]
+struct Op {
+    key: String,
+    answers: Vec<AllocationId>,
+    container: Option<ContainerId>,
+    session: Option<SessionId>,
+    released: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_leader_under_load_loses_nothing_acknowledged_and_doubles_nothing() {
+    let mut c = TestCluster::replicated(3, &[]).await;
+    let (_agent, pool) = sim_pool(&c, 24).await;
+    let history: Arc<Mutex<Vec<Op>>> = Arc::default();
+    let run_for = Duration::from_secs(8);
+    let start = Instant::now();
+
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        // Each client prefers a different member, failing over to the others.
+        let mut urls: Vec<String> = c.members.iter().map(|m| m.url()).collect();
+        urls.rotate_left(i % 3);
+        let client = Client::new(urls, None).unwrap();
+        let (history, pool) = (history.clone(), pool.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = 0;
+            while start.elapsed() < run_for {
+                n += 1;
+                let key = format!("client{i}-op{n}");
+                let mut op = Op { key: key.clone(), answers: vec![], container: None, session: None, released: false };
+                // Retry with the same key until it succeeds (or the run is long over).
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while Instant::now() < deadline {
+                    match client.allocate(&alloc(&pool, Some(key.clone()))).await {
+                        Ok(a) => {
+                            op.answers.push(a.id);
+                            op.container = Some(a.container_id);
+                            op.session = Some(a.session_id.clone());
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                if let Some(&id) = op.answers.last() {
+                    while Instant::now() < deadline {
+                        if client.release(id).await.is_ok() {
+                            op.released = true;
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                history.lock().unwrap().push(op);
+            }
+        }));
+    }
+
+    // Kill the leader mid-run and time how long writes are refused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim = leader_index(&c).await;
+    c.members[victim].kill();
+    let killed = Instant::now();
+    let probe = Client::new(c.members.iter().map(|m| m.url()).collect(), None).unwrap();
+    let failover = loop {
+        let mut spec = TestCluster::demo_spec(&pool, 24);
+        spec.max_total = 10_000;
+        spec.scaling.batch_size = 16;
+        spec.scaling.pacing_ms = 50;
+        spec.env.insert("PROBE".into(), killed.elapsed().as_millis().to_string());
+        if probe.put_pool(&spec).await.is_ok() {
+            break killed.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(killed.elapsed() < Duration::from_secs(30), "no leader took writes within 30 s");
+    };
+    eprintln!("FAILOVER: writes accepted again {failover:?} after the leader was killed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.members[victim].start();
+
+    for t in clients {
+        t.await.unwrap();
+    }
+    let history = history.lock().unwrap().clone();
+    let acknowledged: Vec<&Op> = history.iter().filter(|o| !o.answers.is_empty()).collect();
+    eprintln!("{} allocations acknowledged by {} clients, {} in all attempted", acknowledged.len(), 8, history.len());
+    assert!(acknowledged.len() >= 50, "the cluster kept serving: only {} allocations", acknowledged.len());
+
+    // Let the restarted member catch up, then check every member's final state.
+    let client = c.client.clone();
+    let target = wait_until(Duration::from_secs(30), "a quiet leader", || {
+        let client = client.clone();
+        async move { client.cluster().await.ok()?.applied_index }
+    })
+    .await;
+    for i in 0..3 {
+        let m = c.client_of(i);
+        wait_until(Duration::from_secs(30), "member to catch up", || {
+            let m = m.clone();
+            async move { (m.cluster().await.ok()?.applied_index? >= target).then_some(()) }
+        })
+        .await;
+    }
+    let finals: Vec<Vec<_>> = futures::future::join_all((0..3).map(|i| {
+        let m = c.client_of(i);
+        async move { m.list_allocations(&Default::default()).await.unwrap() }
+    }))
+    .await;
+    let state: BTreeMap<AllocationId, _> = finals[0].iter().map(|a| (a.id, a.clone())).collect();
+
+    for op in &acknowledged {
+        // 1. Every acknowledged allocation exists, released if its client saw the release.
+        for id in &op.answers {
+            let a = state.get(id).unwrap_or_else(|| panic!("acknowledged allocation {id} ({}) is lost", op.key));
+            assert_eq!(a.idempotency_key.as_deref(), Some(op.key.as_str()));
+            if op.released {
+                assert_eq!(a.state, AllocationState::Released, "{id}");
+            }
+        }
+        // 2. One key, one allocation, however many retries.
+        let distinct: BTreeSet<_> = op.answers.iter().collect();
+        assert_eq!(distinct.len(), 1, "key {} answered with {distinct:?}", op.key);
+    }
+    let mut by_key: BTreeMap<&str, Vec<AllocationId>> = BTreeMap::new();
+    for a in state.values() {
+        if let Some(k) = a.idempotency_key.as_deref() {
+            by_key.entry(k).or_default().push(a.id);
+        }
+    }
+    assert!(by_key.values().all(|ids| ids.len() == 1), "a key produced two allocations");
+    // 3. No container was ever handed to two sessions (containers are never reused, so this
+    //    is stronger than "not at overlapping times").
+    let mut by_container: BTreeMap<ContainerId, BTreeSet<&SessionId>> = BTreeMap::new();
+    for a in state.values() {
+        by_container.entry(a.container_id).or_default().insert(&a.session_id);
+    }
+    assert!(by_container.values().all(|s| s.len() == 1), "a container went to two sessions");
+    let q = EventQuery { kind: Some("container_allocated".into()), limit: Some(1000), pool: Some(pool.clone()), ..Default::default() };
+    let mut per_container: BTreeMap<ContainerId, usize> = BTreeMap::new();
+    let mut after = None;
+    loop {
+        let page = c.client.events(&EventQuery { after, ..q.clone() }).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.seq);
+        for e in &page {
+            assert_eq!(e.kind, EventKind::ContainerAllocated);
+            *per_container.entry(e.container.unwrap()).or_default() += 1;
+        }
+    }
+    assert!(per_container.values().all(|n| *n == 1), "a container was allocated twice");
+    // 4. Every member holds the same allocations.
+    for (i, f) in finals.iter().enumerate().skip(1) {
+        assert_eq!(f, &finals[0], "member {i} differs");
+    }
+    assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_members_restarted_hold_identical_state_and_event_logs() {
+    let mut c = TestCluster::replicated(3, &[]).await;
+    let (agent, pool) = sim_pool(&c, 4).await;
+    for _ in 0..5 {
+        let a = c.client.allocate(&alloc(&pool, None)).await.unwrap();
+        c.client.release(a.id).await.unwrap();
+    }
+    drop(agent);
+    for m in &mut c.members {
+        m.stop();
+    }
+    for m in &mut c.members {
+        m.start();
+    }
+    c.wait_ready().await;
+    let target = c.client.cluster().await.unwrap().applied_index.unwrap();
+    let mut logs = Vec::new();
+    for i in 0..3 {
+        let m = c.client_of(i);
+        wait_until(Duration::from_secs(30), "member to replay its log", || {
+            let m = m.clone();
+            async move { (m.cluster().await.ok()?.applied_index? >= target).then_some(()) }
+        })
+        .await;
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = m.events(&EventQuery { after, limit: Some(1000), ..Default::default() }).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.seq);
+            all.extend(page);
+        }
+        let allocations = m.list_allocations(&Default::default()).await.unwrap();
+        let pools: Vec<_> = m.list_pools().await.unwrap().into_iter().map(|p| p.pool).collect();
+        logs.push((all, allocations, pools));
+    }
+    assert!(logs[0].0.len() > 20, "the log has the history");
+    assert_eq!(logs[0].1.len(), 5);
+    assert_eq!(logs[1], logs[0]);
+    assert_eq!(logs[2], logs[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_member_down_keeps_serving_two_down_refuses_writes_with_no_quorum() {
+    let mut c = TestCluster::replicated(3, &[]).await;
+    let (_agent, pool) = sim_pool(&c, 2).await;
+    let leader = leader_index(&c).await;
+    let follower = (leader + 1) % 3;
+    c.members[follower].kill();
+    c.client.allocate(&alloc(&pool, None)).await.expect("two of three still serve");
+
+    let leader = leader_index(&c).await;
+    c.members[leader].kill();
+    let last = (0..3).find(|i| c.members[*i].is_running()).unwrap();
+    let survivor = c.client_of(last);
+    let err = survivor.allocate(&alloc(&pool, None)).await.expect_err("one of three must not write");
+    assert_eq!(err.status(), Some(503), "{err}");
+    assert_eq!(err.code(), Some("no_quorum"), "{err}");
+
+    // Reads still answer, and say they may be stale.
+    let resp = reqwest::get(format!("{}/v1/pools", c.members[last].url())).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let leader_header = resp.headers().get("warmpool-leader").and_then(|v| v.to_str().ok()).map(str::to_string);
+    wait_until(Duration::from_secs(10), "the survivor to know it has no leader", || {
+        let url = c.members[last].url();
+        async move {
+            let r = reqwest::get(format!("{url}/v1/pools")).await.ok()?;
+            (r.headers().get("warmpool-leader")?.to_str().ok()? == "none").then_some(())
+        }
+    })
+    .await;
+    let _ = leader_header;
+}
