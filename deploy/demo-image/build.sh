@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Builds Warmpool's demo workload image without any registry: a rootfs holding Debian's static
+# busybox, tarred into `docker import`.
+#
+#   deploy/demo-image/build.sh [--force] [TAG]     (TAG defaults to warmpool-demo:latest)
+#
+# The container runs `busybox httpd` on port 8080 (IPv4 and IPv6) and serves:
+#   /                   an HTML page
+#   /healthz            200 "ok" (a plain file, for health checks)
+#   /cgi-bin/whoami     the client's address (REMOTE_ADDR; IPv6 in brackets: [fd36:1::1]), to
+#                       check source addresses
+#   /cgi-bin/fail       removes /www/healthz, so later probes of /healthz get 404
+#   /cgi-bin/heal       puts /www/healthz back
+#
+# Idempotent: an image with this tag built by this very script (same content label) is kept;
+# a stale one, or any with --force, is rebuilt. Concurrent runs are serialised with flock.
+set -euo pipefail
+
+FORCE=0
+TAG=warmpool-demo:latest
+for arg in "$@"; do
+  case "$arg" in
+    --force) FORCE=1 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -*) echo "unknown option $arg" >&2; exit 2 ;;
+    *) TAG=$arg ;;
+  esac
+done
+
+BUSYBOX=${BUSYBOX:-/bin/busybox}
+die() { echo "error: $*" >&2; exit 1; }
+command -v docker >/dev/null || die "docker is not installed"
+[ -x "$BUSYBOX" ] || die "$BUSYBOX is missing: apt-get install busybox-static"
+file_is_static() { ! ldd "$1" >/dev/null 2>&1; }
+file_is_static "$BUSYBOX" || die "$BUSYBOX is dynamically linked: install busybox-static"
+
+# The content label: a hash of this script and of the busybox binary, so an image built by an
+# older version of the script (or with another busybox) is rebuilt instead of silently kept.
+VERSION=$(cat "$0" "$BUSYBOX" | sha256sum | cut -c1-16)
+
+exec 9>"${TMPDIR:-/tmp}/warmpool-demo-image.lock"
+flock 9
+
+if [ "$FORCE" -eq 0 ]; then
+  have=$(docker image inspect --format '{{index .Config.Labels "io.warmpool.demo.version"}}' "$TAG" 2>/dev/null || true)
+  if [ "$have" = "$VERSION" ]; then
+    echo "image $TAG is up to date (version $VERSION): nothing to do"
+    exit 0
+  fi
+  [ -n "$have" ] && echo "image $TAG has version '$have', want $VERSION: rebuilding"
+fi
+
+ROOTFS=$(mktemp -d)
+trap 'rm -rf "$ROOTFS"' EXIT
+mkdir -p "$ROOTFS"/{bin,www/cgi-bin,tmp,etc}
+chmod 1777 "$ROOTFS/tmp"
+cp "$BUSYBOX" "$ROOTFS/bin/busybox"
+for applet in $("$BUSYBOX" --list); do
+  [ "$applet" = busybox ] || ln -s busybox "$ROOTFS/bin/$applet"
+done
+
+cat >"$ROOTFS/www/index.html" <<'HTML'
+<!doctype html>
+<html><head><title>warmpool demo</title></head>
+<body><h1>warmpool demo</h1><p>A warm container, served by busybox httpd.</p></body></html>
+HTML
+printf 'ok' >"$ROOTFS/www/healthz"
+
+cat >"$ROOTFS/www/cgi-bin/whoami" <<'SH'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+echo "$REMOTE_ADDR"
+SH
+cat >"$ROOTFS/www/cgi-bin/fail" <<'SH'
+#!/bin/sh
+rm -f /www/healthz
+printf 'Content-Type: text/plain\r\n\r\n'
+echo "healthz removed: health probes of /healthz now fail"
+SH
+cat >"$ROOTFS/www/cgi-bin/heal" <<'SH'
+#!/bin/sh
+printf 'ok' >/www/healthz
+printf 'Content-Type: text/plain\r\n\r\n'
+echo "healthz restored"
+SH
+chmod 755 "$ROOTFS"/www/cgi-bin/*
+echo 'root:x:0:0:root:/:/bin/sh' >"$ROOTFS/etc/passwd"
+echo 'root:x:0:' >"$ROOTFS/etc/group"
+
+tar -C "$ROOTFS" --owner=0 --group=0 -c . | docker import \
+  -c 'CMD ["/bin/busybox","httpd","-f","-p","8080","-h","/www"]' \
+  -c 'EXPOSE 8080' \
+  -c "LABEL io.warmpool.demo.version=$VERSION" \
+  - "$TAG" >/dev/null
+echo "built image $TAG (version $VERSION): busybox httpd on :8080 serving /, /healthz, /cgi-bin/{whoami,fail,heal}"
