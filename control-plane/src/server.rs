@@ -39,8 +39,8 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
-            heartbeat_ms: 150,
-            election_ms: (600, 1200),
+            heartbeat_ms: 100,
+            election_ms: (400, 800),
             snapshot_every: 5000,
             keep_behind_snapshot: 1000,
         }
