@@ -257,8 +257,8 @@ impl PoolSpec {
                 self.max_warm()
             ));
         }
-        if self.max_total > 10_000 {
-            return fail("max_total must be at most 10000".into());
+        if self.max_total > 100_000 {
+            return fail("max_total must be at most 100000".into());
         }
         if self.resources.cpu_millis < 10 {
             return fail("resources.cpu_millis must be at least 10".into());

@@ -75,8 +75,8 @@ impl SimAgent {
                             agent_version: "sim".into(),
                             ipv6_prefix: prefix.clone(),
                             labels: BTreeMap::new(),
-                            capacity: Resources { cpu_millis: 64_000, memory_mb: 256 * 1024 },
-                            usage: Usage { memory_used_mb: 1024, memory_total_mb: 256 * 1024, load1: 0.1 },
+                            capacity: Resources { cpu_millis: 10_000_000, memory_mb: 64 * 1024 * 1024 },
+                            usage: Usage { memory_used_mb: 1024, memory_total_mb: 64 * 1024 * 1024, load1: 0.1 },
                             containers: entries.len() as u32,
                             inventory_digest: inventory_digest(&entries),
                         }

@@ -304,3 +304,64 @@ async fn one_member_down_keeps_serving_two_down_refuses_writes_with_no_quorum() 
     .await;
     let _ = leader_header;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_after_ten_thousand_allocations_catches_up_by_snapshot() {
+    let mut c = TestCluster::replicated(3, &["--snapshot-every", "2000"]).await;
+    let agent = SimAgent::start(&c.nats.url(), &unique("sim"), 9, Duration::from_millis(300)).await;
+    let pool = unique("big").replace('-', "");
+    let mut spec = TestCluster::demo_spec(&pool, 200);
+    spec.max_total = 20_000;
+    spec.scaling.batch_size = 200;
+    spec.scaling.pacing_ms = 10;
+    c.client.create_pool(&spec).await.unwrap();
+    c.wait_warm(&pool, 200, Duration::from_secs(60)).await;
+
+    let total = 10_000usize;
+    let started = Instant::now();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let (client, pool, done) = (c.client_of(i % 3), pool.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            while done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < total {
+                let req = CreateAllocation { wait_ms: Some(10_000), ..alloc(&pool, None) };
+                client.allocate(&req).await.expect("allocation");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    eprintln!("{total} allocations in {:?}", started.elapsed());
+    let status = c.client.status().await.unwrap();
+    assert_eq!(status.totals.allocated as usize, total);
+    drop(agent);
+
+    let mut joiner = warmpool_tests::Member::joining(4, &c.nats.url(), c.dir()).with_args(&["--snapshot-every", "2000"]);
+    let joined_at = Instant::now();
+    joiner.start();
+    let client4 = Client::new(vec![joiner.url()], None).unwrap();
+    let leader_view = c.client.cluster().await.unwrap();
+    let target = leader_view.applied_index.unwrap();
+    let view = wait_until(Duration::from_secs(120), "the new member to catch up", || {
+        let client4 = client4.clone();
+        async move {
+            let v = client4.cluster().await.ok()?;
+            (v.applied_index? >= target && v.members.iter().any(|m| m.id == 4 && m.role == "voter")).then_some(v)
+        }
+    })
+    .await;
+    eprintln!("member 4 caught up in {:?}: {view:?}", joined_at.elapsed());
+    assert!(view.snapshot_index.is_some_and(|s| s > 0), "it was sent a snapshot: {view:?}");
+    let snapshot_bytes = std::fs::read_dir(c.dir().join("cp4/raft")).map(|d| d.count()).unwrap_or(0);
+    assert!(snapshot_bytes > 0);
+    let mine = client4.status().await.unwrap();
+    assert_eq!(mine.totals.allocated, status.totals.allocated, "the same state");
+    let allocations = client4.list_allocations(&Default::default()).await.unwrap();
+    assert_eq!(allocations.len(), total);
+    assert_eq!(allocations, c.client_of(0).list_allocations(&Default::default()).await.unwrap());
+    let body = serde_json::to_vec(&allocations).unwrap();
+    assert!(body.len() > 1_000_000, "state well over 1 MB: {} bytes of allocations alone", body.len());
+    c.members.push(joiner);
+}

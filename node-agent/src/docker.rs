@@ -1,0 +1,347 @@
+//! The Docker edge: a thin typed layer over one bollard [`Docker`] handle.
+//!
+//! Everything Docker answers is turned into plain values here ([`Observation`], [`DockerState`]),
+//! so the rest of the agent never touches bollard's generated models, and nothing from the
+//! daemon is unwrapped: a missing field is `None`, a 404 is `Ok(None)` or `Ok(false)`.
+
+use std::collections::HashMap;
+use std::net::Ipv6Addr;
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
+    ContainerSummaryStateEnum, EventMessage, HostConfig, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
+    RemoveContainerOptions,
+};
+use bollard::Docker;
+use futures::Stream;
+use warmpool_proto::agent::CreateSpec;
+use warmpool_proto::{ContainerId, NodeId, LABEL_NODE};
+
+use crate::labels;
+
+/// Time any single Docker API call may take (the event stream excepted: only its headers are
+/// bounded by this).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A Docker call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    /// The daemon could not be reached or its API version not negotiated.
+    #[error("connecting to dockerd at {socket}: {source}")]
+    Connect {
+        /// The socket.
+        socket: String,
+        /// Docker's error.
+        #[source]
+        source: BollardError,
+    },
+    /// An API call failed.
+    #[error("docker {op}: {source}")]
+    Api {
+        /// What was being done.
+        op: &'static str,
+        /// Docker's error.
+        #[source]
+        source: BollardError,
+    },
+    /// The container started but has no IPv6 address on the node's network.
+    #[error("container has no IPv6 address on network {0}")]
+    NoAddress(String),
+}
+
+impl DockerError {
+    fn api(op: &'static str) -> impl FnOnce(BollardError) -> DockerError {
+        move |source| DockerError::Api { op, source }
+    }
+}
+
+/// Whether `e` is Docker's answer `status`.
+pub fn is_status(e: &BollardError, status: u16) -> bool {
+    matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == status)
+}
+
+/// Connects to the daemon's unix socket and negotiates the API version (dockerd 20.10 refuses
+/// bollard's newer default version otherwise).
+pub async fn connect(socket: &str) -> Result<Docker, DockerError> {
+    let connect_err = |source| DockerError::Connect {
+        socket: socket.to_string(),
+        source,
+    };
+    Docker::connect_with_unix(
+        socket,
+        REQUEST_TIMEOUT.as_secs(),
+        bollard::API_DEFAULT_VERSION,
+    )
+    .map_err(connect_err)?
+    .negotiate_version()
+    .await
+    .map_err(connect_err)
+}
+
+/// What Docker says a container is doing, reduced to what the agent needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DockerState {
+    /// Created, not started (or restarting).
+    Created,
+    /// Running (or paused: it still holds its resources and its address).
+    Running,
+    /// Exited, dead or being removed.
+    Exited,
+}
+
+/// One container as inspected.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    /// Docker's id.
+    pub docker_id: String,
+    /// Its name, without Docker's leading `/`.
+    pub name: String,
+    /// Its labels.
+    pub labels: HashMap<String, String>,
+    /// Its state.
+    pub state: DockerState,
+    /// Exit code, once exited.
+    pub exit_code: Option<i64>,
+    /// Killed by the OOM killer.
+    pub oom_killed: bool,
+    /// Address on the node's network.
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+/// One container as listed (cheaper than inspect; no address, no exit code).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listed {
+    /// Docker's id.
+    pub docker_id: String,
+    /// Its name, without the leading `/`.
+    pub name: String,
+    /// Its labels.
+    pub labels: HashMap<String, String>,
+    /// Its state.
+    pub state: DockerState,
+    /// When it was created, seconds since the epoch.
+    pub created: i64,
+}
+
+/// The Docker name of Warmpool container `id`.
+pub fn container_name(id: &ContainerId) -> String {
+    format!("wp-{id}")
+}
+
+/// The node's view of dockerd: one shared handle, the node's label and network.
+#[derive(Clone)]
+pub struct Driver {
+    docker: Docker,
+    node: NodeId,
+    network: String,
+}
+
+impl Driver {
+    /// A driver for `node`'s containers on `network`.
+    pub fn new(docker: Docker, node: NodeId, network: String) -> Self {
+        Driver {
+            docker,
+            node,
+            network,
+        }
+    }
+
+    /// The bollard handle.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn node_filter(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_NODE}={}", self.node)],
+        )])
+    }
+
+    /// Every container labelled with this node, running or not.
+    pub async fn list(&self) -> Result<Vec<Listed>, DockerError> {
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(self.node_filter()),
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(DockerError::api("list containers"))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                Some(Listed {
+                    docker_id: c.id?,
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .map(|n| n.trim_start_matches('/').to_string())
+                        .unwrap_or_default(),
+                    labels: c.labels.unwrap_or_default(),
+                    state: match c.state {
+                        Some(ContainerSummaryStateEnum::RUNNING)
+                        | Some(ContainerSummaryStateEnum::PAUSED) => DockerState::Running,
+                        Some(ContainerSummaryStateEnum::CREATED)
+                        | Some(ContainerSummaryStateEnum::RESTARTING) => DockerState::Created,
+                        _ => DockerState::Exited,
+                    },
+                    created: c.created.unwrap_or(0),
+                })
+            })
+            .collect())
+    }
+
+    /// Inspects a container by id or name; `None` if it does not exist.
+    pub async fn inspect(&self, id_or_name: &str) -> Result<Option<Observation>, DockerError> {
+        match self
+            .docker
+            .inspect_container(id_or_name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => Ok(Some(self.observe(c))),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(DockerError::api("inspect container")(e)),
+        }
+    }
+
+    fn observe(&self, c: ContainerInspectResponse) -> Observation {
+        let state = c.state.unwrap_or_default();
+        let docker_state = match state.status {
+            Some(ContainerStateStatusEnum::RUNNING) | Some(ContainerStateStatusEnum::PAUSED) => {
+                DockerState::Running
+            }
+            Some(ContainerStateStatusEnum::CREATED)
+            | Some(ContainerStateStatusEnum::RESTARTING) => DockerState::Created,
+            _ => DockerState::Exited,
+        };
+        let ipv6 = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut nets| nets.remove(&self.network))
+            .and_then(|ep| ep.global_ipv6_address)
+            .and_then(|a| a.parse().ok());
+        Observation {
+            docker_id: c.id.unwrap_or_default(),
+            name: c
+                .name
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default(),
+            labels: c.config.and_then(|cfg| cfg.labels).unwrap_or_default(),
+            state: docker_state,
+            exit_code: (docker_state == DockerState::Exited)
+                .then_some(state.exit_code)
+                .flatten(),
+            oom_killed: state.oom_killed.unwrap_or(false),
+            ipv6,
+        }
+    }
+
+    /// Creates (does not start) the container for `spec`, named `wp-<id>`, on the node's
+    /// network, with limits, every capability dropped, no privilege escalation and no restart
+    /// policy (a dead container is reported, and replaced by the control plane, not revived).
+    /// Returns Docker's id. A name conflict is Docker's 409.
+    pub async fn create(&self, spec: &CreateSpec) -> Result<String, DockerError> {
+        let memory = i64::try_from(spec.resources.memory_mb.saturating_mul(1024 * 1024))
+            .unwrap_or(i64::MAX);
+        let nano_cpus =
+            i64::try_from(spec.resources.cpu_millis.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels::for_spec(&self.node, spec)),
+            host_config: Some(HostConfig {
+                network_mode: Some(self.network.clone()),
+                nano_cpus: Some(nano_cpus),
+                memory: Some(memory),
+                // No swap beyond the memory limit: a pool's memory limit is what it gets.
+                memory_swap: Some(memory),
+                pids_limit: Some(spec.resources.pids),
+                cap_drop: Some(vec!["ALL".to_string()]),
+                security_opt: Some(vec!["no-new-privileges".to_string()]),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions {
+            name: Some(container_name(&spec.id)),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map(|r| r.id)
+            .map_err(DockerError::api("create container"))
+    }
+
+    /// Starts a created container.
+    pub async fn start(&self, docker_id: &str) -> Result<(), DockerError> {
+        self.docker
+            .start_container(docker_id, None)
+            .await
+            .map_err(DockerError::api("start container"))
+    }
+
+    /// Force-removes a container (and its anonymous volumes). `Ok(false)` if there was none.
+    ///
+    /// If Docker is already removing it (409), waits until it is gone, so that "removed" always
+    /// means gone.
+    pub async fn remove(&self, id_or_name: &str) -> Result<bool, DockerError> {
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id_or_name, Some(opts)).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_status(&e, 404) => Ok(false),
+            Err(e) if is_status(&e, 409) => {
+                let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+                while tokio::time::Instant::now() < deadline {
+                    if self.inspect(id_or_name).await?.is_none() {
+                        return Ok(true);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(DockerError::api("remove container")(e))
+            }
+            Err(e) => Err(DockerError::api("remove container")(e)),
+        }
+    }
+
+    /// The node's container events (`start`, `die`, `oom`, `destroy`), from `since` (Docker's
+    /// `since`: seconds since the epoch, fractions allowed) if given: Docker replays what
+    /// happened after it, so events that happened while the stream was down are not lost.
+    pub fn events(
+        &self,
+        since: Option<String>,
+    ) -> impl Stream<Item = Result<EventMessage, BollardError>> + use<> {
+        let mut filters = self.node_filter();
+        filters.insert("type".into(), vec!["container".into()]);
+        filters.insert(
+            "event".into(),
+            ["start", "die", "oom", "destroy"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        );
+        let opts = EventsOptions {
+            since,
+            until: None,
+            filters: Some(filters),
+        };
+        self.docker.events(Some(opts))
+    }
+}

@@ -1,0 +1,176 @@
+//! The Docker labels that make a container Warmpool's, and their parsing.
+//!
+//! Labels are the agent's only persistent memory: everything needed to re-adopt a container
+//! after a restart (id, pool, generation, health check, port) is written on it at creation.
+
+use std::collections::HashMap;
+
+use warmpool_proto::agent::CreateSpec;
+use warmpool_proto::{
+    ContainerId, HealthCheck, NodeId, PoolName, LABEL_GENERATION, LABEL_HEALTH, LABEL_ID,
+    LABEL_NODE, LABEL_POOL, LABEL_PORT,
+};
+
+/// What the labels of one container say.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerLabels {
+    /// `io.warmpool.id`.
+    pub id: ContainerId,
+    /// `io.warmpool.pool`.
+    pub pool: PoolName,
+    /// `io.warmpool.generation`.
+    pub generation: u64,
+    /// `io.warmpool.health`, JSON.
+    pub health: HealthCheck,
+    /// `io.warmpool.port`.
+    pub port: u16,
+}
+
+/// Why a labelled container cannot be managed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("label {label}: {reason}")]
+pub struct LabelError {
+    /// The offending label.
+    pub label: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The labels to put on the container made from `spec` on `node`.
+pub fn for_spec(node: &NodeId, spec: &CreateSpec) -> HashMap<String, String> {
+    let health = serde_json::to_string(&spec.health).unwrap_or_else(|_| "{}".to_string());
+    HashMap::from([
+        (LABEL_NODE.to_string(), node.to_string()),
+        (LABEL_ID.to_string(), spec.id.to_string()),
+        (LABEL_POOL.to_string(), spec.pool.to_string()),
+        (LABEL_GENERATION.to_string(), spec.generation.to_string()),
+        (LABEL_HEALTH.to_string(), health),
+        (LABEL_PORT.to_string(), spec.port.to_string()),
+    ])
+}
+
+/// The Warmpool id alone, for deciding about duplicates before the rest is parsed.
+pub fn id_of(labels: &HashMap<String, String>) -> Result<ContainerId, LabelError> {
+    let raw = get(labels, LABEL_ID)?;
+    raw.parse().map_err(|e: warmpool_proto::ids::IdError| LabelError {
+        label: LABEL_ID,
+        reason: e.to_string(),
+    })
+}
+
+/// Parses every Warmpool label. Any missing or malformed one makes the container unmanageable:
+/// without its pool it cannot be reported, without its health check it cannot be probed.
+pub fn parse(labels: &HashMap<String, String>) -> Result<ContainerLabels, LabelError> {
+    let id = id_of(labels)?;
+    let pool = PoolName::new(get(labels, LABEL_POOL)?).map_err(|e| LabelError {
+        label: LABEL_POOL,
+        reason: e.to_string(),
+    })?;
+    let generation = get(labels, LABEL_GENERATION)?
+        .parse()
+        .map_err(|e: std::num::ParseIntError| LabelError {
+            label: LABEL_GENERATION,
+            reason: e.to_string(),
+        })?;
+    let health = serde_json::from_str(get(labels, LABEL_HEALTH)?).map_err(|e| LabelError {
+        label: LABEL_HEALTH,
+        reason: e.to_string(),
+    })?;
+    let port: u16 = get(labels, LABEL_PORT)?
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| LabelError {
+            label: LABEL_PORT,
+            reason: "not a port number".into(),
+        })?;
+    Ok(ContainerLabels {
+        id,
+        pool,
+        generation,
+        health,
+        port,
+    })
+}
+
+fn get<'a>(labels: &'a HashMap<String, String>, label: &'static str) -> Result<&'a str, LabelError> {
+    labels.get(label).map(String::as_str).ok_or(LabelError {
+        label,
+        reason: "missing".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use warmpool_proto::pool::ContainerResources;
+    use warmpool_proto::HealthProbe;
+
+    use super::*;
+
+    fn spec() -> CreateSpec {
+        CreateSpec {
+            id: ContainerId::new(),
+            pool: PoolName::new("demo").unwrap(),
+            generation: 7,
+            image: "warmpool-demo:latest".into(),
+            command: vec![],
+            env: BTreeMap::new(),
+            port: 8080,
+            resources: ContainerResources::default(),
+            health: HealthCheck {
+                probe: HealthProbe::Http {
+                    path: "/healthz".into(),
+                },
+                ..HealthCheck::default()
+            },
+        }
+    }
+
+    #[test]
+    fn labels_round_trip() {
+        let s = spec();
+        let node = NodeId::new("n1").unwrap();
+        let labels = for_spec(&node, &s);
+        assert_eq!(labels[LABEL_NODE], "n1");
+        let parsed = parse(&labels).unwrap();
+        assert_eq!(
+            parsed,
+            ContainerLabels {
+                id: s.id,
+                pool: s.pool,
+                generation: 7,
+                health: s.health,
+                port: 8080
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_naming_the_label() {
+        let node = NodeId::new("n1").unwrap();
+        let good = for_spec(&node, &spec());
+        let cases = [
+            (LABEL_ID, Some("not-a-uuid")),
+            (LABEL_ID, None),
+            (LABEL_POOL, Some("Bad Pool")),
+            (LABEL_GENERATION, Some("-1")),
+            (LABEL_HEALTH, Some("{\"probe\":")),
+            (LABEL_PORT, Some("0")),
+            (LABEL_PORT, Some("99999")),
+        ];
+        for (label, value) in cases {
+            let mut l = good.clone();
+            match value {
+                Some(v) => l.insert(label.to_string(), v.to_string()),
+                None => l.remove(label),
+            };
+            let err = parse(&l).unwrap_err();
+            assert_eq!(err.label, label, "{value:?}");
+        }
+        let mut l = good;
+        l.insert(LABEL_ID.into(), "x".into());
+        assert!(id_of(&l).is_err());
+    }
+}

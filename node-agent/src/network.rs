@@ -1,0 +1,200 @@
+//! The per-host Docker bridge network carrying the node's IPv6 /64.
+//!
+//! Containers get addresses straight from the /64, routed between hosts with no NAT and no
+//! port mapping. Inter-container traffic on the bridge is off (`enable_icc=false`): one
+//! tenant's container must not reach another's.
+
+use std::collections::HashMap;
+use std::net::Ipv6Addr;
+
+use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest, NetworkInspect};
+use bollard::query_parameters::InspectNetworkOptions;
+use bollard::Docker;
+use tracing::{info, warn};
+use warmpool_proto::{NodeId, LABEL_NODE};
+
+use crate::config::Ipv6Prefix;
+use crate::docker::is_status;
+
+const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
+
+/// Why the node's network could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// A network of that name exists but is not the one configured.
+    #[error("docker network {name} exists with {found}, but this agent is configured for IPv6 subnet {want}: remove the network (docker network rm {name}) or fix --ipv6-prefix/--network")]
+    Mismatch {
+        /// Network name.
+        name: String,
+        /// The configured /64.
+        want: String,
+        /// What the existing network has.
+        found: String,
+    },
+    /// Docker refused the network.
+    #[error("creating docker network {name} with subnet {prefix}: {source}")]
+    Create {
+        /// Network name.
+        name: String,
+        /// The /64.
+        prefix: String,
+        /// Docker's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// Docker failed otherwise.
+    #[error("inspecting docker network {name}: {source}")]
+    Inspect {
+        /// Network name.
+        name: String,
+        /// Docker's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+/// Makes sure network `name` exists with IPv6 subnet `prefix`; creates it if missing.
+///
+/// Idempotent. An existing network of that name with another subnet (or without IPv6) is an
+/// error, never silently reused or replaced: containers of another configuration may be on it.
+pub async fn ensure(
+    docker: &Docker,
+    name: &str,
+    prefix: &Ipv6Prefix,
+    node: &NodeId,
+) -> Result<(), NetworkError> {
+    if let Some(existing) = inspect(docker, name).await? {
+        return check(name, prefix, &existing);
+    }
+    let request = NetworkCreateRequest {
+        name: name.to_string(),
+        driver: Some("bridge".into()),
+        enable_ipv6: Some(true),
+        ipam: Some(Ipam {
+            driver: Some("default".into()),
+            config: Some(vec![IpamConfig {
+                subnet: Some(prefix.to_string()),
+                ..Default::default()
+            }]),
+            options: None,
+        }),
+        options: Some(HashMap::from([(ICC_OPTION.to_string(), "false".to_string())])),
+        labels: Some(HashMap::from([(LABEL_NODE.to_string(), node.to_string())])),
+        ..Default::default()
+    };
+    match docker.create_network(request).await {
+        Ok(_) => {
+            info!(network = name, %prefix, "created docker network");
+            Ok(())
+        }
+        Err(source) => {
+            // Another process may have created it in between: if it now exists as wanted,
+            // that is success. Otherwise Docker's error says why (e.g. the subnet overlaps
+            // another network's).
+            match inspect(docker, name).await? {
+                Some(existing) => check(name, prefix, &existing),
+                None => Err(NetworkError::Create {
+                    name: name.to_string(),
+                    prefix: prefix.to_string(),
+                    source,
+                }),
+            }
+        }
+    }
+}
+
+async fn inspect(docker: &Docker, name: &str) -> Result<Option<NetworkInspect>, NetworkError> {
+    match docker
+        .inspect_network(name, None::<InspectNetworkOptions>)
+        .await
+    {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if is_status(&e, 404) => Ok(None),
+        Err(source) => Err(NetworkError::Inspect {
+            name: name.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Whether an existing network is the configured one.
+fn check(name: &str, prefix: &Ipv6Prefix, net: &NetworkInspect) -> Result<(), NetworkError> {
+    let subnets = v6_subnets(net);
+    let ipv6 = net.enable_ipv6.unwrap_or(false);
+    if !ipv6 || !subnets.contains(prefix) {
+        let found = if subnets.is_empty() || !ipv6 {
+            "no IPv6 subnet".to_string()
+        } else {
+            let list: Vec<String> = subnets.iter().map(|s| s.to_string()).collect();
+            format!("IPv6 subnet {}", list.join(", "))
+        };
+        return Err(NetworkError::Mismatch {
+            name: name.to_string(),
+            want: prefix.to_string(),
+            found,
+        });
+    }
+    let icc = net
+        .options
+        .as_ref()
+        .and_then(|o| o.get(ICC_OPTION))
+        .map(String::as_str);
+    if icc != Some("false") {
+        warn!(
+            network = name,
+            "existing network allows inter-container traffic (enable_icc is not false)"
+        );
+    }
+    Ok(())
+}
+
+/// The IPv6 /64 subnets of a network's IPAM config (others are ignored).
+fn v6_subnets(net: &NetworkInspect) -> Vec<Ipv6Prefix> {
+    net.ipam
+        .as_ref()
+        .and_then(|i| i.config.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.subnet.as_deref())
+        .filter_map(|s| {
+            // Docker may print the subnet in another (equivalent) form: normalise.
+            let (addr, len) = s.split_once('/')?;
+            let addr: Ipv6Addr = addr.parse().ok()?;
+            format!("{addr}/{len}").parse().ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(ipv6: bool, subnets: &[&str]) -> NetworkInspect {
+        NetworkInspect {
+            enable_ipv6: Some(ipv6),
+            ipam: Some(Ipam {
+                config: Some(
+                    subnets
+                        .iter()
+                        .map(|s| IpamConfig {
+                            subnet: Some(s.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn existing_networks_are_checked() {
+        let p: Ipv6Prefix = "fd36:5::/64".parse().unwrap();
+        check("n", &p, &net(true, &["172.20.0.0/16", "fd36:5:0:0::/64"])).unwrap();
+        let err = check("n", &p, &net(true, &["172.20.0.0/16", "fd36:6::/64"])).unwrap_err();
+        assert!(err.to_string().contains("fd36:6::/64"), "{err}");
+        assert!(check("n", &p, &net(false, &["172.20.0.0/16"])).is_err());
+        assert!(check("n", &p, &net(true, &[])).is_err());
+    }
+}
