@@ -86,20 +86,30 @@ up() {
   mkdir -p "$DEV"
   say "starting nats-server on 127.0.0.1:$NATS_PORT"
   spawn nats nats-server -a 127.0.0.1 -p "$NATS_PORT"
-  say "starting the control plane (API http://127.0.0.1:$API_PORT)"
+  say "starting 3 control-plane members (APIs on 127.0.0.1:$API_PORT-$((API_PORT + 2)))"
   spawn cp1 "$BIN/warmpool-control-plane" --id 1 --bootstrap --data-dir "$DEV/cp1" \
     --api-addr "127.0.0.1:$API_PORT" --nats-url "nats://127.0.0.1:$NATS_PORT"
+  for m in 2 3; do
+    spawn "cp$m" "$BIN/warmpool-control-plane" --id "$m" --join --data-dir "$DEV/cp$m" \
+      --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "nats://127.0.0.1:$NATS_PORT"
+  done
   say "starting an agent (node $NODE_ID, containers on $PREFIX)"
   spawn agent "$BIN/warmpool-agent" --node-id "$NODE_ID" --ipv6-prefix "$PREFIX" \
     --nats-url "nats://127.0.0.1:$NATS_PORT"
   wait_http "http://127.0.0.1:$API_PORT/v1/ready" "the control plane"
 
+  local urls="http://127.0.0.1:$API_PORT,http://127.0.0.1:$((API_PORT + 1)),http://127.0.0.1:$((API_PORT + 2))"
   cat >"$DEV/env" <<ENV
-export POOLCTL_URL=http://127.0.0.1:$API_PORT
+export POOLCTL_URL=$urls
 export PATH="$BIN:\$PATH"
 ENV
   local poolctl="$BIN/poolctl"
-  export POOLCTL_URL=http://127.0.0.1:$API_PORT
+  export POOLCTL_URL=$urls
+  say "waiting for 3 voters"
+  for _ in $(seq 1 100); do
+    [ "$("$poolctl" --output json cluster status 2>/dev/null | python3 -c 'import json,sys; print(sum(m["role"]=="voter" for m in json.load(sys.stdin)["members"]))' 2>/dev/null)" = 3 ] && break
+    sleep 0.2
+  done
   if ! "$poolctl" pool show demo >/dev/null 2>&1; then
     say "creating pool demo (min_warm 3, image $IMAGE)"
     "$poolctl" pool create demo --image "$IMAGE" --min-warm 3 --health-path /healthz >/dev/null

@@ -56,9 +56,12 @@ pub struct PoolSpec {
     /// Node labels a node must carry to host this pool, e.g. `{"region": "eu"}`.
     #[serde(default)]
     pub constraints: BTreeMap<String, String>,
-    /// How fast the pool grows.
+    /// How fast the pool grows and shrinks.
     #[serde(default)]
     pub scaling: Scaling,
+    /// Price of one container-hour, for usage accounting (any currency).
+    #[serde(default)]
+    pub price_per_hour: Option<f64>,
 }
 
 /// Limits applied to each container.
@@ -153,6 +156,14 @@ pub struct Scaling {
     /// Pause between batches.
     #[serde(default = "defaults::pacing_ms")]
     pub pacing_ms: u64,
+    /// How long demand must stay low before the pool shrinks.
+    #[serde(default = "defaults::cooldown_secs")]
+    pub cooldown_secs: u64,
+    /// Share of allocations to serve from a warm container (e.g. 0.99). When set, the scaler
+    /// derives the warm count from the observed arrival rate, its burstiness and the p99 time
+    /// to make a container warm, within `min_warm..=max_warm`.
+    #[serde(default)]
+    pub target_hit_rate: Option<f64>,
 }
 
 impl Default for Scaling {
@@ -160,6 +171,8 @@ impl Default for Scaling {
         Scaling {
             batch_size: defaults::batch_size(),
             pacing_ms: defaults::pacing_ms(),
+            cooldown_secs: defaults::cooldown_secs(),
+            target_hit_rate: None,
         }
     }
 }
@@ -198,6 +211,9 @@ mod defaults {
     pub fn pacing_ms() -> u64 {
         200
     }
+    pub fn cooldown_secs() -> u64 {
+        60
+    }
 }
 
 /// Why a pool spec was refused.
@@ -225,6 +241,7 @@ impl PoolSpec {
             reuse: ReusePolicy::Never,
             constraints: BTreeMap::new(),
             scaling: Scaling::default(),
+            price_per_hour: None,
         }
     }
 
@@ -285,6 +302,17 @@ impl PoolSpec {
         }
         if self.lease_seconds == 0 {
             return fail("lease_seconds must be at least 1".into());
+        }
+        if let Some(t) = self.scaling.target_hit_rate {
+            if !(t > 0.0 && t < 1.0) {
+                return fail("scaling.target_hit_rate must be between 0 and 1 (e.g. 0.99)".into());
+            }
+        }
+        if self
+            .price_per_hour
+            .is_some_and(|p| !(p >= 0.0 && p.is_finite()))
+        {
+            return fail("price_per_hour must be a non-negative number".into());
         }
         if self.scaling.batch_size == 0 {
             return fail("scaling.batch_size must be at least 1".into());
