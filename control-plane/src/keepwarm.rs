@@ -116,7 +116,8 @@ fn plan_pool(
         });
     }
 
-    let wanted = state.wanted(pool) as usize;
+    // Waiting allocations are demand the pool must meet now, on top of its warm target.
+    let wanted = state.wanted(pool) as usize + state.waiting(name);
     let supply = warm_current.len() + creating;
 
     // Draining nodes give up their warm containers once the rest holds enough.
@@ -383,6 +384,7 @@ mod tests {
             session: SessionId::new("s").unwrap(),
             lease_ms: 1000,
             idempotency_key: None,
+            wait_ms: 0,
         });
         assert_eq!(created(&w.decide()), 1);
     }
@@ -403,6 +405,7 @@ mod tests {
                 session: SessionId::new("s").unwrap(),
                 lease_ms: 1000,
                 idempotency_key: None,
+                wait_ms: 0,
             });
         }
         let d = w.decide();

@@ -408,6 +408,13 @@ impl Leader {
 
     async fn expire_leases(&self) {
         let now = Timestamp::now();
+        let stale_waiters = self
+            .cluster
+            .shared()
+            .read(|s| s.pending().any(|(_, q)| q.iter().any(|p| p.deadline < now)));
+        if stale_waiters {
+            self.write(Command::ExpireWaits).await;
+        }
         let expired: Vec<_> = self.cluster.shared().read(|s| {
             s.allocations()
                 .filter(|a| a.state == AllocationState::Active && a.expires_at <= now)

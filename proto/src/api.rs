@@ -86,6 +86,9 @@ pub struct PoolStatus {
     pub counts: Counts,
     /// Warm containers the pool is aiming for.
     pub wanted: u32,
+    /// Allocations waiting in the pool's queue for a container to become warm.
+    #[serde(default)]
+    pub waiting: u32,
     /// `min_warm` of the spec.
     pub min_warm: u32,
     /// `max_warm` of the spec.

@@ -73,80 +73,108 @@ pub async fn create(
         None => SessionId::new(format!("s-{}", uuid::Uuid::now_v7()))
             .map_err(|e| ApiError::Internal(e.to_string()))?,
     };
+    let allocation_id = AllocationId::new();
     let cmd = Command::Allocate {
-        allocation_id: AllocationId::new(),
+        allocation_id,
         pool: pool.clone(),
         session,
         lease_ms,
         idempotency_key: req.idempotency_key.clone(),
+        wait_ms,
     };
-
     let deadline = start + Duration::from_millis(wait_ms);
     let shared = app.cluster.shared().clone();
+    // Subscribe before writing, so a container granted right after the write is not missed.
     let mut applied = shared.subscribe();
-    let mut first = true;
+    let queued = match app.cluster.write(Request::now(cmd)).await {
+        Ok(Applied::Allocation {
+            allocation,
+            replayed,
+        }) => {
+            record(
+                pool.as_str(),
+                if replayed { "replayed" } else { "warm" },
+                start,
+            );
+            return Ok(allocated(&allocation, replayed));
+        }
+        Ok(Applied::Queued { allocation_id, .. }) => allocation_id,
+        Ok(Applied::Rejected(r)) => {
+            record(
+                pool.as_str(),
+                if r.code == RejectCode::NoCapacity {
+                    "no_capacity"
+                } else {
+                    "refused"
+                },
+                start,
+            );
+            return Err(r.into());
+        }
+        Ok(other) => return Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+        Err(e) => {
+            record(pool.as_str(), "unavailable", start);
+            return Err(e.into());
+        }
+    };
+    metrics::gauge!("warmpool_allocation_waiting", "pool" => pool.to_string()).increment(1.0);
+    let _waiting = WaitGauge(pool.to_string());
+    // Queued in the replicated state: the first container to become warm is ours, in order.
+    // Watch the local replica until the allocation shows up, or the time is up.
     loop {
-        // Propose only when it can succeed, so a waiting request does not fill the log with
-        // refusals: the first time, then whenever the local replica shows a warm container.
-        let hopeful = first
-            || shared.read(|s| {
-                s.has_allocatable(&pool)
-                    || req
-                        .idempotency_key
-                        .as_deref()
-                        .is_some_and(|k| s.allocation_by_key(k).is_some())
-            });
-        first = false;
-        applied.borrow_and_update();
-        if hopeful {
-            match app.cluster.write(Request::now(cmd.clone())).await {
-                Ok(Applied::Allocation {
-                    allocation,
-                    replayed,
-                }) => {
-                    record(
-                        pool.as_str(),
-                        if replayed { "replayed" } else { "allocated" },
-                        start,
-                    );
-                    let mut resp = (StatusCode::CREATED, Json(&allocation)).into_response();
-                    let location = format!("/v1/allocations/{}", allocation.id);
-                    if let Ok(v) = HeaderValue::from_str(&location) {
-                        resp.headers_mut().insert("location", v);
-                    }
-                    if replayed {
-                        resp.headers_mut()
-                            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-                    }
-                    return Ok(resp);
-                }
-                Ok(Applied::Rejected(r)) if r.code == RejectCode::NoCapacity => {}
-                Ok(Applied::Rejected(r)) => {
-                    record(pool.as_str(), "refused", start);
-                    return Err(r.into());
-                }
-                Ok(other) => {
-                    return Err(ApiError::Internal(format!("unexpected answer {other:?}")))
-                }
-                Err(e) => {
-                    record(pool.as_str(), "unavailable", start);
-                    return Err(e.into());
-                }
-            }
+        if let Some(a) = shared.read(|s| s.allocation(&queued).cloned()) {
+            record(pool.as_str(), "waited", start);
+            return Ok(allocated(&a, false));
         }
         if Instant::now() >= deadline {
+            break;
+        }
+        let _ = tokio::time::timeout_at(deadline, applied.changed()).await;
+    }
+    // Leave the queue; if a container came at the last moment, take it.
+    match app
+        .cluster
+        .write(Request::now(Command::CancelWait {
+            allocation_id: queued,
+        }))
+        .await?
+    {
+        Applied::Allocation { allocation, .. } => {
+            record(pool.as_str(), "waited", start);
+            Ok(allocated(&allocation, false))
+        }
+        _ => {
             record(pool.as_str(), "no_capacity", start);
-            return Err(ApiError::NoCapacity {
+            Err(ApiError::NoCapacity {
                 message: format!(
                     "no warm container of pool {:?} became free within {wait_ms} ms; retry, or pass a longer wait_ms",
                     pool.as_str()
                 ),
                 retry_after: 1,
-            });
+            })
         }
-        // Wait for the replica to change (a container became warm), or the deadline.
-        let _ = tokio::time::timeout_at(deadline, applied.changed()).await;
     }
+}
+
+/// Decrements the waiting gauge when a waiting request ends, however it ends.
+struct WaitGauge(String);
+
+impl Drop for WaitGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("warmpool_allocation_waiting", "pool" => self.0.clone()).decrement(1.0);
+    }
+}
+
+fn allocated(a: &Allocation, replayed: bool) -> Response {
+    let mut resp = (StatusCode::CREATED, Json(a)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/allocations/{}", a.id)) {
+        resp.headers_mut().insert("location", v);
+    }
+    if replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    resp
 }
 
 #[derive(Deserialize, Default)]

@@ -7,9 +7,11 @@ use warmpool_proto::{
     Node, NodeId, PoolName, PoolSpec, SessionId, Timestamp,
 };
 
+use std::collections::VecDeque;
+
 use super::{
-    Command, PoolState, RejectCode, Request, Response, ENDED_CONTAINER_RETENTION, EVENT_RETENTION,
-    RELEASED_ALLOCATION_RETENTION,
+    Command, Pending, PoolState, RejectCode, Request, Response, ENDED_CONTAINER_RETENTION,
+    EVENT_RETENTION, RELEASED_ALLOCATION_RETENTION, WAIT_GRACE_MS,
 };
 
 /// The log position and clock of the command being applied.
@@ -55,7 +57,14 @@ impl PoolState {
     pub fn apply(&mut self, index: u64, req: Request) -> Response {
         let ctx = Ctx { index, at: req.at };
         self.applied_index = index;
-        match req.cmd {
+        let response = self.apply_cmd(ctx, req.cmd);
+        // Whatever changed, a waiting allocation gets the first container it can take.
+        self.serve_waiters(ctx);
+        response
+    }
+
+    fn apply_cmd(&mut self, ctx: Ctx, cmd: Command) -> Response {
+        match cmd {
             Command::CreatePool { spec } => self.create_pool(ctx, spec),
             Command::PutPool { spec } => self.put_pool(ctx, spec),
             Command::DeletePool { name } => self.delete_pool(ctx, &name),
@@ -88,7 +97,25 @@ impl PoolState {
                 session,
                 lease_ms,
                 idempotency_key,
-            } => self.allocate(ctx, allocation_id, pool, session, lease_ms, idempotency_key),
+                wait_ms,
+            } => {
+                let req = Pending {
+                    allocation_id,
+                    session,
+                    lease_ms,
+                    idempotency_key,
+                    since: ctx.at,
+                    // A little past the requester's own deadline, so its CancelWait lands
+                    // first; this only matters when the requester is gone.
+                    deadline: ctx.at.plus_millis(wait_ms + WAIT_GRACE_MS),
+                };
+                self.allocate(ctx, pool, req, wait_ms > 0)
+            }
+            Command::CancelWait { allocation_id } => self.cancel_wait(allocation_id),
+            Command::ExpireWaits => {
+                self.expire_waits(ctx.at);
+                Response::Ok
+            }
             Command::Release {
                 allocation_id,
                 reason,
@@ -525,67 +552,185 @@ impl PoolState {
             })
     }
 
-    fn allocate(
-        &mut self,
-        ctx: Ctx,
-        allocation_id: AllocationId,
-        pool: PoolName,
-        session: SessionId,
-        lease_ms: u64,
-        idempotency_key: Option<String>,
-    ) -> Response {
-        if let Some(key) = &idempotency_key {
-            if let Some(existing) = self.allocation_by_key(key) {
-                if existing.pool != pool {
+    /// An allocation request: served from a warm container, or queued when asked to wait,
+    /// or refused. Never served ahead of an earlier waiter.
+    fn allocate(&mut self, ctx: Ctx, pool: PoolName, req: Pending, may_wait: bool) -> Response {
+        let id = req.allocation_id;
+        if let Some(key) = &req.idempotency_key {
+            if let Some(&known) = self.idempotency.get(key) {
+                let known_pool = self
+                    .allocations
+                    .get(&known)
+                    .map(|a| a.pool.clone())
+                    .or_else(|| self.queue_of(&known));
+                if known_pool.as_ref().is_some_and(|p| p != &pool) {
                     return Response::rejected(
                         RejectCode::Conflict,
-                        format!(
-                            "idempotency key {key:?} was used for pool {:?}",
-                            existing.pool.as_str()
-                        ),
+                        format!("idempotency key {key:?} was used for another pool"),
                     );
                 }
+                return self.answer_known(known);
+            }
+        }
+        if self.allocations.contains_key(&id) || self.queue_of(&id).is_some() {
+            // A retried proposal of the same command: answer what it made.
+            return self.answer_known(id);
+        }
+        if !self.pools.contains_key(&pool) {
+            return Response::rejected(RejectCode::NotFound, format!("no pool named {pool:?}"));
+        }
+        *self.arrivals.entry(pool.clone()).or_default() += 1;
+        let queue_empty = self.waiting(&pool) == 0;
+        if queue_empty {
+            if let Some(cid) = self.pick_warm(&pool) {
+                let allocation = self.grant(ctx, &pool, req, cid);
                 return Response::Allocation {
-                    allocation: existing.clone(),
-                    replayed: true,
+                    allocation,
+                    replayed: false,
                 };
             }
         }
-        if let Some(existing) = self.allocations.get(&allocation_id) {
-            // A retried proposal of the same command: answer what it made.
-            return Response::Allocation {
-                allocation: existing.clone(),
-                replayed: true,
-            };
-        }
-        let Some(p) = self.pools.get(&pool) else {
-            return Response::rejected(RejectCode::NotFound, format!("no pool named {pool:?}"));
-        };
-        let max_lifetime = p.spec.max_lifetime_secs;
-        let Some(cid) = self.pick_warm(&pool) else {
+        if !may_wait {
             return Response::rejected(
                 RejectCode::NoCapacity,
                 format!("no warm container free in pool {:?}", pool.as_str()),
             );
-        };
+        }
+        if let Some(key) = &req.idempotency_key {
+            self.idempotency.insert(key.clone(), id);
+        }
+        let queue = self.pending.entry(pool).or_default();
+        queue.push_back(req);
+        Response::Queued {
+            allocation_id: id,
+            position: queue.len() - 1,
+        }
+    }
+
+    /// The pool whose queue holds `id`.
+    fn queue_of(&self, id: &AllocationId) -> Option<PoolName> {
+        self.pending
+            .iter()
+            .find(|(_, q)| q.iter().any(|p| &p.allocation_id == id))
+            .map(|(pool, _)| pool.clone())
+    }
+
+    /// What a repeated request for a known allocation id is answered.
+    fn answer_known(&self, id: AllocationId) -> Response {
+        if let Some(a) = self.allocations.get(&id) {
+            return Response::Allocation {
+                allocation: a.clone(),
+                replayed: true,
+            };
+        }
+        if let Some(pool) = self.queue_of(&id) {
+            let position = self.pending[&pool]
+                .iter()
+                .position(|p| p.allocation_id == id)
+                .unwrap_or(0);
+            return Response::Queued {
+                allocation_id: id,
+                position,
+            };
+        }
+        Response::rejected(
+            RejectCode::NoCapacity,
+            "the allocation gave up waiting".to_string(),
+        )
+    }
+
+    /// Hands queued allocations the containers that became free, oldest waiter first, and
+    /// drops waiters whose time is up.
+    fn serve_waiters(&mut self, ctx: Ctx) {
+        let pools: Vec<PoolName> = self.pending().map(|(p, _)| p.clone()).collect();
+        for pool in pools {
+            loop {
+                let Some(head) = self.pending.get(&pool).and_then(|q| q.front()) else {
+                    break;
+                };
+                if head.deadline < ctx.at {
+                    self.drop_waiter(&pool, 0);
+                    continue;
+                }
+                let Some(cid) = self.pick_warm(&pool) else {
+                    break;
+                };
+                let Some(req) = self.pending.get_mut(&pool).and_then(VecDeque::pop_front) else {
+                    break;
+                };
+                self.grant(ctx, &pool, req, cid);
+            }
+            if self.pending.get(&pool).is_some_and(VecDeque::is_empty) {
+                self.pending.remove(&pool);
+            }
+        }
+    }
+
+    fn drop_waiter(&mut self, pool: &PoolName, index: usize) -> Option<Pending> {
+        let gone = self.pending.get_mut(pool)?.remove(index)?;
+        if let Some(key) = &gone.idempotency_key {
+            if self.idempotency.get(key) == Some(&gone.allocation_id) {
+                self.idempotency.remove(key);
+            }
+        }
+        Some(gone)
+    }
+
+    fn cancel_wait(&mut self, id: AllocationId) -> Response {
+        if let Some(a) = self.allocations.get(&id) {
+            return Response::Allocation {
+                allocation: a.clone(),
+                replayed: true,
+            };
+        }
+        if let Some(pool) = self.queue_of(&id) {
+            if let Some(i) = self.pending[&pool]
+                .iter()
+                .position(|p| p.allocation_id == id)
+            {
+                self.drop_waiter(&pool, i);
+            }
+        }
+        Response::rejected(
+            RejectCode::NoCapacity,
+            "no warm container became free in time",
+        )
+    }
+
+    fn expire_waits(&mut self, now: Timestamp) {
+        let pools: Vec<PoolName> = self.pending().map(|(p, _)| p.clone()).collect();
+        for pool in pools {
+            while let Some(i) = self
+                .pending
+                .get(&pool)
+                .and_then(|q| q.iter().position(|p| p.deadline < now))
+            {
+                self.drop_waiter(&pool, i);
+            }
+        }
+    }
+
+    /// Hands container `cid` to the request.
+    fn grant(&mut self, ctx: Ctx, pool: &PoolName, req: Pending, cid: ContainerId) -> Allocation {
+        let max_lifetime = self.pools.get(pool).and_then(|p| p.spec.max_lifetime_secs);
         let max_expires_at = max_lifetime.map(|s| ctx.at.plus_millis(s.saturating_mul(1000)));
         let expires_at = match max_expires_at {
-            Some(cap) => ctx.at.plus_millis(lease_ms).min(cap),
-            None => ctx.at.plus_millis(lease_ms),
+            Some(cap) => ctx.at.plus_millis(req.lease_ms).min(cap),
+            None => ctx.at.plus_millis(req.lease_ms),
         };
         self.set_state(cid, ContainerState::Allocated, ctx.at);
         let c = self
             .containers
             .get_mut(&cid)
             .expect("picked container exists");
-        c.session = Some(session.clone());
-        c.allocation = Some(allocation_id);
+        c.session = Some(req.session.clone());
+        c.allocation = Some(req.allocation_id);
         c.allocated_at = Some(ctx.at);
         c.lease_expires_at = Some(expires_at);
         let allocation = Allocation {
-            id: allocation_id,
-            session_id: session,
-            pool,
+            id: req.allocation_id,
+            session_id: req.session,
+            pool: pool.clone(),
             container_id: cid,
             node: c.node.clone(),
             ipv6: c.ipv6,
@@ -594,21 +739,23 @@ impl PoolState {
             created_at: ctx.at,
             expires_at,
             max_expires_at,
-            idempotency_key: idempotency_key.clone(),
+            idempotency_key: req.idempotency_key.clone(),
             state: AllocationState::Active,
             released_at: None,
             release_reason: None,
         };
-        let body = EventBody::of_container(c);
-        self.allocations.insert(allocation_id, allocation.clone());
-        if let Some(key) = idempotency_key {
-            self.idempotency.insert(key, allocation_id);
+        let mut body = EventBody::of_container(c);
+        let waited = ctx.at.since(req.since).as_millis() as u64;
+        if waited > 0 {
+            body.detail = Some(serde_json::json!({ "waited_ms": waited }));
+        }
+        self.allocations
+            .insert(req.allocation_id, allocation.clone());
+        if let Some(key) = req.idempotency_key {
+            self.idempotency.insert(key, req.allocation_id);
         }
         self.emit(ctx, EventKind::ContainerAllocated, body);
-        Response::Allocation {
-            allocation,
-            replayed: false,
-        }
+        allocation
     }
 
     fn release(&mut self, ctx: Ctx, id: AllocationId, reason: ReleaseReason) -> Response {

@@ -89,7 +89,19 @@ pub enum Command {
         lease_ms: u64,
         /// Retries with the same key get the same allocation.
         idempotency_key: Option<String>,
+        /// When no container is free, wait in the pool's queue this long: the first container
+        /// to become warm goes to the longest waiter.
+        #[serde(default)]
+        wait_ms: u64,
     },
+    /// A waiting allocation gives up: answered with the allocation if it was served in the
+    /// meantime, else it leaves the queue.
+    CancelWait {
+        /// The waiting allocation.
+        allocation_id: AllocationId,
+    },
+    /// Drops waiting allocations whose time is up (their requester is gone).
+    ExpireWaits,
     /// End an allocation.
     Release {
         /// The allocation.
@@ -162,6 +174,13 @@ pub enum Response {
         allocation: Allocation,
         /// True when an earlier command with the same idempotency key made it.
         replayed: bool,
+    },
+    /// No container was free; the allocation waits in the pool's queue.
+    Queued {
+        /// The allocation it will become.
+        allocation_id: AllocationId,
+        /// Place in the queue, 0 = next.
+        position: usize,
     },
     /// The command was refused; the state did not change.
     Rejected(Rejection),

@@ -25,6 +25,26 @@ pub const EVENT_RETENTION: usize = 100_000;
 pub const ENDED_CONTAINER_RETENTION: usize = 2_000;
 /// Most released allocation records (and their idempotency keys) kept.
 pub const RELEASED_ALLOCATION_RETENTION: usize = 100_000;
+/// How long past its requester's deadline a waiting allocation stays queued, so the
+/// requester's own cancel arrives first.
+pub const WAIT_GRACE_MS: u64 = 2_000;
+
+/// An allocation waiting in its pool's queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The allocation it will become.
+    pub allocation_id: AllocationId,
+    /// The session.
+    pub session: warmpool_proto::SessionId,
+    /// Lease length, ms.
+    pub lease_ms: u64,
+    /// Its idempotency key.
+    pub idempotency_key: Option<String>,
+    /// When it was asked for.
+    pub since: Timestamp,
+    /// After this it is dropped unserved.
+    pub deadline: Timestamp,
+}
 
 /// Everything the control plane agrees on.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -45,6 +65,11 @@ pub struct PoolState {
     released_allocations: VecDeque<AllocationId>,
     /// Index of the last applied log entry.
     applied_index: u64,
+    /// Allocations waiting for a warm container, per pool, oldest first.
+    pending: BTreeMap<PoolName, VecDeque<Pending>>,
+    /// Allocation requests ever made per pool (served, queued or refused; replays excluded):
+    /// the demand the scaler measures.
+    arrivals: BTreeMap<PoolName, u64>,
 
     /// Warm containers per pool, ordered by when they became warm: allocation takes the
     /// oldest first. Derived from `containers`; rebuilt after a snapshot is loaded.
@@ -137,6 +162,28 @@ impl PoolState {
     /// Whether `pool` has a container an allocation could take right now.
     pub fn has_allocatable(&self, pool: &PoolName) -> bool {
         self.pick_warm(pool).is_some()
+    }
+
+    /// Allocations waiting in `pool`'s queue.
+    pub fn waiting(&self, pool: &PoolName) -> usize {
+        self.pending.get(pool).map_or(0, VecDeque::len)
+    }
+
+    /// Every waiting allocation, per pool.
+    pub fn pending(&self) -> impl Iterator<Item = (&PoolName, &VecDeque<Pending>)> {
+        self.pending.iter().filter(|(_, q)| !q.is_empty())
+    }
+
+    /// Whether `id` is waiting in a queue.
+    pub fn is_waiting(&self, id: &AllocationId) -> bool {
+        self.pending
+            .values()
+            .any(|q| q.iter().any(|p| &p.allocation_id == id))
+    }
+
+    /// Allocation requests made for `pool` so far.
+    pub fn arrivals(&self, pool: &PoolName) -> u64 {
+        self.arrivals.get(pool).copied().unwrap_or(0)
     }
 }
 

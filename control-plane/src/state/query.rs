@@ -150,6 +150,7 @@ impl PoolState {
                 generation: p.generation,
                 counts: by_pool.get(&p.spec.name).copied().unwrap_or_default(),
                 wanted: self.wanted(p),
+                waiting: self.waiting(&p.spec.name) as u32,
                 min_warm: p.spec.min_warm,
                 max_warm: p.spec.max_warm(),
                 max_total: p.spec.max_total,

@@ -111,6 +111,7 @@ impl Harness {
             session: SessionId::new("s-1").unwrap(),
             lease_ms: 60_000,
             idempotency_key: key.map(str::to_string),
+            wait_ms: 0,
         })
     }
 
@@ -282,6 +283,7 @@ fn a_retried_allocate_proposal_is_answered_not_doubled() {
         session: SessionId::new("s").unwrap(),
         lease_ms: 1000,
         idempotency_key: None,
+        wait_ms: 0,
     };
     let (a, _) = allocation(h.apply(cmd.clone()));
     let (b, replayed) = allocation(h.apply(cmd));
@@ -309,13 +311,15 @@ fn allocations_never_share_a_container_and_empty_pool_is_no_capacity() {
     assert_eq!(rejection(r), RejectCode::NoCapacity);
     let mut after: PoolState =
         serde_json::from_str(&serde_json::to_string(&h.state).unwrap()).unwrap();
-    after.applied_index = serde_json::from_str::<PoolState>(&before)
-        .unwrap()
-        .applied_index;
+    let was: PoolState = serde_json::from_str(&before).unwrap();
+    // Only the log position and the demand counter (a refusal is demand) move.
+    assert_eq!(after.arrivals(&p), was.arrivals(&p) + 1);
+    after.applied_index = was.applied_index;
+    after.arrivals = was.arrivals.clone();
     assert_eq!(
         serde_json::to_string(&after).unwrap(),
         before,
-        "a refusal changes nothing"
+        "a refusal changes nothing else"
     );
 
     let unknown = PoolName::new("nope").unwrap();
@@ -605,6 +609,7 @@ fn snapshot_round_trip_restores_indexes_and_replay_is_deterministic() {
                 session: SessionId::new("s").unwrap(),
                 lease_ms: 1,
                 idempotency_key: None,
+                wait_ms: 0,
             },
         },
     );
@@ -631,4 +636,127 @@ fn events_page_forward_and_back_with_filters() {
         ..Default::default()
     };
     assert_eq!(h.state.events(None, None, 1000, &warm).len(), 5);
+}
+
+fn wait_for(
+    h: &mut Harness,
+    pool: &PoolName,
+    key: Option<&str>,
+    wait_ms: u64,
+) -> (AllocationId, Response) {
+    let id = AllocationId::new();
+    let r = h.apply(Command::Allocate {
+        allocation_id: id,
+        pool: pool.clone(),
+        session: SessionId::new("w").unwrap(),
+        lease_ms: 60_000,
+        idempotency_key: key.map(str::to_string),
+        wait_ms,
+    });
+    (id, r)
+}
+
+#[test]
+fn waiting_allocations_are_served_first_come_first_served() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 0);
+    let (first, r1) = wait_for(&mut h, &p, None, 5_000);
+    let (second, r2) = wait_for(&mut h, &p, None, 5_000);
+    assert!(matches!(r1, Response::Queued { position: 0, .. }), "{r1:?}");
+    assert!(matches!(r2, Response::Queued { position: 1, .. }), "{r2:?}");
+    assert_eq!(h.state.waiting(&p), 2);
+    assert_eq!(h.state.arrivals(&p), 2);
+
+    // A newcomer that will not wait is refused rather than jumping the queue.
+    h.warm(&p, &n, 1);
+    assert!(
+        h.state.allocation(&first).is_some(),
+        "the oldest waiter got the first warm container"
+    );
+    assert!(h.state.allocation(&second).is_none());
+    let ids = h.plan(&p, &n, 1);
+    let (third, r3) = wait_for(&mut h, &p, None, 5_000);
+    assert!(
+        matches!(r3, Response::Queued { position: 1, .. }),
+        "behind the second: {r3:?}"
+    );
+    h.observe(&n, ids[0], ObservedStatus::Running, Health::Healthy);
+    assert!(h.state.allocation(&second).is_some());
+    assert!(h.state.allocation(&third).is_none());
+    let waited = h.state.events(
+        None,
+        None,
+        1000,
+        &EventFilter {
+            kinds: vec![EventKind::ContainerAllocated],
+            ..Default::default()
+        },
+    );
+    assert!(waited.iter().all(|e| e
+        .detail
+        .as_ref()
+        .is_some_and(|d| d["waited_ms"].as_u64().is_some())));
+}
+
+#[test]
+fn a_waiter_that_gives_up_leaves_the_queue_and_a_served_one_is_answered() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 0);
+    let (gave_up, _) = wait_for(&mut h, &p, Some("k1"), 5_000);
+    let (served, _) = wait_for(&mut h, &p, None, 5_000);
+    let r = h.apply(Command::CancelWait {
+        allocation_id: gave_up,
+    });
+    assert_eq!(rejection(r), RejectCode::NoCapacity);
+    assert_eq!(h.state.waiting(&p), 1);
+    assert!(
+        h.state.allocation_by_key("k1").is_none(),
+        "its key is free again"
+    );
+    h.warm(&p, &n, 1);
+    let (a, replayed) = allocation(h.apply(Command::CancelWait {
+        allocation_id: served,
+    }));
+    assert!(
+        replayed,
+        "served before it gave up: the cancel answers the allocation"
+    );
+    assert_eq!(a.id, served);
+}
+
+#[test]
+fn a_retry_of_a_queued_request_stays_in_its_place() {
+    let mut h = Harness::new();
+    let p = h.pool("demo", 0);
+    let (id, _) = wait_for(&mut h, &p, Some("same"), 5_000);
+    wait_for(&mut h, &p, None, 5_000);
+    let (_, again) = wait_for(&mut h, &p, Some("same"), 5_000);
+    assert_eq!(
+        again,
+        Response::Queued {
+            allocation_id: id,
+            position: 0
+        }
+    );
+    assert_eq!(h.state.waiting(&p), 2, "not queued twice");
+    assert_eq!(h.state.arrivals(&p), 2, "a retry is not new demand");
+}
+
+#[test]
+fn waiters_whose_requester_vanished_expire() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 0);
+    let (id, _) = wait_for(&mut h, &p, None, 100);
+    h.now += 100 + WAIT_GRACE_MS + 1;
+    h.apply(Command::ExpireWaits);
+    assert_eq!(h.state.waiting(&p), 0);
+    h.warm(&p, &n, 1);
+    assert!(
+        h.state.allocation(&id).is_none(),
+        "an expired waiter is never served"
+    );
+    assert_eq!(h.state.pool_counts(&p).warm, 1);
 }
