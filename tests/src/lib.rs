@@ -514,22 +514,37 @@ impl TestCluster {
         let nats = Nats::start(dir.path());
         let mut members = Vec::new();
         for id in 1..=n {
-            let m = if id == 1 { Member::new(1, &nats.url(), dir.path(), true) } else { Member::joining(id, &nats.url(), dir.path()) };
+            let m = if id == 1 {
+                Member::new(1, &nats.url(), dir.path(), true)
+            } else {
+                Member::joining(id, &nats.url(), dir.path())
+            };
             let mut m = m.with_args(extra_args);
             m.start();
             members.push(m);
         }
         let client = Client::new(members.iter().map(Member::url).collect(), None).expect("client");
-        let c = TestCluster { nats, members, agents: Vec::new(), client, dir };
+        let c = TestCluster {
+            nats,
+            members,
+            agents: Vec::new(),
+            client,
+            dir,
+        };
         c.wait_ready().await;
         let client = c.client.clone();
-        wait_until(Duration::from_secs(60), "every member to be a voter", || {
-            let client = client.clone();
-            async move {
-                let view = client.cluster().await.ok()?;
-                (view.members.iter().filter(|m| m.role == "voter").count() == n as usize).then_some(())
-            }
-        })
+        wait_until(
+            Duration::from_secs(60),
+            "every member to be a voter",
+            || {
+                let client = client.clone();
+                async move {
+                    let view = client.cluster().await.ok()?;
+                    (view.members.iter().filter(|m| m.role == "voter").count() == n as usize)
+                        .then_some(())
+                }
+            },
+        )
         .await;
         c
     }

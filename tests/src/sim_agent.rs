@@ -13,7 +13,8 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 use warmpool_proto::agent::{
-    inventory_digest, AgentCommand, AgentReply, Fact, Heartbeat, Inventory, InventoryEntry, ObservedStatus, Usage,
+    inventory_digest, AgentCommand, AgentReply, Fact, Heartbeat, Inventory, InventoryEntry,
+    ObservedStatus, Usage,
 };
 use warmpool_proto::records::Resources;
 use warmpool_proto::{subjects, ContainerId, Health, NodeId, Timestamp};
@@ -34,27 +35,56 @@ pub struct SimAgent {
 
 impl SimAgent {
     /// Starts an agent for `node` against `nats_url`, heartbeating every `heartbeat`.
-    pub async fn start(nats_url: &str, node: &str, prefix_index: u16, heartbeat: Duration) -> SimAgent {
+    pub async fn start(
+        nats_url: &str,
+        node: &str,
+        prefix_index: u16,
+        heartbeat: Duration,
+    ) -> SimAgent {
         let node = NodeId::new(node).expect("node id");
-        let client = async_nats::connect(nats_url).await.expect("connect to nats");
-        let state = Arc::new(Mutex::new(State { containers: BTreeMap::new(), seq: 0, next_host: 2 }));
+        let client = async_nats::connect(nats_url)
+            .await
+            .expect("connect to nats");
+        let state = Arc::new(Mutex::new(State {
+            containers: BTreeMap::new(),
+            seq: 0,
+            next_host: 2,
+        }));
         let boot_id = Uuid::now_v7();
         let prefix = format!("fd37:{prefix_index:x}::/64");
         let net: Ipv6Addr = format!("fd37:{prefix_index:x}::").parse().expect("prefix");
 
-        let mut sub = client.subscribe(subjects::cmd(&node)).await.expect("subscribe");
+        let mut sub = client
+            .subscribe(subjects::cmd(&node))
+            .await
+            .expect("subscribe");
         let cmd_task = {
             let (client, state, node) = (client.clone(), state.clone(), node.clone());
             tokio::spawn(async move {
                 while let Some(msg) = sub.next().await {
-                    let Some(reply) = msg.reply.clone() else { continue };
-                    let (answer, fact) = match serde_json::from_slice::<AgentCommand>(&msg.payload) {
-                        Err(e) => (AgentReply::Error { message: e.to_string() }, None),
+                    let Some(reply) = msg.reply.clone() else {
+                        continue;
+                    };
+                    let (answer, fact) = match serde_json::from_slice::<AgentCommand>(&msg.payload)
+                    {
+                        Err(e) => (
+                            AgentReply::Error {
+                                message: e.to_string(),
+                            },
+                            None,
+                        ),
                         Ok(cmd) => handle(&state, &node, boot_id, net, cmd),
                     };
-                    let _ = client.publish(reply, serde_json::to_vec(&answer).expect("json").into()).await;
+                    let _ = client
+                        .publish(reply, serde_json::to_vec(&answer).expect("json").into())
+                        .await;
                     if let Some(f) = fact {
-                        let _ = client.publish(subjects::facts(&node), serde_json::to_vec(&f).expect("json").into()).await;
+                        let _ = client
+                            .publish(
+                                subjects::facts(&node),
+                                serde_json::to_vec(&f).expect("json").into(),
+                            )
+                            .await;
                     }
                 }
             })
@@ -75,18 +105,34 @@ impl SimAgent {
                             agent_version: "sim".into(),
                             ipv6_prefix: prefix.clone(),
                             labels: BTreeMap::new(),
-                            capacity: Resources { cpu_millis: 10_000_000, memory_mb: 64 * 1024 * 1024 },
-                            usage: Usage { memory_used_mb: 1024, memory_total_mb: 64 * 1024 * 1024, load1: 0.1 },
+                            capacity: Resources {
+                                cpu_millis: 10_000_000,
+                                memory_mb: 64 * 1024 * 1024,
+                            },
+                            usage: Usage {
+                                memory_used_mb: 1024,
+                                memory_total_mb: 64 * 1024 * 1024,
+                                load1: 0.1,
+                            },
                             containers: entries.len() as u32,
                             inventory_digest: inventory_digest(&entries),
                         }
                     };
-                    let _ = client.publish(subjects::heartbeat(&node), serde_json::to_vec(&hb).expect("json").into()).await;
+                    let _ = client
+                        .publish(
+                            subjects::heartbeat(&node),
+                            serde_json::to_vec(&hb).expect("json").into(),
+                        )
+                        .await;
                     tokio::time::sleep(heartbeat).await;
                 }
             })
         };
-        SimAgent { node, tasks: vec![cmd_task, hb_task], state }
+        SimAgent {
+            node,
+            tasks: vec![cmd_task, hb_task],
+            state,
+        }
     }
 
     /// Containers it runs.
@@ -141,7 +187,14 @@ fn handle(
                 last_activity_at: None,
             };
             s.containers.insert(spec.id, entry.clone());
-            (AgentReply::Accepted, Some(Fact::Observed { node: node.clone(), seq, entry }))
+            (
+                AgentReply::Accepted,
+                Some(Fact::Observed {
+                    node: node.clone(),
+                    seq,
+                    entry,
+                }),
+            )
         }
         AgentCommand::Destroy { id, .. } => {
             let existed = s.containers.remove(&id).is_some();
@@ -149,7 +202,16 @@ fn handle(
         }
         AgentCommand::Inventory => {
             let containers = s.containers.values().cloned().collect();
-            (AgentReply::Inventory(Inventory { node: node.clone(), boot_id, seq, taken_at: Timestamp::now(), containers }), None)
+            (
+                AgentReply::Inventory(Inventory {
+                    node: node.clone(),
+                    boot_id,
+                    seq,
+                    taken_at: Timestamp::now(),
+                    containers,
+                }),
+                None,
+            )
         }
     }
 }

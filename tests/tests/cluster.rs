@@ -23,7 +23,10 @@ async fn leader_index(c: &TestCluster) -> usize {
     })
     .await;
     let leader = view.leader.unwrap();
-    c.members.iter().position(|m| m.id == leader).expect("leader is a member")
+    c.members
+        .iter()
+        .position(|m| m.id == leader)
+        .expect("leader is a member")
 }
 
 async fn sim_pool(c: &TestCluster, min_warm: u32) -> (SimAgent, String) {
@@ -54,7 +57,11 @@ async fn every_member_sees_the_same_leader_and_three_voters() {
     let mut leaders = BTreeSet::new();
     for i in 0..3 {
         let v = c.client_of(i).cluster().await.unwrap();
-        assert_eq!(v.members.iter().filter(|m| m.role == "voter").count(), 3, "member {i}: {v:?}");
+        assert_eq!(
+            v.members.iter().filter(|m| m.role == "voter").count(),
+            3,
+            "member {i}: {v:?}"
+        );
         leaders.insert(v.leader.expect("a leader"));
     }
     assert_eq!(leaders.len(), 1, "one leader for all: {leaders:?}");
@@ -66,9 +73,17 @@ async fn an_allocation_made_through_a_follower_is_visible_through_every_member_a
     let (_agent, pool) = sim_pool(&c, 3).await;
     let leader = leader_index(&c).await;
     let follower = (leader + 1) % 3;
-    let a = c.client_of(follower).allocate(&alloc(&pool, None)).await.expect("allocate through a follower");
+    let a = c
+        .client_of(follower)
+        .allocate(&alloc(&pool, None))
+        .await
+        .expect("allocate through a follower");
     for i in 0..3 {
-        let seen = c.client_of(i).get_allocation(a.id).await.unwrap_or_else(|e| panic!("member {i}: {e}"));
+        let seen = c
+            .client_of(i)
+            .get_allocation(a.id)
+            .await
+            .unwrap_or_else(|e| panic!("member {i}: {e}"));
         assert_eq!(seen, a, "member {i}");
     }
 }
@@ -103,7 +118,13 @@ async fn losing_the_leader_under_load_loses_nothing_acknowledged_and_doubles_not
             while start.elapsed() < run_for {
                 n += 1;
                 let key = format!("client{i}-op{n}");
-                let mut op = Op { key: key.clone(), answers: vec![], container: None, session: None, released: false };
+                let mut op = Op {
+                    key: key.clone(),
+                    answers: vec![],
+                    container: None,
+                    session: None,
+                    released: false,
+                };
                 // Retry with the same key until it succeeds (or the run is long over).
                 let deadline = Instant::now() + Duration::from_secs(20);
                 while Instant::now() < deadline {
@@ -142,12 +163,16 @@ async fn losing_the_leader_under_load_loses_nothing_acknowledged_and_doubles_not
         spec.max_total = 10_000;
         spec.scaling.batch_size = 16;
         spec.scaling.pacing_ms = 50;
-        spec.env.insert("PROBE".into(), killed.elapsed().as_millis().to_string());
+        spec.env
+            .insert("PROBE".into(), killed.elapsed().as_millis().to_string());
         if probe.put_pool(&spec).await.is_ok() {
             break killed.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(killed.elapsed() < Duration::from_secs(30), "no leader took writes within 30 s");
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no leader took writes within 30 s"
+        );
     };
     eprintln!("FAILOVER: writes accepted again {failover:?} after the leader was killed");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -158,8 +183,17 @@ async fn losing_the_leader_under_load_loses_nothing_acknowledged_and_doubles_not
     }
     let history = history.lock().unwrap().clone();
     let acknowledged: Vec<&Op> = history.iter().filter(|o| !o.answers.is_empty()).collect();
-    eprintln!("{} allocations acknowledged by {} clients, {} in all attempted", acknowledged.len(), 8, history.len());
-    assert!(acknowledged.len() >= 50, "the cluster kept serving: only {} allocations", acknowledged.len());
+    eprintln!(
+        "{} allocations acknowledged by {} clients, {} in all attempted",
+        acknowledged.len(),
+        8,
+        history.len()
+    );
+    assert!(
+        acknowledged.len() >= 50,
+        "the cluster kept serving: only {} allocations",
+        acknowledged.len()
+    );
 
     // Let the restarted member catch up, then check every member's final state.
     let client = c.client.clone();
@@ -186,7 +220,9 @@ async fn losing_the_leader_under_load_loses_nothing_acknowledged_and_doubles_not
     for op in &acknowledged {
         // 1. Every acknowledged allocation exists, released if its client saw the release.
         for id in &op.answers {
-            let a = state.get(id).unwrap_or_else(|| panic!("acknowledged allocation {id} ({}) is lost", op.key));
+            let a = state
+                .get(id)
+                .unwrap_or_else(|| panic!("acknowledged allocation {id} ({}) is lost", op.key));
             assert_eq!(a.idempotency_key.as_deref(), Some(op.key.as_str()));
             if op.released {
                 assert_eq!(a.state, AllocationState::Released, "{id}");
@@ -194,7 +230,12 @@ async fn losing_the_leader_under_load_loses_nothing_acknowledged_and_doubles_not
         }
         // 2. One key, one allocation, however many retries.
         let distinct: BTreeSet<_> = op.answers.iter().collect();
-        assert_eq!(distinct.len(), 1, "key {} answered with {distinct:?}", op.key);
+        assert_eq!(
+            distinct.len(),
+            1,
+            "key {} answered with {distinct:?}",
+            op.key
+        );
     }
     let mut by_key: BTreeMap<&str, Vec<AllocationId>> = BTreeMap::new();
     for a in state.values() {
@@ -202,19 +243,37 @@ async fn losing_the_leader_under_load_loses_nothing_acknowledged_and_doubles_not
             by_key.entry(k).or_default().push(a.id);
         }
     }
-    assert!(by_key.values().all(|ids| ids.len() == 1), "a key produced two allocations");
+    assert!(
+        by_key.values().all(|ids| ids.len() == 1),
+        "a key produced two allocations"
+    );
     // 3. No container was ever handed to two sessions (containers are never reused, so this
     //    is stronger than "not at overlapping times").
     let mut by_container: BTreeMap<ContainerId, BTreeSet<&SessionId>> = BTreeMap::new();
     for a in state.values() {
-        by_container.entry(a.container_id).or_default().insert(&a.session_id);
+        by_container
+            .entry(a.container_id)
+            .or_default()
+            .insert(&a.session_id);
     }
-    assert!(by_container.values().all(|s| s.len() == 1), "a container went to two sessions");
-    let q = EventQuery { kind: Some("container_allocated".into()), limit: Some(1000), pool: Some(pool.clone()), ..Default::default() };
+    assert!(
+        by_container.values().all(|s| s.len() == 1),
+        "a container went to two sessions"
+    );
+    let q = EventQuery {
+        kind: Some("container_allocated".into()),
+        limit: Some(1000),
+        pool: Some(pool.clone()),
+        ..Default::default()
+    };
     let mut per_container: BTreeMap<ContainerId, usize> = BTreeMap::new();
     let mut after = None;
     loop {
-        let page = c.client.events(&EventQuery { after, ..q.clone() }).await.unwrap();
+        let page = c
+            .client
+            .events(&EventQuery { after, ..q.clone() })
+            .await
+            .unwrap();
         let Some(last) = page.last() else { break };
         after = Some(last.seq);
         for e in &page {
@@ -222,12 +281,18 @@ async fn losing_the_leader_under_load_loses_nothing_acknowledged_and_doubles_not
             *per_container.entry(e.container.unwrap()).or_default() += 1;
         }
     }
-    assert!(per_container.values().all(|n| *n == 1), "a container was allocated twice");
+    assert!(
+        per_container.values().all(|n| *n == 1),
+        "a container was allocated twice"
+    );
     // 4. Every member holds the same allocations.
     for (i, f) in finals.iter().enumerate().skip(1) {
         assert_eq!(f, &finals[0], "member {i} differs");
     }
-    assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+    assert!(
+        failover < Duration::from_secs(5),
+        "failover took {failover:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,13 +323,26 @@ async fn all_members_restarted_hold_identical_state_and_event_logs() {
         let mut all = Vec::new();
         let mut after = None;
         loop {
-            let page = m.events(&EventQuery { after, limit: Some(1000), ..Default::default() }).await.unwrap();
+            let page = m
+                .events(&EventQuery {
+                    after,
+                    limit: Some(1000),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
             let Some(last) = page.last() else { break };
             after = Some(last.seq);
             all.extend(page);
         }
         let allocations = m.list_allocations(&Default::default()).await.unwrap();
-        let pools: Vec<_> = m.list_pools().await.unwrap().into_iter().map(|p| p.pool).collect();
+        let pools: Vec<_> = m
+            .list_pools()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.pool)
+            .collect();
         logs.push((all, allocations, pools));
     }
     assert!(logs[0].0.len() > 20, "the log has the history");
@@ -280,27 +358,43 @@ async fn one_member_down_keeps_serving_two_down_refuses_writes_with_no_quorum() 
     let leader = leader_index(&c).await;
     let follower = (leader + 1) % 3;
     c.members[follower].kill();
-    c.client.allocate(&alloc(&pool, None)).await.expect("two of three still serve");
+    c.client
+        .allocate(&alloc(&pool, None))
+        .await
+        .expect("two of three still serve");
 
     let leader = leader_index(&c).await;
     c.members[leader].kill();
     let last = (0..3).find(|i| c.members[*i].is_running()).unwrap();
     let survivor = c.client_of(last);
-    let err = survivor.allocate(&alloc(&pool, None)).await.expect_err("one of three must not write");
+    let err = survivor
+        .allocate(&alloc(&pool, None))
+        .await
+        .expect_err("one of three must not write");
     assert_eq!(err.status(), Some(503), "{err}");
     assert_eq!(err.code(), Some("no_quorum"), "{err}");
 
     // Reads still answer, and say they may be stale.
-    let resp = reqwest::get(format!("{}/v1/pools", c.members[last].url())).await.unwrap();
+    let resp = reqwest::get(format!("{}/v1/pools", c.members[last].url()))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    let leader_header = resp.headers().get("warmpool-leader").and_then(|v| v.to_str().ok()).map(str::to_string);
-    wait_until(Duration::from_secs(10), "the survivor to know it has no leader", || {
-        let url = c.members[last].url();
-        async move {
-            let r = reqwest::get(format!("{url}/v1/pools")).await.ok()?;
-            (r.headers().get("warmpool-leader")?.to_str().ok()? == "none").then_some(())
-        }
-    })
+    let leader_header = resp
+        .headers()
+        .get("warmpool-leader")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    wait_until(
+        Duration::from_secs(10),
+        "the survivor to know it has no leader",
+        || {
+            let url = c.members[last].url();
+            async move {
+                let r = reqwest::get(format!("{url}/v1/pools")).await.ok()?;
+                (r.headers().get("warmpool-leader")?.to_str().ok()? == "none").then_some(())
+            }
+        },
+    )
     .await;
     let _ = leader_header;
 }
@@ -325,7 +419,10 @@ async fn a_member_joining_after_ten_thousand_allocations_catches_up_by_snapshot(
         let (client, pool, done) = (c.client_of(i % 3), pool.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             while done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < total {
-                let req = CreateAllocation { wait_ms: Some(10_000), ..alloc(&pool, None) };
+                let req = CreateAllocation {
+                    wait_ms: Some(10_000),
+                    ..alloc(&pool, None)
+                };
                 client.allocate(&req).await.expect("allocation");
             }
         }));
@@ -338,30 +435,55 @@ async fn a_member_joining_after_ten_thousand_allocations_catches_up_by_snapshot(
     assert_eq!(status.totals.allocated as usize, total);
     drop(agent);
 
-    let mut joiner = warmpool_tests::Member::joining(4, &c.nats.url(), c.dir()).with_args(&["--snapshot-every", "2000"]);
+    let mut joiner = warmpool_tests::Member::joining(4, &c.nats.url(), c.dir())
+        .with_args(&["--snapshot-every", "2000"]);
     let joined_at = Instant::now();
     joiner.start();
     let client4 = Client::new(vec![joiner.url()], None).unwrap();
     let leader_view = c.client.cluster().await.unwrap();
     let target = leader_view.applied_index.unwrap();
-    let view = wait_until(Duration::from_secs(120), "the new member to catch up", || {
-        let client4 = client4.clone();
-        async move {
-            let v = client4.cluster().await.ok()?;
-            (v.applied_index? >= target && v.members.iter().any(|m| m.id == 4 && m.role == "voter")).then_some(v)
-        }
-    })
+    let view = wait_until(
+        Duration::from_secs(120),
+        "the new member to catch up",
+        || {
+            let client4 = client4.clone();
+            async move {
+                let v = client4.cluster().await.ok()?;
+                (v.applied_index? >= target
+                    && v.members.iter().any(|m| m.id == 4 && m.role == "voter"))
+                .then_some(v)
+            }
+        },
+    )
     .await;
     eprintln!("member 4 caught up in {:?}: {view:?}", joined_at.elapsed());
-    assert!(view.snapshot_index.is_some_and(|s| s > 0), "it was sent a snapshot: {view:?}");
-    let snapshot_bytes = std::fs::read_dir(c.dir().join("cp4/raft")).map(|d| d.count()).unwrap_or(0);
+    assert!(
+        view.snapshot_index.is_some_and(|s| s > 0),
+        "it was sent a snapshot: {view:?}"
+    );
+    let snapshot_bytes = std::fs::read_dir(c.dir().join("cp4/raft"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert!(snapshot_bytes > 0);
     let mine = client4.status().await.unwrap();
-    assert_eq!(mine.totals.allocated, status.totals.allocated, "the same state");
+    assert_eq!(
+        mine.totals.allocated, status.totals.allocated,
+        "the same state"
+    );
     let allocations = client4.list_allocations(&Default::default()).await.unwrap();
     assert_eq!(allocations.len(), total);
-    assert_eq!(allocations, c.client_of(0).list_allocations(&Default::default()).await.unwrap());
+    assert_eq!(
+        allocations,
+        c.client_of(0)
+            .list_allocations(&Default::default())
+            .await
+            .unwrap()
+    );
     let body = serde_json::to_vec(&allocations).unwrap();
-    assert!(body.len() > 1_000_000, "state well over 1 MB: {} bytes of allocations alone", body.len());
+    assert!(
+        body.len() > 1_000_000,
+        "state well over 1 MB: {} bytes of allocations alone",
+        body.len()
+    );
     c.members.push(joiner);
 }
