@@ -89,6 +89,15 @@ pub struct PoolStatus {
     /// Allocations waiting in the pool's queue for a container to become warm.
     #[serde(default)]
     pub waiting: u32,
+    /// Container-seconds spent warm and unallocated so far (the pool's overhead).
+    #[serde(default)]
+    pub warm_seconds: f64,
+    /// Container-seconds spent allocated so far.
+    #[serde(default)]
+    pub allocated_seconds: f64,
+    /// `(warm_seconds + allocated_seconds) / 3600 × price_per_hour`, when the pool has a price.
+    #[serde(default)]
+    pub cost: Option<f64>,
     /// `min_warm` of the spec.
     pub min_warm: u32,
     /// `max_warm` of the spec.
@@ -248,6 +257,59 @@ pub struct ContainerQuery {
     /// Only held by this session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+}
+
+/// `GET /v1/usage` query.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    /// Only this pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Also this session's usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+/// Container time and cost of one pool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolUsage {
+    /// The pool.
+    pub pool: PoolName,
+    /// Container-seconds warm and unallocated (overhead).
+    pub warm_seconds: f64,
+    /// Container-seconds allocated.
+    pub allocated_seconds: f64,
+    /// The pool's price per container-hour, if set.
+    pub price_per_hour: Option<f64>,
+    /// Cost of the warm (overhead) time.
+    pub warm_cost: Option<f64>,
+    /// Cost of the allocated time.
+    pub allocated_cost: Option<f64>,
+}
+
+/// Allocated container time of one session in one pool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionUsage {
+    /// The session.
+    pub session: SessionId,
+    /// The pool.
+    pub pool: PoolName,
+    /// Container-seconds allocated to the session (allocations still on record).
+    pub allocated_seconds: f64,
+    /// Their cost, when the pool has a price.
+    pub cost: Option<f64>,
+}
+
+/// `GET /v1/usage`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UsageView {
+    /// When the figures were taken.
+    pub at: Timestamp,
+    /// Per pool.
+    pub pools: Vec<PoolUsage>,
+    /// Per pool for the session asked for (empty without `session=`).
+    pub sessions: Vec<SessionUsage>,
 }
 
 /// Labels given to a node, as `key=value` pairs.

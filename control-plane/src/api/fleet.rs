@@ -6,8 +6,9 @@ use axum::Json;
 use serde_json::json;
 use tokio::time::Instant;
 use warmpool_proto::api::{ContainerQuery, HealthView, NodeView, StatusView};
+use warmpool_proto::api::{PoolUsage, SessionUsage, UsageQuery, UsageView};
 use warmpool_proto::records::NodeStatus;
-use warmpool_proto::{Container, ContainerId, ContainerState, NodeId};
+use warmpool_proto::{Container, ContainerId, ContainerState, NodeId, SessionId, Timestamp};
 
 use super::error::ApiError;
 use super::extract::ApiQuery;
@@ -39,7 +40,7 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Result<Json<StatusView>, ApiError> {
     barrier_if_asked(&app, &headers).await?;
-    let mut status = app.cluster.shared().read(|s| s.status());
+    let mut status = app.cluster.shared().read(|s| s.status(Timestamp::now()));
     status.applied_index = app.cluster.shared().applied_index();
     Ok(Json(status))
 }
@@ -154,4 +155,65 @@ pub async fn node_action(
         .read(|s| s.node(&node).map(|n| (n.clone(), s.node_counts(&n.id))));
     let (n, counts) = found.ok_or_else(|| ApiError::NotFound(format!("no node {id:?}")))?;
     Ok(Json(node_view(&app, n, counts)))
+}
+
+pub async fn usage(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<UsageQuery>,
+) -> Result<Json<UsageView>, ApiError> {
+    let session = q
+        .session
+        .as_deref()
+        .map(|s| SessionId::new(s).map_err(|e| ApiError::BadRequest(e.to_string())))
+        .transpose()?;
+    barrier_if_asked(&app, &headers).await?;
+    let now = Timestamp::now();
+    Ok(Json(app.cluster.shared().read(|s| {
+        let price =
+            |pool: &warmpool_proto::PoolName| s.pool(pool).and_then(|p| p.spec.price_per_hour);
+        let cost = |secs: f64, price: Option<f64>| price.map(|p| secs / 3600.0 * p);
+        let pools = s
+            .pools()
+            .filter(|p| {
+                q.pool
+                    .as_deref()
+                    .is_none_or(|name| p.spec.name.as_str() == name)
+            })
+            .map(|p| {
+                let u = s.usage(&p.spec.name, now);
+                let (warm, allocated) = (u.warm_ms as f64 / 1000.0, u.allocated_ms as f64 / 1000.0);
+                PoolUsage {
+                    pool: p.spec.name.clone(),
+                    warm_seconds: warm,
+                    allocated_seconds: allocated,
+                    price_per_hour: p.spec.price_per_hour,
+                    warm_cost: cost(warm, p.spec.price_per_hour),
+                    allocated_cost: cost(allocated, p.spec.price_per_hour),
+                }
+            })
+            .collect();
+        let sessions = match &session {
+            None => Vec::new(),
+            Some(sid) => s
+                .session_usage(sid.as_str(), now)
+                .into_iter()
+                .filter(|(pool, _)| q.pool.as_deref().is_none_or(|name| pool.as_str() == name))
+                .map(|(pool, ms)| {
+                    let secs = ms as f64 / 1000.0;
+                    SessionUsage {
+                        session: sid.clone(),
+                        cost: cost(secs, price(&pool)),
+                        pool,
+                        allocated_seconds: secs,
+                    }
+                })
+                .collect(),
+        };
+        UsageView {
+            at: now,
+            pools,
+            sessions,
+        }
+    })))
 }

@@ -300,10 +300,13 @@ impl PoolState {
         }
         c.state = state;
         if was == ContainerState::Warm {
-            let key = (c.warm_at.unwrap_or(c.created_at), c.id);
+            let warm_at = c.warm_at.unwrap_or(c.created_at);
             if let Some(set) = self.warm_index.get_mut(&c.pool) {
-                set.remove(&key);
+                set.remove(&(warm_at, c.id));
             }
+            // The warm spell is over: it counts as pool overhead.
+            self.usage.entry(c.pool.clone()).or_default().warm_ms +=
+                at.since(warm_at).as_millis() as u64;
         }
         match state {
             ContainerState::Warm => {
@@ -789,6 +792,8 @@ impl PoolState {
         a.state = AllocationState::Released;
         a.released_at = Some(ctx.at);
         a.release_reason = Some(reason);
+        let held = ctx.at.since(a.created_at).as_millis() as u64;
+        self.usage.entry(a.pool.clone()).or_default().allocated_ms += held;
         let cid = a.container_id;
         self.released_allocations.push_back(id);
         while self.released_allocations.len() > RELEASED_ALLOCATION_RETENTION {

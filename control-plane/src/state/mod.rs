@@ -29,6 +29,15 @@ pub const RELEASED_ALLOCATION_RETENTION: usize = 100_000;
 /// requester's own cancel arrives first.
 pub const WAIT_GRACE_MS: u64 = 2_000;
 
+/// Container time of a pool over closed intervals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageTotals {
+    /// Milliseconds containers spent warm and unallocated (the pool's overhead).
+    pub warm_ms: u64,
+    /// Milliseconds containers spent allocated.
+    pub allocated_ms: u64,
+}
+
 /// An allocation waiting in its pool's queue.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
@@ -67,6 +76,8 @@ pub struct PoolState {
     applied_index: u64,
     /// Allocations waiting for a warm container, per pool, oldest first.
     pending: BTreeMap<PoolName, VecDeque<Pending>>,
+    /// Container time per pool over closed intervals (open ones are added when asked).
+    usage: BTreeMap<PoolName, UsageTotals>,
     /// Allocation requests ever made per pool (served, queued or refused; replays excluded):
     /// the demand the scaler measures.
     arrivals: BTreeMap<PoolName, u64>,

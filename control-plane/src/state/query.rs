@@ -133,7 +133,7 @@ impl PoolState {
     }
 
     /// Totals, per pool and per node.
-    pub fn status(&self) -> StatusView {
+    pub fn status(&self, now: warmpool_proto::Timestamp) -> StatusView {
         let mut totals = Counts::default();
         let mut by_pool: BTreeMap<&PoolName, Counts> = BTreeMap::new();
         let mut by_node: BTreeMap<&NodeId, Counts> = BTreeMap::new();
@@ -151,6 +151,12 @@ impl PoolState {
                 counts: by_pool.get(&p.spec.name).copied().unwrap_or_default(),
                 wanted: self.wanted(p),
                 waiting: self.waiting(&p.spec.name) as u32,
+                warm_seconds: self.usage(&p.spec.name, now).warm_ms as f64 / 1000.0,
+                allocated_seconds: self.usage(&p.spec.name, now).allocated_ms as f64 / 1000.0,
+                cost: p.spec.price_per_hour.map(|price| {
+                    let u = self.usage(&p.spec.name, now);
+                    (u.warm_ms + u.allocated_ms) as f64 / 3_600_000.0 * price
+                }),
                 min_warm: p.spec.min_warm,
                 max_warm: p.spec.max_warm(),
                 max_total: p.spec.max_total,
@@ -180,5 +186,43 @@ impl PoolState {
             count(&mut counts, c);
         }
         counts
+    }
+}
+
+impl PoolState {
+    /// Container time of `pool` up to `now`: closed intervals plus containers warm or
+    /// allocated right now.
+    pub fn usage(&self, pool: &PoolName, now: warmpool_proto::Timestamp) -> super::UsageTotals {
+        let mut u = self.usage.get(pool).copied().unwrap_or_default();
+        for c in self.containers.values().filter(|c| &c.pool == pool) {
+            if c.state == ContainerState::Warm {
+                u.warm_ms += now.since(c.warm_at.unwrap_or(c.created_at)).as_millis() as u64;
+            }
+        }
+        for a in self.allocations.values().filter(|a| &a.pool == pool) {
+            if a.state == warmpool_proto::records::AllocationState::Active {
+                u.allocated_ms += now.since(a.created_at).as_millis() as u64;
+            }
+        }
+        u
+    }
+
+    /// Allocated container time of `session` up to `now`, per pool, over the allocations
+    /// still on record.
+    pub fn session_usage(
+        &self,
+        session: &str,
+        now: warmpool_proto::Timestamp,
+    ) -> BTreeMap<PoolName, u64> {
+        let mut out: BTreeMap<PoolName, u64> = BTreeMap::new();
+        for a in self
+            .allocations
+            .values()
+            .filter(|a| a.session_id.as_str() == session)
+        {
+            let end = a.released_at.unwrap_or(now);
+            *out.entry(a.pool.clone()).or_default() += end.since(a.created_at).as_millis() as u64;
+        }
+        out
     }
 }

@@ -760,3 +760,48 @@ fn waiters_whose_requester_vanished_expire() {
     );
     assert_eq!(h.state.pool_counts(&p).warm, 1);
 }
+
+#[test]
+fn usage_counts_warm_overhead_and_allocated_time() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 2);
+    h.warm(&p, &n, 2);
+    let warm_since = h.now;
+    h.now += 1_000;
+    let (a, _) = allocation(h.allocate(&p, None)); // one container leaves warm here
+    let allocated_at = h.now;
+    h.now += 5_000;
+    h.apply(Command::Release {
+        allocation_id: a.id,
+        reason: ReleaseReason::Client,
+    });
+    let released_at = h.now;
+    let now = Timestamp(released_at + 2_000);
+    let u = h.state.usage(&p, now);
+    assert_eq!(u.allocated_ms, released_at - allocated_at);
+    // The allocated container was warm from (about) warm_since to allocated_at; the other is
+    // still warm at `now`.
+    let first_warm = h
+        .state
+        .container(&a.container_id)
+        .unwrap()
+        .warm_at
+        .unwrap()
+        .0;
+    let other_warm = h
+        .state
+        .containers()
+        .find(|c| c.id != a.container_id)
+        .unwrap()
+        .warm_at
+        .unwrap()
+        .0;
+    assert!(first_warm <= warm_since && other_warm <= warm_since);
+    assert_eq!(
+        u.warm_ms,
+        (allocated_at - first_warm) + (now.0 - other_warm)
+    );
+    let by_session = h.state.session_usage("s-1", now);
+    assert_eq!(by_session[&p], released_at - allocated_at);
+}
