@@ -197,6 +197,7 @@ pub async fn run(
     tasks.spawn(leader.run(stop.clone()));
     tasks.spawn(publish_events(cluster.clone(), nats.clone(), stop.clone()));
     tasks.spawn(raft_metrics(raft.clone(), stop.clone()));
+    tasks.spawn(state_metrics(cluster.clone(), stop.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
@@ -307,6 +308,63 @@ async fn raft_metrics(raft: Raft, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Every few seconds, mirrors the replicated state into Prometheus: containers by pool, node
+/// and state, wanted and waiting counts, and container-seconds.
+async fn state_metrics(cluster: Cluster, stop: CancellationToken) {
+    loop {
+        let now = warmpool_proto::Timestamp::now();
+        let status = cluster.shared().read(|s| {
+            let usage: Vec<_> = s
+                .pools()
+                .map(|p| (p.spec.name.clone(), s.usage(&p.spec.name, now)))
+                .collect();
+            (s.status(now), usage, s.last_event_seq())
+        });
+        let (status, usage, events) = status;
+        for p in &status.pools {
+            let pool = p.name.to_string();
+            let c = &p.counts;
+            for (state, n) in [
+                ("creating", c.creating),
+                ("warm", c.warm),
+                ("allocated", c.allocated),
+                ("releasing", c.releasing),
+                ("unhealthy", c.unhealthy),
+            ] {
+                metrics::gauge!("warmpool_pool_containers", "pool" => pool.clone(), "state" => state).set(f64::from(n));
+            }
+            metrics::gauge!("warmpool_pool_wanted", "pool" => pool.clone())
+                .set(f64::from(p.wanted));
+            metrics::gauge!("warmpool_pool_queue_length", "pool" => pool.clone())
+                .set(f64::from(p.waiting));
+        }
+        for n in &status.nodes {
+            let node = n.node.to_string();
+            let c = &n.counts;
+            for (state, v) in [
+                ("creating", c.creating),
+                ("warm", c.warm),
+                ("allocated", c.allocated),
+                ("unhealthy", c.unhealthy),
+            ] {
+                metrics::gauge!("warmpool_node_containers", "node" => node.clone(), "state" => state).set(f64::from(v));
+            }
+        }
+        for (pool, u) in usage {
+            let pool = pool.to_string();
+            metrics::counter!("warmpool_pool_container_seconds_total", "pool" => pool.clone(), "kind" => "warm")
+                .absolute(u.warm_ms / 1000);
+            metrics::counter!("warmpool_pool_container_seconds_total", "pool" => pool, "kind" => "allocated")
+                .absolute(u.allocated_ms / 1000);
+        }
+        metrics::counter!("warmpool_events_total").absolute(events);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
 }
