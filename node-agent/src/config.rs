@@ -161,10 +161,12 @@ impl RawConfig {
 
         let mut nats_servers = Vec::new();
         for url in self.nats_url.split(',').map(str::trim) {
-            let addr = url.parse::<ServerAddr>().map_err(|e| ConfigError::NatsUrl {
-                url: url.to_string(),
-                reason: e.to_string(),
-            })?;
+            let addr = url
+                .parse::<ServerAddr>()
+                .map_err(|e| ConfigError::NatsUrl {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?;
             nats_servers.push(addr);
         }
         let nats_auth = match (self.nats_user, self.nats_password) {
@@ -201,7 +203,13 @@ impl RawConfig {
             }
         }
 
-        range("--heartbeat-ms", self.heartbeat_ms, 50, 60_000, "50..=60000")?;
+        range(
+            "--heartbeat-ms",
+            self.heartbeat_ms,
+            50,
+            60_000,
+            "50..=60000",
+        )?;
         if let Some(c) = self.cpu_millis {
             range("--cpu-millis", c, 1, u64::MAX, "at least 1")?;
         }
@@ -215,7 +223,13 @@ impl RawConfig {
             1024,
             "1..=1024",
         )?;
-        range("--resync-ms", self.resync_ms, 100, 3_600_000, "100..=3600000")?;
+        range(
+            "--resync-ms",
+            self.resync_ms,
+            100,
+            3_600_000,
+            "100..=3600000",
+        )?;
         range(
             "--startup-grace-ms",
             self.startup_grace_ms,
@@ -242,7 +256,13 @@ impl RawConfig {
     }
 }
 
-fn range(flag: &'static str, value: u64, min: u64, max: u64, rule: &'static str) -> Result<(), ConfigError> {
+fn range(
+    flag: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+    rule: &'static str,
+) -> Result<(), ConfigError> {
     if value < min || value > max {
         return Err(ConfigError::Range { flag, value, rule });
     }
@@ -255,8 +275,7 @@ fn network_name_ok(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && b[0].is_ascii_alphanumeric()
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
@@ -291,7 +310,9 @@ impl FromStr for Ipv6Prefix {
             reason: reason.to_string(),
         };
         if s.trim().is_empty() {
-            return Err(fail("required (the host's container /64, e.g. fd36:1::/64)"));
+            return Err(fail(
+                "required (the host's container /64, e.g. fd36:1::/64)",
+            ));
         }
         let (addr, len) = s
             .split_once('/')
@@ -341,8 +362,14 @@ mod tests {
         r.node_id = None;
         let c = r.clone().validate(Some("box-7.example.com\n")).unwrap();
         assert_eq!(c.node_id.as_str(), "box-7");
-        assert!(matches!(r.clone().validate(None), Err(ConfigError::Hostname(_))));
-        assert!(matches!(r.validate(Some("bad host")), Err(ConfigError::Hostname(_))));
+        assert!(matches!(
+            r.clone().validate(None),
+            Err(ConfigError::Hostname(_))
+        ));
+        assert!(matches!(
+            r.validate(Some("bad host")),
+            Err(ConfigError::Hostname(_))
+        ));
         let mut r = raw();
         r.node_id = Some("a.b".into());
         assert!(matches!(r.validate(None), Err(ConfigError::NodeId(_))));
@@ -353,7 +380,15 @@ mod tests {
         let ok: Ipv6Prefix = "fd36:abcd::/64".parse().unwrap();
         assert!(ok.contains(&"fd36:abcd::2".parse().unwrap()));
         assert!(!ok.contains(&"fd36:abce::2".parse().unwrap()));
-        for bad in ["", "fd36:1::", "fd36:1::/48", "fd36:1::1/64", "nope/64", "::/64", "ff02::/64"] {
+        for bad in [
+            "",
+            "fd36:1::",
+            "fd36:1::/48",
+            "fd36:1::1/64",
+            "nope/64",
+            "::/64",
+            "ff02::/64",
+        ] {
             assert!(
                 matches!(bad.parse::<Ipv6Prefix>(), Err(ConfigError::Prefix { .. })),
                 "{bad:?} should be refused"
@@ -372,7 +407,10 @@ mod tests {
         for bad in [vec!["novalue"], vec!["=x"], vec!["a=1", "a=2"]] {
             let mut r = raw();
             r.labels = bad.iter().map(|s| s.to_string()).collect();
-            assert!(matches!(r.validate(None), Err(ConfigError::Label(..))), "{bad:?}");
+            assert!(
+                matches!(r.validate(None), Err(ConfigError::Label(..))),
+                "{bad:?}"
+            );
         }
     }
 
@@ -400,7 +438,13 @@ mod tests {
 
         let mut r = raw();
         r.heartbeat_ms = 0;
-        assert!(matches!(r.validate(None), Err(ConfigError::Range { flag: "--heartbeat-ms", .. })));
+        assert!(matches!(
+            r.validate(None),
+            Err(ConfigError::Range {
+                flag: "--heartbeat-ms",
+                ..
+            })
+        ));
 
         let mut r = raw();
         r.max_concurrent_creates = 0;
@@ -408,6 +452,12 @@ mod tests {
 
         let mut r = raw();
         r.memory_mb = Some(0);
-        assert!(matches!(r.validate(None), Err(ConfigError::Range { flag: "--memory-mb", .. })));
+        assert!(matches!(
+            r.validate(None),
+            Err(ConfigError::Range {
+                flag: "--memory-mb",
+                ..
+            })
+        ));
     }
 }

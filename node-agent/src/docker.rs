@@ -49,9 +49,15 @@ pub enum DockerError {
         #[source]
         source: BollardError,
     },
-    /// The container started but has no IPv6 address on the node's network.
-    #[error("container has no IPv6 address on network {0}")]
+    /// The container started but has no IPv6 address from the node's /64.
+    #[error("container has no IPv6 address from the node's prefix on network {0}")]
     NoAddress(String),
+    /// The container disappeared between two calls of one operation.
+    #[error("container vanished during {0}")]
+    Vanished(&'static str),
+    /// The container's labels are unusable.
+    #[error("container labels: {0}")]
+    Labels(String),
 }
 
 impl DockerError {
@@ -151,11 +157,6 @@ impl Driver {
         }
     }
 
-    /// The bollard handle.
-    pub fn docker(&self) -> &Docker {
-        &self.docker
-    }
-
     fn node_filter(&self) -> HashMap<String, Vec<String>> {
         HashMap::from([(
             "label".to_string(),
@@ -249,8 +250,8 @@ impl Driver {
     /// policy (a dead container is reported, and replaced by the control plane, not revived).
     /// Returns Docker's id. A name conflict is Docker's 409.
     pub async fn create(&self, spec: &CreateSpec) -> Result<String, DockerError> {
-        let memory = i64::try_from(spec.resources.memory_mb.saturating_mul(1024 * 1024))
-            .unwrap_or(i64::MAX);
+        let memory =
+            i64::try_from(spec.resources.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
         let nano_cpus =
             i64::try_from(spec.resources.cpu_millis.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
         let body = ContainerCreateBody {

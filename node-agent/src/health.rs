@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use warmpool_proto::{Health, HealthCheck, HealthProbe};
 
 /// The result of one probe.
@@ -107,13 +108,14 @@ pub fn next_delay(state: &ProbeState, check: &HealthCheck) -> Duration {
 pub async fn probe(addr: Ipv6Addr, port: u16, check: &HealthCheck) -> Outcome {
     let target = SocketAddr::V6(SocketAddrV6::new(addr, port, 0, 0));
     let timeout = Duration::from_millis(check.timeout_ms.max(1));
+    let deadline = Instant::now() + timeout;
     let attempt = async {
         match &check.probe {
-            HealthProbe::Tcp => TcpStream::connect(target)
+            HealthProbe::Tcp => connect(target, deadline)
                 .await
                 .map(|_| Outcome::Pass)
                 .unwrap_or_else(|e| Outcome::Fail(format!("connect: {e}"))),
-            HealthProbe::Http { path } => http_get(target, path).await,
+            HealthProbe::Http { path } => http_get(target, deadline, path).await,
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -122,8 +124,32 @@ pub async fn probe(addr: Ipv6Addr, port: u16, check: &HealthCheck) -> Outcome {
     }
 }
 
-async fn http_get(target: SocketAddr, path: &str) -> Outcome {
-    let mut stream = match TcpStream::connect(target).await {
+/// Time one connection attempt may go unanswered before it is tried again.
+const CONNECT_RETRY: Duration = Duration::from_millis(250);
+
+/// Connects to `target`, trying again every [`CONNECT_RETRY`] while a SYN goes unanswered, until
+/// `deadline`. Why: when the first container joins a fresh (or idle) bridge, the bridge's own
+/// IPv6 address is still tentative (duplicate address detection) for a second or two and the
+/// first SYNs get no answer; the kernel itself would retry only after a full second, then two.
+/// A refused connection is an answer and fails at once.
+async fn connect(target: SocketAddr, deadline: Instant) -> std::io::Result<TcpStream> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left.min(CONNECT_RETRY), TcpStream::connect(target)).await {
+            Ok(result) => return result,
+            Err(_) if Instant::now() < deadline => continue,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer",
+                ))
+            }
+        }
+    }
+}
+
+async fn http_get(target: SocketAddr, deadline: Instant, path: &str) -> Outcome {
+    let mut stream = match connect(target, deadline).await {
         Ok(s) => s,
         Err(e) => return Outcome::Fail(format!("connect: {e}")),
     };
@@ -183,15 +209,19 @@ mod tests {
     }
 
     fn run(outcomes: &[Outcome], check: &HealthCheck, at: Duration) -> ProbeState {
-        outcomes.iter().fold(ProbeState::default(), |s, o| {
-            s.record(o, check, at, GRACE)
-        })
+        outcomes
+            .iter()
+            .fold(ProbeState::default(), |s, o| s.record(o, check, at, GRACE))
     }
 
     #[test]
     fn unknown_until_the_first_pass_and_startup_failures_do_not_count() {
         let c = check(3);
-        let s = run(&[fail(), fail(), fail(), fail(), fail()], &c, Duration::from_secs(5));
+        let s = run(
+            &[fail(), fail(), fail(), fail(), fail()],
+            &c,
+            Duration::from_secs(5),
+        );
         assert_eq!(s.verdict, Health::Unknown);
         assert!(!s.passed_once);
         let s = s.record(&Outcome::Pass, &c, Duration::from_secs(6), GRACE);
@@ -218,7 +248,11 @@ mod tests {
         let c = check(3);
         let t = Duration::from_secs(1);
         let s = run(&[Outcome::Pass, fail(), fail()], &c, t);
-        assert_eq!(s.verdict, Health::Healthy, "two failures are under the threshold");
+        assert_eq!(
+            s.verdict,
+            Health::Healthy,
+            "two failures are under the threshold"
+        );
         let s = s.record(&fail(), &c, t, GRACE);
         assert_eq!(
             s.verdict,
@@ -272,7 +306,10 @@ mod tests {
             interval_ms: 100,
             ..HealthCheck::default()
         };
-        assert_eq!(next_delay(&ProbeState::default(), &fast), Duration::from_millis(100));
+        assert_eq!(
+            next_delay(&ProbeState::default(), &fast),
+            Duration::from_millis(100)
+        );
     }
 
     #[test]
@@ -294,7 +331,10 @@ mod tests {
         };
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {
-            for answer in ["HTTP/1.0 204 No Content\r\n\r\n", "HTTP/1.0 503 Busy\r\n\r\n"] {
+            for answer in [
+                "HTTP/1.0 204 No Content\r\n\r\n",
+                "HTTP/1.0 503 Busy\r\n\r\n",
+            ] {
                 let (mut s, _) = listener.accept().await.unwrap();
                 let mut buf = [0u8; 1024];
                 let n = s.read(&mut buf).await.unwrap();
@@ -309,15 +349,23 @@ mod tests {
             ..HealthCheck::default()
         };
         assert_eq!(probe(Ipv6Addr::LOCALHOST, port, &c).await, Outcome::Pass);
-        assert!(matches!(probe(Ipv6Addr::LOCALHOST, port, &c).await, Outcome::Fail(m) if m.contains("503")));
+        assert!(
+            matches!(probe(Ipv6Addr::LOCALHOST, port, &c).await, Outcome::Fail(m) if m.contains("503"))
+        );
         let tcp = HealthCheck {
             probe: HealthProbe::Tcp,
             ..HealthCheck::default()
         };
         let open = TcpListener::bind("[::1]:0").await.unwrap();
         let open_port = open.local_addr().unwrap().port();
-        assert_eq!(probe(Ipv6Addr::LOCALHOST, open_port, &tcp).await, Outcome::Pass);
+        assert_eq!(
+            probe(Ipv6Addr::LOCALHOST, open_port, &tcp).await,
+            Outcome::Pass
+        );
         drop(open);
-        assert!(matches!(probe(Ipv6Addr::LOCALHOST, open_port, &tcp).await, Outcome::Fail(_)));
+        assert!(matches!(
+            probe(Ipv6Addr::LOCALHOST, open_port, &tcp).await,
+            Outcome::Fail(_)
+        ));
     }
 }

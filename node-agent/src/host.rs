@@ -70,7 +70,10 @@ mod tests {
     fn meminfo_and_loadavg_parse() {
         let meminfo = "MemTotal:        4096000 kB\nMemFree:          100000 kB\nMemAvailable:    3072000 kB\n";
         assert_eq!(parse_meminfo(meminfo), (4000, 1000));
-        assert_eq!(parse_meminfo("MemTotal: 2048 kB\nMemFree: 1024 kB\n"), (2, 1));
+        assert_eq!(
+            parse_meminfo("MemTotal: 2048 kB\nMemFree: 1024 kB\n"),
+            (2, 1)
+        );
         assert_eq!(parse_meminfo("garbage"), (0, 0));
         assert!((parse_load1("0.52 0.40 0.30 1/200 12345\n") - 0.52).abs() < 1e-9);
         assert_eq!(parse_load1(""), 0.0);

@@ -52,10 +52,11 @@ pub fn for_spec(node: &NodeId, spec: &CreateSpec) -> HashMap<String, String> {
 /// The Warmpool id alone, for deciding about duplicates before the rest is parsed.
 pub fn id_of(labels: &HashMap<String, String>) -> Result<ContainerId, LabelError> {
     let raw = get(labels, LABEL_ID)?;
-    raw.parse().map_err(|e: warmpool_proto::ids::IdError| LabelError {
-        label: LABEL_ID,
-        reason: e.to_string(),
-    })
+    raw.parse()
+        .map_err(|e: warmpool_proto::ids::IdError| LabelError {
+            label: LABEL_ID,
+            reason: e.to_string(),
+        })
 }
 
 /// Parses every Warmpool label. Any missing or malformed one makes the container unmanageable:
@@ -66,12 +67,13 @@ pub fn parse(labels: &HashMap<String, String>) -> Result<ContainerLabels, LabelE
         label: LABEL_POOL,
         reason: e.to_string(),
     })?;
-    let generation = get(labels, LABEL_GENERATION)?
-        .parse()
-        .map_err(|e: std::num::ParseIntError| LabelError {
-            label: LABEL_GENERATION,
-            reason: e.to_string(),
-        })?;
+    let generation =
+        get(labels, LABEL_GENERATION)?
+            .parse()
+            .map_err(|e: std::num::ParseIntError| LabelError {
+                label: LABEL_GENERATION,
+                reason: e.to_string(),
+            })?;
     let health = serde_json::from_str(get(labels, LABEL_HEALTH)?).map_err(|e| LabelError {
         label: LABEL_HEALTH,
         reason: e.to_string(),
@@ -93,7 +95,10 @@ pub fn parse(labels: &HashMap<String, String>) -> Result<ContainerLabels, LabelE
     })
 }
 
-fn get<'a>(labels: &'a HashMap<String, String>, label: &'static str) -> Result<&'a str, LabelError> {
+fn get<'a>(
+    labels: &'a HashMap<String, String>,
+    label: &'static str,
+) -> Result<&'a str, LabelError> {
     labels.get(label).map(String::as_str).ok_or(LabelError {
         label,
         reason: "missing".into(),

@@ -1,1 +1,136 @@
-fn main() {}
+//! `warmpool-agent`: flags, logging, run until SIGTERM or SIGINT.
+
+use std::io::IsTerminal;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use warmpool_agent::RawConfig;
+
+/// Warmpool node agent: keeps warm containers on this Docker host.
+///
+/// Every flag can also be set with the environment variable shown.
+#[derive(Parser, Debug)]
+#[command(name = "warmpool-agent", version)]
+struct Args {
+    /// This host's id (letters, digits, '-', '_'); default: the hostname up to its first dot.
+    #[arg(long, env = "WARMPOOL_NODE_ID")]
+    node_id: Option<String>,
+    /// NATS server URL(s), comma-separated.
+    #[arg(
+        long,
+        env = "WARMPOOL_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
+    /// NATS user.
+    #[arg(long, env = "WARMPOOL_NATS_USER")]
+    nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "WARMPOOL_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
+    /// Docker daemon socket.
+    #[arg(
+        long,
+        env = "WARMPOOL_DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    docker_host: String,
+    /// This host's container IPv6 /64, e.g. fd36:1::/64.
+    #[arg(long, env = "WARMPOOL_IPV6_PREFIX")]
+    ipv6_prefix: String,
+    /// Docker network for the containers; default: warmpool-<node-id>.
+    #[arg(long, env = "WARMPOOL_NETWORK")]
+    network: Option<String>,
+    /// Node label key=value, matched by pool constraints (repeatable; comma-separated in the
+    /// environment).
+    #[arg(long = "label", env = "WARMPOOL_LABELS", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Milliseconds between heartbeats.
+    #[arg(long, env = "WARMPOOL_HEARTBEAT_MS", default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// CPU offered to containers, thousandths of a core; default: every core of the host.
+    #[arg(long, env = "WARMPOOL_CPU_MILLIS")]
+    cpu_millis: Option<u64>,
+    /// Memory offered to containers, MiB; default: all of the host's.
+    #[arg(long, env = "WARMPOOL_MEMORY_MB")]
+    memory_mb: Option<u64>,
+    /// Container creations running at once.
+    #[arg(long, env = "WARMPOOL_MAX_CONCURRENT_CREATES", default_value_t = 4)]
+    max_concurrent_creates: usize,
+    /// Milliseconds between level-triggered resyncs with Docker.
+    #[arg(long, env = "WARMPOOL_RESYNC_MS", default_value_t = 10_000)]
+    resync_ms: u64,
+    /// Milliseconds a new container may take to pass its first health probe.
+    #[arg(long, env = "WARMPOOL_STARTUP_GRACE_MS", default_value_t = 60_000)]
+    startup_grace_ms: u64,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "WARMPOOL_LOG_JSON")]
+    log_json: bool,
+}
+
+impl Args {
+    fn into_raw(self) -> RawConfig {
+        RawConfig {
+            node_id: self.node_id,
+            nats_url: self.nats_url,
+            nats_user: self.nats_user,
+            nats_password: self.nats_password,
+            docker_host: self.docker_host,
+            ipv6_prefix: self.ipv6_prefix,
+            network: self.network,
+            labels: self.labels,
+            heartbeat_ms: self.heartbeat_ms,
+            cpu_millis: self.cpu_millis,
+            memory_mb: self.memory_mb,
+            max_concurrent_creates: self.max_concurrent_creates,
+            resync_ms: self.resync_ms,
+            startup_grace_ms: self.startup_grace_ms,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        let ansi = std::io::stdout().is_terminal();
+        tracing_subscriber::fmt()
+            .with_ansi(ansi)
+            .with_env_filter(filter)
+            .init();
+    }
+    let config = args
+        .into_raw()
+        .validate(warmpool_agent::host::hostname().as_deref())
+        .context("invalid configuration")?;
+    warmpool_agent::run(config, shutdown_signal())
+        .await
+        .context("warmpool-agent failed")
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Cannot install handlers: fall back to Ctrl-C only.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

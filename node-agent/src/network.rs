@@ -78,7 +78,10 @@ pub async fn ensure(
             }]),
             options: None,
         }),
-        options: Some(HashMap::from([(ICC_OPTION.to_string(), "false".to_string())])),
+        options: Some(HashMap::from([(
+            ICC_OPTION.to_string(),
+            "false".to_string(),
+        )])),
         labels: Some(HashMap::from([(LABEL_NODE.to_string(), node.to_string())])),
         ..Default::default()
     };

@@ -1,0 +1,169 @@
+//! Start-up, the shared state of the running agent, and shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use uuid::Uuid;
+use warmpool_proto::subjects;
+
+use crate::config::Config;
+use crate::docker::{self, Driver};
+use crate::inventory::Inventory;
+use crate::outbox::{self, Outbox};
+use crate::{commands, events, heartbeat, network, resync, Error};
+
+/// Time shutdown waits for each group of tasks before moving on.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What every task of the agent shares. Built once: one NATS client, one Docker handle.
+pub struct Shared {
+    /// The validated configuration.
+    pub config: Config,
+    /// This process's boot id (new per start).
+    pub boot_id: Uuid,
+    /// The NATS client.
+    pub nats: async_nats::Client,
+    /// The Docker driver.
+    pub driver: Driver,
+    /// The inventory.
+    pub inventory: Inventory,
+    /// Facts and heartbeats to publish.
+    pub outbox: Outbox,
+    /// Bounds concurrent creates.
+    pub creates: Semaphore,
+    /// Create and probe tasks.
+    pub tasks: TaskTracker,
+    /// Asks the resync loop for a pass now.
+    pub resync_now: Notify,
+}
+
+/// See [`crate::run`].
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let node = config.node_id.clone();
+    let boot_id = Uuid::now_v7();
+    info!(%node, %boot_id, prefix = %config.ipv6_prefix, network = config.network, "warmpool agent starting");
+
+    // Docker first: without it there is nothing to manage, and a wrong network is a
+    // configuration error the operator must see at once.
+    let docker = docker::connect(&config.docker_socket).await?;
+    network::ensure(&docker, &config.network, &config.ipv6_prefix, &node).await?;
+    let driver = Driver::new(docker, node.clone(), config.network.clone());
+
+    // NATS connects (and reconnects) in the background, forever: an outage delays facts and
+    // commands, it never stops the agent.
+    let nats = connect_nats(&config).await?;
+
+    let (outbox, outbox_rx) = outbox::outbox();
+    let background = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        inventory: Inventory::new(
+            outbox.clone(),
+            config.startup_grace,
+            background.child_token(),
+        ),
+        creates: Semaphore::new(config.max_concurrent_creates),
+        config,
+        boot_id,
+        nats: nats.clone(),
+        driver,
+        outbox,
+        tasks: TaskTracker::new(),
+        resync_now: Notify::new(),
+    });
+
+    let publisher_stop = CancellationToken::new();
+    let publisher = tokio::spawn(outbox::publish(
+        nats.clone(),
+        node.clone(),
+        outbox_rx,
+        publisher_stop.clone(),
+    ));
+
+    // Adopt what this node already runs before taking commands, so a create for an id that
+    // exists is recognised as such.
+    let adopt_started = SystemTime::now();
+    let report = resync::resync(&shared).await?;
+    info!(
+        adopted = report.adopted,
+        removed = report.removed,
+        "adopted existing containers"
+    );
+
+    let loops = TaskTracker::new();
+    loops.spawn(events::watch(
+        shared.clone(),
+        adopt_started,
+        background.clone(),
+    ));
+    loops.spawn(resync::run(shared.clone(), background.clone()));
+    loops.spawn(heartbeat::run(shared.clone(), background.clone()));
+
+    let commands_stop = CancellationToken::new();
+    let handlers = TaskTracker::new();
+    let sub = nats
+        .subscribe(subjects::cmd(&node))
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
+    let listener = tokio::spawn(commands::listen(
+        shared.clone(),
+        sub,
+        handlers.clone(),
+        commands_stop.clone(),
+    ));
+    info!(subject = subjects::cmd(&node), "ready for commands");
+
+    shutdown.await;
+    info!("shutting down; containers keep running and are adopted at the next start");
+
+    // 1. No new commands; let the ones being handled (and creates under way) finish.
+    commands_stop.cancel();
+    let _ = listener.await;
+    handlers.close();
+    wait("command handlers", handlers.wait()).await;
+    // 2. Background loops and probes.
+    background.cancel();
+    loops.close();
+    wait("background loops", loops.wait()).await;
+    shared.tasks.close();
+    wait("create and probe tasks", shared.tasks.wait()).await;
+    // 3. Publish what is still queued, then flush.
+    publisher_stop.cancel();
+    wait("publisher", async {
+        let _ = publisher.await;
+    })
+    .await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait(what: &str, fut: impl Future<Output = ()>) {
+    if tokio::time::timeout(STOP_DEADLINE, fut).await.is_err() {
+        warn!(what, "did not stop within {STOP_DEADLINE:?}; leaving it");
+    }
+}
+
+async fn connect_nats(config: &Config) -> Result<async_nats::Client, Error> {
+    let node = config.node_id.to_string();
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("warmpool-agent {node}"))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(move |event| async move {
+            match event {
+                async_nats::Event::Connected => info!("connected to NATS"),
+                async_nats::Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
+                other => info!(event = %other, "NATS event"),
+            }
+        });
+    if let Some((user, password)) = &config.nats_auth {
+        opts = opts.user_and_password(user.clone(), password.clone());
+    }
+    opts.connect(config.nats_servers.clone())
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))
+}

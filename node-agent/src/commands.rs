@@ -1,0 +1,310 @@
+//! Commands from the control plane on `pool.v1.node.<node>.cmd` (request/reply).
+//!
+//! Each request is handled in its own task, so a slow destroy never holds up an inventory
+//! request. A request that does not parse is answered with `AgentReply::Error` and logged;
+//! nothing a peer sends can stop the listener.
+//!
+//! - `Create` is idempotent by id and answered at once (`Accepted`); the container is made in
+//!   the background, at most `max_concurrent_creates` at a time, and its progress arrives as
+//!   facts (`Observed` with `Starting`, then `Running`/`Healthy`, or `CreateFailed`).
+//! - `Destroy` is answered once the container is gone (`Destroyed { existed }`).
+//! - `Inventory` is answered with every entry, sorted by id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, instrument, warn};
+use warmpool_proto::agent::{AgentCommand, AgentReply, CreateSpec, Inventory};
+use warmpool_proto::{ContainerId, HealthProbe, Timestamp};
+
+use crate::agent::Shared;
+use crate::docker::{container_name, is_status, DockerError, Observation};
+use crate::inventory::{Admission, CreateGuard, Upsert};
+use crate::labels::{self, ContainerLabels};
+use crate::prober;
+
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves commands from `sub` until `cancel`; handlers run on `handlers`, creates on
+/// `shared.tasks`.
+pub async fn listen(
+    shared: Arc<Shared>,
+    mut sub: async_nats::Subscriber,
+    handlers: TaskTracker,
+    cancel: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => break,
+            m = sub.next() => m,
+        };
+        let Some(msg) = msg else {
+            warn!("command subscription ended");
+            break;
+        };
+        let shared = shared.clone();
+        let creates = cancel.clone();
+        handlers.spawn(async move { handle(shared, msg, creates).await });
+    }
+    if let Err(e) = sub.unsubscribe().await {
+        warn!(error = %e, "unsubscribing from commands failed");
+    }
+}
+
+async fn handle(shared: Arc<Shared>, msg: async_nats::Message, cancel: CancellationToken) {
+    let reply = match serde_json::from_slice::<AgentCommand>(&msg.payload) {
+        Ok(cmd) => execute(&shared, cmd, cancel).await,
+        Err(e) => {
+            warn!(error = %e, bytes = msg.payload.len(), "malformed command refused");
+            AgentReply::Error {
+                message: format!("malformed command: {e}"),
+            }
+        }
+    };
+    let Some(to) = msg.reply else {
+        warn!("command without a reply subject; nobody gets the answer");
+        return;
+    };
+    let payload = match serde_json::to_vec(&reply) {
+        Ok(p) => Bytes::from(p),
+        Err(e) => {
+            warn!(error = %e, "cannot serialise reply");
+            return;
+        }
+    };
+    match tokio::time::timeout(REPLY_TIMEOUT, shared.nats.publish(to, payload)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "sending reply failed"),
+        Err(_) => warn!("sending reply timed out"),
+    }
+}
+
+async fn execute(shared: &Arc<Shared>, cmd: AgentCommand, cancel: CancellationToken) -> AgentReply {
+    match cmd {
+        AgentCommand::Create(spec) => create(shared, spec, cancel),
+        AgentCommand::Destroy { id, reason } => destroy(shared, id, reason).await,
+        AgentCommand::Inventory => AgentReply::Inventory(inventory(shared)),
+    }
+}
+
+/// The full inventory now.
+pub fn inventory(shared: &Shared) -> Inventory {
+    Inventory {
+        node: shared.config.node_id.clone(),
+        boot_id: shared.boot_id,
+        seq: shared.outbox.seq(),
+        taken_at: Timestamp::now(),
+        containers: shared.inventory.snapshot(),
+    }
+}
+
+/// What the control plane validated may still be wrong by the time it reaches a host; and the
+/// health path goes into a raw HTTP request line, so it must hold no whitespace.
+fn check_spec(spec: &CreateSpec) -> Result<(), String> {
+    if spec.image.trim().is_empty() {
+        return Err("image is empty".into());
+    }
+    if spec.port == 0 {
+        return Err("port is 0".into());
+    }
+    let r = &spec.resources;
+    if r.cpu_millis == 0 || r.memory_mb < 6 || r.pids < 1 {
+        return Err("resources need cpu_millis >= 1, memory_mb >= 6, pids >= 1".into());
+    }
+    if let HealthProbe::Http { path } = &spec.health.probe {
+        if !path.starts_with('/')
+            || path
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(format!(
+                "health path {path:?} must start with '/' and hold no whitespace"
+            ));
+        }
+    }
+    if spec.env.keys().any(|k| k.is_empty() || k.contains('=')) {
+        return Err("env names must be non-empty and hold no '='".into());
+    }
+    Ok(())
+}
+
+#[instrument(skip_all, fields(container = %spec.id, pool = %spec.pool))]
+fn create(shared: &Arc<Shared>, spec: CreateSpec, cancel: CancellationToken) -> AgentReply {
+    if let Err(message) = check_spec(&spec) {
+        warn!(reason = message.as_str(), "create refused");
+        return AgentReply::Error { message };
+    }
+    let guard = match shared.inventory.admit_create(spec.id) {
+        Admission::Admitted(g) => g,
+        Admission::Known | Admission::InFlight => return AgentReply::Accepted,
+        Admission::Destroyed => {
+            return AgentReply::Error {
+                message: format!("container {} was destroyed; ids are never reused", spec.id),
+            }
+        }
+    };
+    let shared2 = shared.clone();
+    shared.tasks.spawn(async move {
+        // Wait for a create slot; at shutdown, queued creates are dropped (never started).
+        let permit = tokio::select! {
+            p = shared2.creates.acquire() => p,
+            _ = cancel.cancelled() => {
+                shared2.inventory.abandon_create(guard);
+                return;
+            }
+        };
+        let Ok(_permit) = permit else {
+            shared2.inventory.abandon_create(guard);
+            return;
+        };
+        run_create(&shared2, guard, &spec).await;
+    });
+    AgentReply::Accepted
+}
+
+async fn run_create(shared: &Arc<Shared>, guard: CreateGuard, spec: &CreateSpec) {
+    if shared.inventory.is_destroyed(&guard.id()) {
+        shared.inventory.abandon_create(guard);
+        return;
+    }
+    let started = tokio::time::Instant::now();
+    match make(shared, spec).await {
+        Ok((obs, labels)) => {
+            info!(container = %spec.id, pool = %spec.pool, ipv6 = ?obs.ipv6, elapsed_ms = started.elapsed().as_millis() as u64, "container created and started");
+            if let Upsert::Inserted(token) = shared.inventory.finish_create(guard, &obs, &labels) {
+                prober::spawn(shared, spec.id, token);
+            }
+        }
+        Err(e) => {
+            warn!(container = %spec.id, pool = %spec.pool, error = %e, "create failed");
+            // Leave nothing behind: whatever part of the container exists goes.
+            if let Err(e) = shared.driver.remove(&container_name(&spec.id)).await {
+                warn!(container = %spec.id, error = %e, "removing the failed container failed; the resync will retry");
+            }
+            shared.inventory.fail_create(guard, e.to_string());
+        }
+    }
+}
+
+/// Creates, starts and inspects the container of `spec`.
+async fn make(
+    shared: &Shared,
+    spec: &CreateSpec,
+) -> Result<(Observation, ContainerLabels), DockerError> {
+    let name = container_name(&spec.id);
+    let docker_id = match shared.driver.create(spec).await {
+        Ok(id) => id,
+        // A container of that name exists: an earlier attempt of this very create (e.g. the
+        // agent died between create and start). If it is ours, carry on with it.
+        Err(DockerError::Api { source, .. }) if is_status(&source, 409) => {
+            match shared.driver.inspect(&name).await? {
+                Some(obs) if labels::id_of(&obs.labels).ok() == Some(spec.id) => obs.docker_id,
+                _ => {
+                    return Err(DockerError::Api {
+                        op: "create container (name taken by another container)",
+                        source,
+                    })
+                }
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    shared.driver.start(&docker_id).await?;
+    let obs = shared
+        .driver
+        .inspect(&docker_id)
+        .await?
+        .ok_or(DockerError::Vanished("create"))?;
+    match obs.ipv6 {
+        Some(ip) if shared.config.ipv6_prefix.contains(&ip) => {}
+        _ => return Err(DockerError::NoAddress(shared.config.network.clone())),
+    }
+    let labels = labels::parse(&obs.labels).map_err(|e| DockerError::Labels(e.to_string()))?;
+    Ok((obs, labels))
+}
+
+#[instrument(skip_all, fields(container = %id))]
+async fn destroy(shared: &Arc<Shared>, id: ContainerId, reason: String) -> AgentReply {
+    let (docker_id, creating) = shared.inventory.begin_destroy(id);
+    if let Some(mut done) = creating {
+        // Let the create finish (it sees the tombstone and does not insert); then remove what
+        // it made. `changed` errs when the create's guard is dropped: that is the signal.
+        let _ = done.changed().await;
+    }
+    let mut existed = docker_id.is_some();
+    let mut result = Ok(());
+    if let Some(docker_id) = &docker_id {
+        match shared.driver.remove(docker_id).await {
+            Ok(removed) => existed |= removed,
+            Err(e) => result = Err(e),
+        }
+    }
+    // By name too: covers a create that was in flight, and a copy the inventory did not know.
+    if result.is_ok() {
+        match shared.driver.remove(&container_name(&id)).await {
+            Ok(removed) => existed |= removed,
+            Err(e) => result = Err(e),
+        }
+    }
+    match result {
+        Ok(()) => {
+            if existed {
+                info!(reason = reason.as_str(), "container destroyed");
+                shared.inventory.destroyed(id, reason);
+            }
+            AgentReply::Destroyed { existed }
+        }
+        Err(e) => {
+            warn!(error = %e, "destroy failed");
+            shared.inventory.destroy_failed(&id);
+            shared.resync_now.notify_one();
+            AgentReply::Error {
+                message: format!("destroying {id}: {e}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use warmpool_proto::pool::ContainerResources;
+    use warmpool_proto::{HealthCheck, PoolName};
+
+    use super::*;
+
+    #[test]
+    fn specs_are_checked_before_anything_is_made() {
+        let good = CreateSpec {
+            id: ContainerId::new(),
+            pool: PoolName::new("demo").unwrap(),
+            generation: 1,
+            image: "warmpool-demo:latest".into(),
+            command: vec![],
+            env: BTreeMap::new(),
+            port: 8080,
+            resources: ContainerResources::default(),
+            health: HealthCheck::default(),
+        };
+        check_spec(&good).unwrap();
+        let mut s = good.clone();
+        s.health.probe = HealthProbe::Http {
+            path: "/x HTTP/1.0\r\nHost: evil".into(),
+        };
+        assert!(check_spec(&s).is_err());
+        let mut s = good.clone();
+        s.image = " ".into();
+        assert!(check_spec(&s).is_err());
+        let mut s = good.clone();
+        s.resources.memory_mb = 1;
+        assert!(check_spec(&s).is_err());
+        let mut s = good;
+        s.env.insert("A=B".into(), "1".into());
+        assert!(check_spec(&s).is_err());
+    }
+}

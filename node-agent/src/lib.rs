@@ -1,0 +1,67 @@
+//! The Warmpool node agent: keeps warm containers on one Docker host and reports them.
+//!
+//! The agent is the source of truth for what its host runs. It takes commands from the
+//! control plane over NATS (create, destroy, inventory), makes containers with bollard on a
+//! per-host IPv6 /64 bridge, probes their health, watches Docker's events, resyncs with Docker
+//! every few seconds, and publishes facts (edges) and heartbeats (with a digest of the level).
+//! Containers carry every label needed to re-adopt them, so a restarted agent picks up where
+//! the last one left off and leaves nothing orphaned.
+//!
+//! Layout, by responsibility:
+//!
+//! - [`config`]: flags and their validation.
+//! - `agent`: start-up, shared state, ordered shutdown.
+//! - `docker`: the typed Docker edge (bollard); `network`: the per-host IPv6 bridge.
+//! - `labels`: the container labels that make re-adoption possible.
+//! - `inventory`: the agent's truth, with the rules that keep concurrent updates correct.
+//! - `health` (pure verdict and the probe itself) and `prober` (one task per container).
+//! - `events`: the Docker event watcher; `resync`: level-triggered repair and adoption.
+//! - `commands`: the NATS command handler; `heartbeat`; `outbox`: ordered publishing.
+//! - `host`: capacity and load from `/proc`.
+#![warn(missing_docs)]
+#![deny(clippy::await_holding_lock)]
+
+mod agent;
+mod commands;
+pub mod config;
+mod docker;
+mod events;
+mod health;
+mod heartbeat;
+pub mod host;
+mod inventory;
+mod labels;
+mod network;
+mod outbox;
+mod prober;
+mod resync;
+
+use std::future::Future;
+
+pub use config::{Config, ConfigError, Ipv6Prefix, RawConfig};
+pub use docker::DockerError;
+pub use network::NetworkError;
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Docker failed at start-up (connect, adopt).
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// The node's network could not be made ready.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// NATS could not be set up (the connection itself is retried forever).
+    #[error("nats: {0}")]
+    Nats(String),
+}
+
+/// Runs the agent with a validated `config` until `shutdown` resolves, then stops its tasks in
+/// order and returns. Containers keep running; the next start adopts them.
+///
+/// Fails only at start-up: when Docker cannot be reached, the network is not the configured
+/// one, or the existing containers cannot be listed. Once running, every error (Docker, NATS,
+/// a malformed message) is logged and retried, never fatal.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    agent::run(config, shutdown).await
+}

@@ -1,0 +1,537 @@
+//! The agent against the real dockerd and a real nats-server.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use common::*;
+use warmpool_proto::agent::{AgentCommand, AgentReply, Fact, InventoryEntry, ObservedStatus};
+use warmpool_proto::{ContainerId, Health, HealthProbe};
+
+const T: Duration = Duration::from_secs(30);
+
+fn healthy(id: ContainerId) -> impl Fn(&Fact) -> bool {
+    move |f| {
+        matches!(f, Fact::Observed { entry, .. }
+            if entry.id == id && entry.status == ObservedStatus::Running && entry.health == Health::Healthy)
+    }
+}
+
+fn entry_of(f: Fact) -> InventoryEntry {
+    match f {
+        Fact::Observed { entry, .. } => entry,
+        other => panic!("not an observation: {other:?}"),
+    }
+}
+
+async fn create(ctl: &Control, spec: &warmpool_proto::agent::CreateSpec) -> Result<()> {
+    match ctl.request(&AgentCommand::Create(spec.clone())).await? {
+        AgentReply::Accepted => Ok(()),
+        other => bail!("create answered {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_becomes_healthy_on_its_ipv6_address_with_limits() -> Result<()> {
+    ensure_demo_image();
+    let nats = Nats::start().await?;
+    let node = Node::new();
+    let _agent = AgentProc::start(&node, &nats.url, &[])?;
+    let ctl = Control::new(&nats, &node).await?;
+    ctl.wait_ready().await?;
+    let mut facts = ctl.facts().await?;
+
+    let spec = demo_spec();
+    create(&ctl, &spec).await?;
+    let starting = facts
+        .wait("a Starting observation", T, |f| {
+            matches!(f, Fact::Observed { entry, .. } if entry.id == spec.id && entry.status == ObservedStatus::Starting)
+        })
+        .await?;
+    let e = entry_of(facts.wait("healthy", T, healthy(spec.id)).await?);
+    assert_eq!(e.pool, spec.pool);
+    assert_eq!(entry_of(starting).docker_id, e.docker_id);
+    let ip = e.ipv6.context("an IPv6 address")?;
+    assert!(node.owns(&ip), "{ip} is not in {}", node.prefix);
+
+    // The container answers from the host on its own address.
+    let (status, body) = http_get(ip, 8080, "/healthz").await?;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, whoami) = http_get(ip, 8080, "/cgi-bin/whoami").await?;
+    assert_eq!(status, 200);
+    assert!(
+        whoami.contains(&node.prefix.trim_end_matches(":/64").to_string()),
+        "{whoami}"
+    );
+
+    // Limits and hardening as Docker sees them.
+    let c = &e.docker_id;
+    assert_eq!(inspect(c, "{{.HostConfig.NanoCpus}}")?, "250000000");
+    assert_eq!(
+        inspect(c, "{{.HostConfig.Memory}}")?,
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(inspect(c, "{{.HostConfig.PidsLimit}}")?, "64");
+    assert_eq!(inspect(c, "{{json .HostConfig.CapDrop}}")?, r#"["ALL"]"#);
+    assert_eq!(
+        inspect(c, "{{json .HostConfig.SecurityOpt}}")?,
+        r#"["no-new-privileges"]"#
+    );
+    assert_eq!(inspect(c, "{{.HostConfig.RestartPolicy.Name}}")?, "no");
+    assert_eq!(inspect(c, "{{.HostConfig.NetworkMode}}")?, node.network);
+    assert_eq!(inspect(c, "{{.Name}}")?, format!("/wp-{}", spec.id));
+    assert_eq!(
+        inspect(c, "{{index .Config.Labels \"io.warmpool.node\"}}")?,
+        node.id.to_string()
+    );
+    assert_eq!(
+        inspect(c, "{{index .Config.Labels \"io.warmpool.port\"}}")?,
+        "8080"
+    );
+    assert!(inspect(c, "{{json .Config.Env}}")?.contains("GREETING=hello"));
+    // The network: the node's /64, no inter-container traffic.
+    let net = inspect(
+        &node.network,
+        "{{.EnableIPv6}} {{index .Options \"com.docker.network.bridge.enable_icc\"}}",
+    )?;
+    assert_eq!(net, "true false");
+    assert!(inspect(&node.network, "{{json .IPAM.Config}}")?.contains(&node.prefix));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_is_idempotent_and_destroy_removes() -> Result<()> {
+    ensure_demo_image();
+    let nats = Nats::start().await?;
+    let node = Node::new();
+    let _agent = AgentProc::start(&node, &nats.url, &[])?;
+    let ctl = Control::new(&nats, &node).await?;
+    ctl.wait_ready().await?;
+    let mut facts = ctl.facts().await?;
+
+    // The same create three times, two of them while the first is in flight.
+    let spec = demo_spec();
+    let (a, b) = tokio::join!(create(&ctl, &spec), create(&ctl, &spec));
+    a?;
+    b?;
+    facts.wait("healthy", T, healthy(spec.id)).await?;
+    create(&ctl, &spec).await?;
+    assert_eq!(
+        node.docker_ids()?,
+        vec![spec.id.to_string()],
+        "exactly one container"
+    );
+    let inv = ctl.inventory().await?;
+    assert_eq!(inv.containers.len(), 1);
+
+    let destroy = AgentCommand::Destroy {
+        id: spec.id,
+        reason: "test".into(),
+    };
+    assert_eq!(
+        ctl.request(&destroy).await?,
+        AgentReply::Destroyed { existed: true }
+    );
+    // Answered once gone: Docker has nothing left, at once.
+    assert!(node.docker_containers()?.is_empty());
+    facts
+        .wait(
+            "gone",
+            T,
+            |f| matches!(f, Fact::Gone { id, reason, .. } if *id == spec.id && reason == "test"),
+        )
+        .await?;
+    assert!(ctl.inventory().await?.containers.is_empty());
+    assert_eq!(
+        ctl.request(&destroy).await?,
+        AgentReply::Destroyed { existed: false }
+    );
+    // A destroyed id is never made again (a late duplicate create must not resurrect it).
+    assert!(matches!(
+        ctl.request(&AgentCommand::Create(spec.clone())).await?,
+        AgentReply::Error { .. }
+    ));
+    // Destroying what was never created is fine.
+    let unknown = AgentCommand::Destroy {
+        id: ContainerId::new(),
+        reason: "test".into(),
+    };
+    assert_eq!(
+        ctl.request(&unknown).await?,
+        AgentReply::Destroyed { existed: false }
+    );
+
+    // Destroy right behind a create: nothing is left behind.
+    let spec2 = demo_spec();
+    create(&ctl, &spec2).await?;
+    let destroy2 = AgentCommand::Destroy {
+        id: spec2.id,
+        reason: "test".into(),
+    };
+    assert!(matches!(
+        ctl.request(&destroy2).await?,
+        AgentReply::Destroyed { .. }
+    ));
+    assert!(node.docker_containers()?.is_empty());
+    assert!(ctl.inventory().await?.containers.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_kill_and_rm_are_reported_before_any_resync() -> Result<()> {
+    ensure_demo_image();
+    let nats = Nats::start().await?;
+    let node = Node::new();
+    // A resync every 10 minutes: whatever is reported within seconds came from events.
+    let _agent = AgentProc::start(&node, &nats.url, &["--resync-ms", "600000"])?;
+    let ctl = Control::new(&nats, &node).await?;
+    ctl.wait_ready().await?;
+    let mut facts = ctl.facts().await?;
+
+    let (a, b) = (demo_spec(), demo_spec());
+    create(&ctl, &a).await?;
+    create(&ctl, &b).await?;
+    let ea = entry_of(facts.wait("a healthy", T, healthy(a.id)).await?);
+    let eb = entry_of(facts.wait("b healthy", T, healthy(b.id)).await?);
+
+    docker(&["kill", &ea.docker_id])?;
+    let dead = entry_of(
+        facts
+            .wait("a exited", Duration::from_secs(5), |f| {
+                matches!(f, Fact::Observed { entry, .. } if entry.id == a.id && entry.status == ObservedStatus::Exited)
+            })
+            .await?,
+    );
+    assert_eq!(dead.exit_code, Some(137));
+    let inv = ctl.inventory().await?;
+    assert_eq!(
+        inv.containers
+            .iter()
+            .find(|e| e.id == a.id)
+            .map(|e| e.status),
+        Some(ObservedStatus::Exited)
+    );
+
+    docker(&["rm", "-f", &eb.docker_id])?;
+    facts
+        .wait(
+            "b gone",
+            Duration::from_secs(5),
+            |f| matches!(f, Fact::Gone { id, .. } if *id == b.id),
+        )
+        .await?;
+    let ids: Vec<ContainerId> = ctl
+        .inventory()
+        .await?
+        .containers
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids, vec![a.id]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_health_checks_make_a_container_unhealthy() -> Result<()> {
+    ensure_demo_image();
+    let nats = Nats::start().await?;
+    let node = Node::new();
+    let _agent = AgentProc::start(&node, &nats.url, &[])?;
+    let ctl = Control::new(&nats, &node).await?;
+    ctl.wait_ready().await?;
+    let mut facts = ctl.facts().await?;
+
+    let http = demo_spec();
+    let mut tcp = demo_spec();
+    tcp.health.probe = HealthProbe::Tcp;
+    create(&ctl, &http).await?;
+    create(&ctl, &tcp).await?;
+    let e = entry_of(facts.wait("http healthy", T, healthy(http.id)).await?);
+    facts.wait("tcp healthy", T, healthy(tcp.id)).await?;
+
+    // The demo's /cgi-bin/fail removes /healthz: two failed probes (the threshold) later it is
+    // unhealthy, and still running.
+    let ip = e.ipv6.context("address")?;
+    assert_eq!(http_get(ip, 8080, "/cgi-bin/fail").await?.0, 200);
+    let sick = entry_of(
+        facts
+            .wait("unhealthy", T, |f| {
+                matches!(f, Fact::Observed { entry, .. } if entry.id == http.id && matches!(entry.health, Health::Unhealthy { .. }))
+            })
+            .await?,
+    );
+    assert_eq!(
+        sick.health,
+        Health::Unhealthy {
+            consecutive_failures: 2
+        }
+    );
+    assert_eq!(sick.status, ObservedStatus::Running);
+    // And back.
+    assert_eq!(http_get(ip, 8080, "/cgi-bin/heal").await?.0, 200);
+    let mut facts = ctl.facts().await?;
+    facts
+        .wait("healthy again", T, |f| {
+            matches!(f, Fact::Observed { entry, .. } if entry.id == http.id && entry.health == Health::Healthy)
+        })
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_readopts_its_containers_and_removes_garbage() -> Result<()> {
+    ensure_demo_image();
+    let nats = Nats::start().await?;
+    let node = Node::new();
+    let mut agent = AgentProc::start(&node, &nats.url, &[])?;
+    let ctl = Control::new(&nats, &node).await?;
+    let first = ctl.wait_ready().await?;
+    let mut facts = ctl.facts().await?;
+
+    let (a, b) = (demo_spec(), demo_spec());
+    create(&ctl, &a).await?;
+    create(&ctl, &b).await?;
+    facts.wait("a healthy", T, healthy(a.id)).await?;
+    facts.wait("b healthy", T, healthy(b.id)).await?;
+    let before = ctl.inventory().await?;
+
+    agent.kill();
+    // While it is down: a container of this node whose id label is garbage, and a second
+    // container claiming a's id.
+    let node_label = format!("io.warmpool.node={}", node.id);
+    docker(&[
+        "create",
+        "--network",
+        &node.network,
+        "--label",
+        &node_label,
+        "--label",
+        "io.warmpool.id=garbage",
+        IMAGE,
+    ])?;
+    let dup = docker(&[
+        "create",
+        "--network",
+        &node.network,
+        "--label",
+        &node_label,
+        "--label",
+        &format!("io.warmpool.id={}", a.id),
+        IMAGE,
+    ])?;
+    assert_eq!(node.docker_containers()?.len(), 4);
+
+    let mut facts = ctl.facts().await?;
+    let _agent = AgentProc::start(&node, &nats.url, &[])?;
+    let after = ctl.wait_ready().await?;
+    assert_ne!(after.boot_id, first.boot_id, "a new process");
+    let ids = |inv: &warmpool_proto::agent::Inventory| {
+        inv.containers
+            .iter()
+            .map(|e| (e.id, e.docker_id.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(&after),
+        ids(&before),
+        "same containers, same docker ids"
+    );
+    let mut want = vec![a.id.to_string(), b.id.to_string()];
+    want.sort();
+    assert_eq!(node.docker_ids()?, want, "no duplicates, no orphans");
+    assert!(!node.docker_containers()?.contains(&dup));
+    // Adopted containers are reported, and probed again.
+    for id in [a.id, b.id] {
+        facts.wait("healthy after adoption", T, healthy(id)).await?;
+    }
+    let healthy_again = wait_until("both healthy in the inventory", T, || async {
+        let inv = ctl.inventory().await.ok()?;
+        inv.containers
+            .iter()
+            .all(|e| e.health == Health::Healthy && e.status == ObservedStatus::Running)
+            .then_some(inv)
+    })
+    .await?;
+    assert_eq!(healthy_again.containers.len(), 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbled_commands_get_errors_and_the_agent_keeps_working() -> Result<()> {
+    ensure_demo_image();
+    let nats = Nats::start().await?;
+    let node = Node::new();
+    let _agent = AgentProc::start(&node, &nats.url, &[])?;
+    let ctl = Control::new(&nats, &node).await?;
+    ctl.wait_ready().await?;
+    let mut facts = ctl.facts().await?;
+
+    for garbage in [
+        b"\xff\x00not json".to_vec(),
+        br#"{"op":"explode"}"#.to_vec(),
+        br#"{"op":"create","id":"nope"}"#.to_vec(),
+        Vec::new(),
+    ] {
+        match ctl.request_raw(garbage.clone()).await? {
+            AgentReply::Error { message } => assert!(message.contains("malformed"), "{message}"),
+            other => bail!("{:?} answered {other:?}", String::from_utf8_lossy(&garbage)),
+        }
+    }
+    // A well-formed create with a dangerous health path is refused before anything is made.
+    let mut evil = demo_spec();
+    evil.health.probe = HealthProbe::Http {
+        path: "/ HTTP/1.0\r\nX: y".into(),
+    };
+    assert!(matches!(
+        ctl.request(&AgentCommand::Create(evil)).await?,
+        AgentReply::Error { .. }
+    ));
+    // A missing image fails in the background: reported, nothing left behind.
+    let mut missing = demo_spec();
+    missing.image = "warmpool-no-such-image:never".into();
+    create(&ctl, &missing).await?;
+    facts
+        .wait(
+            "create failed",
+            T,
+            |f| matches!(f, Fact::CreateFailed { id, .. } if *id == missing.id),
+        )
+        .await?;
+    assert!(node.docker_containers()?.is_empty());
+
+    // Still working.
+    let spec = demo_spec();
+    create(&ctl, &spec).await?;
+    facts.wait("healthy", T, healthy(spec.id)).await?;
+    assert_eq!(ctl.inventory().await?.containers.len(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_carry_the_inventory_digest() -> Result<()> {
+    ensure_demo_image();
+    let nats = Nats::start().await?;
+    let node = Node::new();
+    let _agent = AgentProc::start(
+        &node,
+        &nats.url,
+        &["--label", "region=test", "--cpu-millis", "1500"],
+    )?;
+    let ctl = Control::new(&nats, &node).await?;
+    ctl.wait_ready().await?;
+    let mut facts = ctl.facts().await?;
+    let mut hbs = ctl.heartbeats().await?;
+
+    let spec = demo_spec();
+    create(&ctl, &spec).await?;
+    facts.wait("healthy", T, healthy(spec.id)).await?;
+    let inv = ctl.inventory().await?;
+    assert_eq!(inv.containers.len(), 1);
+
+    // Heartbeats come every 200 ms; the first after the inventory settled carries its digest.
+    let want = inv.digest();
+    let deadline = tokio::time::Instant::now() + T;
+    let mut last_seq = 0;
+    let hb = loop {
+        let hb = next_heartbeat(&mut hbs, Duration::from_secs(5)).await?;
+        assert!(hb.seq > last_seq, "seq increases");
+        last_seq = hb.seq;
+        if hb.inventory_digest == want {
+            break hb;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no heartbeat with digest {want}"
+        );
+    };
+    assert_eq!(hb.node, node.id);
+    assert_eq!(hb.boot_id, inv.boot_id);
+    assert_eq!(hb.containers, 1);
+    assert_eq!(hb.ipv6_prefix, node.prefix);
+    assert_eq!(hb.labels.get("region").map(String::as_str), Some("test"));
+    assert_eq!(hb.capacity.cpu_millis, 1500);
+    assert!(hb.capacity.memory_mb > 0 && hb.usage.memory_total_mb > 0);
+    // Facts and heartbeats share one counter.
+    let fact_seqs: Vec<u64> = facts
+        .seen
+        .iter()
+        .map(|f| match f {
+            Fact::Observed { seq, .. }
+            | Fact::Gone { seq, .. }
+            | Fact::CreateFailed { seq, .. } => *seq,
+        })
+        .collect();
+    assert!(fact_seqs.windows(2).all(|w| w[0] < w[1]), "{fact_seqs:?}");
+    assert!(fact_seqs.iter().all(|s| *s != hb.seq));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_shutdown_leaves_containers_running_for_the_next_start() -> Result<()> {
+    ensure_demo_image();
+    let nats = Nats::start().await?;
+    let node = Node::new();
+    let config = node.raw_config(&nats.url).validate(None)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(warmpool_agent::run(config.clone(), async {
+        let _ = stopped.await;
+    }));
+    let ctl = Control::new(&nats, &node).await?;
+    ctl.wait_ready().await?;
+    let mut facts = ctl.facts().await?;
+    let spec = demo_spec();
+    create(&ctl, &spec).await?;
+    let e = entry_of(facts.wait("healthy", T, healthy(spec.id)).await?);
+
+    let _ = stop.send(());
+    tokio::time::timeout(T, agent)
+        .await
+        .context("agent stops")???;
+    assert_eq!(
+        inspect(&e.docker_id, "{{.State.Running}}")?,
+        "true",
+        "left running"
+    );
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(warmpool_agent::run(config, async {
+        let _ = stopped.await;
+    }));
+    let inv = ctl.wait_ready().await?;
+    assert_eq!(
+        inv.containers.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![spec.id]
+    );
+    let _ = stop.send(());
+    tokio::time::timeout(T, agent)
+        .await
+        .context("agent stops")???;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_with_another_subnet_is_a_clear_error() -> Result<()> {
+    let nats = Nats::start().await?;
+    let node = Node::new();
+    let other = Node::new();
+    docker(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        &other.prefix,
+        &node.network,
+    ])?;
+    let config = node.raw_config(&nats.url).validate(None)?;
+    let err = warmpool_agent::run(config, std::future::pending())
+        .await
+        .expect_err("refused");
+    let msg = err.to_string();
+    assert!(matches!(err, warmpool_agent::Error::Network(_)), "{msg}");
+    assert!(
+        msg.contains(&node.prefix) && msg.contains(&other.prefix),
+        "{msg}"
+    );
+    Ok(())
+}
