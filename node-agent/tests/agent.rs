@@ -400,6 +400,23 @@ async fn garbled_commands_get_errors_and_the_agent_keeps_working() -> Result<()>
         .await?;
     assert!(node.docker_containers()?.is_empty());
 
+    // A container that is made but cannot start (no such binary) is removed again.
+    let mut broken = demo_spec();
+    broken.command = vec!["/no/such/binary".into()];
+    create(&ctl, &broken).await?;
+    let failed = facts
+        .wait(
+            "start failed",
+            T,
+            |f| matches!(f, Fact::CreateFailed { id, .. } if *id == broken.id),
+        )
+        .await?;
+    assert!(
+        format!("{failed:?}").contains("start container"),
+        "{failed:?}"
+    );
+    assert!(node.docker_containers()?.is_empty(), "nothing left behind");
+
     // Still working.
     let spec = demo_spec();
     create(&ctl, &spec).await?;
@@ -533,5 +550,46 @@ async fn a_network_with_another_subnet_is_a_clear_error() -> Result<()> {
         msg.contains(&node.prefix) && msg.contains(&other.prefix),
         "{msg}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_outage_does_not_stop_the_agent() -> Result<()> {
+    ensure_demo_image();
+    let mut nats = Nats::start().await?;
+    let node = Node::new();
+    let agent = AgentProc::start(&node, &nats.url, &[])?;
+    let ctl = Control::new(&nats, &node).await?;
+    ctl.wait_ready().await?;
+    let mut facts = ctl.facts().await?;
+    let spec = demo_spec();
+    create(&ctl, &spec).await?;
+    let e = entry_of(facts.wait("healthy", T, healthy(spec.id)).await?);
+
+    // While NATS is down the container dies; the fact about it may be lost, the level is not.
+    nats.stop();
+    docker(&["kill", &e.docker_id])?;
+    nats.restart().await?;
+    let ctl = Control::new(&nats, &node).await?;
+    let inv = wait_until("the agent back, reporting the exit", T, || async {
+        let inv = ctl.wait_ready().await.ok()?;
+        inv.containers
+            .iter()
+            .any(|c| c.id == spec.id && c.status == ObservedStatus::Exited)
+            .then_some(inv)
+    })
+    .await?;
+    assert_eq!(inv.containers.len(), 1);
+    assert!(
+        agent.log().contains("disconnected from NATS"),
+        "the agent noticed the outage"
+    );
+    // And it takes commands again.
+    let spec2 = demo_spec();
+    let mut facts = ctl.facts().await?;
+    create(&ctl, &spec2).await?;
+    facts
+        .wait("healthy after the outage", T, healthy(spec2.id))
+        .await?;
     Ok(())
 }

@@ -96,7 +96,8 @@ pub fn free_port() -> u16 {
 
 /// A nats-server on a free port, killed on drop.
 pub struct Nats {
-    child: Child,
+    child: Option<Child>,
+    port: u16,
     /// `nats://127.0.0.1:PORT`.
     pub url: String,
 }
@@ -105,23 +106,46 @@ impl Nats {
     /// Starts one and waits until it accepts connections.
     pub async fn start() -> Result<Nats> {
         let port = free_port();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start nats-server")?;
-        let nats = Nats {
-            child,
+        let mut nats = Nats {
+            child: None,
+            port,
             url: format!("nats://127.0.0.1:{port}"),
         };
+        nats.spawn().await?;
+        Ok(nats)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let port = self.port;
+        self.child = Some(
+            Command::new("nats-server")
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("start nats-server")?,
+        );
         wait_until("nats-server to listen", Duration::from_secs(10), || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .ok()
         })
         .await?;
-        Ok(nats)
+        Ok(())
+    }
+
+    /// Kills the server (an outage).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn().await
     }
 
     /// A client.
@@ -132,8 +156,7 @@ impl Nats {
 
 impl Drop for Nats {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
