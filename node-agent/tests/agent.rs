@@ -593,3 +593,64 @@ async fn a_nats_outage_does_not_stop_the_agent() -> Result<()> {
         .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resync_adopts_and_cleans_what_no_event_announced() -> Result<()> {
+    ensure_demo_image();
+    let nats = Nats::start().await?;
+    let node = Node::new();
+    let _agent = AgentProc::start(&node, &nats.url, &["--resync-ms", "300"])?;
+    let ctl = Control::new(&nats, &node).await?;
+    ctl.wait_ready().await?;
+
+    // `docker create` makes no event the agent watches: only the resync can find these.
+    let id = ContainerId::new();
+    let labels = [
+        format!("io.warmpool.node={}", node.id),
+        format!("io.warmpool.id={id}"),
+        "io.warmpool.pool=demo".to_string(),
+        "io.warmpool.generation=3".to_string(),
+        r#"io.warmpool.health={"probe":{"kind":"tcp"}}"#.to_string(),
+        "io.warmpool.port=8080".to_string(),
+    ];
+    let mut args = vec!["create", "--network", &node.network];
+    for l in &labels {
+        args.extend(["--label", l.as_str()]);
+    }
+    args.push(IMAGE);
+    docker(&args)?;
+    let node_label = format!("io.warmpool.node={}", node.id);
+    let garbage = docker(&[
+        "create",
+        "--label",
+        &node_label,
+        "--label",
+        "io.warmpool.id=???",
+        IMAGE,
+    ])?;
+
+    let inv = wait_until("the resync to adopt the created container", T, || async {
+        let inv = ctl.inventory().await.ok()?;
+        (!inv.containers.is_empty()).then_some(inv)
+    })
+    .await?;
+    let e = &inv.containers[0];
+    assert_eq!(
+        (e.id, e.generation, e.status),
+        (id, 3, ObservedStatus::Starting)
+    );
+    wait_until("the garbage container to be removed", T, || async {
+        (!node.docker_containers().ok()?.contains(&garbage)).then_some(())
+    })
+    .await?;
+
+    // Started by hand later, it is probed (TCP, from its label) and becomes healthy.
+    docker(&["start", &e.docker_id])?;
+    wait_until("healthy", T, || async {
+        let inv = ctl.inventory().await.ok()?;
+        let e = inv.containers.first()?;
+        (e.status == ObservedStatus::Running && e.health == Health::Healthy).then_some(())
+    })
+    .await?;
+    Ok(())
+}
