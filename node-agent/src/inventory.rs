@@ -93,15 +93,14 @@ impl Inner {
         self.version
     }
 
-    fn tombstoned(&mut self, id: &ContainerId) -> bool {
-        let now = Instant::now();
+    fn tombstoned(&self, id: &ContainerId) -> bool {
         self.tombstones
-            .retain(|_, at| now.duration_since(*at) < TOMBSTONE_TTL);
-        self.tombstones.contains_key(id)
+            .get(id)
+            .is_some_and(|at| at.elapsed() < TOMBSTONE_TTL)
     }
 
     /// Whether events and resync must leave `id` alone.
-    fn busy(&mut self, id: &ContainerId) -> bool {
+    fn busy(&self, id: &ContainerId) -> bool {
         self.creating.contains_key(id) || self.tombstoned(id)
     }
 }
@@ -266,6 +265,11 @@ impl Inventory {
     /// over. Returns the taken entry's Docker id, if it was known.
     pub fn begin_destroy(&self, id: ContainerId) -> (Option<String>, Option<watch::Receiver<()>>) {
         let mut inner = self.lock();
+        // Expired tombstones are pruned here, where they are added, so the map stays as small
+        // as the destroys of the last TTL.
+        inner
+            .tombstones
+            .retain(|_, at| at.elapsed() < TOMBSTONE_TTL);
         inner.tombstones.insert(id, Instant::now());
         let taken = inner.entries.remove(&id).map(|t| {
             t.stop_probe.cancel();
@@ -472,7 +476,7 @@ impl Inventory {
     /// Whether the resync should inspect a listed container: it is unknown (and not being
     /// created or destroyed), or Docker's state differs from the entry's.
     pub fn needs_inspect(&self, id: &ContainerId, docker_id: &str, state: DockerState) -> bool {
-        let mut inner = self.lock();
+        let inner = self.lock();
         if inner.busy(id) {
             return false;
         }

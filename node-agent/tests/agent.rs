@@ -654,3 +654,46 @@ async fn the_resync_adopts_and_cleans_what_no_event_announced() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_missed_while_the_event_stream_was_broken_are_recovered() -> Result<()> {
+    ensure_demo_image();
+    let nats = Nats::start().await?;
+    let node = Node::new();
+    let proxy = DockerProxy::start(node.id.as_str())?;
+    // No periodic resync within the test: recovery must come from the reconnect.
+    let _agent = AgentProc::start(
+        &node,
+        &nats.url,
+        &["--docker-host", &proxy.url(), "--resync-ms", "600000"],
+    )?;
+    let ctl = Control::new(&nats, &node).await?;
+    ctl.wait_ready().await?;
+    let mut facts = ctl.facts().await?;
+    let spec = demo_spec();
+    create(&ctl, &spec).await?;
+    let e = entry_of(facts.wait("healthy", T, healthy(spec.id)).await?);
+
+    // The agent's view of Docker breaks; the container dies meanwhile.
+    proxy.cut();
+    docker(&["kill", &e.docker_id])?;
+    proxy.resume();
+    let dead = entry_of(
+        facts
+            .wait("the missed death, after the reconnect", T, |f| {
+                matches!(f, Fact::Observed { entry, .. } if entry.id == spec.id && entry.status == ObservedStatus::Exited)
+            })
+            .await?,
+    );
+    assert_eq!(dead.exit_code, Some(137));
+    // And the watcher works again for what happens next.
+    docker(&["rm", "-f", &e.docker_id])?;
+    facts
+        .wait(
+            "gone",
+            Duration::from_secs(10),
+            |f| matches!(f, Fact::Gone { id, .. } if *id == spec.id),
+        )
+        .await?;
+    Ok(())
+}

@@ -516,3 +516,70 @@ pub async fn http_get(ip: Ipv6Addr, port: u16, path: &str) -> Result<(u16, Strin
         .await
         .map_err(|_| anyhow!("GET [{ip}]:{port}{path} timed out"))?
 }
+
+/// A unix-socket proxy in front of dockerd that a test can cut: every connection through it
+/// (the agent's event stream included) breaks at once, and new ones are refused, until
+/// [`DockerProxy::resume`].
+pub struct DockerProxy {
+    /// The proxy's socket path, for `--docker-host unix://…`.
+    pub path: PathBuf,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DockerProxy {
+    /// Starts one on a fresh socket.
+    pub fn start(name: &str) -> Result<DockerProxy> {
+        let path = std::env::temp_dir().join(format!("wp-docker-proxy-{name}.sock"));
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        let (cut, _) = tokio::sync::watch::channel(false);
+        let cut = std::sync::Arc::new(cut);
+        let cut2 = cut.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if *cut2.borrow() {
+                    continue; // refused: dropped at once
+                }
+                let mut stop = cut2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut daemon) =
+                        tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut daemon) => {}
+                        _ = stop.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Ok(DockerProxy { path, cut, task })
+    }
+
+    /// `unix://<path>`.
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    /// Breaks every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Lets connections through again.
+    pub fn resume(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for DockerProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
