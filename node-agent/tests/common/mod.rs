@@ -325,6 +325,8 @@ impl Drop for AgentProc {
                 self.log.display(),
                 self.log()
             );
+        } else {
+            let _ = std::fs::remove_file(&self.log);
         }
     }
 }
