@@ -84,8 +84,12 @@ up() {
   start_dockerd
   build
   mkdir -p "$DEV"
-  say "starting nats-server on 127.0.0.1:$NATS_PORT"
-  spawn nats nats-server -a 127.0.0.1 -p "$NATS_PORT"
+  if ! running nats && (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; then
+    say "a NATS server already listens on 127.0.0.1:$NATS_PORT; using it"
+  else
+    say "starting nats-server on 127.0.0.1:$NATS_PORT"
+    spawn nats nats-server -a 127.0.0.1 -p "$NATS_PORT"
+  fi
   say "starting 3 control-plane members (APIs on 127.0.0.1:$API_PORT-$((API_PORT + 2)))"
   spawn cp1 "$BIN/warmpool-control-plane" --id 1 --bootstrap --data-dir "$DEV/cp1" \
     --api-addr "127.0.0.1:$API_PORT" --nats-url "nats://127.0.0.1:$NATS_PORT"
