@@ -254,8 +254,10 @@ async fn destroy(shared: &Arc<Shared>, id: ContainerId, reason: String) -> Agent
         Ok(()) => {
             if existed {
                 info!(reason = reason.as_str(), "container destroyed");
-                shared.inventory.destroyed(id, reason);
             }
+            shared
+                .inventory
+                .finish_destroy(id, existed.then_some(reason));
             AgentReply::Destroyed { existed }
         }
         Err(e) => {

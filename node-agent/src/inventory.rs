@@ -17,11 +17,14 @@
 //!   created, nor destroyed ([`Inventory::admit_create`]). The admitted create holds a
 //!   [`CreateGuard`]; while it lives, the id is "in flight" and everything else (events,
 //!   resync) leaves that id alone: the create task alone decides how it ends.
-//! - **Destroyed ids are tombstoned.** [`Inventory::begin_destroy`] takes the entry out and
-//!   tombstones the id (for [`TOMBSTONE_TTL`]) *before* Docker removes the container, so
-//!   neither the resync (which may still list the dying container) nor a late, duplicated
-//!   `Create` can bring it back. If the removal fails, the tombstone is lifted and the next
-//!   resync adopts the container again, so it is never forgotten while it exists.
+//! - **Destroyed ids are tombstoned.** [`Inventory::begin_destroy`] tombstones the id (for
+//!   [`TOMBSTONE_TTL`]) *before* Docker removes the container, so neither the resync (which
+//!   may still list the dying container) nor a late, duplicated `Create` can bring it back.
+//!   The entry itself stays, frozen (events, probes and resync leave a tombstoned id alone),
+//!   until Docker confirms the removal ([`Inventory::finish_destroy`]): the inventory never
+//!   says a container is gone while it still exists, because the control plane concludes
+//!   from an inventory that lacks a container that it is gone. If the removal fails, the
+//!   tombstone is lifted and the entry lives on as before.
 //! - **Stale observations lose.** Every change stamps the entry with a fresh version. A resync
 //!   first takes a mark ([`Inventory::mark`]), then lists/inspects Docker, then applies what it
 //!   saw only to entries not changed after the mark, and drops as vanished only entries that
@@ -260,9 +263,9 @@ impl Inventory {
         self.lock().creating.remove(&guard.id);
     }
 
-    /// Starts destroying `id`: tombstones it, takes its entry out (stopping its probes) and,
-    /// if a create of it is in flight, returns a receiver that resolves when that create is
-    /// over. Returns the taken entry's Docker id, if it was known.
+    /// Starts destroying `id`: tombstones it (freezing its entry) and, if a create of it is in
+    /// flight, returns a receiver that resolves when that create is over. Returns the entry's
+    /// Docker id, if it is known.
     pub fn begin_destroy(&self, id: ContainerId) -> (Option<String>, Option<watch::Receiver<()>>) {
         let mut inner = self.lock();
         // Expired tombstones are pruned here, where they are added, so the map stays as small
@@ -271,25 +274,27 @@ impl Inventory {
             .tombstones
             .retain(|_, at| at.elapsed() < TOMBSTONE_TTL);
         inner.tombstones.insert(id, Instant::now());
-        let taken = inner.entries.remove(&id).map(|t| {
-            t.stop_probe.cancel();
-            t.entry.docker_id
-        });
-        if taken.is_some() {
-            inner.bump();
-        }
-        (taken, inner.creating.get(&id).cloned())
+        let known = inner.entries.get(&id).map(|t| t.entry.docker_id.clone());
+        (known, inner.creating.get(&id).cloned())
     }
 
-    /// Lifts the tombstone of a destroy that failed, so the resync adopts the container again.
+    /// Lifts the tombstone of a destroy that failed: the entry (if any) lives on, the resync
+    /// adopts the container if it had none.
     pub fn destroy_failed(&self, id: &ContainerId) {
         self.lock().tombstones.remove(id);
     }
 
-    /// Reports a destroyed container gone.
-    pub fn destroyed(&self, id: ContainerId, reason: String) {
-        let _inner = self.lock();
-        self.outbox.send(Outgoing::Gone { id, reason });
+    /// Docker removed `id`: drops its entry (stopping its probes) and, with a reason, reports
+    /// it gone.
+    pub fn finish_destroy(&self, id: ContainerId, gone: Option<String>) {
+        let mut inner = self.lock();
+        if let Some(t) = inner.entries.remove(&id) {
+            t.stop_probe.cancel();
+            inner.bump();
+        }
+        if let Some(reason) = gone {
+            self.outbox.send(Outgoing::Gone { id, reason });
+        }
     }
 
     /// A version mark; see the module doc.
@@ -598,11 +603,17 @@ mod tests {
         assert_eq!(taken.as_deref(), Some("d1"));
         assert!(wait.is_none());
         assert!(matches!(inv.admit_create(id), Admission::Destroyed));
+        // Until Docker confirms, the entry stays, frozen: no event or resync changes it.
+        assert_eq!(inv.len(), 1);
+        assert!(!inv.on_die(&id, None, Some(137)));
+        assert!(!inv.remove_vanished(&id, None, "x", u64::MAX));
         assert!(matches!(
             inv.upsert(&obs(DockerState::Running), &labels(id), u64::MAX),
             Upsert::Skipped
         ));
+        inv.finish_destroy(id, Some("released".into()));
         assert_eq!(inv.len(), 0);
+        assert!(matches!(inv.admit_create(id), Admission::Destroyed));
     }
 
     #[test]
