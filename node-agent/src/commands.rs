@@ -149,10 +149,15 @@ fn create(shared: &Arc<Shared>, spec: CreateSpec, cancel: CancellationToken) -> 
     };
     let shared2 = shared.clone();
     shared.tasks.spawn(async move {
-        // Wait for a create slot; at shutdown, queued creates are dropped (never started).
+        // Wait for a create slot; at shutdown, or when a destroy of this id arrives, a queued
+        // create is dropped without ever being started.
         let permit = tokio::select! {
             p = shared2.creates.acquire() => p,
             _ = cancel.cancelled() => {
+                shared2.inventory.abandon_create(guard);
+                return;
+            }
+            _ = guard.destroyed().cancelled() => {
                 shared2.inventory.abandon_create(guard);
                 return;
             }

@@ -85,7 +85,7 @@ struct Tracked {
 struct Inner {
     entries: HashMap<ContainerId, Tracked>,
     /// Creates in flight; a destroy waits on the receiver until the create is over.
-    creating: HashMap<ContainerId, watch::Receiver<()>>,
+    creating: HashMap<ContainerId, InFlight>,
     tombstones: HashMap<ContainerId, Instant>,
     version: u64,
 }
@@ -120,9 +120,18 @@ pub enum Admission {
     Destroyed,
 }
 
+/// A create in flight, as the inventory sees it.
+struct InFlight {
+    /// Closed when the create is over.
+    done: watch::Receiver<()>,
+    /// Cancelled by a destroy of the same id.
+    destroyed: CancellationToken,
+}
+
 /// Marks a create as in flight; dropping it ends that (and wakes a waiting destroy).
 pub struct CreateGuard {
     id: ContainerId,
+    destroyed: CancellationToken,
     _done: watch::Sender<()>,
 }
 
@@ -130,6 +139,12 @@ impl CreateGuard {
     /// The container being created.
     pub fn id(&self) -> ContainerId {
         self.id
+    }
+
+    /// Cancelled when a destroy of this id arrives: a create still waiting for its turn gives
+    /// up at once instead of making a container only to remove it.
+    pub fn destroyed(&self) -> &CancellationToken {
+        &self.destroyed
     }
 }
 
@@ -220,8 +235,19 @@ impl Inventory {
             return Admission::InFlight;
         }
         let (tx, rx) = watch::channel(());
-        inner.creating.insert(id, rx);
-        Admission::Admitted(CreateGuard { id, _done: tx })
+        let destroyed = CancellationToken::new();
+        inner.creating.insert(
+            id,
+            InFlight {
+                done: rx,
+                destroyed: destroyed.clone(),
+            },
+        );
+        Admission::Admitted(CreateGuard {
+            id,
+            destroyed,
+            _done: tx,
+        })
     }
 
     /// Whether `id` was destroyed (a queued create checks before starting).
@@ -258,7 +284,7 @@ impl Inventory {
         }
     }
 
-    /// Forgets a create that never started (shutdown while it waited for its turn).
+    /// Forgets a create that never started (shutdown or destroy while it waited for its turn).
     pub fn abandon_create(&self, guard: CreateGuard) {
         self.lock().creating.remove(&guard.id);
     }
@@ -275,7 +301,11 @@ impl Inventory {
             .retain(|_, at| at.elapsed() < TOMBSTONE_TTL);
         inner.tombstones.insert(id, Instant::now());
         let known = inner.entries.get(&id).map(|t| t.entry.docker_id.clone());
-        (known, inner.creating.get(&id).cloned())
+        let creating = inner.creating.get(&id).map(|c| {
+            c.destroyed.cancel();
+            c.done.clone()
+        });
+        (known, creating)
     }
 
     /// Lifts the tombstone of a destroy that failed: the entry (if any) lives on, the resync
@@ -625,6 +655,7 @@ mod tests {
         };
         let (taken, wait) = inv.begin_destroy(id);
         assert!(taken.is_none());
+        assert!(guard.destroyed().is_cancelled(), "a queued create gives up");
         let mut wait = wait.expect("destroy waits for the create");
         assert!(matches!(
             inv.finish_create(guard, &obs(DockerState::Running), &labels(id)),

@@ -697,3 +697,51 @@ async fn events_missed_while_the_event_stream_was_broken_are_recovered() -> Resu
         .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_queue_and_a_destroy_cancels_a_queued_one() -> Result<()> {
+    ensure_demo_image();
+    let nats = Nats::start().await?;
+    let node = Node::new();
+    let _agent = AgentProc::start(&node, &nats.url, &["--max-concurrent-creates", "1"])?;
+    let ctl = Control::new(&nats, &node).await?;
+    ctl.wait_ready().await?;
+    let mut facts = ctl.facts().await?;
+
+    let specs = [demo_spec(), demo_spec(), demo_spec()];
+    for s in &specs {
+        create(&ctl, s).await?;
+    }
+    // The third waits behind the others (one create at a time): destroying it cancels it.
+    let destroy = AgentCommand::Destroy {
+        id: specs[2].id,
+        reason: "no longer wanted".into(),
+    };
+    assert_eq!(
+        ctl.request(&destroy).await?,
+        AgentReply::Destroyed { existed: false }
+    );
+    for s in &specs[..2] {
+        facts.wait("healthy", T, healthy(s.id)).await?;
+    }
+    let mut want = vec![specs[0].id.to_string(), specs[1].id.to_string()];
+    want.sort();
+    assert_eq!(node.docker_ids()?, want);
+    assert!(
+        !facts
+            .seen
+            .iter()
+            .any(|f| matches!(f, Fact::CreateFailed { .. }
+            | Fact::Observed { .. } if fact_id(f) == specs[2].id)),
+        "nothing reported about the cancelled create: {:?}",
+        facts.seen
+    );
+    Ok(())
+}
+
+fn fact_id(f: &Fact) -> ContainerId {
+    match f {
+        Fact::Observed { entry, .. } => entry.id,
+        Fact::Gone { id, .. } | Fact::CreateFailed { id, .. } => *id,
+    }
+}
