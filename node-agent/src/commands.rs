@@ -205,13 +205,13 @@ async fn make(
         Ok(id) => id,
         // A container of that name exists: an earlier attempt of this very create (e.g. the
         // agent died between create and start). If it is ours, carry on with it.
-        Err(DockerError::Api { source, .. }) if is_status(&source, 409) => {
+        Err(DockerError::Api { cause, .. }) if is_status(&cause, 409) => {
             match shared.driver.inspect(&name).await? {
                 Some(obs) if labels::id_of(&obs.labels).ok() == Some(spec.id) => obs.docker_id,
                 _ => {
                     return Err(DockerError::Api {
                         op: "create container (name taken by another container)",
-                        source,
+                        cause,
                     })
                 }
             }

@@ -102,7 +102,7 @@ pub struct Config {
 pub enum ConfigError {
     /// The node id is not a valid [`NodeId`].
     #[error("--node-id: {0}")]
-    NodeId(#[from] IdError),
+    NodeId(IdError),
     /// No node id was given and the hostname could not be read or used.
     #[error("--node-id not given and the hostname {0:?} is not a valid node id")]
     Hostname(String),
@@ -151,7 +151,7 @@ impl RawConfig {
     /// given (pass [`crate::host::hostname`]'s answer); only its part before the first dot counts.
     pub fn validate(self, hostname: Option<&str>) -> Result<Config, ConfigError> {
         let node_id = match &self.node_id {
-            Some(id) => NodeId::new(id.as_str())?,
+            Some(id) => NodeId::new(id.as_str()).map_err(ConfigError::NodeId)?,
             None => {
                 let host = hostname.unwrap_or_default().trim();
                 let short = host.split('.').next().unwrap_or_default();

@@ -32,22 +32,20 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     /// The daemon could not be reached or its API version not negotiated.
-    #[error("connecting to dockerd at {socket}: {source}")]
+    #[error("connecting to dockerd at {socket}: {cause}")]
     Connect {
         /// The socket.
         socket: String,
         /// Docker's error.
-        #[source]
-        source: BollardError,
+        cause: BollardError,
     },
     /// An API call failed.
-    #[error("docker {op}: {source}")]
+    #[error("docker {op}: {cause}")]
     Api {
         /// What was being done.
         op: &'static str,
         /// Docker's error.
-        #[source]
-        source: BollardError,
+        cause: BollardError,
     },
     /// The container started but has no IPv6 address from the node's /64.
     #[error("container has no IPv6 address from the node's prefix on network {0}")]
@@ -62,7 +60,7 @@ pub enum DockerError {
 
 impl DockerError {
     fn api(op: &'static str) -> impl FnOnce(BollardError) -> DockerError {
-        move |source| DockerError::Api { op, source }
+        move |cause| DockerError::Api { op, cause }
     }
 }
 
@@ -74,9 +72,9 @@ pub fn is_status(e: &BollardError, status: u16) -> bool {
 /// Connects to the daemon's unix socket and negotiates the API version (dockerd 20.10 refuses
 /// bollard's newer default version otherwise).
 pub async fn connect(socket: &str) -> Result<Docker, DockerError> {
-    let connect_err = |source| DockerError::Connect {
+    let connect_err = |cause| DockerError::Connect {
         socket: socket.to_string(),
-        source,
+        cause,
     };
     Docker::connect_with_unix(
         socket,

@@ -32,24 +32,22 @@ pub enum NetworkError {
         found: String,
     },
     /// Docker refused the network.
-    #[error("creating docker network {name} with subnet {prefix}: {source}")]
+    #[error("creating docker network {name} with subnet {prefix}: {cause}")]
     Create {
         /// Network name.
         name: String,
         /// The /64.
         prefix: String,
         /// Docker's error.
-        #[source]
-        source: bollard::errors::Error,
+        cause: bollard::errors::Error,
     },
     /// Docker failed otherwise.
-    #[error("inspecting docker network {name}: {source}")]
+    #[error("inspecting docker network {name}: {cause}")]
     Inspect {
         /// Network name.
         name: String,
         /// Docker's error.
-        #[source]
-        source: bollard::errors::Error,
+        cause: bollard::errors::Error,
     },
 }
 
@@ -90,7 +88,7 @@ pub async fn ensure(
             info!(network = name, %prefix, "created docker network");
             Ok(())
         }
-        Err(source) => {
+        Err(cause) => {
             // Another process may have created it in between: if it now exists as wanted,
             // that is success. Otherwise Docker's error says why (e.g. the subnet overlaps
             // another network's).
@@ -99,7 +97,7 @@ pub async fn ensure(
                 None => Err(NetworkError::Create {
                     name: name.to_string(),
                     prefix: prefix.to_string(),
-                    source,
+                    cause,
                 }),
             }
         }
@@ -113,9 +111,9 @@ async fn inspect(docker: &Docker, name: &str) -> Result<Option<NetworkInspect>, 
     {
         Ok(n) => Ok(Some(n)),
         Err(e) if is_status(&e, 404) => Ok(None),
-        Err(source) => Err(NetworkError::Inspect {
+        Err(cause) => Err(NetworkError::Inspect {
             name: name.to_string(),
-            source,
+            cause,
         }),
     }
 }
