@@ -85,14 +85,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
 
     // Adopt what this node already runs before taking commands, so a create for an id that
-    // exists is recognised as such.
+    // exists is recognised as such. A failure here (or at subscribing) is fatal: stop what
+    // was started (probes of adopted containers, the publisher) before returning it.
     let adopt_started = SystemTime::now();
-    let report = resync::resync(&shared).await?;
+    let abort = |e: Error| {
+        background.cancel();
+        publisher_stop.cancel();
+        e
+    };
+    let report = resync::resync(&shared).await.map_err(|e| abort(e.into()))?;
     info!(
         adopted = report.adopted,
         removed = report.removed,
         "adopted existing containers"
     );
+    let sub = nats
+        .subscribe(subjects::cmd(&node))
+        .await
+        .map_err(|e| abort(Error::Nats(e.to_string())))?;
 
     let loops = TaskTracker::new();
     loops.spawn(events::watch(
@@ -105,10 +115,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let commands_stop = CancellationToken::new();
     let handlers = TaskTracker::new();
-    let sub = nats
-        .subscribe(subjects::cmd(&node))
-        .await
-        .map_err(|e| Error::Nats(e.to_string()))?;
     let listener = tokio::spawn(commands::listen(
         shared.clone(),
         sub,

@@ -19,7 +19,7 @@
 //!
 //! [`probe`] sends one HTTP/1.0 `GET` (2xx or 3xx is a pass) or opens one TCP connection to
 //! the container's IPv6 address, bounded as a whole by the check's timeout. Each container has
-//! its own probe task (see `inventory`), so probes of different containers run concurrently.
+//! its own probe task (see `prober`), so probes of different containers run concurrently.
 
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Duration;
