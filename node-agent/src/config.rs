@@ -129,7 +129,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// The network name is not one Docker accepts.
-    #[error("--network {0:?}: must be letters, digits, '_', '.' or '-', starting with a letter or digit, at most 64 characters")]
+    #[error("--network {0:?}: must be letters, digits, '_', '.' or '-', starting with a letter or digit, at most 128 characters")]
     Network(String),
     /// A label is not `key=value`, or repeats a key.
     #[error("--label {0:?}: {1}")]
@@ -273,7 +273,7 @@ fn range(
 fn network_name_ok(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.len() <= 64
+        && b.len() <= 128
         && b[0].is_ascii_alphanumeric()
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
@@ -435,6 +435,11 @@ mod tests {
         let mut r = raw();
         r.network = Some("-bad".into());
         assert!(matches!(r.validate(None), Err(ConfigError::Network(_))));
+
+        // The longest node id still makes a valid default network name.
+        let mut r = raw();
+        r.node_id = Some("n".repeat(64));
+        assert_eq!(r.validate(None).unwrap().network.len(), 73);
 
         let mut r = raw();
         r.heartbeat_ms = 0;
