@@ -70,7 +70,7 @@ async fn every_member_sees_the_same_leader_and_three_voters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allocation_made_through_a_follower_is_visible_through_every_member_at_once() {
     let c = TestCluster::replicated(3, &[]).await;
-    let (_agent, pool) = sim_pool(&c, 3).await;
+    let (_agent, pool) = sim_pool(&c, 100).await;
     let leader = leader_index(&c).await;
     let follower = (leader + 1) % 3;
     let a = c
@@ -85,6 +85,28 @@ async fn an_allocation_made_through_a_follower_is_visible_through_every_member_a
             .await
             .unwrap_or_else(|e| panic!("member {i}: {e}"));
         assert_eq!(seen, a, "member {i}");
+    }
+
+    // Latency through the 3-member cluster, printed for the README (not asserted).
+    for (name, member) in [("leader", leader), ("follower", follower)] {
+        let client = c.client_of(member);
+        let mut took = Vec::new();
+        for _ in 0..40 {
+            let t = Instant::now();
+            client
+                .allocate(&alloc(&pool, None))
+                .await
+                .expect("allocate");
+            took.push(t.elapsed());
+        }
+        took.sort();
+        eprintln!(
+            "LATENCY via {name}: p50 {:?}, p90 {:?}, max {:?} over {} sequential allocations",
+            took[took.len() / 2],
+            took[took.len() * 9 / 10],
+            took[took.len() - 1],
+            took.len()
+        );
     }
 }
 
@@ -103,7 +125,7 @@ async fn losing_the_leader_under_load_loses_nothing_acknowledged_and_doubles_not
     let mut c = TestCluster::replicated(3, &[]).await;
     let (_agent, pool) = sim_pool(&c, 24).await;
     let history: Arc<Mutex<Vec<Op>>> = Arc::default();
-    let run_for = Duration::from_secs(8);
+    let run_for = Duration::from_secs(10);
     let start = Instant::now();
 
     let mut clients = Vec::new();
@@ -152,31 +174,39 @@ async fn losing_the_leader_under_load_loses_nothing_acknowledged_and_doubles_not
         }));
     }
 
-    // Kill the leader mid-run and time how long writes are refused.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let victim = leader_index(&c).await;
-    c.members[victim].kill();
-    let killed = Instant::now();
+    // Kill the leader three times during the run and time how long writes are refused each
+    // time; the killed member comes back before the next kill.
     let probe = Client::new(c.members.iter().map(|m| m.url()).collect(), None).unwrap();
-    let failover = loop {
-        let mut spec = TestCluster::demo_spec(&pool, 24);
-        spec.max_total = 10_000;
-        spec.scaling.batch_size = 16;
-        spec.scaling.pacing_ms = 50;
-        spec.env
-            .insert("PROBE".into(), killed.elapsed().as_millis().to_string());
-        if probe.put_pool(&spec).await.is_ok() {
-            break killed.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "no leader took writes within 30 s"
+    let mut failovers = Vec::new();
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let victim = leader_index(&c).await;
+        c.members[victim].kill();
+        let killed = Instant::now();
+        let mut attempt = 0;
+        let failover = loop {
+            attempt += 1;
+            // Any write will do; a new, empty pool disturbs nothing else.
+            let spec = TestCluster::demo_spec(&format!("probe{round}x{attempt}"), 0);
+            if probe.create_pool(&spec).await.is_ok() {
+                break killed.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(
+                killed.elapsed() < Duration::from_secs(30),
+                "no leader took writes within 30 s"
+            );
+        };
+        eprintln!(
+            "FAILOVER {round}: writes accepted again {failover:?} after the leader was killed"
         );
-    };
-    eprintln!("FAILOVER: writes accepted again {failover:?} after the leader was killed");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    c.members[victim].start();
+        failovers.push(failover);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.members[victim].start();
+    }
+    failovers.sort();
+    let failover = failovers[1];
+    eprintln!("FAILOVER median of 3: {failover:?}");
 
     for t in clients {
         t.await.unwrap();
