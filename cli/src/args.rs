@@ -108,6 +108,8 @@ pub enum Command {
     /// Control-plane membership and Raft state.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Replay a pool's recorded demand against a proposed policy, next to its current one.
+    Simulate(SimulateArgs),
 }
 
 /// `poolctl pool ...`
@@ -321,6 +323,60 @@ pub struct EventsArgs {
     /// Keep streaming new events until interrupted (Ctrl-C).
     #[arg(long, short = 'f', conflicts_with = "before")]
     pub follow: bool,
+}
+
+/// `poolctl simulate`.
+///
+/// The history is the pool's event log (allocations with their holds, and measured warm-up
+/// times), or `--trace`. The proposed policy is the pool's current spec with the flags
+/// applied. Allocations refused in the past left no events, so a history with refusals
+/// understates demand.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// The pool: its history is replayed and its spec is the current policy.
+    #[arg(required_unless_present = "trace")]
+    pub pool: Option<PoolName>,
+    /// Replay this trace instead of the pool's history: JSON lines `{"at_ms":..,"hold_ms":..}`
+    /// or CSV `at_ms,hold_ms` ("-" for standard input).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Proposed floor of warm containers.
+    #[arg(long, value_name = "N")]
+    pub min_warm: Option<u32>,
+    /// Proposed ceiling of warm containers.
+    #[arg(long, value_name = "N")]
+    pub max_warm: Option<u32>,
+    /// Proposed share of allocations to serve warm, e.g. 0.99.
+    #[arg(long, value_name = "P", value_parser = parse_hit_rate)]
+    pub target_hit_rate: Option<f64>,
+    /// Proposed time demand must stay low before the pool shrinks.
+    #[arg(long, value_name = "SECS")]
+    pub cooldown_secs: Option<u64>,
+    /// Propose a fixed target of N warm containers instead.
+    #[arg(long, value_name = "N", conflicts_with_all = ["min_warm", "max_warm", "target_hit_rate", "cooldown_secs"])]
+    pub fixed: Option<u32>,
+    /// Proposed lease: the proposed run's holds are capped at it (as if never renewed).
+    #[arg(long, value_name = "N")]
+    pub lease_seconds: Option<u64>,
+    /// Warm-up time for every container instead of the measured ones.
+    #[arg(long, value_name = "MS")]
+    pub warm_time_ms: Option<u64>,
+    /// How long a replayed allocation waits for a warm container before it is refused.
+    #[arg(long, value_name = "MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_MS))]
+    pub wait_ms: u64,
+    /// Seed for drawing warm-up times.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+    /// Show only the proposed policy's run.
+    #[arg(long)]
+    pub only_proposed: bool,
+}
+
+fn parse_hit_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if p > 0.0 && p < 1.0 => Ok(p),
+        _ => Err("must be a number between 0 and 1, e.g. 0.99".into()),
+    }
 }
 
 /// `poolctl node ...`

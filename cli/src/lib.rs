@@ -12,6 +12,8 @@
 //! - [`args`]: the command line (clap derive).
 //! - [`spec`]: pool specs from flags and files, and merging for `pool update` (pure).
 //! - [`render`]: tables and `key: value` blocks (pure).
+//! - [`simulate`]: `poolctl simulate`, replaying a pool's history against a proposed policy
+//!   with [`policy`] (`warmpool-policy`, re-exported for tools and tests).
 //! - [`run`]: carrying out a command, exit codes and error messages.
 #![warn(missing_docs)]
 #![deny(clippy::await_holding_lock)]
@@ -21,9 +23,11 @@ pub mod client;
 pub mod error;
 pub mod render;
 pub mod run;
+pub mod simulate;
 pub mod spec;
 pub mod sse;
 mod stream;
 
 pub use client::{AllocationQuery, Client, ClientBuilder, NodeAction};
 pub use error::ClientError;
+pub use warmpool_policy as policy;

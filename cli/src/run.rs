@@ -15,6 +15,7 @@ use crate::args::{
 use crate::client::{AllocationQuery, Client, NodeAction};
 use crate::error::{fmt_duration, ClientError};
 use crate::render::{self, Style};
+use crate::simulate;
 use crate::spec;
 
 /// `before` that means "the newest events": the API answers the newest `limit` events below
@@ -192,7 +193,73 @@ async fn dispatch(command: Command, client: &Client, mut p: Printer<'_>) -> Resu
             };
             p.show(&view, |c, _| render::cluster_view(c))
         }
+        Command::Simulate(a) => simulate_command(a, client, p).await,
     }
+}
+
+async fn simulate_command(
+    a: crate::args::SimulateArgs,
+    client: &Client,
+    mut p: Printer<'_>,
+) -> Result<(), CliError> {
+    use warmpool_policy::{History, Trace};
+    let current = match &a.pool {
+        Some(name) => Some(client.get_pool(name).await?.pool.spec),
+        None => None,
+    };
+    let (history, source) = match (&a.trace, &a.pool) {
+        (Some(path), _) => {
+            let origin = path.display().to_string();
+            let text = if origin == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(path)
+            }
+            .map_err(|e| CliError::Usage(format!("cannot read {origin}: {e}")))?;
+            let trace =
+                Trace::parse(&text).map_err(|e| CliError::Usage(format!("{origin}: {e}")))?;
+            let history = History {
+                trace,
+                warm_times_ms: Vec::new(),
+                open_allocations: 0,
+                unmatched_releases: 0,
+            };
+            (history, origin)
+        }
+        (None, Some(name)) => {
+            let events = simulate::fetch_history(client, name).await?;
+            let history = History::from_events(&events, Some(name))
+                .filter(|h| !h.trace.arrivals.is_empty())
+                .ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "pool {name} has no allocations in the event log to replay; pass --trace"
+                    ))
+                })?;
+            (history, format!("events of pool {name}"))
+        }
+        (None, None) => {
+            return Err(CliError::Usage(
+                "simulate needs a pool or --trace".to_string(),
+            ))
+        }
+    };
+    let base = match &current {
+        Some(spec) => spec.clone(),
+        None => warmpool_proto::PoolSpec::new(
+            warmpool_proto::PoolName::new("trace").map_err(|e| CliError::Usage(e.to_string()))?,
+            "-",
+        ),
+    };
+    let proposed = simulate::proposed_spec(&base, &a).map_err(CliError::Usage)?;
+    let view = simulate::simulate(
+        a.pool.clone(),
+        source,
+        &history,
+        current.as_ref(),
+        &proposed,
+        &a,
+    );
+    p.show(&view, |v, _| simulate::render(v))
 }
 
 async fn pool(cmd: PoolCommand, client: &Client, mut p: Printer<'_>) -> Result<(), CliError> {

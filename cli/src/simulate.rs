@@ -1,0 +1,564 @@
+//! `poolctl simulate`: replay a pool's recorded demand against a proposed policy.
+//!
+//! The history comes from the control plane's event log (allocations with their holds, and
+//! measured warm-up times; see [`History::from_events`]) or from a trace file. Both the pool's
+//! current policy and the proposed one (the current spec with the flags applied) are replayed on
+//! the same trace and pool model by `warmpool-policy`'s simulator, and shown side by side.
+//!
+//! Everything but fetching the events is pure and tested here.
+
+use serde::Serialize;
+use warmpool_policy::{History, Policy, PoolModel, SimReport, Trace, WarmTime};
+use warmpool_proto::api::EventQuery;
+use warmpool_proto::{Event, EventKind, PoolName, PoolSpec};
+
+use crate::args::SimulateArgs;
+use crate::client::Client;
+use crate::error::ClientError;
+use crate::render::{compact_secs, Align, Table};
+
+/// Events asked for per page when reading a pool's history (the API's maximum).
+pub const EVENT_PAGE: usize = 1000;
+
+/// The event kinds a history is built from.
+pub const HISTORY_KINDS: [EventKind; 4] = [
+    EventKind::ContainerCreated,
+    EventKind::ContainerWarm,
+    EventKind::ContainerAllocated,
+    EventKind::ContainerReleased,
+];
+
+/// The query for the page of `pool`'s history after event `after`.
+pub fn history_query(pool: &PoolName, after: u64) -> EventQuery {
+    EventQuery {
+        after: Some(after),
+        limit: Some(EVENT_PAGE),
+        pool: Some(pool.to_string()),
+        kind: Some(
+            HISTORY_KINDS
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        ..EventQuery::default()
+    }
+}
+
+/// Every retained event of `pool`'s history, oldest first, paging with `after`.
+pub async fn fetch_history(client: &Client, pool: &PoolName) -> Result<Vec<Event>, ClientError> {
+    let mut events: Vec<Event> = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = client.events(&history_query(pool, after)).await?;
+        let full = page.len() >= EVENT_PAGE;
+        match page.last() {
+            // A server that answers the same page again would loop forever: stop instead.
+            Some(last) if last.seq > after => after = last.seq,
+            _ => break,
+        }
+        events.extend(page);
+        if !full {
+            break;
+        }
+    }
+    Ok(events)
+}
+
+/// The proposed spec: `current` with the policy flags applied, checked.
+pub fn proposed_spec(current: &PoolSpec, a: &SimulateArgs) -> Result<PoolSpec, String> {
+    let mut spec = current.clone();
+    if let Some(n) = a.fixed {
+        spec.min_warm = n;
+        spec.max_warm = Some(n);
+        spec.scaling.target_hit_rate = None;
+    }
+    if let Some(n) = a.min_warm {
+        spec.min_warm = n;
+        if a.max_warm.is_none() && spec.max_warm.is_some_and(|m| m < n) {
+            spec.max_warm = Some(n);
+        }
+    }
+    if let Some(n) = a.max_warm {
+        spec.max_warm = Some(n);
+    }
+    if let Some(p) = a.target_hit_rate {
+        spec.scaling.target_hit_rate = Some(p);
+    }
+    if let Some(s) = a.cooldown_secs {
+        spec.scaling.cooldown_secs = s;
+    }
+    if let Some(s) = a.lease_seconds {
+        spec.lease_seconds = s;
+    }
+    if spec.max_warm() > spec.max_total {
+        spec.max_total = spec.max_warm();
+    }
+    spec.validate()
+        .map_err(|e| format!("the proposed policy: {}", e.0))?;
+    Ok(spec)
+}
+
+/// One policy's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// `current` or `proposed`.
+    pub name: String,
+    /// The policy, in words.
+    pub summary: String,
+    /// The policy.
+    pub policy: Policy,
+    /// What happened.
+    pub report: SimReport,
+}
+
+/// What was replayed.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceSummary {
+    /// Where it came from: `events of pool demo` or a file name.
+    pub source: String,
+    /// Allocation attempts.
+    pub arrivals: usize,
+    /// Span, seconds.
+    pub duration_s: f64,
+    /// Mean attempts per second.
+    pub mean_rate_per_s: f64,
+    /// Allocations still open at the end of the history (held until then).
+    pub open_allocations: usize,
+    /// The warm-up times used.
+    pub warm_time: String,
+    /// How long a replayed allocation waits for a warm container, ms.
+    pub wait_ms: u64,
+}
+
+/// The answer of `poolctl simulate`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimulationView {
+    /// The pool, when one was given.
+    pub pool: Option<PoolName>,
+    /// The trace.
+    pub trace: TraceSummary,
+    /// The runs, current first.
+    pub runs: Vec<Run>,
+}
+
+/// A policy in a few words: `fixed 3`, or `2..20, target 99%, cool-down 1m`.
+pub fn describe_policy(p: &Policy) -> String {
+    if p.is_fixed() {
+        return format!("fixed {}", p.min_warm);
+    }
+    let target = match p.target_hit_rate {
+        Some(t) => format!("target {}", percent(t)),
+        None => "cover the mean".to_string(),
+    };
+    format!(
+        "{}..{}, {target}, cool-down {}",
+        p.min_warm,
+        p.max_warm,
+        compact_secs(p.cooldown_ms / 1000)
+    )
+}
+
+fn percent(v: f64) -> String {
+    let s = format!("{:.2}", v * 100.0);
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    format!("{s}%")
+}
+
+/// Runs the simulations: `current` (when there is a current spec) and `proposed`.
+///
+/// `warm_time_ms` overrides the measured warm-up times; `lease_seconds` caps the proposed run's
+/// holds (as if no session renewed past that lease).
+pub fn simulate(
+    pool: Option<PoolName>,
+    source: String,
+    history: &History,
+    current: Option<&PoolSpec>,
+    proposed: &PoolSpec,
+    a: &SimulateArgs,
+) -> SimulationView {
+    let warm_time = match a.warm_time_ms {
+        Some(ms) => WarmTime::Fixed { ms },
+        None if history.warm_times_ms.is_empty() => WarmTime::Fixed {
+            ms: warmpool_policy::sim::DEFAULT_WARM_MS,
+        },
+        None => WarmTime::Samples {
+            ms: history.warm_times_ms.clone(),
+        },
+    };
+    let model_spec = current.unwrap_or(proposed);
+    let mut model = PoolModel::from_spec(model_spec, warm_time.clone(), a.wait_ms);
+    model.seed = a.seed;
+    let mut runs = Vec::new();
+    let mut run = |name: &str, spec: &PoolSpec, trace: &Trace| {
+        let policy = Policy::from_spec(spec);
+        let report = warmpool_policy::simulate(trace, &model, &policy);
+        runs.push(Run {
+            name: name.to_string(),
+            summary: describe_policy(&policy),
+            policy,
+            report,
+        });
+    };
+    if let Some(spec) = current.filter(|_| !a.only_proposed) {
+        run("current", spec, &history.trace);
+    }
+    let capped;
+    let proposed_trace = match a.lease_seconds {
+        Some(s) => {
+            capped = history.trace.with_holds_capped(s.saturating_mul(1000));
+            &capped
+        }
+        None => &history.trace,
+    };
+    run("proposed", proposed, proposed_trace);
+    let t = &history.trace;
+    SimulationView {
+        pool,
+        trace: TraceSummary {
+            source,
+            arrivals: t.arrivals.len(),
+            duration_s: t.duration_ms() as f64 / 1000.0,
+            mean_rate_per_s: t.mean_rate_per_s(),
+            open_allocations: history.open_allocations,
+            warm_time: warm_time.describe(),
+            wait_ms: a.wait_ms,
+        },
+        runs,
+    }
+}
+
+/// The table of `poolctl simulate`.
+pub fn render(v: &SimulationView) -> String {
+    let t = &v.trace;
+    let mut out = format!(
+        "{}: {} allocations over {} ({:.3}/s){}\nwarm-up: {}; allocations wait up to {} ms\n\n",
+        t.source,
+        t.arrivals,
+        compact_secs(t.duration_s.round() as u64),
+        t.mean_rate_per_s,
+        match t.open_allocations {
+            0 => String::new(),
+            n => format!(", {n} still open"),
+        },
+        t.warm_time,
+        t.wait_ms,
+    );
+    let mut cols: Vec<(&str, Align)> = vec![("", Align::Left)];
+    cols.extend(v.runs.iter().map(|r| (r.name.as_str(), Align::Right)));
+    let mut table = Table::new(&cols);
+    let mut row = |label: &str, cell: &dyn Fn(&Run) -> String| {
+        let mut cells = vec![label.to_string()];
+        cells.extend(v.runs.iter().map(cell));
+        table.row(cells);
+    };
+    row("policy", &|r| r.summary.clone());
+    row("hit rate", &|r| percent_fixed(r.report.hit_rate));
+    row("wait p50", &|r| format!("{} ms", r.report.wait_p50_ms));
+    row("wait p99", &|r| format!("{} ms", r.report.wait_p99_ms));
+    row("refused", &|r| r.report.refused.to_string());
+    row("idle container-s", &|r| {
+        format!("{:.0}", r.report.idle_container_seconds)
+    });
+    row("allocated container-s", &|r| {
+        format!("{:.0}", r.report.allocated_container_seconds)
+    });
+    row("mean warm", &|r| format!("{:.2}", r.report.mean_warm));
+    row("mean wanted", &|r| format!("{:.2}", r.report.mean_wanted));
+    row("containers made", &|r| r.report.created.to_string());
+    out.push_str(&table.render());
+    out
+}
+
+fn percent_fixed(v: f64) -> String {
+    format!("{:.2}%", v * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::{Cli, Command};
+    use clap::Parser;
+    use warmpool_policy::Arrival;
+
+    fn args(extra: &[&str]) -> SimulateArgs {
+        let cli = Cli::try_parse_from(["poolctl", "simulate", "demo"].iter().chain(extra)).unwrap();
+        match cli.command {
+            Command::Simulate(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn spec() -> PoolSpec {
+        let mut s = PoolSpec::new(PoolName::new("demo").unwrap(), "img");
+        s.min_warm = 3;
+        s
+    }
+
+    #[test]
+    fn flags_make_the_proposed_spec() {
+        let p = proposed_spec(
+            &spec(),
+            &args(&[
+                "--min-warm",
+                "1",
+                "--max-warm",
+                "20",
+                "--target-hit-rate",
+                "0.99",
+                "--cooldown-secs",
+                "30",
+            ]),
+        )
+        .unwrap();
+        assert_eq!((p.min_warm, p.max_warm()), (1, 20));
+        assert_eq!(p.scaling.target_hit_rate, Some(0.99));
+        assert_eq!(p.scaling.cooldown_secs, 30);
+
+        let p = proposed_spec(&p, &args(&["--fixed", "7"])).unwrap();
+        assert_eq!(
+            (p.min_warm, p.max_warm(), p.scaling.target_hit_rate),
+            (7, 7, None)
+        );
+
+        // Raising the floor above an old ceiling lifts the ceiling with it.
+        let mut s = spec();
+        s.max_warm = Some(4);
+        let p = proposed_spec(&s, &args(&["--min-warm", "6"])).unwrap();
+        assert_eq!(p.max_warm(), 6);
+        // A ceiling beyond max_total raises max_total: the proposal is about warm counts.
+        let p = proposed_spec(&spec(), &args(&["--max-warm", "500"])).unwrap();
+        assert_eq!(p.max_total, 500);
+
+        let err = proposed_spec(&spec(), &args(&["--min-warm", "5", "--max-warm", "2"]));
+        assert!(err
+            .unwrap_err()
+            .contains("max_warm (2) is below min_warm (5)"));
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        for bad in [
+            vec!["simulate"],
+            vec!["simulate", "demo", "--target-hit-rate", "1.5"],
+            vec!["simulate", "demo", "--target-hit-rate", "x"],
+            vec!["simulate", "demo", "--fixed", "3", "--min-warm", "1"],
+        ] {
+            let err = Cli::try_parse_from(std::iter::once("poolctl").chain(bad.iter().copied()))
+                .expect_err(&format!("{bad:?}"));
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["poolctl", "simulate", "--trace", "t.csv"]).is_ok());
+    }
+
+    #[test]
+    fn history_pages_ask_for_the_right_events() {
+        let q = history_query(&PoolName::new("demo").unwrap(), 41);
+        assert_eq!(q.after, Some(41));
+        assert_eq!(q.limit, Some(1000));
+        assert_eq!(q.pool.as_deref(), Some("demo"));
+        assert_eq!(
+            q.kind.as_deref(),
+            Some("container_created,container_warm,container_allocated,container_released")
+        );
+        assert_eq!(q.before, None);
+    }
+
+    fn history() -> History {
+        // One allocation every 10 s for 10 minutes, each held 5 s.
+        let arrivals = (0..60)
+            .map(|i| Arrival {
+                at_ms: i * 10_000,
+                hold_ms: 5_000,
+            })
+            .collect();
+        History {
+            trace: Trace::new(arrivals, 0, 600_000),
+            warm_times_ms: vec![900, 1_100, 1_000],
+            open_allocations: 1,
+            unmatched_releases: 0,
+        }
+    }
+
+    #[test]
+    fn current_and_proposed_side_by_side() {
+        let current = spec();
+        let a = args(&["--fixed", "0", "--lease-seconds", "2"]);
+        let proposed = proposed_spec(&current, &a).unwrap();
+        let v = simulate(
+            Some(PoolName::new("demo").unwrap()),
+            "events of pool demo".into(),
+            &history(),
+            Some(&current),
+            &proposed,
+            &a,
+        );
+        assert_eq!(v.runs.len(), 2);
+        let (cur, prop) = (&v.runs[0].report, &v.runs[1].report);
+        assert_eq!(cur.hit_rate, 1.0, "3 warm cover one arrival per 10 s");
+        assert_eq!(prop.hits, 0, "an empty pool never hits");
+        assert!(
+            (prop.allocated_container_seconds - 120.0).abs() < 1e-6,
+            "holds capped at the 2 s lease: {prop:?}"
+        );
+        assert!(cur.idle_container_seconds > 1700.0);
+        assert_eq!(
+            v.trace.warm_time,
+            "measured (3 samples, p50 1000 ms, p99 1100 ms)"
+        );
+
+        let text = render(&v);
+        assert!(
+            text.starts_with(
+                "events of pool demo: 60 allocations over 10m (0.100/s), 1 still open\n\
+                 warm-up: measured (3 samples, p50 1000 ms, p99 1100 ms); allocations wait up to 5000 ms\n"
+            ),
+            "{text}"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[3].split_whitespace().collect::<Vec<_>>(),
+            ["current", "proposed"]
+        );
+        let words = |i: usize| lines[i].split_whitespace().collect::<Vec<_>>();
+        assert_eq!(words(4), ["policy", "fixed", "3", "fixed", "0"], "{text}");
+        assert_eq!(words(5), ["hit", "rate", "100.00%", "0.00%"], "{text}");
+        assert_eq!(words(8), ["refused", "0", "0"], "{text}");
+
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["runs"][1]["name"], "proposed");
+        assert_eq!(json["runs"][0]["report"]["hits"], 60);
+        assert_eq!(json["trace"]["arrivals"], 60);
+
+        // --only-proposed, and a warm-up override.
+        let a = args(&["--only-proposed", "--warm-time-ms", "1500"]);
+        let v = simulate(
+            None,
+            "t.csv".into(),
+            &history(),
+            Some(&current),
+            &current,
+            &a,
+        );
+        assert_eq!(v.runs.len(), 1);
+        assert_eq!(v.trace.warm_time, "fixed 1500 ms");
+    }
+
+    /// A one-route HTTP server answering `GET /v1/events?after=N&limit=M...` from `events`
+    /// (or, with `stuck`, always the first page); returns its URL and the `after`s asked for.
+    async fn event_server(
+        events: Vec<Event>,
+        stuck: bool,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<u64>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = asked.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let param = |name: &str| {
+                    target
+                        .split(['?', '&'])
+                        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                        .and_then(|v| v.parse::<u64>().ok())
+                };
+                let after = if stuck {
+                    0
+                } else {
+                    param("after").unwrap_or(0)
+                };
+                log.lock().unwrap().push(param("after").unwrap_or(0));
+                let limit = param("limit").unwrap_or(100) as usize;
+                let page: Vec<&Event> = events
+                    .iter()
+                    .filter(|e| e.seq > after)
+                    .take(limit)
+                    .collect();
+                let body = serde_json::to_vec(&page).unwrap();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+                let _ = sock.write_all(&body).await;
+            }
+        });
+        (url, asked)
+    }
+
+    fn allocation_events(n: u64) -> Vec<Event> {
+        let pool = PoolName::new("demo").unwrap();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let id = warmpool_proto::AllocationId::new();
+            for (k, kind, at) in [
+                (0, EventKind::ContainerAllocated, i * 1_000),
+                (1, EventKind::ContainerReleased, i * 1_000 + 400),
+            ] {
+                out.push(Event {
+                    seq: 2 * i + k + 1,
+                    log_index: 2 * i + k + 1,
+                    at: warmpool_proto::Timestamp(at),
+                    kind,
+                    pool: Some(pool.clone()),
+                    container: None,
+                    node: None,
+                    session: None,
+                    allocation: Some(id),
+                    reason: None,
+                    detail: None,
+                });
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_history_is_read_page_by_page() {
+        let (url, asked) = event_server(allocation_events(1_200), false).await;
+        let client = Client::new(vec![url], None).unwrap();
+        let pool = PoolName::new("demo").unwrap();
+        let events = fetch_history(&client, &pool).await.unwrap();
+        assert_eq!(events.len(), 2_400);
+        assert_eq!(*asked.lock().unwrap(), vec![0, 1_000, 2_000]);
+        let h = History::from_events(&events, Some(&pool)).unwrap();
+        assert_eq!(h.trace.arrivals.len(), 1_200);
+        assert!(h.trace.arrivals.iter().all(|a| a.hold_ms == 400));
+
+        // A server that keeps answering the first page does not make us loop.
+        let (url, asked) = event_server(allocation_events(600), true).await;
+        let client = Client::new(vec![url], None).unwrap();
+        let events = fetch_history(&client, &pool).await.unwrap();
+        assert_eq!(events.len(), 1_000);
+        assert_eq!(asked.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn policies_in_words() {
+        assert_eq!(describe_policy(&Policy::fixed(3)), "fixed 3");
+        let mut s = spec();
+        s.min_warm = 1;
+        s.max_warm = Some(20);
+        s.scaling.target_hit_rate = Some(0.995);
+        assert_eq!(
+            describe_policy(&Policy::from_spec(&s)),
+            "1..20, target 99.5%, cool-down 1m"
+        );
+        s.scaling.target_hit_rate = None;
+        assert_eq!(
+            describe_policy(&Policy::from_spec(&s)),
+            "1..20, cover the mean, cool-down 1m"
+        );
+    }
+}

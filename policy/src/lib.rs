@@ -1,0 +1,41 @@
+//! Pool policy for Warmpool: how many warm containers a pool should keep, and evidence that
+//! the answer is good.
+//!
+//! A pool must be sufficient but not wasteful. A fixed target either wastes containers in
+//! quiet hours or runs dry in busy ones; this crate sizes each pool from measured demand and
+//! lets an operator replay history against a policy before adopting it. Everything here is
+//! pure: plain values and timestamps in, values out; no clock, no IO, no async.
+//!
+//! - [`estimator`]: [`DemandEstimator`] turns allocation arrivals and warm-up times into
+//!   [`DemandInputs`]: arrival rate (steady and burst averages), burstiness, warm-up p99.
+//! - [`scaler`]: [`Scaler::decide`] turns a [`Policy`] (from a `PoolSpec`) and the inputs into a
+//!   [`ScaleDecision`] when the wanted warm count changes: up at once, down after a cool-down
+//!   with hysteresis, always within `min_warm..=max_warm`.
+//! - [`quantile`]: the arithmetic behind the target hit rate (Poisson and negative binomial
+//!   quantiles, the normal quantile).
+//! - [`sim`]: [`simulate`] replays a [`Trace`] on a [`PoolModel`] under a policy, on a virtual
+//!   clock, and reports hit rate, waits and container-seconds.
+//! - [`trace`]: [`Trace`] files (JSON lines or CSV) and [`History`] rebuilt from the event log.
+//! - [`generate`]: deterministic synthetic traces: steady, diurnal and bursty.
+//!
+//! ## Use in the control plane
+//!
+//! One [`DemandEstimator`] and one [`Scaler`] per pool, held by the leader. Feed the estimator
+//! every allocation attempt ([`DemandEstimator::record_arrivals`] with the growth of the
+//! replicated arrivals counter) and every warm-up time; on each keep-warm step call
+//! [`Scaler::decide`] with [`Policy::from_spec`] and [`DemandEstimator::inputs`], and propose
+//! `SetWanted { wanted, detail: Some(decision.detail()) }` when it answers.
+#![warn(missing_docs)]
+
+pub mod estimator;
+pub mod generate;
+pub mod quantile;
+mod rng;
+pub mod scaler;
+pub mod sim;
+pub mod trace;
+
+pub use estimator::{DemandEstimator, DemandInputs, EstimatorConfig};
+pub use scaler::{DecisionInputs, Need, Policy, ScaleDecision, ScaleReason, Scaler};
+pub use sim::{simulate, simulate_with, PoolModel, SimReport, WarmTime};
+pub use trace::{Arrival, History, Trace, TraceError};

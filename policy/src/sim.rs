@@ -1,0 +1,706 @@
+//! A trace-driven simulation of one pool under a policy, on a virtual clock.
+//!
+//! The model follows Warmpool's own rules, so that what it says about a policy carries over:
+//!
+//! - **Allocation.** An arrival takes a warm container if one is free: a *hit*, wait 0.
+//!   Otherwise it joins the pool's FIFO queue and is served by the next container that becomes
+//!   warm, unless `wait_ms` passes first: then it is *refused* (with `wait_ms = 0`, at once).
+//! - **Release.** After its hold the container is destroyed, never reused.
+//! - **Keep-warm** (as in the control plane's `keepwarm.rs`). The pool aims at the policy's
+//!   wanted count plus the allocations waiting. Short of that, it plans at most `batch_size`
+//!   containers per `pacing_ms`, none while two batches' worth are still being made, and never
+//!   more than `max_total` live (creating, warm and allocated). Over it, surplus warm
+//!   containers are retired at once. A planned container becomes warm after a warm-up time
+//!   drawn from the model.
+//! - **The scaler** is the real [`Scaler`] fed by the real [`DemandEstimator`]: every arrival
+//!   and every warm-up is recorded, and the scaler decides after every event and at least
+//!   every `step_ms` (the leader loop's tick).
+//!
+//! The pool starts the trace holding the policy's first wanted count, warm. Costs are
+//! integrated over the trace's span: idle warm container-seconds (warm and not allocated:
+//! the waste), allocated container-seconds (the useful part), creating container-seconds.
+//! Runs are deterministic for a trace, a model and its seed.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use warmpool_proto::{PoolSpec, Timestamp};
+
+use crate::estimator::{percentile_rank, DemandEstimator, EstimatorConfig};
+use crate::rng::Rng;
+use crate::scaler::{Policy, Scaler};
+use crate::trace::Trace;
+
+/// Default warm-up time when nothing is measured, ms.
+pub const DEFAULT_WARM_MS: u64 = 2_000;
+
+/// How long a container takes from planned to warm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WarmTime {
+    /// Always the same.
+    Fixed {
+        /// Warm-up, ms.
+        ms: u64,
+    },
+    /// Uniform between two values.
+    Uniform {
+        /// Shortest, ms.
+        min_ms: u64,
+        /// Longest, ms.
+        max_ms: u64,
+    },
+    /// Log-normal with this median and p99.
+    LogNormal {
+        /// Median, ms.
+        median_ms: u64,
+        /// 99th percentile, ms.
+        p99_ms: u64,
+    },
+    /// Drawn from measured samples (e.g. from the event log).
+    Samples {
+        /// The samples, ms.
+        ms: Vec<u64>,
+    },
+}
+
+impl WarmTime {
+    fn sample(&self, rng: &mut Rng) -> u64 {
+        match self {
+            WarmTime::Fixed { ms } => *ms,
+            WarmTime::Uniform { min_ms, max_ms } => {
+                let (lo, hi) = (*min_ms.min(max_ms), *min_ms.max(max_ms));
+                lo + (rng.uniform() * (hi - lo) as f64) as u64
+            }
+            WarmTime::LogNormal { median_ms, p99_ms } => {
+                let median = (*median_ms).max(1) as f64;
+                let sigma = ((*p99_ms as f64 / median).max(1.0)).ln()
+                    / crate::quantile::normal_quantile(0.99);
+                let v = median * (sigma * rng.normal()).exp();
+                if v.is_finite() {
+                    v.round() as u64
+                } else {
+                    *median_ms
+                }
+            }
+            WarmTime::Samples { ms } if ms.is_empty() => DEFAULT_WARM_MS,
+            WarmTime::Samples { ms } => ms[rng.below(ms.len())],
+        }
+    }
+
+    /// A short description, e.g. `fixed 2000 ms` or `measured (340 samples, p50 1200 ms,
+    /// p99 2300 ms)`.
+    pub fn describe(&self) -> String {
+        match self {
+            WarmTime::Fixed { ms } => format!("fixed {ms} ms"),
+            WarmTime::Uniform { min_ms, max_ms } => format!("uniform {min_ms}-{max_ms} ms"),
+            WarmTime::LogNormal { median_ms, p99_ms } => {
+                format!("log-normal, median {median_ms} ms, p99 {p99_ms} ms")
+            }
+            WarmTime::Samples { ms } if ms.is_empty() => {
+                format!("no samples: fixed {DEFAULT_WARM_MS} ms")
+            }
+            WarmTime::Samples { ms } => {
+                let mut v = ms.clone();
+                v.sort_unstable();
+                format!(
+                    "measured ({} samples, p50 {} ms, p99 {} ms)",
+                    v.len(),
+                    v[percentile_rank(v.len(), 0.5)],
+                    v[percentile_rank(v.len(), 0.99)]
+                )
+            }
+        }
+    }
+}
+
+/// The pool being simulated: everything but the policy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolModel {
+    /// Warm-up times.
+    pub warm_time: WarmTime,
+    /// Containers planned at once.
+    pub batch_size: u32,
+    /// Pause between batches, ms.
+    pub pacing_ms: u64,
+    /// Most live containers (creating, warm and allocated).
+    pub max_total: u32,
+    /// How long an allocation waits for a warm container before it is refused, ms.
+    pub wait_ms: u64,
+    /// Longest time between two scaler decisions, ms (the leader loop's tick).
+    pub step_ms: u64,
+    /// Seed for warm-up times.
+    pub seed: u64,
+}
+
+impl Default for PoolModel {
+    fn default() -> Self {
+        PoolModel {
+            warm_time: WarmTime::Fixed {
+                ms: DEFAULT_WARM_MS,
+            },
+            batch_size: 4,
+            pacing_ms: 200,
+            max_total: 100,
+            wait_ms: 5_000,
+            step_ms: 500,
+            seed: 0,
+        }
+    }
+}
+
+impl PoolModel {
+    /// The model of a pool with this spec: its batch size, pacing and `max_total`; the
+    /// warm-up times and `wait_ms` given.
+    pub fn from_spec(spec: &PoolSpec, warm_time: WarmTime, wait_ms: u64) -> Self {
+        PoolModel {
+            warm_time,
+            batch_size: spec.scaling.batch_size.max(1),
+            pacing_ms: spec.scaling.pacing_ms,
+            max_total: spec.max_total,
+            wait_ms,
+            ..PoolModel::default()
+        }
+    }
+}
+
+/// What happened in one run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimReport {
+    /// Allocation attempts.
+    pub arrivals: u64,
+    /// Attempts that got a container (at once or after waiting).
+    pub allocations: u64,
+    /// Attempts served by a warm container at once.
+    pub hits: u64,
+    /// `hits / arrivals` (1.0 with no arrivals).
+    pub hit_rate: f64,
+    /// Attempts served after waiting.
+    pub waited: u64,
+    /// Attempts that gave up after `wait_ms`.
+    pub refused: u64,
+    /// Median wait of the allocations, hits counted as 0, ms.
+    pub wait_p50_ms: u64,
+    /// 99th percentile wait of the allocations, hits counted as 0, ms.
+    pub wait_p99_ms: u64,
+    /// Warm containers not allocated, integrated over time: the cost of readiness.
+    pub idle_container_seconds: f64,
+    /// Allocated containers, integrated over time.
+    pub allocated_container_seconds: f64,
+    /// Containers being made, integrated over time.
+    pub creating_container_seconds: f64,
+    /// Average number of warm, unallocated containers.
+    pub mean_warm: f64,
+    /// Average wanted count.
+    pub mean_wanted: f64,
+    /// Largest wanted count.
+    pub max_wanted: u32,
+    /// Containers planned (the starting pool not counted).
+    pub created: u64,
+    /// Warm containers retired as surplus.
+    pub retired: u64,
+    /// Changes of the wanted count after the first.
+    pub scale_changes: u64,
+    /// The span simulated, seconds.
+    pub duration_s: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    /// A container planned at this time becomes warm.
+    Warm { planned_at: u64 },
+    /// An allocated container is released.
+    Release,
+    /// A waiting allocation's time is up.
+    Deadline { waiter: u64 },
+    /// Pacing allows the next batch.
+    Wake,
+    /// The leader loop's tick.
+    Tick,
+}
+
+struct Waiter {
+    id: u64,
+    since: u64,
+    hold: u64,
+}
+
+/// Simulates `trace` on `model` under `policy`, with the default estimator.
+pub fn simulate(trace: &Trace, model: &PoolModel, policy: &Policy) -> SimReport {
+    simulate_with(trace, model, policy, &EstimatorConfig::default())
+}
+
+/// Simulates `trace` on `model` under `policy`, measuring demand with `estimator`.
+pub fn simulate_with(
+    trace: &Trace,
+    model: &PoolModel,
+    policy: &Policy,
+    estimator: &EstimatorConfig,
+) -> SimReport {
+    Sim::new(trace, model, policy, estimator).run()
+}
+
+struct Sim<'a> {
+    trace: &'a Trace,
+    model: &'a PoolModel,
+    policy: &'a Policy,
+    rng: Rng,
+    estimator: DemandEstimator,
+    scaler: Scaler,
+    events: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    seq: u64,
+    now: u64,
+    wanted: u32,
+    warm: u32,
+    creating: u32,
+    allocated: u32,
+    queue: VecDeque<Waiter>,
+    next_waiter: u64,
+    last_batch: Option<u64>,
+    wake_at: Option<u64>,
+    waits: Vec<u64>,
+    r: SimReport,
+    wanted_integral: f64,
+}
+
+impl<'a> Sim<'a> {
+    fn new(
+        trace: &'a Trace,
+        model: &'a PoolModel,
+        policy: &'a Policy,
+        estimator: &EstimatorConfig,
+    ) -> Self {
+        let start = trace.start_ms;
+        Sim {
+            trace,
+            model,
+            policy,
+            rng: Rng::new(model.seed),
+            estimator: DemandEstimator::with_config(estimator.clone(), Timestamp(start)),
+            scaler: Scaler::new(),
+            events: BinaryHeap::new(),
+            seq: 0,
+            now: start,
+            wanted: 0,
+            warm: 0,
+            creating: 0,
+            allocated: 0,
+            queue: VecDeque::new(),
+            next_waiter: 0,
+            last_batch: None,
+            wake_at: None,
+            waits: Vec::new(),
+            r: SimReport {
+                arrivals: 0,
+                allocations: 0,
+                hits: 0,
+                hit_rate: 1.0,
+                waited: 0,
+                refused: 0,
+                wait_p50_ms: 0,
+                wait_p99_ms: 0,
+                idle_container_seconds: 0.0,
+                allocated_container_seconds: 0.0,
+                creating_container_seconds: 0.0,
+                mean_warm: 0.0,
+                mean_wanted: 0.0,
+                max_wanted: 0,
+                created: 0,
+                retired: 0,
+                scale_changes: 0,
+                duration_s: trace.duration_ms() as f64 / 1000.0,
+            },
+            wanted_integral: 0.0,
+        }
+    }
+
+    fn schedule(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.events.push(Reverse((at, self.seq, ev)));
+    }
+
+    fn run(mut self) -> SimReport {
+        let end = self.trace.end_ms;
+        // The starting pool: the policy's first answer, already warm.
+        if let Some(d) = self.scaler.decide(
+            self.policy,
+            &self.estimator.inputs(Timestamp(self.now)),
+            Timestamp(self.now),
+        ) {
+            self.wanted = d.wanted;
+        }
+        self.warm = self.wanted.min(self.model.max_total);
+        self.r.max_wanted = self.wanted;
+        let step = self.model.step_ms.max(1);
+        self.schedule(self.now.saturating_add(step), Ev::Tick);
+
+        let arrivals = &self.trace.arrivals;
+        let mut next = 0;
+        loop {
+            let next_event = self.events.peek().map(|Reverse((t, _, _))| *t);
+            let next_arrival = arrivals.get(next).map(|a| a.at_ms.max(self.trace.start_ms));
+            // At equal times, what the pool does (warm-ups, releases, deadlines) goes first.
+            let take_event = match (next_event, next_arrival) {
+                (None, None) => break,
+                (Some(e), Some(a)) => e <= a,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+            };
+            let t = if take_event {
+                next_event.unwrap_or(end)
+            } else {
+                next_arrival.unwrap_or(end)
+            };
+            if t > end {
+                break;
+            }
+            self.advance(t);
+            if take_event {
+                if let Some(Reverse((_, _, ev))) = self.events.pop() {
+                    self.handle(ev);
+                }
+            } else {
+                let hold = arrivals[next].hold_ms;
+                next += 1;
+                self.arrive(hold);
+            }
+            self.control();
+        }
+        self.advance(end);
+        self.finish()
+    }
+
+    /// Moves the clock to `t`, integrating the costs.
+    fn advance(&mut self, t: u64) {
+        if t > self.now {
+            let dt = (t - self.now) as f64 / 1000.0;
+            self.r.idle_container_seconds += f64::from(self.warm) * dt;
+            self.r.allocated_container_seconds += f64::from(self.allocated) * dt;
+            self.r.creating_container_seconds += f64::from(self.creating) * dt;
+            self.wanted_integral += f64::from(self.wanted) * dt;
+            self.now = t;
+        }
+    }
+
+    fn grant(&mut self, since: u64, hold: u64) {
+        self.allocated += 1;
+        self.r.allocations += 1;
+        let wait = self.now - since;
+        if wait == 0 {
+            self.r.hits += 1;
+        } else {
+            self.r.waited += 1;
+        }
+        self.waits.push(wait);
+        self.schedule(self.now.saturating_add(hold), Ev::Release);
+    }
+
+    fn arrive(&mut self, hold: u64) {
+        self.r.arrivals += 1;
+        self.estimator.record_arrival(Timestamp(self.now));
+        if self.queue.is_empty() && self.warm > 0 {
+            self.warm -= 1;
+            self.grant(self.now, hold);
+        } else if self.model.wait_ms == 0 {
+            self.r.refused += 1;
+        } else {
+            let id = self.next_waiter;
+            self.next_waiter += 1;
+            self.queue.push_back(Waiter {
+                id,
+                since: self.now,
+                hold,
+            });
+            self.schedule(
+                self.now.saturating_add(self.model.wait_ms),
+                Ev::Deadline { waiter: id },
+            );
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Warm { planned_at } => {
+                self.creating -= 1;
+                self.estimator
+                    .record_warm_time(Duration::from_millis(self.now - planned_at));
+                match self.queue.pop_front() {
+                    Some(w) => self.grant(w.since, w.hold),
+                    None => self.warm += 1,
+                }
+            }
+            Ev::Release => self.allocated -= 1,
+            Ev::Deadline { waiter } => {
+                if let Some(i) = self.queue.iter().position(|w| w.id == waiter) {
+                    self.queue.remove(i);
+                    self.r.refused += 1;
+                }
+            }
+            Ev::Wake => self.wake_at = None,
+            Ev::Tick => {
+                let next = self.now.saturating_add(self.model.step_ms.max(1));
+                if next <= self.trace.end_ms {
+                    self.schedule(next, Ev::Tick);
+                }
+            }
+        }
+    }
+
+    /// One step of the leader: scale, then keep warm.
+    fn control(&mut self) {
+        let now = Timestamp(self.now);
+        let inputs = self.estimator.inputs(now);
+        if let Some(d) = self.scaler.decide(self.policy, &inputs, now) {
+            self.wanted = d.wanted;
+            self.r.scale_changes += 1;
+            self.r.max_wanted = self.r.max_wanted.max(d.wanted);
+        }
+        let target = self.wanted.saturating_add(self.queue.len() as u32);
+        if self.warm > target {
+            self.r.retired += u64::from(self.warm - target);
+            self.warm = target;
+            return;
+        }
+        let deficit = target.saturating_sub(self.warm + self.creating);
+        let batch = self.model.batch_size.max(1);
+        if deficit == 0 || self.creating >= 2 * batch {
+            return;
+        }
+        if let Some(last) = self.last_batch {
+            let ready = last.saturating_add(self.model.pacing_ms);
+            if self.now < ready {
+                if self.wake_at != Some(ready) {
+                    self.wake_at = Some(ready);
+                    self.schedule(ready, Ev::Wake);
+                }
+                return;
+            }
+        }
+        let live = self.warm + self.creating + self.allocated;
+        let room = self.model.max_total.saturating_sub(live);
+        let n = deficit.min(batch).min(room);
+        if n == 0 {
+            return; // at max_total: a release will make room
+        }
+        for _ in 0..n {
+            let warm_in = self.model.warm_time.sample(&mut self.rng);
+            self.schedule(
+                self.now.saturating_add(warm_in),
+                Ev::Warm {
+                    planned_at: self.now,
+                },
+            );
+        }
+        self.creating += n;
+        self.r.created += u64::from(n);
+        self.last_batch = Some(self.now);
+    }
+
+    fn finish(mut self) -> SimReport {
+        let secs = self.r.duration_s;
+        if secs > 0.0 {
+            self.r.mean_warm = self.r.idle_container_seconds / secs;
+            self.r.mean_wanted = self.wanted_integral / secs;
+        } else {
+            self.r.mean_warm = f64::from(self.warm);
+            self.r.mean_wanted = f64::from(self.wanted);
+        }
+        if self.r.arrivals > 0 {
+            self.r.hit_rate = self.r.hits as f64 / self.r.arrivals as f64;
+        }
+        self.waits.sort_unstable();
+        if !self.waits.is_empty() {
+            let n = self.waits.len();
+            self.r.wait_p50_ms = self.waits[percentile_rank(n, 0.5)];
+            self.r.wait_p99_ms = self.waits[percentile_rank(n, 0.99)];
+        }
+        self.r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::Arrival;
+
+    fn model(warm_ms: u64) -> PoolModel {
+        PoolModel {
+            warm_time: WarmTime::Fixed { ms: warm_ms },
+            batch_size: 4,
+            pacing_ms: 0,
+            max_total: 100,
+            wait_ms: 5_000,
+            step_ms: 500,
+            seed: 1,
+        }
+    }
+
+    fn trace(arrivals: &[(u64, u64)], end: u64) -> Trace {
+        Trace::new(
+            arrivals
+                .iter()
+                .map(|&(at_ms, hold_ms)| Arrival { at_ms, hold_ms })
+                .collect(),
+            0,
+            end,
+        )
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    /// Fixed pool of 2, warm-up 1 s, over 10 s:
+    /// t=1 A (hold 3 s) hit: warm 1, a replacement is planned, warm at t=2;
+    /// t=1.5 B (hold 1 s) hit: warm 0, replacement warm at t=2.5;
+    /// t=2 warm 1; t=2.5 warm 2 (B released at t=2.5); t=4 A released.
+    /// Idle: 2·1 + 1·0.5 + 0·0.5 + 1·0.5 + 2·7.5 = 18 container-seconds;
+    /// allocated: A 3 s + B 1 s = 4.
+    #[test]
+    fn accounting_on_a_tiny_trace() {
+        let r = simulate(
+            &trace(&[(1_000, 3_000), (1_500, 1_000)], 10_000),
+            &model(1_000),
+            &Policy::fixed(2),
+        );
+        assert_eq!((r.arrivals, r.allocations, r.hits, r.refused), (2, 2, 2, 0));
+        assert_eq!(r.hit_rate, 1.0);
+        assert!(close(r.idle_container_seconds, 18.0), "{r:?}");
+        assert!(close(r.allocated_container_seconds, 4.0), "{r:?}");
+        assert!(close(r.creating_container_seconds, 2.0), "{r:?}");
+        assert!(close(r.mean_warm, 1.8));
+        assert_eq!((r.created, r.retired, r.scale_changes), (2, 0, 0));
+        assert_eq!((r.wait_p50_ms, r.wait_p99_ms), (0, 0));
+        assert_eq!(r.duration_s, 10.0);
+    }
+
+    /// Fixed pool of 1, warm-up 2 s, wait up to 5 s:
+    /// t=0 A hit, replacement planned (warm at 2);
+    /// t=0.5 B waits; the keep-warm aims at 1 + 1 waiting, so a second container is planned
+    /// at 0.5 (warm at 2.5);
+    /// t=2 the first replacement serves B after 1.5 s; t=2.5 the other one is warm.
+    #[test]
+    fn a_waiter_is_served_by_the_next_warm_container() {
+        let r = simulate(
+            &trace(&[(0, 10_000), (500, 10_000)], 4_000),
+            &model(2_000),
+            &Policy::fixed(1),
+        );
+        assert_eq!((r.hits, r.waited, r.refused), (1, 1, 0));
+        assert_eq!(r.wait_p99_ms, 1_500);
+        assert_eq!(r.wait_p50_ms, 0);
+        assert_eq!(r.hit_rate, 0.5);
+        assert_eq!(r.created, 2);
+        // Warm: 1 until 0, then 0 until 2.5, then 1 until 4: 1.5 container-seconds.
+        assert!(close(r.idle_container_seconds, 1.5), "{r:?}");
+    }
+
+    #[test]
+    fn without_waiting_an_empty_pool_refuses() {
+        let mut m = model(2_000);
+        m.wait_ms = 0;
+        let r = simulate(
+            &trace(&[(0, 1_000), (100, 1_000), (200, 1_000)], 3_000),
+            &m,
+            &Policy::fixed(1),
+        );
+        assert_eq!((r.hits, r.refused, r.allocations), (1, 2, 1));
+        // With a short wait, the waiter gives up before the warm-up ends.
+        let mut m = model(2_000);
+        m.wait_ms = 1_000;
+        let r = simulate(
+            &trace(&[(0, 1_000), (100, 1_000)], 3_000),
+            &m,
+            &Policy::fixed(1),
+        );
+        assert_eq!((r.hits, r.refused, r.waited), (1, 1, 0));
+    }
+
+    #[test]
+    fn max_total_and_batches_limit_the_refill() {
+        // Six arrivals at once on a pool of 1 with max_total 3 and a 1 s warm-up.
+        let mut m = model(1_000);
+        m.max_total = 3;
+        let arrivals: Vec<_> = (0..6).map(|i| (i, 60_000)).collect();
+        let r = simulate(&trace(&arrivals, 20_000), &m, &Policy::fixed(1));
+        // One hit, two served from the containers max_total allows, three refused after 5 s.
+        assert_eq!((r.hits, r.waited, r.refused), (1, 2, 3));
+        assert_eq!(r.created, 2);
+
+        // Ten waiters on an empty pool; batches of 2, 500 ms apart, none while 4 are being
+        // made; warm-up 3 s. Planned at 0 (1: only one was waiting yet), 0.5 (2), 1 (2), then
+        // as they turn warm: 3.5 (2), 4 (2), 6.5 (1, all the queue still lacks). Waits, in ms:
+        // 3000, 3499, 3498, 3997, 3996, 6495, 6494, 6993, 6992, 9491; the median (nearest
+        // rank, 5th of 10) is 3997.
+        let mut m = model(3_000);
+        m.batch_size = 2;
+        m.pacing_ms = 500;
+        m.wait_ms = 60_000;
+        let arrivals: Vec<_> = (0..10).map(|i| (i, 60_000)).collect();
+        let r = simulate(&trace(&arrivals, 30_000), &m, &Policy::fixed(0));
+        assert_eq!((r.waited, r.hits), (10, 0));
+        assert_eq!((r.wait_p50_ms, r.wait_p99_ms), (3_997, 9_491), "{r:?}");
+        assert_eq!((r.created, r.retired), (10, 0), "exactly one per waiter");
+    }
+
+    #[test]
+    fn the_scaler_grows_the_pool_under_load_and_shrinks_it_after() {
+        let mut p = Policy::fixed(0);
+        p.max_warm = 50;
+        p.target_hit_rate = Some(0.99);
+        p.cooldown_ms = 30_000;
+        // 2/s for a minute.
+        let arrivals: Vec<_> = (0..120).map(|i| (10_000 + i * 500, 5_000)).collect();
+        let r = simulate(&trace(&arrivals, 300_000), &model(2_000), &p);
+        assert!(r.max_wanted >= 8, "2/s over 2.2 s: {r:?}");
+        assert!(r.hit_rate > 0.8, "{r:?}");
+        assert!(r.retired > 0, "shrank after the load: {r:?}");
+        assert!(r.mean_wanted < 10.0, "{r:?}");
+    }
+
+    #[test]
+    fn runs_are_deterministic() {
+        let m = PoolModel {
+            warm_time: WarmTime::LogNormal {
+                median_ms: 1_000,
+                p99_ms: 3_000,
+            },
+            ..model(0)
+        };
+        let arrivals: Vec<_> = (0..500).map(|i| (i * 137 % 60_000, 2_000)).collect();
+        let t = trace(&arrivals, 70_000);
+        let mut p = Policy::fixed(1);
+        p.max_warm = 20;
+        p.target_hit_rate = Some(0.95);
+        assert_eq!(simulate(&t, &m, &p), simulate(&t, &m, &p));
+    }
+
+    #[test]
+    fn warm_time_samples_and_descriptions() {
+        let mut rng = Rng::new(1);
+        let s = WarmTime::Samples {
+            ms: vec![100, 200, 300],
+        };
+        for _ in 0..100 {
+            assert!([100, 200, 300].contains(&s.sample(&mut rng)));
+        }
+        assert_eq!(
+            WarmTime::Samples { ms: vec![] }.sample(&mut rng),
+            DEFAULT_WARM_MS
+        );
+        let ln = WarmTime::LogNormal {
+            median_ms: 1_000,
+            p99_ms: 4_000,
+        };
+        let mut v: Vec<u64> = (0..20_000).map(|_| ln.sample(&mut rng)).collect();
+        v.sort_unstable();
+        let (p50, p99) = (v[10_000], v[19_800]);
+        assert!(
+            (900..1100).contains(&p50) && (3500..4500).contains(&p99),
+            "{p50} {p99}"
+        );
+        assert_eq!(s.describe(), "measured (3 samples, p50 200 ms, p99 300 ms)");
+    }
+}
