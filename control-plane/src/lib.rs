@@ -13,6 +13,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod auth;
 pub mod cluster;
 pub mod keepwarm;
 pub mod leader;

@@ -55,6 +55,15 @@ struct Args {
     /// Raft: take a snapshot after this many log entries.
     #[arg(long, env = "WARMPOOL_SNAPSHOT_EVERY", default_value_t = 5000)]
     snapshot_every: u64,
+    /// Require an API key on every API request (admin, user or viewer).
+    #[arg(long, env = "WARMPOOL_AUTH")]
+    auth: bool,
+    /// File holding an admin key (wpk_<id>_<secret>) to store at first start.
+    #[arg(long, env = "WARMPOOL_ADMIN_KEY_FILE")]
+    admin_key_file: Option<PathBuf>,
+    /// Serve the dashboard's built files (dashboard/dist) at /.
+    #[arg(long, env = "WARMPOOL_DASHBOARD_DIR")]
+    dashboard_dir: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "WARMPOOL_LOG_JSON")]
     log_json: bool,
@@ -81,6 +90,20 @@ async fn main() -> anyhow::Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
 
+    // The key may come from the environment (never logged) or a file.
+    let admin_key = match (
+        std::env::var("WARMPOOL_ADMIN_KEY").ok(),
+        &args.admin_key_file,
+    ) {
+        (Some(k), _) => Some(k.trim().to_string()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the admin key file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
     let leader = LeaderConfig {
         node_timeout: Duration::from_secs_f64(args.node_timeout_secs),
         overcommit: warmpool_control_plane::placement::Overcommit {
@@ -107,6 +130,9 @@ async fn main() -> anyhow::Result<()> {
             ..RaftTuning::default()
         },
         agent_timeout: Duration::from_secs(5),
+        auth: args.auth,
+        admin_key,
+        dashboard_dir: args.dashboard_dir,
     };
 
     let shutdown = CancellationToken::new();

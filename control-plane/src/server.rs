@@ -74,6 +74,13 @@ pub struct Config {
     pub raft: RaftTuning,
     /// How long a command to an agent may take.
     pub agent_timeout: Duration,
+    /// Require API keys.
+    pub auth: bool,
+    /// An admin token (`wpk_<id>_<secret>`) to store at first start, so there is a key to
+    /// make other keys with.
+    pub admin_key: Option<String>,
+    /// Serve the dashboard's built files from here.
+    pub dashboard_dir: Option<PathBuf>,
 }
 
 /// Why a member could not start.
@@ -88,6 +95,9 @@ pub enum StartError {
     /// NATS could not be reached or subscribed.
     #[error("nats: {0}")]
     Nats(String),
+    /// The bootstrap admin key is not a Warmpool key.
+    #[error("the admin key is malformed: expected wpk_<12 hex>_<64 hex>")]
+    AdminKey,
     /// The API address could not be bound.
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
@@ -100,6 +110,13 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    if config
+        .admin_key
+        .as_deref()
+        .is_some_and(|k| crate::auth::parse(k).is_none())
+    {
+        return Err(StartError::AdminKey);
+    }
     let dir = config.data_dir.join("raft");
     let db = sled::Config::new()
         .path(&dir)
@@ -197,6 +214,12 @@ pub async fn run(
     tasks.spawn(leader.run(stop.clone()));
     tasks.spawn(publish_events(cluster.clone(), nats.clone(), stop.clone()));
     tasks.spawn(raft_metrics(raft.clone(), stop.clone()));
+    if let Some(token) = config.admin_key.clone() {
+        tasks.spawn(bootstrap_admin_key(cluster.clone(), token, stop.clone()));
+    }
+    if !config.auth {
+        warn!("AUTH IS OFF: anyone who can reach {} can change this cluster; start with --auth for anything but local development", config.api_addr);
+    }
     tasks.spawn(state_metrics(cluster.clone(), stop.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.api_addr)
@@ -208,6 +231,8 @@ pub async fn run(
         fleet,
         metrics,
         shutdown: stop.clone(),
+        auth: config.auth,
+        dashboard: config.dashboard_dir.clone(),
     });
     let serve_stop = stop.clone();
     let served = axum::serve(listener, api::router(app))
@@ -365,6 +390,38 @@ async fn state_metrics(cluster: Cluster, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Stores the bootstrap admin key once the cluster can take writes, unless a key with its id
+/// is already known (then it is left alone, revoked or not: the file cannot resurrect it).
+async fn bootstrap_admin_key(cluster: Cluster, token: String, stop: CancellationToken) {
+    let Some((id, secret)) = crate::auth::parse(&token) else {
+        return;
+    };
+    let key = crate::state::KeyRecord {
+        id: id.to_string(),
+        name: "bootstrap-admin".into(),
+        role: warmpool_proto::api::Role::Admin,
+        hash: crate::auth::hash(secret),
+        created_at: warmpool_proto::Timestamp::now(),
+        revoked_at: None,
+    };
+    loop {
+        if cluster.shared().read(|s| s.key(id).is_some()) {
+            return;
+        }
+        if cluster.leader().is_some() {
+            let cmd = crate::state::Command::CreateKey { key: key.clone() };
+            if cluster.write(crate::state::Request::now(cmd)).await.is_ok() {
+                info!(key = id, "bootstrap admin key stored");
+                return;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }

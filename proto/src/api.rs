@@ -354,3 +354,73 @@ mod tests {
         );
     }
 }
+
+/// What an API key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read everything.
+    Viewer,
+    /// Read, and allocate, release and renew.
+    User,
+    /// Everything: pools, nodes, cluster membership, keys.
+    Admin,
+}
+
+impl Role {
+    /// The role's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "user" => Ok(Role::User),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("unknown role {other:?}: admin, user or viewer")),
+        }
+    }
+}
+
+/// An API key as listed (never its secret).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyView {
+    /// Public id: the part of the token after `wpk_` and before the secret.
+    pub id: String,
+    /// A name for people.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// `POST /v1/keys`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// A name for people (1..=64 characters).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+/// `POST /v1/keys` answer: the token is shown this once and stored only as a hash.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreatedKey {
+    /// The key.
+    #[serde(flatten)]
+    pub key: KeyView,
+    /// The bearer token: `wpk_<id>_<secret>`.
+    pub token: String,
+}

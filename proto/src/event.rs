@@ -71,6 +71,10 @@ event_kinds! {
     NodeUncordoned => "node_uncordoned",
     /// A node started draining.
     NodeDraining => "node_draining",
+    /// An API key was made (never its secret).
+    KeyCreated => "key_created",
+    /// An API key was revoked.
+    KeyRevoked => "key_revoked",
 }
 
 impl fmt::Display for EventKind {

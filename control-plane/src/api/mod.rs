@@ -7,10 +7,12 @@
 
 mod allocations;
 mod cluster;
+mod dashboard;
 pub mod error;
 mod events;
 mod extract;
 mod fleet;
+mod keys;
 mod pools;
 
 use std::sync::Arc;
@@ -50,6 +52,10 @@ pub struct App {
     pub metrics: Option<PrometheusHandle>,
     /// Fires when the member stops; long-lived answers (event streams) end then.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Whether requests need an API key.
+    pub auth: bool,
+    /// Where the dashboard's built files are, if it is served.
+    pub dashboard: Option<std::path::PathBuf>,
 }
 
 /// Handler state.
@@ -88,20 +94,18 @@ pub fn router(app: AppState) -> Router {
             "/v1/cluster/members/{id}",
             axum::routing::delete(cluster::remove),
         )
+        .route("/v1/keys", get(keys::list).post(keys::create))
+        .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/metrics", get(metrics))
-        .fallback(not_found)
+        .fallback(dashboard::serve)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            crate::auth::authenticate,
+        ))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
-}
-
-async fn not_found(req: Request) -> ApiError {
-    ApiError::NotFound(format!(
-        "no route for {} {}",
-        req.method(),
-        req.uri().path()
-    ))
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {

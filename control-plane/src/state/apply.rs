@@ -112,6 +112,40 @@ impl PoolState {
                 self.allocate(ctx, pool, req, wait_ms > 0)
             }
             Command::CancelWait { allocation_id } => self.cancel_wait(allocation_id),
+            Command::CreateKey { key } => {
+                if !self.keys.contains_key(&key.id) {
+                    let detail =
+                        serde_json::json!({ "id": key.id, "name": key.name, "role": key.role });
+                    self.keys.insert(key.id.clone(), key);
+                    self.emit(
+                        ctx,
+                        EventKind::KeyCreated,
+                        EventBody {
+                            detail: Some(detail),
+                            ..Default::default()
+                        },
+                    );
+                }
+                Response::Ok
+            }
+            Command::RevokeKey { id } => match self.keys.get_mut(&id) {
+                None => Response::rejected(RejectCode::NotFound, format!("no key {id:?}")),
+                Some(k) => {
+                    if k.revoked_at.is_none() {
+                        k.revoked_at = Some(ctx.at);
+                        let detail = serde_json::json!({ "id": id, "name": k.name });
+                        self.emit(
+                            ctx,
+                            EventKind::KeyRevoked,
+                            EventBody {
+                                detail: Some(detail),
+                                ..Default::default()
+                            },
+                        );
+                    }
+                    Response::Ok
+                }
+            },
             Command::ExpireWaits => {
                 self.expire_waits(ctx.at);
                 Response::Ok

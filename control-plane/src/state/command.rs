@@ -143,6 +143,16 @@ pub enum Command {
         /// `ready`, `cordoned` or `draining`.
         status: NodeStatus,
     },
+    /// Store a new API key (idempotent by id: an existing key is left as it is).
+    CreateKey {
+        /// The key.
+        key: super::KeyRecord,
+    },
+    /// Revoke an API key.
+    RevokeKey {
+        /// Its id.
+        id: String,
+    },
     /// The scaler changed a pool's wanted warm count.
     SetWanted {
         /// The pool.

@@ -38,6 +38,23 @@ pub struct UsageTotals {
     pub allocated_ms: u64,
 }
 
+/// An API key as stored: never its secret, only the secret's hash.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Public id.
+    pub id: String,
+    /// A name for people.
+    pub name: String,
+    /// What it may do.
+    pub role: warmpool_proto::api::Role,
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When it was revoked.
+    pub revoked_at: Option<Timestamp>,
+}
+
 /// An allocation waiting in its pool's queue.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
@@ -78,6 +95,8 @@ pub struct PoolState {
     pending: BTreeMap<PoolName, VecDeque<Pending>>,
     /// Container time per pool over closed intervals (open ones are added when asked).
     usage: BTreeMap<PoolName, UsageTotals>,
+    /// API keys by id.
+    keys: BTreeMap<String, KeyRecord>,
     /// Allocation requests ever made per pool (served, queued or refused; replays excluded):
     /// the demand the scaler measures.
     arrivals: BTreeMap<PoolName, u64>,
@@ -173,6 +192,16 @@ impl PoolState {
     /// Whether `pool` has a container an allocation could take right now.
     pub fn has_allocatable(&self, pool: &PoolName) -> bool {
         self.pick_warm(pool).is_some()
+    }
+
+    /// An API key by id.
+    pub fn key(&self, id: &str) -> Option<&KeyRecord> {
+        self.keys.get(id)
+    }
+
+    /// Every API key.
+    pub fn keys(&self) -> impl Iterator<Item = &KeyRecord> {
+        self.keys.values()
     }
 
     /// Allocations waiting in `pool`'s queue.

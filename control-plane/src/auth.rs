@@ -1,0 +1,246 @@
+//! API keys and roles.
+//!
+//! A token is `wpk_<id>_<secret>`: a 12-hex-digit public id and a 64-hex-digit secret (256
+//! random bits). The replicated state keeps only the id, a name, the role and SHA-256 of the
+//! secret; the token is shown once, when the key is made. With secrets this random a plain
+//! hash is enough (no one guesses a preimage), and it keeps checks fast on the hot path.
+//!
+//! Roles: `viewer` reads everything; `user` also allocates, releases and renews; `admin` also
+//! changes pools, nodes, cluster membership and keys. Every `/v1/…` route and `/metrics` need
+//! a key when auth is on; the dashboard's static files do not (its sign-in page must load).
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use warmpool_proto::api::Role;
+
+use crate::api::error::ApiError;
+use crate::api::AppState;
+
+const PREFIX: &str = "wpk_";
+const ID_LEN: usize = 12;
+const SECRET_LEN: usize = 64;
+
+/// A freshly made key: its token (to hand out once), id and the hash to store.
+pub struct NewKey {
+    /// The whole bearer token.
+    pub token: String,
+    /// Public id.
+    pub id: String,
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Makes a new random key.
+pub fn generate() -> Result<NewKey, getrandom::Error> {
+    let mut id = [0u8; ID_LEN / 2];
+    let mut secret = [0u8; SECRET_LEN / 2];
+    getrandom::fill(&mut id)?;
+    getrandom::fill(&mut secret)?;
+    let (id, secret) = (hex(&id), hex(&secret));
+    Ok(NewKey {
+        token: format!("{PREFIX}{id}_{secret}"),
+        hash: hash(&secret),
+        id,
+    })
+}
+
+/// Splits a token into id and secret, if it is one.
+pub fn parse(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix(PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let is_hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (is_hex(id, ID_LEN) && is_hex(secret, SECRET_LEN)).then_some((id, secret))
+}
+
+/// SHA-256 of a secret, hex.
+pub fn hash(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// Compares two hashes in time independent of where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The role a request needs, or None when it needs no key (the dashboard's files).
+pub fn required_role(method: &Method, path: &str) -> Option<Role> {
+    if !(path.starts_with("/v1/") || path == "/v1" || path == "/metrics") {
+        return None;
+    }
+    if path == "/v1/keys" || path.starts_with("/v1/keys/") {
+        return Some(Role::Admin);
+    }
+    if method == Method::GET || method == Method::HEAD {
+        return Some(Role::Viewer);
+    }
+    if path == "/v1/allocations" || path.starts_with("/v1/allocations/") {
+        return Some(Role::User);
+    }
+    Some(Role::Admin)
+}
+
+fn token_of(req: &Request) -> Option<String> {
+    if let Some(v) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        let bearer = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "));
+        return bearer.map(|t| t.trim().to_string());
+    }
+    // EventSource cannot send headers: the event stream also takes the key in the query.
+    if req.uri().path() == "/v1/events/stream" {
+        let query = req.uri().query().unwrap_or_default();
+        return serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v);
+    }
+    None
+}
+
+/// Removes `access_token` from the event stream's query, so handlers never see a key and
+/// a client that always sends one works with auth off too.
+fn strip_query_token(req: &mut Request) {
+    if req.uri().path() != "/v1/events/stream" {
+        return;
+    }
+    let Some(query) = req.uri().query() else {
+        return;
+    };
+    let Ok(pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(query) else {
+        return;
+    };
+    if !pairs.iter().any(|(k, _)| k == "access_token") {
+        return;
+    }
+    let kept: Vec<_> = pairs
+        .into_iter()
+        .filter(|(k, _)| k != "access_token")
+        .collect();
+    let query = serde_urlencoded::to_string(&kept).unwrap_or_default();
+    let path_and_query = if query.is_empty() {
+        "/v1/events/stream".to_string()
+    } else {
+        format!("/v1/events/stream?{query}")
+    };
+    if let Ok(pq) = path_and_query.parse() {
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// Checks the request's key and role when auth is on. Never logs a token.
+pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    let token = token_of(&req);
+    strip_query_token(&mut req);
+    if !app.auth {
+        return next.run(req).await;
+    }
+    let Some(needed) = required_role(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let unauthorized = |msg: &str| {
+        let mut resp = ApiError::Unauthorized(msg.to_string()).into_response();
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        resp
+    };
+    let Some(token) = token else {
+        return unauthorized("this API needs a key: send Authorization: Bearer <key>");
+    };
+    let Some((id, secret)) = parse(&token) else {
+        return unauthorized("the key is not a Warmpool key");
+    };
+    let found = app.cluster.shared().read(|s| s.key(id).cloned());
+    let role = match found {
+        Some(k) if k.revoked_at.is_none() && same(&k.hash, &hash(secret)) => k.role,
+        Some(k) if k.revoked_at.is_some() => return unauthorized("the key was revoked"),
+        _ => return unauthorized("unknown key"),
+    };
+    if role < needed {
+        let msg = format!(
+            "a {} key may not {} {}; this needs a {} key",
+            role.as_str(),
+            req.method(),
+            req.uri().path(),
+            needed.as_str()
+        );
+        return ApiError::Forbidden(msg).into_response();
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_parse_and_verify() {
+        let k = generate().unwrap();
+        let (id, secret) = parse(&k.token).unwrap();
+        assert_eq!(id, k.id);
+        assert!(same(&hash(secret), &k.hash));
+        assert!(!same(&hash("0".repeat(64).as_str()), &k.hash));
+        assert_ne!(generate().unwrap().token, k.token);
+    }
+
+    #[test]
+    fn malformed_tokens_are_not_keys() {
+        for t in [
+            "",
+            "wpk_",
+            "wpk_abc_def",
+            "Bearer x",
+            &format!("wpk_{}_{}", "g".repeat(12), "0".repeat(64)),
+        ] {
+            assert!(parse(t).is_none(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn roles_by_route() {
+        assert_eq!(required_role(&Method::GET, "/v1/pools"), Some(Role::Viewer));
+        assert_eq!(required_role(&Method::GET, "/metrics"), Some(Role::Viewer));
+        assert_eq!(
+            required_role(&Method::POST, "/v1/allocations"),
+            Some(Role::User)
+        );
+        assert_eq!(
+            required_role(&Method::DELETE, "/v1/allocations/x"),
+            Some(Role::User)
+        );
+        assert_eq!(
+            required_role(&Method::POST, "/v1/allocations/x/renew"),
+            Some(Role::User)
+        );
+        assert_eq!(required_role(&Method::POST, "/v1/pools"), Some(Role::Admin));
+        assert_eq!(
+            required_role(&Method::POST, "/v1/nodes/n/drain"),
+            Some(Role::Admin)
+        );
+        assert_eq!(required_role(&Method::POST, "/v1/keys"), Some(Role::Admin));
+        assert_eq!(required_role(&Method::GET, "/v1/keys"), Some(Role::Admin));
+        assert_eq!(required_role(&Method::GET, "/"), None);
+        assert_eq!(required_role(&Method::GET, "/assets/app.js"), None);
+        assert!(Role::Viewer < Role::User && Role::User < Role::Admin);
+    }
+}
