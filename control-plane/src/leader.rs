@@ -18,6 +18,8 @@ use warmpool_proto::agent::{AgentCommand, AgentReply};
 use warmpool_proto::records::{AllocationState, NodeStatus, ReleaseReason};
 use warmpool_proto::{ContainerId, NodeId, PoolName, Timestamp};
 
+use warmpool_policy::{DemandEstimator, Policy, Scaler};
+
 use crate::agents::{AgentError, Agents, Fleet};
 use crate::cluster::Cluster;
 use crate::keepwarm::{self, Decision};
@@ -49,8 +51,19 @@ impl Default for LeaderConfig {
     }
 }
 
+/// The scaler's memory of one pool: demand seen so far and the last decision.
+struct PoolDemand {
+    estimator: DemandEstimator,
+    scaler: Scaler,
+    /// The replicated arrivals counter when last read.
+    arrivals_seen: u64,
+}
+
 /// Soft state of one term of leadership; dropped when leadership is lost.
 struct Term {
+    demand: HashMap<PoolName, PoolDemand>,
+    /// Events read so far for warm-up times.
+    events_seen: u64,
     since: Instant,
     inflight: Arc<Mutex<InFlight>>,
     last_batch: BTreeMap<PoolName, Timestamp>,
@@ -109,6 +122,8 @@ impl Leader {
                 info!(member = self.cluster.id(), "leading: reconciling the fleet");
                 self.fleet.forget_inventories();
                 term = Some(Term {
+                    demand: HashMap::new(),
+                    events_seen: self.cluster.shared().read(|s| s.last_event_seq()),
                     since: Instant::now(),
                     inflight: Arc::default(),
                     last_batch: BTreeMap::new(),
@@ -142,6 +157,7 @@ impl Leader {
         self.pull_inventories(term);
         self.record_gone().await;
         self.reconcile_nodes(term).await;
+        self.scale(term).await;
         self.keep_warm(term).await;
         self.expire_leases().await;
     }
@@ -350,6 +366,81 @@ impl Leader {
             }
             lock(&inflight).destroys.remove(&id);
         });
+    }
+
+    /// Feeds each pool's demand estimator with new arrivals and warm-up times and proposes the
+    /// scaler's decisions. A new leader resumes from the replicated wanted count, so a change
+    /// of leader never shrinks a pool before a full cool-down.
+    async fn scale(&self, term: &mut Term) {
+        let now = Timestamp::now();
+        let filter = crate::state::EventFilter {
+            kinds: vec![warmpool_proto::EventKind::ContainerWarm],
+            ..Default::default()
+        };
+        let (pools, warmed, last_seq) = self.cluster.shared().read(|s| {
+            let pools: Vec<_> = s
+                .pools()
+                .map(|p| (p.spec.clone(), s.arrivals(&p.spec.name), s.wanted(p)))
+                .collect();
+            let mut warmed = Vec::new();
+            let mut after = term.events_seen;
+            loop {
+                let page = s.events(
+                    Some(after),
+                    None,
+                    crate::state::query::EVENT_PAGE_MAX,
+                    &filter,
+                );
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                for e in page {
+                    let c = e.container.and_then(|id| s.container(&id));
+                    if let (Some(c), Some(warm_at)) = (c, c.and_then(|c| c.warm_at)) {
+                        warmed.push((c.pool.clone(), warm_at.since(c.created_at)));
+                    }
+                }
+            }
+            (pools, warmed, s.last_event_seq())
+        });
+        term.events_seen = last_seq;
+        term.demand
+            .retain(|name, _| pools.iter().any(|(spec, ..)| &spec.name == name));
+        for (spec, arrivals, wanted) in pools {
+            let d = term
+                .demand
+                .entry(spec.name.clone())
+                .or_insert_with(|| PoolDemand {
+                    estimator: DemandEstimator::new(now),
+                    scaler: Scaler::resume(wanted, now),
+                    arrivals_seen: arrivals,
+                });
+            let new = arrivals.saturating_sub(d.arrivals_seen);
+            d.arrivals_seen = arrivals;
+            if new > 0 {
+                d.estimator.record_arrivals(now, new);
+            }
+            for (_, took) in warmed.iter().filter(|(pool, _)| pool == &spec.name) {
+                d.estimator.record_warm_time(*took);
+            }
+            let Some(decision) =
+                d.scaler
+                    .decide(&Policy::from_spec(&spec), &d.estimator.inputs(now), now)
+            else {
+                continue;
+            };
+            if decision.wanted == wanted {
+                continue;
+            }
+            metrics::counter!("warmpool_scaler_decisions_total", "pool" => spec.name.to_string(), "reason" => decision.reason.as_str())
+                .increment(1);
+            info!(pool = %spec.name, from = wanted, to = decision.wanted, reason = decision.reason.as_str(), "scaling");
+            let cmd = Command::SetWanted {
+                pool: spec.name.clone(),
+                wanted: decision.wanted,
+                detail: Some(decision.detail()),
+            };
+            self.write(cmd).await;
+        }
     }
 
     async fn keep_warm(&self, term: &mut Term) {
