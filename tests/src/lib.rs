@@ -7,12 +7,13 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::net::{Ipv6Addr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+pub mod hosts;
 pub mod sim_agent;
 
 use poolctl::Client;
@@ -212,15 +213,28 @@ pub struct Nats {
     child: Option<Child>,
     /// Its port.
     pub port: u16,
+    /// The address it listens on.
+    pub addr: IpAddr,
     dir: PathBuf,
 }
 
 impl Nats {
-    /// Starts a server and waits until it accepts connections.
+    /// Starts a server on 127.0.0.1 and waits until it accepts connections.
     pub fn start(dir: &Path) -> Nats {
+        Nats::start_on(dir, IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Starts a server listening on `addr` only (e.g. the multi-host bridge address, which
+    /// every network namespace can reach) and waits until it accepts connections.
+    pub fn start_on(dir: &Path, addr: IpAddr) -> Nats {
+        let port = TcpListener::bind(SocketAddr::new(addr, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
         let mut n = Nats {
             child: None,
-            port: free_port(),
+            port,
+            addr,
             dir: dir.to_path_buf(),
         };
         n.restart();
@@ -231,22 +245,22 @@ impl Nats {
     pub fn restart(&mut self) {
         let (log, _) = log_file(&self.dir, "nats");
         let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-a", &self.addr.to_string(), "-p", &self.port.to_string()])
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("nats-server is installed (deploy/dev.sh test installs it)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while TcpStream::connect((self.addr, self.port)).is_err() {
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://<addr>:<port>` (`nats://[addr]:<port>` for IPv6).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}", SocketAddr::new(self.addr, self.port))
     }
 
     /// SIGKILLs the server.
