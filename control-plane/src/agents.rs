@@ -33,6 +33,9 @@ pub struct NodeSoft {
     pub observed: Option<Observed>,
     /// The inventory is out of date and should be asked for.
     pub pull_wanted: bool,
+    /// When this member first heard the agent's current process (its boot id): activity
+    /// the agent measured before then is unknown.
+    pub boot_seen_at: Timestamp,
 }
 
 #[derive(Default)]
@@ -78,7 +81,11 @@ impl Fleet {
                 received_at: Timestamp::now(),
                 observed: None,
                 pull_wanted: true,
+                boot_seen_at: Timestamp::now(),
             });
+        if entry.heartbeat.boot_id != hb.boot_id {
+            entry.boot_seen_at = Timestamp::now();
+        }
         entry.heartbeat = hb;
         entry.received = now;
         entry.received_at = Timestamp::now();
@@ -189,6 +196,20 @@ impl Fleet {
     /// The node's observed inventory, if any.
     pub fn observed(&self, node: &NodeId) -> Option<Observed> {
         self.lock().nodes.get(node).and_then(|n| n.observed.clone())
+    }
+
+    /// When `node`'s agent last saw traffic on container `id`, and since when this member
+    /// has known that agent process; `None` while no inventory of it is held.
+    pub fn activity(
+        &self,
+        node: &NodeId,
+        id: &ContainerId,
+    ) -> Option<(Option<Timestamp>, Timestamp)> {
+        let inner = self.lock();
+        let n = inner.nodes.get(node)?;
+        let obs = n.observed.as_ref()?;
+        let entry = obs.inventory.containers.iter().find(|e| &e.id == id);
+        Some((entry.and_then(|e| e.last_activity_at), n.boot_seen_at))
     }
 
     /// Memory use of `node` from its last heartbeat.

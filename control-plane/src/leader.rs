@@ -160,6 +160,51 @@ impl Leader {
         self.scale(term).await;
         self.keep_warm(term).await;
         self.expire_leases().await;
+        self.release_idle(term).await;
+    }
+
+    /// Releases allocated containers of pools with `idle_timeout_secs` that saw no traffic
+    /// for that long. Idleness counts from the latest of: the allocation, the last traffic
+    /// the agent measured, when this leader took over, and when it first heard the agent's
+    /// current process (activity before either is unknown, so it is not held against anyone).
+    async fn release_idle(&self, term: &Term) {
+        let now = Timestamp::now();
+        let took_over = Timestamp(
+            now.as_millis()
+                .saturating_sub(term.since.elapsed().as_millis() as u64),
+        );
+        let candidates: Vec<_> = self.cluster.shared().read(|s| {
+            s.allocations()
+                .filter(|a| a.state == AllocationState::Active)
+                .filter_map(|a| {
+                    let timeout = s.pool(&a.pool)?.spec.idle_timeout_secs?;
+                    Some((a.id, a.node.clone(), a.container_id, a.created_at, timeout))
+                })
+                .collect()
+        });
+        for (allocation_id, node, container, created_at, timeout) in candidates {
+            let Some((last_activity, boot_seen_at)) = self.fleet.activity(&node, &container) else {
+                continue;
+            };
+            let since = [
+                Some(created_at),
+                last_activity,
+                Some(boot_seen_at),
+                Some(took_over),
+            ]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(created_at);
+            if now.since(since).as_secs() >= timeout {
+                info!(allocation = %allocation_id, %container, idle_secs = now.since(since).as_secs(), "releasing idle allocation");
+                self.write(Command::Release {
+                    allocation_id,
+                    reason: ReleaseReason::Idle,
+                })
+                .await;
+            }
+        }
     }
 
     /// Joins nodes that announce themselves and downs nodes that went quiet.

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::docker::{self, Driver};
 use crate::inventory::Inventory;
 use crate::outbox::{self, Outbox};
-use crate::{commands, events, heartbeat, network, resync, Error};
+use crate::{activity, commands, events, heartbeat, network, resync, Error};
 
 /// Time shutdown waits for each group of tasks before moving on.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
@@ -112,6 +112,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
     loops.spawn(resync::run(shared.clone(), background.clone()));
     loops.spawn(heartbeat::run(shared.clone(), background.clone()));
+    activity::spawn(&shared, background.clone());
 
     let commands_stop = CancellationToken::new();
     let handlers = TaskTracker::new();

@@ -115,6 +115,9 @@ pub struct Observation {
     pub oom_killed: bool,
     /// Address on the node's network.
     pub ipv6: Option<Ipv6Addr>,
+    /// Process id of its init process while it runs (its network namespace is
+    /// `/proc/<pid>/net`).
+    pub pid: Option<u32>,
 }
 
 /// One container as listed (cheaper than inspect; no address, no exit code).
@@ -240,6 +243,10 @@ impl Driver {
                 .flatten(),
             oom_killed: state.oom_killed.unwrap_or(false),
             ipv6,
+            pid: state
+                .pid
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| *p > 0),
         }
     }
 

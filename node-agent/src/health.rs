@@ -25,7 +25,7 @@ use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use warmpool_proto::{Health, HealthCheck, HealthProbe};
 
@@ -105,23 +105,32 @@ pub fn next_delay(state: &ProbeState, check: &HealthCheck) -> Duration {
 }
 
 /// Probes `addr`:`port` once as `check` says, within `check.timeout_ms`.
+#[cfg(test)]
 pub async fn probe(addr: Ipv6Addr, port: u16, check: &HealthCheck) -> Outcome {
+    probe_traced(addr, port, check).await.0
+}
+
+/// [`probe`], also answering the local TCP ports of every connection attempt it made, so the
+/// activity meter can tell the agent's own probes from real traffic.
+pub async fn probe_traced(addr: Ipv6Addr, port: u16, check: &HealthCheck) -> (Outcome, Vec<u16>) {
     let target = SocketAddr::V6(SocketAddrV6::new(addr, port, 0, 0));
     let timeout = Duration::from_millis(check.timeout_ms.max(1));
     let deadline = Instant::now() + timeout;
+    let mut ports = Vec::new();
     let attempt = async {
         match &check.probe {
-            HealthProbe::Tcp => connect(target, deadline)
-                .await
-                .map(|_| Outcome::Pass)
-                .unwrap_or_else(|e| Outcome::Fail(format!("connect: {e}"))),
-            HealthProbe::Http { path } => http_get(target, deadline, path).await,
+            HealthProbe::Tcp => match connect(target, deadline, &mut ports).await {
+                Ok(_) => Outcome::Pass,
+                Err(e) => Outcome::Fail(format!("connect: {e}")),
+            },
+            HealthProbe::Http { path } => http_get(target, deadline, path, &mut ports).await,
         }
     };
-    match tokio::time::timeout(timeout, attempt).await {
+    let outcome = match tokio::time::timeout(timeout, attempt).await {
         Ok(outcome) => outcome,
         Err(_) => Outcome::Fail(format!("no answer within {timeout:?}")),
-    }
+    };
+    (outcome, ports)
 }
 
 /// Time one connection attempt may go unanswered before it is tried again.
@@ -132,10 +141,31 @@ const CONNECT_RETRY: Duration = Duration::from_millis(250);
 /// IPv6 address is still tentative (duplicate address detection) for a second or two and the
 /// first SYNs get no answer; the kernel itself would retry only after a full second, then two.
 /// A refused connection is an answer and fails at once.
-async fn connect(target: SocketAddr, deadline: Instant) -> std::io::Result<TcpStream> {
+///
+/// Every attempt's local port goes into `ports` before it connects (the socket is bound first),
+/// so the activity meter knows all the probe's connections, even an abandoned attempt whose
+/// handshake the kernel completed after all.
+async fn connect(
+    target: SocketAddr,
+    deadline: Instant,
+    ports: &mut Vec<u16>,
+) -> std::io::Result<TcpStream> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left.min(CONNECT_RETRY), TcpStream::connect(target)).await {
+        let socket = if target.is_ipv6() {
+            TcpSocket::new_v6()?
+        } else {
+            TcpSocket::new_v4()?
+        };
+        let any: SocketAddr = if target.is_ipv6() {
+            "[::]:0".parse()
+        } else {
+            "0.0.0.0:0".parse()
+        }
+        .map_err(std::io::Error::other)?;
+        socket.bind(any)?;
+        ports.push(socket.local_addr()?.port());
+        match tokio::time::timeout(left.min(CONNECT_RETRY), socket.connect(target)).await {
             Ok(result) => return result,
             Err(_) if Instant::now() < deadline => continue,
             Err(_) => {
@@ -148,8 +178,13 @@ async fn connect(target: SocketAddr, deadline: Instant) -> std::io::Result<TcpSt
     }
 }
 
-async fn http_get(target: SocketAddr, deadline: Instant, path: &str) -> Outcome {
-    let mut stream = match connect(target, deadline).await {
+async fn http_get(
+    target: SocketAddr,
+    deadline: Instant,
+    path: &str,
+    ports: &mut Vec<u16>,
+) -> Outcome {
+    let mut stream = match connect(target, deadline, ports).await {
         Ok(s) => s,
         Err(e) => return Outcome::Fail(format!("connect: {e}")),
     };

@@ -31,7 +31,7 @@
 //!   existed before the mark. An event handled while the resync was listing therefore wins.
 //! - **Status follows Docker and the probes**: see [`status_of`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::Ipv6Addr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -79,7 +79,20 @@ struct Tracked {
     inserted_at: u64,
     /// Stops this container's probe task.
     stop_probe: CancellationToken,
+    /// Its init process while it runs, for the activity meter.
+    pid: Option<u32>,
+    /// Local ports the agent's own probes used lately, so the meter does not take them for
+    /// traffic.
+    probe_ports: VecDeque<(u16, Instant)>,
+    /// Connections the agent's probes opened to it, ever (counted after they connect).
+    probe_connects: u64,
 }
+
+/// How long a probe's port is remembered: longer than a closed connection's TIME_WAIT.
+const PROBE_PORT_MEMORY: Duration = Duration::from_secs(120);
+/// Activity is reported in steps of at least this much, so an active container causes at most
+/// one fact per step.
+pub const ACTIVITY_STEP: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct Inner {
@@ -156,6 +169,18 @@ pub enum Upsert {
     Updated,
     /// Nothing was done (the id is being created or destroyed, or the observation is stale).
     Skipped,
+}
+
+/// What the activity meter needs of one running container.
+pub struct MeterTarget {
+    /// The container.
+    pub id: ContainerId,
+    /// Its init process.
+    pub pid: u32,
+    /// Local ports of the agent's recent probes.
+    pub probe_ports: HashSet<u16>,
+    /// Connections the agent's probes opened to it, ever.
+    pub probe_connects: u64,
 }
 
 /// Where and how to probe a container next.
@@ -359,6 +384,7 @@ impl Inventory {
             t.entry.oom_killed = false;
         }
         t.docker_state = obs.state;
+        t.pid = obs.pid;
         t.entry.docker_id = obs.docker_id.clone();
         // A stopped container loses its address in Docker; the entry keeps the last one.
         t.entry.ipv6 = obs.ipv6.or(t.entry.ipv6);
@@ -406,6 +432,9 @@ impl Inventory {
                 changed_at: version,
                 inserted_at: version,
                 stop_probe: token.clone(),
+                pid: obs.pid,
+                probe_ports: VecDeque::new(),
+                probe_connects: 0,
             },
         );
         Upsert::Inserted(token)
@@ -539,6 +568,54 @@ impl Inventory {
         })
     }
 
+    /// Remembers that a probe of `id` connected from local `port`.
+    pub fn record_probe_port(&self, id: &ContainerId, port: u16) {
+        let mut inner = self.lock();
+        if let Some(t) = inner.entries.get_mut(id) {
+            let now = Instant::now();
+            t.probe_connects += 1;
+            t.probe_ports.push_back((port, now));
+            while t
+                .probe_ports
+                .front()
+                .is_some_and(|(_, at)| now.duration_since(*at) > PROBE_PORT_MEMORY)
+            {
+                t.probe_ports.pop_front();
+            }
+        }
+    }
+
+    /// Running containers to meter.
+    pub fn meter_targets(&self) -> Vec<MeterTarget> {
+        self.lock()
+            .entries
+            .values()
+            .filter(|t| t.docker_state == DockerState::Running)
+            .filter_map(|t| {
+                Some(MeterTarget {
+                    id: t.entry.id,
+                    pid: t.pid?,
+                    probe_ports: t.probe_ports.iter().map(|(p, _)| *p).collect(),
+                    probe_connects: t.probe_connects,
+                })
+            })
+            .collect()
+    }
+
+    /// Records network activity of `id` at `at`, reported (as a fact) in steps of at least
+    /// [`ACTIVITY_STEP`].
+    pub fn record_activity(&self, id: &ContainerId, at: warmpool_proto::Timestamp) {
+        self.update(id, None, |t| {
+            let due = t
+                .entry
+                .last_activity_at
+                .is_none_or(|last| at.since(last) >= ACTIVITY_STEP);
+            if due {
+                t.entry.last_activity_at = Some(at);
+            }
+        });
+    }
+
     /// Folds one probe outcome into the verdict of `id` (ignored unless it is running: a probe
     /// that raced with the container's death says nothing).
     pub fn record_probe(&self, id: &ContainerId, outcome: &Outcome) {
@@ -591,6 +668,7 @@ mod tests {
             exit_code: (state == DockerState::Exited).then_some(137),
             oom_killed: false,
             ipv6: Some("fd36:1::2".parse().unwrap()),
+            pid: None,
         }
     }
 

@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 #![deny(clippy::await_holding_lock)]
 
+mod activity;
 mod agent;
 mod commands;
 pub mod config;

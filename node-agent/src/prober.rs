@@ -22,7 +22,12 @@ pub fn spawn(shared: &Arc<Shared>, id: ContainerId, stop: CancellationToken) {
                 let outcome = match target.addr {
                     Some(addr) => tokio::select! {
                         _ = stop.cancelled() => return,
-                        o = health::probe(addr, target.port, &target.check) => o,
+                        (o, ports) = health::probe_traced(addr, target.port, &target.check) => {
+                            for port in ports {
+                                shared.inventory.record_probe_port(&id, port);
+                            }
+                            o
+                        }
                     },
                     None => Outcome::Fail("no IPv6 address".into()),
                 };

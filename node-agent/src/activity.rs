@@ -1,0 +1,205 @@
+//! The activity meter: when did a container last have network traffic that was not the
+//! agent's own health probes? The control plane releases an allocated container idle for its
+//! pool's `idle_timeout_secs`.
+//!
+//! It reads the container's network namespace through `/proc/<pid>/net/`, which the host can
+//! see without entering it: the TCP counters (`snmp`: connections accepted and opened, minus
+//! those the agent's own probes made) catch short requests between passes; the socket tables
+//! (`tcp6`, `tcp`) catch long connections: a socket that is not listening and whose remote
+//! port is not one the probes used is traffic now, and one lingering in TIME_WAIT was active
+//! when it closed, which its timer tells. UDP is not seen.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use warmpool_proto::{ContainerId, Timestamp};
+
+use crate::agent::Shared;
+
+/// How often containers are metered.
+pub const METER_INTERVAL: Duration = Duration::from_secs(2);
+/// How long the kernel keeps a closed connection in TIME_WAIT (`TCP_TIMEWAIT_LEN`).
+const TIME_WAIT: Duration = Duration::from_secs(60);
+/// Clock ticks per second in `/proc/net/tcp` timers (`USER_HZ`).
+const USER_HZ: u64 = 100;
+
+/// How long ago the last non-probe traffic was, from one `/proc/<pid>/net/tcp[6]` table:
+/// `Some(ZERO)` for an open connection now, `Some(d)` for a connection closed `d` ago, `None`
+/// when there is nothing but listeners and probes.
+pub fn last_traffic(table: &str, probe_ports: &HashSet<u16>) -> Option<Duration> {
+    let mut best: Option<Duration> = None;
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(remote), Some(state), Some(timer)) =
+            (fields.get(2), fields.get(3), fields.get(5))
+        else {
+            continue;
+        };
+        let Some(port) = remote
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+        else {
+            continue;
+        };
+        // 0A: LISTEN. A socket with no remote end is not traffic either.
+        if *state == "0A" || port == 0 || probe_ports.contains(&port) {
+            continue;
+        }
+        let ago = if *state == "06" {
+            // TIME_WAIT: "03:<ticks left>".
+            let left = timer
+                .split_once(':')
+                .and_then(|(_, ticks)| u64::from_str_radix(ticks, 16).ok())
+                .map_or(Duration::ZERO, |t| {
+                    Duration::from_millis(t * 1000 / USER_HZ)
+                });
+            TIME_WAIT.saturating_sub(left)
+        } else {
+            Duration::ZERO
+        };
+        best = Some(best.map_or(ago, |b| b.min(ago)));
+    }
+    best
+}
+
+/// TCP connection counters of a network namespace, from `/proc/<pid>/net/snmp` (the TCP
+/// MIB counts IPv4 and IPv6 alike): connections accepted and connections opened.
+pub fn tcp_opens(snmp: &str) -> Option<(u64, u64)> {
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let get = |name: &str| -> Option<u64> {
+        let i = names.iter().position(|n| *n == name)?;
+        values.get(i)?.parse().ok()
+    };
+    Some((get("PassiveOpens")?, get("ActiveOpens")?))
+}
+
+/// Per container, what the last meter pass saw.
+#[derive(Clone, Copy, Default)]
+struct Seen {
+    /// Accepted connections minus the probes' attempts. Signed: an attempt the container
+    /// never answered counts as a probe but was never accepted, and that offset must not hide
+    /// later connections.
+    others_accepted: i64,
+    /// Connections the container opened itself.
+    opened: u64,
+}
+
+/// Meters every running container every [`METER_INTERVAL`] until `stop`.
+///
+/// Traffic since the last pass is any of: more accepted connections than the agent's probes
+/// opened (a short request that came and went between passes), a connection the container
+/// opened, or a connection open right now that is not a probe.
+pub fn spawn(shared: &Arc<Shared>, stop: CancellationToken) {
+    let shared = shared.clone();
+    shared.tasks.clone().spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut seen: HashMap<ContainerId, Seen> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(METER_INTERVAL) => {}
+            }
+            let targets = shared.inventory.meter_targets();
+            seen.retain(|id, _| targets.iter().any(|t| &t.id == id));
+            for t in targets {
+                let now = Timestamp::now();
+                let mut ago: Option<Duration> = None;
+                for table in ["tcp6", "tcp"] {
+                    let Ok(text) = tokio::fs::read_to_string(format!("/proc/{}/net/{table}", t.pid)).await else {
+                        continue;
+                    };
+                    // A closed connection from before this agent started may be an earlier
+                    // agent's probe: unknowable, so not counted.
+                    if let Some(d) = last_traffic(&text, &t.probe_ports).filter(|d| *d < started.elapsed()) {
+                        tracing::debug!(container = %t.id, table, ago_ms = d.as_millis() as u64, "traffic in the socket table");
+                        ago = Some(ago.map_or(d, |a| a.min(d)));
+                    }
+                }
+                if let Ok(snmp) = tokio::fs::read_to_string(format!("/proc/{}/net/snmp", t.pid)).await {
+                    if let Some((accepted, opened)) = tcp_opens(&snmp) {
+                        // A probe is counted once it connects, just after the kernel counts it:
+                        // a pass in between sees one "other" connection too many, which only
+                        // errs towards keeping a container.
+                        let now_seen = Seen { others_accepted: accepted as i64 - t.probe_connects as i64, opened };
+                        if let Some(before) = seen.insert(t.id, now_seen) {
+                            if now_seen.others_accepted > before.others_accepted || now_seen.opened > before.opened {
+                                tracing::debug!(container = %t.id, accepted, probes = t.probe_connects, opened, "new connections beyond the probes");
+                                ago = Some(Duration::ZERO);
+                            }
+                        }
+                    }
+                }
+                if let Some(d) = ago {
+                    let at = Timestamp(now.as_millis().saturating_sub(d.as_millis() as u64));
+                    shared.inventory.record_activity(&t.id, at);
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+
+    fn table(rows: &[&str]) -> String {
+        let mut s = HEADER.to_string();
+        for r in rows {
+            s.push_str(r);
+            s.push('\n');
+        }
+        s
+    }
+
+    const LISTEN: &str = "   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0";
+    const PROBE_TW: &str = "   1: 0000000000000000FFFF00000200A8C0:1F90 0000000000000000FFFF00000100A8C0:A1B2 06 00000000:00000000 03:00001000 00000000     0        0 0 3 0";
+    const USER_OPEN: &str = "   2: 0000000000000000FFFF00000200A8C0:1F90 0000000000000000FFFF00000100A8C0:C350 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0";
+    const USER_TW_50S_LEFT: &str = "   3: 0000000000000000FFFF00000200A8C0:1F90 0000000000000000FFFF00000100A8C0:C351 06 00000000:00000000 03:00001388 00000000     0        0 0 3 0";
+
+    #[test]
+    fn listeners_and_probes_are_not_traffic() {
+        let probes = HashSet::from([0xA1B2]);
+        assert_eq!(last_traffic(&table(&[LISTEN, PROBE_TW]), &probes), None);
+    }
+
+    #[test]
+    fn an_open_connection_is_traffic_now() {
+        let probes = HashSet::from([0xA1B2]);
+        assert_eq!(
+            last_traffic(&table(&[LISTEN, PROBE_TW, USER_OPEN]), &probes),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn a_closed_connection_dates_from_its_time_wait_timer() {
+        // 0x1388 = 5000 ticks = 50 s left of 60: it closed 10 s ago.
+        let d = last_traffic(&table(&[USER_TW_50S_LEFT]), &HashSet::new()).unwrap();
+        assert_eq!(d, Duration::from_secs(10));
+        let both = last_traffic(&table(&[USER_TW_50S_LEFT, USER_OPEN]), &HashSet::new());
+        assert_eq!(both, Some(Duration::ZERO), "the most recent wins");
+    }
+
+    #[test]
+    fn snmp_tcp_counters_are_read_by_name() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails\nTcp: 1 200 120000 -1 7 42 0\nUdp: InDatagrams\nUdp: 3\n";
+        assert_eq!(tcp_opens(snmp), Some((42, 7)));
+        assert_eq!(tcp_opens("Tcp: ActiveOpens\n"), None);
+        assert_eq!(tcp_opens(""), None);
+    }
+
+    #[test]
+    fn garbage_lines_are_skipped() {
+        assert_eq!(
+            last_traffic("header\nnot a socket line\n\n", &HashSet::new()),
+            None
+        );
+    }
+}

@@ -1,0 +1,456 @@
+//! Issue 5's promises on a live cluster with a real agent and dockerd: a burst is served and
+//! the pool grows then shrinks back, each step in the event log; leases expire and renew up
+//! to `max_lifetime`; idle containers are released, busy ones are not; a container whose
+//! health fails leaves the pool; an image change rolls out while allocations keep working;
+//! `poolctl simulate` on the recorded history matches what the live run measured.
+
+use std::time::{Duration, Instant};
+
+use warmpool_proto::api::{CreateAllocation, EventQuery, RenewAllocation};
+use warmpool_proto::records::{AllocationState, ReleaseReason};
+use warmpool_proto::{ContainerState, EventKind, PoolName, PoolSpec};
+use warmpool_tests::{bin, docker, http_get, wait_until, TestCluster};
+
+fn alloc(pool: &str, wait_ms: u64) -> CreateAllocation {
+    CreateAllocation {
+        pool: PoolName::new(pool).unwrap(),
+        session_id: None,
+        lease_seconds: None,
+        wait_ms: Some(wait_ms),
+        idempotency_key: None,
+    }
+}
+
+async fn all_events(c: &TestCluster, q: EventQuery) -> Vec<warmpool_proto::Event> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = c
+            .client
+            .events(&EventQuery {
+                after,
+                limit: Some(1000),
+                ..q.clone()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { return out };
+        after = Some(last.seq);
+        out.extend(page);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees() {
+    let c = TestCluster::single().await;
+    let mut spec = TestCluster::demo_spec("burst", 3);
+    spec.max_warm = Some(30);
+    spec.max_total = 60;
+    spec.scaling.cooldown_secs = 8;
+    spec.scaling.target_hit_rate = Some(0.95);
+    spec.scaling.batch_size = 8;
+    spec.scaling.pacing_ms = 100;
+    c.client.create_pool(&spec).await.unwrap();
+    c.wait_warm("burst", 3, Duration::from_secs(60)).await;
+    let t0 = Instant::now();
+
+    // 30 allocations spread over 2 seconds, each ready to wait for a container.
+    let mut tasks = Vec::new();
+    for i in 0..30u64 {
+        let client = c.client.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 2000 / 30)).await;
+            client.allocate(&alloc("burst", 45_000)).await
+        }));
+    }
+    let mut allocations = Vec::new();
+    for t in tasks {
+        allocations.push(
+            t.await
+                .unwrap()
+                .expect("every allocation of the burst is served"),
+        );
+    }
+    eprintln!("burst of 30 served in {:?}", t0.elapsed());
+    for a in &allocations {
+        c.client.release(a.id).await.unwrap();
+    }
+
+    // The pool grew for the burst...
+    let scaled = all_events(
+        &c,
+        EventQuery {
+            kind: Some("pool_scaled".into()),
+            pool: Some("burst".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let peak = scaled
+        .iter()
+        .filter_map(|e| e.detail.as_ref()?["to"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(peak > 3, "the pool grew for the burst: {scaled:?}");
+    // ...and shrinks back to its floor after the cool-down, each step in the log.
+    let client = c.client.clone();
+    wait_until(
+        Duration::from_secs(90),
+        "the pool to shrink back to min_warm",
+        || {
+            let client = client.clone();
+            async move {
+                let s = client.status().await.ok()?;
+                let p = s.pools.iter().find(|p| p.name.as_str() == "burst")?;
+                (p.wanted == 3 && p.counts.warm == 3).then_some(())
+            }
+        },
+    )
+    .await;
+    let scaled = all_events(
+        &c,
+        EventQuery {
+            kind: Some("pool_scaled".into()),
+            pool: Some("burst".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let last = scaled.last().unwrap();
+    assert_eq!(
+        last.detail.as_ref().unwrap()["to"].as_u64(),
+        Some(3),
+        "{last:?}"
+    );
+    for e in &scaled {
+        let d = e
+            .detail
+            .as_ref()
+            .expect("each scaling step keeps its inputs");
+        assert!(
+            d.get("from").is_some() && d.get("to").is_some() && d.get("reason").is_some(),
+            "{d}"
+        );
+    }
+    eprintln!(
+        "scaling steps: {:?}",
+        scaled
+            .iter()
+            .map(|e| (
+                e.detail.as_ref().unwrap()["from"].clone(),
+                e.detail.as_ref().unwrap()["to"].clone()
+            ))
+            .collect::<Vec<_>>()
+    );
+
+    // What the live run measured: allocations served without waiting.
+    let allocated = all_events(
+        &c,
+        EventQuery {
+            kind: Some("container_allocated".into()),
+            pool: Some("burst".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let hits = allocated
+        .iter()
+        .filter(|e| {
+            e.detail
+                .as_ref()
+                .and_then(|d| d["waited_ms"].as_u64())
+                .is_none()
+        })
+        .count();
+    let live_hit_rate = hits as f64 / allocated.len() as f64;
+
+    // `poolctl simulate` on the recorded history, the live policy beside a proposed one.
+    let out = std::process::Command::new(bin("poolctl"))
+        .args([
+            "--url",
+            &c.members[0].url(),
+            "--output",
+            "json",
+            "simulate",
+            "burst",
+            "--fixed",
+            "3",
+            "--wait-ms",
+            "45000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "poolctl simulate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "simulate: {}",
+        serde_json::to_string_pretty(&report).unwrap()
+    );
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "the live policy and the proposed one");
+    for r in runs {
+        assert!(r["report"]["hit_rate"].as_f64().is_some());
+        assert!(
+            r["report"]["idle_container_seconds"].as_f64().is_some(),
+            "{r}"
+        );
+    }
+    let sim_hit_rate = runs[0]["report"]["hit_rate"].as_f64().unwrap();
+    eprintln!("hit rate: live {live_hit_rate:.3}, simulated {sim_hit_rate:.3}");
+    assert!(
+        (sim_hit_rate - live_hit_rate).abs() <= 0.10,
+        "simulated hit rate {sim_hit_rate:.3} is not within 10 points of the live {live_hit_rate:.3}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_expire_renew_and_stop_at_max_lifetime() {
+    let c = TestCluster::single().await;
+    let mut spec = TestCluster::demo_spec("leases", 2);
+    spec.max_lifetime_secs = Some(9);
+    c.client.create_pool(&spec).await.unwrap();
+    c.wait_warm("leases", 2, Duration::from_secs(60)).await;
+
+    // A 2 s lease, not renewed, expires and releases.
+    let short = c
+        .client
+        .allocate(&CreateAllocation {
+            lease_seconds: Some(2),
+            ..alloc("leases", 10_000)
+        })
+        .await
+        .unwrap();
+    // A 3 s lease, renewed, outlives it, until max_lifetime caps it.
+    let kept = c
+        .client
+        .allocate(&CreateAllocation {
+            lease_seconds: Some(3),
+            ..alloc("leases", 10_000)
+        })
+        .await
+        .unwrap();
+    let client = c.client.clone();
+    let expired = wait_until(Duration::from_secs(10), "the short lease to expire", || {
+        let client = client.clone();
+        async move {
+            client
+                .get_allocation(short.id)
+                .await
+                .ok()
+                .filter(|a| a.state == AllocationState::Released)
+        }
+    })
+    .await;
+    assert_eq!(expired.release_reason, Some(ReleaseReason::Expired));
+    let renewed = c
+        .client
+        .renew(
+            kept.id,
+            &RenewAllocation {
+                lease_seconds: Some(3),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        renewed.expires_at > kept.expires_at,
+        "renew extends the lease"
+    );
+    assert_eq!(
+        c.client.get_allocation(kept.id).await.unwrap().state,
+        AllocationState::Active
+    );
+    let cap = kept.max_expires_at.expect("max_lifetime sets a cap");
+    let renewed = c
+        .client
+        .renew(
+            kept.id,
+            &RenewAllocation {
+                lease_seconds: Some(60),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(renewed.expires_at, cap, "renewals stop at max_lifetime");
+    let refused = c
+        .client
+        .renew(
+            kept.id,
+            &RenewAllocation {
+                lease_seconds: Some(60),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(409), "{refused}");
+    let events = all_events(
+        &c,
+        EventQuery {
+            container: Some(short.container_id.to_string()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let released = events
+        .iter()
+        .find(|e| e.kind == EventKind::ContainerReleased)
+        .unwrap();
+    assert_eq!(released.reason.as_deref(), Some("expired"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_allocation_is_released_and_a_busy_one_is_not() {
+    let c = TestCluster::single().await;
+    let mut spec = TestCluster::demo_spec("idle", 2);
+    spec.idle_timeout_secs = Some(8);
+    c.client.create_pool(&spec).await.unwrap();
+    c.wait_warm("idle", 2, Duration::from_secs(60)).await;
+    let idle = c.client.allocate(&alloc("idle", 10_000)).await.unwrap();
+    let busy = c.client.allocate(&alloc("idle", 10_000)).await.unwrap();
+    let ip = busy.ipv6.unwrap();
+    let start = Instant::now();
+    let mut idle_released = None;
+    while start.elapsed() < Duration::from_secs(24) {
+        http_get(ip, busy.port, "/")
+            .await
+            .expect("the busy container answers");
+        if idle_released.is_none() {
+            let a = c.client.get_allocation(idle.id).await.unwrap();
+            if a.state == AllocationState::Released {
+                assert_eq!(a.release_reason, Some(ReleaseReason::Idle));
+                idle_released = Some(start.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let after = idle_released.expect("the idle allocation was released");
+    assert!(
+        after >= Duration::from_secs(7),
+        "released after {after:?}, before its idle timeout"
+    );
+    assert_eq!(
+        c.client.get_allocation(busy.id).await.unwrap().state,
+        AllocationState::Active,
+        "traffic keeps it"
+    );
+    let events = all_events(
+        &c,
+        EventQuery {
+            container: Some(idle.container_id.to_string()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(events
+        .iter()
+        .any(|e| e.kind == EventKind::ContainerReleased && e.reason.as_deref() == Some("idle")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_whose_health_fails_leaves_the_pool_after_the_threshold() {
+    let c = TestCluster::single().await;
+    let mut spec = TestCluster::demo_spec("sick", 2);
+    spec.health.failure_threshold = 2;
+    spec.health.interval_ms = 300;
+    c.client.create_pool(&spec).await.unwrap();
+    c.wait_warm("sick", 2, Duration::from_secs(60)).await;
+    let victim = c
+        .client
+        .list_containers(&Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|x| x.state == ContainerState::Warm)
+        .unwrap();
+    let (status, _) = http_get(victim.ipv6.unwrap(), victim.port, "/cgi-bin/fail")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let client = c.client.clone();
+    let gone = wait_until(
+        Duration::from_secs(15),
+        "the sick container to leave the pool",
+        || {
+            let client = client.clone();
+            async move {
+                client
+                    .get_container(victim.id)
+                    .await
+                    .ok()
+                    .filter(|x| x.state != ContainerState::Warm)
+            }
+        },
+    )
+    .await;
+    assert_eq!(gone.reason.as_deref(), Some("unhealthy"));
+    let s = c.wait_warm("sick", 2, Duration::from_secs(60)).await;
+    assert_eq!(s.pools[0].counts.warm, 2, "replaced");
+    for _ in 0..3 {
+        let a = c.client.allocate(&alloc("sick", 10_000)).await.unwrap();
+        assert_ne!(a.container_id, victim.id, "never offered again");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_change_rolls_out_while_allocations_keep_succeeding() {
+    let c = TestCluster::single().await;
+    docker(&["tag", warmpool_tests::DEMO_IMAGE, "warmpool-demo:rollout"]);
+    let spec = TestCluster::demo_spec("roll", 3);
+    c.client.create_pool(&spec).await.unwrap();
+    c.wait_warm("roll", 3, Duration::from_secs(60)).await;
+
+    let new = PoolSpec {
+        image: "warmpool-demo:rollout".into(),
+        ..spec
+    };
+    let (view, created) = c.client.put_pool(&new).await.unwrap();
+    assert!(!created);
+    let generation = view.pool.generation;
+    assert_eq!(generation, 2);
+    // Allocations keep succeeding during the rollout, and never get an old container.
+    for _ in 0..5 {
+        let a = c
+            .client
+            .allocate(&alloc("roll", 30_000))
+            .await
+            .expect("allocation during the rollout");
+        let x = c.client.get_container(a.container_id).await.unwrap();
+        assert_eq!(
+            x.generation, generation,
+            "a container of the old spec was handed out"
+        );
+        c.client.release(a.id).await.unwrap();
+    }
+    let client = c.client.clone();
+    wait_until(
+        Duration::from_secs(60),
+        "no old-image container warm",
+        || {
+            let client = client.clone();
+            async move {
+                let all = client.list_containers(&Default::default()).await.ok()?;
+                let warm: Vec<_> = all
+                    .iter()
+                    .filter(|x| x.state == ContainerState::Warm)
+                    .collect();
+                (warm.len() >= 3 && warm.iter().all(|x| x.generation == generation)).then_some(())
+            }
+        },
+    )
+    .await;
+    let images = docker(&[
+        "ps",
+        "--filter",
+        &format!("label=io.warmpool.node={}", c.agents[0].node),
+        "--format",
+        "{{.Image}}",
+    ]);
+    assert!(
+        images.lines().all(|i| i == "warmpool-demo:rollout"),
+        "only the new image runs: {images}"
+    );
+}
