@@ -36,7 +36,28 @@ pub struct NodeSoft {
     /// When this member first heard the agent's current process (its boot id): activity
     /// the agent measured before then is unknown.
     pub boot_seen_at: Timestamp,
+    /// Agent processes (boot ids) heard lately under this node id, with when last heard.
+    pub boots: Vec<(uuid::Uuid, Instant)>,
+    /// Until then, nothing this node says is trusted (see [`Suspicion`]).
+    pub suspect_until: Option<(Instant, Suspicion)>,
 }
+
+/// Why a node's reports are not acted on for now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Suspicion {
+    /// Its agent process changed a moment ago: a restart, or a second agent claiming the same
+    /// node id. Until a few heartbeats tell which, its inventory is not trusted.
+    Unsettled,
+    /// Two agent processes take turns heartbeating under one node id (cloned machines that
+    /// share a hostname): commands to it reach both, so it gets no creates and no inventory
+    /// decisions, and the leader cordons it.
+    TwoAgents(String),
+}
+
+/// How long a new agent process is watched before its inventory is trusted.
+pub const SETTLE: Duration = Duration::from_secs(2);
+/// How long a node stays suspect after two agents were last seen taking turns.
+pub const CONFLICT_HOLD: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Inner {
@@ -82,10 +103,40 @@ impl Fleet {
                 observed: None,
                 pull_wanted: true,
                 boot_seen_at: Timestamp::now(),
+                boots: vec![(hb.boot_id, now)],
+                suspect_until: None,
             });
         if entry.heartbeat.boot_id != hb.boot_id {
-            entry.boot_seen_at = Timestamp::now();
+            let back = entry
+                .boots
+                .iter()
+                .any(|(b, at)| *b == hb.boot_id && now.duration_since(*at) < CONFLICT_HOLD);
+            if back {
+                // A process heard before another is heard again: two agents take turns.
+                let why = format!(
+                    "two agents (boot ids {} and {}) heartbeat as node {}; give each host its own --node-id",
+                    entry.heartbeat.boot_id, hb.boot_id, hb.node
+                );
+                if !matches!(entry.suspect_until, Some((_, Suspicion::TwoAgents(_)))) {
+                    warn!(node = %hb.node, "{why}");
+                }
+                entry.suspect_until = Some((now + CONFLICT_HOLD, Suspicion::TwoAgents(why)));
+                entry.observed = None;
+            } else {
+                entry.boot_seen_at = Timestamp::now();
+                if !matches!(entry.suspect_until, Some((until, Suspicion::TwoAgents(_))) if until > now)
+                {
+                    entry.suspect_until = Some((now + SETTLE, Suspicion::Unsettled));
+                }
+            }
         }
+        match entry.boots.iter_mut().find(|(b, _)| *b == hb.boot_id) {
+            Some(seen) => seen.1 = now,
+            None => entry.boots.push((hb.boot_id, now)),
+        }
+        entry
+            .boots
+            .retain(|(_, at)| now.duration_since(*at) < CONFLICT_HOLD);
         entry.heartbeat = hb;
         entry.received = now;
         entry.received_at = Timestamp::now();
@@ -100,6 +151,10 @@ impl Fleet {
     pub fn on_fact(&self, fact: Fact) {
         let mut inner = self.lock();
         let node = fact.node().clone();
+        if inner.nodes.get(&node).and_then(suspicion).is_some() {
+            // Which agent said it is unknown; the inventory, once trusted again, tells.
+            return;
+        }
         match fact {
             Fact::Observed { entry, .. } => {
                 match inner.nodes.get_mut(&node).and_then(|n| n.observed.as_mut()) {
@@ -137,6 +192,10 @@ impl Fleet {
     pub fn store_inventory(&self, inventory: Inventory, requested_index: u64) {
         let mut inner = self.lock();
         if let Some(n) = inner.nodes.get_mut(&inventory.node) {
+            if suspicion(n).is_some() {
+                n.pull_wanted = true;
+                return;
+            }
             n.pull_wanted = n.heartbeat.boot_id != inventory.boot_id
                 || n.heartbeat.inventory_digest != inventory.digest()
                     && n.heartbeat.seq > inventory.seq;
@@ -163,7 +222,7 @@ impl Fleet {
         let mut inner = self.lock();
         let mut out = Vec::new();
         for (id, n) in inner.nodes.iter_mut() {
-            if n.pull_wanted {
+            if n.pull_wanted && suspicion(n).is_none() {
                 n.pull_wanted = false;
                 out.push(id.clone());
             }
@@ -212,6 +271,11 @@ impl Fleet {
         Some((entry.and_then(|e| e.last_activity_at), n.boot_seen_at))
     }
 
+    /// Why `node`'s reports are not to be acted on now, if they are not.
+    pub fn suspicion(&self, node: &NodeId) -> Option<Suspicion> {
+        self.lock().nodes.get(node).and_then(suspicion)
+    }
+
     /// Memory use of `node` from its last heartbeat.
     pub fn memory_fraction(&self, node: &NodeId) -> Option<f64> {
         self.lock()
@@ -219,6 +283,13 @@ impl Fleet {
             .get(node)
             .map(|n| n.heartbeat.usage.memory_fraction())
     }
+}
+
+fn suspicion(n: &NodeSoft) -> Option<Suspicion> {
+    n.suspect_until
+        .as_ref()
+        .filter(|(until, _)| *until > Instant::now())
+        .map(|(_, why)| why.clone())
 }
 
 /// Listens to every agent's heartbeats and facts until `shutdown`.

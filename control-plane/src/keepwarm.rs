@@ -245,7 +245,10 @@ mod tests {
             for n in nodes {
                 w.apply(Command::NodeJoin {
                     node: NodeId::new(*n).unwrap(),
-                    ipv6_prefix: "fd36:1::/64".into(),
+                    ipv6_prefix: format!(
+                        "fd36:{:x}::/64",
+                        n.len() * 256 + n.bytes().map(usize::from).sum::<usize>()
+                    ),
                     labels: BTreeMap::new(),
                     capacity: Resources {
                         cpu_millis: 2000,
@@ -463,6 +466,7 @@ mod tests {
         w.apply(Command::SetNodeStatus {
             node: NodeId::new("a").unwrap(),
             status: NodeStatus::Draining,
+            reason: None,
         });
         let d = w.decide();
         assert_eq!(

@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use warmpool_proto::agent::{AgentCommand, AgentReply};
 use warmpool_proto::records::{AllocationState, NodeStatus, ReleaseReason};
-use warmpool_proto::{ContainerId, NodeId, PoolName, Timestamp};
+use warmpool_proto::{ContainerId, ContainerState, NodeId, PoolName, Timestamp};
 
 use warmpool_policy::{DemandEstimator, Policy, Scaler};
 
-use crate::agents::{AgentError, Agents, Fleet};
+use crate::agents::{AgentError, Agents, Fleet, Suspicion};
 use crate::cluster::Cluster;
 use crate::keepwarm::{self, Decision};
 use crate::placement::Overcommit;
@@ -57,7 +57,14 @@ struct PoolDemand {
     scaler: Scaler,
     /// The replicated arrivals counter when last read.
     arrivals_seen: u64,
+    /// The scaler's latest decision (carried until written).
+    latest: Option<warmpool_policy::ScaleDecision>,
+    /// When a decrease was last written.
+    last_down: Option<Instant>,
 }
+
+/// Shortest time between two written decreases of one pool's wanted count.
+const SCALE_DOWN_EVERY: Duration = Duration::from_secs(2);
 
 /// Soft state of one term of leadership; dropped when leadership is lost.
 struct Term {
@@ -256,7 +263,21 @@ impl Leader {
             }
             (joins, downs)
         });
-        for cmd in joins.into_iter().chain(downs) {
+        // Two agents claiming one node id: cordon it, saying why, until an operator fixes it.
+        let cordons: Vec<Command> = self.cluster.shared().read(|s| {
+            s.nodes()
+                .filter(|n| n.status == NodeStatus::Ready)
+                .filter_map(|n| match self.fleet.suspicion(&n.id) {
+                    Some(Suspicion::TwoAgents(why)) => Some(Command::SetNodeStatus {
+                        node: n.id.clone(),
+                        status: NodeStatus::Cordoned,
+                        reason: Some(why),
+                    }),
+                    _ => None,
+                })
+                .collect()
+        });
+        for cmd in joins.into_iter().chain(downs).chain(cordons) {
             if let Command::NodeDown { node, reason } = &cmd {
                 warn!(%node, %reason, "node down");
             }
@@ -321,10 +342,27 @@ impl Leader {
             nodes
                 .into_iter()
                 .map(|node| {
-                    let observed = self.fleet.observed(&node);
-                    let actions = self.cluster.shared().read(|s| {
-                        reconcile::reconcile(s, &node, observed.as_ref(), &inflight, now)
-                    });
+                    let actions = if self.fleet.suspicion(&node).is_some() {
+                        // Nothing it reports is trusted and a create would reach every agent
+                        // claiming it; only destroys (idempotent, harmless twice) go out.
+                        self.cluster.shared().read(|s| {
+                            s.containers()
+                                .filter(|c| c.node == node && c.state == ContainerState::Releasing)
+                                .filter(|c| !inflight.destroys.contains(&c.id))
+                                .map(|c| {
+                                    Action::Destroy(
+                                        c.id,
+                                        c.reason.clone().unwrap_or_else(|| "released".into()),
+                                    )
+                                })
+                                .collect()
+                        })
+                    } else {
+                        let observed = self.fleet.observed(&node);
+                        self.cluster.shared().read(|s| {
+                            reconcile::reconcile(s, &node, observed.as_ref(), &inflight, now)
+                        })
+                    };
                     (node, actions)
                 })
                 .collect()
@@ -458,6 +496,8 @@ impl Leader {
                     estimator: DemandEstimator::new(now),
                     scaler: Scaler::resume(wanted, now),
                     arrivals_seen: arrivals,
+                    latest: None,
+                    last_down: None,
                 });
             let new = arrivals.saturating_sub(d.arrivals_seen);
             d.arrivals_seen = arrivals;
@@ -467,14 +507,27 @@ impl Leader {
             for (_, took) in warmed.iter().filter(|(pool, _)| pool == &spec.name) {
                 d.estimator.record_warm_time(*took);
             }
-            let Some(decision) =
+            if let Some(decision) =
                 d.scaler
                     .decide(&Policy::from_spec(&spec), &d.estimator.inputs(now), now)
-            else {
+            {
+                d.latest = Some(decision);
+            }
+            let Some(decision) = d.latest.clone() else {
                 continue;
             };
             if decision.wanted == wanted {
                 continue;
+            }
+            // Growth goes out at once; shrinking, at most one step per SCALE_DOWN_EVERY, so
+            // a pool coming down from a burst writes a few steps, not one per loop.
+            if decision.wanted < wanted
+                && d.last_down.is_some_and(|t| t.elapsed() < SCALE_DOWN_EVERY)
+            {
+                continue;
+            }
+            if decision.wanted < wanted {
+                d.last_down = Some(Instant::now());
             }
             metrics::counter!("warmpool_scaler_decisions_total", "pool" => spec.name.to_string(), "reason" => decision.reason.as_str())
                 .increment(1);
@@ -491,7 +544,14 @@ impl Leader {
     async fn keep_warm(&self, term: &mut Term) {
         let now = Timestamp::now();
         let decisions = self.cluster.shared().read(|s| {
-            let loads = keepwarm::node_loads(s, |n| self.fleet.memory_fraction(n));
+            let mut loads = keepwarm::node_loads(s, |n| self.fleet.memory_fraction(n));
+            for l in loads
+                .iter_mut()
+                .filter(|l| self.fleet.suspicion(&l.id).is_some())
+            {
+                // Not to be placed on while its reports are not trusted.
+                l.status = NodeStatus::Cordoned;
+            }
             keepwarm::plan(s, &loads, &term.last_batch, now, self.config.overcommit)
         });
         for d in decisions {

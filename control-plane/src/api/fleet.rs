@@ -142,6 +142,7 @@ pub async fn node_action(
     if let Applied::Rejected(r) = app
         .cluster
         .write(Request::now(Command::SetNodeStatus {
+            reason: None,
             node: node.clone(),
             status,
         }))

@@ -166,7 +166,11 @@ impl PoolState {
                 agent_version,
             } => self.node_join(ctx, node, ipv6_prefix, labels, capacity, agent_version),
             Command::NodeDown { node, reason } => self.node_down(ctx, &node, &reason),
-            Command::SetNodeStatus { node, status } => self.set_node_status(ctx, &node, status),
+            Command::SetNodeStatus {
+                node,
+                status,
+                reason,
+            } => self.set_node_status(ctx, &node, status, reason),
             Command::SetWanted {
                 pool,
                 wanted,
@@ -902,6 +906,7 @@ impl PoolState {
         capacity: warmpool_proto::records::Resources,
         agent_version: String,
     ) -> Response {
+        let conflict = self.prefix_conflict(&id, &ipv6_prefix);
         let (status, joined_at, status_changed_at, reason, announce) = match self.nodes.get(&id) {
             None => (NodeStatus::Ready, ctx.at, ctx.at, None, Some("new")),
             Some(n) if n.status == NodeStatus::Down => (
@@ -919,6 +924,13 @@ impl PoolState {
                 None,
             ),
         };
+        // A node whose /64 another live node owns joins cordoned: it is known and visible,
+        // and takes nothing until an operator fixes its prefix and uncordons it.
+        let cordon = conflict.filter(|_| status == NodeStatus::Ready);
+        let (status, reason) = match &cordon {
+            Some(why) => (NodeStatus::Cordoned, Some(why.clone())),
+            None => (status, reason),
+        };
         self.nodes.insert(
             id.clone(),
             Node {
@@ -929,7 +941,11 @@ impl PoolState {
                 status,
                 agent_version,
                 joined_at,
-                status_changed_at,
+                status_changed_at: if cordon.is_some() {
+                    ctx.at
+                } else {
+                    status_changed_at
+                },
                 reason,
             },
         );
@@ -938,8 +954,19 @@ impl PoolState {
                 ctx,
                 EventKind::NodeJoined,
                 EventBody {
-                    node: Some(id),
+                    node: Some(id.clone()),
                     reason: Some(why.into()),
+                    ..Default::default()
+                },
+            );
+        }
+        if let Some(why) = cordon {
+            self.emit(
+                ctx,
+                EventKind::NodeCordoned,
+                EventBody {
+                    node: Some(id),
+                    reason: Some(why),
                     ..Default::default()
                 },
             );
@@ -980,7 +1007,22 @@ impl PoolState {
         Response::Ok
     }
 
-    fn set_node_status(&mut self, ctx: Ctx, id: &NodeId, status: NodeStatus) -> Response {
+    fn set_node_status(
+        &mut self,
+        ctx: Ctx,
+        id: &NodeId,
+        status: NodeStatus,
+        reason: Option<String>,
+    ) -> Response {
+        if status == NodeStatus::Ready {
+            if let Some(conflict) = self
+                .nodes
+                .get(id)
+                .and_then(|n| self.prefix_conflict(id, &n.ipv6_prefix))
+            {
+                return Response::rejected(RejectCode::Conflict, conflict);
+            }
+        }
         let Some(n) = self.nodes.get_mut(id) else {
             return Response::rejected(RejectCode::NotFound, format!("no node {id}"));
         };
@@ -998,7 +1040,7 @@ impl PoolState {
         }
         n.status = status;
         n.status_changed_at = ctx.at;
-        n.reason = None;
+        n.reason = reason.clone();
         let kind = match status {
             NodeStatus::Ready => EventKind::NodeUncordoned,
             NodeStatus::Cordoned => EventKind::NodeCordoned,
@@ -1009,9 +1051,41 @@ impl PoolState {
             kind,
             EventBody {
                 node: Some(id.clone()),
+                reason,
                 ..Default::default()
             },
         );
         Response::Ok
+    }
+
+    /// Why `id` may not take containers on `prefix`: another live node announced that /64
+    /// already, and two containers with one address would be reachable only on one host.
+    fn prefix_conflict(&self, id: &NodeId, prefix: &str) -> Option<String> {
+        let other = self.nodes.values().find(|n| {
+            &n.id != id && n.status != NodeStatus::Down && same_prefix(&n.ipv6_prefix, prefix)
+        })?;
+        Some(format!(
+            "ipv6 prefix {prefix} is already node {}'s",
+            other.id
+        ))
+    }
+}
+
+/// Whether two `addr/len` prefixes are the same network, however they are written.
+fn same_prefix(a: &str, b: &str) -> bool {
+    fn parse(p: &str) -> Option<(std::net::Ipv6Addr, u8)> {
+        let (addr, len) = p.split_once('/')?;
+        let len: u8 = len.parse().ok().filter(|l| *l <= 128)?;
+        let bits = u128::from(addr.parse::<std::net::Ipv6Addr>().ok()?);
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(len))
+        };
+        Some(((bits & mask).into(), len))
+    }
+    match (parse(a), parse(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a.trim() == b.trim(),
     }
 }

@@ -142,6 +142,9 @@ pub enum Command {
         node: NodeId,
         /// `ready`, `cordoned` or `draining`.
         status: NodeStatus,
+        /// Why, when the control plane itself does it.
+        #[serde(default)]
+        reason: Option<String>,
     },
     /// Store a new API key (idempotent by id: an existing key is left as it is).
     CreateKey {

@@ -44,7 +44,10 @@ impl Harness {
         let node = NodeId::new(name).unwrap();
         self.apply(Command::NodeJoin {
             node: node.clone(),
-            ipv6_prefix: "fd36:1::/64".into(),
+            ipv6_prefix: format!(
+                "fd36:{:x}::/64",
+                name.len() * 256 + name.bytes().map(usize::from).sum::<usize>()
+            ),
             labels: BTreeMap::new(),
             capacity: Resources {
                 cpu_millis: 2000,
@@ -560,16 +563,19 @@ fn cordoned_node_keeps_offering_draining_node_does_not() {
     h.apply(Command::SetNodeStatus {
         node: n.clone(),
         status: NodeStatus::Cordoned,
+        reason: None,
     });
     assert!(h.state.has_allocatable(&p));
     h.apply(Command::SetNodeStatus {
         node: n.clone(),
         status: NodeStatus::Draining,
+        reason: None,
     });
     assert!(!h.state.has_allocatable(&p));
     let r = h.apply(Command::SetNodeStatus {
         node: n,
         status: NodeStatus::Down,
+        reason: None,
     });
     assert_eq!(rejection(r), RejectCode::Conflict);
 }
@@ -804,4 +810,47 @@ fn usage_counts_warm_overhead_and_allocated_time() {
     );
     let by_session = h.state.session_usage("s-1", now);
     assert_eq!(by_session[&p], released_at - allocated_at);
+}
+
+#[test]
+fn a_node_announcing_another_nodes_prefix_joins_cordoned_and_cannot_be_uncordoned() {
+    let mut h = Harness::new();
+    let n1 = h.node("n1");
+    let taken = h.state.node(&n1).unwrap().ipv6_prefix.clone();
+    let n2 = NodeId::new("n2").unwrap();
+    h.apply(Command::NodeJoin {
+        node: n2.clone(),
+        // The same /64, written differently.
+        ipv6_prefix: taken.replace("::/64", ":0:0::/64"),
+        labels: BTreeMap::new(),
+        capacity: Resources {
+            cpu_millis: 2000,
+            memory_mb: 4096,
+        },
+        agent_version: "test".into(),
+    });
+    let n = h.state.node(&n2).unwrap();
+    assert_eq!(n.status, NodeStatus::Cordoned);
+    assert!(
+        n.reason.as_deref().unwrap().contains("n1"),
+        "{:?}",
+        n.reason
+    );
+    let r = h.apply(Command::SetNodeStatus {
+        node: n2.clone(),
+        status: NodeStatus::Ready,
+        reason: None,
+    });
+    assert_eq!(rejection(r), RejectCode::Conflict);
+    // Once the owner is gone, the operator may uncordon it.
+    h.apply(Command::NodeDown {
+        node: NodeId::new("n1").unwrap(),
+        reason: "gone".into(),
+    });
+    h.apply(Command::SetNodeStatus {
+        node: n2.clone(),
+        status: NodeStatus::Ready,
+        reason: None,
+    });
+    assert_eq!(h.state.node(&n2).unwrap().status, NodeStatus::Ready);
 }
