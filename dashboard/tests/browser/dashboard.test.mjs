@@ -1,0 +1,368 @@
+// Browser tests: Debian's Chromium driven by playwright-core against a live cluster (its own
+// nats-server, three control-plane members with auth on, one real agent on Docker), serving
+// the built dashboard (dashboard/dist). Run `npm run build` first; deploy/dashboard-test.sh
+// does everything.
+//
+// The tests run in order and share one signed-in admin page, as a person would use it: the
+// charts fill up, allocations made in one test are released in the next. Each test says
+// what it proves. Screenshots of every view at 375×812 and 1440×900 go to
+// dashboard/screenshots/latest/.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+import { Cluster, waitFor, dashboardDir } from './cluster.mjs';
+
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const SHOTS = path.join(dashboardDir, 'screenshots', 'latest');
+const DESKTOP = { width: 1440, height: 900 };
+const PHONE = { width: 375, height: 812 };
+
+let cluster;
+let browser;
+let page; // the admin's page, kept open through the tests
+const problems = []; // JavaScript errors and unexpected console errors, from every page
+
+// The browser logs "Failed to load resource" for every answer with an error status and for
+// refused connections. Those are expected where a test provokes them (401 before sign-in,
+// 404 for an unknown pool, 503 no capacity, 403 for a viewer, the restarted member); any
+// other console error, and any uncaught exception, fails the run.
+function watch(p, label) {
+  p.on('pageerror', (e) => problems.push(`${label}: uncaught ${e.message}`));
+  p.on('console', (m) => {
+    if (m.type() !== 'error') return;
+    if (/^Failed to load resource/.test(m.text())) return;
+    problems.push(`${label}: console.error ${m.text()}`);
+  });
+}
+
+async function newPage(viewport = DESKTOP, label = 'page') {
+  const ctx = await browser.newContext({ viewport });
+  const p = await ctx.newPage();
+  watch(p, label);
+  return p;
+}
+
+async function shot(p, name) {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  await p.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+}
+
+async function go(p, hash) {
+  await p.evaluate((h) => {
+    location.hash = h;
+  }, hash);
+}
+
+async function signIn(p, key) {
+  await p.getByLabel('API key').fill(key);
+  await p.getByRole('button', { name: 'Sign in' }).click();
+}
+
+const api = (p, init) => cluster.json(cluster.members[0].url, p, init);
+const apiVia = (i, p, init) => cluster.json(cluster.members[i].url, p, init);
+const post = (i, p, body) =>
+  apiVia(i, p, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+
+before(async () => {
+  assert.ok(fs.existsSync(path.join(dashboardDir, 'dist', 'index.html')), 'dashboard/dist is missing: run `npm run build` first');
+  fs.rmSync(SHOTS, { recursive: true, force: true });
+  cluster = new Cluster();
+  const bye = () => cluster.killNow();
+  process.once('SIGINT', bye);
+  process.once('SIGTERM', bye);
+  process.once('exit', bye);
+  try {
+    await cluster.start({ auth: true });
+    await cluster.createPool('demo', { minWarm: 2, maxTotal: 8 });
+    await cluster.createPool('tiny', { minWarm: 1, maxTotal: 1 });
+    await cluster.waitWarm('demo', 2);
+    await cluster.waitWarm('tiny', 1);
+  } catch (e) {
+    console.error(cluster.logs());
+    throw e;
+  }
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    // Playwright gives every launch a new, empty user-data directory of its own.
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  page = await newPage(DESKTOP, 'admin');
+});
+
+after(async () => {
+  await browser?.close();
+  if (cluster && process.exitCode) console.error(cluster.logs());
+  await cluster?.stop();
+});
+
+test('sign-in: auth is detected, bad keys are refused with a reason, the admin key enters', async () => {
+  await page.goto(cluster.url);
+  await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+  await signIn(page, 'not-a-key');
+  await page.getByTestId('signin-error').getByText('A Warmpool API key starts with wpk_.').waitFor();
+  await signIn(page, `wpk_000000000000_${'0'.repeat(64)}`);
+  await page.getByTestId('signin-error').getByText(/That key was not accepted: unknown key/).waitFor();
+  await signIn(page, cluster.adminKey);
+  await page.getByTestId('total-warm').waitFor();
+  await waitFor('warm total', async () => Number(await page.getByTestId('total-warm').locator('.n').textContent()) >= 3);
+  await page.getByTestId('leader').getByText('member 1').waitFor();
+  // The key survives a reload (session storage), so no second sign-in.
+  await page.reload();
+  await page.getByTestId('total-warm').waitFor();
+  assert.equal(await page.getByRole('heading', { name: 'Sign in' }).count(), 0);
+  await page.getByTestId('conn-state').getByText('Live').waitFor();
+});
+
+let allocation; // made from the UI in the next test
+test('allocate from the UI: the container appears with its IPv6 address', async () => {
+  await go(page, '#/allocations');
+  const form = page.getByTestId('allocate-form');
+  await form.getByLabel('Pool').fill('demo');
+  await form.getByLabel('Session id').fill('browser-session-1');
+  await page.getByTestId('allocate-button').click();
+  const result = page.getByTestId('allocate-result');
+  await result.waitFor();
+  const ipv6 = (await page.getByTestId('allocated-ipv6').textContent()).trim();
+  const net = cluster.prefix.replace('::/64', ':');
+  assert.ok(ipv6.startsWith(`[${net}`), `address ${ipv6} is in the node's /64 ${cluster.prefix}`);
+  const allocationId = (await page.getByTestId('allocation-id').textContent()).trim();
+  allocation = await api(`/v1/allocations/${allocationId}`);
+  assert.equal(allocation.session_id, 'browser-session-1');
+  // It is listed with a lease countdown.
+  await page.locator(`[data-allocation="${allocationId}"]`).getByText(/^\d+:\d\d$/).waitFor();
+
+  // The containers view shows it allocated, with the same address.
+  await go(page, '#/containers?state=allocated');
+  const row = page.locator(`tr[data-container="${allocation.container_id}"]`);
+  await row.waitFor();
+  assert.equal(await row.getAttribute('data-state'), 'allocated');
+  assert.equal((await row.getByTestId('ipv6').textContent()).trim(), ipv6);
+  // Its details list its events.
+  await row.getByRole('link').first().click();
+  await page.getByTestId('detail-ipv6').getByText(ipv6).waitFor();
+  await page.getByTestId('container-events').locator('li[data-kind="container_allocated"]').waitFor();
+  await shot(page, 'container-detail-desktop');
+});
+
+test('release from the UI: the container_released event shows in the live event log', async () => {
+  await go(page, '#/allocations');
+  const row = page.locator(`[data-allocation="${allocation.id}"]`);
+  await row.getByTestId('release-button').click();
+  await page.getByTestId('release-result').getByText(/^Released/).waitFor();
+  await waitFor('the allocation to leave the active list', async () => (await row.count()) === 0, 5000);
+
+  await go(page, '#/events?kind=container_released');
+  await page
+    .getByTestId('events-table')
+    .locator(`tr[data-kind="container_released"]`)
+    .filter({ hasText: allocation.container_id.slice(-8) })
+    .waitFor();
+  // A live tail: an event that happens now appears without reloading.
+  await go(page, '#/events');
+  const a = await post(1, '/v1/allocations', { pool: 'demo', session_id: 'tail-check' });
+  await page.getByTestId('events-table').locator('tr[data-kind="container_allocated"]').filter({ hasText: 'tail-check' }).waitFor({
+    timeout: 3000,
+  });
+  await apiVia(1, `/v1/allocations/${a.id}`, { method: 'DELETE' });
+  await page.getByTestId('events-table').locator('tr[data-kind="container_released"]').filter({ hasText: 'tail-check' }).waitFor({
+    timeout: 3000,
+  });
+});
+
+test('errors read well: an unknown pool, and a pool at its max_total', async () => {
+  await go(page, '#/allocations');
+  const form = page.getByTestId('allocate-form');
+  // Keyboard only: type and press Enter.
+  await form.getByLabel('Pool').fill('nope');
+  await form.getByLabel('Pool').press('Enter');
+  await page.getByTestId('allocate-error').getByText('Could not allocate from pool "nope": no pool named "nope".').waitFor();
+  await page.getByTestId('allocate-error').getByText(/Known pools: .*demo/).waitFor();
+
+  // tiny has max_total 1: the first allocation takes its only container, the second waits
+  // 500 ms and gets 503 no_capacity.
+  await form.getByLabel('Pool').fill('tiny');
+  await form.getByLabel('Wait for a warm one').fill('500');
+  await page.getByTestId('allocate-button').click();
+  await page.getByTestId('allocate-result').waitFor();
+  const first = (await page.getByTestId('allocation-id').textContent()).trim();
+  await page.getByTestId('allocate-button').click();
+  const err = page.getByTestId('allocate-error');
+  await err.getByText(/^No capacity to allocate from pool "tiny": no warm container of pool "tiny" became free within 500 ms/).waitFor();
+  await err.getByText(/retry after 1 s/).waitFor();
+  await err.getByText(/at its max_total: 1 of 1 containers are live/).waitFor();
+  await shot(page, 'allocations-error-desktop');
+  await api(`/v1/allocations/${first}`, { method: 'DELETE' });
+  await form.getByLabel('Wait for a warm one').fill('2000');
+});
+
+test('live: a change made through another member shows within a second', async () => {
+  await go(page, '#/containers');
+  await page.getByTestId('containers-table').waitFor();
+  const t0 = Date.now();
+  const a = await post(2, '/v1/allocations', { pool: 'demo', session_id: 'elsewhere' });
+  const answered = Date.now();
+  await page.locator(`tr[data-container="${a.container_id}"][data-state="allocated"]`).waitFor({ timeout: 5000 });
+  const seen = Date.now();
+  console.log(`# allocation through member 3 answered in ${answered - t0} ms; the page showed it ${seen - answered} ms later`);
+  assert.ok(seen - answered < 1000, `shown ${seen - answered} ms after the answer`);
+  await apiVia(2, `/v1/allocations/${a.id}`, { method: 'DELETE' });
+  await page.locator(`tr[data-container="${a.container_id}"][data-state="releasing"], tr[data-container="${a.container_id}"][data-state="terminated"]`).first().waitFor({ timeout: 3000 }).catch(() => {});
+});
+
+test('nodes: cordon and uncordon, shown live', async () => {
+  await go(page, '#/nodes');
+  const card = page.locator(`section[data-node="${cluster.node}"]`);
+  await card.getByTestId('heartbeat-age').waitFor();
+  await card.getByTestId('cordon').click();
+  await card.getByTestId('node-result').getByText(`Node ${cluster.node} cordoned.`).waitFor();
+  await card.locator('.badge', { hasText: 'cordoned' }).waitFor();
+  assert.equal((await api('/v1/nodes')).find((n) => n.id === cluster.node).status, 'cordoned');
+  await card.getByTestId('uncordon').click();
+  await card.locator('.badge', { hasText: 'ready' }).waitFor();
+  // The drain button asks before it acts.
+  await card.getByTestId('drain').click();
+  await card.getByRole('button', { name: 'Confirm drain' }).waitFor();
+  await card.getByRole('button', { name: 'Cancel' }).click();
+  assert.equal((await api('/v1/nodes')).find((n) => n.id === cluster.node).status, 'ready');
+});
+
+test('restart the member serving the page: the view says it is disconnected, then recovers by itself', async () => {
+  await go(page, '#/events');
+  await page.getByTestId('conn-state').getByText('Live').waitFor();
+  await cluster.stopMember(0, 'SIGKILL');
+  const banner = page.getByTestId('disconnected-banner');
+  await banner.waitFor({ timeout: 5000 });
+  await banner.getByText(/Disconnected from the control plane/).waitFor();
+  await page.getByTestId('conn-state').getByText('Disconnected').waitFor();
+  await shot(page, 'disconnected-desktop');
+  // Meanwhile the cluster goes on: an allocation through member 2 while member 1 is down.
+  let during;
+  await waitFor('a new leader to take an allocation', async () => {
+    during = await post(1, '/v1/allocations', { pool: 'demo', session_id: 'while-down', wait_ms: 2000, idempotency_key: 'while-down' });
+    return true;
+  }, 20000);
+  await cluster.startMember(0);
+  await banner.waitFor({ state: 'detached', timeout: 20000 });
+  await page.getByTestId('conn-state').getByText('Live').waitFor();
+  // The event made while the page was cut off arrives (the stream resumes after the last
+  // event it saw) and the leader shown follows the new one.
+  await page.getByTestId('events-table').locator('tr[data-kind="container_allocated"]').filter({ hasText: 'while-down' }).waitFor({ timeout: 5000 });
+  const leader = (await apiVia(0, '/v1/cluster')).leader;
+  await go(page, '#/overview');
+  await page.getByTestId('leader').getByText(`member ${leader}`).waitFor({ timeout: 5000 });
+  await apiVia(1, `/v1/allocations/${during.id}`, { method: 'DELETE' });
+});
+
+test('screenshots of every view at phone and desktop widths', async () => {
+  // Some traffic first, so the charts have something to show.
+  const held = [];
+  for (let i = 0; i < 8; i++) {
+    const a = await post(i % 3, '/v1/allocations', { pool: 'demo', wait_ms: 3000 });
+    held.push(a.id);
+    await new Promise((r) => setTimeout(r, 1200));
+    if (i % 2 === 1) await api(`/v1/allocations/${held.shift()}`, { method: 'DELETE' });
+  }
+  await new Promise((r) => setTimeout(r, 5500)); // one more metrics scrape
+  for (const [size, tag] of [
+    [DESKTOP, 'desktop'],
+    [PHONE, 'phone'],
+  ]) {
+    await page.setViewportSize(size);
+    for (const view of ['overview', 'containers', 'allocations', 'events', 'nodes']) {
+      await go(page, `#/${view}`);
+      await page.locator('main h1').first().waitFor();
+      await page.waitForTimeout(400);
+      await shot(page, `${view}-${tag}`);
+    }
+  }
+  await page.setViewportSize(DESKTOP);
+  // No horizontal scrolling at phone width.
+  const phone = await newPage(PHONE, 'phone');
+  await phone.goto(cluster.url);
+  await signIn(phone, cluster.adminKey);
+  for (const view of ['overview', 'containers', 'allocations', 'events', 'nodes']) {
+    await go(phone, `#/${view}`);
+    await phone.locator('main h1').first().waitFor();
+    await phone.waitForTimeout(300);
+    const over = await phone.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    assert.ok(over <= 0, `${view} scrolls sideways by ${over}px at 375 px`);
+  }
+  await phone.context().close();
+});
+
+test('viewer key: sees everything; write buttons are disabled and explained, a 403 reads well', async () => {
+  const viewer = await api('/v1/keys', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'dashboard-viewer', role: 'viewer' }),
+  });
+  const p = await newPage(DESKTOP, 'viewer');
+  // Should the server learn `GET /v1/whoami`, keep this test on the path it was written for:
+  // the role is found out from 403s.
+  await p.route('**/v1/whoami', (r) =>
+    r.fulfill({ status: 404, contentType: 'application/json', body: '{"error":{"code":"not_found","message":"no route"}}' }),
+  );
+  await p.goto(cluster.url);
+  await signIn(p, viewer.token);
+  await p.getByTestId('total-warm').waitFor();
+  // Everything reads.
+  await go(p, '#/containers');
+  await p.getByTestId('containers-table').waitFor();
+  await go(p, '#/events');
+  await p.getByTestId('events-table').waitFor();
+  // The key list is admin-only, so the page knows this key may not touch nodes.
+  await go(p, '#/nodes');
+  await p.getByTestId('nodes-denied').getByText(/cannot cordon, uncordon or drain nodes; that needs an admin key/).waitFor();
+  assert.equal(await p.getByTestId('cordon').isDisabled(), true);
+  await p.getByTestId('role').getByText('user or viewer key').waitFor();
+  // Allocating is tried; the server's 403 is shown in words, and then the button is disabled
+  // with the reason.
+  await go(p, '#/allocations');
+  await p.getByTestId('allocate-form').getByLabel('Pool').fill('demo');
+  await p.getByTestId('allocate-button').click();
+  await p
+    .getByTestId('allocate-error')
+    .getByText('Not allowed to allocate from pool "demo": a viewer key may not POST /v1/allocations; this needs a user key.')
+    .waitFor();
+  assert.equal(await p.getByTestId('allocate-button').isDisabled(), true);
+  await p.getByTestId('allocate-denied').getByText(/a viewer key: it can read everything but not allocate/).waitFor();
+  await p.getByTestId('role').getByText('viewer key').waitFor();
+  await shot(p, 'viewer-allocations-desktop');
+
+  // Revoking the key sends the page back to sign-in with a message.
+  await api(`/v1/keys/${viewer.id}`, { method: 'DELETE' });
+  await p.getByTestId('signin-message').getByText(/no longer accepted \(the key was revoked\)/).waitFor({ timeout: 10000 });
+  await p.context().close();
+});
+
+test('auth off: no sign-in, the dashboard opens at once', async () => {
+  const plain = new Cluster();
+  try {
+    await plain.start({ members: 1, agent: false });
+    const p = await newPage(DESKTOP, 'auth-off');
+    await p.goto(plain.url);
+    await p.getByTestId('total-warm').waitFor();
+    await p.getByText('auth off').waitFor();
+    assert.equal(await p.getByRole('heading', { name: 'Sign in' }).count(), 0);
+    await p.getByTestId('conn-state').getByText('Live').waitFor();
+    await p.context().close();
+  } finally {
+    await plain.stop();
+  }
+});
+
+test('no JavaScript errors in any page', () => {
+  assert.deepEqual(problems, []);
+});
