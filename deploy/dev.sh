@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Warmpool on one machine, for development and for trying it out.
 #
-#   deploy/dev.sh up      install what is missing, build, start NATS, the control plane and an
-#                         agent, create pool "demo" (min_warm 3) and wait until it is warm
+#   deploy/dev.sh up      install what is missing, build (the dashboard too, when Node.js 20.19+
+#                         is present), start NATS, 3 control-plane members with auth on and the
+#                         dashboard at http://127.0.0.1:7070/, and an agent; create pool "demo"
+#                         (min_warm 3) and wait until it is warm
 #   deploy/dev.sh down    stop what `up` started and remove the containers it made
 #   deploy/dev.sh status  what is running
 #   deploy/dev.sh test    install what is missing and run every test
@@ -62,6 +64,29 @@ build() {
   "$ROOT/deploy/demo-image/build.sh" "$IMAGE" >&2
 }
 
+node_ok() {
+  command -v node >/dev/null && node -e '
+    const [a, b] = process.versions.node.split(".").map(Number);
+    process.exit((a === 20 && b >= 19) || (a === 22 && b >= 12) || a > 22 ? 0 : 1)'
+}
+
+build_dashboard() {
+  if ! node_ok; then
+    say "Node.js 20.19+ not found: the dashboard is not built (the API works without it)"
+    return
+  fi
+  say "building the dashboard (npm ci, vite build)"
+  (cd "$ROOT/dashboard" && npm ci --no-audit --no-fund --loglevel=error && npx vite build --logLevel warn)
+}
+
+admin_key() {
+  if [ ! -s "$DEV/admin.key" ]; then
+    python3 -c 'import secrets; print("wpk_" + secrets.token_hex(6) + "_" + secrets.token_hex(32))' >"$DEV/admin.key"
+    chmod 600 "$DEV/admin.key"
+  fi
+  cat "$DEV/admin.key"
+}
+
 running() { [ -f "$DEV/$1.pid" ] && kill -0 "$(cat "$DEV/$1.pid")" 2>/dev/null; }
 
 spawn() { # name, command...
@@ -73,7 +98,7 @@ spawn() { # name, command...
 
 wait_http() { # url, what
   for _ in $(seq 1 100); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return
+    curl -fsS -o /dev/null -H "Authorization: Bearer ${TOKEN:-}" "$1" 2>/dev/null && return
     sleep 0.2
   done
   die "$2 did not answer at $1 (see .dev/*.log)"
@@ -83,7 +108,13 @@ up() {
   install_prereqs
   start_dockerd
   build
+  build_dashboard
   mkdir -p "$DEV"
+  local token
+  token=$(admin_key)
+  TOKEN=$token
+  local member_flags=(--auth --admin-key-file "$DEV/admin.key")
+  [ -f "$ROOT/dashboard/dist/index.html" ] && member_flags+=(--dashboard-dir "$ROOT/dashboard/dist")
   if ! running nats && (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; then
     say "a NATS server already listens on 127.0.0.1:$NATS_PORT; using it"
   else
@@ -92,23 +123,25 @@ up() {
   fi
   say "starting 3 control-plane members (APIs on 127.0.0.1:$API_PORT-$((API_PORT + 2)))"
   spawn cp1 "$BIN/warmpool-control-plane" --id 1 --bootstrap --data-dir "$DEV/cp1" \
-    --api-addr "127.0.0.1:$API_PORT" --nats-url "nats://127.0.0.1:$NATS_PORT"
+    --api-addr "127.0.0.1:$API_PORT" --nats-url "nats://127.0.0.1:$NATS_PORT" "${member_flags[@]}"
   for m in 2 3; do
     spawn "cp$m" "$BIN/warmpool-control-plane" --id "$m" --join --data-dir "$DEV/cp$m" \
-      --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "nats://127.0.0.1:$NATS_PORT"
+      --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "nats://127.0.0.1:$NATS_PORT" "${member_flags[@]}"
   done
   say "starting an agent (node $NODE_ID, containers on $PREFIX)"
   spawn agent "$BIN/warmpool-agent" --node-id "$NODE_ID" --ipv6-prefix "$PREFIX" \
     --nats-url "nats://127.0.0.1:$NATS_PORT"
-  wait_http "http://127.0.0.1:$API_PORT/v1/ready" "the control plane"
+  wait_http "http://127.0.0.1:$API_PORT/v1/health" "the control plane"
 
   local urls="http://127.0.0.1:$API_PORT,http://127.0.0.1:$((API_PORT + 1)),http://127.0.0.1:$((API_PORT + 2))"
   cat >"$DEV/env" <<ENV
 export POOLCTL_URL=$urls
+export POOLCTL_TOKEN=$token
 export PATH="$BIN:\$PATH"
 ENV
+  chmod 600 "$DEV/env"
   local poolctl="$BIN/poolctl"
-  export POOLCTL_URL=$urls
+  export POOLCTL_URL=$urls POOLCTL_TOKEN=$token
   say "waiting for 3 voters"
   for _ in $(seq 1 100); do
     [ "$("$poolctl" --output json cluster status 2>/dev/null | python3 -c 'import json,sys; print(sum(m["role"]=="voter" for m in json.load(sys.stdin)["members"]))' 2>/dev/null)" = 3 ] && break
@@ -131,7 +164,8 @@ ENV
 
 Warmpool is up: pool "demo" has $warm warm containers.
 
-  source .dev/env                  # POOLCTL_URL and poolctl on PATH
+  source .dev/env                  # POOLCTL_URL, POOLCTL_TOKEN (admin key) and poolctl on PATH
+  http://127.0.0.1:$API_PORT/           # the dashboard; sign in with the key in .dev/admin.key
   poolctl status                   # pools, nodes, counts
   poolctl alloc demo               # a warm container in milliseconds; prints its URL
   curl -g 'http://[<ipv6>]:8080/'  # the container answers on its own IPv6 address
@@ -171,7 +205,7 @@ down() {
     as_root kill "$(cat "$DEV/dockerd.pid")" 2>/dev/null || true
     rm -f "$DEV/dockerd.pid"
   fi
-  rm -rf "$DEV"/cp1 "$DEV"/cp2 "$DEV"/cp3 "$DEV/env"
+  rm -rf "$DEV"/cp1 "$DEV"/cp2 "$DEV"/cp3 "$DEV/env" "$DEV/admin.key"
 }
 
 status() {
@@ -184,9 +218,11 @@ run_tests() {
   install_prereqs
   start_dockerd
   build
-  say "running the tests"
+  say "running the tests (cargo test --workspace)"
   cd "$ROOT"
   cargo test --workspace --quiet
+  say "running the dashboard's tests (Vitest, then Chromium against a live cluster)"
+  WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/dashboard-test.sh"
 }
 
 case "${1:-}" in

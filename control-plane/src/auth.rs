@@ -171,22 +171,47 @@ pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: N
         return unauthorized("the key is not a Warmpool key");
     };
     let found = app.cluster.shared().read(|s| s.key(id).cloned());
-    let role = match found {
-        Some(k) if k.revoked_at.is_none() && same(&k.hash, &hash(secret)) => k.role,
+    let key = match found {
+        Some(k) if k.revoked_at.is_none() && same(&k.hash, &hash(secret)) => k,
         Some(k) if k.revoked_at.is_some() => return unauthorized("the key was revoked"),
         _ => return unauthorized("unknown key"),
     };
+    let role = key.role;
     if role < needed {
         let msg = format!(
-            "a {} key may not {} {}; this needs a {} key",
-            role.as_str(),
+            "{} key may not {} {}; this needs {} key",
+            article(role),
             req.method(),
             req.uri().path(),
-            needed.as_str()
+            article(needed)
         );
         return ApiError::Forbidden(msg).into_response();
     }
+    req.extensions_mut().insert(Caller {
+        id: key.id,
+        name: key.name,
+        role,
+    });
     next.run(req).await
+}
+
+fn article(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "an admin",
+        Role::User => "a user",
+        Role::Viewer => "a viewer",
+    }
+}
+
+/// The key a request came with, for handlers that want to know (`GET /v1/whoami`).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// Key id.
+    pub id: String,
+    /// Key name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
 }
 
 #[cfg(test)]

@@ -218,3 +218,16 @@ pub async fn usage(
         }
     })))
 }
+
+/// `GET /v1/whoami`: the caller's key and role (with auth off: no key, full powers).
+pub async fn whoami(
+    State(app): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+) -> Json<serde_json::Value> {
+    Json(match caller {
+        Some(axum::Extension(c)) => {
+            json!({ "auth": true, "id": c.id, "name": c.name, "role": c.role })
+        }
+        None => json!({ "auth": app.auth, "id": null, "name": null, "role": "admin" }),
+    })
+}

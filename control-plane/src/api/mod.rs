@@ -66,6 +66,7 @@ pub fn router(app: AppState) -> Router {
     Router::new()
         .route("/v1/health", get(fleet::health))
         .route("/v1/ready", get(fleet::ready))
+        .route("/v1/whoami", get(fleet::whoami))
         .route("/v1/status", get(fleet::status))
         .route("/v1/usage", get(fleet::usage))
         .route("/v1/pools", get(pools::list).post(pools::create))
