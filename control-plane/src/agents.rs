@@ -310,7 +310,7 @@ pub async fn listen(
             Some(msg) = heartbeats.next() => {
                 match parse::<Heartbeat>(&msg.subject, &msg.payload, |h| &h.node) {
                     Ok(hb) => {
-                        metrics::counter!("warmpool_agent_heartbeats_total").increment(1);
+                        metrics::counter!("warmpool_agent_heartbeats_received_total").increment(1);
                         fleet.on_heartbeat(hb);
                     }
                     Err(e) => reject(&msg.subject, &e),
@@ -319,7 +319,7 @@ pub async fn listen(
             Some(msg) = facts.next() => {
                 match parse::<Fact>(&msg.subject, &msg.payload, |f| f.node()) {
                     Ok(fact) => {
-                        metrics::counter!("warmpool_agent_facts_total").increment(1);
+                        metrics::counter!("warmpool_agent_facts_received_total").increment(1);
                         fleet.on_fact(fact);
                     }
                     Err(e) => reject(&msg.subject, &e),

@@ -87,8 +87,24 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("--node-timeout-secs and --cpu-overcommit must be positive");
     }
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        // Histograms (not the exporter's default summaries), so Prometheus can aggregate
+        // latencies over members and pools. From 0.5 ms (a warm allocation) to 60 s (the
+        // longest wait an allocation may ask for).
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
+        ])
+        .context("histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    // Histogram samples wait in the recorder until drained: drain them even when nobody scrapes.
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
 
     // The key may come from the environment (never logged) or a file.
     let admin_key = match (

@@ -164,6 +164,7 @@ pub fn create_spec(state: &PoolState, c: &Container) -> Option<CreateSpec> {
         port: s.port,
         resources: s.resources.clone(),
         health: s.health.clone(),
+        security: s.security.clone(),
     })
 }
 

@@ -48,6 +48,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let boot_id = Uuid::now_v7();
     info!(%node, %boot_id, prefix = %config.ipv6_prefix, network = config.network, "warmpool agent starting");
 
+    // Metrics before anything is measured; a taken address is a configuration error.
+    let metrics_stop = CancellationToken::new();
+    let metrics_server = match config.metrics_addr {
+        Some(addr) => {
+            let listener = crate::telemetry::bind(addr)
+                .await
+                .map_err(|e| Error::Metrics(addr, e))?;
+            crate::telemetry::install().map(|handle| {
+                info!(%addr, "serving metrics at /metrics");
+                tokio::spawn(crate::telemetry::serve(
+                    listener,
+                    handle,
+                    metrics_stop.clone(),
+                ))
+            })
+        }
+        None => None,
+    };
+    // Stops the metrics listener however `run` returns.
+    let _metrics_guard = metrics_stop.clone().drop_guard();
+
     // Docker first: without it there is nothing to manage, and a wrong network is a
     // configuration error the operator must see at once.
     let docker = docker::connect(&config.docker_socket).await?;
@@ -144,6 +165,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let _ = publisher.await;
     })
     .await;
+    metrics_stop.cancel();
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     info!("stopped");
     Ok(())
 }
@@ -156,15 +181,28 @@ async fn wait(what: &str, fut: impl Future<Output = ()>) {
 
 async fn connect_nats(config: &Config) -> Result<async_nats::Client, Error> {
     let node = config.node_id.to_string();
+    // A connection after the first is a reconnect.
+    let connected_once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    crate::telemetry::nats_connected(false, false);
     let mut opts = async_nats::ConnectOptions::new()
         .name(format!("warmpool-agent {node}"))
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .event_callback(move |event| async move {
-            match event {
-                async_nats::Event::Connected => info!("connected to NATS"),
-                async_nats::Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
-                other => info!(event = %other, "NATS event"),
+        .event_callback(move |event| {
+            let connected_once = connected_once.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        let again = connected_once.swap(true, std::sync::atomic::Ordering::SeqCst);
+                        crate::telemetry::nats_connected(true, again);
+                        info!("connected to NATS");
+                    }
+                    async_nats::Event::Disconnected => {
+                        crate::telemetry::nats_connected(false, false);
+                        warn!("disconnected from NATS; reconnecting");
+                    }
+                    other => info!(event = %other, "NATS event"),
+                }
             }
         });
     if let Some((user, password)) = &config.nats_auth {

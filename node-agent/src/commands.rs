@@ -129,7 +129,7 @@ fn check_spec(spec: &CreateSpec) -> Result<(), String> {
     if spec.env.keys().any(|k| k.is_empty() || k.contains('=')) {
         return Err("env names must be non-empty and hold no '='".into());
     }
-    Ok(())
+    spec.security.validate().map_err(|e| e.0)
 }
 
 #[instrument(skip_all, fields(container = %spec.id, pool = %spec.pool))]
@@ -297,6 +297,7 @@ mod tests {
             port: 8080,
             resources: ContainerResources::default(),
             health: HealthCheck::default(),
+            security: Default::default(),
         };
         check_spec(&good).unwrap();
         let mut s = good.clone();
@@ -310,8 +311,11 @@ mod tests {
         let mut s = good.clone();
         s.resources.memory_mb = 1;
         assert!(check_spec(&s).is_err());
-        let mut s = good;
+        let mut s = good.clone();
         s.env.insert("A=B".into(), "1".into());
+        assert!(check_spec(&s).is_err());
+        let mut s = good;
+        s.security.tmpfs = vec!["/tmp:exec".into()];
         assert!(check_spec(&s).is_err());
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv6Addr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -43,6 +43,8 @@ pub struct RawConfig {
     pub resync_ms: u64,
     /// Milliseconds a new container may take to pass its first health probe.
     pub startup_grace_ms: u64,
+    /// Where to serve Prometheus metrics (`/metrics`); `None`: not served.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for RawConfig {
@@ -62,6 +64,7 @@ impl Default for RawConfig {
             max_concurrent_creates: 4,
             resync_ms: 10_000,
             startup_grace_ms: 60_000,
+            metrics_addr: None,
         }
     }
 }
@@ -95,6 +98,8 @@ pub struct Config {
     pub resync: Duration,
     /// Time a container may take to pass its first health probe before it counts as unhealthy.
     pub startup_grace: Duration,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// A configuration value that does not make sense.
@@ -252,6 +257,7 @@ impl RawConfig {
             max_concurrent_creates: self.max_concurrent_creates,
             resync: Duration::from_millis(self.resync_ms),
             startup_grace: Duration::from_millis(self.startup_grace_ms),
+            metrics_addr: self.metrics_addr,
         })
     }
 }

@@ -23,6 +23,7 @@ use warmpool_proto::agent::CreateSpec;
 use warmpool_proto::{ContainerId, NodeId, LABEL_NODE};
 
 use crate::labels;
+use crate::telemetry::docker_call as timed;
 
 /// Time any single Docker API call may take (the event stream excepted: only its headers are
 /// bounded by this).
@@ -172,9 +173,7 @@ impl Driver {
             filters: Some(self.node_filter()),
             ..Default::default()
         };
-        let list = self
-            .docker
-            .list_containers(Some(opts))
+        let list = timed("list containers", self.docker.list_containers(Some(opts)))
             .await
             .map_err(DockerError::api("list containers"))?;
         Ok(list
@@ -203,10 +202,12 @@ impl Driver {
 
     /// Inspects a container by id or name; `None` if it does not exist.
     pub async fn inspect(&self, id_or_name: &str) -> Result<Option<Observation>, DockerError> {
-        match self
-            .docker
-            .inspect_container(id_or_name, None::<InspectContainerOptions>)
-            .await
+        match timed(
+            "inspect container",
+            self.docker
+                .inspect_container(id_or_name, None::<InspectContainerOptions>),
+        )
+        .await
         {
             Ok(c) => Ok(Some(self.observe(c))),
             Err(e) if is_status(&e, 404) => Ok(None),
@@ -251,14 +252,17 @@ impl Driver {
     }
 
     /// Creates (does not start) the container for `spec`, named `wp-<id>`, on the node's
-    /// network, with limits, every capability dropped, no privilege escalation and no restart
-    /// policy (a dead container is reported, and replaced by the control plane, not revived).
+    /// network, with limits, every capability dropped (the pool's `security.cap_add` given
+    /// back), no privilege escalation, the root filesystem read-only when the pool asks, and no
+    /// restart policy (a dead container is reported, and replaced by the control plane, not
+    /// revived).
     /// Returns Docker's id. A name conflict is Docker's 409.
     pub async fn create(&self, spec: &CreateSpec) -> Result<String, DockerError> {
         let memory =
             i64::try_from(spec.resources.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
         let nano_cpus =
             i64::try_from(spec.resources.cpu_millis.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+        let sec = &spec.security;
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
@@ -272,7 +276,17 @@ impl Driver {
                 memory_swap: Some(memory),
                 pids_limit: Some(spec.resources.pids),
                 cap_drop: Some(vec!["ALL".to_string()]),
+                cap_add: (!sec.cap_add.is_empty())
+                    .then(|| sec.cap_add.iter().map(|c| c.as_str().to_string()).collect()),
                 security_opt: Some(vec!["no-new-privileges".to_string()]),
+                readonly_rootfs: Some(sec.read_only_rootfs),
+                // In memory, counted against the memory limit; no devices, no setuid.
+                tmpfs: (!sec.tmpfs.is_empty()).then(|| {
+                    sec.tmpfs
+                        .iter()
+                        .map(|p| (p.clone(), "rw,nosuid,nodev".to_string()))
+                        .collect()
+                }),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::NO),
                     maximum_retry_count: None,
@@ -285,19 +299,23 @@ impl Driver {
             name: Some(container_name(&spec.id)),
             ..Default::default()
         };
-        self.docker
-            .create_container(Some(opts), body)
-            .await
-            .map(|r| r.id)
-            .map_err(DockerError::api("create container"))
+        timed(
+            "create container",
+            self.docker.create_container(Some(opts), body),
+        )
+        .await
+        .map(|r| r.id)
+        .map_err(DockerError::api("create container"))
     }
 
     /// Starts a created container.
     pub async fn start(&self, docker_id: &str) -> Result<(), DockerError> {
-        self.docker
-            .start_container(docker_id, None)
-            .await
-            .map_err(DockerError::api("start container"))
+        timed(
+            "start container",
+            self.docker.start_container(docker_id, None),
+        )
+        .await
+        .map_err(DockerError::api("start container"))
     }
 
     /// Force-removes a container (and its anonymous volumes). `Ok(false)` if there was none.
@@ -310,7 +328,12 @@ impl Driver {
             v: true,
             ..Default::default()
         };
-        match self.docker.remove_container(id_or_name, Some(opts)).await {
+        match timed(
+            "remove container",
+            self.docker.remove_container(id_or_name, Some(opts)),
+        )
+        .await
+        {
             Ok(()) => Ok(true),
             Err(e) if is_status(&e, 404) => Ok(false),
             Err(e) if is_status(&e, 409) => {

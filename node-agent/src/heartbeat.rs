@@ -27,6 +27,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             _ = tick.tick() => {}
         }
         let entries = shared.inventory.snapshot();
+        crate::telemetry::containers(&entries);
         let hb = Heartbeat {
             node: config.node_id.clone(),
             boot_id: shared.boot_id,

@@ -130,6 +130,7 @@ mod tests {
                 },
                 ..HealthCheck::default()
             },
+            security: Default::default(),
         }
     }
 

@@ -18,6 +18,7 @@
 //! - `events`: the Docker event watcher; `resync`: level-triggered repair and adoption.
 //! - `commands`: the NATS command handler; `heartbeat`; `outbox`: ordered publishing.
 //! - `host`: capacity and load from `/proc`.
+//! - `telemetry`: Prometheus metrics and the tiny `/metrics` listener (`--metrics-addr`).
 #![warn(missing_docs)]
 #![deny(clippy::await_holding_lock)]
 
@@ -36,6 +37,7 @@ mod network;
 mod outbox;
 mod prober;
 mod resync;
+mod telemetry;
 
 use std::future::Future;
 
@@ -55,6 +57,9 @@ pub enum Error {
     /// NATS could not be set up (the connection itself is retried forever).
     #[error("nats: {0}")]
     Nats(String),
+    /// The metrics address could not be bound.
+    #[error("--metrics-addr {0}: {1}")]
+    Metrics(std::net::SocketAddr, std::io::Error),
 }
 
 /// Runs the agent with a validated `config` until `shutdown` resolves, then stops its tasks in

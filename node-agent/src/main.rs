@@ -65,6 +65,9 @@ struct Args {
     /// Milliseconds a new container may take to pass its first health probe.
     #[arg(long, env = "WARMPOOL_STARTUP_GRACE_MS", default_value_t = 60_000)]
     startup_grace_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9101 (default: off).
+    #[arg(long, env = "WARMPOOL_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "WARMPOOL_LOG_JSON")]
     log_json: bool,
@@ -87,6 +90,7 @@ impl Args {
             max_concurrent_creates: self.max_concurrent_creates,
             resync_ms: self.resync_ms,
             startup_grace_ms: self.startup_grace_ms,
+            metrics_addr: self.metrics_addr,
         }
     }
 }

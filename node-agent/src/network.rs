@@ -83,7 +83,7 @@ pub async fn ensure(
         labels: Some(HashMap::from([(LABEL_NODE.to_string(), node.to_string())])),
         ..Default::default()
     };
-    match docker.create_network(request).await {
+    match crate::telemetry::docker_call("create network", docker.create_network(request)).await {
         Ok(_) => {
             info!(network = name, %prefix, "created docker network");
             Ok(())
@@ -105,9 +105,11 @@ pub async fn ensure(
 }
 
 async fn inspect(docker: &Docker, name: &str) -> Result<Option<NetworkInspect>, NetworkError> {
-    match docker
-        .inspect_network(name, None::<InspectNetworkOptions>)
-        .await
+    match crate::telemetry::docker_call(
+        "inspect network",
+        docker.inspect_network(name, None::<InspectNetworkOptions>),
+    )
+    .await
     {
         Ok(n) => Ok(Some(n)),
         Err(e) if is_status(&e, 404) => Ok(None),

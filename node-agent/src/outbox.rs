@@ -77,6 +77,7 @@ impl Outbox {
     /// Queues `msg`; never blocks (see the module doc).
     pub fn send(&self, msg: Outgoing) {
         if let Err(e) = self.tx.try_send(msg) {
+            crate::telemetry::dropped("queue_full");
             warn!(error = %e, "outbox full or closed: message dropped");
         }
     }
@@ -131,6 +132,7 @@ async fn send_one(
 ) {
     let seq = seq.fetch_add(1, Ordering::SeqCst) + 1;
     let node = node.clone();
+    let is_heartbeat = matches!(msg, Outgoing::Heartbeat(_));
     let (subject, payload) = match msg {
         Outgoing::Observed(entry) => (
             facts,
@@ -172,9 +174,18 @@ async fn send_one(
     )
     .await
     {
-        Ok(Ok(())) => debug!(subject, seq, "published"),
-        Ok(Err(e)) => warn!(subject, seq, error = %e, "publish failed: message dropped"),
-        Err(_) => warn!(subject, seq, "publish timed out: message dropped"),
+        Ok(Ok(())) => {
+            crate::telemetry::sent(is_heartbeat);
+            debug!(subject, seq, "published");
+        }
+        Ok(Err(e)) => {
+            crate::telemetry::dropped("publish_failed");
+            warn!(subject, seq, error = %e, "publish failed: message dropped");
+        }
+        Err(_) => {
+            crate::telemetry::dropped("timeout");
+            warn!(subject, seq, "publish timed out: message dropped");
+        }
     }
 }
 

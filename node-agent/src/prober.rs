@@ -34,6 +34,7 @@ pub fn spawn(shared: &Arc<Shared>, id: ContainerId, stop: CancellationToken) {
                 if let Outcome::Fail(why) = &outcome {
                     debug!(container = %id, reason = why.as_str(), "probe failed");
                 }
+                crate::telemetry::probe(outcome == Outcome::Pass);
                 shared.inventory.record_probe(&id, &outcome);
             }
             // The delay depends on the verdict just recorded (fast until the first pass).

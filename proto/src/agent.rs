@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::ids::{ContainerId, NodeId, PoolName};
-use crate::pool::{ContainerResources, HealthCheck};
+use crate::pool::{ContainerResources, HealthCheck, Security};
 use crate::records::{Health, Resources};
 use crate::time::Timestamp;
 
@@ -220,11 +220,18 @@ pub struct CreateSpec {
     pub resources: ContainerResources,
     /// Health check the agent runs.
     pub health: HealthCheck,
+    /// Capabilities given back, read-only root filesystem, tmpfs mounts.
+    #[serde(default)]
+    pub security: Security,
 }
 
 /// A command from the leader to an agent (`pool.v1.node.<node>.cmd`, request/reply).
+///
+/// `Create` is much larger than the rest; a command lives only as long as its request, so it
+/// is not boxed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
 pub enum AgentCommand {
     /// Make this container, if it does not exist yet. Answered once accepted; progress
     /// arrives as facts.
@@ -312,6 +319,7 @@ mod tests {
                 port: 8080,
                 resources: ContainerResources::default(),
                 health: HealthCheck::default(),
+                security: Security::default(),
             }),
         ];
         for c in cmds {

@@ -10,6 +10,7 @@ use crate::time::Timestamp;
 
 /// Every error answer: `{"error":{"code":"…","message":"…"}}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
@@ -17,6 +18,7 @@ pub struct ErrorBody {
 
 /// A machine-readable code and a human-readable message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// Stable, snake_case: `not_found`, `bad_request`, `no_capacity`, `no_quorum`, ...
     pub code: String,
@@ -26,6 +28,7 @@ pub struct ErrorDetail {
 
 /// `POST /v1/allocations`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateAllocation {
     /// The pool to allocate from.
@@ -35,12 +38,15 @@ pub struct CreateAllocation {
     pub session_id: Option<SessionId>,
     /// Lease length; the pool's `lease_seconds` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 2_592_000))]
     pub lease_seconds: Option<u64>,
     /// How long to wait for a warm container when none is free (at most 60000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 60_000))]
     pub wait_ms: Option<u64>,
     /// Retrying with the same key returns the same allocation, never a second one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub idempotency_key: Option<String>,
 }
 
@@ -51,15 +57,18 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 /// `POST /v1/allocations/{id}/renew`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RenewAllocation {
     /// New lease length from now; the pool's `lease_seconds` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 2_592_000))]
     pub lease_seconds: Option<u64>,
 }
 
 /// Counts of containers by state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Counts {
     /// Live containers (creating, warm, allocated, releasing).
     pub total: u32,
@@ -77,6 +86,7 @@ pub struct Counts {
 
 /// One pool in `GET /v1/status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolStatus {
     /// The pool.
     pub name: PoolName,
@@ -108,6 +118,7 @@ pub struct PoolStatus {
 
 /// One node in `GET /v1/status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeCounts {
     /// The node.
     pub node: NodeId,
@@ -119,6 +130,7 @@ pub struct NodeCounts {
 
 /// `GET /v1/status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusView {
     /// Over every pool.
     pub totals: Counts,
@@ -132,6 +144,7 @@ pub struct StatusView {
 
 /// A pool in `GET /v1/pools` and `GET /v1/pools/{name}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolView {
     /// Spec and bookkeeping.
     #[serde(flatten)]
@@ -144,6 +157,7 @@ pub struct PoolView {
 
 /// A node in `GET /v1/nodes`: the replicated record and what the answering member has heard.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeView {
     /// The replicated record.
     #[serde(flatten)]
@@ -160,6 +174,7 @@ pub struct NodeView {
 
 /// `GET /v1/health`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthView {
     /// `ok`.
     pub status: String,
@@ -171,6 +186,7 @@ pub struct HealthView {
 
 /// A control-plane member in `GET /v1/cluster`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemberView {
     /// Raft id.
     pub id: MemberId,
@@ -182,6 +198,7 @@ pub struct MemberView {
 
 /// `GET /v1/cluster`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterView {
     /// The answering member.
     pub member: MemberId,
@@ -203,16 +220,19 @@ pub struct ClusterView {
 
 /// `POST /v1/cluster/members`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
     /// The new member's Raft id.
     pub id: MemberId,
     /// Its REST API address.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = "\\S"))]
     pub api_addr: String,
 }
 
 /// `GET /v1/events` query.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct EventQuery {
     /// Only events with `seq` above this.
@@ -220,6 +240,7 @@ pub struct EventQuery {
     pub after: Option<u64>,
     /// At most this many (default 100, at most 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(minimum = 1, maximum = 1000))]
     pub limit: Option<usize>,
     /// Newest first, for paging back from `before`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,6 +256,10 @@ pub struct EventQuery {
     pub session: Option<String>,
     /// Only these kinds, comma-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        param(example = "container_warm,container_allocated")
+    )]
     pub kind: Option<String>,
     /// Only this node's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,6 +268,7 @@ pub struct EventQuery {
 
 /// `GET /v1/containers` query.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct ContainerQuery {
     /// Only this pool's.
@@ -253,6 +279,7 @@ pub struct ContainerQuery {
     pub node: Option<String>,
     /// Only in this state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(value_type = Option<crate::ContainerState>))]
     pub state: Option<String>,
     /// Only held by this session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,6 +288,7 @@ pub struct ContainerQuery {
 
 /// `GET /v1/usage` query.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     /// Only this pool.
@@ -273,6 +301,7 @@ pub struct UsageQuery {
 
 /// Container time and cost of one pool.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolUsage {
     /// The pool.
     pub pool: PoolName,
@@ -290,6 +319,7 @@ pub struct PoolUsage {
 
 /// Allocated container time of one session in one pool.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionUsage {
     /// The session.
     pub session: SessionId,
@@ -303,6 +333,7 @@ pub struct SessionUsage {
 
 /// `GET /v1/usage`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageView {
     /// When the figures were taken.
     pub at: Timestamp,
@@ -357,6 +388,7 @@ mod tests {
 
 /// What an API key may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Read everything.
@@ -392,6 +424,7 @@ impl std::str::FromStr for Role {
 
 /// An API key as listed (never its secret).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyView {
     /// Public id: the part of the token after `wpk_` and before the secret.
     pub id: String,
@@ -407,9 +440,14 @@ pub struct KeyView {
 
 /// `POST /v1/keys`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// A name for people (1..=64 characters).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 64, pattern = "\\S")
+    )]
     pub name: String,
     /// What it may do.
     pub role: Role,
@@ -417,10 +455,37 @@ pub struct CreateKey {
 
 /// `POST /v1/keys` answer: the token is shown this once and stored only as a hash.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedKey {
     /// The key.
     #[serde(flatten)]
     pub key: KeyView,
     /// The bearer token: `wpk_<id>_<secret>`.
     pub token: String,
+}
+
+/// `GET /v1/ready`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReadyView {
+    /// `ready`.
+    pub status: String,
+    /// The answering member.
+    pub member: MemberId,
+    /// The leader it knows.
+    pub leader: MemberId,
+}
+
+/// `GET /v1/whoami`: the caller's key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WhoamiView {
+    /// Whether the member wants keys.
+    pub auth: bool,
+    /// The key's id (none with auth off).
+    pub id: Option<String>,
+    /// The key's name (none with auth off).
+    pub name: Option<String>,
+    /// What the caller may do (`admin` with auth off).
+    pub role: Role,
 }

@@ -15,6 +15,7 @@ macro_rules! event_kinds {
     ($($(#[$doc:meta])* $variant:ident => $name:literal,)*) => {
         /// What happened.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "snake_case")]
         pub enum EventKind {
             $($(#[$doc])* $variant,)*
@@ -96,6 +97,7 @@ impl FromStr for EventKind {
 
 /// One entry of the event log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// Position in the event log: 1, 2, 3, ... with no gaps.
     pub seq: u64,

@@ -55,6 +55,16 @@ macro_rules! uuid_id {
                 })
             }
         }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                crate::openapi::uuid($what)
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
     };
 }
 
@@ -71,7 +81,7 @@ uuid_id!(
 );
 
 macro_rules! string_id {
-    ($(#[$doc:meta])* $name:ident, $what:literal, $max:expr, $valid:expr, $rule:literal) => {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $max:expr, $valid:expr, $rule:literal, $pattern:literal) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         #[serde(transparent)]
@@ -119,6 +129,16 @@ macro_rules! string_id {
                 &self.0
             }
         }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                crate::openapi::pattern_string($rule, $pattern, $max)
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
     };
 }
 
@@ -144,7 +164,8 @@ string_id!(
     "node id",
     64,
     subject_safe,
-    "1 to 64 ASCII letters, digits, '-' or '_'"
+    "1 to 64 ASCII letters, digits, '-' or '_'",
+    "^[A-Za-z0-9_-]{1,64}$"
 );
 string_id!(
     /// A pool's name: lowercase letters, digits and `-`, starting with a letter.
@@ -152,7 +173,8 @@ string_id!(
     "pool name",
     63,
     pool_name_ok,
-    "1 to 63 lowercase letters, digits or '-', starting with a letter"
+    "1 to 63 lowercase letters, digits or '-', starting with a letter",
+    "^[a-z][a-z0-9-]{0,62}$"
 );
 string_id!(
     /// The caller's session the allocation belongs to; any printable ASCII without spaces.
@@ -160,7 +182,8 @@ string_id!(
     "session id",
     128,
     session_ok,
-    "1 to 128 printable ASCII characters without spaces"
+    "1 to 128 printable ASCII characters without spaces",
+    "^[!-~]{1,128}$"
 );
 
 #[cfg(test)]

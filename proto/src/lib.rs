@@ -22,6 +22,9 @@ pub mod records;
 pub mod subjects;
 pub mod time;
 
+#[cfg(feature = "openapi")]
+mod openapi;
+
 pub use event::{Event, EventKind};
 pub use ids::{AllocationId, ContainerId, MemberId, NodeId, PoolName, SessionId};
 pub use pool::{HealthCheck, HealthProbe, PoolSpec};

@@ -11,17 +11,23 @@ use crate::ids::PoolName;
 /// Every field but `name` and `image` has a default, so `{"name":"demo","image":"busybox"}` is
 /// a complete spec. Unknown fields are rejected: a misspelt `min_wram` must not silently mean 0.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     /// The pool's name, unique in the cluster.
     pub name: PoolName,
     /// Docker image reference. It must already be present on every node (no pulls).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = "\\S"))]
     pub image: String,
     /// Command and arguments; empty means the image's own command.
     #[serde(default)]
     pub command: Vec<String>,
     /// The TCP port the workload serves on, inside the container.
     #[serde(default = "defaults::port")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 65535, default = 8080)
+    )]
     pub port: u16,
     /// Environment variables.
     #[serde(default)]
@@ -31,24 +37,33 @@ pub struct PoolSpec {
     pub resources: ContainerResources,
     /// The floor: warm containers the pool always tries to keep.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 100_000))]
     pub min_warm: u32,
     /// The ceiling for warm containers; defaults to `min_warm`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 100_000))]
     pub max_warm: Option<u32>,
     /// Hard limit on live containers of this pool (warm, creating and allocated together).
     #[serde(default = "defaults::max_total")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 100_000, default = 100))]
     pub max_total: u32,
     /// How the agent decides that a container is healthy.
     #[serde(default)]
     pub health: HealthCheck,
     /// Lease given to an allocation that asks for none.
     #[serde(default = "defaults::lease_seconds")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 2_592_000, default = 600)
+    )]
     pub lease_seconds: u64,
     /// Cap on an allocation's total life, renewals included. None: no cap.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 31_536_000))]
     pub max_lifetime_secs: Option<u64>,
     /// Release an allocated container after this long without network activity.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 31_536_000))]
     pub idle_timeout_secs: Option<u64>,
     /// What happens to a released container.
     #[serde(default)]
@@ -61,21 +76,180 @@ pub struct PoolSpec {
     pub scaling: Scaling,
     /// Price of one container-hour, for usage accounting (any currency).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0))]
     pub price_per_hour: Option<f64>,
+    /// Privileges and hardening of the containers beyond the defaults (every capability
+    /// dropped, no privilege escalation, writable root filesystem).
+    #[serde(default)]
+    pub security: Security,
+}
+
+/// A pool's container hardening. Every container starts with every Linux capability dropped
+/// and `no-new-privileges`; this section gives some capabilities back and can make the root
+/// filesystem read-only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    /// Capabilities given back after all are dropped, e.g. `["NET_BIND_SERVICE"]` to bind a
+    /// port below 1024. `ALL` is not accepted: name each one.
+    #[serde(default)]
+    pub cap_add: Vec<Capability>,
+    /// Mount the root filesystem read-only.
+    #[serde(default)]
+    pub read_only_rootfs: bool,
+    /// Writable in-memory directories (absolute paths, e.g. `["/tmp"]`), useful with a
+    /// read-only root filesystem. What is written there counts against the memory limit.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 16, value_type = Vec<TmpfsPath>))]
+    pub tmpfs: Vec<String>,
+}
+
+/// An absolute path for a tmpfs mount (schema only).
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = "^/[A-Za-z0-9._/-]{1,255}$")]
+#[allow(dead_code)]
+struct TmpfsPath(String);
+
+/// Longest lease an allocation may have (30 days).
+pub const MAX_LEASE_SECONDS: u64 = 30 * 24 * 3600;
+
+/// Most tmpfs mounts one pool may ask for.
+pub const MAX_TMPFS: usize = 16;
+
+macro_rules! capabilities {
+    ($($variant:ident => $name:literal,)*) => {
+        /// A Linux capability, by Docker's name (without `CAP_`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+        #[allow(missing_docs)]
+        pub enum Capability {
+            $($variant,)*
+        }
+
+        impl Capability {
+            /// Every capability Docker knows.
+            pub const ALL: &'static [Capability] = &[$(Capability::$variant,)*];
+
+            /// Docker's name, e.g. `NET_BIND_SERVICE`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Capability::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+capabilities! {
+    AuditControl => "AUDIT_CONTROL",
+    AuditRead => "AUDIT_READ",
+    AuditWrite => "AUDIT_WRITE",
+    BlockSuspend => "BLOCK_SUSPEND",
+    Bpf => "BPF",
+    CheckpointRestore => "CHECKPOINT_RESTORE",
+    Chown => "CHOWN",
+    DacOverride => "DAC_OVERRIDE",
+    DacReadSearch => "DAC_READ_SEARCH",
+    Fowner => "FOWNER",
+    Fsetid => "FSETID",
+    IpcLock => "IPC_LOCK",
+    IpcOwner => "IPC_OWNER",
+    Kill => "KILL",
+    Lease => "LEASE",
+    LinuxImmutable => "LINUX_IMMUTABLE",
+    MacAdmin => "MAC_ADMIN",
+    MacOverride => "MAC_OVERRIDE",
+    Mknod => "MKNOD",
+    NetAdmin => "NET_ADMIN",
+    NetBindService => "NET_BIND_SERVICE",
+    NetBroadcast => "NET_BROADCAST",
+    NetRaw => "NET_RAW",
+    Perfmon => "PERFMON",
+    Setfcap => "SETFCAP",
+    Setgid => "SETGID",
+    Setpcap => "SETPCAP",
+    Setuid => "SETUID",
+    Syslog => "SYSLOG",
+    SysAdmin => "SYS_ADMIN",
+    SysBoot => "SYS_BOOT",
+    SysChroot => "SYS_CHROOT",
+    SysModule => "SYS_MODULE",
+    SysNice => "SYS_NICE",
+    SysPacct => "SYS_PACCT",
+    SysPtrace => "SYS_PTRACE",
+    SysRawio => "SYS_RAWIO",
+    SysResource => "SYS_RESOURCE",
+    SysTime => "SYS_TIME",
+    SysTtyConfig => "SYS_TTY_CONFIG",
+    WakeAlarm => "WAKE_ALARM",
+}
+
+impl std::fmt::Display for Capability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Security {
+    /// Checks the tmpfs paths (the capabilities are checked by their type).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.tmpfs.len() > MAX_TMPFS {
+            return Err(SpecError(format!(
+                "security.tmpfs: at most {MAX_TMPFS} mounts"
+            )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for path in &self.tmpfs {
+            let ok = path.len() >= 2
+                && path.len() <= 256
+                && path.starts_with('/')
+                && path
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
+                && !path.split('/').any(|part| part == "..");
+            if !ok {
+                return Err(SpecError(format!(
+                    "security.tmpfs: {path:?} must be an absolute path of letters, digits, '.', '_', '-' and '/' (not / itself, no ..)"
+                )));
+            }
+            if !seen.insert(path.trim_end_matches('/')) {
+                return Err(SpecError(format!(
+                    "security.tmpfs: {path:?} is listed twice"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Limits applied to each container.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ContainerResources {
     /// CPU in thousandths of a core.
     #[serde(default = "defaults::cpu_millis")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 10, maximum = 1_024_000, default = 500)
+    )]
     pub cpu_millis: u64,
     /// Memory limit in MiB.
     #[serde(default = "defaults::memory_mb")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 6, maximum = 16_777_216, default = 128)
+    )]
     pub memory_mb: u64,
     /// Maximum number of processes.
     #[serde(default = "defaults::pids")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 4_194_304, default = 256)
+    )]
     pub pids: i64,
 }
 
@@ -91,6 +265,7 @@ impl Default for ContainerResources {
 
 /// A health check: what to probe, how often, and when to give up.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// What to probe.
@@ -98,12 +273,24 @@ pub struct HealthCheck {
     pub probe: HealthProbe,
     /// Time between probes.
     #[serde(default = "defaults::interval_ms")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 100, maximum = 3_600_000, default = 1000)
+    )]
     pub interval_ms: u64,
     /// Time a probe may take.
     #[serde(default = "defaults::timeout_ms")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 3_600_000, default = 1000)
+    )]
     pub timeout_ms: u64,
     /// Consecutive failures that make a container unhealthy.
     #[serde(default = "defaults::failure_threshold")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 10_000, default = 3)
+    )]
     pub failure_threshold: u32,
 }
 
@@ -120,11 +307,13 @@ impl Default for HealthCheck {
 
 /// The probe itself, sent to the container's IPv6 address and service port.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum HealthProbe {
     /// `GET path` must answer 2xx or 3xx.
     Http {
         /// Request path, starting with `/`.
+        #[cfg_attr(feature = "openapi", schema(pattern = "^/[!-~]*$"))]
         path: String,
     },
     /// A TCP connection must be accepted.
@@ -139,6 +328,7 @@ impl Default for HealthProbe {
 
 /// What happens to a container after its allocation ends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ReusePolicy {
     /// Destroyed and replaced; never handed to another session.
@@ -148,21 +338,32 @@ pub enum ReusePolicy {
 
 /// Pacing of scale-ups.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Scaling {
     /// Containers asked for at once per pool.
     #[serde(default = "defaults::batch_size")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 10_000, default = 4)
+    )]
     pub batch_size: u32,
     /// Pause between batches.
     #[serde(default = "defaults::pacing_ms")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 3_600_000, default = 200))]
     pub pacing_ms: u64,
     /// How long demand must stay low before the pool shrinks.
     #[serde(default = "defaults::cooldown_secs")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 604_800, default = 60))]
     pub cooldown_secs: u64,
     /// Share of allocations to serve from a warm container (e.g. 0.99). When set, the scaler
     /// derives the warm count from the observed arrival rate, its burstiness and the p99 time
     /// to make a container warm, within `min_warm..=max_warm`.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)
+    )]
     pub target_hit_rate: Option<f64>,
 }
 
@@ -242,7 +443,59 @@ impl PoolSpec {
             constraints: BTreeMap::new(),
             scaling: Scaling::default(),
             price_per_hour: None,
+            security: Security::default(),
         }
+    }
+
+    /// [`PoolSpec::validate`], and the upper bounds a new or changed spec must keep (the
+    /// OpenAPI document states them). The replicated state machine checks only `validate`,
+    /// so a spec committed before a bound existed stays valid when the log is replayed.
+    pub fn validate_request(&self) -> Result<(), SpecError> {
+        self.validate()?;
+        let over = |what: &str, value: u64, max: u64| {
+            if value > max {
+                Err(SpecError(format!(
+                    "{what} must be at most {max} (got {value})"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        let h = &self.health;
+        let r = &self.resources;
+        over("min_warm", self.min_warm.into(), 100_000)?;
+        over("max_warm", self.max_warm.unwrap_or(0).into(), 100_000)?;
+        // An allocation may ask for at most this lease; a longer default would make every
+        // allocation that asks for none fail.
+        over("lease_seconds", self.lease_seconds, MAX_LEASE_SECONDS)?;
+        over(
+            "max_lifetime_secs",
+            self.max_lifetime_secs.unwrap_or(0),
+            31_536_000,
+        )?;
+        over(
+            "idle_timeout_secs",
+            self.idle_timeout_secs.unwrap_or(0),
+            31_536_000,
+        )?;
+        over("resources.cpu_millis", r.cpu_millis, 1_024_000)?;
+        over("resources.memory_mb", r.memory_mb, 16_777_216)?;
+        over(
+            "resources.pids",
+            u64::try_from(r.pids).unwrap_or(0),
+            4_194_304,
+        )?;
+        over("health.interval_ms", h.interval_ms, 3_600_000)?;
+        over("health.timeout_ms", h.timeout_ms, 3_600_000)?;
+        over(
+            "health.failure_threshold",
+            h.failure_threshold.into(),
+            10_000,
+        )?;
+        over("scaling.batch_size", self.scaling.batch_size.into(), 10_000)?;
+        over("scaling.pacing_ms", self.scaling.pacing_ms, 3_600_000)?;
+        over("scaling.cooldown_secs", self.scaling.cooldown_secs, 604_800)?;
+        Ok(())
     }
 
     /// The ceiling for warm containers (`max_warm`, or `min_warm` when unset).
@@ -323,7 +576,7 @@ impl PoolSpec {
         if self.constraints.keys().any(|k| k.is_empty()) {
             return fail("constraint keys must be non-empty".into());
         }
-        Ok(())
+        self.security.validate()
     }
 }
 
@@ -362,6 +615,53 @@ mod tests {
         let err = serde_json::from_str::<PoolSpec>(r#"{"name":"d","image":"i","min_wram":3}"#)
             .unwrap_err();
         assert!(err.to_string().contains("min_wram"), "{err}");
+    }
+
+    #[test]
+    fn security_parses_known_capabilities_and_checks_tmpfs() {
+        let spec: PoolSpec = serde_json::from_str(
+            r#"{"name":"d","image":"i","security":{"cap_add":["NET_BIND_SERVICE"],"read_only_rootfs":true,"tmpfs":["/tmp"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.security.cap_add, vec![Capability::NetBindService]);
+        spec.validate().unwrap();
+        for bad in [
+            r#"["ALL"]"#,
+            r#"["net_bind_service"]"#,
+            r#"["CAP_CHOWN"]"#,
+            r#"["NOPE"]"#,
+        ] {
+            let json = format!(r#"{{"name":"d","image":"i","security":{{"cap_add":{bad}}}}}"#);
+            assert!(serde_json::from_str::<PoolSpec>(&json).is_err(), "{bad}");
+        }
+        for c in Capability::ALL {
+            let json = serde_json::to_string(c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.as_str()));
+        }
+        let mut spec = demo();
+        for bad in ["tmp", "/", "/a b", "/a/../etc", "/a:b"] {
+            spec.security.tmpfs = vec![bad.into()];
+            assert!(spec.validate().is_err(), "{bad}");
+        }
+        spec.security.tmpfs = vec!["/tmp".into(), "/tmp/".into()];
+        assert!(spec.validate().is_err(), "duplicates");
+        spec.security.tmpfs = vec!["/tmp".into(), "/var/run".into()];
+        spec.validate().unwrap();
+    }
+
+    #[test]
+    fn requests_keep_the_upper_bounds() {
+        let mut spec = demo();
+        spec.validate_request().unwrap();
+        spec.lease_seconds = MAX_LEASE_SECONDS + 1;
+        spec.validate().unwrap();
+        assert!(
+            spec.validate_request().is_err(),
+            "longer than any allocation may be"
+        );
+        let mut spec = demo();
+        spec.health.interval_ms = u64::MAX;
+        assert!(spec.validate_request().is_err());
     }
 
     #[test]

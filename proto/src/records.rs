@@ -15,6 +15,7 @@ use crate::time::Timestamp;
 /// `creating → warm → allocated → releasing → terminated`; any live state may end in `failed`
 /// (it never became usable) or `terminated` (it was lost or destroyed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ContainerState {
     /// Planned by the control plane; the agent is making it or about to.
@@ -78,6 +79,7 @@ impl std::str::FromStr for ContainerState {
 
 /// The verdict of a container's health probes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Health {
     /// Not probed successfully yet.
@@ -105,6 +107,7 @@ impl Health {
 
 /// A container as the control plane knows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Container {
     /// Its id, also the Docker label `io.warmpool.id`.
     pub id: ContainerId,
@@ -121,6 +124,7 @@ pub struct Container {
     /// Docker's id, once the agent has made it.
     pub docker_id: Option<String>,
     /// Its address on the node's /64.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Ipv6))]
     pub ipv6: Option<Ipv6Addr>,
     /// The service port.
     pub port: u16,
@@ -158,6 +162,7 @@ impl Container {
 
 /// A Docker host's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
     /// Takes new containers.
@@ -184,6 +189,7 @@ impl NodeStatus {
 
 /// CPU and memory of a node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resources {
     /// CPU in thousandths of a core.
     pub cpu_millis: u64,
@@ -193,6 +199,7 @@ pub struct Resources {
 
 /// A Docker host running an agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Node {
     /// Its id.
     pub id: NodeId,
@@ -216,6 +223,7 @@ pub struct Node {
 
 /// Whether an allocation still holds its container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AllocationState {
     /// The session holds the container.
@@ -226,6 +234,7 @@ pub enum AllocationState {
 
 /// Why an allocation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseReason {
     /// The client released it.
@@ -258,6 +267,7 @@ impl ReleaseReason {
 
 /// A container handed to a session.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Allocation {
     /// Its id.
     pub id: AllocationId,
@@ -270,6 +280,7 @@ pub struct Allocation {
     /// The node the container runs on.
     pub node: NodeId,
     /// The container's address.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Ipv6))]
     pub ipv6: Option<Ipv6Addr>,
     /// The container's service port.
     pub port: u16,
@@ -293,6 +304,7 @@ pub struct Allocation {
 
 /// A pool as stored: its spec and bookkeeping.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Pool {
     /// The spec as last set.
     pub spec: PoolSpec,

@@ -9,17 +9,17 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use tokio::time::Instant;
-use warmpool_proto::api::{CreateAllocation, RenewAllocation, MAX_IDEMPOTENCY_KEY, MAX_WAIT_MS};
+use warmpool_proto::api::{CreateAllocation, ErrorBody, RenewAllocation};
+use warmpool_proto::api::{MAX_IDEMPOTENCY_KEY, MAX_WAIT_MS};
+use warmpool_proto::pool::MAX_LEASE_SECONDS;
 use warmpool_proto::records::{AllocationState, ReleaseReason};
 use warmpool_proto::{Allocation, AllocationId, SessionId};
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, OptionalJson};
+use super::openapi::Consistency;
 use super::{barrier_if_asked, read_fresh, AppState};
 use crate::state::{Command, RejectCode, Request, Response as Applied};
-
-/// Longest lease one request may ask for (30 days).
-const MAX_LEASE_SECONDS: u64 = 30 * 24 * 3600;
 
 fn parse_id(id: &str) -> Result<AllocationId, ApiError> {
     id.parse()
@@ -43,6 +43,25 @@ fn record(pool: &str, outcome: &'static str, start: Instant) {
     metrics::counter!("warmpool_allocations_total", &labels).increment(1);
 }
 
+/// Hands out a warm container of the pool: one Raft write, no Docker call. When none is warm,
+/// waits up to `wait_ms` in the pool's queue. The same `idempotency_key` always answers the
+/// same allocation.
+#[utoipa::path(
+    post, path = "/v1/allocations", tag = "allocations", request_body = CreateAllocation,
+    responses(
+        (status = 201, description = "Allocated (or the allocation this idempotency key already made)", body = Allocation,
+            headers(
+                ("Location" = String, description = "`/v1/allocations/<id>`"),
+                ("Idempotent-Replayed" = String, description = "`true` when the key's earlier allocation is answered"),
+            )),
+        (status = 400, description = "Malformed or out-of-range request (`bad_request`)", body = ErrorBody),
+        (status = 404, description = "No such pool (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The idempotency key was used for another request (`conflict`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 503, description = "No warm container came free within `wait_ms` (`no_capacity`), or no quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn create(
     State(app): State<AppState>,
     ApiJson(req): ApiJson<CreateAllocation>,
@@ -177,14 +196,30 @@ fn allocated(a: &Allocation, replayed: bool) -> Response {
     resp
 }
 
-#[derive(Deserialize, Default)]
+/// `GET /v1/allocations` query.
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only this pool's.
     pool: Option<String>,
+    /// Only this session's.
     session: Option<String>,
+    /// Only in this state.
+    #[param(value_type = Option<AllocationState>)]
     state: Option<String>,
 }
 
+/// Allocations on record (active, and released ones not yet forgotten).
+#[utoipa::path(
+    get, path = "/v1/allocations", tag = "allocations", params(ListQuery, Consistency),
+    responses(
+        (status = 200, description = "Matching allocations", body = Vec<Allocation>),
+        (status = 400, description = "Malformed query (`bad_request`)", body = ErrorBody),
+        (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn list(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -215,6 +250,17 @@ pub async fn list(
     })))
 }
 
+/// One allocation.
+#[utoipa::path(
+    get, path = "/v1/allocations/{id}", tag = "allocations",
+    params(("id" = AllocationId, Path, description = "Allocation id"), Consistency),
+    responses(
+        (status = 200, description = "The allocation", body = Allocation),
+        (status = 404, description = "No such allocation (`not_found`)", body = ErrorBody),
+        (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn get(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -235,6 +281,19 @@ async fn write_allocation(app: &AppState, cmd: Command) -> Result<Json<Allocatio
     }
 }
 
+/// Releases an allocation: its container is destroyed (never reused) and replaced.
+/// Releasing a released allocation answers it as it is.
+#[utoipa::path(
+    delete, path = "/v1/allocations/{id}", tag = "allocations",
+    params(("id" = AllocationId, Path, description = "Allocation id")),
+    responses(
+        (status = 200, description = "Released", body = Allocation),
+        (status = 404, description = "No such allocation (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Its state forbids it (`conflict`)", body = ErrorBody),
+        (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn release(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -250,6 +309,21 @@ pub async fn release(
     .await
 }
 
+/// Extends an allocation's lease from now (never past the pool's `max_lifetime_secs`).
+#[utoipa::path(
+    post, path = "/v1/allocations/{id}/renew", tag = "allocations",
+    params(("id" = AllocationId, Path, description = "Allocation id")),
+    request_body(content = Option<RenewAllocation>, description = "Optional; empty means the pool's `lease_seconds`"),
+    responses(
+        (status = 200, description = "Renewed", body = Allocation),
+        (status = 400, description = "Malformed body or lease out of range (`bad_request`)", body = ErrorBody),
+        (status = 404, description = "No such allocation (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Released, or at its lifetime cap (`conflict`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn renew(
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use openraft::ServerState;
-use warmpool_proto::api::{AddMember, ClusterView, MemberView};
+use warmpool_proto::api::{AddMember, ClusterView, ErrorBody, MemberView};
 use warmpool_proto::MemberId;
 
 use super::error::ApiError;
@@ -47,10 +47,28 @@ fn current(app: &AppState) -> ClusterView {
     }
 }
 
+/// Raft state as the answering member sees it.
+#[utoipa::path(
+    get, path = "/v1/cluster", tag = "cluster",
+    responses((status = 200, description = "Raft state and members", body = ClusterView))
+)]
 pub async fn view(State(app): State<AppState>) -> Json<ClusterView> {
     Json(current(&app))
 }
 
+/// Adds a member: as a learner until it has caught up, then as a voter. The new member must
+/// be running (started with `--join`, or reachable over NATS under its id).
+#[utoipa::path(
+    post, path = "/v1/cluster/members", tag = "cluster", request_body = AddMember,
+    responses(
+        (status = 200, description = "Added (or already a voter)", body = ClusterView),
+        (status = 400, description = "Malformed request (`bad_request`)", body = ErrorBody),
+        (status = 409, description = "The membership change was refused (`conflict`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 503, description = "No quorum, or the new member did not catch up in time (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn add(
     State(app): State<AppState>,
     ApiJson(req): ApiJson<AddMember>,
@@ -62,6 +80,18 @@ pub async fn add(
     Ok(Json(current(&app)))
 }
 
+/// Removes a member (never the last voter).
+#[utoipa::path(
+    delete, path = "/v1/cluster/members/{id}", tag = "cluster",
+    params(("id" = u64, Path, description = "Raft id")),
+    responses(
+        (status = 200, description = "Removed", body = ClusterView),
+        (status = 404, description = "Not a member id (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Not a member, or the last voter (`conflict`)", body = ErrorBody),
+        (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn remove(
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -8,15 +8,26 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
 use futures::stream::{self, Stream, StreamExt};
-use warmpool_proto::api::EventQuery;
+use warmpool_proto::api::{ErrorBody, EventQuery};
 use warmpool_proto::Event;
 
 use super::error::ApiError;
 use super::extract::ApiQuery;
+use super::openapi::Consistency;
 use super::{barrier_if_asked, AppState};
 use crate::state::query::{EVENT_PAGE, EVENT_PAGE_MAX};
 use crate::state::EventFilter;
 
+/// A page of the event log: oldest first after `after`, newest first before `before`.
+#[utoipa::path(
+    get, path = "/v1/events", tag = "events", params(EventQuery, Consistency),
+    responses(
+        (status = 200, description = "Events", body = Vec<Event>),
+        (status = 400, description = "Malformed query, unknown kind or limit out of range (`bad_request`)", body = ErrorBody),
+        (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn list(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -40,6 +51,18 @@ pub async fn list(
 /// Live events. Starts after `Last-Event-ID` (a reconnecting client), else after `after`, else
 /// at the newest event; then follows the log as this member applies it. A client that falls
 /// behind loses nothing: each step reads the log from where the last one stopped.
+#[utoipa::path(
+    get, path = "/v1/events/stream", tag = "events",
+    params(
+        EventQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event (a reconnecting client)"),
+        ("access_token" = Option<String>, Query, description = "The API key, for clients that cannot send headers (EventSource)"),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events: `id` is the event's seq, `event` its kind, `data` the event as JSON; a `keepalive` comment every 15 s", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Malformed query or Last-Event-ID (`bad_request`)", body = ErrorBody),
+    )
+)]
 pub async fn stream(
     State(app): State<AppState>,
     headers: HeaderMap,

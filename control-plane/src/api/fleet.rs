@@ -3,18 +3,24 @@
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use serde_json::json;
 use tokio::time::Instant;
-use warmpool_proto::api::{ContainerQuery, HealthView, NodeView, StatusView};
+use warmpool_proto::api::{ContainerQuery, ErrorBody, HealthView, NodeView, StatusView};
 use warmpool_proto::api::{PoolUsage, SessionUsage, UsageQuery, UsageView};
+use warmpool_proto::api::{ReadyView, WhoamiView};
 use warmpool_proto::records::NodeStatus;
 use warmpool_proto::{Container, ContainerId, ContainerState, NodeId, SessionId, Timestamp};
 
 use super::error::ApiError;
 use super::extract::ApiQuery;
+use super::openapi::Consistency;
 use super::{barrier_if_asked, read_fresh, AppState};
 use crate::state::{Command, Request, Response as Applied};
 
+/// Liveness: the member answers.
+#[utoipa::path(
+    get, path = "/v1/health", tag = "fleet",
+    responses((status = 200, description = "The member runs", body = HealthView))
+)]
 pub async fn health(State(app): State<AppState>) -> Json<HealthView> {
     Json(HealthView {
         status: "ok".into(),
@@ -23,11 +29,22 @@ pub async fn health(State(app): State<AppState>) -> Json<HealthView> {
     })
 }
 
-pub async fn ready(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// Readiness: the member knows a leader.
+#[utoipa::path(
+    get, path = "/v1/ready", tag = "fleet",
+    responses(
+        (status = 200, description = "A leader is known", body = ReadyView),
+        (status = 503, description = "No leader is known (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
+pub async fn ready(State(app): State<AppState>) -> Result<Json<ReadyView>, ApiError> {
     match app.cluster.leader() {
-        Some(leader) => Ok(Json(
-            json!({ "status": "ready", "member": app.cluster.id(), "leader": leader }),
-        )),
+        Some(leader) => Ok(Json(ReadyView {
+            status: "ready".into(),
+            member: app.cluster.id(),
+            leader,
+        })),
         None => Err(ApiError::NoQuorum(format!(
             "member {} knows no leader",
             app.cluster.id()
@@ -35,6 +52,15 @@ pub async fn ready(State(app): State<AppState>) -> Result<Json<serde_json::Value
     }
 }
 
+/// Totals, per pool and per node.
+#[utoipa::path(
+    get, path = "/v1/status", tag = "fleet", params(Consistency),
+    responses(
+        (status = 200, description = "Counts", body = StatusView),
+        (status = 503, description = "Linearizable read asked for and no quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn status(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -45,6 +71,16 @@ pub async fn status(
     Ok(Json(status))
 }
 
+/// Containers; without `state`, the live ones.
+#[utoipa::path(
+    get, path = "/v1/containers", tag = "fleet", params(ContainerQuery, Consistency),
+    responses(
+        (status = 200, description = "Matching containers", body = Vec<Container>),
+        (status = 400, description = "Malformed query (`bad_request`)", body = ErrorBody),
+        (status = 503, description = "Linearizable read asked for and no quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn containers(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -76,6 +112,17 @@ pub async fn containers(
     })))
 }
 
+/// One container, live or ended.
+#[utoipa::path(
+    get, path = "/v1/containers/{id}", tag = "fleet",
+    params(("id" = ContainerId, Path, description = "Container id"), Consistency),
+    responses(
+        (status = 200, description = "The container", body = Container),
+        (status = 404, description = "No such container (`not_found`)", body = ErrorBody),
+        (status = 503, description = "No quorum for the read barrier (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn container(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -106,6 +153,15 @@ fn node_view(
     }
 }
 
+/// Docker hosts, with what this member heard from them.
+#[utoipa::path(
+    get, path = "/v1/nodes", tag = "fleet", params(Consistency),
+    responses(
+        (status = 200, description = "Nodes", body = Vec<NodeView>),
+        (status = 503, description = "Linearizable read asked for and no quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn nodes(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -124,6 +180,22 @@ pub async fn nodes(
     ))
 }
 
+/// Cordons, uncordons or drains a node.
+#[utoipa::path(
+    post, path = "/v1/nodes/{id}/{action}", tag = "fleet",
+    params(
+        ("id" = NodeId, Path, description = "Node id"),
+        ("action" = NodeAction, Path, description = "What to do"),
+    ),
+    responses(
+        (status = 200, description = "The node after the change", body = NodeView),
+        (status = 400, description = "Refused (`bad_request`)", body = ErrorBody),
+        (status = 404, description = "No such node or action (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The node's state forbids it (`conflict`)", body = ErrorBody),
+        (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn node_action(
     State(app): State<AppState>,
     Path((id, action)): Path<(String, String)>,
@@ -158,6 +230,16 @@ pub async fn node_action(
     Ok(Json(node_view(&app, n, counts)))
 }
 
+/// Container time and cost, per pool and for one session.
+#[utoipa::path(
+    get, path = "/v1/usage", tag = "fleet", params(UsageQuery, Consistency),
+    responses(
+        (status = 200, description = "Usage", body = UsageView),
+        (status = 400, description = "Malformed query (`bad_request`)", body = ErrorBody),
+        (status = 503, description = "Linearizable read asked for and no quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn usage(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -220,14 +302,39 @@ pub async fn usage(
 }
 
 /// `GET /v1/whoami`: the caller's key and role (with auth off: no key, full powers).
+#[utoipa::path(
+    get, path = "/v1/whoami", tag = "fleet",
+    responses((status = 200, description = "The caller's key", body = WhoamiView))
+)]
 pub async fn whoami(
     State(app): State<AppState>,
     caller: Option<axum::Extension<crate::auth::Caller>>,
-) -> Json<serde_json::Value> {
+) -> Json<WhoamiView> {
     Json(match caller {
-        Some(axum::Extension(c)) => {
-            json!({ "auth": true, "id": c.id, "name": c.name, "role": c.role })
-        }
-        None => json!({ "auth": app.auth, "id": null, "name": null, "role": "admin" }),
+        Some(axum::Extension(c)) => WhoamiView {
+            auth: true,
+            id: Some(c.id),
+            name: Some(c.name),
+            role: c.role,
+        },
+        None => WhoamiView {
+            auth: app.auth,
+            id: None,
+            name: None,
+            role: warmpool_proto::api::Role::Admin,
+        },
     })
+}
+
+/// What `POST /v1/nodes/{id}/{action}` does (schema only).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum NodeAction {
+    /// No new containers; warm ones stay.
+    Cordon,
+    /// Back to ready.
+    Uncordon,
+    /// No new containers, and warm ones move elsewhere.
+    Drain,
 }

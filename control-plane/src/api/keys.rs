@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use warmpool_proto::api::{CreateKey, CreatedKey, KeyView};
+use warmpool_proto::api::{CreateKey, CreatedKey, ErrorBody, KeyView};
 use warmpool_proto::Timestamp;
 
 use super::error::ApiError;
@@ -22,10 +22,27 @@ fn view(k: &KeyRecord) -> KeyView {
     }
 }
 
+/// Every key (never a secret), revoked ones too.
+#[utoipa::path(
+    get, path = "/v1/keys", tag = "keys",
+    responses((status = 200, description = "Keys", body = Vec<KeyView>))
+)]
 pub async fn list(State(app): State<AppState>) -> Json<Vec<KeyView>> {
     Json(app.cluster.shared().read(|s| s.keys().map(view).collect()))
 }
 
+/// Makes a key. Its token is in this answer only; the cluster keeps a hash.
+#[utoipa::path(
+    post, path = "/v1/keys", tag = "keys", request_body = CreateKey,
+    responses(
+        (status = 201, description = "Made", body = CreatedKey),
+        (status = 400, description = "Malformed request or bad name (`bad_request`)", body = ErrorBody),
+        (status = 409, description = "Refused (`conflict`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn create(
     State(app): State<AppState>,
     ApiJson(req): ApiJson<CreateKey>,
@@ -65,6 +82,17 @@ pub async fn create(
     }
 }
 
+/// Revokes a key; it answers 401 from then on. Revoking a revoked key changes nothing.
+#[utoipa::path(
+    delete, path = "/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "Key id (12 hex digits)")),
+    responses(
+        (status = 200, description = "Revoked", body = KeyView),
+        (status = 404, description = "No such key (`not_found`)", body = ErrorBody),
+        (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn revoke(
     State(app): State<AppState>,
     Path(id): Path<String>,

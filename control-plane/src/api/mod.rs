@@ -13,6 +13,7 @@ mod events;
 mod extract;
 mod fleet;
 mod keys;
+pub mod openapi;
 mod pools;
 
 use std::sync::Arc;
@@ -97,6 +98,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/v1/keys", get(keys::list).post(keys::create))
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(metrics))
         .fallback(dashboard::serve)
         .method_not_allowed_fallback(method_not_allowed)
@@ -117,6 +119,14 @@ async fn method_not_allowed(req: Request) -> ApiError {
     ))
 }
 
+/// Prometheus metrics of this member.
+#[utoipa::path(
+    get, path = "/metrics", tag = "meta",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String),
+        (status = 404, description = "Metrics are not enabled on this member (`not_found`)", body = warmpool_proto::api::ErrorBody),
+    )
+)]
 async fn metrics(State(app): State<AppState>) -> Response {
     match &app.metrics {
         Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),

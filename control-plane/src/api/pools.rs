@@ -4,12 +4,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use warmpool_proto::api::PoolView;
+use warmpool_proto::api::{ErrorBody, PoolView};
 use warmpool_proto::records::Pool;
 use warmpool_proto::{PoolName, PoolSpec};
 
 use super::error::ApiError;
 use super::extract::ApiJson;
+use super::openapi::Consistency;
 use super::{barrier_if_asked, created, read_fresh, AppState};
 use crate::state::{Command, PoolState, Request, Response as Applied};
 
@@ -25,6 +26,15 @@ fn parse_name(name: &str) -> Result<PoolName, ApiError> {
     PoolName::new(name).map_err(|_| ApiError::NotFound(format!("no pool named {name:?}")))
 }
 
+/// Every pool, with its counts.
+#[utoipa::path(
+    get, path = "/v1/pools", tag = "pools", params(Consistency),
+    responses(
+        (status = 200, description = "Pools by name", body = Vec<PoolView>),
+        (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn list(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -37,6 +47,17 @@ pub async fn list(
     ))
 }
 
+/// One pool.
+#[utoipa::path(
+    get, path = "/v1/pools/{name}", tag = "pools",
+    params(("name" = PoolName, Path, description = "Pool name"), Consistency),
+    responses(
+        (status = 200, description = "The pool", body = PoolView),
+        (status = 404, description = "No such pool (`not_found`)", body = ErrorBody),
+        (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn get(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -69,15 +90,41 @@ async fn write_pool(app: &AppState, cmd: Command) -> Result<Response, ApiError> 
     }
 }
 
+/// Creates a pool.
+#[utoipa::path(
+    post, path = "/v1/pools", tag = "pools", request_body = PoolSpec,
+    responses(
+        (status = 201, description = "Created", body = PoolView),
+        (status = 400, description = "Malformed or invalid spec (`bad_request`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 409, description = "A pool of that name exists (`conflict`)", body = ErrorBody),
+        (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn create(
     State(app): State<AppState>,
     ApiJson(spec): ApiJson<PoolSpec>,
 ) -> Result<Response, ApiError> {
-    spec.validate()
+    spec.validate_request()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     write_pool(&app, Command::CreatePool { spec }).await
 }
 
+/// Creates or replaces a pool's spec (a new generation: older containers are replaced).
+#[utoipa::path(
+    put, path = "/v1/pools/{name}", tag = "pools", request_body = PoolSpec,
+    params(("name" = PoolName, Path, description = "Pool name; must be the body's `name`")),
+    responses(
+        (status = 200, description = "Replaced (or unchanged)", body = PoolView),
+        (status = 201, description = "Created", body = PoolView),
+        (status = 400, description = "Malformed or invalid spec (`bad_request`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 409, description = "The pool's state forbids it (`conflict`)", body = ErrorBody),
+        (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn put(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -89,11 +136,23 @@ pub async fn put(
             spec.name.as_str()
         )));
     }
-    spec.validate()
+    spec.validate_request()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     write_pool(&app, Command::PutPool { spec }).await
 }
 
+/// Deletes a pool: its containers are destroyed, its allocations end (`pool_deleted`).
+#[utoipa::path(
+    delete, path = "/v1/pools/{name}", tag = "pools",
+    params(("name" = PoolName, Path, description = "Pool name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such pool (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The pool's state forbids it (`conflict`)", body = ErrorBody),
+        (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn delete(
     State(app): State<AppState>,
     Path(name): Path<String>,

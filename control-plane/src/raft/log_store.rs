@@ -172,7 +172,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(COMMITTED, &committed, ErrorSubject::Store)
+        self.write_meta(COMMITTED, &committed, ErrorSubject::Store)?;
+        // openraft 0.9's metrics have no commit index; this is where it is known.
+        metrics::gauge!("warmpool_raft_commit_index").set(committed.map_or(0, |l| l.index) as f64);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

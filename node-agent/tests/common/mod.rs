@@ -490,6 +490,7 @@ pub fn demo_spec() -> CreateSpec {
             timeout_ms: 1000,
             failure_threshold: 2,
         },
+        security: Default::default(),
     }
 }
 
