@@ -13,6 +13,8 @@
 #                           than letters, digits, '-' and '_' turned into '-'
 #   --nats-user USER        NATS credentials (both or neither; see docs/multi-host.md);
 #   --nats-password PASS    or --nats-password-file FILE (its first line)
+#   --nats-credentials DIR  instead of the two above: the directory deploy/nats-config.sh
+#                           wrote; the user is the node id, its password DIR/credentials/<id>.password
 #   --label KEY=VALUE       node label matched by pool constraints (repeatable)
 #   --docker-host ADDR      default unix:///var/run/docker.sock
 #   --network NAME          Docker network for the containers; default warmpool-<node-id>
@@ -45,7 +47,7 @@ bad() { printf 'install-agent: %s\n' "$*" >&2; printf 'run %s --help for usage\n
 say() { printf '%s\n' "$*"; }
 
 ROOT=/
-NATS_URL= PREFIX= NODE_ID= NATS_USER= NATS_PASSWORD= PASSWORD_FILE=
+NATS_URL= PREFIX= NODE_ID= NATS_USER= NATS_PASSWORD= PASSWORD_FILE= CREDENTIALS_DIR=
 DOCKER_HOST_ADDR=unix:///var/run/docker.sock NETWORK= HEARTBEAT_MS= ADDRESS= BINARY= NO_START=0
 LABELS=()
 
@@ -59,6 +61,7 @@ while [ $# -gt 0 ]; do
     --nats-user) need_value "$@"; NATS_USER=$2; shift 2 ;;
     --nats-password) need_value "$@"; NATS_PASSWORD=$2; shift 2 ;;
     --nats-password-file) need_value "$@"; PASSWORD_FILE=$2; shift 2 ;;
+    --nats-credentials) need_value "$@"; CREDENTIALS_DIR=$2; shift 2 ;;
     --label) need_value "$@"; LABELS+=("$2"); shift 2 ;;
     --docker-host) need_value "$@"; DOCKER_HOST_ADDR=$2; shift 2 ;;
     --network) need_value "$@"; NETWORK=$2; shift 2 ;;
@@ -130,6 +133,12 @@ else
   [ -n "$NODE_ID" ] || bad "--node-id not given and the hostname '$host' gives no usable id"
 fi
 
+if [ -n "$CREDENTIALS_DIR" ]; then
+  [ -z "$NATS_USER$NATS_PASSWORD$PASSWORD_FILE" ] || bad "give --nats-credentials or --nats-user/--nats-password(-file), not both"
+  NATS_USER=$NODE_ID
+  PASSWORD_FILE=$CREDENTIALS_DIR/credentials/$NODE_ID.password
+  [ -r "$PASSWORD_FILE" ] || bad "--nats-credentials '$CREDENTIALS_DIR': no password for node $NODE_ID ($PASSWORD_FILE); run deploy/nats-config.sh --dir $CREDENTIALS_DIR --agent $NODE_ID"
+fi
 if [ -n "$PASSWORD_FILE" ]; then
   [ -z "$NATS_PASSWORD" ] || bad "give --nats-password or --nats-password-file, not both"
   [ -r "$PASSWORD_FILE" ] || bad "--nats-password-file '$PASSWORD_FILE': cannot read it"

@@ -201,6 +201,8 @@ async fn connect_nats(config: &Config) -> Result<async_nats::Client, Error> {
                         crate::telemetry::nats_connected(false, false);
                         warn!("disconnected from NATS; reconnecting");
                     }
+                    // E.g. a permissions violation: this node's user may not do something.
+                    async_nats::Event::ServerError(e) => warn!(error = %e, "NATS server error"),
                     other => info!(event = %other, "NATS event"),
                 }
             }

@@ -7,14 +7,15 @@
 //! not split; histograms have cumulative buckets ending at `+Inf` and `_count` equal to the
 //! `+Inf` bucket; counters end in `_total`.
 
+mod support;
+
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use support::AgentProcess;
 use warmpool_tests::proto::api::CreateAllocation;
 use warmpool_tests::proto::PoolName;
-use warmpool_tests::{bin, free_port, random_prefix, unique, wait_until, TestCluster};
+use warmpool_tests::{free_port, unique, wait_until, TestCluster};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -350,74 +351,6 @@ fn the_parser_is_strict() {
     }
 }
 
-/// A `warmpool-agent` with `--metrics-addr`, removed with its containers and network on drop.
-struct MeteredAgent {
-    node: String,
-    child: Child,
-    metrics_port: u16,
-}
-
-impl MeteredAgent {
-    fn start(nats_url: &str, dir: &Path) -> MeteredAgent {
-        let node = unique("metrics");
-        let metrics_port = free_port();
-        let log = std::fs::File::create(dir.join(format!("{node}.log"))).expect("log");
-        let child = Command::new(bin("warmpool-agent"))
-            .args(["--node-id", &node, "--nats-url", nats_url])
-            .args(["--ipv6-prefix", &random_prefix(), "--heartbeat-ms", "300"])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .env("RUST_LOG", "info,async_nats=warn")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start warmpool-agent");
-        MeteredAgent {
-            node,
-            child,
-            metrics_port,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/metrics", self.metrics_port)
-    }
-}
-
-impl Drop for MeteredAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let ids = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=io.warmpool.node={}", self.node),
-            ])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .stdout(Stdio::null())
-                .status();
-        }
-        let _ = Command::new("docker")
-            .args(["network", "rm", &format!("warmpool-{}", self.node)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 fn alloc(pool: &str, wait_ms: u64, key: Option<&str>) -> CreateAllocation {
     CreateAllocation {
         pool: PoolName::new(pool).expect("pool"),
@@ -433,7 +366,14 @@ async fn control_plane_and_agent_metrics_parse_and_count_every_allocation() {
     // A cluster whose only Docker host is the metered agent.
     let mut c = TestCluster::replicated(1, &[]).await;
     warmpool_tests::ensure_demo_image();
-    let agent = MeteredAgent::start(&c.nats.url(), c.dir());
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let agent = AgentProcess::start(
+        "metrics",
+        &c.nats.url(),
+        c.dir(),
+        &["--metrics-addr", &metrics_addr],
+    );
     let warm = unique("mw");
     let cold = unique("mc");
     c.client
@@ -515,7 +455,7 @@ async fn control_plane_and_agent_metrics_parse_and_count_every_allocation() {
     );
 
     // The agent made the containers, probed them and reports them.
-    let url = agent.url();
+    let url = format!("http://{metrics_addr}/metrics");
     let a = wait_until(
         Duration::from_secs(10),
         "agent metrics with running containers",
