@@ -757,6 +757,8 @@ mod tests {
             ended_at: None,
             reason: None,
             observed_index: None,
+            restarts: 0,
+            restart_pending: false,
         };
         assert_eq!(
             containers_table(std::slice::from_ref(&c), style()),
@@ -870,6 +872,7 @@ mod tests {
                 warm_seconds: 0.0,
                 allocated_seconds: 0.0,
                 cost: None,
+                condition: None,
                 min_warm: 2,
                 max_warm: 2,
                 max_total: 10,

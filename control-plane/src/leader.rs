@@ -63,12 +63,64 @@ struct PoolDemand {
     last_down: Option<Instant>,
 }
 
+/// Creates that failed in a row for a pool or node, and when to try again.
+#[derive(Clone, Debug, Default)]
+struct Backoff {
+    /// The pool generation the failures were of (a new spec starts afresh).
+    generation: u64,
+    failures: u32,
+    retry_at: Option<Instant>,
+    reason: String,
+}
+
+impl Backoff {
+    /// 1 s after the first failure, doubling, at most a minute.
+    fn record(&mut self, reason: &str) -> Duration {
+        self.failures += 1;
+        let delay =
+            Duration::from_secs(1u64 << (self.failures - 1).min(6)).min(Duration::from_secs(60));
+        self.retry_at = Some(Instant::now() + delay);
+        self.reason = reason.to_string();
+        delay
+    }
+
+    fn waiting(&self) -> bool {
+        self.retry_at.is_some_and(|t| t > Instant::now())
+    }
+}
+
+/// Failures of a node's creates before the node itself is avoided for a while.
+const NODE_FAILURES_TO_AVOID: u32 = 3;
+
+/// Whether a container that ended before it was ever warm says something is wrong with
+/// making containers (rather than that it was no longer wanted).
+fn is_create_failure(reason: &str) -> bool {
+    [
+        "create_failed",
+        "create_timed_out",
+        "unhealthy",
+        "exited",
+        "oom_killed",
+        "vanished",
+    ]
+    .iter()
+    .any(|p| reason.starts_with(p))
+}
+
 /// Shortest time between two written decreases of one pool's wanted count.
 const SCALE_DOWN_EVERY: Duration = Duration::from_secs(2);
 
 /// Soft state of one term of leadership; dropped when leadership is lost.
 struct Term {
     demand: HashMap<PoolName, PoolDemand>,
+    /// Pools whose creates keep failing.
+    pool_backoff: HashMap<PoolName, Backoff>,
+    /// Nodes whose creates keep failing.
+    node_backoff: HashMap<NodeId, Backoff>,
+    /// Events read so far for failures.
+    failures_seen: u64,
+    /// When each pending restart was last sent to its agent.
+    restarts_sent: HashMap<ContainerId, Instant>,
     /// Events read so far for warm-up times.
     events_seen: u64,
     since: Instant,
@@ -128,8 +180,13 @@ impl Leader {
                 }
                 info!(member = self.cluster.id(), "leading: reconciling the fleet");
                 self.fleet.forget_inventories();
+                let seq = self.cluster.shared().read(|s| s.last_event_seq());
                 term = Some(Term {
                     demand: HashMap::new(),
+                    pool_backoff: HashMap::new(),
+                    node_backoff: HashMap::new(),
+                    failures_seen: seq,
+                    restarts_sent: HashMap::new(),
                     events_seen: self.cluster.shared().read(|s| s.last_event_seq()),
                     since: Instant::now(),
                     inflight: Arc::default(),
@@ -165,9 +222,69 @@ impl Leader {
         self.record_gone().await;
         self.reconcile_nodes(term).await;
         self.scale(term).await;
+        self.track_failures(term).await;
         self.keep_warm(term).await;
         self.expire_leases().await;
         self.release_idle(term).await;
+        self.restart_unhealthy(term).await;
+    }
+
+    /// An allocated container failing its health check is restarted in place once (its
+    /// session keeps its address); the restart is recorded first, so it happens at most once
+    /// whatever fails afterwards.
+    async fn restart_unhealthy(&self, term: &mut Term) {
+        type Placed = Vec<(ContainerId, NodeId)>;
+        let (sick, pending): (Placed, Placed) = self.cluster.shared().read(|s| {
+            let allocated = || {
+                s.containers()
+                    .filter(|c| c.state == ContainerState::Allocated)
+            };
+            let sick = allocated()
+                .filter(|c| {
+                    c.restarts == 0 && matches!(c.health, warmpool_proto::Health::Unhealthy { .. })
+                })
+                .map(|c| (c.id, c.node.clone()))
+                .collect();
+            let pending = allocated()
+                .filter(|c| c.restart_pending)
+                .map(|c| (c.id, c.node.clone()))
+                .collect();
+            (sick, pending)
+        });
+        let mut send = Vec::new();
+        for (id, node) in sick {
+            if self.fleet.suspicion(&node).is_some() {
+                continue;
+            }
+            if self.write(Command::RestartContainer { id }).await.is_some() {
+                info!(container = %id, %node, "restarting an unhealthy allocated container in place");
+                send.push((id, node));
+            }
+        }
+        // A restart whose command was lost is asked for again now and then.
+        term.restarts_sent
+            .retain(|id, _| pending.iter().any(|(p, _)| p == id));
+        for (id, node) in pending {
+            if term
+                .restarts_sent
+                .get(&id)
+                .is_none_or(|at| at.elapsed() > Duration::from_secs(15))
+                && !send.iter().any(|(s, _)| *s == id)
+            {
+                send.push((id, node));
+            }
+        }
+        for (id, node) in send {
+            term.restarts_sent.insert(id, Instant::now());
+            let (agents, fleet) = (self.agents.clone(), self.fleet.clone());
+            tokio::spawn(async move {
+                match agents.send(&node, &AgentCommand::Restart { id }).await {
+                    Ok(AgentReply::Restarted) => fleet.want_pull(&node),
+                    Ok(other) => warn!(container = %id, reply = ?other, "restart not done"),
+                    Err(e) => warn!(container = %id, error = %e, "restart not delivered"),
+                }
+            });
+        }
     }
 
     /// Releases allocated containers of pools with `idle_timeout_secs` that saw no traffic
@@ -541,13 +658,112 @@ impl Leader {
         }
     }
 
+    /// Reads containers that failed before becoming warm and containers that became warm, and
+    /// backs off pools (and nodes) whose creates keep failing, instead of a create/destroy
+    /// loop. A pool's condition is written to the state, so status and events say why.
+    async fn track_failures(&self, term: &mut Term) {
+        let filter = crate::state::EventFilter {
+            kinds: vec![
+                warmpool_proto::EventKind::ContainerFailed,
+                warmpool_proto::EventKind::ContainerWarm,
+            ],
+            ..Default::default()
+        };
+        let (events, last) = self.cluster.shared().read(|s| {
+            let mut out = Vec::new();
+            let mut after = term.failures_seen;
+            loop {
+                let page = s.events(
+                    Some(after),
+                    None,
+                    crate::state::query::EVENT_PAGE_MAX,
+                    &filter,
+                );
+                let Some(l) = page.last() else { break };
+                after = l.seq;
+                out.extend(page);
+            }
+            (out, s.last_event_seq())
+        });
+        term.failures_seen = last;
+        // A changed spec starts afresh (the state machine cleared the condition already).
+        let generations: HashMap<PoolName, u64> = self.cluster.shared().read(|s| {
+            s.pools()
+                .map(|p| (p.spec.name.clone(), p.generation))
+                .collect()
+        });
+        term.pool_backoff
+            .retain(|pool, b| generations.get(pool) == Some(&b.generation));
+        let mut changed: Vec<PoolName> = Vec::new();
+        for e in events {
+            let (Some(pool), node) = (e.pool.clone(), e.node.clone()) else {
+                continue;
+            };
+            match e.kind {
+                warmpool_proto::EventKind::ContainerWarm => {
+                    if term.pool_backoff.remove(&pool).is_some() {
+                        changed.push(pool);
+                    }
+                    if let Some(n) = node {
+                        term.node_backoff.remove(&n);
+                    }
+                }
+                _ => {
+                    let reason = e.reason.clone().unwrap_or_default();
+                    if !is_create_failure(&reason) {
+                        continue;
+                    }
+                    let generation = generations.get(&pool).copied().unwrap_or(0);
+                    let b = term
+                        .pool_backoff
+                        .entry(pool.clone())
+                        .or_insert_with(|| Backoff {
+                            generation,
+                            ..Default::default()
+                        });
+                    let delay = b.record(&reason);
+                    warn!(%pool, %reason, retry_in = ?delay, "create failed; backing off");
+                    changed.push(pool);
+                    if let Some(n) = node {
+                        let b = term.node_backoff.entry(n.clone()).or_default();
+                        b.record(&reason);
+                        if b.failures == NODE_FAILURES_TO_AVOID {
+                            warn!(node = %n, %reason, "creates keep failing on this node; avoiding it for a while");
+                        }
+                    }
+                }
+            }
+        }
+        changed.sort();
+        changed.dedup();
+        for pool in changed {
+            let condition = term
+                .pool_backoff
+                .get(&pool)
+                .map(|b| crate::state::PoolCondition {
+                    reason: b.reason.clone(),
+                    consecutive_failures: b.failures,
+                    retry_at: Timestamp::now().plus(b.retry_at.map_or(Duration::ZERO, |t| {
+                        t.saturating_duration_since(Instant::now())
+                    })),
+                });
+            self.write(Command::SetPoolCondition { pool, condition })
+                .await;
+        }
+    }
+
     async fn keep_warm(&self, term: &mut Term) {
         let now = Timestamp::now();
         let decisions = self.cluster.shared().read(|s| {
             let mut loads = keepwarm::node_loads(s, |n| self.fleet.memory_fraction(n));
+            let avoided = |id: &NodeId| {
+                term.node_backoff
+                    .get(id)
+                    .is_some_and(|b| b.failures >= NODE_FAILURES_TO_AVOID && b.waiting())
+            };
             for l in loads
                 .iter_mut()
-                .filter(|l| self.fleet.suspicion(&l.id).is_some())
+                .filter(|l| self.fleet.suspicion(&l.id).is_some() || avoided(&l.id))
             {
                 // Not to be placed on while its reports are not trusted.
                 l.status = NodeStatus::Cordoned;
@@ -556,6 +772,8 @@ impl Leader {
         });
         for d in decisions {
             match d {
+                Decision::Create { pool, .. }
+                    if term.pool_backoff.get(&pool).is_some_and(Backoff::waiting) => {}
                 Decision::Create {
                     pool,
                     generation,

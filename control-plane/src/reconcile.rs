@@ -102,13 +102,13 @@ pub fn reconcile(
         };
         match c.state {
             _ if had_it => gone.push((c.id, "vanished".to_string())),
-            ContainerState::Releasing => {
-                // Never seen, or seen and since removed: either way the agent does not have it
-                // (an inventory exists and lacks it). If a late create makes it appear, it is
-                // an orphan then and destroyed.
-                if observed.is_some() && !inflight.destroys.contains(&c.id) {
-                    gone.push((c.id, "destroyed".to_string()));
-                }
+            // Never seen, or seen and since removed: either way the agent does not have it (an
+            // inventory exists and lacks it). If a late create makes it appear, it is an
+            // orphan then and destroyed.
+            ContainerState::Releasing
+                if observed.is_some() && !inflight.destroys.contains(&c.id) =>
+            {
+                gone.push((c.id, "destroyed".to_string()));
             }
             ContainerState::Creating if c.observed_index.is_none() => {
                 if now.since(c.created_at).as_millis() > u128::from(CREATE_DEADLINE_MS) {

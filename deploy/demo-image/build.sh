@@ -11,6 +11,9 @@
 #                       check source addresses
 #   /cgi-bin/fail       removes /www/healthz, so later probes of /healthz get 404
 #   /cgi-bin/heal       puts /www/healthz back
+#   /cgi-bin/fail-until-restart
+#                       like fail, but the next start of the container heals it (a fault a
+#                       restart cures, for testing restart-in-place)
 #
 # Idempotent: an image with this tag built by this very script (same content label) is kept;
 # a stale one, or any with --force, is rebuilt. Concurrent runs are serialised with flock.
@@ -83,13 +86,30 @@ printf 'ok' >/www/healthz
 printf 'Content-Type: text/plain\r\n\r\n'
 echo "healthz restored"
 SH
+cat >"$ROOTFS/www/cgi-bin/fail-until-restart" <<'SH'
+#!/bin/sh
+rm -f /www/healthz
+touch /www/.heal-on-start
+printf 'Content-Type: text/plain\r\n\r\n'
+echo "healthz removed until the container restarts"
+SH
 chmod 755 "$ROOTFS"/www/cgi-bin/*
+# The container's command: heal a fault meant to last until a restart, then serve. (Writes
+# fail harmlessly on a read-only root filesystem.)
+cat >"$ROOTFS/bin/start" <<'SH'
+#!/bin/sh
+if [ -f /www/.heal-on-start ]; then
+  printf 'ok' >/www/healthz 2>/dev/null && rm -f /www/.heal-on-start 2>/dev/null
+fi
+exec /bin/busybox httpd -f -p 8080 -h /www
+SH
+chmod 755 "$ROOTFS/bin/start"
 echo 'root:x:0:0:root:/:/bin/sh' >"$ROOTFS/etc/passwd"
 echo 'root:x:0:' >"$ROOTFS/etc/group"
 
 tar -C "$ROOTFS" --owner=0 --group=0 -c . | docker import \
-  -c 'CMD ["/bin/busybox","httpd","-f","-p","8080","-h","/www"]' \
+  -c 'CMD ["/bin/start"]' \
   -c 'EXPOSE 8080' \
   -c "LABEL io.warmpool.demo.version=$VERSION" \
   - "$TAG" >/dev/null
-echo "built image $TAG (version $VERSION): busybox httpd on :8080 serving /, /healthz, /cgi-bin/{whoami,fail,heal}"
+echo "built image $TAG (version $VERSION): busybox httpd on :8080 serving /, /healthz, /cgi-bin/{whoami,fail,heal,fail-until-restart}"

@@ -88,6 +88,32 @@ async fn execute(shared: &Arc<Shared>, cmd: AgentCommand, cancel: CancellationTo
         AgentCommand::Create(spec) => create(shared, spec, cancel),
         AgentCommand::Destroy { id, reason } => destroy(shared, id, reason).await,
         AgentCommand::Inventory => AgentReply::Inventory(inventory(shared)),
+        AgentCommand::Restart { id } => restart(shared, id).await,
+    }
+}
+
+/// Restarts a container in place; its probes start over (the probe task keeps running and
+/// sees the new life's verdict reset).
+#[instrument(skip_all, fields(container = %id))]
+async fn restart(shared: &Arc<Shared>, id: ContainerId) -> AgentReply {
+    let Some(docker_id) = shared.inventory.begin_restart(&id) else {
+        return AgentReply::Error { message: format!("container {id} is unknown here or busy") };
+    };
+    let result = shared.driver.restart(&docker_id).await;
+    let obs = match &result {
+        Ok(()) => shared.driver.inspect(&docker_id).await.ok().flatten(),
+        Err(_) => None,
+    };
+    shared.inventory.end_restart(&id, obs.as_ref());
+    match result {
+        Ok(()) => {
+            info!("container restarted in place");
+            AgentReply::Restarted
+        }
+        Err(e) => {
+            warn!(error = %e, "restart failed");
+            AgentReply::Error { message: e.to_string() }
+        }
     }
 }
 

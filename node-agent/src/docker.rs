@@ -308,6 +308,15 @@ impl Driver {
         .map_err(DockerError::api("create container"))
     }
 
+    /// Restarts a container in place (stop with a short grace, then start).
+    pub async fn restart(&self, docker_id: &str) -> Result<(), DockerError> {
+        let opts = bollard::query_parameters::RestartContainerOptionsBuilder::new().t(2).build();
+        self.docker
+            .restart_container(docker_id, Some(opts))
+            .await
+            .map_err(DockerError::api("restart container"))
+    }
+
     /// Starts a created container.
     pub async fn start(&self, docker_id: &str) -> Result<(), DockerError> {
         timed(

@@ -100,6 +100,9 @@ struct Inner {
     /// Creates in flight; a destroy waits on the receiver until the create is over.
     creating: HashMap<ContainerId, InFlight>,
     tombstones: HashMap<ContainerId, Instant>,
+    /// Containers being restarted on command: events and resync leave them alone until the
+    /// restart is over (its own `die` must not read as a death).
+    restarting: HashSet<ContainerId>,
     version: u64,
 }
 
@@ -117,7 +120,7 @@ impl Inner {
 
     /// Whether events and resync must leave `id` alone.
     fn busy(&self, id: &ContainerId) -> bool {
-        self.creating.contains_key(id) || self.tombstoned(id)
+        self.creating.contains_key(id) || self.tombstoned(id) || self.restarting.contains(id)
     }
 }
 
@@ -331,6 +334,38 @@ impl Inventory {
             c.done.clone()
         });
         (known, creating)
+    }
+
+    /// Marks `id` as being restarted; its Docker id, if it is known and not otherwise busy.
+    pub fn begin_restart(&self, id: &ContainerId) -> Option<String> {
+        let mut inner = self.lock();
+        if inner.busy(id) {
+            return None;
+        }
+        let docker_id = inner.entries.get(id)?.entry.docker_id.clone();
+        inner.restarting.insert(*id);
+        Some(docker_id)
+    }
+
+    /// Ends a restart: with what Docker says now, the entry starts a new life (probed from
+    /// scratch, with a new startup grace); without, it is left to the next resync.
+    pub fn end_restart(&self, id: &ContainerId, obs: Option<&Observation>) {
+        let mut inner = self.lock();
+        inner.restarting.remove(id);
+        let Some(obs) = obs else { return };
+        let version = inner.bump();
+        let Some(t) = inner.entries.get_mut(id) else { return };
+        let before = t.entry.clone();
+        t.probe = ProbeState::default();
+        t.started = Instant::now();
+        t.docker_state = obs.state;
+        t.pid = obs.pid;
+        t.entry.ipv6 = obs.ipv6.or(t.entry.ipv6);
+        t.entry.exit_code = None;
+        t.entry.oom_killed = false;
+        t.entry.health = t.probe.verdict;
+        t.entry.status = status_of(t.docker_state, t.probe.passed_once);
+        self.changed(t, &before, version);
     }
 
     /// Lifts the tombstone of a destroy that failed: the entry (if any) lives on, the resync

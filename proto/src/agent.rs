@@ -245,6 +245,12 @@ pub enum AgentCommand {
     },
     /// Send the full inventory.
     Inventory,
+    /// Restart this container in place (its health check failed while a session held it).
+    /// Answered once it runs again.
+    Restart {
+        /// The container.
+        id: ContainerId,
+    },
 }
 
 /// An agent's answer to an [`AgentCommand`].
@@ -260,6 +266,8 @@ pub enum AgentReply {
     },
     /// The full inventory.
     Inventory(Inventory),
+    /// The container was restarted and runs again.
+    Restarted,
     /// The command could not be carried out.
     Error {
         /// Why.

@@ -108,6 +108,10 @@ pub struct PoolStatus {
     /// `(warm_seconds + allocated_seconds) / 3600 × price_per_hour`, when the pool has a price.
     #[serde(default)]
     pub cost: Option<f64>,
+    /// Why the pool is not growing as it should, when that is so (e.g. creates failing and
+    /// backing off).
+    #[serde(default)]
+    pub condition: Option<String>,
     /// `min_warm` of the spec.
     pub min_warm: u32,
     /// `max_warm` of the spec.

@@ -44,6 +44,10 @@ event_kinds! {
     PoolDeleted => "pool_deleted",
     /// The wanted warm count of a pool changed.
     PoolScaled => "pool_scaled",
+    /// Creates for a pool keep failing; the pool waits before trying again.
+    PoolBackoff => "pool_backoff",
+    /// A pool that was backing off made a warm container again.
+    PoolRecovered => "pool_recovered",
     /// The control plane planned a container and asked an agent for it.
     ContainerCreated => "container_created",
     /// A container became warm.
@@ -54,6 +58,8 @@ event_kinds! {
     ContainerReleased => "container_released",
     /// A container's health verdict changed.
     ContainerHealthChanged => "container_health_changed",
+    /// An allocated container failing its health check was restarted in place, once.
+    ContainerRestarted => "container_restarted",
     /// A container is gone.
     ContainerTerminated => "container_terminated",
     /// A container never became warm.

@@ -151,6 +151,14 @@ pub struct Container {
     /// Raft log index at which it was first seen running, if it was. An inventory requested
     /// after this index that lacks the container proves it is gone.
     pub observed_index: Option<u64>,
+    /// Times it was restarted in place (an allocated container failing its health check is
+    /// restarted once; failing again, its allocation ends).
+    #[serde(default)]
+    pub restarts: u32,
+    /// A restart was asked for and the agent has not reported the new life yet; health
+    /// reports of the old life are ignored meanwhile.
+    #[serde(default)]
+    pub restart_pending: bool,
 }
 
 impl Container {

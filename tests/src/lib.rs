@@ -386,6 +386,7 @@ pub struct Agent {
     nats_url: String,
     log_dir: PathBuf,
     labels: Vec<String>,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -398,8 +399,15 @@ impl Agent {
             nats_url: nats_url.to_string(),
             log_dir: dir.to_path_buf(),
             labels: Vec::new(),
+            extra: Vec::new(),
             child: None,
         }
+    }
+
+    /// Extra command-line flags for later starts.
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.extra = args.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     /// Node labels (`k=v`) for later starts.
@@ -432,6 +440,7 @@ impl Agent {
         for l in &self.labels {
             cmd.args(["--label", l]);
         }
+        cmd.args(&self.extra);
         self.child = Some(cmd.spawn().expect("start warmpool-agent"));
     }
 
@@ -502,12 +511,17 @@ pub struct TestCluster {
 impl TestCluster {
     /// One member (bootstrapped) and one agent, with the demo image built.
     pub async fn single() -> TestCluster {
+        Self::single_with_agent_args(&[]).await
+    }
+
+    /// [`TestCluster::single`] with extra flags for the agent.
+    pub async fn single_with_agent_args(agent_args: &[&str]) -> TestCluster {
         ensure_demo_image();
         let dir = tempfile::tempdir().expect("temp dir");
         let nats = Nats::start(dir.path());
         let mut m = Member::new(1, &nats.url(), dir.path(), true);
         m.start();
-        let mut a = Agent::new(&nats.url(), dir.path());
+        let mut a = Agent::new(&nats.url(), dir.path()).with_args(agent_args);
         a.start();
         let client = Client::new(vec![m.url()], None).expect("client");
         let c = TestCluster {

@@ -200,6 +200,26 @@ fn handle(
             let existed = s.containers.remove(&id).is_some();
             (AgentReply::Destroyed { existed }, None)
         }
+        AgentCommand::Restart { id } => match s.containers.get_mut(&id) {
+            Some(entry) => {
+                entry.health = Health::Healthy;
+                let entry = entry.clone();
+                (
+                    AgentReply::Restarted,
+                    Some(Fact::Observed {
+                        node: node.clone(),
+                        seq,
+                        entry,
+                    }),
+                )
+            }
+            None => (
+                AgentReply::Error {
+                    message: format!("no container {id}"),
+                },
+                None,
+            ),
+        },
         AgentCommand::Inventory => {
             let containers = s.containers.values().cloned().collect();
             (

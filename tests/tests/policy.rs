@@ -454,3 +454,192 @@ async fn an_image_change_rolls_out_while_allocations_keep_succeeding() {
         "only the new image runs: {images}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_that_keep_failing_back_off_and_say_why_instead_of_churning() {
+    let c = TestCluster::single().await;
+    let broken = PoolSpec {
+        image: "warmpool-no-such-image:1".into(),
+        ..TestCluster::demo_spec("broken", 2)
+    };
+    c.client.create_pool(&broken).await.unwrap();
+    let client = c.client.clone();
+    let condition = wait_until(
+        Duration::from_secs(20),
+        "the pool to say it is backing off",
+        || {
+            let client = client.clone();
+            async move {
+                client
+                    .status()
+                    .await
+                    .ok()?
+                    .pools
+                    .into_iter()
+                    .find(|p| p.name.as_str() == "broken")?
+                    .condition
+            }
+        },
+    )
+    .await;
+    assert!(condition.contains("creates are failing"), "{condition}");
+    assert!(condition.contains("create_failed"), "{condition}");
+    // Give it time to churn if it would; it must not.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let q = EventQuery {
+        pool: Some("broken".into()),
+        ..Default::default()
+    };
+    let events = all_events(&c, q.clone()).await;
+    let creates = events
+        .iter()
+        .filter(|e| e.kind == EventKind::ContainerCreated)
+        .count();
+    let backoffs: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::PoolBackoff)
+        .collect();
+    eprintln!(
+        "{creates} creates and {} back-offs in about 15 s",
+        backoffs.len()
+    );
+    assert!(
+        creates <= 16,
+        "{creates} creates: the pool churns instead of backing off"
+    );
+    assert!(
+        !backoffs.is_empty()
+            && backoffs.iter().all(|e| e
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("create_failed")))
+    );
+    let delays: Vec<u64> = backoffs
+        .iter()
+        .filter_map(|e| e.detail.as_ref()?["consecutive_failures"].as_u64())
+        .collect();
+    assert!(
+        delays.windows(2).all(|w| w[1] >= w[0]),
+        "failures count up: {delays:?}"
+    );
+
+    // Fixing the spec clears the condition and the pool fills.
+    let fixed = TestCluster::demo_spec("broken", 2);
+    c.client.put_pool(&fixed).await.unwrap();
+    c.wait_warm("broken", 2, Duration::from_secs(60)).await;
+    let s = c.client.status().await.unwrap();
+    assert_eq!(
+        s.pools
+            .iter()
+            .find(|p| p.name.as_str() == "broken")
+            .unwrap()
+            .condition,
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_allocated_container_is_restarted_once_then_released_if_still_failing() {
+    // A short startup grace, so a restarted container that never passes is judged quickly.
+    let c = TestCluster::single_with_agent_args(&["--startup-grace-ms", "3000"]).await;
+    let mut spec = TestCluster::demo_spec("heal", 2);
+    spec.health.failure_threshold = 2;
+    spec.health.interval_ms = 300;
+    c.client.create_pool(&spec).await.unwrap();
+    c.wait_warm("heal", 2, Duration::from_secs(60)).await;
+
+    // A fault a restart cures: restarted in place, the session keeps its container.
+    let cured = c.client.allocate(&alloc("heal", 10_000)).await.unwrap();
+    http_get(
+        cured.ipv6.unwrap(),
+        cured.port,
+        "/cgi-bin/fail-until-restart",
+    )
+    .await
+    .unwrap();
+    let client = c.client.clone();
+    wait_until(
+        Duration::from_secs(30),
+        "the restarted container to be healthy again",
+        || {
+            let client = client.clone();
+            async move {
+                let x = client.get_container(cured.container_id).await.ok()?;
+                (x.restarts == 1 && x.health == warmpool_proto::Health::Healthy).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        c.client.get_allocation(cured.id).await.unwrap().state,
+        AllocationState::Active
+    );
+    let (status, _) = http_get(cured.ipv6.unwrap(), cured.port, "/healthz")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "same address, healthy again");
+    let events = all_events(
+        &c,
+        EventQuery {
+            container: Some(cured.container_id.to_string()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(events
+        .iter()
+        .any(|e| e.kind == EventKind::ContainerRestarted));
+
+    // A fault that outlives the restart: its session is told (the release says why) and the
+    // pool replaces it.
+    let doomed = c.client.allocate(&alloc("heal", 10_000)).await.unwrap();
+    http_get(doomed.ipv6.unwrap(), doomed.port, "/cgi-bin/fail")
+        .await
+        .unwrap();
+    let client = c.client.clone();
+    let released = wait_until(
+        Duration::from_secs(40),
+        "the still-failing container's allocation to end",
+        || {
+            let client = client.clone();
+            async move {
+                client
+                    .get_allocation(doomed.id)
+                    .await
+                    .ok()
+                    .filter(|a| a.state == AllocationState::Released)
+            }
+        },
+    )
+    .await;
+    assert_eq!(released.release_reason, Some(ReleaseReason::Unhealthy));
+    let events = all_events(
+        &c,
+        EventQuery {
+            container: Some(doomed.container_id.to_string()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&EventKind::ContainerRestarted), "{kinds:?}");
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == EventKind::ContainerRestarted)
+            .count(),
+        1,
+        "restarted once only"
+    );
+    let release = events
+        .iter()
+        .find(|e| e.kind == EventKind::ContainerReleased)
+        .unwrap();
+    assert_eq!(release.reason.as_deref(), Some("unhealthy"));
+    assert_eq!(
+        release.session.as_ref(),
+        Some(&doomed.session_id),
+        "its session is named in the event"
+    );
+    c.wait_warm("heal", 2, Duration::from_secs(60)).await;
+}

@@ -112,6 +112,60 @@ impl PoolState {
                 self.allocate(ctx, pool, req, wait_ms > 0)
             }
             Command::CancelWait { allocation_id } => self.cancel_wait(allocation_id),
+            Command::RestartContainer { id } => {
+                let Some(c) = self.containers.get_mut(&id) else {
+                    return Response::rejected(RejectCode::NotFound, format!("no container {id}"));
+                };
+                if c.state != ContainerState::Allocated || c.restarts > 0 {
+                    return Response::rejected(
+                        RejectCode::Conflict,
+                        format!(
+                            "container {id} is {} and was restarted {} times",
+                            c.state, c.restarts
+                        ),
+                    );
+                }
+                c.restarts += 1;
+                c.restart_pending = true;
+                c.health = Health::Unknown;
+                let body = EventBody::of_container(c).reason("unhealthy");
+                self.emit(ctx, EventKind::ContainerRestarted, body);
+                Response::Ok
+            }
+            Command::SetPoolCondition { pool, condition } => {
+                if !self.pools.contains_key(&pool) {
+                    return Response::rejected(
+                        RejectCode::NotFound,
+                        format!("no pool named {pool:?}"),
+                    );
+                }
+                match condition {
+                    Some(c) => {
+                        let detail = serde_json::json!({
+                            "consecutive_failures": c.consecutive_failures,
+                            "retry_at": c.retry_at,
+                        });
+                        let body = EventBody {
+                            pool: Some(pool.clone()),
+                            reason: Some(c.reason.clone()),
+                            detail: Some(detail),
+                            ..Default::default()
+                        };
+                        self.conditions.insert(pool, c);
+                        self.emit(ctx, EventKind::PoolBackoff, body);
+                    }
+                    None => {
+                        if self.conditions.remove(&pool).is_some() {
+                            let body = EventBody {
+                                pool: Some(pool),
+                                ..Default::default()
+                            };
+                            self.emit(ctx, EventKind::PoolRecovered, body);
+                        }
+                    }
+                }
+                Response::Ok
+            }
             Command::CreateKey { key } => {
                 if !self.keys.contains_key(&key.id) {
                     let detail =
@@ -240,6 +294,8 @@ impl PoolState {
             ),
         };
         if changed {
+            // A new spec is a new start: whatever kept failing may be fixed.
+            self.conditions.remove(&name);
             self.pools.insert(name.clone(), pool.clone());
             let kind = if created {
                 EventKind::PoolCreated
@@ -268,6 +324,7 @@ impl PoolState {
             );
         }
         self.wanted.remove(name);
+        self.conditions.remove(name);
         let live: Vec<(ContainerId, Option<AllocationId>)> = self
             .containers
             .values()
@@ -419,6 +476,8 @@ impl PoolState {
                 ended_at: None,
                 reason: None,
                 observed_index: None,
+                restarts: 0,
+                restart_pending: false,
             };
             let body = EventBody::of_container(&c);
             self.containers.insert(id, c);
@@ -463,8 +522,19 @@ impl PoolState {
                 c.last_activity_at = Some(t);
             }
         }
+        if c.restart_pending {
+            // Until the agent reports the restarted life (starting again, or no longer
+            // unhealthy), what it says is about the old one.
+            let new_life = entry.status == ObservedStatus::Starting
+                || !matches!(entry.health, Health::Unhealthy { .. });
+            if !new_life {
+                return;
+            }
+            c.restart_pending = false;
+        }
         let id = c.id;
         let state = c.state;
+        let restarts = c.restarts;
 
         if entry.status == ObservedStatus::Exited {
             let reason = if entry.oom_killed {
@@ -496,6 +566,11 @@ impl PoolState {
             }
             (ContainerState::Creating | ContainerState::Warm, Health::Unhealthy { .. }) => {
                 // Never offered again; destroyed and replaced.
+                self.retire(ctx, id, "unhealthy");
+            }
+            (ContainerState::Allocated, Health::Unhealthy { .. }) if restarts > 0 => {
+                // It was restarted once and fails again: its session loses it (the release
+                // event says why) and the pool replaces it.
                 self.retire(ctx, id, "unhealthy");
             }
             _ => {}
@@ -685,10 +760,7 @@ impl PoolState {
     fn serve_waiters(&mut self, ctx: Ctx) {
         let pools: Vec<PoolName> = self.pending().map(|(p, _)| p.clone()).collect();
         for pool in pools {
-            loop {
-                let Some(head) = self.pending.get(&pool).and_then(|q| q.front()) else {
-                    break;
-                };
+            while let Some(head) = self.pending.get(&pool).and_then(|q| q.front()) {
                 if head.deadline < ctx.at {
                     self.drop_waiter(&pool, 0);
                     continue;

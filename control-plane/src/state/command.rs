@@ -94,6 +94,12 @@ pub enum Command {
         #[serde(default)]
         wait_ms: u64,
     },
+    /// Restart an allocated, unhealthy container in place (once; the leader then asks its
+    /// agent to do it).
+    RestartContainer {
+        /// The container.
+        id: ContainerId,
+    },
     /// A waiting allocation gives up: answered with the allocation if it was served in the
     /// meantime, else it leaves the queue.
     CancelWait {
@@ -155,6 +161,13 @@ pub enum Command {
     RevokeKey {
         /// Its id.
         id: String,
+    },
+    /// A pool's creates keep failing (Some) or work again (None).
+    SetPoolCondition {
+        /// The pool.
+        pool: PoolName,
+        /// The condition, or None to clear it.
+        condition: Option<super::PoolCondition>,
     },
     /// The scaler changed a pool's wanted warm count.
     SetWanted {

@@ -55,6 +55,27 @@ pub struct KeyRecord {
     pub revoked_at: Option<Timestamp>,
 }
 
+/// Why a pool is not growing as it should.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolCondition {
+    /// The last failure.
+    pub reason: String,
+    /// Creates that failed in a row.
+    pub consecutive_failures: u32,
+    /// No create before this.
+    pub retry_at: Timestamp,
+}
+
+impl PoolCondition {
+    /// For people: what is wrong and when the next attempt is.
+    pub fn describe(&self) -> String {
+        format!(
+            "creates are failing ({} in a row; last: {}); next attempt at {}",
+            self.consecutive_failures, self.reason, self.retry_at
+        )
+    }
+}
+
 /// An allocation waiting in its pool's queue.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
@@ -97,6 +118,8 @@ pub struct PoolState {
     usage: BTreeMap<PoolName, UsageTotals>,
     /// API keys by id.
     keys: BTreeMap<String, KeyRecord>,
+    /// Pools whose creates keep failing, and why.
+    conditions: BTreeMap<PoolName, PoolCondition>,
     /// Allocation requests ever made per pool (served, queued or refused; replays excluded):
     /// the demand the scaler measures.
     arrivals: BTreeMap<PoolName, u64>,
@@ -192,6 +215,11 @@ impl PoolState {
     /// Whether `pool` has a container an allocation could take right now.
     pub fn has_allocatable(&self, pool: &PoolName) -> bool {
         self.pick_warm(pool).is_some()
+    }
+
+    /// Why `pool` is not growing as it should, if it is not.
+    pub fn condition(&self, pool: &PoolName) -> Option<&PoolCondition> {
+        self.conditions.get(pool)
     }
 
     /// An API key by id.

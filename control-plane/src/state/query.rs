@@ -151,6 +151,9 @@ impl PoolState {
                 counts: by_pool.get(&p.spec.name).copied().unwrap_or_default(),
                 wanted: self.wanted(p),
                 waiting: self.waiting(&p.spec.name) as u32,
+                condition: self
+                    .condition(&p.spec.name)
+                    .map(super::PoolCondition::describe),
                 warm_seconds: self.usage(&p.spec.name, now).warm_ms as f64 / 1000.0,
                 allocated_seconds: self.usage(&p.spec.name, now).allocated_ms as f64 / 1000.0,
                 cost: p.spec.price_per_hour.map(|price| {
