@@ -643,3 +643,60 @@ async fn an_unhealthy_allocated_container_is_restarted_once_then_released_if_sti
     );
     c.wait_warm("heal", 2, Duration::from_secs(60)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_pools_with_different_images_commands_resources_and_checks_live_side_by_side() {
+    let c = TestCluster::single().await;
+    docker(&["tag", warmpool_tests::DEMO_IMAGE, "warmpool-demo:other"]);
+    let web = TestCluster::demo_spec("web", 2);
+    let mut tcp = PoolSpec::new(PoolName::new("tcp").unwrap(), "warmpool-demo:other");
+    tcp.min_warm = 1;
+    tcp.port = 9090;
+    tcp.command = ["/bin/busybox", "httpd", "-f", "-p", "9090", "-h", "/www"]
+        .map(String::from)
+        .to_vec();
+    tcp.health.probe = warmpool_proto::HealthProbe::Tcp;
+    tcp.health.interval_ms = 300;
+    tcp.resources.memory_mb = 64;
+    tcp.resources.cpu_millis = 250;
+    c.client.create_pool(&web).await.unwrap();
+    c.client.create_pool(&tcp).await.unwrap();
+    c.wait_warm("web", 2, Duration::from_secs(60)).await;
+    let s = c.wait_warm("tcp", 1, Duration::from_secs(60)).await;
+    let by_name = |n: &str| {
+        s.pools
+            .iter()
+            .find(|p| p.name.as_str() == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_name("web").counts.warm, 2);
+    assert_eq!(
+        by_name("tcp").counts.warm,
+        1,
+        "each pool has its own status"
+    );
+
+    let a = c.client.allocate(&alloc("tcp", 10_000)).await.unwrap();
+    assert_eq!(a.port, 9090);
+    let (status, _) = http_get(a.ipv6.unwrap(), 9090, "/").await.unwrap();
+    assert_eq!(
+        status, 200,
+        "the tcp pool's container runs its own command on its own port"
+    );
+    let x = c.client.get_container(a.container_id).await.unwrap();
+    let inspect = docker(&[
+        "inspect",
+        x.docker_id.as_deref().unwrap(),
+        "--format",
+        "{{.Config.Image}} {{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
+    ]);
+    assert_eq!(
+        inspect.trim(),
+        format!("warmpool-demo:other {} 250000000", 64 * 1024 * 1024)
+    );
+    let b = c.client.allocate(&alloc("web", 10_000)).await.unwrap();
+    assert_eq!(b.port, 8080);
+    let y = c.client.get_container(b.container_id).await.unwrap();
+    assert_eq!(y.pool.as_str(), "web");
+}
