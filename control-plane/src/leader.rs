@@ -583,21 +583,10 @@ impl Leader {
                 .map(|p| (p.spec.clone(), s.arrivals(&p.spec.name), s.wanted(p)))
                 .collect();
             let mut warmed = Vec::new();
-            let mut after = term.events_seen;
-            loop {
-                let page = s.events(
-                    Some(after),
-                    None,
-                    crate::state::query::EVENT_PAGE_MAX,
-                    &filter,
-                );
-                let Some(last) = page.last() else { break };
-                after = last.seq;
-                for e in page {
-                    let c = e.container.and_then(|id| s.container(&id));
-                    if let (Some(c), Some(warm_at)) = (c, c.and_then(|c| c.warm_at)) {
-                        warmed.push((c.pool.clone(), warm_at.since(c.created_at)));
-                    }
+            for e in s.events_since(term.events_seen, &filter) {
+                let c = e.container.and_then(|id| s.container(&id));
+                if let (Some(c), Some(warm_at)) = (c, c.and_then(|c| c.warm_at)) {
+                    warmed.push((c.pool.clone(), warm_at.since(c.created_at)));
                 }
             }
             (pools, warmed, s.last_event_seq())
@@ -670,20 +659,10 @@ impl Leader {
             ..Default::default()
         };
         let (events, last) = self.cluster.shared().read(|s| {
-            let mut out = Vec::new();
-            let mut after = term.failures_seen;
-            loop {
-                let page = s.events(
-                    Some(after),
-                    None,
-                    crate::state::query::EVENT_PAGE_MAX,
-                    &filter,
-                );
-                let Some(l) = page.last() else { break };
-                after = l.seq;
-                out.extend(page);
-            }
-            (out, s.last_event_seq())
+            (
+                s.events_since(term.failures_seen, &filter),
+                s.last_event_seq(),
+            )
         });
         term.failures_seen = last;
         // A changed spec starts afresh (the state machine cleared the condition already).

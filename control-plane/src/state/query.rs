@@ -123,6 +123,18 @@ impl PoolState {
         }
     }
 
+    /// Every retained event after `after` that passes `filter`, oldest first.
+    pub fn events_since(&self, after: u64, filter: &EventFilter) -> Vec<Event> {
+        let first_seq = self.events.front().map_or(0, |e| e.seq);
+        let skip = after.saturating_sub(first_seq.saturating_sub(1)) as usize;
+        self.events
+            .iter()
+            .skip(skip)
+            .filter(|e| e.seq > after && filter.matches(e))
+            .cloned()
+            .collect()
+    }
+
     /// Live-container counts of one pool.
     pub fn pool_counts(&self, pool: &PoolName) -> Counts {
         let mut counts = Counts::default();
