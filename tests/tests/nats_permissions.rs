@@ -114,6 +114,13 @@ impl Drop for Secured {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("----- control plane -----\n{}", self.member.log_tail(60));
+            let nats =
+                std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
+            let tail: Vec<&str> = nats.lines().rev().take(80).collect();
+            eprintln!("----- nats-server -----");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
         }
     }
 }
@@ -128,6 +135,29 @@ fn password(dir: &Path, user: &str) -> String {
         .next()
         .expect("a password line")
         .to_string()
+}
+
+/// Publishes to `subject` until `sub` (subscribed to it) receives one: then the server has the
+/// subscription. Drains what came.
+async fn subscribed(client: &async_nats::Client, sub: &mut async_nats::Subscriber, subject: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        client
+            .publish(subject.to_string(), "probe".into())
+            .await
+            .expect("publish");
+        client.flush().await.expect("flush");
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+            while let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(50), sub.next()).await
+            {}
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "subscription to {subject} not active within 15s"
+        );
+    }
 }
 
 /// Waits for a server error containing `what` (lowercase).
@@ -182,7 +212,9 @@ async fn an_agent_can_only_speak_and_listen_for_its_own_node() {
     let (as_a, mut a_errors) = s.connect(a.as_str()).await;
     let (spy, _) = s.connect(&s.cp_user).await;
     let mut seen = spy.subscribe("pool.v1.node.>").await.expect("spy");
-    spy.flush().await.expect("flush");
+    // `flush` only empties the client's buffer: the server has the subscription once a message
+    // sent through it comes back.
+    subscribed(&spy, &mut seen, &format!("pool.v1.node.{a}.probe")).await;
 
     // 1. A publishing as B: refused by the server, never delivered.
     as_a.publish(subjects::heartbeat(&b), heartbeat(&b).into())
@@ -234,22 +266,28 @@ async fn an_agent_can_only_speak_and_listen_for_its_own_node() {
     expect_violation(&mut a_errors, "subscription to \"pool.v1.node.>\"").await;
     let _inboxes = as_a.subscribe("_INBOX.>").await.expect("sent");
     expect_violation(&mut a_errors, "subscription to \"_inbox.>\"").await;
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(15);
     let mut a_cmds = as_a
         .subscribe(subjects::cmd(&a))
         .await
         .expect("own commands");
     as_a.flush().await.expect("flush");
-    spy.publish(subjects::cmd(&b), "for b".into())
-        .await
-        .expect("publish");
-    spy.publish(subjects::cmd(&a), "for a".into())
-        .await
-        .expect("publish");
-    spy.flush().await.expect("flush");
-    let own = tokio::time::timeout(Duration::from_secs(10), a_cmds.next())
-        .await
-        .expect("A's own command within 10s")
-        .expect("open");
+    // B's command, then A's, on one connection, until A has its own (one round is enough
+    // unless the machine is very busy).
+    let own = loop {
+        spy.publish(subjects::cmd(&b), "for b".into())
+            .await
+            .expect("publish");
+        spy.publish(subjects::cmd(&a), "for a".into())
+            .await
+            .expect("publish");
+        spy.flush().await.expect("flush");
+        match tokio::time::timeout(Duration::from_secs(1), a_cmds.next()).await {
+            Ok(m) => break m.expect("open"),
+            Err(_) if tokio::time::Instant::now() < give_up => continue,
+            Err(_) => panic!("A's own command did not arrive within 15s"),
+        }
+    };
     assert_eq!(&own.payload[..], b"for a");
     // B's command was published first on the same connection: had it been delivered to A, it
     // would be there already.

@@ -281,8 +281,9 @@ async fn write_allocation(app: &AppState, cmd: Command) -> Result<Json<Allocatio
     }
 }
 
-/// Releases an allocation: its container is destroyed (never reused) and replaced.
-/// Releasing a released allocation answers it as it is.
+/// Releases an allocation: its container is destroyed (never reused) and replaced. The
+/// allocation stays on record (`GET` answers it, `state: released`, with its reason), and
+/// releasing it again answers it as it is.
 #[utoipa::path(
     delete, path = "/v1/allocations/{id}", tag = "allocations",
     params(("id" = AllocationId, Path, description = "Allocation id")),

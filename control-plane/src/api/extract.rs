@@ -30,7 +30,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// An optional JSON body: empty means `T::default()`.
+/// An optional JSON body: empty, or `null`, means `T::default()`.
 pub struct OptionalJson<T>(pub T);
 
 impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
@@ -50,15 +50,28 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
+        if bytes.trim_ascii() == b"null" {
+            return Ok(OptionalJson(T::default()));
+        }
         parse_json(&bytes).map(OptionalJson)
     }
 }
 
+/// Every request body is a JSON object. serde would also take a struct from an array of its
+/// fields in order (`["demo","busybox"]` as a pool spec): that is refused here.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.is_empty() {
-        return Err(ApiError::BadRequest(
-            "request body is empty; expected JSON".into(),
-        ));
+    match bytes.trim_ascii_start().first() {
+        None => {
+            return Err(ApiError::BadRequest(
+                "request body is empty; expected JSON".into(),
+            ))
+        }
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "invalid JSON body: expected a JSON object".into(),
+            ))
+        }
     }
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
@@ -99,6 +112,24 @@ mod tests {
             q.kind.as_deref(),
             Some("container_warm,container_allocated")
         );
+    }
+
+    #[test]
+    fn bodies_are_objects() {
+        use warmpool_proto::api::{CreateAllocation, RenewAllocation};
+        let parse = parse_json::<RenewAllocation>;
+        assert_eq!(
+            parse(br#" {"lease_seconds":5}"#).unwrap().lease_seconds,
+            Some(5)
+        );
+        assert!(parse(br#"{"lease":5}"#).is_err());
+        assert!(
+            parse(b"[]").is_err(),
+            "serde alone takes an array for a struct"
+        );
+        assert!(parse(b"[5]").is_err());
+        assert!(parse(b"").is_err());
+        assert!(parse_json::<CreateAllocation>(br#"["demo"]"#).is_err());
     }
 
     #[test]

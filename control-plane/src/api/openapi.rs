@@ -283,7 +283,10 @@ mod tests {
             }
         }
         let routed = routed();
-        assert!(routed.len() >= 25, "the route parser found too little: {routed:?}");
+        assert!(
+            routed.len() >= 25,
+            "the route parser found too little: {routed:?}"
+        );
         assert_eq!(
             documented.difference(&routed).collect::<Vec<_>>(),
             Vec::<&(String, String)>::new(),

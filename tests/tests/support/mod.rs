@@ -98,7 +98,11 @@ impl ConfiguredNats {
     /// Starts the server and waits until it accepts connections.
     pub fn start(config: &Path, port: u16, dir: &Path) -> ConfiguredNats {
         let log = std::fs::File::create(dir.join("nats.log")).expect("nats log");
-        let child = Command::new("nats-server")
+        let mut cmd = Command::new("nats-server");
+        if std::env::var_os("WARMPOOL_NATS_TRACE").is_some() {
+            cmd.arg("-DV");
+        }
+        let child = cmd
             .arg("-c")
             .arg(config)
             .stdout(log.try_clone().expect("log"))
