@@ -762,6 +762,10 @@ impl Leader {
                     term.stuck.remove(&pool);
                     let placements: Vec<(ContainerId, NodeId)> =
                         nodes.into_iter().map(|n| (ContainerId::new(), n)).collect();
+                    let planned = metrics::counter!(
+                        "warmpool_keepwarm_planned_total",
+                        "pool" => pool.to_string()
+                    );
                     let cmd = Command::PlanContainers {
                         pool,
                         generation,
@@ -770,6 +774,7 @@ impl Leader {
                     if self.write(cmd).await.is_none() {
                         continue;
                     }
+                    planned.increment(placements.len() as u64);
                     // Send the creates now rather than on the next step: this is the refill
                     // path after an allocation.
                     for (id, node) in placements {
@@ -783,11 +788,20 @@ impl Leader {
                     }
                 }
                 Decision::Retire { ids, reason } => {
-                    self.write(Command::RetireContainers {
-                        ids,
-                        reason: reason.to_string(),
-                    })
-                    .await;
+                    let n = ids.len() as u64;
+                    let retired = self
+                        .write(Command::RetireContainers {
+                            ids,
+                            reason: reason.to_string(),
+                        })
+                        .await;
+                    if retired.is_some() {
+                        metrics::counter!(
+                            "warmpool_keepwarm_retired_total",
+                            "reason" => reason.to_string()
+                        )
+                        .increment(n);
+                    }
                 }
                 Decision::Stuck { pool, reason } => {
                     if term.stuck.get(&pool) != Some(&reason) {

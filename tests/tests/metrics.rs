@@ -448,6 +448,7 @@ async fn control_plane_and_agent_metrics_parse_and_count_every_allocation() {
         assert_eq!(cp.types.get(gauge), Some(&Kind::Gauge), "{gauge}");
     }
     assert!(cp.sum("warmpool_raft_commit_index", &[]) >= 1.0);
+    assert!(cp.sum("warmpool_keepwarm_planned_total", &[("pool", &warm)]) >= 3.0);
     assert_eq!(cp.sum("warmpool_raft_is_leader", &[]), 1.0);
     assert_eq!(
         cp.types.get("warmpool_http_request_duration_seconds"),
