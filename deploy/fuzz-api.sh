@@ -18,10 +18,10 @@
 #   - the pools are as they were: the pool made before the run is unchanged (same spec,
 #     generation and times), and the pools the fuzzer made are deleted again.
 #
-# Not fuzzed: POST /v1/cluster/members (adding a member that does not exist takes a voter
-# nobody answers for into a one-member cluster: it waits for it to catch up and never answers)
-# and GET /v1/events/stream (a stream never ends; tests/tests/auth.rs and the dashboard tests
-# cover it). The run takes about --max-time (default 120 s) plus 10 s on two cores.
+# Not fuzzed: POST /v1/cluster/members (a member that does not run is given 20 s to replicate
+# before it is refused: every such request would take the run's time; tests/tests/membership.rs
+# covers it) and GET /v1/events/stream (a stream never ends; tests/tests/auth.rs and the
+# dashboard tests cover it). The run takes about --max-time (default 120 s) plus 10 s on two cores.
 # Schemathesis is installed from PyPI into a virtualenv under ${XDG_CACHE_HOME:-~/.cache}/warmpool
 # (kept between runs; the first install takes about 30 s). Processes are always stopped; the
 # work directory (logs, schemathesis report) is removed after a pass and kept, and named, after

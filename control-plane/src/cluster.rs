@@ -29,6 +29,8 @@ use crate::state::{Request, Response};
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// How long adding a member may take (it catches up first, perhaps by snapshot).
 pub const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(60);
+/// Time a new member has to replicate the log before it is refused as a voter.
+pub const LEARNER_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Why a write or a consistent read did not happen.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -276,10 +278,37 @@ impl Cluster {
         if voters.contains(&id) {
             return Ok(());
         }
-        self.raft
-            .add_learner(id, BasicNode::new(addr), true)
+        let added = self
+            .raft
+            .add_learner(id, BasicNode::new(addr), false)
             .await
             .map_err(map_err)?;
+        // Promote only a learner that answers. openraft's own blocking `add_learner` counts a
+        // learner as caught up when it lags by less than `replication_lag_threshold` (5000
+        // entries), which a member that does not exist does in a young cluster: promoting it
+        // would add a voter nobody answers for, and a one-member cluster would lose its
+        // quorum. Wait until the learner has the very entry that added it.
+        let wanted = added.log_id.index;
+        let caught_up = self
+            .raft
+            .wait(Some(LEARNER_DEADLINE))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id))
+                        .is_some_and(|matched| matched.is_some_and(|l| l.index >= wanted))
+                },
+                "the new learner to replicate its own addition",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Err(ClusterError::Membership(format!(
+                "member {id} is a learner now but has not replicated the log within \
+                 {LEARNER_DEADLINE:?}: start it (--join, same NATS) and ask again, or remove it \
+                 (DELETE /v1/cluster/members/{id}); it was not made a voter"
+            )));
+        }
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await

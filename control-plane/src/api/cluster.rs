@@ -56,14 +56,16 @@ pub async fn view(State(app): State<AppState>) -> Json<ClusterView> {
     Json(current(&app))
 }
 
-/// Adds a member: as a learner until it has caught up, then as a voter. The new member must
-/// be running (started with `--join`, or reachable over NATS under its id).
+/// Adds a member: as a learner until it has replicated the log, then as a voter. The new
+/// member must be running (started with `--join`, or reachable over NATS under its id): one
+/// that does not replicate within 20 s stays a learner and the answer is 409, so a mistyped
+/// id never costs the cluster its quorum.
 #[utoipa::path(
     post, path = "/v1/cluster/members", tag = "cluster", request_body = AddMember,
     responses(
         (status = 200, description = "Added (or already a voter)", body = ClusterView),
         (status = 400, description = "Malformed request (`bad_request`)", body = ErrorBody),
-        (status = 409, description = "The membership change was refused (`conflict`)", body = ErrorBody),
+        (status = 409, description = "The membership change was refused, or the member did not replicate the log in time and was left a learner (`conflict`)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 503, description = "No quorum, or the new member did not catch up in time (`no_quorum`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds"))),
