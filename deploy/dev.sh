@@ -223,6 +223,8 @@ run_tests() {
   cargo test --workspace --quiet
   say "running the dashboard's tests (Vitest, then Chromium against a live cluster)"
   WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/dashboard-test.sh"
+  say "fuzzing the API from its OpenAPI document (schemathesis, auth on)"
+  "$ROOT/deploy/fuzz-api.sh"
 }
 
 case "${1:-}" in
