@@ -29,8 +29,15 @@ pub struct NodeSoft {
     pub received: Instant,
     /// When it arrived (wall clock).
     pub received_at: Timestamp,
-    /// The last inventory, with facts merged in since.
-    pub observed: Option<Observed>,
+    /// The last inventory, with facts merged in since. Shared, so that copying a node's soft
+    /// state (every leader step does, for every node) does not copy its inventory.
+    pub observed: Option<Arc<Observed>>,
+    /// [`Inventory::digest`] of `observed`, kept so a heartbeat is compared without hashing
+    /// the inventory again.
+    pub observed_digest: Option<u64>,
+    /// Bumped whenever `observed` changes (a new inventory, a fact merged in, forgotten), so
+    /// the leader can tell whether it has reconciled this version already.
+    pub observed_version: u64,
     /// The inventory is out of date and should be asked for.
     pub pull_wanted: bool,
     /// When this member first heard the agent's current process (its boot id): activity
@@ -83,15 +90,15 @@ impl Fleet {
     pub fn on_heartbeat(&self, hb: Heartbeat) {
         let mut inner = self.lock();
         let now = Instant::now();
-        let stale = |obs: &Option<Observed>| match obs {
-            None => true,
-            Some(o) => {
-                o.inventory.boot_id != hb.boot_id || o.inventory.digest() != hb.inventory_digest
+        let stale = |n: &NodeSoft| match (&n.observed, n.observed_digest) {
+            (Some(o), Some(digest)) => {
+                o.inventory.boot_id != hb.boot_id || digest != hb.inventory_digest
             }
+            _ => true,
         };
         let (new, want) = match inner.nodes.get(&hb.node) {
             None => (true, true),
-            Some(n) => (false, stale(&n.observed)),
+            Some(n) => (false, stale(n)),
         };
         let entry = inner
             .nodes
@@ -101,6 +108,8 @@ impl Fleet {
                 received: now,
                 received_at: Timestamp::now(),
                 observed: None,
+                observed_digest: None,
+                observed_version: 0,
                 pull_wanted: true,
                 boot_seen_at: Timestamp::now(),
                 boots: vec![(hb.boot_id, now)],
@@ -122,6 +131,8 @@ impl Fleet {
                 }
                 entry.suspect_until = Some((now + CONFLICT_HOLD, Suspicion::TwoAgents(why)));
                 entry.observed = None;
+                entry.observed_digest = None;
+                entry.observed_version += 1;
             } else {
                 entry.boot_seen_at = Timestamp::now();
                 if !matches!(entry.suspect_until, Some((until, Suspicion::TwoAgents(_))) if until > now)
@@ -156,25 +167,38 @@ impl Fleet {
             return;
         }
         match fact {
-            Fact::Observed { entry, .. } => {
-                match inner.nodes.get_mut(&node).and_then(|n| n.observed.as_mut()) {
-                    Some(obs) => {
-                        let list = &mut obs.inventory.containers;
-                        match list.binary_search_by(|e| e.id.cmp(&entry.id)) {
-                            Ok(i) => list[i] = entry,
-                            Err(i) => list.insert(i, entry),
-                        }
+            Fact::Observed { entry, .. } => match inner.nodes.get_mut(&node) {
+                Some(NodeSoft {
+                    observed: Some(obs),
+                    observed_digest,
+                    observed_version,
+                    ..
+                }) => {
+                    *observed_version += 1;
+                    // Copies the inventory only if a leader step holds it right now.
+                    let obs = Arc::make_mut(obs);
+                    let list = &mut obs.inventory.containers;
+                    match list.binary_search_by(|e| e.id.cmp(&entry.id)) {
+                        Ok(i) => list[i] = entry,
+                        Err(i) => list.insert(i, entry),
                     }
-                    None => {
-                        if let Some(n) = inner.nodes.get_mut(&node) {
-                            n.pull_wanted = true;
-                        }
-                    }
+                    *observed_digest = Some(obs.inventory.digest());
                 }
-            }
+                Some(n) => n.pull_wanted = true,
+                None => {}
+            },
             Fact::Gone { id, reason, .. } => {
-                if let Some(obs) = inner.nodes.get_mut(&node).and_then(|n| n.observed.as_mut()) {
+                if let Some(NodeSoft {
+                    observed: Some(obs),
+                    observed_digest,
+                    observed_version,
+                    ..
+                }) = inner.nodes.get_mut(&node)
+                {
+                    *observed_version += 1;
+                    let obs = Arc::make_mut(obs);
                     obs.inventory.containers.retain(|e| e.id != id);
+                    *observed_digest = Some(obs.inventory.digest());
                 }
                 inner.gone.push((node, id, reason));
             }
@@ -196,13 +220,15 @@ impl Fleet {
                 n.pull_wanted = true;
                 return;
             }
+            let digest = inventory.digest();
             n.pull_wanted = n.heartbeat.boot_id != inventory.boot_id
-                || n.heartbeat.inventory_digest != inventory.digest()
-                    && n.heartbeat.seq > inventory.seq;
-            n.observed = Some(Observed {
+                || n.heartbeat.inventory_digest != digest && n.heartbeat.seq > inventory.seq;
+            n.observed_digest = Some(digest);
+            n.observed_version += 1;
+            n.observed = Some(Arc::new(Observed {
                 inventory,
                 requested_index,
-            });
+            }));
         }
         drop(inner);
         self.wake.notify_one();
@@ -213,6 +239,8 @@ impl Fleet {
         let mut inner = self.lock();
         for n in inner.nodes.values_mut() {
             n.observed = None;
+            n.observed_digest = None;
+            n.observed_version += 1;
             n.pull_wanted = true;
         }
     }
@@ -253,8 +281,17 @@ impl Fleet {
     }
 
     /// The node's observed inventory, if any.
-    pub fn observed(&self, node: &NodeId) -> Option<Observed> {
+    pub fn observed(&self, node: &NodeId) -> Option<Arc<Observed>> {
         self.lock().nodes.get(node).and_then(|n| n.observed.clone())
+    }
+
+    /// The node's observed inventory with its version, and why its reports are not to be
+    /// trusted now, if they are not: what the leader reconciles a node against, in one lock.
+    pub fn reconcile_view(&self, node: &NodeId) -> (Option<Arc<Observed>>, u64, Option<Suspicion>) {
+        match self.lock().nodes.get(node) {
+            Some(n) => (n.observed.clone(), n.observed_version, suspicion(n)),
+            None => (None, 0, None),
+        }
     }
 
     /// When `node`'s agent last saw traffic on container `id`, and since when this member

@@ -8,10 +8,10 @@
 //! handed out), warm containers beyond what is wanted, and warm containers on draining nodes
 //! once the rest of the fleet holds enough.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use warmpool_proto::records::{NodeStatus, Pool};
-use warmpool_proto::{ContainerId, ContainerState, Health, NodeId, PoolName, Timestamp};
+use warmpool_proto::{Container, ContainerId, ContainerState, Health, NodeId, PoolName, Timestamp};
 
 use crate::placement::{self, NodeLoad, Overcommit};
 use crate::state::PoolState;
@@ -53,10 +53,17 @@ pub fn plan(
     over: Overcommit,
 ) -> Vec<Decision> {
     let mut out = Vec::new();
+    // Nodes whose warm containers may be handed out (looked up once per container below).
+    let offering: HashSet<&NodeId> = state
+        .nodes()
+        .filter(|n| matches!(n.status, NodeStatus::Ready | NodeStatus::Cordoned))
+        .map(|n| &n.id)
+        .collect();
     for pool in state.pools() {
         plan_pool(
             state,
             pool,
+            &offering,
             loads,
             last_batch.get(&pool.spec.name).copied(),
             now,
@@ -67,9 +74,11 @@ pub fn plan(
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plan_pool(
     state: &PoolState,
     pool: &Pool,
+    offering: &HashSet<&NodeId>,
     loads: &[NodeLoad],
     last_batch: Option<Timestamp>,
     now: Timestamp,
@@ -79,66 +88,82 @@ fn plan_pool(
     let spec = &pool.spec;
     let name = &spec.name;
     let batch = spec.scaling.batch_size as usize;
-    let offering = |node: &NodeId| {
-        state
-            .node(node)
-            .is_some_and(|n| matches!(n.status, NodeStatus::Ready | NodeStatus::Cordoned))
+
+    // Counts first, from the tallies (no scan of the pool's containers): what the decisions
+    // below need in the common case. Ids are looked up only for a decision that retires some.
+    let current = pool.generation;
+    let (mut live, mut creating, mut stale, mut warm_current, mut draining_warm) = (0, 0, 0, 0, 0);
+    let mut per_node: HashMap<&NodeId, u32> = HashMap::new();
+    for (node, gens) in state.tallies_of(name) {
+        let offers = offering.contains(node);
+        let mut on_node = 0;
+        for (generation, t) in gens {
+            live += (t.creating() + t.warm_any() + t.allocated()) as usize;
+            on_node += t.live();
+            if *generation != current {
+                stale += (t.creating() + t.warm_any()) as usize;
+            } else {
+                creating += t.creating() as usize;
+                // Unhealthy warm containers are neither offered nor drained: they are retired.
+                if offers {
+                    warm_current += t.warm() as usize;
+                } else {
+                    draining_warm += t.warm() as usize;
+                }
+            }
+        }
+        per_node.insert(node, on_node);
+    }
+    let usable = |c: &Container| {
+        c.state == ContainerState::Warm
+            && c.generation == current
+            && !matches!(c.health, Health::Unhealthy { .. })
     };
 
-    let mut warm_current = Vec::new(); // (warm_at, id) of usable warm containers
-    let mut draining_warm = Vec::new();
-    let mut creating = 0usize;
-    let mut stale = Vec::new();
-    let mut live = 0usize;
-    for c in state.containers().filter(|c| &c.pool == name) {
-        if matches!(
-            c.state,
-            ContainerState::Creating | ContainerState::Warm | ContainerState::Allocated
-        ) {
-            live += 1;
-        }
-        let current = c.generation == pool.generation;
-        match c.state {
-            ContainerState::Creating | ContainerState::Warm if !current => stale.push(c.id),
-            ContainerState::Creating => creating += 1,
-            ContainerState::Warm if matches!(c.health, Health::Unhealthy { .. }) => {}
-            ContainerState::Warm if offering(&c.node) => warm_current.push((c.warm_at, c.id)),
-            ContainerState::Warm => draining_warm.push(c.id),
-            _ => {}
-        }
-    }
-
-    if !stale.is_empty() {
-        stale.truncate(batch);
+    if stale > 0 {
+        let ids = state
+            .containers_of(name)
+            .filter(|c| {
+                matches!(c.state, ContainerState::Creating | ContainerState::Warm)
+                    && c.generation != current
+            })
+            .map(|c| c.id)
+            .take(batch)
+            .collect();
         out.push(Decision::Retire {
-            ids: stale,
+            ids,
             reason: "spec_changed",
         });
     }
 
     // Waiting allocations are demand the pool must meet now, on top of its warm target.
     let wanted = state.wanted(pool) as usize + state.waiting(name);
-    let supply = warm_current.len() + creating;
+    let supply = warm_current + creating;
 
     // Draining nodes give up their warm containers once the rest holds enough.
-    if !draining_warm.is_empty() && warm_current.len() >= wanted {
-        draining_warm.truncate(batch);
+    if draining_warm > 0 && warm_current >= wanted {
+        let ids = state
+            .containers_of(name)
+            .filter(|c| usable(c) && !offering.contains(&c.node))
+            .map(|c| c.id)
+            .take(batch)
+            .collect();
         out.push(Decision::Retire {
-            ids: draining_warm,
+            ids,
             reason: "drain",
         });
     }
 
-    if supply > wanted && warm_current.len() > wanted {
+    if supply > wanted && warm_current > wanted {
         // Scale down: retire the newest warm containers first, keeping the longest-warm ones
-        // that allocations take first.
-        warm_current.sort();
-        let surplus = (warm_current.len() - wanted).min(batch);
-        let ids = warm_current
-            .iter()
+        // that allocations take first (the warm index is ordered by when they became warm).
+        let surplus = (warm_current - wanted).min(batch);
+        let ids = state
+            .warm_of(name)
             .rev()
+            .filter(|c| usable(c) && offering.contains(&c.node))
+            .map(|c| c.id)
             .take(surplus)
-            .map(|(_, id)| *id)
             .collect();
         out.push(Decision::Retire {
             ids,
@@ -167,10 +192,7 @@ fn plan_pool(
     }
     let mut pool_loads = loads.to_vec();
     for l in &mut pool_loads {
-        l.pool_count = state
-            .containers()
-            .filter(|c| &c.pool == name && c.node == l.id && c.state.is_live())
-            .count() as u32;
+        l.pool_count = per_node.get(&l.id).copied().unwrap_or(0);
     }
     let (nodes, why) = placement::place(pool_loads, spec, n, over);
     if !nodes.is_empty() {
@@ -198,12 +220,14 @@ pub fn node_loads(
     state: &PoolState,
     memory_fraction: impl Fn(&NodeId) -> Option<f64>,
 ) -> Vec<NodeLoad> {
-    let mut reserved: BTreeMap<&NodeId, warmpool_proto::records::Resources> = BTreeMap::new();
-    for c in state.containers().filter(|c| c.state.is_live()) {
-        if let Some(pool) = state.pool(&c.pool) {
-            let r = reserved.entry(&c.node).or_default();
-            r.cpu_millis += pool.spec.resources.cpu_millis;
-            r.memory_mb += pool.spec.resources.memory_mb;
+    let mut reserved: HashMap<&NodeId, warmpool_proto::records::Resources> = HashMap::new();
+    for pool in state.pools() {
+        let per = &pool.spec.resources;
+        for (node, gens) in state.tallies_of(&pool.spec.name) {
+            let n = u64::from(gens.values().map(|t| t.live()).sum::<u32>());
+            let r = reserved.entry(node).or_default();
+            r.cpu_millis += per.cpu_millis * n;
+            r.memory_mb += per.memory_mb * n;
         }
     }
     state
@@ -268,6 +292,7 @@ mod tests {
                     cmd,
                 },
             );
+            self.state.assert_indexes_consistent();
         }
         fn pool(&mut self, min_warm: u32, batch: u32) -> PoolName {
             let name = PoolName::new("demo").unwrap();
@@ -511,5 +536,421 @@ mod tests {
             Overcommit::default(),
         );
         assert!(d.is_empty(), "a batch went out 50 ms ago; pacing is 200 ms");
+    }
+
+    /// keep-warm as it was before the tallies: every decision from a full scan of the
+    /// containers. The tallies must give exactly the same decisions.
+    mod oracle {
+        use super::*;
+
+        pub(super) fn plan(
+            state: &PoolState,
+            loads: &[NodeLoad],
+            now: Timestamp,
+            over: Overcommit,
+        ) -> Vec<Decision> {
+            let mut out = Vec::new();
+            for pool in state.pools() {
+                plan_pool(state, pool, loads, None, now, over, &mut out);
+            }
+            out
+        }
+
+        pub(super) fn node_loads(state: &PoolState) -> Vec<NodeLoad> {
+            let mut reserved: BTreeMap<&NodeId, Resources> = BTreeMap::new();
+            for c in state.containers().filter(|c| c.state.is_live()) {
+                if let Some(pool) = state.pool(&c.pool) {
+                    let r = reserved.entry(&c.node).or_default();
+                    r.cpu_millis += pool.spec.resources.cpu_millis;
+                    r.memory_mb += pool.spec.resources.memory_mb;
+                }
+            }
+            state
+                .nodes()
+                .map(|n| NodeLoad {
+                    id: n.id.clone(),
+                    status: n.status,
+                    labels: n.labels.clone(),
+                    capacity: n.capacity,
+                    memory_fraction: Some(0.2),
+                    reserved: reserved.get(&n.id).copied().unwrap_or_default(),
+                    pool_count: 0,
+                })
+                .collect()
+        }
+
+        pub(super) fn plan_pool(
+            state: &PoolState,
+            pool: &Pool,
+            loads: &[NodeLoad],
+            last_batch: Option<Timestamp>,
+            now: Timestamp,
+            over: Overcommit,
+            out: &mut Vec<Decision>,
+        ) {
+            let spec = &pool.spec;
+            let name = &spec.name;
+            let batch = spec.scaling.batch_size as usize;
+            let offering = |node: &NodeId| {
+                state
+                    .node(node)
+                    .is_some_and(|n| matches!(n.status, NodeStatus::Ready | NodeStatus::Cordoned))
+            };
+
+            let mut warm_current = Vec::new(); // (warm_at, id) of usable warm containers
+            let mut draining_warm = Vec::new();
+            let mut creating = 0usize;
+            let mut stale = Vec::new();
+            let mut live = 0usize;
+            for c in state.containers().filter(|c| &c.pool == name) {
+                if matches!(
+                    c.state,
+                    ContainerState::Creating | ContainerState::Warm | ContainerState::Allocated
+                ) {
+                    live += 1;
+                }
+                let current = c.generation == pool.generation;
+                match c.state {
+                    ContainerState::Creating | ContainerState::Warm if !current => stale.push(c.id),
+                    ContainerState::Creating => creating += 1,
+                    ContainerState::Warm if matches!(c.health, Health::Unhealthy { .. }) => {}
+                    ContainerState::Warm if offering(&c.node) => {
+                        warm_current.push((c.warm_at, c.id))
+                    }
+                    ContainerState::Warm => draining_warm.push(c.id),
+                    _ => {}
+                }
+            }
+
+            if !stale.is_empty() {
+                stale.truncate(batch);
+                out.push(Decision::Retire {
+                    ids: stale,
+                    reason: "spec_changed",
+                });
+            }
+
+            // Waiting allocations are demand the pool must meet now, on top of its warm target.
+            let wanted = state.wanted(pool) as usize + state.waiting(name);
+            let supply = warm_current.len() + creating;
+
+            // Draining nodes give up their warm containers once the rest holds enough.
+            if !draining_warm.is_empty() && warm_current.len() >= wanted {
+                draining_warm.truncate(batch);
+                out.push(Decision::Retire {
+                    ids: draining_warm,
+                    reason: "drain",
+                });
+            }
+
+            if supply > wanted && warm_current.len() > wanted {
+                // Scale down: retire the newest warm containers first, keeping the longest-warm ones
+                // that allocations take first.
+                warm_current.sort();
+                let surplus = (warm_current.len() - wanted).min(batch);
+                let ids = warm_current
+                    .iter()
+                    .rev()
+                    .take(surplus)
+                    .map(|(_, id)| *id)
+                    .collect();
+                out.push(Decision::Retire {
+                    ids,
+                    reason: "scale_down",
+                });
+                return;
+            }
+
+            let deficit = wanted.saturating_sub(supply);
+            if deficit == 0 {
+                return;
+            }
+            let paced = last_batch
+                .is_some_and(|t| now.since(t).as_millis() < u128::from(spec.scaling.pacing_ms));
+            if paced || creating >= 2 * batch {
+                return;
+            }
+            let room = (spec.max_total as usize).saturating_sub(live);
+            let n = deficit.min(batch).min(room);
+            if n == 0 {
+                out.push(Decision::Stuck {
+                    pool: name.clone(),
+                    reason: format!("at max_total ({})", spec.max_total),
+                });
+                return;
+            }
+            let mut pool_loads = loads.to_vec();
+            for l in &mut pool_loads {
+                l.pool_count = state
+                    .containers()
+                    .filter(|c| &c.pool == name && c.node == l.id && c.state.is_live())
+                    .count() as u32;
+            }
+            let (nodes, why) = placement::place(pool_loads, spec, n, over);
+            if !nodes.is_empty() {
+                out.push(Decision::Create {
+                    pool: name.clone(),
+                    generation: pool.generation,
+                    nodes,
+                });
+            }
+            if let Some(why) = why {
+                let reason = if loads.is_empty() {
+                    "no nodes have joined".to_string()
+                } else {
+                    why.to_string()
+                };
+                out.push(Decision::Stuck {
+                    pool: name.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+
+    /// A small deterministic generator for the random worlds below.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n.max(1)
+        }
+    }
+
+    #[test]
+    fn tallies_decide_exactly_as_a_full_scan_did() {
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut w = World::new(&["a", "b", "c", "d"]);
+            let nodes: Vec<NodeId> = ["a", "b", "c", "d"]
+                .iter()
+                .map(|n| NodeId::new(*n).unwrap())
+                .collect();
+            let pools: Vec<PoolName> = ["p0", "p1"]
+                .iter()
+                .map(|p| PoolName::new(*p).unwrap())
+                .collect();
+            for p in &pools {
+                let mut spec = PoolSpec::new(p.clone(), "img");
+                spec.min_warm = 1 + rng.below(6) as u32;
+                spec.max_warm = Some(12);
+                spec.max_total = 12 + rng.below(8) as u32;
+                spec.scaling.batch_size = 1 + rng.below(4) as u32;
+                w.apply(Command::PutPool { spec });
+            }
+            let mut allocations = Vec::new();
+            for step in 0..120 {
+                let pool = pools[rng.below(2) as usize].clone();
+                let node = nodes[rng.below(4) as usize].clone();
+                let live: Vec<ContainerId> = w
+                    .state
+                    .containers_of(&pool)
+                    .filter(|c| c.state.is_live())
+                    .map(|c| c.id)
+                    .collect();
+                let pick = (!live.is_empty()).then(|| live[rng.below(live.len() as u64) as usize]);
+                let generation = w.state.pool(&pool).unwrap().generation;
+                let entry =
+                    |id: ContainerId, health: Health, status: ObservedStatus| InventoryEntry {
+                        id,
+                        pool: pool.clone(),
+                        generation,
+                        docker_id: "d".into(),
+                        ipv6: Some("fd36:1::5".parse().unwrap()),
+                        status,
+                        health,
+                        exit_code: None,
+                        oom_killed: false,
+                        last_activity_at: None,
+                    };
+                match rng.below(13) {
+                    0..=2 => {
+                        let ids: Vec<_> = (0..1 + rng.below(3))
+                            .map(|_| (ContainerId::new(), node.clone()))
+                            .collect();
+                        w.apply(Command::PlanContainers {
+                            pool: pool.clone(),
+                            generation,
+                            placements: ids,
+                        });
+                    }
+                    3..=4 => {
+                        if let Some(id) = pick {
+                            let node = w.state.container(&id).unwrap().node.clone();
+                            let health = match rng.below(4) {
+                                0 => Health::Unhealthy {
+                                    consecutive_failures: 3,
+                                },
+                                1 => Health::Unknown,
+                                _ => Health::Healthy,
+                            };
+                            let status = if rng.below(10) == 0 {
+                                ObservedStatus::Exited
+                            } else {
+                                ObservedStatus::Running
+                            };
+                            w.apply(Command::Observe {
+                                node,
+                                entries: vec![entry(id, health, status)],
+                            });
+                        }
+                    }
+                    5 => {
+                        w.apply(Command::Allocate {
+                            allocation_id: AllocationId::new(),
+                            pool: pool.clone(),
+                            session: SessionId::new("s").unwrap(),
+                            lease_ms: 1000,
+                            idempotency_key: None,
+                            wait_ms: 0,
+                        });
+                        allocations.extend(w.state.active_allocations().map(|a| a.id).last());
+                    }
+                    6 => {
+                        if let Some(a) = allocations.pop() {
+                            w.apply(Command::Release {
+                                allocation_id: a,
+                                reason: warmpool_proto::records::ReleaseReason::Client,
+                            });
+                        }
+                    }
+                    7 => {
+                        if let Some(id) = pick {
+                            w.apply(Command::ContainersGone {
+                                gone: vec![(id, "gone".into())],
+                            });
+                        }
+                    }
+                    8 => {
+                        let status = [
+                            NodeStatus::Ready,
+                            NodeStatus::Cordoned,
+                            NodeStatus::Draining,
+                        ][rng.below(3) as usize];
+                        w.apply(Command::SetNodeStatus {
+                            node,
+                            status,
+                            reason: None,
+                        });
+                    }
+                    9 => {
+                        w.apply(Command::SetWanted {
+                            pool: pool.clone(),
+                            wanted: rng.below(14) as u32,
+                            detail: None,
+                        });
+                    }
+                    10 | 11 if step % 3 == 0 => {
+                        // Carry out what keep-warm decides, as the leader would.
+                        w.carry_out();
+                        let loads = node_loads(&w.state, |_| Some(0.2));
+                        for d in plan(
+                            &w.state,
+                            &loads,
+                            &BTreeMap::new(),
+                            Timestamp(10_000_000),
+                            Overcommit::default(),
+                        ) {
+                            if let Decision::Retire { ids, reason } = d {
+                                w.apply(Command::RetireContainers {
+                                    ids,
+                                    reason: reason.into(),
+                                });
+                            }
+                        }
+                    }
+                    10 if step % 40 == 1 => {
+                        let mut spec = w.state.pool(&pool).unwrap().spec.clone();
+                        spec.image = format!("img:{step}");
+                        w.apply(Command::PutPool { spec });
+                    }
+                    _ => {
+                        if let Some(id) = pick {
+                            w.apply(Command::RetireContainers {
+                                ids: vec![id],
+                                reason: "test".into(),
+                            });
+                        }
+                    }
+                }
+                let loads = node_loads(&w.state, |_| Some(0.2));
+                let expected_loads = oracle::node_loads(&w.state);
+                assert_eq!(loads, expected_loads, "seed {seed} step {step}: node loads");
+                let now = Timestamp(10_000_000);
+                let got = plan(
+                    &w.state,
+                    &loads,
+                    &BTreeMap::new(),
+                    now,
+                    Overcommit::default(),
+                );
+                let want = oracle::plan(&w.state, &loads, now, Overcommit::default());
+                assert_eq!(got, want, "seed {seed} step {step}");
+                for d in got {
+                    seen.insert(match d {
+                        Decision::Create { .. } => "create",
+                        Decision::Retire { reason, .. } => reason,
+                        Decision::Stuck { .. } => "stuck",
+                    });
+                }
+            }
+            // Finally a drain, carried out step by step.
+            for n in &nodes {
+                w.apply(Command::SetNodeStatus {
+                    node: n.clone(),
+                    status: NodeStatus::Ready,
+                    reason: None,
+                });
+            }
+            for p in &pools {
+                w.apply(Command::SetWanted {
+                    pool: p.clone(),
+                    wanted: 2,
+                    detail: None,
+                });
+            }
+            w.carry_out();
+            w.apply(Command::SetNodeStatus {
+                node: nodes[0].clone(),
+                status: NodeStatus::Draining,
+                reason: None,
+            });
+            for _ in 0..4 {
+                let loads = node_loads(&w.state, |_| Some(0.2));
+                let now = Timestamp(10_000_000);
+                let got = plan(
+                    &w.state,
+                    &loads,
+                    &BTreeMap::new(),
+                    now,
+                    Overcommit::default(),
+                );
+                assert_eq!(
+                    got,
+                    oracle::plan(&w.state, &loads, now, Overcommit::default()),
+                    "seed {seed}: drain"
+                );
+                for d in got {
+                    if let Decision::Retire { ids, reason } = d {
+                        seen.insert(reason);
+                        w.apply(Command::RetireContainers {
+                            ids,
+                            reason: reason.into(),
+                        });
+                    }
+                }
+                w.carry_out();
+            }
+        }
+        // The worlds were varied enough to reach every kind of decision.
+        let all = ["create", "spec_changed", "drain", "scale_down", "stuck"];
+        assert!(
+            all.iter().all(|k| seen.contains(k)),
+            "decisions seen: {seen:?}"
+        );
     }
 }

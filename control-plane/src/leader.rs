@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use warmpool_proto::agent::{AgentCommand, AgentReply};
-use warmpool_proto::records::{AllocationState, NodeStatus, ReleaseReason};
+use warmpool_proto::records::{NodeStatus, ReleaseReason};
 use warmpool_proto::{ContainerId, ContainerState, NodeId, PoolName, Timestamp};
 
 use warmpool_policy::{DemandEstimator, Policy, Scaler};
@@ -298,8 +298,7 @@ impl Leader {
                 .saturating_sub(term.since.elapsed().as_millis() as u64),
         );
         let candidates: Vec<_> = self.cluster.shared().read(|s| {
-            s.allocations()
-                .filter(|a| a.state == AllocationState::Active)
+            s.active_allocations()
                 .filter_map(|a| {
                     let timeout = s.pool(&a.pool)?.spec.idle_timeout_secs?;
                     Some((a.id, a.node.clone(), a.container_id, a.created_at, timeout))
@@ -463,8 +462,8 @@ impl Leader {
                         // Nothing it reports is trusted and a create would reach every agent
                         // claiming it; only destroys (idempotent, harmless twice) go out.
                         self.cluster.shared().read(|s| {
-                            s.containers()
-                                .filter(|c| c.node == node && c.state == ContainerState::Releasing)
+                            s.containers_on(&node)
+                                .filter(|c| c.state == ContainerState::Releasing)
                                 .filter(|c| !inflight.destroys.contains(&c.id))
                                 .map(|c| {
                                     Action::Destroy(
@@ -477,7 +476,7 @@ impl Leader {
                     } else {
                         let observed = self.fleet.observed(&node);
                         self.cluster.shared().read(|s| {
-                            reconcile::reconcile(s, &node, observed.as_ref(), &inflight, now)
+                            reconcile::reconcile(s, &node, observed.as_deref(), &inflight, now)
                         })
                     };
                     (node, actions)
@@ -822,12 +821,10 @@ impl Leader {
         if stale_waiters {
             self.write(Command::ExpireWaits).await;
         }
-        let expired: Vec<_> = self.cluster.shared().read(|s| {
-            s.allocations()
-                .filter(|a| a.state == AllocationState::Active && a.expires_at <= now)
-                .map(|a| a.id)
-                .collect()
-        });
+        let expired: Vec<_> = self
+            .cluster
+            .shared()
+            .read(|s| s.expired_allocations(now).map(|a| a.id).collect());
         for allocation_id in expired {
             self.write(Command::Release {
                 allocation_id,

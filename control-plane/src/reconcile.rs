@@ -92,9 +92,7 @@ pub fn reconcile(
         }
     }
 
-    let records = state
-        .containers()
-        .filter(|c| &c.node == node && c.state.is_live());
+    let records = state.containers_on(node).filter(|c| c.state.is_live());
     for c in records.filter(|c| !seen.contains(&c.id)) {
         let had_it = match (observed, c.observed_index) {
             (Some(obs), Some(at)) => at <= obs.requested_index,
@@ -220,6 +218,7 @@ mod tests {
                     cmd,
                 },
             );
+            self.state.assert_indexes_consistent();
         }
         fn plan(&mut self) -> ContainerId {
             let id = ContainerId::new();

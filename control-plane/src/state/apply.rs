@@ -8,10 +8,11 @@ use warmpool_proto::{
 };
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::{
-    Command, Pending, PoolState, RejectCode, Request, Response, ENDED_CONTAINER_RETENTION,
-    EVENT_RETENTION, RELEASED_ALLOCATION_RETENTION, WAIT_GRACE_MS,
+    retally, touch, Command, Pending, PoolState, RejectCode, Request, Response,
+    ENDED_CONTAINER_RETENTION, EVENT_RETENTION, RELEASED_ALLOCATION_RETENTION, WAIT_GRACE_MS,
 };
 
 /// The log position and clock of the command being applied.
@@ -113,7 +114,7 @@ impl PoolState {
             }
             Command::CancelWait { allocation_id } => self.cancel_wait(allocation_id),
             Command::RestartContainer { id } => {
-                let Some(c) = self.containers.get_mut(&id) else {
+                let Some(c) = self.containers.get_mut(&id).map(Arc::make_mut) else {
                     return Response::rejected(RejectCode::NotFound, format!("no container {id}"));
                 };
                 if c.state != ContainerState::Allocated || c.restarts > 0 {
@@ -127,7 +128,9 @@ impl PoolState {
                 }
                 c.restarts += 1;
                 c.restart_pending = true;
+                retally(&mut self.tallies, c, false);
                 c.health = Health::Unknown;
+                retally(&mut self.tallies, c, true);
                 let body = EventBody::of_container(c).reason("unhealthy");
                 self.emit(ctx, EventKind::ContainerRestarted, body);
                 Response::Ok
@@ -235,7 +238,7 @@ impl PoolState {
 
     fn emit(&mut self, ctx: Ctx, kind: EventKind, body: EventBody) {
         self.next_event_seq += 1;
-        self.events.push_back(Event {
+        self.events.push_back(Arc::new(Event {
             seq: self.next_event_seq,
             log_index: ctx.index,
             at: ctx.at,
@@ -247,7 +250,7 @@ impl PoolState {
             allocation: body.allocation,
             reason: body.reason,
             detail: body.detail,
-        });
+        }));
         while self.events.len() > EVENT_RETENTION {
             self.events.pop_front();
         }
@@ -326,9 +329,8 @@ impl PoolState {
         self.wanted.remove(name);
         self.conditions.remove(name);
         let live: Vec<(ContainerId, Option<AllocationId>)> = self
-            .containers
-            .values()
-            .filter(|c| &c.pool == name && c.state.is_live())
+            .containers_of(name)
+            .filter(|c| c.state.is_live())
             .map(|c| (c.id, c.allocation))
             .collect();
         for (id, allocation) in live {
@@ -386,14 +388,17 @@ impl PoolState {
 
     /// Moves a container to `state`, keeping the warm index and the ended list in step.
     fn set_state(&mut self, id: ContainerId, state: ContainerState, at: Timestamp) {
-        let Some(c) = self.containers.get_mut(&id) else {
+        let Some(c) = self.containers.get_mut(&id).map(Arc::make_mut) else {
             return;
         };
         let was = c.state;
         if was == state {
             return;
         }
+        touch(&mut self.node_changed, &c.node, self.applied_index);
+        retally(&mut self.tallies, c, false);
         c.state = state;
+        retally(&mut self.tallies, c, true);
         if was == ContainerState::Warm {
             let warm_at = c.warm_at.unwrap_or(c.created_at);
             if let Some(set) = self.warm_index.get_mut(&c.pool) {
@@ -416,7 +421,10 @@ impl PoolState {
                 self.ended_containers.push_back(id);
                 while self.ended_containers.len() > ENDED_CONTAINER_RETENTION {
                     if let Some(old) = self.ended_containers.pop_front() {
-                        self.containers.remove(&old);
+                        if let Some(gone) = self.containers.remove(&old) {
+                            self.unindex_container(&gone);
+                            touch(&mut self.node_changed, &gone.node, self.applied_index);
+                        }
                     }
                 }
             }
@@ -480,7 +488,10 @@ impl PoolState {
                 restart_pending: false,
             };
             let body = EventBody::of_container(&c);
-            self.containers.insert(id, c);
+            self.index_container(&c.node, &c.pool, id);
+            retally(&mut self.tallies, &c, true);
+            touch(&mut self.node_changed, &c.node, ctx.index);
+            self.containers.insert(id, Arc::new(c));
             self.emit(ctx, EventKind::ContainerCreated, body);
         }
         Response::Ok
@@ -489,25 +500,24 @@ impl PoolState {
     /// Live containers of a pool that count against `max_total` (releasing ones are on their
     /// way out and do not block replacements).
     pub(super) fn live_count(&self, pool: &PoolName) -> usize {
-        self.containers
-            .values()
+        self.containers_of(pool)
             .filter(|c| {
-                &c.pool == pool
-                    && matches!(
-                        c.state,
-                        ContainerState::Creating | ContainerState::Warm | ContainerState::Allocated
-                    )
+                matches!(
+                    c.state,
+                    ContainerState::Creating | ContainerState::Warm | ContainerState::Allocated
+                )
             })
             .count()
     }
 
     fn observe(&mut self, ctx: Ctx, node: &NodeId, entry: InventoryEntry) {
-        let Some(c) = self.containers.get_mut(&entry.id) else {
+        let Some(c) = self.containers.get_mut(&entry.id).map(Arc::make_mut) else {
             return;
         };
         if &c.node != node || !c.state.is_live() {
             return;
         }
+        touch(&mut self.node_changed, node, ctx.index);
         if entry.docker_id != c.docker_id.as_deref().unwrap_or_default() {
             c.docker_id = Some(entry.docker_id.clone());
         }
@@ -550,7 +560,9 @@ impl PoolState {
         }
 
         let health_changed = c.health.as_str() != entry.health.as_str();
+        retally(&mut self.tallies, c, false);
         c.health = entry.health;
+        retally(&mut self.tallies, c, true);
         if health_changed && state != ContainerState::Creating {
             let body = EventBody::of_container(c).reason(entry.health.as_str());
             self.emit(ctx, EventKind::ContainerHealthChanged, body);
@@ -597,7 +609,7 @@ impl PoolState {
     /// Takes a container out of service: it goes to `releasing`, and the leader has its agent
     /// destroy it.
     fn retire(&mut self, ctx: Ctx, id: ContainerId, reason: &str) {
-        let Some(c) = self.containers.get_mut(&id) else {
+        let Some(c) = self.containers.get_mut(&id).map(Arc::make_mut) else {
             return;
         };
         match c.state {
@@ -630,7 +642,7 @@ impl PoolState {
             // Gone while a session held it: that session lost it.
             self.lose(ctx, id, reason);
         }
-        let Some(c) = self.containers.get_mut(&id) else {
+        let Some(c) = self.containers.get_mut(&id).map(Arc::make_mut) else {
             return;
         };
         let reason = c.reason.clone().unwrap_or_else(|| reason.to_string());
@@ -735,7 +747,7 @@ impl PoolState {
     fn answer_known(&self, id: AllocationId) -> Response {
         if let Some(a) = self.allocations.get(&id) {
             return Response::Allocation {
-                allocation: a.clone(),
+                allocation: (**a).clone(),
                 replayed: true,
             };
         }
@@ -792,7 +804,7 @@ impl PoolState {
     fn cancel_wait(&mut self, id: AllocationId) -> Response {
         if let Some(a) = self.allocations.get(&id) {
             return Response::Allocation {
-                allocation: a.clone(),
+                allocation: (**a).clone(),
                 replayed: true,
             };
         }
@@ -832,10 +844,11 @@ impl PoolState {
             None => ctx.at.plus_millis(req.lease_ms),
         };
         self.set_state(cid, ContainerState::Allocated, ctx.at);
-        let c = self
-            .containers
-            .get_mut(&cid)
-            .expect("picked container exists");
+        let c = Arc::make_mut(
+            self.containers
+                .get_mut(&cid)
+                .expect("picked container exists"),
+        );
         c.session = Some(req.session.clone());
         c.allocation = Some(req.allocation_id);
         c.allocated_at = Some(ctx.at);
@@ -862,8 +875,10 @@ impl PoolState {
         if waited > 0 {
             body.detail = Some(serde_json::json!({ "waited_ms": waited }));
         }
+        self.active_by_expiry
+            .insert((expires_at, req.allocation_id));
         self.allocations
-            .insert(req.allocation_id, allocation.clone());
+            .insert(req.allocation_id, Arc::new(allocation.clone()));
         if let Some(key) = req.idempotency_key {
             self.idempotency.insert(key, req.allocation_id);
         }
@@ -879,7 +894,7 @@ impl PoolState {
             self.end_allocation(ctx, id, reason, None);
         }
         Response::Allocation {
-            allocation: self.allocations[&id].clone(),
+            allocation: (*self.allocations[&id]).clone(),
             replayed: false,
         }
     }
@@ -893,7 +908,7 @@ impl PoolState {
         reason: ReleaseReason,
         detail: Option<&str>,
     ) {
-        let Some(a) = self.allocations.get_mut(&id) else {
+        let Some(a) = self.allocations.get_mut(&id).map(Arc::make_mut) else {
             return;
         };
         if a.state != AllocationState::Active {
@@ -901,25 +916,28 @@ impl PoolState {
         }
         a.state = AllocationState::Released;
         a.released_at = Some(ctx.at);
+        let key = (a.expires_at, id);
         a.release_reason = Some(reason);
         let held = ctx.at.since(a.created_at).as_millis() as u64;
         self.usage.entry(a.pool.clone()).or_default().allocated_ms += held;
         let cid = a.container_id;
+        self.active_by_expiry.remove(&key);
         self.released_allocations.push_back(id);
         while self.released_allocations.len() > RELEASED_ALLOCATION_RETENTION {
             if let Some(old) = self.released_allocations.pop_front() {
                 if let Some(gone) = self.allocations.remove(&old) {
-                    if let Some(key) = gone.idempotency_key {
-                        self.idempotency.remove(&key);
+                    if let Some(key) = &gone.idempotency_key {
+                        self.idempotency.remove(key);
                     }
                 }
             }
         }
-        let Some(c) = self.containers.get_mut(&cid) else {
+        let Some(c) = self.containers.get_mut(&cid).map(Arc::make_mut) else {
             return;
         };
         c.released_at = Some(ctx.at);
         c.reason = Some(detail.unwrap_or(reason.as_str()).to_string());
+        touch(&mut self.node_changed, &c.node, ctx.index);
         let mut body = EventBody::of_container(c).reason(reason.as_str());
         body.allocation = Some(id);
         if c.state == ContainerState::Allocated {
@@ -934,7 +952,7 @@ impl PoolState {
     }
 
     fn renew(&mut self, ctx: Ctx, id: AllocationId, lease_ms: u64) -> Response {
-        let Some(a) = self.allocations.get_mut(&id) else {
+        let Some(a) = self.allocations.get_mut(&id).map(Arc::make_mut) else {
             return Response::rejected(RejectCode::NotFound, format!("no allocation {id}"));
         };
         if a.state != AllocationState::Active {
@@ -951,11 +969,17 @@ impl PoolState {
                 format!("allocation {id} has reached its pool's max_lifetime_secs"),
             );
         }
+        let before = a.expires_at;
         a.expires_at = new_expiry.max(a.expires_at);
         let (cid, expires_at) = (a.container_id, a.expires_at);
+        if expires_at != before {
+            self.active_by_expiry.remove(&(before, id));
+            self.active_by_expiry.insert((expires_at, id));
+        }
         let allocation = a.clone();
-        if let Some(c) = self.containers.get_mut(&cid) {
+        if let Some(c) = self.containers.get_mut(&cid).map(Arc::make_mut) {
             c.lease_expires_at = Some(expires_at);
+            touch(&mut self.node_changed, &c.node, ctx.index);
             let mut body = EventBody::of_container(c);
             body.allocation = Some(id);
             body.detail = Some(serde_json::json!({ "expires_at": expires_at }));
@@ -1068,9 +1092,8 @@ impl PoolState {
         // Everything on a down node is gone as far as the pool is concerned. If the node comes
         // back, its agent's leftovers have no live record and are destroyed by reconciliation.
         let on_node: Vec<ContainerId> = self
-            .containers
-            .values()
-            .filter(|c| &c.node == id && c.state.is_live())
+            .containers_on(id)
+            .filter(|c| c.state.is_live())
             .map(|c| c.id)
             .collect();
         for cid in on_node {

@@ -8,12 +8,15 @@ mod apply;
 pub mod command;
 pub mod query;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use warmpool_proto::api::Counts;
 use warmpool_proto::records::Pool;
 use warmpool_proto::{
-    Allocation, AllocationId, Container, ContainerId, Event, Node, NodeId, PoolName, Timestamp,
+    Allocation, AllocationId, Container, ContainerId, ContainerState, Event, Health, Node, NodeId,
+    PoolName, Timestamp,
 };
 
 pub use command::{Command, RejectCode, Rejection, Request, Response};
@@ -76,6 +79,118 @@ impl PoolCondition {
     }
 }
 
+/// Live containers of one pool on one node of one generation, counted by state and by
+/// whether they are unhealthy. Keep-warm, placement and status read these instead of scanning
+/// every container; [`PoolState`] keeps them up to date at the two places a live container's
+/// state or health changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// `[state][unhealthy]` for creating, warm, allocated, releasing.
+    counts: [[u32; 2]; 4],
+}
+
+impl Tally {
+    fn slot(state: ContainerState) -> Option<usize> {
+        match state {
+            ContainerState::Creating => Some(0),
+            ContainerState::Warm => Some(1),
+            ContainerState::Allocated => Some(2),
+            ContainerState::Releasing => Some(3),
+            ContainerState::Terminated | ContainerState::Failed => None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.counts.iter().flatten().all(|n| *n == 0)
+    }
+
+    /// Being created, healthy or not.
+    pub fn creating(&self) -> u32 {
+        self.counts[0][0] + self.counts[0][1]
+    }
+
+    /// Warm and not unhealthy.
+    pub fn warm(&self) -> u32 {
+        self.counts[1][0]
+    }
+
+    /// Warm, healthy or not.
+    pub fn warm_any(&self) -> u32 {
+        self.counts[1][0] + self.counts[1][1]
+    }
+
+    /// Allocated, healthy or not.
+    pub fn allocated(&self) -> u32 {
+        self.counts[2][0] + self.counts[2][1]
+    }
+
+    /// Every live container (releasing ones included).
+    pub fn live(&self) -> u32 {
+        self.counts.iter().flatten().sum()
+    }
+
+    /// Adds these containers to `counts` as the status counts them: every live container in
+    /// `total`, unhealthy ones in `unhealthy`, and warm ones only when not unhealthy.
+    pub fn add_to(&self, counts: &mut Counts) {
+        let c = &self.counts;
+        counts.total += self.live();
+        counts.unhealthy += c[0][1] + c[1][1] + c[2][1] + c[3][1];
+        counts.creating += self.creating();
+        counts.warm += c[1][0];
+        counts.allocated += self.allocated();
+        counts.releasing += c[3][0] + c[3][1];
+    }
+}
+
+/// Tallies per pool, node and generation.
+type Tallies = BTreeMap<PoolName, BTreeMap<NodeId, BTreeMap<u64, Tally>>>;
+
+/// Counts `c` in (`add`) or out of `tallies`; ended containers are not counted. Empty entries
+/// are removed, so the tallies equal ones rebuilt from scratch.
+fn retally(tallies: &mut Tallies, c: &Container, add: bool) {
+    let Some(slot) = Tally::slot(c.state) else {
+        return;
+    };
+    let unhealthy = usize::from(matches!(c.health, Health::Unhealthy { .. }));
+    if add {
+        if !tallies.contains_key(&c.pool) {
+            tallies.insert(c.pool.clone(), BTreeMap::new());
+        }
+        let Some(nodes) = tallies.get_mut(&c.pool) else {
+            return;
+        };
+        if !nodes.contains_key(&c.node) {
+            nodes.insert(c.node.clone(), BTreeMap::new());
+        }
+        let Some(gens) = nodes.get_mut(&c.node) else {
+            return;
+        };
+        gens.entry(c.generation).or_default().counts[slot][unhealthy] += 1;
+        return;
+    }
+    let Some(nodes) = tallies.get_mut(&c.pool) else {
+        return;
+    };
+    let Some(gens) = nodes.get_mut(&c.node) else {
+        return;
+    };
+    let Some(t) = gens.get_mut(&c.generation) else {
+        return;
+    };
+    let n = &mut t.counts[slot][unhealthy];
+    debug_assert!(*n > 0, "tally of {} went below zero", c.id);
+    *n = n.saturating_sub(1);
+    if t.is_empty() {
+        gens.remove(&c.generation);
+        if gens.is_empty() {
+            nodes.remove(&c.node);
+            if nodes.is_empty() {
+                tallies.remove(&c.pool);
+            }
+        }
+    }
+}
+
 /// An allocation waiting in its pool's queue.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
@@ -94,17 +209,22 @@ pub struct Pending {
 }
 
 /// Everything the control plane agrees on.
+///
+/// Containers, allocations and events, the bulk of a large fleet's state, are kept behind
+/// `Arc` (changed copy-on-write with `Arc::make_mut`), so copying the whole state for a
+/// snapshot copies pointers rather than 100,000 records while every apply waits. They
+/// serialize exactly as the records themselves.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PoolState {
     pools: BTreeMap<PoolName, Pool>,
-    containers: BTreeMap<ContainerId, Container>,
+    containers: BTreeMap<ContainerId, Arc<Container>>,
     nodes: BTreeMap<NodeId, Node>,
-    allocations: BTreeMap<AllocationId, Allocation>,
+    allocations: BTreeMap<AllocationId, Arc<Allocation>>,
     /// Idempotency key → the allocation it made.
     idempotency: BTreeMap<String, AllocationId>,
     /// The scaler's wanted warm count per pool, when it has set one.
     wanted: BTreeMap<PoolName, u32>,
-    events: VecDeque<Event>,
+    events: VecDeque<Arc<Event>>,
     next_event_seq: u64,
     /// Ended containers, oldest first, for pruning.
     ended_containers: VecDeque<ContainerId>,
@@ -128,21 +248,114 @@ pub struct PoolState {
     /// oldest first. Derived from `containers`; rebuilt after a snapshot is loaded.
     #[serde(skip)]
     warm_index: BTreeMap<PoolName, BTreeSet<(Timestamp, ContainerId)>>,
+    /// Every container record (live or ended) per node, by id, so work on one node does not
+    /// scan the fleet. Derived from `containers` (a container never changes node).
+    #[serde(skip)]
+    by_node: BTreeMap<NodeId, BTreeSet<ContainerId>>,
+    /// Every container record per pool, by id. Derived from `containers` (a container never
+    /// changes pool).
+    #[serde(skip)]
+    by_pool: BTreeMap<PoolName, BTreeSet<ContainerId>>,
+    /// Active allocations by lease expiry, so lease and idle checks do not scan the released
+    /// allocations kept for idempotency. Derived from `allocations`.
+    #[serde(skip)]
+    active_by_expiry: BTreeSet<(Timestamp, AllocationId)>,
+    /// Live containers counted per pool, node and generation. Derived from `containers`.
+    #[serde(skip)]
+    tallies: Tallies,
+    /// The log index at which a container record on each node last changed, so the leader
+    /// reconciles only nodes where something changed (see [`PoolState::node_changed_at`]).
+    /// A change marker, not an index of the records: not serialized, and empty after a
+    /// snapshot is loaded (every node then counts as changed at the snapshot's index).
+    #[serde(skip)]
+    node_changed: HashMap<NodeId, u64>,
+    /// The applied index when the state was loaded from a snapshot.
+    #[serde(skip)]
+    loaded_at: u64,
+}
+
+/// Marks `node` as changed at `index`.
+fn touch(changed: &mut HashMap<NodeId, u64>, node: &NodeId, index: u64) {
+    match changed.get_mut(node) {
+        Some(at) => *at = index,
+        None => {
+            changed.insert(node.clone(), index);
+        }
+    }
 }
 
 impl PoolState {
     /// Rebuilds derived indexes; call after deserializing.
     pub fn rebuild_indexes(&mut self) {
         self.warm_index.clear();
-        let warm: Vec<_> = self
-            .containers
-            .values()
-            .filter(|c| c.state == warmpool_proto::ContainerState::Warm)
-            .map(|c| (c.pool.clone(), c.warm_at.unwrap_or(c.created_at), c.id))
-            .collect();
-        for (pool, at, id) in warm {
-            self.warm_index.entry(pool).or_default().insert((at, id));
+        self.by_node.clear();
+        self.by_pool.clear();
+        self.active_by_expiry.clear();
+        self.tallies.clear();
+        self.node_changed.clear();
+        self.loaded_at = self.applied_index;
+        for c in self.containers.values() {
+            retally(&mut self.tallies, c, true);
+            if c.state == warmpool_proto::ContainerState::Warm {
+                self.warm_index
+                    .entry(c.pool.clone())
+                    .or_default()
+                    .insert((c.warm_at.unwrap_or(c.created_at), c.id));
+            }
+            self.by_node.entry(c.node.clone()).or_default().insert(c.id);
+            self.by_pool.entry(c.pool.clone()).or_default().insert(c.id);
         }
+        for a in self.allocations.values() {
+            if a.state == warmpool_proto::records::AllocationState::Active {
+                self.active_by_expiry.insert((a.expires_at, a.id));
+            }
+        }
+    }
+
+    /// Adds a new container record to the per-node and per-pool indexes.
+    fn index_container(&mut self, node: &NodeId, pool: &PoolName, id: ContainerId) {
+        self.by_node.entry(node.clone()).or_default().insert(id);
+        self.by_pool.entry(pool.clone()).or_default().insert(id);
+    }
+
+    /// Takes a removed container record out of the per-node and per-pool indexes.
+    fn unindex_container(&mut self, c: &Container) {
+        if let Some(set) = self.by_node.get_mut(&c.node) {
+            set.remove(&c.id);
+            if set.is_empty() {
+                self.by_node.remove(&c.node);
+            }
+        }
+        if let Some(set) = self.by_pool.get_mut(&c.pool) {
+            set.remove(&c.id);
+            if set.is_empty() {
+                self.by_pool.remove(&c.pool);
+            }
+        }
+    }
+
+    /// Panics unless every derived index equals one rebuilt from scratch (tests call it after
+    /// every command).
+    #[cfg(test)]
+    pub(crate) fn assert_indexes_consistent(&self) {
+        let mut fresh = self.clone();
+        fresh.rebuild_indexes();
+        // The warm index keeps a pool's entry once its last warm container leaves.
+        let warm = |s: &PoolState| {
+            s.warm_index
+                .iter()
+                .filter(|(_, set)| !set.is_empty())
+                .map(|(p, set)| (p.clone(), set.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(warm(self), warm(&fresh), "warm index");
+        assert_eq!(self.by_node, fresh.by_node, "per-node index");
+        assert_eq!(self.by_pool, fresh.by_pool, "per-pool index");
+        assert_eq!(
+            self.active_by_expiry, fresh.active_by_expiry,
+            "active allocations"
+        );
+        assert_eq!(self.tallies, fresh.tallies, "tallies");
     }
 
     /// Index of the last applied log entry.
@@ -167,12 +380,63 @@ impl PoolState {
 
     /// A container by id (live, or recently ended).
     pub fn container(&self, id: &ContainerId) -> Option<&Container> {
-        self.containers.get(id)
+        self.containers.get(id).map(|c| &**c)
     }
 
     /// Every container record, by id.
     pub fn containers(&self) -> impl Iterator<Item = &Container> {
-        self.containers.values()
+        self.containers.values().map(|c| &**c)
+    }
+
+    /// The container records (live or recently ended) on `node`, by id.
+    pub fn containers_on<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a Container> + 'a {
+        self.by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.container(id))
+    }
+
+    /// The log index at which a container record on `node` last changed (created, changed
+    /// state, health, address or lease, or was observed); the index the state was loaded at
+    /// for nodes unchanged since. Equal answers mean nothing on the node changed in between.
+    pub fn node_changed_at(&self, node: &NodeId) -> u64 {
+        self.node_changed
+            .get(node)
+            .copied()
+            .unwrap_or(self.loaded_at)
+    }
+
+    /// Live containers of `pool` counted per node and generation.
+    pub fn tallies_of<'a>(
+        &'a self,
+        pool: &PoolName,
+    ) -> impl Iterator<Item = (&'a NodeId, &'a BTreeMap<u64, Tally>)> + 'a {
+        self.tallies.get(pool).into_iter().flatten()
+    }
+
+    /// The warm containers of `pool` (any generation or health), longest warm first.
+    pub fn warm_of<'a>(
+        &'a self,
+        pool: &PoolName,
+    ) -> impl DoubleEndedIterator<Item = &'a Container> + 'a {
+        self.warm_index
+            .get(pool)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, id)| self.container(id))
+    }
+
+    /// The container records (live or recently ended) of `pool`, by id.
+    pub fn containers_of<'a>(
+        &'a self,
+        pool: &PoolName,
+    ) -> impl Iterator<Item = &'a Container> + 'a {
+        self.by_pool
+            .get(pool)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.container(id))
     }
 
     /// A node by id.
@@ -187,19 +451,30 @@ impl PoolState {
 
     /// An allocation by id.
     pub fn allocation(&self, id: &AllocationId) -> Option<&Allocation> {
-        self.allocations.get(id)
+        self.allocations.get(id).map(|a| &**a)
     }
 
     /// Every allocation record, by id.
     pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
-        self.allocations.values()
+        self.allocations.values().map(|a| &**a)
+    }
+
+    /// The active allocations, soonest lease expiry first.
+    pub fn active_allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.active_by_expiry
+            .iter()
+            .filter_map(|(_, id)| self.allocation(id))
+    }
+
+    /// The active allocations whose lease ended at or before `now`, soonest first.
+    pub fn expired_allocations(&self, now: Timestamp) -> impl Iterator<Item = &Allocation> {
+        self.active_allocations()
+            .take_while(move |a| a.expires_at <= now)
     }
 
     /// The allocation an idempotency key made, if it is still remembered.
     pub fn allocation_by_key(&self, key: &str) -> Option<&Allocation> {
-        self.idempotency
-            .get(key)
-            .and_then(|id| self.allocations.get(id))
+        self.idempotency.get(key).and_then(|id| self.allocation(id))
     }
 
     /// The warm count a pool aims for: the scaler's choice within `min_warm..=max_warm`.

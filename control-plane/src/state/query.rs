@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use warmpool_proto::api::{Counts, EventQuery, NodeCounts, PoolStatus, StatusView};
-use warmpool_proto::{Container, ContainerState, Event, EventKind, Health, NodeId, PoolName};
+#[cfg(test)]
+use warmpool_proto::{Container, ContainerState, Health};
+use warmpool_proto::{Event, EventKind, NodeId, PoolName};
 
 use super::PoolState;
 
@@ -63,7 +65,15 @@ impl EventFilter {
     }
 }
 
-/// Adds a container to counts by state; ended containers do not count.
+/// [`count`], for tests comparing indexed counts with a full scan.
+#[cfg(test)]
+pub(super) fn count_for_tests(counts: &mut Counts, c: &Container) {
+    count(counts, c)
+}
+
+/// Adds a container to counts by state; ended containers do not count. (What the tallies
+/// count incrementally; kept to check them against.)
+#[cfg(test)]
 fn count(counts: &mut Counts, c: &Container) {
     if !c.state.is_live() {
         return;
@@ -102,7 +112,7 @@ impl PoolState {
                     .rev()
                     .filter(|e| e.seq < before && filter.matches(e))
                     .take(limit)
-                    .cloned()
+                    .map(|e| (**e).clone())
                     .collect();
                 out.reverse();
                 out
@@ -117,7 +127,7 @@ impl PoolState {
                     .filter(|e| e.seq > after && before.is_none_or(|b| e.seq < b))
                     .filter(|e| filter.matches(e))
                     .take(limit)
-                    .cloned()
+                    .map(|e| (**e).clone())
                     .collect()
             }
         }
@@ -131,15 +141,17 @@ impl PoolState {
             .iter()
             .skip(skip)
             .filter(|e| e.seq > after && filter.matches(e))
-            .cloned()
+            .map(|e| (**e).clone())
             .collect()
     }
 
     /// Live-container counts of one pool.
     pub fn pool_counts(&self, pool: &PoolName) -> Counts {
         let mut counts = Counts::default();
-        for c in self.containers.values().filter(|c| &c.pool == pool) {
-            count(&mut counts, c);
+        for (_, gens) in self.tallies_of(pool) {
+            for t in gens.values() {
+                t.add_to(&mut counts);
+            }
         }
         counts
     }
@@ -149,15 +161,20 @@ impl PoolState {
         let mut totals = Counts::default();
         let mut by_pool: BTreeMap<&PoolName, Counts> = BTreeMap::new();
         let mut by_node: BTreeMap<&NodeId, Counts> = BTreeMap::new();
-        for c in self.containers.values() {
-            count(&mut totals, c);
-            count(by_pool.entry(&c.pool).or_default(), c);
-            count(by_node.entry(&c.node).or_default(), c);
+        for (pool, nodes) in &self.tallies {
+            for (node, gens) in nodes {
+                for t in gens.values() {
+                    t.add_to(&mut totals);
+                    t.add_to(by_pool.entry(pool).or_default());
+                    t.add_to(by_node.entry(node).or_default());
+                }
+            }
         }
         let pools = self
             .pools
             .values()
-            .map(|p| PoolStatus {
+            .map(|p| (p, self.usage(&p.spec.name, now)))
+            .map(|(p, u)| PoolStatus {
                 name: p.spec.name.clone(),
                 generation: p.generation,
                 counts: by_pool.get(&p.spec.name).copied().unwrap_or_default(),
@@ -166,12 +183,12 @@ impl PoolState {
                 condition: self
                     .condition(&p.spec.name)
                     .map(super::PoolCondition::describe),
-                warm_seconds: self.usage(&p.spec.name, now).warm_ms as f64 / 1000.0,
-                allocated_seconds: self.usage(&p.spec.name, now).allocated_ms as f64 / 1000.0,
-                cost: p.spec.price_per_hour.map(|price| {
-                    let u = self.usage(&p.spec.name, now);
-                    (u.warm_ms + u.allocated_ms) as f64 / 3_600_000.0 * price
-                }),
+                warm_seconds: u.warm_ms as f64 / 1000.0,
+                allocated_seconds: u.allocated_ms as f64 / 1000.0,
+                cost: p
+                    .spec
+                    .price_per_hour
+                    .map(|price| (u.warm_ms + u.allocated_ms) as f64 / 3_600_000.0 * price),
                 min_warm: p.spec.min_warm,
                 max_warm: p.spec.max_warm(),
                 max_total: p.spec.max_total,
@@ -197,8 +214,10 @@ impl PoolState {
     /// Live-container counts of one node.
     pub fn node_counts(&self, node: &NodeId) -> Counts {
         let mut counts = Counts::default();
-        for c in self.containers.values().filter(|c| &c.node == node) {
-            count(&mut counts, c);
+        for gens in self.tallies.values().filter_map(|nodes| nodes.get(node)) {
+            for t in gens.values() {
+                t.add_to(&mut counts);
+            }
         }
         counts
     }
@@ -209,15 +228,12 @@ impl PoolState {
     /// allocated right now.
     pub fn usage(&self, pool: &PoolName, now: warmpool_proto::Timestamp) -> super::UsageTotals {
         let mut u = self.usage.get(pool).copied().unwrap_or_default();
-        for c in self.containers.values().filter(|c| &c.pool == pool) {
-            if c.state == ContainerState::Warm {
-                u.warm_ms += now.since(c.warm_at.unwrap_or(c.created_at)).as_millis() as u64;
-            }
+        // The pool's warm index holds exactly its warm containers, with when each became warm.
+        for (warm_at, _) in self.warm_index.get(pool).into_iter().flatten() {
+            u.warm_ms += now.since(*warm_at).as_millis() as u64;
         }
-        for a in self.allocations.values().filter(|a| &a.pool == pool) {
-            if a.state == warmpool_proto::records::AllocationState::Active {
-                u.allocated_ms += now.since(a.created_at).as_millis() as u64;
-            }
+        for a in self.active_allocations().filter(|a| &a.pool == pool) {
+            u.allocated_ms += now.since(a.created_at).as_millis() as u64;
         }
         u
     }

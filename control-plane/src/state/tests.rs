@@ -37,7 +37,29 @@ impl Harness {
             cmd,
         };
         self.log.push((self.index, req.clone()));
-        self.state.apply(self.index, req)
+        // Every test is also a test of the derived indexes and of the change markers: a node
+        // whose container records changed must be marked changed at this index.
+        let small = self.state.containers().count() <= 300;
+        let before = if small {
+            records_by_node(&self.state)
+        } else {
+            BTreeMap::new()
+        };
+        let response = self.state.apply(self.index, req);
+        self.state.assert_indexes_consistent();
+        if small {
+            let after = records_by_node(&self.state);
+            for (node, records) in &after {
+                if before.get(node) != Some(records) {
+                    assert_eq!(
+                        self.state.node_changed_at(node),
+                        self.index,
+                        "node {node}'s containers changed but it was not marked"
+                    );
+                }
+            }
+        }
+        response
     }
 
     fn node(&mut self, name: &str) -> NodeId {
@@ -129,6 +151,17 @@ impl Harness {
             .map(|e| e.kind)
             .collect()
     }
+}
+
+/// Every container record on each node, as JSON, to see which nodes a command changed.
+fn records_by_node(state: &PoolState) -> BTreeMap<NodeId, Vec<String>> {
+    let mut out: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
+    for c in state.containers() {
+        out.entry(c.node.clone())
+            .or_default()
+            .push(serde_json::to_string(c).unwrap());
+    }
+    out
 }
 
 fn allocation(r: Response) -> (warmpool_proto::Allocation, bool) {
@@ -853,4 +886,126 @@ fn a_node_announcing_another_nodes_prefix_joins_cordoned_and_cannot_be_uncordone
         reason: None,
     });
     assert_eq!(h.state.node(&n2).unwrap().status, NodeStatus::Ready);
+}
+
+#[test]
+fn indexes_follow_every_transition_and_the_pruning_of_old_records() {
+    let mut h = Harness::new();
+    let (a, b) = (h.node("na"), h.node("nb"));
+    let p = h.pool("demo", 0);
+    let q = h.pool("other", 0);
+    // Enough ended containers to prune the oldest records out of the state (and the indexes).
+    for round in 0..(ENDED_CONTAINER_RETENTION / 50 + 3) {
+        let node = if round % 2 == 0 { &a } else { &b };
+        let pool = if round % 3 == 0 { &q } else { &p };
+        let ids = h.warm(pool, node, 50);
+        let gone = ids
+            .iter()
+            .map(|id| (*id, "destroyed".to_string()))
+            .collect();
+        h.apply(Command::RetireContainers {
+            ids: ids.clone(),
+            reason: "scale_down".into(),
+        });
+        h.apply(Command::ContainersGone { gone });
+    }
+    assert!(h.state.containers().count() <= ENDED_CONTAINER_RETENTION);
+    assert!(h.state.containers_of(&p).all(|c| c.pool == p));
+    assert!(h.state.containers_on(&a).all(|c| c.node == a));
+
+    // Allocations: active ones are indexed by expiry; renew moves them; release drops them.
+    h.warm(&p, &a, 4);
+    let (first, _) = allocation(h.allocate(&p, None));
+    let (second, _) = allocation(h.allocate(&p, Some("k")));
+    h.apply(Command::Renew {
+        allocation_id: first.id,
+        lease_ms: 600_000,
+    });
+    let order: Vec<_> = h.state.active_allocations().map(|x| x.id).collect();
+    assert_eq!(order, vec![second.id, first.id], "soonest expiry first");
+    let later = Timestamp(second.expires_at.0 + 1);
+    let expired: Vec<_> = h.state.expired_allocations(later).map(|x| x.id).collect();
+    assert_eq!(expired, vec![second.id]);
+    h.apply(Command::Release {
+        allocation_id: second.id,
+        reason: ReleaseReason::Expired,
+    });
+    assert_eq!(h.state.active_allocations().count(), 1);
+
+    // A node going down, a pool deleted, a container lost while allocated.
+    h.warm(&q, &b, 3);
+    h.apply(Command::NodeDown {
+        node: b.clone(),
+        reason: "test".into(),
+    });
+    assert!(h.state.containers_on(&b).all(|c| !c.state.is_live()));
+    let [lost] = h.warm(&p, &a, 1)[..] else {
+        unreachable!()
+    };
+    let (held, _) = allocation(h.allocate(&p, None));
+    let holder = h.state.allocation(&held.id).unwrap().container_id;
+    h.observe(&a, holder, ObservedStatus::Exited, Health::Healthy);
+    assert!(h.state.active_allocations().all(|x| x.id != held.id));
+    h.apply(Command::DeletePool { name: q.clone() });
+    h.apply(Command::DeletePool { name: p.clone() });
+    assert_eq!(h.state.active_allocations().count(), 0);
+    let _ = lost;
+
+    // Snapshots do not carry the indexes; loading one rebuilds them.
+    let json = serde_json::to_vec(&h.state).unwrap();
+    let mut loaded: PoolState = serde_json::from_slice(&json).unwrap();
+    loaded.rebuild_indexes();
+    loaded.assert_indexes_consistent();
+    assert_eq!(
+        loaded.containers_on(&a).map(|c| c.id).collect::<Vec<_>>(),
+        h.state.containers_on(&a).map(|c| c.id).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn counts_and_usage_from_the_indexes_match_a_full_scan() {
+    let mut h = Harness::new();
+    let (a, b) = (h.node("na"), h.node("nb"));
+    let p = h.pool("demo", 0);
+    let q = h.pool("other", 0);
+    h.warm(&p, &a, 5);
+    h.warm(&q, &b, 3);
+    h.plan(&p, &b, 2);
+    allocation(h.allocate(&p, None));
+    allocation(h.allocate(&q, None));
+    let now = Timestamp(h.now + 5_000);
+    for pool in [&p, &q] {
+        let mut scan = warmpool_proto::api::Counts::default();
+        for c in h.state.containers().filter(|c| &c.pool == pool) {
+            super::query::count_for_tests(&mut scan, c);
+        }
+        assert_eq!(h.state.pool_counts(pool), scan, "{pool}");
+        let warm: u64 = h
+            .state
+            .containers()
+            .filter(|c| &c.pool == pool && c.state == ContainerState::Warm)
+            .map(|c| now.since(c.warm_at.unwrap()).as_millis() as u64)
+            .sum();
+        let held: u64 = h
+            .state
+            .allocations()
+            .filter(|x| &x.pool == pool && x.state == AllocationState::Active)
+            .map(|x| now.since(x.created_at).as_millis() as u64)
+            .sum();
+        // Closed intervals (the allocated container's warm spell) come from the totals.
+        let closed = h.state.usage.get(pool).copied().unwrap_or_default();
+        let u = h.state.usage(pool, now);
+        assert_eq!(
+            (u.warm_ms, u.allocated_ms),
+            (closed.warm_ms + warm, closed.allocated_ms + held),
+            "{pool}"
+        );
+    }
+    for node in [&a, &b] {
+        let mut scan = warmpool_proto::api::Counts::default();
+        for c in h.state.containers().filter(|c| &c.node == node) {
+            super::query::count_for_tests(&mut scan, c);
+        }
+        assert_eq!(h.state.node_counts(node), scan, "{node}");
+    }
 }
