@@ -97,7 +97,9 @@ async fn execute(shared: &Arc<Shared>, cmd: AgentCommand, cancel: CancellationTo
 #[instrument(skip_all, fields(container = %id))]
 async fn restart(shared: &Arc<Shared>, id: ContainerId) -> AgentReply {
     let Some(docker_id) = shared.inventory.begin_restart(&id) else {
-        return AgentReply::Error { message: format!("container {id} is unknown here or busy") };
+        return AgentReply::Error {
+            message: format!("container {id} is unknown here or busy"),
+        };
     };
     let result = shared.driver.restart(&docker_id).await;
     let obs = match &result {
@@ -112,7 +114,9 @@ async fn restart(shared: &Arc<Shared>, id: ContainerId) -> AgentReply {
         }
         Err(e) => {
             warn!(error = %e, "restart failed");
-            AgentReply::Error { message: e.to_string() }
+            AgentReply::Error {
+                message: e.to_string(),
+            }
         }
     }
 }

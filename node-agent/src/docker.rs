@@ -310,7 +310,9 @@ impl Driver {
 
     /// Restarts a container in place (stop with a short grace, then start).
     pub async fn restart(&self, docker_id: &str) -> Result<(), DockerError> {
-        let opts = bollard::query_parameters::RestartContainerOptionsBuilder::new().t(2).build();
+        let opts = bollard::query_parameters::RestartContainerOptionsBuilder::new()
+            .t(2)
+            .build();
         self.docker
             .restart_container(docker_id, Some(opts))
             .await

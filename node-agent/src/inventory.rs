@@ -354,7 +354,9 @@ impl Inventory {
         inner.restarting.remove(id);
         let Some(obs) = obs else { return };
         let version = inner.bump();
-        let Some(t) = inner.entries.get_mut(id) else { return };
+        let Some(t) = inner.entries.get_mut(id) else {
+            return;
+        };
         let before = t.entry.clone();
         t.probe = ProbeState::default();
         t.started = Instant::now();
