@@ -110,6 +110,75 @@ pub enum Command {
     Cluster(ClusterCommand),
     /// Replay a pool's recorded demand against a proposed policy, next to its current one.
     Simulate(SimulateArgs),
+    /// Time allocate+release cycles against the cluster; optionally a cold-start baseline
+    /// through Docker and the pool's replenish time, in the same run.
+    Bench(BenchArgs),
+}
+
+/// `poolctl bench`.
+///
+/// Without `--pool`, a temporary pool of `--image` is made with enough warm containers for
+/// every allocation of the run, and deleted at the end. Progress goes to standard error; the
+/// report to standard output (`-o json` for a program).
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Use this pool as it is instead of a temporary one.
+    #[arg(long)]
+    pub pool: Option<PoolName>,
+    /// Image of the temporary pool.
+    #[arg(long, default_value = crate::bench::DEFAULT_IMAGE, conflicts_with = "pool")]
+    pub image: String,
+    /// Measured allocate+release cycles.
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 200)]
+    pub cycles: usize,
+    /// Cycles in flight at once.
+    #[arg(long, short = 'c', value_name = "C", default_value_t = 1, value_parser = parse_concurrency)]
+    pub concurrency: usize,
+    /// Unmeasured cycles run first.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub warmup: usize,
+    /// `min_warm` of the temporary pool [default: every allocation the run makes].
+    #[arg(long, value_name = "N", conflicts_with = "pool")]
+    pub warm: Option<u32>,
+    /// How long one allocation may wait for a warm container.
+    #[arg(long, value_name = "MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_MS))]
+    pub wait_ms: u64,
+    /// Which member the measured requests go to.
+    #[arg(long, value_enum, default_value_t = crate::bench::Via::Given)]
+    pub via: crate::bench::Via,
+    /// Also time cold starts through the Docker API in the same run.
+    #[arg(long, value_enum)]
+    pub baseline: Option<Baseline>,
+    /// Cold starts to time with `--baseline cold`.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub cold_runs: usize,
+    /// Docker API endpoint for the cold starts (a unix socket).
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub docker_host: String,
+    /// IPv6 /64 of the cold starts' network [default: a random /64 under fd36::/16].
+    #[arg(long, value_name = "PREFIX")]
+    pub cold_prefix: Option<String>,
+    /// After the cycles, take K allocations at once and time the pool's way back to its
+    /// wanted warm count.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub replenish: usize,
+    /// Longest wait for the pool to fill or refill.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub fill_timeout_secs: u64,
+    /// Keep the temporary pool at the end.
+    #[arg(long)]
+    pub keep_pool: bool,
+}
+
+/// A baseline to measure next to warm allocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Baseline {
+    /// Create, start and wait for a first healthy answer, through the Docker API.
+    Cold,
 }
 
 /// `poolctl pool ...`
@@ -252,6 +321,13 @@ pub struct AllocArgs {
     /// up when absent).
     #[arg(long, value_name = "KEY", value_parser = parse_idempotency_key)]
     pub idempotency_key: Option<String>,
+}
+
+fn parse_concurrency(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => Err("must be 1 to 10000".into()),
+    }
 }
 
 fn parse_idempotency_key(s: &str) -> Result<String, String> {
@@ -509,6 +585,30 @@ mod tests {
         }
         // --file stands in for the name.
         assert!(parse(&["pool", "create", "--file", "spec.json"]).is_ok());
+        for args in [
+            vec!["bench", "-c", "0"],
+            vec!["bench", "--pool", "demo", "--warm", "5"],
+            vec!["bench", "--baseline", "hot"],
+            vec!["bench", "--via", "nobody"],
+        ] {
+            let err = parse(&args).expect_err(&format!("{args:?} parsed"));
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn bench_flags_have_useful_defaults() {
+        let Command::Bench(b) = parse(&["bench", "-n", "50", "-c", "4", "--baseline", "cold"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!((b.cycles, b.concurrency, b.warmup), (50, 4, 10));
+        assert_eq!(b.baseline, Some(Baseline::Cold));
+        assert_eq!(b.image, "warmpool-demo:latest");
+        assert_eq!(b.via, crate::bench::Via::Given);
+        assert!(b.pool.is_none() && b.warm.is_none() && b.replenish == 0);
     }
 
     #[test]

@@ -14,12 +14,16 @@
 //! - [`render`]: tables and `key: value` blocks (pure).
 //! - [`simulate`]: `poolctl simulate`, replaying a pool's history against a proposed policy
 //!   with [`policy`] (`warmpool-policy`, re-exported for tools and tests).
+//! - [`bench`]: `poolctl bench`, allocate+release cycles measured from the client, with
+//!   [`cold`] (the cold-start baseline through the Docker API) and a replenish measurement.
 //! - [`run`]: carrying out a command, exit codes and error messages.
 #![warn(missing_docs)]
 #![deny(clippy::await_holding_lock)]
 
 pub mod args;
+pub mod bench;
 pub mod client;
+pub mod cold;
 pub mod error;
 pub mod render;
 pub mod run;

@@ -34,6 +34,9 @@ pub enum CliError {
     /// The control plane said no, or could not be reached (exit 1).
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// A benchmark could not run: Docker failed, or a pool did not fill in time (exit 1).
+    #[error("{0}")]
+    Bench(String),
     /// Writing the output failed (exit 1, or 0 for a closed pipe such as `| head`).
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
@@ -45,7 +48,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) | CliError::Client(ClientError::Config(_)) => 2,
-            CliError::Client(_) => 1,
+            CliError::Client(_) | CliError::Bench(_) => 1,
             CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
             CliError::Output(_) => 1,
         }
@@ -91,7 +94,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         output: cli.output,
         style,
     };
-    dispatch(cli.command, &client, p).await
+    dispatch(cli.command, &client, cli.token, p).await
 }
 
 struct Printer<'a> {
@@ -143,7 +146,12 @@ fn opt_str<T: ToString>(v: &Option<T>) -> Option<String> {
     v.as_ref().map(ToString::to_string)
 }
 
-async fn dispatch(command: Command, client: &Client, mut p: Printer<'_>) -> Result<(), CliError> {
+async fn dispatch(
+    command: Command,
+    client: &Client,
+    token: Option<String>,
+    mut p: Printer<'_>,
+) -> Result<(), CliError> {
     match command {
         Command::Pool(cmd) => pool(cmd, client, p).await,
         Command::Status => p.show(&client.status().await?, |s, _| render::status_view(s)),
@@ -194,6 +202,40 @@ async fn dispatch(command: Command, client: &Client, mut p: Printer<'_>) -> Resu
             p.show(&view, |c, _| render::cluster_view(c))
         }
         Command::Simulate(a) => simulate_command(a, client, p).await,
+        Command::Bench(b) => {
+            let plan = bench_plan(b);
+            let report =
+                crate::bench::run(client, token, &plan, &mut |line| eprintln!("bench: {line}"))
+                    .await
+                    .map_err(|e| match e {
+                        crate::bench::BenchError::Client(c) => CliError::Client(c),
+                        other => CliError::Bench(other.to_string()),
+                    })?;
+            p.show(&report, |r, _| crate::bench::render(r))
+        }
+    }
+}
+
+/// What `poolctl bench` runs.
+pub fn bench_plan(b: crate::args::BenchArgs) -> crate::bench::BenchPlan {
+    crate::bench::BenchPlan {
+        pool: b.pool,
+        image: b.image,
+        cycles: b.cycles,
+        concurrency: b.concurrency,
+        warmup: b.warmup,
+        warm: b.warm,
+        wait_ms: b.wait_ms,
+        via: b.via,
+        cold_runs: match b.baseline {
+            Some(crate::args::Baseline::Cold) => b.cold_runs,
+            None => 0,
+        },
+        docker_host: b.docker_host,
+        cold_prefix: b.cold_prefix,
+        replenish: b.replenish,
+        fill_timeout: std::time::Duration::from_secs(b.fill_timeout_secs),
+        keep_pool: b.keep_pool,
     }
 }
 
