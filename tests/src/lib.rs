@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+pub mod failover;
+pub mod fleet;
 pub mod hosts;
 pub mod sim_agent;
 
@@ -34,12 +36,22 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The directory the workspace binaries are taken from: `$WARMPOOL_BIN_DIR` when set (the
+/// benchmark harnesses point it at a release build), else `$CARGO_TARGET_DIR/debug` (or
+/// `target/debug`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WARMPOOL_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+        .join("debug")
+}
+
 /// Path of a workspace binary; panics with instructions when it was not built.
 pub fn bin(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let path = target.join("debug").join(name);
+    let path = bin_dir().join(name);
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --bins` first (deploy/dev.sh test does)",
@@ -267,6 +279,11 @@ impl Nats {
     pub fn kill(&mut self) {
         stop_child(&mut self.child, "KILL");
     }
+
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Drop for Nats {
@@ -287,8 +304,12 @@ pub struct Member {
     bootstrap: bool,
     join: bool,
     extra: Vec<String>,
+    log_filter: String,
     child: Option<Child>,
 }
+
+/// `RUST_LOG` of control-plane members unless [`Member::with_log_filter`] says otherwise.
+pub const MEMBER_LOG_FILTER: &str = "info,openraft=warn,sled=warn,async_nats=warn";
 
 impl Member {
     /// A member that will bootstrap a new cluster when `bootstrap`.
@@ -302,6 +323,7 @@ impl Member {
             bootstrap,
             join: false,
             extra: Vec::new(),
+            log_filter: MEMBER_LOG_FILTER.to_string(),
             child: None,
         }
     }
@@ -317,6 +339,23 @@ impl Member {
     pub fn with_args(mut self, args: &[&str]) -> Self {
         self.extra = args.iter().map(|s| s.to_string()).collect();
         self
+    }
+
+    /// `RUST_LOG` for later starts (benchmarks use `warn`: an `info` line per request costs
+    /// CPU that the control plane would otherwise spend serving).
+    pub fn with_log_filter(mut self, filter: &str) -> Self {
+        self.log_filter = filter.to_string();
+        self
+    }
+
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Its data directory (Raft log and snapshots).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -338,7 +377,7 @@ impl Member {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
-            .env("RUST_LOG", "info,openraft=warn,sled=warn,async_nats=warn")
+            .env("RUST_LOG", &self.log_filter)
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         if self.bootstrap {

@@ -23,6 +23,10 @@ struct State {
     containers: BTreeMap<ContainerId, InventoryEntry>,
     seq: u64,
     next_host: u64,
+    /// The inventory digest, while the containers have not changed since it was computed
+    /// (a real agent recomputes it from a list it keeps anyway; 1,000 simulated agents in one
+    /// process should not spend their CPU on it).
+    digest: Option<u64>,
 }
 
 /// A running simulated agent; dropping it stops it (like a killed agent: no goodbye).
@@ -41,14 +45,26 @@ impl SimAgent {
         prefix_index: u16,
         heartbeat: Duration,
     ) -> SimAgent {
-        let node = NodeId::new(node).expect("node id");
         let client = async_nats::connect(nats_url)
             .await
             .expect("connect to nats");
+        SimAgent::start_on(client, node, prefix_index, heartbeat).await
+    }
+
+    /// Starts an agent for `node` on an existing NATS connection (several simulated agents
+    /// may share one; each still has its own subjects, heartbeats and replies).
+    pub async fn start_on(
+        client: async_nats::Client,
+        node: &str,
+        prefix_index: u16,
+        heartbeat: Duration,
+    ) -> SimAgent {
+        let node = NodeId::new(node).expect("node id");
         let state = Arc::new(Mutex::new(State {
             containers: BTreeMap::new(),
             seq: 0,
             next_host: 2,
+            digest: None,
         }));
         let boot_id = Uuid::now_v7();
         let prefix = format!("fd37:{prefix_index:x}::/64");
@@ -96,7 +112,15 @@ impl SimAgent {
                     let hb = {
                         let mut s = state.lock().expect("lock");
                         s.seq += 1;
-                        let entries: Vec<_> = s.containers.values().cloned().collect();
+                        let digest = match s.digest {
+                            Some(d) => d,
+                            None => {
+                                let entries: Vec<_> = s.containers.values().cloned().collect();
+                                let d = inventory_digest(&entries);
+                                s.digest = Some(d);
+                                d
+                            }
+                        };
                         Heartbeat {
                             node: node.clone(),
                             boot_id,
@@ -114,8 +138,8 @@ impl SimAgent {
                                 memory_total_mb: 64 * 1024 * 1024,
                                 load1: 0.1,
                             },
-                            containers: entries.len() as u32,
-                            inventory_digest: inventory_digest(&entries),
+                            containers: s.containers.len() as u32,
+                            inventory_digest: digest,
                         }
                     };
                     let _ = client
@@ -187,6 +211,7 @@ fn handle(
                 last_activity_at: None,
             };
             s.containers.insert(spec.id, entry.clone());
+            s.digest = None;
             (
                 AgentReply::Accepted,
                 Some(Fact::Observed {
@@ -198,6 +223,7 @@ fn handle(
         }
         AgentCommand::Destroy { id, .. } => {
             let existed = s.containers.remove(&id).is_some();
+            s.digest = None;
             (AgentReply::Destroyed { existed }, None)
         }
         AgentCommand::Restart { id } => match s.containers.get_mut(&id) {

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# A Warmpool cluster for benchmarks: release builds, NATS, 3 control-plane members and one
+# real agent on this host's dockerd, on ports and an IPv6 /64 of its own (so it runs next to
+# `deploy/dev.sh up`). Auth is off and members log warnings only: a benchmark on loopback.
+#
+#   deploy/bench/cluster.sh up      build (cargo build --release --bins), start, wait for voters
+#   deploy/bench/cluster.sh down    stop it and remove its containers and network
+#   deploy/bench/cluster.sh env     print POOLCTL_URL for it
+#
+# Everything lives under .bench/ (logs, pids, Raft data). Ports: WARMPOOL_BENCH_API_PORT
+# (7170, 7171, 7172) and WARMPOOL_BENCH_NATS_PORT (4322); node bench-local on fd36:be::/64.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+DIR="$ROOT/.bench"
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN="$TARGET/release"
+API_PORT=${WARMPOOL_BENCH_API_PORT:-7170}
+NATS_PORT=${WARMPOOL_BENCH_NATS_PORT:-4322}
+NODE_ID=${WARMPOOL_BENCH_NODE:-bench-local}
+PREFIX=${WARMPOOL_BENCH_PREFIX:-fd36:be::/64}
+LOG=${WARMPOOL_BENCH_LOG:-warn}
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+urls() {
+  echo "http://127.0.0.1:$API_PORT,http://127.0.0.1:$((API_PORT + 1)),http://127.0.0.1:$((API_PORT + 2))"
+}
+
+running() { [ -f "$DIR/$1.pid" ] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
+
+spawn() { # name, command...
+  local name=$1; shift
+  running "$name" && return
+  RUST_LOG=$LOG nohup "$@" >"$DIR/$name.log" 2>&1 &
+  echo $! >"$DIR/$name.pid"
+}
+
+up() {
+  docker info >/dev/null 2>&1 || die "dockerd is not running (deploy/dev.sh up starts it)"
+  say "building release binaries (cargo build --release --bins)"
+  (cd "$ROOT" && cargo build --release --bins --quiet)
+  "$ROOT/deploy/demo-image/build.sh" >&2
+  mkdir -p "$DIR"
+  spawn nats nats-server -a 127.0.0.1 -p "$NATS_PORT"
+  spawn cp1 "$BIN/warmpool-control-plane" --id 1 --bootstrap --data-dir "$DIR/cp1" \
+    --api-addr "127.0.0.1:$API_PORT" --nats-url "nats://127.0.0.1:$NATS_PORT"
+  for m in 2 3; do
+    spawn "cp$m" "$BIN/warmpool-control-plane" --id "$m" --join --data-dir "$DIR/cp$m" \
+      --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "nats://127.0.0.1:$NATS_PORT"
+  done
+  spawn agent "$BIN/warmpool-agent" --node-id "$NODE_ID" --ipv6-prefix "$PREFIX" \
+    --nats-url "nats://127.0.0.1:$NATS_PORT"
+  local voters=0
+  for _ in $(seq 1 150); do
+    voters=$(POOLCTL_URL=$(urls) "$BIN/poolctl" -o json cluster status 2>/dev/null |
+      jq '[.members[] | select(.role == "voter")] | length' 2>/dev/null || echo 0)
+    [ "$voters" = 3 ] && break
+    sleep 0.2
+  done
+  [ "$voters" = 3 ] || die "the members did not become 3 voters (see .bench/cp*.log)"
+  say "up: POOLCTL_URL=$(urls) (poolctl: $BIN/poolctl)"
+}
+
+stop_pid() {
+  local name=$1
+  if running "$name"; then
+    kill "$(cat "$DIR/$name.pid")" 2>/dev/null || true
+    for _ in $(seq 1 50); do running "$name" || break; sleep 0.1; done
+    running "$name" && kill -9 "$(cat "$DIR/$name.pid")" 2>/dev/null || true
+  fi
+  rm -f "$DIR/$name.pid"
+}
+
+down() {
+  stop_pid agent
+  for m in cp1 cp2 cp3; do stop_pid "$m"; done
+  stop_pid nats
+  local ids
+  ids=$(docker ps -aq --filter "label=io.warmpool.node=$NODE_ID" 2>/dev/null || true)
+  [ -n "$ids" ] && docker rm -f $ids >/dev/null
+  docker network rm "warmpool-$NODE_ID" >/dev/null 2>&1 || true
+  rm -rf "$DIR"/cp1 "$DIR"/cp2 "$DIR"/cp3
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  env) echo "export POOLCTL_URL=$(urls)" ;;
+  *) echo "usage: deploy/bench/cluster.sh up|down|env" >&2; exit 2 ;;
+esac

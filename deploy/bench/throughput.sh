@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Sustained allocate+release throughput of the control plane: `poolctl bench` with many
+# cycles in flight against a 3-member cluster whose agents are simulated (fleet-sim --hold),
+# so that the figure is the control plane's, not Docker's: every cycle destroys its container
+# and a real agent replaces it at dockerd's pace (see BENCHMARKS.md, "replenish").
+#
+#   deploy/bench/throughput.sh [-n CYCLES] [-c CONCURRENCY] [--json FILE]
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+CYCLES=20000
+CONCURRENCY=32
+JSON=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -n) CYCLES=$2; shift 2 ;;
+    -c) CONCURRENCY=$2; shift 2 ;;
+    --json) JSON=$2; shift 2 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+(cd "$ROOT" && cargo build --release --bins --quiet)
+READY=$(mktemp -u)
+# 20 agents x 250 warm containers in one pool (fleet0), refilled in batches of 500.
+"$TARGET/release/fleet-sim" --agents 20 --containers-per-agent 250 --pools 1 --batch-size 500 \
+  --pacing-ms 10 --hold "$READY" >&2 &
+SIM=$!
+trap 'kill $SIM 2>/dev/null; wait $SIM 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do [ -s "$READY" ] && break; sleep 0.2; done
+[ -s "$READY" ] || { echo "error: the simulated fleet did not come up" >&2; exit 1; }
+ARGS=(--url "$(cat "$READY")" bench --pool fleet0 -n "$CYCLES" -c "$CONCURRENCY" --warmup 500)
+if [ -n "$JSON" ]; then
+  "$TARGET/release/poolctl" -o json "${ARGS[@]}" | tee "$JSON"
+else
+  "$TARGET/release/poolctl" "${ARGS[@]}"
+fi

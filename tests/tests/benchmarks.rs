@@ -1,0 +1,121 @@
+//! Small runs of the benchmark harnesses, so they keep working between the real runs
+//! (`docs/BENCHMARKS.md`): the fleet simulator with 20 agents, the failover benchmark with one
+//! kill, and `poolctl bench` against simulated agents with a two-run cold-start baseline
+//! through the real dockerd. They check that each harness runs and reports, not figures.
+
+use std::time::Duration;
+
+use poolctl::bench::{BenchPlan, Via};
+use warmpool_tests::failover::{self, FailoverConfig};
+use warmpool_tests::fleet::{self, FleetConfig};
+use warmpool_tests::sim_agent::SimAgent;
+use warmpool_tests::{ensure_demo_image, unique, TestCluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_simulator_fills_a_small_fleet_and_reports() {
+    let cfg = FleetConfig {
+        agents: 20,
+        containers_per_agent: 10,
+        pools: 2,
+        batch_size: 50,
+        fill_timeout: Duration::from_secs(60),
+        settle: Duration::from_millis(500),
+        idle_window: Duration::from_secs(2),
+        sequential_cycles: 20,
+        concurrent_cycles: 40,
+        concurrency: 4,
+        log_filter: "info,openraft=warn,sled=warn,async_nats=warn".into(),
+        ..FleetConfig::default()
+    };
+    let report = fleet::run(&cfg, &|line| eprintln!("fleet: {line}"))
+        .await
+        .expect("fleet run");
+    eprint!("{}", fleet::render(&report));
+    assert!(report.filled, "{report:?}");
+    assert_eq!(report.containers_warm, 200);
+    assert_eq!(report.nodes_ready_at_end, 20);
+    assert_eq!(report.members.len(), 3);
+    assert!(report.members.iter().all(|m| m.rss_mib > 0.0));
+    assert_eq!(report.members.iter().filter(|m| m.leader).count(), 1);
+    assert_eq!(report.sequential.cycles, 20);
+    assert_eq!(report.concurrent.cycles, 40);
+    assert_eq!(report.sequential.errors + report.concurrent.errors, 0);
+    assert!(report.sequential.alloc_ms.p50 > 0.0);
+    assert!(report.join_secs.is_some(), "{:?}", report.error);
+    assert!(report.error.is_none(), "{:?}", report.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failover_benchmark_times_a_leader_kill() {
+    let cfg = FailoverConfig {
+        kills: 1,
+        clients: 2,
+        between: Duration::from_millis(500),
+    };
+    let report = failover::run(&cfg, &|line| eprintln!("failover: {line}"))
+        .await
+        .expect("failover run");
+    assert_eq!(report.failovers_secs.len(), 1);
+    assert!(report.failovers_secs[0] > 0.0 && report.failovers_secs[0] < 30.0);
+    assert!(report.cycles > 0, "the clients kept working");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poolctl_bench_measures_cycles_replenish_and_a_cold_start() {
+    ensure_demo_image();
+    let c = TestCluster::replicated(3, &[]).await;
+    let _agent = SimAgent::start(
+        &c.nats.url(),
+        &unique("sim"),
+        11,
+        Duration::from_millis(300),
+    )
+    .await;
+    let pool = unique("bp").replace('-', "");
+    let mut spec = TestCluster::demo_spec(&pool, 8);
+    spec.max_total = 1_000;
+    spec.scaling.batch_size = 8;
+    spec.scaling.pacing_ms = 20;
+    c.client.create_pool(&spec).await.unwrap();
+    c.wait_warm(&pool, 8, Duration::from_secs(30)).await;
+    let plan = BenchPlan {
+        pool: Some(spec.name.clone()),
+        image: spec.image.clone(),
+        cycles: 30,
+        concurrency: 2,
+        warmup: 2,
+        warm: None,
+        wait_ms: 5_000,
+        via: Via::Follower,
+        cold_runs: 2,
+        docker_host: "unix:///var/run/docker.sock".into(),
+        cold_prefix: None,
+        replenish: 4,
+        fill_timeout: Duration::from_secs(60),
+        keep_pool: false,
+    };
+    let report = poolctl::bench::run(&c.client, None, &plan, &mut |l| eprintln!("bench: {l}"))
+        .await
+        .expect("bench");
+    eprint!("{}", poolctl::bench::render(&report));
+    assert_eq!(report.warm.cycles, 30);
+    assert_eq!(report.warm.errors, 0, "{:?}", report.warm.first_error);
+    assert!(report.warm.alloc_ms.p50 > 0.0 && report.warm.cycles_per_sec > 0.0);
+    assert_eq!(report.urls.len(), 1, "one follower");
+    let cold = report.cold.as_ref().expect("a cold baseline");
+    assert_eq!(cold.runs, 2, "{:?}", cold.first_failure);
+    assert!(
+        cold.healthy_ms.p50 >= cold.started_ms.p50 && cold.started_ms.p50 >= cold.create_ms.p50
+    );
+    assert!(
+        report.ratio.is_some_and(|r| r.median > 1.0),
+        "{:?}",
+        report.ratio
+    );
+    let r = report.replenish.as_ref().expect("replenish");
+    assert_eq!(r.allocated, 4);
+    assert!(r.completed, "{r:?}");
+    // The pool named was used as it is, and is still there.
+    assert!(!report.temporary_pool);
+    assert!(c.client.get_pool(&spec.name).await.is_ok());
+}
