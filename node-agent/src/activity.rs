@@ -8,6 +8,16 @@
 //! (`tcp6`, `tcp`) catch long connections: a socket that is not listening and whose remote
 //! port is not one the probes used is traffic now, and one lingering in TIME_WAIT was active
 //! when it closed, which its timer tells. UDP is not seen.
+//!
+//! A probe's connection is counted by the kernel a moment before the agent counts it; a pass
+//! that read the counters while any probe of that container was under way cannot tell the
+//! two apart, so it leaves the container's counters for the next pass.
+//!
+//! The counters are cheap; the socket tables are not: unless the host gives each namespace
+//! its own TCP hash table (`net.ipv4.tcp_child_ehash_entries`), reading a namespace's table
+//! walks the host's whole table. So the tables are read only for a container whose counters
+//! show a connection established right now (`CurrEstab`), and the hundreds of idle warm
+//! containers of a busy host cost one small read each per pass.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -65,9 +75,20 @@ pub fn last_traffic(table: &str, probe_ports: &HashSet<u16>) -> Option<Duration>
     best
 }
 
-/// TCP connection counters of a network namespace, from `/proc/<pid>/net/snmp` (the TCP
-/// MIB counts IPv4 and IPv6 alike): connections accepted and connections opened.
-pub fn tcp_opens(snmp: &str) -> Option<(u64, u64)> {
+/// TCP counters of a network namespace, from `/proc/<pid>/net/snmp` (the TCP MIB counts IPv4
+/// and IPv6 alike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpCounters {
+    /// Connections accepted (`PassiveOpens`).
+    pub accepted: u64,
+    /// Connections opened (`ActiveOpens`).
+    pub opened: u64,
+    /// Connections established or closing now (`CurrEstab`).
+    pub established: u64,
+}
+
+/// Reads [`TcpCounters`] by name from an `snmp` file.
+pub fn tcp_counters(snmp: &str) -> Option<TcpCounters> {
     let mut lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
     let names: Vec<&str> = lines.next()?.split_whitespace().collect();
     let values: Vec<&str> = lines.next()?.split_whitespace().collect();
@@ -75,7 +96,11 @@ pub fn tcp_opens(snmp: &str) -> Option<(u64, u64)> {
         let i = names.iter().position(|n| *n == name)?;
         values.get(i)?.parse().ok()
     };
-    Some((get("PassiveOpens")?, get("ActiveOpens")?))
+    Some(TcpCounters {
+        accepted: get("PassiveOpens")?,
+        opened: get("ActiveOpens")?,
+        established: get("CurrEstab")?,
+    })
 }
 
 /// Per container, what the last meter pass saw.
@@ -109,7 +134,27 @@ pub fn spawn(shared: &Arc<Shared>, stop: CancellationToken) {
             for t in targets {
                 let now = Timestamp::now();
                 let mut ago: Option<Duration> = None;
-                for table in ["tcp6", "tcp"] {
+                let counters = tokio::fs::read_to_string(format!("/proc/{}/net/snmp", t.pid))
+                    .await
+                    .ok()
+                    .and_then(|snmp| tcp_counters(&snmp));
+                let quiet = t.probes_in_flight == 0
+                    && shared.inventory.probe_counts(&t.id) == Some((t.probe_connects, 0));
+                if let (Some(c), true) = (counters, quiet) {
+                    let now_seen = Seen { others_accepted: c.accepted as i64 - t.probe_connects as i64, opened: c.opened };
+                    if let Some(before) = seen.insert(t.id, now_seen) {
+                        if now_seen.others_accepted > before.others_accepted || now_seen.opened > before.opened {
+                            tracing::debug!(container = %t.id, accepted = c.accepted, probes = t.probe_connects, opened = c.opened, "new connections beyond the probes");
+                            ago = Some(Duration::ZERO);
+                        }
+                    }
+                }
+                // Without counters, the tables are read anyway rather than miss a connection.
+                let tables: &[&str] = match counters {
+                    Some(c) if c.established == 0 => &[],
+                    _ => &["tcp6", "tcp"],
+                };
+                for table in tables {
                     let Ok(text) = tokio::fs::read_to_string(format!("/proc/{}/net/{table}", t.pid)).await else {
                         continue;
                     };
@@ -118,20 +163,6 @@ pub fn spawn(shared: &Arc<Shared>, stop: CancellationToken) {
                     if let Some(d) = last_traffic(&text, &t.probe_ports).filter(|d| *d < started.elapsed()) {
                         tracing::debug!(container = %t.id, table, ago_ms = d.as_millis() as u64, "traffic in the socket table");
                         ago = Some(ago.map_or(d, |a| a.min(d)));
-                    }
-                }
-                if let Ok(snmp) = tokio::fs::read_to_string(format!("/proc/{}/net/snmp", t.pid)).await {
-                    if let Some((accepted, opened)) = tcp_opens(&snmp) {
-                        // A probe is counted once it connects, just after the kernel counts it:
-                        // a pass in between sees one "other" connection too many, which only
-                        // errs towards keeping a container.
-                        let now_seen = Seen { others_accepted: accepted as i64 - t.probe_connects as i64, opened };
-                        if let Some(before) = seen.insert(t.id, now_seen) {
-                            if now_seen.others_accepted > before.others_accepted || now_seen.opened > before.opened {
-                                tracing::debug!(container = %t.id, accepted, probes = t.probe_connects, opened, "new connections beyond the probes");
-                                ago = Some(Duration::ZERO);
-                            }
-                        }
                     }
                 }
                 if let Some(d) = ago {
@@ -189,10 +220,17 @@ mod tests {
 
     #[test]
     fn snmp_tcp_counters_are_read_by_name() {
-        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails\nTcp: 1 200 120000 -1 7 42 0\nUdp: InDatagrams\nUdp: 3\n";
-        assert_eq!(tcp_opens(snmp), Some((42, 7)));
-        assert_eq!(tcp_opens("Tcp: ActiveOpens\n"), None);
-        assert_eq!(tcp_opens(""), None);
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab\nTcp: 1 200 120000 -1 7 42 0 1 2\nUdp: InDatagrams\nUdp: 3\n";
+        assert_eq!(
+            tcp_counters(snmp),
+            Some(TcpCounters {
+                accepted: 42,
+                opened: 7,
+                established: 2
+            })
+        );
+        assert_eq!(tcp_counters("Tcp: ActiveOpens\n"), None);
+        assert_eq!(tcp_counters(""), None);
     }
 
     #[test]

@@ -86,6 +86,8 @@ struct Tracked {
     probe_ports: VecDeque<(u16, Instant)>,
     /// Connections the agent's probes opened to it, ever (counted after they connect).
     probe_connects: u64,
+    /// Probes under way: their connections may be counted by the kernel and not yet here.
+    probes_in_flight: u32,
 }
 
 /// How long a probe's port is remembered: longer than a closed connection's TIME_WAIT.
@@ -184,6 +186,8 @@ pub struct MeterTarget {
     pub probe_ports: HashSet<u16>,
     /// Connections the agent's probes opened to it, ever.
     pub probe_connects: u64,
+    /// Probes under way when this was taken.
+    pub probes_in_flight: u32,
 }
 
 /// Where and how to probe a container next.
@@ -472,6 +476,7 @@ impl Inventory {
                 pid: obs.pid,
                 probe_ports: VecDeque::new(),
                 probe_connects: 0,
+                probes_in_flight: 0,
             },
         );
         Upsert::Inserted(token)
@@ -605,13 +610,21 @@ impl Inventory {
         })
     }
 
-    /// Remembers that a probe of `id` connected from local `port`.
-    pub fn record_probe_port(&self, id: &ContainerId, port: u16) {
+    /// A probe of `id` is about to connect; [`Inventory::probe_finished`] follows.
+    pub fn probe_started(&self, id: &ContainerId) {
+        if let Some(t) = self.lock().entries.get_mut(id) {
+            t.probes_in_flight += 1;
+        }
+    }
+
+    /// A probe of `id` is over; it connected from these local `ports`.
+    pub fn probe_finished(&self, id: &ContainerId, ports: &[u16]) {
         let mut inner = self.lock();
         if let Some(t) = inner.entries.get_mut(id) {
             let now = Instant::now();
-            t.probe_connects += 1;
-            t.probe_ports.push_back((port, now));
+            t.probes_in_flight = t.probes_in_flight.saturating_sub(1);
+            t.probe_connects += ports.len() as u64;
+            t.probe_ports.extend(ports.iter().map(|port| (*port, now)));
             while t
                 .probe_ports
                 .front()
@@ -634,9 +647,18 @@ impl Inventory {
                     pid: t.pid?,
                     probe_ports: t.probe_ports.iter().map(|(p, _)| *p).collect(),
                     probe_connects: t.probe_connects,
+                    probes_in_flight: t.probes_in_flight,
                 })
             })
             .collect()
+    }
+
+    /// `(probe_connects, probes_in_flight)` of `id` now, for the meter to check that no probe
+    /// connected while it read the container's counters.
+    pub fn probe_counts(&self, id: &ContainerId) -> Option<(u64, u32)> {
+        let inner = self.lock();
+        let t = inner.entries.get(id)?;
+        Some((t.probe_connects, t.probes_in_flight))
     }
 
     /// Records network activity of `id` at `at`, reported (as a fact) in steps of at least

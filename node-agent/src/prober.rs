@@ -20,15 +20,16 @@ pub fn spawn(shared: &Arc<Shared>, id: ContainerId, stop: CancellationToken) {
             };
             if target.running {
                 let outcome = match target.addr {
-                    Some(addr) => tokio::select! {
-                        _ = stop.cancelled() => return,
-                        (o, ports) = health::probe_traced(addr, target.port, &target.check) => {
-                            for port in ports {
-                                shared.inventory.record_probe_port(&id, port);
+                    Some(addr) => {
+                        shared.inventory.probe_started(&id);
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            (o, ports) = health::probe_traced(addr, target.port, &target.check) => {
+                                shared.inventory.probe_finished(&id, &ports);
+                                o
                             }
-                            o
                         }
-                    },
+                    }
                     None => Outcome::Fail("no IPv6 address".into()),
                 };
                 if let Outcome::Fail(why) = &outcome {

@@ -741,3 +741,54 @@ fn fact_id(f: &Fact) -> ContainerId {
         Fact::Gone { id, .. } | Fact::CreateFailed { id, .. } => *id,
     }
 }
+
+/// The activity meter: probes are not activity, a new connection is, and so is a connection
+/// held open with nothing new on the counters (only the socket tables show it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_is_connections_beyond_the_probes_including_held_ones() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    ensure_demo_image();
+    let nats = Nats::start().await?;
+    let node = Node::new();
+    let _agent = AgentProc::start(&node, &nats.url, &[])?;
+    let ctl = Control::new(&nats, &node).await?;
+    ctl.wait_ready().await?;
+    let mut facts = ctl.facts().await?;
+    let spec = demo_spec();
+    create(&ctl, &spec).await?;
+    let ip = entry_of(facts.wait("healthy", T, healthy(spec.id)).await?)
+        .ipv6
+        .context("an IPv6 address")?;
+    let last_activity = || async {
+        let inv = ctl.inventory().await?;
+        let e = inv
+            .containers
+            .into_iter()
+            .find(|e| e.id == spec.id)
+            .context("the container is in the inventory")?;
+        anyhow::Ok(e.last_activity_at)
+    };
+
+    // Probes every 200 ms for three meter passes: no activity.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(last_activity().await?, None, "probes are not activity");
+
+    // A connection held open with half a request: seen at once, and again while it stays.
+    let mut held = tokio::net::TcpStream::connect((ip, 8080)).await?;
+    held.write_all(b"GET / HTTP/1.1\r\n").await?;
+    let first = wait_until("the connection to count as activity", T, || async {
+        last_activity().await.ok().flatten()
+    })
+    .await?;
+    let later = wait_until("the held connection to keep counting", T, || async {
+        last_activity()
+            .await
+            .ok()
+            .flatten()
+            .filter(|at| at.since(first) >= Duration::from_secs(4))
+    })
+    .await?;
+    assert!(later > first);
+    drop(held);
+    Ok(())
+}
