@@ -5,7 +5,12 @@
 //! - The vote is flushed to disk before `save_vote` returns: a member that forgot its vote
 //!   could vote twice in one term.
 //! - Appended entries are flushed before the `LogFlushed` callback fires: openraft counts an
-//!   entry towards a quorum once the callback says it is durable.
+//!   entry towards a quorum once the callback says it is durable. The flush happens on a
+//!   thread of its own ([`Flusher`]): `append` returns at once, so openraft goes on (sending
+//!   the same entries to followers, taking more writes) while they reach the disk, and the
+//!   appends that arrive during one flush share the next (group commit).
+//! - Every flush goes through that thread in order, so when `save_vote`, `truncate` or `purge`
+//!   return, every earlier append is durable and acknowledged too.
 //! - Writes are serialized by openraft (one writer), so no write overtakes an earlier one.
 //! - Keys are big-endian indexes, so sled's order is log order and ranges are cheap.
 //! - `committed` is saved without a flush: losing it only means re-applying less on restart,
@@ -27,9 +32,76 @@ const LAST_PURGED: &[u8] = b"last_purged";
 /// Log store: tree `raft_log` (index → entry) and tree `raft_meta` (vote, committed, purged).
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    flusher: Flusher,
+}
+
+/// What the flush thread is asked to do.
+enum FlushJob {
+    /// Entries were written: flush, then tell openraft.
+    Appended(LogFlushed<TypeConfig>),
+    /// Flush, then answer.
+    Wait(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+/// The thread that flushes the database, for any number of writes at once. It ends when the
+/// last [`LogStore`] clone is dropped.
+#[derive(Clone)]
+struct Flusher {
+    jobs: std::sync::mpsc::Sender<FlushJob>,
+}
+
+impl Flusher {
+    fn start(db: sled::Db) -> std::io::Result<Flusher> {
+        let (jobs, rx) = std::sync::mpsc::channel::<FlushJob>();
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    metrics::histogram!("warmpool_raft_log_flush_batch").record(batch.len() as f64);
+                    for job in batch {
+                        match job {
+                            FlushJob::Appended(callback) => callback
+                                .log_io_completed(result.clone().map_err(std::io::Error::other)),
+                            FlushJob::Wait(done) => {
+                                let _ = done.send(result.clone());
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(Flusher { jobs })
+    }
+
+    fn appended(&self, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError> {
+        self.jobs
+            .send(FlushJob::Appended(callback))
+            .map_err(|_| gone(ErrorSubject::Logs))
+    }
+
+    async fn flush(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(FlushJob::Wait(tx))
+            .map_err(|_| gone(subject.clone()))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(io_err(subject, ErrorVerb::Write, std::io::Error::other(e))),
+            Err(_) => Err(gone(subject)),
+        }
+    }
+}
+
+fn gone(subject: ErrorSubject<u64>) -> StorageError {
+    io_err(
+        subject,
+        ErrorVerb::Write,
+        std::io::Error::other("the log flush thread is gone"),
+    )
 }
 
 fn io_err(
@@ -50,9 +122,9 @@ impl LogStore {
     /// Opens the log store in `db`.
     pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
         Ok(LogStore {
-            db: db.clone(),
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
+            flusher: Flusher::start(db.clone())?,
         })
     }
 
@@ -88,11 +160,7 @@ impl LogStore {
     }
 
     async fn flush(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
-        Ok(())
+        self.flusher.flush(subject).await
     }
 
     fn decode(bytes: &[u8]) -> Result<Entry, StorageError> {
@@ -202,23 +270,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log
             .apply_batch(batch)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        // Durable first, acknowledged second.
-        let flushed = self
-            .db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(std::io::Error::other);
-        let ok = flushed.is_ok();
-        callback.log_io_completed(flushed);
-        if !ok {
-            return Err(io_err(
-                ErrorSubject::Logs,
-                ErrorVerb::Write,
-                std::io::Error::other("flush failed"),
-            ));
-        }
-        Ok(())
+        // Durable first, acknowledged second: the flush thread calls back.
+        self.flusher.appended(callback)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
