@@ -287,9 +287,10 @@ pub async fn run(
     result.map(|()| report)
 }
 
-/// The temporary pool: enough warm containers for every allocation the run makes, a fast
-/// health check, quick batches so it fills soon, and small reservations (0.05 CPU, 32 MiB:
-/// the demo workload uses far less) so a hundred or more fit on one small host.
+/// The temporary pool: enough warm containers for every allocation the run makes, an HTTP
+/// health check at the default pace (the agent probes every warm container, and the run should
+/// not measure probe load), quick batches so it fills soon, and small reservations (0.05 CPU,
+/// 32 MiB: the demo workload uses far less) so a hundred or more fit on one small host.
 pub fn temporary_spec(plan: &BenchPlan) -> Result<PoolSpec, BenchError> {
     let suffix = &uuid::Uuid::now_v7().simple().to_string()[24..];
     let name =
@@ -304,7 +305,6 @@ pub fn temporary_spec(plan: &BenchPlan) -> Result<PoolSpec, BenchError> {
     spec.health.probe = HealthProbe::Http {
         path: "/healthz".into(),
     };
-    spec.health.interval_ms = 200;
     spec.resources.cpu_millis = 50;
     spec.resources.memory_mb = 32;
     spec.scaling.batch_size = 16;
@@ -396,6 +396,9 @@ async fn measure(
 }
 
 /// Polls `/v1/status` until `done(warm, wanted)` holds for the pool; answers warm and wanted.
+/// How long a pool may show no progress towards its warm count before the run gives up.
+const STALL: Duration = Duration::from_secs(20);
+
 async fn wait_warm(
     client: &Client,
     pool: &PoolName,
@@ -403,6 +406,7 @@ async fn wait_warm(
     timeout: Duration,
 ) -> Result<(u32, u32), BenchError> {
     let deadline = Instant::now() + timeout;
+    let mut progress = (0, Instant::now());
     loop {
         let status = client.status().await?;
         let p = status
@@ -412,6 +416,18 @@ async fn wait_warm(
             .ok_or_else(|| BenchError::Setup(format!("pool {pool} is gone")))?;
         if done(p.counts.warm, p.wanted) {
             return Ok((p.counts.warm, p.wanted));
+        }
+        if p.counts.warm != progress.0 || p.counts.creating > 0 {
+            progress = (p.counts.warm, Instant::now());
+        } else if progress.1.elapsed() > STALL {
+            return Err(BenchError::Setup(format!(
+                "pool {pool} stopped growing at {} warm containers (wanted {}) with none being made: {}",
+                p.counts.warm,
+                p.wanted,
+                p.condition.as_deref().unwrap_or(
+                    "the nodes may be full (poolctl nodes shows their capacity); ask for fewer with --warm"
+                )
+            )));
         }
         if Instant::now() > deadline {
             return Err(BenchError::Setup(format!(

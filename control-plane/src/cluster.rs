@@ -23,7 +23,7 @@ use warmpool_proto::subjects;
 
 use crate::raft::state_machine::Shared;
 use crate::raft::{MemberId, Raft};
-use crate::state::{Request, Response};
+use crate::state::{Command, Request, Response};
 
 /// How long a write may take, retries across a leader change included.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
@@ -66,6 +66,117 @@ enum Forward {
     RemoveMember { id: MemberId },
 }
 
+/// Proposes the writes queued on this member: each alone when it comes alone, and those that
+/// queue up while earlier entries are in flight together in one [`Command::Batch`] entry, so
+/// that under load many writes share one append, replication round and flush. At most
+/// [`MAX_IN_FLIGHT`] entries are in flight; the rest wait and grow the next batch.
+async fn propose_batches(
+    id: MemberId,
+    raft: Raft,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Proposal>,
+) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let mut carried: Option<Proposal> = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match queue.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = json_len(&first.0);
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            let Ok(p) = queue.try_recv() else { break };
+            let len = json_len(&p.0);
+            if bytes + len > MAX_BATCH_BYTES {
+                carried = Some(p);
+                break;
+            }
+            bytes += len;
+            batch.push(p);
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            propose(id, &raft, batch).await;
+        });
+    }
+}
+
+/// Proposes `batch` as one entry and answers each request.
+async fn propose(id: MemberId, raft: &Raft, batch: Vec<Proposal>) {
+    let n = batch.len();
+    metrics::histogram!("warmpool_raft_proposal_requests").record(n as f64);
+    let (requests, answers): (Vec<Request>, Vec<_>) = batch.into_iter().unzip();
+    let entry = if n == 1 {
+        requests.into_iter().next().expect("one request")
+    } else {
+        Request::now(Command::Batch { requests })
+    };
+    let written = match tokio::time::timeout(WRITE_DEADLINE, raft.client_write(entry)).await {
+        Err(_) => Err(no_commit(id)),
+        Ok(Ok(resp)) => Ok(resp.data),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            Err(ClusterError::NotLeader)
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            Err(ClusterError::Membership(e.to_string()))
+        }
+        Ok(Err(RaftError::Fatal(e))) => Err(ClusterError::Fatal(e.to_string())),
+    };
+    match written {
+        Ok(Response::Batch { responses }) if n > 1 && responses.len() == n => {
+            for (answer, response) in answers.into_iter().zip(responses) {
+                let _ = answer.send(Ok(response));
+            }
+        }
+        Ok(response) if n == 1 => {
+            let _ = answers.into_iter().next().map(|a| a.send(Ok(response)));
+        }
+        Ok(other) => {
+            let e = ClusterError::Fatal(format!(
+                "a batch of {n} requests was answered with {other:?}"
+            ));
+            for answer in answers {
+                let _ = answer.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for answer in answers {
+                let _ = answer.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Length of `req` as JSON, without keeping the bytes.
+fn json_len(req: &Request) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, req);
+    count.0
+}
+
+fn no_commit(id: MemberId) -> ClusterError {
+    ClusterError::NoQuorum(format!(
+        "leader {id} could not commit within {WRITE_DEADLINE:?}: a quorum is not reachable"
+    ))
+}
+
 /// The leader's answer.
 #[derive(Serialize, Deserialize)]
 #[allow(clippy::large_enum_variant)]
@@ -83,16 +194,35 @@ pub struct Cluster {
     raft: Raft,
     shared: Arc<Shared>,
     nats: async_nats::Client,
+    proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
 }
 
+/// A write waiting to be proposed by [`propose_batches`], and where its answer goes.
+type Proposal = (
+    Request,
+    tokio::sync::oneshot::Sender<Result<Response, ClusterError>>,
+);
+
+/// Most requests in one log entry.
+const MAX_BATCH: usize = 128;
+/// Most bytes of requests in one log entry (well under NATS's payload limit for the
+/// replication of a single entry); a larger request goes alone.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Most log entries of grouped writes in flight at once.
+const MAX_IN_FLIGHT: usize = 2;
+
 impl Cluster {
-    /// The local member `id`.
+    /// The local member `id`. Starts the task that proposes this member's writes (it ends
+    /// when the last handle is dropped), so it must be called within a Tokio runtime.
     pub fn new(id: MemberId, raft: Raft, shared: Arc<Shared>, nats: async_nats::Client) -> Self {
+        let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(propose_batches(id, raft.clone(), queue));
         Cluster {
             id,
             raft,
             shared,
             nats,
+            proposals,
         }
     }
 
@@ -233,19 +363,14 @@ impl Cluster {
     }
 
     async fn write_local(&self, req: Request, deadline: Instant) -> Result<Response, ClusterError> {
-        match tokio::time::timeout_at(deadline, self.raft.client_write(req)).await {
-            Err(_) => Err(ClusterError::NoQuorum(format!(
-                "leader {} could not commit within {WRITE_DEADLINE:?}: a quorum is not reachable",
-                self.id
-            ))),
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(ClusterError::NotLeader)
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(ClusterError::Membership(e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(e))) => Err(ClusterError::Fatal(e.to_string())),
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.proposals
+            .send((req, tx))
+            .map_err(|_| ClusterError::Fatal("the proposer stopped".into()))?;
+        match tokio::time::timeout_at(deadline, rx).await {
+            Err(_) => Err(no_commit(self.id)),
+            Ok(Err(_)) => Err(ClusterError::Fatal("the proposer stopped".into())),
+            Ok(Ok(answer)) => answer,
         }
     }
 

@@ -56,8 +56,20 @@ impl PoolState {
     /// Applies the entry at log `index`. Never fails: a command that cannot be carried out
     /// answers [`Response::Rejected`] and leaves the state as it was.
     pub fn apply(&mut self, index: u64, req: Request) -> Response {
-        let ctx = Ctx { index, at: req.at };
         self.applied_index = index;
+        match req.cmd {
+            Command::Batch { requests } => Response::Batch {
+                responses: requests
+                    .into_iter()
+                    .map(|r| self.apply_one(index, r))
+                    .collect(),
+            },
+            cmd => self.apply_one(index, Request { at: req.at, cmd }),
+        }
+    }
+
+    fn apply_one(&mut self, index: u64, req: Request) -> Response {
+        let ctx = Ctx { index, at: req.at };
         let response = self.apply_cmd(ctx, req.cmd);
         // Whatever changed, a waiting allocation gets the first container it can take.
         self.serve_waiters(ctx);
@@ -113,6 +125,9 @@ impl PoolState {
                 self.allocate(ctx, pool, req, wait_ms > 0)
             }
             Command::CancelWait { allocation_id } => self.cancel_wait(allocation_id),
+            Command::Batch { .. } => {
+                Response::rejected(RejectCode::Invalid, "a batch cannot hold a batch")
+            }
             Command::RestartContainer { id } => {
                 let Some(c) = self.containers.get_mut(&id).map(Arc::make_mut) else {
                     return Response::rejected(RejectCode::NotFound, format!("no container {id}"));

@@ -108,6 +108,13 @@ pub enum Command {
     },
     /// Drops waiting allocations whose time is up (their requester is gone).
     ExpireWaits,
+    /// Several requests in one log entry, applied in order as if each were an entry of its
+    /// own; answered with [`Response::Batch`]. The leader groups concurrent writes so that
+    /// they share one append, one replication round and one flush. Not nested.
+    Batch {
+        /// The requests, each with its own time.
+        requests: Vec<Request>,
+    },
     /// End an allocation.
     Release {
         /// The allocation.
@@ -210,6 +217,11 @@ pub enum Response {
     },
     /// The command was refused; the state did not change.
     Rejected(Rejection),
+    /// What each request of a [`Command::Batch`] answered, in order.
+    Batch {
+        /// The answers.
+        responses: Vec<Response>,
+    },
 }
 
 /// Why a command was refused.

@@ -1009,3 +1009,60 @@ fn counts_and_usage_from_the_indexes_match_a_full_scan() {
         assert_eq!(h.state.node_counts(node), scan, "{node}");
     }
 }
+
+#[test]
+fn a_batch_applies_its_requests_in_order_like_separate_entries() {
+    let alloc = |key: &str, pool: &PoolName| Command::Allocate {
+        allocation_id: AllocationId::new(),
+        pool: pool.clone(),
+        session: SessionId::new("s").unwrap(),
+        lease_ms: 60_000,
+        idempotency_key: Some(key.to_string()),
+        wait_ms: 0,
+    };
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 2);
+    h.warm(&p, &n, 2);
+    let at = Timestamp(h.now + 5);
+    let requests = vec![
+        Request {
+            at,
+            cmd: alloc("a", &p),
+        },
+        Request {
+            at,
+            cmd: alloc("a", &p),
+        },
+        Request {
+            at,
+            cmd: alloc("b", &p),
+        },
+        Request {
+            at,
+            cmd: alloc("c", &p),
+        },
+        Request {
+            at,
+            cmd: Command::Batch { requests: vec![] },
+        },
+    ];
+    let Response::Batch { responses } = h.apply(Command::Batch { requests }) else {
+        panic!("a batch is answered with a batch");
+    };
+    assert_eq!(responses.len(), 5);
+    let mut it = responses.into_iter();
+    let (first, replayed) = allocation(it.next().unwrap());
+    assert!(!replayed);
+    let (again, replayed) = allocation(it.next().unwrap());
+    assert!(
+        replayed,
+        "the same key within one batch is answered, not doubled"
+    );
+    assert_eq!(first.id, again.id);
+    let (second, _) = allocation(it.next().unwrap());
+    assert_ne!(first.container_id, second.container_id);
+    assert_eq!(rejection(it.next().unwrap()), RejectCode::NoCapacity);
+    assert_eq!(rejection(it.next().unwrap()), RejectCode::Invalid);
+    assert_eq!(h.state.pool_counts(&p).allocated, 2);
+}
