@@ -128,6 +128,9 @@ struct Term {
     last_batch: BTreeMap<PoolName, Timestamp>,
     pulls: Arc<Mutex<BTreeSet<NodeId>>>,
     stuck: HashMap<PoolName, String>,
+    /// Nodes found settled by reconciliation, with the versions of their inventory and of
+    /// their records then: not looked at again until one of them moves.
+    settled: HashMap<NodeId, (u64, u64)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -193,12 +196,27 @@ impl Leader {
                     last_batch: BTreeMap::new(),
                     pulls: Arc::default(),
                     stuck: HashMap::new(),
+                    settled: HashMap::new(),
                 });
             }
-            if let Some(t) = term.as_mut() {
-                self.step(t).await;
-            }
-            tokio::time::sleep(self.config.min_step).await;
+            let took = match term.as_mut() {
+                Some(t) => {
+                    let started = Instant::now();
+                    self.step(t).await;
+                    let took = started.elapsed();
+                    metrics::histogram!("warmpool_leader_step_seconds").record(took.as_secs_f64());
+                    took
+                }
+                None => Duration::ZERO,
+            };
+            // A step reads the whole fleet's state; on a large fleet it takes milliseconds, and
+            // running one after every write would crowd out the writes themselves. The loop
+            // rests three times as long as its last step took, within `min_step..=tick`.
+            let rest = (took * 3).clamp(
+                self.config.min_step,
+                self.config.tick.max(self.config.min_step),
+            );
+            tokio::time::sleep(rest).await;
         }
     }
 
@@ -445,20 +463,27 @@ impl Leader {
         }
     }
 
-    async fn reconcile_nodes(&self, term: &Term) {
+    async fn reconcile_nodes(&self, term: &mut Term) {
         let now = Timestamp::now();
         let per_node: Vec<(NodeId, Vec<Action>)> = {
             let inflight = lock(&term.inflight);
-            let nodes: Vec<NodeId> = self.cluster.shared().read(|s| {
+            let nodes: Vec<(NodeId, u64)> = self.cluster.shared().read(|s| {
                 s.nodes()
                     .filter(|n| n.status != NodeStatus::Down)
-                    .map(|n| n.id.clone())
+                    .map(|n| (n.id.clone(), s.node_changed_at(&n.id)))
                     .collect()
             });
+            let settled = &mut term.settled;
+            settled.retain(|node, _| nodes.iter().any(|(n, _)| n == node));
             nodes
                 .into_iter()
-                .map(|node| {
-                    let actions = if self.fleet.suspicion(&node).is_some() {
+                .filter_map(|(node, changed_at)| {
+                    let (observed, version, suspicion) = self.fleet.reconcile_view(&node);
+                    if settled.get(&node) == Some(&(version, changed_at)) {
+                        return None;
+                    }
+                    settled.remove(&node);
+                    let actions = if suspicion.is_some() {
                         // Nothing it reports is trusted and a create would reach every agent
                         // claiming it; only destroys (idempotent, harmless twice) go out.
                         self.cluster.shared().read(|s| {
@@ -474,12 +499,15 @@ impl Leader {
                                 .collect()
                         })
                     } else {
-                        let observed = self.fleet.observed(&node);
-                        self.cluster.shared().read(|s| {
-                            reconcile::reconcile(s, &node, observed.as_deref(), &inflight, now)
-                        })
+                        let (actions, done) = self.cluster.shared().read(|s| {
+                            reconcile::plan(s, &node, observed.as_deref(), &inflight, now)
+                        });
+                        if done {
+                            settled.insert(node.clone(), (version, changed_at));
+                        }
+                        actions
                     };
-                    (node, actions)
+                    Some((node, actions))
                 })
                 .collect()
         };
