@@ -143,6 +143,8 @@ pub struct Leader {
     fleet: Arc<Fleet>,
     agents: Agents,
     config: LeaderConfig,
+    /// Nanoseconds this loop has spent reading the state (which holds off the writes).
+    reading: std::sync::atomic::AtomicU64,
 }
 
 impl Leader {
@@ -153,7 +155,19 @@ impl Leader {
             fleet,
             agents,
             config,
+            reading: Default::default(),
         }
+    }
+
+    /// Reads the state, counting the time in [`Leader::reading`].
+    fn read<R>(&self, f: impl FnOnce(&crate::state::PoolState) -> R) -> R {
+        let started = std::time::Instant::now();
+        let r = self.cluster.shared().read(f);
+        self.reading.fetch_add(
+            started.elapsed().as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        r
     }
 
     /// Runs until `shutdown`.
@@ -183,14 +197,14 @@ impl Leader {
                 }
                 info!(member = self.cluster.id(), "leading: reconciling the fleet");
                 self.fleet.forget_inventories();
-                let seq = self.cluster.shared().read(|s| s.last_event_seq());
+                let seq = self.read(|s| s.last_event_seq());
                 term = Some(Term {
                     demand: HashMap::new(),
                     pool_backoff: HashMap::new(),
                     node_backoff: HashMap::new(),
                     failures_seen: seq,
                     restarts_sent: HashMap::new(),
-                    events_seen: self.cluster.shared().read(|s| s.last_event_seq()),
+                    events_seen: self.read(|s| s.last_event_seq()),
                     since: Instant::now(),
                     inflight: Arc::default(),
                     last_batch: BTreeMap::new(),
@@ -199,20 +213,27 @@ impl Leader {
                     settled: HashMap::new(),
                 });
             }
-            let took = match term.as_mut() {
+            let read = match term.as_mut() {
                 Some(t) => {
                     let started = Instant::now();
+                    self.reading.store(0, std::sync::atomic::Ordering::Relaxed);
                     self.step(t).await;
-                    let took = started.elapsed();
-                    metrics::histogram!("warmpool_leader_step_seconds").record(took.as_secs_f64());
-                    took
+                    metrics::histogram!("warmpool_leader_step_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    let read = Duration::from_nanos(
+                        self.reading.load(std::sync::atomic::Ordering::Relaxed),
+                    );
+                    metrics::histogram!("warmpool_leader_step_read_seconds")
+                        .record(read.as_secs_f64());
+                    read
                 }
                 None => Duration::ZERO,
             };
-            // A step reads the whole fleet's state; on a large fleet it takes milliseconds, and
-            // running one after every write would crowd out the writes themselves. The loop
-            // rests three times as long as its last step took, within `min_step..=tick`.
-            let rest = (took * 3).clamp(
+            // A step reads the whole fleet's state; on a large fleet that takes milliseconds,
+            // during which writes wait, and stepping after every write would crowd them out.
+            // The loop rests three times as long as its last step spent reading, within
+            // `min_step..=tick` (time spent waiting for its own writes does not count).
+            let rest = (read * 3).clamp(
                 self.config.min_step,
                 self.config.tick.max(self.config.min_step),
             );
@@ -252,7 +273,7 @@ impl Leader {
     /// whatever fails afterwards.
     async fn restart_unhealthy(&self, term: &mut Term) {
         type Placed = Vec<(ContainerId, NodeId)>;
-        let (sick, pending): (Placed, Placed) = self.cluster.shared().read(|s| {
+        let (sick, pending): (Placed, Placed) = self.read(|s| {
             let allocated = || {
                 s.containers()
                     .filter(|c| c.state == ContainerState::Allocated)
@@ -315,7 +336,7 @@ impl Leader {
             now.as_millis()
                 .saturating_sub(term.since.elapsed().as_millis() as u64),
         );
-        let candidates: Vec<_> = self.cluster.shared().read(|s| {
+        let candidates: Vec<_> = self.read(|s| {
             s.active_allocations()
                 .filter_map(|a| {
                     let timeout = s.pool(&a.pool)?.spec.idle_timeout_secs?;
@@ -353,7 +374,7 @@ impl Leader {
         let heard = self.fleet.nodes();
         let now = Instant::now();
         let timeout = self.config.node_timeout;
-        let (joins, downs) = self.cluster.shared().read(|s| {
+        let (joins, downs) = self.read(|s| {
             let mut joins = Vec::new();
             for (id, soft) in &heard {
                 if now.duration_since(soft.received) > timeout {
@@ -398,7 +419,7 @@ impl Leader {
             (joins, downs)
         });
         // Two agents claiming one node id: cordon it, saying why, until an operator fixes it.
-        let cordons: Vec<Command> = self.cluster.shared().read(|s| {
+        let cordons: Vec<Command> = self.read(|s| {
             s.nodes()
                 .filter(|n| n.status == NodeStatus::Ready)
                 .filter_map(|n| match self.fleet.suspicion(&n.id) {
@@ -452,7 +473,7 @@ impl Leader {
             return;
         }
         // Only record what the agent says of its own containers.
-        let gone: Vec<(ContainerId, String)> = self.cluster.shared().read(|s| {
+        let gone: Vec<(ContainerId, String)> = self.read(|s| {
             gone.into_iter()
                 .filter(|(node, id, _)| s.container(id).is_some_and(|c| &c.node == node))
                 .map(|(_, id, reason)| (id, reason))
@@ -467,7 +488,7 @@ impl Leader {
         let now = Timestamp::now();
         let per_node: Vec<(NodeId, Vec<Action>)> = {
             let inflight = lock(&term.inflight);
-            let nodes: Vec<(NodeId, u64)> = self.cluster.shared().read(|s| {
+            let nodes: Vec<(NodeId, u64)> = self.read(|s| {
                 s.nodes()
                     .filter(|n| n.status != NodeStatus::Down)
                     .map(|n| (n.id.clone(), s.node_changed_at(&n.id)))
@@ -486,7 +507,7 @@ impl Leader {
                     let actions = if suspicion.is_some() {
                         // Nothing it reports is trusted and a create would reach every agent
                         // claiming it; only destroys (idempotent, harmless twice) go out.
-                        self.cluster.shared().read(|s| {
+                        self.read(|s| {
                             s.containers_on(&node)
                                 .filter(|c| c.state == ContainerState::Releasing)
                                 .filter(|c| !inflight.destroys.contains(&c.id))
@@ -499,7 +520,7 @@ impl Leader {
                                 .collect()
                         })
                     } else {
-                        let (actions, done) = self.cluster.shared().read(|s| {
+                        let (actions, done) = self.read(|s| {
                             reconcile::plan(s, &node, observed.as_deref(), &inflight, now)
                         });
                         if done {
@@ -604,7 +625,7 @@ impl Leader {
             kinds: vec![warmpool_proto::EventKind::ContainerWarm],
             ..Default::default()
         };
-        let (pools, warmed, last_seq) = self.cluster.shared().read(|s| {
+        let (pools, warmed, last_seq) = self.read(|s| {
             let pools: Vec<_> = s
                 .pools()
                 .map(|p| (p.spec.clone(), s.arrivals(&p.spec.name), s.wanted(p)))
@@ -685,7 +706,7 @@ impl Leader {
             ],
             ..Default::default()
         };
-        let (events, last) = self.cluster.shared().read(|s| {
+        let (events, last) = self.read(|s| {
             (
                 s.events_since(term.failures_seen, &filter),
                 s.last_event_seq(),
@@ -693,7 +714,7 @@ impl Leader {
         });
         term.failures_seen = last;
         // A changed spec starts afresh (the state machine cleared the condition already).
-        let generations: HashMap<PoolName, u64> = self.cluster.shared().read(|s| {
+        let generations: HashMap<PoolName, u64> = self.read(|s| {
             s.pools()
                 .map(|p| (p.spec.name.clone(), p.generation))
                 .collect()
@@ -760,7 +781,7 @@ impl Leader {
 
     async fn keep_warm(&self, term: &mut Term) {
         let now = Timestamp::now();
-        let decisions = self.cluster.shared().read(|s| {
+        let decisions = self.read(|s| {
             let mut loads = keepwarm::node_loads(s, |n| self.fleet.memory_fraction(n));
             let avoided = |id: &NodeId| {
                 term.node_backoff
@@ -806,8 +827,6 @@ impl Leader {
                     // path after an allocation.
                     for (id, node) in placements {
                         let spec = self
-                            .cluster
-                            .shared()
                             .read(|s| s.container(&id).and_then(|c| reconcile::create_spec(s, c)));
                         if let Some(spec) = spec {
                             self.send_create(term, &node, spec);
@@ -842,17 +861,12 @@ impl Leader {
 
     async fn expire_leases(&self) {
         let now = Timestamp::now();
-        let stale_waiters = self
-            .cluster
-            .shared()
-            .read(|s| s.pending().any(|(_, q)| q.iter().any(|p| p.deadline < now)));
+        let stale_waiters =
+            self.read(|s| s.pending().any(|(_, q)| q.iter().any(|p| p.deadline < now)));
         if stale_waiters {
             self.write(Command::ExpireWaits).await;
         }
-        let expired: Vec<_> = self
-            .cluster
-            .shared()
-            .read(|s| s.expired_allocations(now).map(|a| a.id).collect());
+        let expired: Vec<_> = self.read(|s| s.expired_allocations(now).map(|a| a.id).collect());
         for allocation_id in expired {
             self.write(Command::Release {
                 allocation_id,
