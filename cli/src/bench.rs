@@ -396,6 +396,29 @@ async fn measure(
 }
 
 /// Polls `/v1/status` until `done(warm, wanted)` holds for the pool; answers warm and wanted.
+/// The pool's line of `/v1/status`. Status is read from any member, and one that has not yet
+/// applied the pool's creation does not know it for a moment: only a pool missing for
+/// [`MISSING`] is gone.
+async fn pool_status(
+    client: &Client,
+    pool: &PoolName,
+) -> Result<warmpool_proto::api::PoolStatus, BenchError> {
+    let since = Instant::now();
+    loop {
+        let status = client.status().await?;
+        if let Some(p) = status.pools.into_iter().find(|p| &p.name == pool) {
+            return Ok(p);
+        }
+        if since.elapsed() > MISSING {
+            return Err(BenchError::Setup(format!("pool {pool} is gone")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How long a pool may be missing from status before it counts as gone.
+const MISSING: Duration = Duration::from_secs(5);
+
 /// How long a pool may show no progress towards its warm count before the run gives up.
 const STALL: Duration = Duration::from_secs(20);
 
@@ -408,12 +431,7 @@ async fn wait_warm(
     let deadline = Instant::now() + timeout;
     let mut progress = (0, Instant::now());
     loop {
-        let status = client.status().await?;
-        let p = status
-            .pools
-            .iter()
-            .find(|p| &p.name == pool)
-            .ok_or_else(|| BenchError::Setup(format!("pool {pool} is gone")))?;
+        let p = pool_status(client, pool).await?;
         if done(p.counts.warm, p.wanted) {
             return Ok((p.counts.warm, p.wanted));
         }
@@ -448,12 +466,7 @@ async fn wait_settled(
 ) -> Result<(), BenchError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let status = client.status().await?;
-        let p = status
-            .pools
-            .iter()
-            .find(|p| &p.name == pool)
-            .ok_or_else(|| BenchError::Setup(format!("pool {pool} is gone")))?;
+        let p = pool_status(client, pool).await?;
         let c = &p.counts;
         if c.warm >= p.wanted && c.creating == 0 && c.releasing == 0 {
             return Ok(());

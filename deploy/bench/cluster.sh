@@ -79,7 +79,7 @@ down() {
   stop_pid nats
   local ids
   ids=$(docker ps -aq --filter "label=io.warmpool.node=$NODE_ID" 2>/dev/null || true)
-  [ -n "$ids" ] && docker rm -f $ids >/dev/null
+  [ -n "$ids" ] && { docker rm -f $ids >/dev/null 2>&1 || true; }
   docker network rm "warmpool-$NODE_ID" >/dev/null 2>&1 || true
   rm -rf "$DIR"/cp1 "$DIR"/cp2 "$DIR"/cp3
 }

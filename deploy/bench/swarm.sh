@@ -84,8 +84,8 @@ fi
 "$ROOT/deploy/demo-image/build.sh" "$IMAGE" >/dev/null
 say "Warmpool: $WARM_CYCLES allocate+release cycles through the leader"
 WARM_JSON=$("$POOLCTL" -o json bench -n "$WARM_CYCLES" --via leader --image "$IMAGE")
-WARM_P50=$(jq '.warm.alloc_ms.p50' <<<"$WARM_JSON")
-WARM_P99=$(jq '.warm.alloc_ms.p99' <<<"$WARM_JSON")
+WARM_P50=$(jq '.warm.alloc_ms.p50 * 100 | round / 100' <<<"$WARM_JSON")
+WARM_P99=$(jq '.warm.alloc_ms.p99 * 100 | round / 100' <<<"$WARM_JSON")
 
 # ---- Swarm ----
 STATE=$(docker info --format '{{.Swarm.LocalNodeState}}')
