@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use warmpool_proto::api::{MAX_IDEMPOTENCY_KEY, MAX_WAIT_MS};
+use warmpool_proto::api::{Role, MAX_IDEMPOTENCY_KEY, MAX_WAIT_MS};
 use warmpool_proto::{
     AllocationId, ContainerId, ContainerState, EventKind, MemberId, NodeId, PoolName, SessionId,
 };
@@ -108,6 +108,13 @@ pub enum Command {
     /// Control-plane membership and Raft state.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Container time and cost, per pool and for a session.
+    Usage(UsageArgs),
+    /// Make, list and revoke API keys (admin only).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// The key this command sends, and what its role may do.
+    Whoami,
     /// Replay a pool's recorded demand against a proposed policy, next to its current one.
     Simulate(SimulateArgs),
     /// Time allocate+release cycles against the cluster; optionally a cold-start baseline
@@ -475,6 +482,67 @@ pub enum NodeCommand {
     },
 }
 
+/// `poolctl usage`.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Only this pool.
+    #[arg(long)]
+    pub pool: Option<PoolName>,
+    /// Also this session's allocated time, per pool.
+    #[arg(long)]
+    pub session: Option<SessionId>,
+}
+
+/// `poolctl key ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Make a key; its token is printed this once (the cluster keeps only a hash).
+    Create {
+        /// A name for people, e.g. who or what uses the key (1 to 64 characters).
+        #[arg(value_parser = parse_key_name)]
+        name: String,
+        /// What the key may do: viewer (read), user (also allocate, release, renew) or
+        /// admin (everything).
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+    /// List keys, revoked ones too (never their secrets).
+    List,
+    /// Revoke a key: it is refused from then on.
+    Revoke {
+        /// The key's id: the 12 hex digits after `wpk_` in its token (a whole token is
+        /// accepted too).
+        #[arg(value_parser = parse_key_id)]
+        id: String,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+}
+
+fn parse_key_name(s: &str) -> Result<String, String> {
+    let name = s.trim();
+    if name.is_empty() || name.chars().count() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    Ok(name.to_string())
+}
+
+/// A key id, or the id inside a whole token `wpk_<id>_<secret>` (so that an operator can
+/// revoke a leaked token by pasting it).
+fn parse_key_id(s: &str) -> Result<String, String> {
+    let id = match s.strip_prefix("wpk_") {
+        Some(rest) => rest.split('_').next().unwrap_or_default(),
+        None => s,
+    };
+    if id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(id.to_string())
+    } else {
+        Err("a key id is 12 hex digits (see `poolctl key list`)".into())
+    }
+}
+
 /// `poolctl cluster ...`
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
@@ -577,6 +645,11 @@ mod tests {
             vec!["events", "--follow", "--before", "3"],
             vec!["containers", "--state", "sleeping"],
             vec!["node", "reboot", "n1"],
+            vec!["key", "create", "ci"],
+            vec!["key", "create", "ci", "--role", "root"],
+            vec!["key", "create", " ", "--role", "user"],
+            vec!["key", "revoke", "abc"],
+            vec!["key", "revoke", "wpk_nothex123456_00"],
         ];
         for args in bad {
             let err = parse(&args).expect_err(&format!("{args:?} parsed"));
@@ -593,6 +666,27 @@ mod tests {
         ] {
             let err = parse(&args).expect_err(&format!("{args:?} parsed"));
             assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn key_commands_take_roles_and_ids_or_whole_tokens() {
+        let Command::Key(KeyCommand::Create { name, role }) =
+            parse(&["key", "create", " ci runner ", "--role", "user"])
+                .unwrap()
+                .command
+        else {
+            panic!()
+        };
+        assert_eq!((name.as_str(), role), ("ci runner", Role::User));
+        let token = format!("wpk_a1b2c3d4e5f6_{}", "0".repeat(64));
+        for given in ["a1b2c3d4e5f6", token.as_str()] {
+            let Command::Key(KeyCommand::Revoke { id }) =
+                parse(&["key", "revoke", given]).unwrap().command
+            else {
+                panic!()
+            };
+            assert_eq!(id, "a1b2c3d4e5f6", "{given}");
         }
     }
 

@@ -23,8 +23,9 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use warmpool_proto::api::{
-    AddMember, ClusterView, ContainerQuery, CreateAllocation, ErrorBody, EventQuery, HealthView,
-    NodeView, PoolView, RenewAllocation, StatusView, MAX_WAIT_MS,
+    AddMember, ClusterView, ContainerQuery, CreateAllocation, CreateKey, CreatedKey, ErrorBody,
+    EventQuery, HealthView, KeyView, NodeView, PoolView, RenewAllocation, StatusView, UsageQuery,
+    UsageView, WhoamiView, MAX_WAIT_MS,
 };
 use warmpool_proto::{
     Allocation, AllocationId, Container, ContainerId, Event, MemberId, NodeId, PoolName, PoolSpec,
@@ -458,6 +459,35 @@ impl Client {
             &["v1", "cluster", "members", &id.to_string()],
         ))
         .await
+    }
+
+    /// `GET /v1/usage`: container time and cost per pool, and for `query.session`.
+    pub async fn usage(&self, query: &UsageQuery) -> Result<UsageView, ClientError> {
+        self.fetch(Call::get(&["v1", "usage"]).query(query)?).await
+    }
+
+    /// `GET /v1/whoami`: the key this client sends, and its role.
+    pub async fn whoami(&self) -> Result<WhoamiView, ClientError> {
+        self.fetch(Call::get(&["v1", "whoami"])).await
+    }
+
+    /// `GET /v1/keys`: every API key, revoked ones too (never a secret). Admin only.
+    pub async fn list_keys(&self) -> Result<Vec<KeyView>, ClientError> {
+        self.fetch(Call::get(&["v1", "keys"])).await
+    }
+
+    /// `POST /v1/keys`: makes a key. Its token is in this answer only. Admin only.
+    ///
+    /// Not retried on another member after a transport failure (no write is): a key made
+    /// twice is two keys, and the first token would be lost with the answer.
+    pub async fn create_key(&self, req: &CreateKey) -> Result<CreatedKey, ClientError> {
+        self.fetch(Call::post(&["v1", "keys"]).json(req)?).await
+    }
+
+    /// `DELETE /v1/keys/{id}`: revokes a key (idempotent). Admin only.
+    pub async fn revoke_key(&self, id: &str) -> Result<KeyView, ClientError> {
+        self.fetch(Call::new(Method::DELETE, &["v1", "keys", id]))
+            .await
     }
 
     /// The silence after which an event stream reconnects.

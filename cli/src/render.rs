@@ -4,7 +4,9 @@
 
 use std::fmt::Display;
 
-use warmpool_proto::api::{ClusterView, Counts, NodeView, PoolView, StatusView};
+use warmpool_proto::api::{
+    ClusterView, Counts, CreatedKey, KeyView, NodeView, PoolView, StatusView, UsageView, WhoamiView,
+};
 use warmpool_proto::records::AllocationState;
 use warmpool_proto::{Allocation, Container, Event, Health, HealthProbe, Timestamp};
 
@@ -608,6 +610,121 @@ pub fn cluster_view(c: &ClusterView) -> String {
     out
 }
 
+/// A cost, or `-` without a price.
+fn cost(c: Option<f64>) -> String {
+    c.map(|c| format!("{c:.4}")).unwrap_or_else(|| "-".into())
+}
+
+/// `poolctl usage`: container-hours and cost per pool, then the session's, if asked for.
+pub fn usage_view(u: &UsageView) -> String {
+    use Align::*;
+    let hours = |secs: f64| format!("{:.3}", secs / 3600.0);
+    let mut t = Table::new(&[
+        ("POOL", Left),
+        ("WARM H", Right),
+        ("ALLOCATED H", Right),
+        ("PRICE/H", Right),
+        ("WARM COST", Right),
+        ("ALLOCATED COST", Right),
+    ]);
+    for p in &u.pools {
+        t.row(vec![
+            p.pool.to_string(),
+            hours(p.warm_seconds),
+            hours(p.allocated_seconds),
+            cost(p.price_per_hour),
+            cost(p.warm_cost),
+            cost(p.allocated_cost),
+        ]);
+    }
+    let mut out = t.render();
+    if !u.sessions.is_empty() {
+        let mut t = Table::new(&[
+            ("SESSION", Left),
+            ("POOL", Left),
+            ("ALLOCATED H", Right),
+            ("COST", Right),
+        ]);
+        for s in &u.sessions {
+            t.row(vec![
+                s.session.to_string(),
+                s.pool.to_string(),
+                hours(s.allocated_seconds),
+                cost(s.cost),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&t.render());
+    }
+    out
+}
+
+/// `poolctl key list`.
+pub fn keys_table(list: &[KeyView], style: Style) -> String {
+    use Align::*;
+    let mut t = Table::new(&[
+        ("ID", Left),
+        ("NAME", Left),
+        ("ROLE", Left),
+        ("CREATED", Left),
+        ("REVOKED", Left),
+    ]);
+    for k in list {
+        t.row(vec![
+            k.id.clone(),
+            k.name.clone(),
+            k.role.as_str().to_string(),
+            relative(style.now, k.created_at),
+            k.revoked_at
+                .map(|r| relative(style.now, r))
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    t.render()
+}
+
+fn key_rows(k: &KeyView, style: Style) -> Vec<(&'static str, String)> {
+    let mut rows = vec![
+        ("key", k.id.clone()),
+        ("name", k.name.clone()),
+        ("role", k.role.as_str().to_string()),
+        ("created", when(style.now, k.created_at)),
+    ];
+    if let Some(r) = k.revoked_at {
+        rows.push(("revoked", when(style.now, r)));
+    }
+    rows
+}
+
+/// `poolctl key revoke`: one key.
+pub fn key_detail(k: &KeyView, style: Style) -> String {
+    kv_block(&key_rows(k, style))
+}
+
+/// `poolctl key create`: the key and its token, which is shown this once.
+pub fn created_key(k: &CreatedKey, style: Style) -> String {
+    let mut rows = key_rows(&k.key, style);
+    rows.push(("token", k.token.clone()));
+    let mut out = kv_block(&rows);
+    out.push_str("\nThe token is shown only now: the cluster keeps only its hash.\n");
+    out
+}
+
+/// `poolctl whoami`.
+pub fn whoami(w: &WhoamiView) -> String {
+    if !w.auth {
+        return format!(
+            "auth is off on this member: every caller may do everything ({})\n",
+            w.role.as_str()
+        );
+    }
+    kv_block(&[
+        ("key", opt(&w.id)),
+        ("name", opt(&w.name)),
+        ("role", w.role.as_str().to_string()),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -952,6 +1069,76 @@ mod tests {
              ID  ROLE               LEADER  API\n\
              \x201  voter              yes     http://10.0.0.1:7070\n\
              \x202  voter (answering)          http://10.0.0.2:7070\n"
+        );
+    }
+
+    #[test]
+    fn keys_usage_and_whoami() {
+        use warmpool_proto::api::{PoolUsage, Role, SessionUsage};
+        let key = KeyView {
+            id: "a1b2c3d4e5f6".into(),
+            name: "ci".into(),
+            role: Role::User,
+            created_at: Timestamp(NOW.0 - 90_000),
+            revoked_at: Some(Timestamp(NOW.0 - 5_000)),
+        };
+        assert_eq!(
+            keys_table(std::slice::from_ref(&key), style()),
+            "ID            NAME  ROLE  CREATED    REVOKED\n\
+             a1b2c3d4e5f6  ci    user  1m30s ago  5s ago\n"
+        );
+        let created = CreatedKey {
+            key: KeyView {
+                revoked_at: None,
+                ..key.clone()
+            },
+            token: "wpk_a1b2c3d4e5f6_00".into(),
+        };
+        let text = created_key(&created, style());
+        assert!(text.contains("\ntoken:    wpk_a1b2c3d4e5f6_00\n"), "{text}");
+        assert!(text.contains("shown only now"), "{text}");
+        assert!(key_detail(&key, style()).contains("revoked:  "));
+
+        let on = WhoamiView {
+            auth: true,
+            id: Some(key.id.clone()),
+            name: Some("ci".into()),
+            role: Role::User,
+        };
+        assert_eq!(whoami(&on), "key:   a1b2c3d4e5f6\nname:  ci\nrole:  user\n");
+        let off = WhoamiView {
+            auth: false,
+            id: None,
+            name: None,
+            role: Role::Admin,
+        };
+        assert!(whoami(&off).starts_with("auth is off"));
+
+        let pool = PoolName::new("demo").unwrap();
+        let usage = UsageView {
+            at: NOW,
+            pools: vec![PoolUsage {
+                pool: pool.clone(),
+                warm_seconds: 7200.0,
+                allocated_seconds: 1800.0,
+                price_per_hour: Some(0.5),
+                warm_cost: Some(1.0),
+                allocated_cost: Some(0.25),
+            }],
+            sessions: vec![SessionUsage {
+                session: SessionId::new("s1").unwrap(),
+                pool,
+                allocated_seconds: 360.0,
+                cost: None,
+            }],
+        };
+        assert_eq!(
+            usage_view(&usage),
+            "POOL  WARM H  ALLOCATED H  PRICE/H  WARM COST  ALLOCATED COST\n\
+             demo   2.000        0.500   0.5000     1.0000          0.2500\n\
+             \n\
+             SESSION  POOL  ALLOCATED H  COST\n\
+             s1       demo        0.100     -\n"
         );
     }
 }

@@ -4,13 +4,13 @@ use std::io::Write;
 
 use serde::Serialize;
 use warmpool_proto::api::{
-    AddMember, ContainerQuery, CreateAllocation, EventQuery, RenewAllocation,
+    AddMember, ContainerQuery, CreateAllocation, CreateKey, EventQuery, RenewAllocation, UsageQuery,
 };
 use warmpool_proto::{Event, Timestamp};
 
 use crate::args::{
     AllocArgs, AllocationsArgs, Cli, ClusterCommand, Command, ContainersArgs, EventsArgs,
-    NodeCommand, Output, PoolCommand,
+    KeyCommand, NodeCommand, Output, PoolCommand,
 };
 use crate::client::{AllocationQuery, Client, NodeAction};
 use crate::error::{fmt_duration, ClientError};
@@ -201,6 +201,22 @@ async fn dispatch(
             };
             p.show(&view, |c, _| render::cluster_view(c))
         }
+        Command::Usage(u) => {
+            let q = UsageQuery {
+                pool: opt_str(&u.pool),
+                session: opt_str(&u.session),
+            };
+            p.show(&client.usage(&q).await?, |v, _| render::usage_view(v))
+        }
+        Command::Key(cmd) => match cmd {
+            KeyCommand::Create { name, role } => p.show(
+                &client.create_key(&CreateKey { name, role }).await?,
+                render::created_key,
+            ),
+            KeyCommand::List => p.show(&client.list_keys().await?, |l, s| render::keys_table(l, s)),
+            KeyCommand::Revoke { id } => p.show(&client.revoke_key(&id).await?, render::key_detail),
+        },
+        Command::Whoami => p.show(&client.whoami().await?, |w, _| render::whoami(w)),
         Command::Simulate(a) => simulate_command(a, client, p).await,
         Command::Bench(b) => {
             let plan = bench_plan(b);

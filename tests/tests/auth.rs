@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use warmpool_proto::api::{CreatedKey, Role};
-use warmpool_tests::{wait_until, Member, Nats};
+use warmpool_tests::{bin, wait_until, Member, Nats};
 
 /// Every API route, with a body where one is needed.
 fn routes() -> Vec<(Method, &'static str, &'static str)> {
@@ -70,19 +70,25 @@ fn is_write(m: &Method) -> bool {
     !matches!(*m, Method::GET | Method::HEAD)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_and_roles_guard_every_route() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
+/// A one-member cluster with auth on and a bootstrap admin key, returned with that key.
+fn member_with_auth(dir: &std::path::Path) -> (Nats, Member, String) {
+    let nats = Nats::start(dir);
     let admin = format!("wpk_{}_{}", "a1b2c3d4e5f6", "0123456789abcdef".repeat(4));
-    let key_file = dir.path().join("admin.key");
+    let key_file = dir.join("admin.key");
     std::fs::write(&key_file, &admin).unwrap();
-    let mut m = Member::new(1, &nats.url(), dir.path(), true).with_args(&[
+    let mut m = Member::new(1, &nats.url(), dir, true).with_args(&[
         "--auth",
         "--admin-key-file",
         key_file.to_str().unwrap(),
     ]);
     m.start();
+    (nats, m, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_roles_guard_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, m, admin) = member_with_auth(dir.path());
     let url = m.url();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -217,4 +223,103 @@ async fn keys_and_roles_guard_every_route() {
         assert!(!listed.contains(secret), "a secret in the key list");
         assert!(!m.log_tail(100_000).contains(secret), "a secret in the log");
     }
+}
+
+/// `poolctl` with this token against `url`: (exit code, stdout, stderr).
+fn poolctl(url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin("poolctl"))
+        .args(["--url", url])
+        .args(args)
+        .env("POOLCTL_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poolctl_makes_lists_and_revokes_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, m, admin) = member_with_auth(dir.path());
+    let url = m.url();
+    wait_until(
+        Duration::from_secs(30),
+        "the bootstrap admin key to work",
+        || {
+            let url = url.clone();
+            let admin = admin.clone();
+            async move {
+                let (code, _, _) =
+                    tokio::task::spawn_blocking(move || poolctl(&url, &admin, &["key", "list"]))
+                        .await
+                        .ok()?;
+                (code == 0).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // An admin makes a user key; the token comes back once, in JSON for a program.
+    let (code, out, err) = poolctl(
+        &url,
+        &admin,
+        &["-o", "json", "key", "create", "ci runner", "--role", "user"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let created: CreatedKey = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (created.key.name.as_str(), created.key.role),
+        ("ci runner", Role::User)
+    );
+    let user = created.token;
+
+    let (code, out, err) = poolctl(&url, &user, &["whoami"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&created.key.id) && out.contains("role:  user"),
+        "{out}"
+    );
+
+    // The list shows both keys by id, name and role, and no secret.
+    let (code, out, err) = poolctl(&url, &admin, &["key", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("bootstrap"), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(&created.key.id))
+        .unwrap_or_else(|| panic!("no row for the new key: {out}"));
+    assert!(row.contains("ci runner") && row.contains("user"), "{row}");
+    for t in [&admin, &user] {
+        assert!(
+            !out.contains(t.rsplit('_').next().unwrap()),
+            "a secret listed"
+        );
+    }
+
+    // A user key may not manage keys: 403, exit 1, and a message that says why.
+    let (code, _, err) = poolctl(&url, &user, &["key", "create", "x", "--role", "admin"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("forbidden") && err.contains("role"), "{err}");
+
+    // Revoked (by pasting the whole token): refused from then on, with a 401.
+    let (code, out, err) = poolctl(&url, &admin, &["key", "revoke", &user]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revoked:"), "{out}");
+    let (code, _, err) = poolctl(&url, &user, &["status"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("unauthorized") && err.contains("revoked"),
+        "{err}"
+    );
+
+    // A key id that is not one is a usage error, and nothing is sent.
+    let (code, _, err) = poolctl(&url, &admin, &["key", "revoke", "nope"]);
+    assert_eq!(code, 2, "{err}");
+    // An unknown id is the server's 404.
+    let (code, _, err) = poolctl(&url, &admin, &["key", "revoke", "0000000000ff"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not_found"), "{err}");
 }
