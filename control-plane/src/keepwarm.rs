@@ -4,9 +4,10 @@
 //! Per pool, the *supply* is warm, healthy containers of the current generation on nodes that
 //! may hand them out, plus those being made. Below the wanted count the pool grows by at most
 //! `batch_size` per `pacing_ms`, with at most two batches being made at once, never past
-//! `max_total`. It retires, a batch at a time: containers of an older generation (they are never
-//! handed out), warm containers beyond what is wanted, and warm containers on draining nodes
-//! once the rest of the fleet holds enough.
+//! `max_total`. It retires, a batch at a time: containers of an older generation (never handed
+//! out; warm ones stay as stand-ins until new ones are warm in their places), warm containers
+//! beyond what is wanted, and warm containers on draining nodes once the rest of the fleet
+//! holds enough.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -92,7 +93,10 @@ fn plan_pool(
     // Counts first, from the tallies (no scan of the pool's containers): what the decisions
     // below need in the common case. Ids are looked up only for a decision that retires some.
     let current = pool.generation;
-    let (mut live, mut creating, mut stale, mut warm_current, mut draining_warm) = (0, 0, 0, 0, 0);
+    let (mut live, mut creating, mut warm_current, mut draining_warm) = (0, 0, 0, 0);
+    // Older generations: warm healthy ones (stand-ins while the rollout goes on), and the rest
+    // (being made, or unhealthy), which nothing is waiting for.
+    let (mut stale_warm, mut stale_other) = (0, 0);
     let mut per_node: HashMap<&NodeId, u32> = HashMap::new();
     for (node, gens) in state.tallies_of(name) {
         let offers = offering.contains(node);
@@ -101,7 +105,8 @@ fn plan_pool(
             live += (t.creating() + t.warm_any() + t.allocated()) as usize;
             on_node += t.live();
             if *generation != current {
-                stale += (t.creating() + t.warm_any()) as usize;
+                stale_warm += t.warm() as usize;
+                stale_other += (t.creating() + t.warm_any() - t.warm()) as usize;
             } else {
                 creating += t.creating() as usize;
                 // Unhealthy warm containers are neither offered nor drained: they are retired.
@@ -120,25 +125,44 @@ fn plan_pool(
             && !matches!(c.health, Health::Unhealthy { .. })
     };
 
-    if stale > 0 {
-        let ids = state
-            .containers_of(name)
-            .filter(|c| {
-                matches!(c.state, ContainerState::Creating | ContainerState::Warm)
-                    && c.generation != current
-            })
-            .map(|c| c.id)
-            .take(batch)
-            .collect();
-        out.push(Decision::Retire {
-            ids,
-            reason: "spec_changed",
-        });
-    }
-
     // Waiting allocations are demand the pool must meet now, on top of its warm target.
     let wanted = state.wanted(pool) as usize + state.waiting(name);
     let supply = warm_current + creating;
+
+    // A rolling update. Containers of an older generation are never handed out, but the warm
+    // healthy ones stay, as stand-ins, until warm containers of the current one take their
+    // places: the pool never holds fewer warm containers than it wants while the new ones are
+    // made (at the pool's batch size and pacing, like any growth). What nothing waits for goes
+    // at once, a batch at a time: old containers still being made or unhealthy, stand-ins
+    // beyond what is wanted, and stand-ins whose slots under `max_total` the next batch needs.
+    let stale = stale_warm + stale_other;
+    let mut making_room = false;
+    if stale > 0 {
+        let stand_ins = stale_warm.min(wanted.saturating_sub(warm_current));
+        let next_batch = wanted.saturating_sub(supply).min(batch);
+        let room_needed = (live + next_batch).saturating_sub(spec.max_total as usize);
+        let n = (stale - stand_ins).max(room_needed.min(stale)).min(batch);
+        making_room = room_needed > 0;
+        if n > 0 {
+            // Those nothing waits for first, then the stand-ins that have been warm longest.
+            let rank = |c: &Container| match (c.state, c.health) {
+                (ContainerState::Creating, _) | (_, Health::Unhealthy { .. }) => 0,
+                _ => 1,
+            };
+            let mut old: Vec<&Container> = state
+                .containers_of(name)
+                .filter(|c| {
+                    matches!(c.state, ContainerState::Creating | ContainerState::Warm)
+                        && c.generation != current
+                })
+                .collect();
+            old.sort_by_key(|c| (rank(c), c.warm_at.unwrap_or(c.created_at)));
+            out.push(Decision::Retire {
+                ids: old.into_iter().take(n).map(|c| c.id).collect(),
+                reason: "spec_changed",
+            });
+        }
+    }
 
     // Draining nodes give up their warm containers once the rest holds enough.
     if draining_warm > 0 && warm_current >= wanted {
@@ -184,6 +208,9 @@ fn plan_pool(
     let room = (spec.max_total as usize).saturating_sub(live);
     let n = deficit.min(batch).min(room);
     if n == 0 {
+        if making_room {
+            return; // old containers are leaving to make room: not stuck
+        }
         out.push(Decision::Stuck {
             pool: name.clone(),
             reason: format!("at max_total ({})", spec.max_total),
@@ -314,38 +341,56 @@ mod tests {
         }
         /// Carries out create decisions and makes every new container warm.
         fn carry_out(&mut self) {
-            for d in self.decide() {
+            let planned = self.plan_creates(&self.decide());
+            self.warm_up(planned);
+        }
+        /// Plans the containers these decisions create; they are `creating` until
+        /// [`World::warm_up`].
+        fn plan_creates(&mut self, ds: &[Decision]) -> Vec<(PoolName, u64, ContainerId, NodeId)> {
+            let mut planned = Vec::new();
+            for d in ds {
                 if let Decision::Create {
                     pool,
                     generation,
                     nodes,
                 } = d
                 {
-                    let placements: Vec<_> =
-                        nodes.into_iter().map(|n| (ContainerId::new(), n)).collect();
+                    let placements: Vec<_> = nodes
+                        .iter()
+                        .map(|n| (ContainerId::new(), n.clone()))
+                        .collect();
                     self.apply(Command::PlanContainers {
                         pool: pool.clone(),
-                        generation,
+                        generation: *generation,
                         placements: placements.clone(),
                     });
-                    for (id, node) in placements {
-                        self.apply(Command::Observe {
-                            node,
-                            entries: vec![InventoryEntry {
-                                id,
-                                pool: pool.clone(),
-                                generation,
-                                docker_id: "d".into(),
-                                ipv6: Some("fd36:1::5".parse().unwrap()),
-                                status: ObservedStatus::Running,
-                                health: Health::Healthy,
-                                exit_code: None,
-                                oom_killed: false,
-                                last_activity_at: None,
-                            }],
-                        });
-                    }
+                    planned.extend(
+                        placements
+                            .into_iter()
+                            .map(|(id, n)| (pool.clone(), *generation, id, n)),
+                    );
                 }
+            }
+            planned
+        }
+        /// The agent reports these containers running and healthy.
+        fn warm_up(&mut self, planned: Vec<(PoolName, u64, ContainerId, NodeId)>) {
+            for (pool, generation, id, node) in planned {
+                self.apply(Command::Observe {
+                    node,
+                    entries: vec![InventoryEntry {
+                        id,
+                        pool,
+                        generation,
+                        docker_id: "d".into(),
+                        ipv6: Some("fd36:1::5".parse().unwrap()),
+                        status: ObservedStatus::Running,
+                        health: Health::Healthy,
+                        exit_code: None,
+                        oom_killed: false,
+                        last_activity_at: None,
+                    }],
+                });
             }
         }
     }
@@ -441,20 +486,111 @@ mod tests {
         assert!(matches!(&d[..], [Decision::Stuck { .. }]), "{d:?}");
     }
 
+    fn retired(ds: &[Decision], why: &str) -> Vec<ContainerId> {
+        ds.iter()
+            .flat_map(|d| match d {
+                Decision::Retire { ids, reason } if *reason == why => ids.clone(),
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    /// Carries out retire decisions as the leader does.
+    fn retire(w: &mut World, ids: &[ContainerId]) {
+        if !ids.is_empty() {
+            w.apply(Command::RetireContainers {
+                ids: ids.to_vec(),
+                reason: "spec_changed".into(),
+            });
+        }
+    }
+
     #[test]
-    fn a_spec_change_retires_old_containers_and_makes_new_ones() {
+    fn a_spec_change_makes_new_containers_before_it_retires_the_old_ones() {
         let mut w = World::new(&["a"]);
         let p = w.pool(2, 4);
         w.carry_out();
+        let old: Vec<ContainerId> = w.state.containers_of(&p).map(|c| c.id).collect();
         let mut spec = w.state.pool(&p).unwrap().spec.clone();
         spec.image = "img:v2".into();
         w.apply(Command::PutPool { spec });
+
+        // First the replacements; the old ones stand in while they are made.
         let d = w.decide();
-        assert!(
-            matches!(&d[0], Decision::Retire { ids, reason: "spec_changed" } if ids.len() == 2),
-            "{d:?}"
+        assert_eq!(created(&d), 2, "{d:?}");
+        assert!(retired(&d, "spec_changed").is_empty(), "{d:?}");
+        w.carry_out();
+        // With the new ones warm, the old ones go, and nothing more is made.
+        let d = w.decide();
+        let mut gone = retired(&d, "spec_changed");
+        gone.sort();
+        let mut want = old.clone();
+        want.sort();
+        assert_eq!(gone, want, "{d:?}");
+        assert_eq!(created(&d), 0);
+    }
+
+    #[test]
+    fn a_rollout_goes_a_batch_at_a_time_and_never_below_the_floor() {
+        let mut w = World::new(&["a", "b"]);
+        let p = w.pool(6, 2);
+        for _ in 0..3 {
+            w.carry_out();
+        }
+        let mut spec = w.state.pool(&p).unwrap().spec.clone();
+        spec.image = "img:v2".into();
+        w.apply(Command::PutPool { spec });
+        let generation = w.state.pool(&p).unwrap().generation;
+        for step in 0.. {
+            assert!(step < 20, "the rollout does not finish");
+            // Each step: what the leader decides is carried out, and only then do the
+            // containers it asked for become warm (making one takes time).
+            let d = w.decide();
+            assert!(created(&d) <= 2, "batches of 2: {d:?}");
+            let gone = retired(&d, "spec_changed");
+            assert!(gone.len() <= 2, "batches of 2: {d:?}");
+            retire(&mut w, &gone);
+            let planned = w.plan_creates(&d);
+            let warm = w.state.pool_counts(&p).warm;
+            assert!(warm >= 6, "step {step}: {warm} warm, below the floor");
+            w.warm_up(planned);
+            if w.state.containers_of(&p).all(|c| {
+                c.generation == generation
+                    || !matches!(c.state, ContainerState::Creating | ContainerState::Warm)
+            }) {
+                break;
+            }
+        }
+        assert_eq!(w.state.pool_counts(&p).warm, 6);
+    }
+
+    #[test]
+    fn a_rollout_at_max_total_retires_old_containers_to_make_room() {
+        let mut w = World::new(&["a"]);
+        let name = PoolName::new("demo").unwrap();
+        let mut spec = PoolSpec::new(name.clone(), "img");
+        spec.min_warm = 3;
+        spec.max_total = 3;
+        spec.scaling.batch_size = 2;
+        w.apply(Command::PutPool { spec: spec.clone() });
+        w.carry_out();
+        w.carry_out();
+        assert_eq!(w.state.pool_counts(&name).warm, 3);
+        spec.image = "img:v2".into();
+        w.apply(Command::PutPool { spec });
+        let d = w.decide();
+        assert_eq!(
+            retired(&d, "spec_changed").len(),
+            2,
+            "room for a batch: {d:?}"
         );
-        assert_eq!(created(&d), 2);
+        assert_eq!(created(&d), 0, "never past max_total: {d:?}");
+        assert!(
+            !d.iter().any(|d| matches!(d, Decision::Stuck { .. })),
+            "making room is not stuck: {d:?}"
+        );
+        retire(&mut w, &retired(&d, "spec_changed"));
+        assert_eq!(created(&w.decide()), 2);
     }
 
     #[test]

@@ -403,14 +403,55 @@ async fn an_image_change_rolls_out_while_allocations_keep_succeeding() {
     c.client.create_pool(&spec).await.unwrap();
     c.wait_warm("roll", 3, Duration::from_secs(60)).await;
 
+    // A changed spec (here its environment) is rolled out gradually: the old containers stay
+    // warm, never offered, until new ones are warm in their places, so the pool never holds
+    // fewer than its floor of warm containers. Sampled every 50 ms until no old one is left.
+    let mut changed = spec.clone();
+    changed.env.insert("ROLLOUT".into(), "1".into());
+    let (view, _) = c.client.put_pool(&changed).await.unwrap();
+    let g2 = view.pool.generation;
+    let query = warmpool_proto::api::ContainerQuery {
+        pool: Some("roll".into()),
+        ..Default::default()
+    };
+    let (mut min_warm, mut overlap) = (usize::MAX, false);
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the rollout did not finish"
+        );
+        let all = c.client.list_containers(&query).await.unwrap();
+        let warm: Vec<_> = all
+            .iter()
+            .filter(|x| x.state == ContainerState::Warm)
+            .collect();
+        let old_left = all.iter().any(|x| {
+            x.generation != g2 && matches!(x.state, ContainerState::Creating | ContainerState::Warm)
+        });
+        min_warm = min_warm.min(warm.len());
+        overlap |=
+            warm.iter().any(|x| x.generation == g2) && warm.iter().any(|x| x.generation != g2);
+        if !old_left && warm.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("rollout: at least {min_warm} warm throughout, old and new side by side: {overlap}");
+    assert!(
+        min_warm >= 3,
+        "the pool fell to {min_warm} warm during the rollout"
+    );
+    assert!(overlap, "old containers left before new ones were warm");
+
     let new = PoolSpec {
         image: "warmpool-demo:rollout".into(),
-        ..spec
+        ..changed
     };
     let (view, created) = c.client.put_pool(&new).await.unwrap();
     assert!(!created);
     let generation = view.pool.generation;
-    assert_eq!(generation, 2);
+    assert_eq!(generation, g2 + 1);
     // Allocations keep succeeding during the rollout, and never get an old container.
     for _ in 0..5 {
         let a = c
@@ -428,16 +469,21 @@ async fn an_image_change_rolls_out_while_allocations_keep_succeeding() {
     let client = c.client.clone();
     wait_until(
         Duration::from_secs(60),
-        "no old-image container warm",
+        "no old-image container left",
         || {
             let client = client.clone();
             async move {
                 let all = client.list_containers(&Default::default()).await.ok()?;
-                let warm: Vec<_> = all
+                let warm = all
                     .iter()
                     .filter(|x| x.state == ContainerState::Warm)
-                    .collect();
-                (warm.len() >= 3 && warm.iter().all(|x| x.generation == generation)).then_some(())
+                    .count();
+                // Retired ones are `releasing` until their agent has removed them.
+                let old_left = all.iter().any(|x| {
+                    x.generation != generation
+                        && !matches!(x.state, ContainerState::Terminated | ContainerState::Failed)
+                });
+                (warm >= 3 && !old_left).then_some(())
             }
         },
     )
