@@ -25,15 +25,28 @@ pub async fn serve(State(app): State<AppState>, req: Request) -> Response {
         return ApiError::MethodNotAllowed(format!("{} is not allowed on {path}", req.method()))
             .into_response();
     }
-    let index = dir.join("index.html");
-    let files = ServeDir::new(&dir)
-        .append_index_html_on_directories(true)
-        .fallback(tower_http::services::ServeFile::new(index));
-    let mut resp = match files.oneshot(req.map(|_| Body::empty())).await {
+    // Any other path is one of the page's own routes (`/containers`, ...): index.html. A
+    // missing asset is a 404, never the page: a browser would keep that for a year.
+    let asset = path.starts_with("/assets/");
+    let req = req.map(|_| Body::empty());
+    let served = if asset {
+        ServeDir::new(&dir).oneshot(req).await
+    } else {
+        let index = tower_http::services::ServeFile::new(dir.join("index.html"));
+        ServeDir::new(&dir)
+            .append_index_html_on_directories(true)
+            .fallback(index)
+            .oneshot(req)
+            .await
+    };
+    let mut resp = match served {
         Ok(r) => r.into_response(),
         Err(e) => return ApiError::Internal(format!("dashboard: {e}")).into_response(),
     };
-    let cache = if path.starts_with("/assets/") {
+    if asset && resp.status() == axum::http::StatusCode::NOT_FOUND {
+        return ApiError::NotFound(format!("no dashboard file {path}")).into_response();
+    }
+    let cache = if asset && resp.status().is_success() {
         "public, max-age=31536000, immutable"
     } else {
         "no-cache"
