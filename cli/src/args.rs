@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use warmpool_proto::api::{Role, MAX_IDEMPOTENCY_KEY, MAX_WAIT_MS};
+use warmpool_proto::api::{Role, MAX_DRAIN_DEADLINE_SECS, MAX_IDEMPOTENCY_KEY, MAX_WAIT_MS};
 use warmpool_proto::{
     AllocationId, ContainerId, ContainerState, EventKind, MemberId, NodeId, PoolName, SessionId,
 };
@@ -475,10 +475,15 @@ pub enum NodeCommand {
         /// The node.
         id: NodeId,
     },
-    /// Take no new containers on the node and move its warm ones elsewhere.
+    /// Take no new containers on the node, move its warm ones elsewhere and wait for its
+    /// allocations to end; `node_drained` is recorded once it holds nothing.
     Drain {
         /// The node.
         id: NodeId,
+        /// Release the allocations still on the node this long from now (reason `drained`)
+        /// instead of waiting for them however long they last.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=MAX_DRAIN_DEADLINE_SECS))]
+        deadline_secs: Option<u64>,
     },
 }
 

@@ -23,9 +23,9 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use warmpool_proto::api::{
-    AddMember, ClusterView, ContainerQuery, CreateAllocation, CreateKey, CreatedKey, ErrorBody,
-    EventQuery, HealthView, KeyView, NodeView, PoolView, RenewAllocation, StatusView, UsageQuery,
-    UsageView, WhoamiView, MAX_WAIT_MS,
+    AddMember, ClusterView, ContainerQuery, CreateAllocation, CreateKey, CreatedKey, DrainNode,
+    ErrorBody, EventQuery, HealthView, KeyView, NodeView, PoolView, RenewAllocation, StatusView,
+    UsageQuery, UsageView, WhoamiView, MAX_WAIT_MS,
 };
 use warmpool_proto::{
     Allocation, AllocationId, Container, ContainerId, Event, MemberId, NodeId, PoolName, PoolSpec,
@@ -438,6 +438,12 @@ impl Client {
         action: NodeAction,
     ) -> Result<NodeView, ClientError> {
         self.fetch(Call::post(&["v1", "nodes", id.as_str(), action.as_str()]))
+            .await
+    }
+
+    /// `POST /v1/nodes/{id}/drain` with a body: a drain with a deadline for its allocations.
+    pub async fn drain_node(&self, id: &NodeId, req: &DrainNode) -> Result<NodeView, ClientError> {
+        self.fetch(Call::post(&["v1", "nodes", id.as_str(), "drain"]).json(req)?)
             .await
     }
 

@@ -551,11 +551,19 @@ pub fn nodes_table(list: &[NodeView]) -> String {
 }
 
 /// `poolctl node cordon|uncordon|drain`: the node's new status.
-pub fn node_line(n: &NodeView) -> String {
-    match &n.node.reason {
-        Some(r) => format!("node {}: {} ({r})\n", n.node.id, n.node.status.as_str()),
-        None => format!("node {}: {}\n", n.node.id, n.node.status.as_str()),
+pub fn node_line(n: &NodeView, style: Style) -> String {
+    let mut line = format!("node {}: {}", n.node.id, n.node.status.as_str());
+    if let Some(r) = &n.node.reason {
+        line.push_str(&format!(" ({r})"));
     }
+    if let Some(d) = n.node.drain_deadline {
+        line.push_str(&format!(
+            "; allocations still on it are released at {}",
+            when(style.now, d)
+        ));
+    }
+    line.push('\n');
+    line
 }
 
 /// `poolctl cluster status|add|remove`.
@@ -1026,6 +1034,7 @@ mod tests {
                 joined_at: NOW,
                 status_changed_at: NOW,
                 reason: Some("maintenance".into()),
+                drain_deadline: None,
             },
             last_heartbeat_at: Some(NOW),
             heartbeat_age_ms: Some(800),
@@ -1037,7 +1046,19 @@ mod tests {
             "NODE  STATUS    PREFIX         CPU  MEMORY  MEM USED  HEARTBEAT  WARM  ALLOCATED  TOTAL  LABELS     AGENT\n\
              n1    cordoned  fd36:1::/64  4000m  8192Mi       37%     1s ago     2          1      3  region=eu  0.1.0\n"
         );
-        assert_eq!(node_line(&node), "node n1: cordoned (maintenance)\n");
+        assert_eq!(
+            node_line(&node, style()),
+            "node n1: cordoned (maintenance)\n"
+        );
+        let mut draining = node.clone();
+        draining.node.status = NodeStatus::Draining;
+        draining.node.reason = None;
+        draining.node.drain_deadline = Some(Timestamp(NOW.0 + 300_000));
+        assert_eq!(
+            node_line(&draining, style()),
+            "node n1: draining; allocations still on it are released at \
+             2026-09-21T14:18:20.000Z (in 5m)\n"
+        );
 
         let c = ClusterView {
             member: 2,

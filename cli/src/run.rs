@@ -4,7 +4,8 @@ use std::io::Write;
 
 use serde::Serialize;
 use warmpool_proto::api::{
-    AddMember, ContainerQuery, CreateAllocation, CreateKey, EventQuery, RenewAllocation, UsageQuery,
+    AddMember, ContainerQuery, CreateAllocation, CreateKey, DrainNode, EventQuery, RenewAllocation,
+    UsageQuery,
 };
 use warmpool_proto::{Event, Timestamp};
 
@@ -182,14 +183,20 @@ async fn dispatch(
         Command::Events(e) => events(e, client, p).await,
         Command::Nodes => p.show(&client.nodes().await?, |l, _| render::nodes_table(l)),
         Command::Node(cmd) => {
-            let (id, action) = match cmd {
-                NodeCommand::Cordon { id } => (id, NodeAction::Cordon),
-                NodeCommand::Uncordon { id } => (id, NodeAction::Uncordon),
-                NodeCommand::Drain { id } => (id, NodeAction::Drain),
+            let view = match cmd {
+                NodeCommand::Cordon { id } => client.node_action(&id, NodeAction::Cordon).await?,
+                NodeCommand::Uncordon { id } => {
+                    client.node_action(&id, NodeAction::Uncordon).await?
+                }
+                NodeCommand::Drain {
+                    id,
+                    deadline_secs: None,
+                } => client.node_action(&id, NodeAction::Drain).await?,
+                NodeCommand::Drain { id, deadline_secs } => {
+                    client.drain_node(&id, &DrainNode { deadline_secs }).await?
+                }
             };
-            p.show(&client.node_action(&id, action).await?, |n, _| {
-                render::node_line(n)
-            })
+            p.show(&view, render::node_line)
         }
         Command::Cluster(cmd) => {
             let view = match cmd {

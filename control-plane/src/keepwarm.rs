@@ -625,6 +625,7 @@ mod tests {
         let p = w.pool(2, 4);
         w.carry_out();
         w.apply(Command::SetNodeStatus {
+            drain_deadline: None,
             node: NodeId::new("a").unwrap(),
             status: NodeStatus::Draining,
             reason: None,
@@ -968,6 +969,7 @@ mod tests {
                             NodeStatus::Draining,
                         ][rng.below(3) as usize];
                         w.apply(Command::SetNodeStatus {
+                            drain_deadline: None,
                             node,
                             status,
                             reason: None,
@@ -1037,6 +1039,7 @@ mod tests {
             // Finally a drain, carried out step by step.
             for n in &nodes {
                 w.apply(Command::SetNodeStatus {
+                    drain_deadline: None,
                     node: n.clone(),
                     status: NodeStatus::Ready,
                     reason: None,
@@ -1051,6 +1054,7 @@ mod tests {
             }
             w.carry_out();
             w.apply(Command::SetNodeStatus {
+                drain_deadline: None,
                 node: nodes[0].clone(),
                 status: NodeStatus::Draining,
                 reason: None,

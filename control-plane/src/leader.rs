@@ -427,6 +427,7 @@ impl Leader {
                         node: n.id.clone(),
                         status: NodeStatus::Cordoned,
                         reason: Some(why),
+                        drain_deadline: None,
                     }),
                     _ => None,
                 })
@@ -871,6 +872,13 @@ impl Leader {
             self.write(Command::Release {
                 allocation_id,
                 reason: ReleaseReason::Expired,
+            })
+            .await;
+        }
+        for allocation_id in self.read(|s| s.overdue_drain_allocations(now)) {
+            self.write(Command::Release {
+                allocation_id,
+                reason: ReleaseReason::Drained,
             })
             .await;
         }

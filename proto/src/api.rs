@@ -66,6 +66,21 @@ pub struct RenewAllocation {
     pub lease_seconds: Option<u64>,
 }
 
+/// `POST /v1/nodes/{id}/drain`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DrainNode {
+    /// Release the allocations still on the node this long from now (reason `drained`);
+    /// without it, the drain waits for them to end however long they last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 2_592_000))]
+    pub deadline_secs: Option<u64>,
+}
+
+/// Longest drain deadline, in seconds (30 days, like the longest lease).
+pub const MAX_DRAIN_DEADLINE_SECS: u64 = 2_592_000;
+
 /// Counts of containers by state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

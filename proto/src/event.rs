@@ -76,8 +76,10 @@ event_kinds! {
     NodeCordoned => "node_cordoned",
     /// A node was uncordoned.
     NodeUncordoned => "node_uncordoned",
-    /// A node started draining.
+    /// A node started draining (its detail gives the deadline, if any).
     NodeDraining => "node_draining",
+    /// A draining node holds no container any more: it can be worked on.
+    NodeDrained => "node_drained",
     /// An API key was made (never its secret).
     KeyCreated => "key_created",
     /// An API key was revoked.

@@ -227,6 +227,10 @@ pub struct Node {
     pub status_changed_at: Timestamp,
     /// Why it is down, cordoned or draining.
     pub reason: Option<String>,
+    /// While draining: when the allocations still on it are released (reason `drained`);
+    /// none means they are waited for however long they last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_deadline: Option<Timestamp>,
 }
 
 /// Whether an allocation still holds its container.
@@ -257,6 +261,8 @@ pub enum ReleaseReason {
     Lost,
     /// Its pool was deleted.
     PoolDeleted,
+    /// Its node was drained and the drain's deadline passed.
+    Drained,
 }
 
 impl ReleaseReason {
@@ -269,6 +275,7 @@ impl ReleaseReason {
             ReleaseReason::Unhealthy => "unhealthy",
             ReleaseReason::Lost => "lost",
             ReleaseReason::PoolDeleted => "pool_deleted",
+            ReleaseReason::Drained => "drained",
         }
     }
 }

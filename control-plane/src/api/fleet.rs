@@ -5,13 +5,13 @@ use axum::http::HeaderMap;
 use axum::Json;
 use tokio::time::Instant;
 use warmpool_proto::api::{ContainerQuery, ErrorBody, HealthView, NodeView, StatusView};
+use warmpool_proto::api::{DrainNode, ReadyView, WhoamiView, MAX_DRAIN_DEADLINE_SECS};
 use warmpool_proto::api::{PoolUsage, SessionUsage, UsageQuery, UsageView};
-use warmpool_proto::api::{ReadyView, WhoamiView};
 use warmpool_proto::records::NodeStatus;
 use warmpool_proto::{Container, ContainerId, ContainerState, NodeId, SessionId, Timestamp};
 
 use super::error::ApiError;
-use super::extract::ApiQuery;
+use super::extract::{ApiQuery, OptionalJson};
 use super::openapi::Consistency;
 use super::{barrier_if_asked, read_fresh, AppState};
 use crate::state::{Command, Request, Response as Applied};
@@ -181,15 +181,22 @@ pub async fn nodes(
 }
 
 /// Cordons, uncordons or drains a node.
+///
+/// A drain moves the node's warm containers elsewhere and waits for its allocations to end;
+/// with `deadline_secs`, the ones still there then are released (reason `drained`).
+/// `node_drained` is recorded once the node holds no container. Draining a draining node again
+/// sets a new deadline (or none).
 #[utoipa::path(
     post, path = "/v1/nodes/{id}/{action}", tag = "fleet",
     params(
         ("id" = NodeId, Path, description = "Node id"),
         ("action" = NodeAction, Path, description = "What to do"),
     ),
+    request_body(content = Option<DrainNode>, description = "Optional, for `drain` only"),
     responses(
         (status = 200, description = "The node after the change", body = NodeView),
-        (status = 400, description = "Refused (`bad_request`)", body = ErrorBody),
+        (status = 400, description = "Malformed body, a deadline out of range or for another action (`bad_request`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 404, description = "No such node or action (`not_found`)", body = ErrorBody),
         (status = 409, description = "The node's state forbids it (`conflict`)", body = ErrorBody),
         (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
@@ -199,6 +206,7 @@ pub async fn nodes(
 pub async fn node_action(
     State(app): State<AppState>,
     Path((id, action)): Path<(String, String)>,
+    OptionalJson(body): OptionalJson<DrainNode>,
 ) -> Result<Json<NodeView>, ApiError> {
     let status = match action.as_str() {
         "cordon" => NodeStatus::Cordoned,
@@ -210,16 +218,33 @@ pub async fn node_action(
             )))
         }
     };
+    let drain_deadline = match body.deadline_secs {
+        None => None,
+        Some(_) if status != NodeStatus::Draining => {
+            return Err(ApiError::BadRequest(format!(
+                "deadline_secs is for drain, not {action}"
+            )))
+        }
+        Some(s) if s > MAX_DRAIN_DEADLINE_SECS => {
+            return Err(ApiError::BadRequest(format!(
+                "deadline_secs must be at most {MAX_DRAIN_DEADLINE_SECS}"
+            )))
+        }
+        Some(s) => Some(s),
+    };
     let node = NodeId::new(&id).map_err(|_| ApiError::NotFound(format!("no node {id:?}")))?;
-    if let Applied::Rejected(r) = app
-        .cluster
-        .write(Request::now(Command::SetNodeStatus {
+    // The deadline counts from the proposer's clock, which the command carries.
+    let at = Timestamp::now();
+    let req = Request {
+        at,
+        cmd: Command::SetNodeStatus {
             reason: None,
             node: node.clone(),
             status,
-        }))
-        .await?
-    {
+            drain_deadline: drain_deadline.map(|secs| Timestamp(at.0 + secs * 1000)),
+        },
+    };
+    if let Applied::Rejected(r) = app.cluster.write(req).await? {
         return Err(r.into());
     }
     let found = app

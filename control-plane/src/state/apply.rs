@@ -242,7 +242,8 @@ impl PoolState {
                 node,
                 status,
                 reason,
-            } => self.set_node_status(ctx, &node, status, reason),
+                drain_deadline,
+            } => self.set_node_status(ctx, &node, status, reason, drain_deadline),
             Command::SetWanted {
                 pool,
                 wanted,
@@ -668,8 +669,10 @@ impl PoolState {
             (ContainerState::Failed, EventKind::ContainerFailed)
         };
         let body = EventBody::of_container(c).reason(reason);
+        let node = c.node.clone();
         self.set_state(id, state, ctx.at);
         self.emit(ctx, kind, body);
+        self.note_if_drained(ctx, &node);
     }
 
     // ---- allocations ----
@@ -1038,6 +1041,12 @@ impl PoolState {
         // A node whose /64 another live node owns joins cordoned: it is known and visible,
         // and takes nothing until an operator fixes its prefix and uncordons it.
         let cordon = conflict.filter(|_| status == NodeStatus::Ready);
+        // A node still draining keeps its deadline when it announces itself again.
+        let drain_deadline = self
+            .nodes
+            .get(&id)
+            .filter(|n| n.status == NodeStatus::Draining && status == NodeStatus::Draining)
+            .and_then(|n| n.drain_deadline);
         let (status, reason) = match &cordon {
             Some(why) => (NodeStatus::Cordoned, Some(why.clone())),
             None => (status, reason),
@@ -1058,6 +1067,7 @@ impl PoolState {
                     status_changed_at
                 },
                 reason,
+                drain_deadline,
             },
         );
         if let Some(why) = announce {
@@ -1123,6 +1133,7 @@ impl PoolState {
         id: &NodeId,
         status: NodeStatus,
         reason: Option<String>,
+        drain_deadline: Option<Timestamp>,
     ) -> Response {
         if status == NodeStatus::Ready {
             if let Some(conflict) = self
@@ -1145,12 +1156,18 @@ impl PoolState {
                 ),
             );
         }
-        if n.status == status {
+        let drain_deadline = drain_deadline.filter(|_| status == NodeStatus::Draining);
+        if n.status == status && n.drain_deadline == drain_deadline {
             return Response::Ok;
         }
+        // Draining again with another deadline (or none) changes only the deadline.
+        let redrain = n.status == status;
         n.status = status;
-        n.status_changed_at = ctx.at;
+        if !redrain {
+            n.status_changed_at = ctx.at;
+        }
         n.reason = reason.clone();
+        n.drain_deadline = drain_deadline;
         let kind = match status {
             NodeStatus::Ready => EventKind::NodeUncordoned,
             NodeStatus::Cordoned => EventKind::NodeCordoned,
@@ -1162,10 +1179,32 @@ impl PoolState {
             EventBody {
                 node: Some(id.clone()),
                 reason,
+                detail: drain_deadline.map(|d| serde_json::json!({ "deadline": d.to_string() })),
                 ..Default::default()
             },
         );
+        if status == NodeStatus::Draining && !redrain {
+            self.note_if_drained(ctx, id);
+        }
         Response::Ok
+    }
+
+    /// Emits `node_drained` when `id` is draining and holds no live container any more.
+    fn note_if_drained(&mut self, ctx: Ctx, id: &NodeId) {
+        let draining = self
+            .nodes
+            .get(id)
+            .is_some_and(|n| n.status == NodeStatus::Draining);
+        if draining && !self.containers_on(id).any(|c| c.state.is_live()) {
+            self.emit(
+                ctx,
+                EventKind::NodeDrained,
+                EventBody {
+                    node: Some(id.clone()),
+                    ..Default::default()
+                },
+            );
+        }
     }
 
     /// Why `id` may not take containers on `prefix`: another live node announced that /64

@@ -158,6 +158,9 @@ pub enum Command {
         /// Why, when the control plane itself does it.
         #[serde(default)]
         reason: Option<String>,
+        /// With `draining`: when the allocations still on the node are released.
+        #[serde(default)]
+        drain_deadline: Option<Timestamp>,
     },
     /// Store a new API key (idempotent by id: an existing key is left as it is).
     CreateKey {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use warmpool_proto::api::Counts;
-use warmpool_proto::records::Pool;
+use warmpool_proto::records::{NodeStatus, Pool};
 use warmpool_proto::{
     Allocation, AllocationId, Container, ContainerId, ContainerState, Event, Health, Node, NodeId,
     PoolName, Timestamp,
@@ -470,6 +470,19 @@ impl PoolState {
     pub fn expired_allocations(&self, now: Timestamp) -> impl Iterator<Item = &Allocation> {
         self.active_allocations()
             .take_while(move |a| a.expires_at <= now)
+    }
+
+    /// Active allocations on draining nodes whose drain deadline is past: the leader releases
+    /// them with reason `drained`.
+    pub fn overdue_drain_allocations(&self, now: Timestamp) -> Vec<AllocationId> {
+        self.nodes()
+            .filter(|n| {
+                n.status == NodeStatus::Draining && n.drain_deadline.is_some_and(|d| d <= now)
+            })
+            .flat_map(|n| self.containers_on(&n.id))
+            .filter(|c| c.state == ContainerState::Allocated)
+            .filter_map(|c| c.allocation)
+            .collect()
     }
 
     /// The allocation an idempotency key made, if it is still remembered.

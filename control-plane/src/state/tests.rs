@@ -594,23 +594,102 @@ fn cordoned_node_keeps_offering_draining_node_does_not() {
     let p = h.pool("demo", 2);
     h.warm(&p, &n, 2);
     h.apply(Command::SetNodeStatus {
+        drain_deadline: None,
         node: n.clone(),
         status: NodeStatus::Cordoned,
         reason: None,
     });
     assert!(h.state.has_allocatable(&p));
     h.apply(Command::SetNodeStatus {
+        drain_deadline: None,
         node: n.clone(),
         status: NodeStatus::Draining,
         reason: None,
     });
     assert!(!h.state.has_allocatable(&p));
     let r = h.apply(Command::SetNodeStatus {
+        drain_deadline: None,
         node: n,
         status: NodeStatus::Down,
         reason: None,
     });
     assert_eq!(rejection(r), RejectCode::Conflict);
+}
+
+#[test]
+fn a_drain_waits_for_allocations_until_its_deadline_then_says_the_node_is_drained() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 2);
+    let ids = h.warm(&p, &n, 2);
+    let (a, _) = allocation(h.allocate(&p, None));
+    let deadline = Timestamp(h.now + 5_000);
+    h.apply(Command::SetNodeStatus {
+        drain_deadline: Some(deadline),
+        node: n.clone(),
+        status: NodeStatus::Draining,
+        reason: None,
+    });
+    assert_eq!(h.state.node(&n).unwrap().drain_deadline, Some(deadline));
+    let draining = h
+        .state
+        .events_since(0, &EventFilter::default())
+        .pop()
+        .unwrap();
+    assert_eq!(draining.kind, EventKind::NodeDraining);
+    assert!(draining.detail.unwrap()["deadline"].is_string());
+
+    // Before the deadline the allocation is left alone; at it, the leader is told to end it.
+    assert!(h
+        .state
+        .overdue_drain_allocations(Timestamp(deadline.0 - 1))
+        .is_empty());
+    assert_eq!(h.state.overdue_drain_allocations(deadline), vec![a.id]);
+    let (ended, _) = allocation(h.apply(Command::Release {
+        allocation_id: a.id,
+        reason: ReleaseReason::Drained,
+    }));
+    assert_eq!(ended.release_reason, Some(ReleaseReason::Drained));
+    assert!(h.state.overdue_drain_allocations(deadline).is_empty());
+
+    // `node_drained` comes once, when the last container on the node is gone.
+    let drained = |h: &Harness| {
+        h.state
+            .events_since(0, &EventFilter::default())
+            .iter()
+            .filter(|e| e.kind == EventKind::NodeDrained)
+            .count()
+    };
+    let warm = ids.into_iter().find(|id| *id != a.container_id).unwrap();
+    h.apply(Command::ContainersGone {
+        gone: vec![(a.container_id, "destroyed".into())],
+    });
+    assert_eq!(drained(&h), 0, "a warm container is still there");
+    h.apply(Command::ContainersGone {
+        gone: vec![(warm, "destroyed".into())],
+    });
+    assert_eq!(drained(&h), 1);
+
+    // Draining again only moves the deadline; uncordoning clears it.
+    h.apply(Command::SetNodeStatus {
+        drain_deadline: None,
+        node: n.clone(),
+        status: NodeStatus::Draining,
+        reason: None,
+    });
+    assert_eq!(h.state.node(&n).unwrap().drain_deadline, None);
+    assert_eq!(drained(&h), 1, "not drained twice");
+    h.apply(Command::SetNodeStatus {
+        drain_deadline: Some(deadline),
+        node: n.clone(),
+        status: NodeStatus::Ready,
+        reason: None,
+    });
+    let node = h.state.node(&n).unwrap();
+    assert_eq!(
+        (node.status, node.drain_deadline),
+        (NodeStatus::Ready, None)
+    );
 }
 
 #[test]
@@ -870,6 +949,7 @@ fn a_node_announcing_another_nodes_prefix_joins_cordoned_and_cannot_be_uncordone
         n.reason
     );
     let r = h.apply(Command::SetNodeStatus {
+        drain_deadline: None,
         node: n2.clone(),
         status: NodeStatus::Ready,
         reason: None,
@@ -881,6 +961,7 @@ fn a_node_announcing_another_nodes_prefix_joins_cordoned_and_cannot_be_uncordone
         reason: "gone".into(),
     });
     h.apply(Command::SetNodeStatus {
+        drain_deadline: None,
         node: n2.clone(),
         status: NodeStatus::Ready,
         reason: None,

@@ -29,6 +29,7 @@ export const EVENT_KINDS = [
   'node_cordoned',
   'node_uncordoned',
   'node_draining',
+  'node_drained',
   'key_created',
   'key_revoked',
 ];
