@@ -19,6 +19,8 @@
 #   --docker-host ADDR      default unix:///var/run/docker.sock
 #   --network NAME          Docker network for the containers; default warmpool-<node-id>
 #   --heartbeat-ms N        default 1000
+#   --metrics-addr ADDR     serve Prometheus metrics on ADDR, e.g. [::]:9101 (the port
+#                           deploy/prometheus/prometheus.yml scrapes); default: not served
 #   --address ADDR          this host's IPv6 address that other hosts route the /64 via;
 #                           default: the source address towards NATS (or the default route)
 #   --binary PATH           the warmpool-agent to install; default: the workspace's
@@ -48,7 +50,7 @@ say() { printf '%s\n' "$*"; }
 
 ROOT=/
 NATS_URL= PREFIX= NODE_ID= NATS_USER= NATS_PASSWORD= PASSWORD_FILE= CREDENTIALS_DIR=
-DOCKER_HOST_ADDR=unix:///var/run/docker.sock NETWORK= HEARTBEAT_MS= ADDRESS= BINARY= NO_START=0
+DOCKER_HOST_ADDR=unix:///var/run/docker.sock NETWORK= HEARTBEAT_MS= METRICS_ADDR= ADDRESS= BINARY= NO_START=0
 LABELS=()
 
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || bad "$1 needs a value"; }
@@ -66,6 +68,7 @@ while [ $# -gt 0 ]; do
     --docker-host) need_value "$@"; DOCKER_HOST_ADDR=$2; shift 2 ;;
     --network) need_value "$@"; NETWORK=$2; shift 2 ;;
     --heartbeat-ms) need_value "$@"; HEARTBEAT_MS=$2; shift 2 ;;
+    --metrics-addr) need_value "$@"; METRICS_ADDR=$2; shift 2 ;;
     --address) need_value "$@"; ADDRESS=$2; shift 2 ;;
     --binary) need_value "$@"; BINARY=$2; shift 2 ;;
     --root) need_value "$@"; ROOT=$2; shift 2 ;;
@@ -167,6 +170,11 @@ if [ -n "$HEARTBEAT_MS" ]; then
   [[ $HEARTBEAT_MS =~ ^[0-9]{1,5}$ ]] && [ "$HEARTBEAT_MS" -ge 50 ] && [ "$HEARTBEAT_MS" -le 60000 ] \
     || bad "--heartbeat-ms '$HEARTBEAT_MS': 50..60000"
 fi
+if [ -n "$METRICS_ADDR" ]; then
+  # host:port or [ipv6]:port, as the agent parses a socket address.
+  [[ $METRICS_ADDR =~ ^(\[[0-9A-Fa-f:.]+\]|[0-9]{1,3}(\.[0-9]{1,3}){3}):[0-9]{1,5}$ ]] \
+    || bad "--metrics-addr '$METRICS_ADDR': an address and port, e.g. [::]:9101 or 0.0.0.0:9101"
+fi
 if [ -n "$ADDRESS" ]; then
   split_ipv6 "$ADDRESS" || bad "--address '$ADDRESS': not an IPv6 address"
 fi
@@ -240,6 +248,7 @@ trap 'rm -rf "$work"' EXIT
   fi
   [ -z "$NETWORK" ] || echo "WARMPOOL_NETWORK=$(quote "$NETWORK")"
   [ -z "$HEARTBEAT_MS" ] || echo "WARMPOOL_HEARTBEAT_MS=$(quote "$HEARTBEAT_MS")"
+  [ -z "$METRICS_ADDR" ] || echo "WARMPOOL_METRICS_ADDR=$(quote "$METRICS_ADDR")"
 } >"$work/agent.env"
 
 install_file "$BINARY" "$(dest $BIN_PATH)" 0755

@@ -584,10 +584,12 @@ pub fn cluster_view(c: &ClusterView) -> String {
         (
             "log",
             format!(
-                "last {}, applied {}, snapshot {}",
+                "last {}, committed {}, applied {}, snapshot {}, purged {}",
                 idx(c.last_log_index),
+                idx(c.commit_index),
                 idx(c.applied_index),
-                idx(c.snapshot_index)
+                idx(c.snapshot_index),
+                idx(c.purged_index)
             ),
         ),
     ]);
@@ -1078,14 +1080,16 @@ mod tests {
                 },
             ],
             last_log_index: Some(120),
+            commit_index: Some(120),
             applied_index: Some(120),
             snapshot_index: None,
+            purged_index: None,
         };
         assert_eq!(
             cluster_view(&c),
             "member:  2 (follower, term 4)\n\
              leader:  1\n\
-             log:     last 120, applied 120, snapshot -\n\
+             log:     last 120, committed 120, applied 120, snapshot -, purged -\n\
              \n\
              ID  ROLE               LEADER  API\n\
              \x201  voter              yes     http://10.0.0.1:7070\n\

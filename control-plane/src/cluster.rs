@@ -195,6 +195,8 @@ pub struct Cluster {
     shared: Arc<Shared>,
     nats: async_nats::Client,
     proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
+    /// The commit index the log store last saved ([`crate::raft::LogStore::commit_index`]).
+    commit_index: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A write waiting to be proposed by [`propose_batches`], and where its answer goes.
@@ -214,7 +216,13 @@ const MAX_IN_FLIGHT: usize = 2;
 impl Cluster {
     /// The local member `id`. Starts the task that proposes this member's writes (it ends
     /// when the last handle is dropped), so it must be called within a Tokio runtime.
-    pub fn new(id: MemberId, raft: Raft, shared: Arc<Shared>, nats: async_nats::Client) -> Self {
+    pub fn new(
+        id: MemberId,
+        raft: Raft,
+        shared: Arc<Shared>,
+        nats: async_nats::Client,
+        commit_index: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
         let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(propose_batches(id, raft.clone(), queue));
         Cluster {
@@ -223,7 +231,13 @@ impl Cluster {
             shared,
             nats,
             proposals,
+            commit_index,
         }
+    }
+
+    /// The highest log index this member knows to be committed (0 before the first).
+    pub fn commit_index(&self) -> u64 {
+        self.commit_index.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This member's id.

@@ -124,6 +124,7 @@ pub async fn run(
         .open()
         .map_err(|e| StartError::Storage(dir.clone(), e.to_string()))?;
     let log = LogStore::open(&db).map_err(|e| StartError::Storage(dir.clone(), e.to_string()))?;
+    let commit_index = log.commit_index();
     let sm = StateMachineStore::open(&db)
         .map_err(|e| StartError::Storage(dir.clone(), e.to_string()))?;
     let shared = sm.shared();
@@ -192,7 +193,13 @@ pub async fn run(
         info!(member = config.id, "initialized a new cluster");
     }
 
-    let cluster = Cluster::new(config.id, raft.clone(), shared.clone(), nats.clone());
+    let cluster = Cluster::new(
+        config.id,
+        raft.clone(),
+        shared.clone(),
+        nats.clone(),
+        commit_index,
+    );
     let fleet = Arc::new(Fleet::default());
     tasks.spawn(
         cluster
@@ -345,7 +352,10 @@ async fn state_metrics(cluster: Cluster, stop: CancellationToken) {
         let status = cluster.shared().read(|s| {
             let usage: Vec<_> = s
                 .pools()
-                .map(|p| (p.spec.name.clone(), s.usage(&p.spec.name, now)))
+                .map(|p| {
+                    let name = p.spec.name.clone();
+                    (s.usage(&name, now), p.spec.price_per_hour, name)
+                })
                 .collect();
             (s.status(now), usage, s.last_event_seq())
         });
@@ -379,12 +389,21 @@ async fn state_metrics(cluster: Cluster, stop: CancellationToken) {
                 metrics::gauge!("warmpool_node_containers", "node" => node.clone(), "state" => state).set(f64::from(v));
             }
         }
-        for (pool, u) in usage {
+        for (u, price, pool) in usage {
             let pool = pool.to_string();
             metrics::counter!("warmpool_pool_container_seconds_total", "pool" => pool.clone(), "kind" => "warm")
                 .absolute(u.warm_ms / 1000);
-            metrics::counter!("warmpool_pool_container_seconds_total", "pool" => pool, "kind" => "allocated")
+            metrics::counter!("warmpool_pool_container_seconds_total", "pool" => pool.clone(), "kind" => "allocated")
                 .absolute(u.allocated_ms / 1000);
+            if let Some(price) = price {
+                // Cost so far at the pool's price per container-hour (a float, so a gauge that
+                // only grows, like the counters above).
+                let cost = |ms: u64| ms as f64 / 3_600_000.0 * price;
+                metrics::gauge!("warmpool_pool_cost", "pool" => pool.clone(), "kind" => "warm")
+                    .set(cost(u.warm_ms));
+                metrics::gauge!("warmpool_pool_cost", "pool" => pool, "kind" => "allocated")
+                    .set(cost(u.allocated_ms));
+            }
         }
         metrics::counter!("warmpool_events_total").absolute(events);
         tokio::select! {

@@ -141,10 +141,16 @@ for round in $(seq 1 "$ROUNDS"); do
   [ -n "$new" ] || die "round $round: no new task ran within 60 s"
   t_run=$(now_ms)
   port=$(task_port "$new")
+  [ -n "$port" ] || die "round $round: task $new has no published port"
+  answered=0
   for _ in $(seq 1 6000); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/healthz" 2>/dev/null)" = 200 ] && break
+    if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/healthz" 2>/dev/null)" = 200 ]; then
+      answered=1
+      break
+    fi
     sleep 0.01
   done
+  [ "$answered" = 1 ] || die "round $round: the new replica did not answer /healthz on port $port within 60 s"
   t_http=$(now_ms)
   RUN_MS+=($((t_run - t0)))
   HTTP_MS+=($((t_http - t0)))

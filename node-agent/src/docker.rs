@@ -313,10 +313,12 @@ impl Driver {
         let opts = bollard::query_parameters::RestartContainerOptionsBuilder::new()
             .t(2)
             .build();
-        self.docker
-            .restart_container(docker_id, Some(opts))
-            .await
-            .map_err(DockerError::api("restart container"))
+        timed(
+            "restart container",
+            self.docker.restart_container(docker_id, Some(opts)),
+        )
+        .await
+        .map_err(DockerError::api("restart container"))
     }
 
     /// Starts a created container.

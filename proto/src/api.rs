@@ -231,10 +231,17 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
     /// Last log index.
     pub last_log_index: Option<u64>,
+    /// Highest index this member knows to be committed (replicated to a quorum).
+    #[serde(default)]
+    pub commit_index: Option<u64>,
     /// Last applied index.
     pub applied_index: Option<u64>,
     /// Last index in the latest snapshot.
     pub snapshot_index: Option<u64>,
+    /// Last index removed from the log by compaction (entries up to it live only in the
+    /// snapshot).
+    #[serde(default)]
+    pub purged_index: Option<u64>,
 }
 
 /// `POST /v1/cluster/members`.

@@ -687,6 +687,8 @@ async fn install_agent_script_brings_up_an_agent_that_joins_the_pool() {
         "disk=ssd",
         "--heartbeat-ms",
         "300",
+        "--metrics-addr",
+        "[::1]:9101",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -732,6 +734,7 @@ async fn install_agent_script_brings_up_an_agent_that_joins_the_pool() {
     assert_eq!(env["WARMPOOL_DOCKER_HOST"], docker_host);
     assert_eq!(env["WARMPOOL_LABELS"], "region=eu,disk=ssd");
     assert_eq!(env["WARMPOOL_HEARTBEAT_MS"], "300");
+    assert_eq!(env["WARMPOOL_METRICS_ADDR"], "[::1]:9101");
     let unit_path = r.join("etc/systemd/system/warmpool-agent.service");
     let unit_text = std::fs::read_to_string(&unit_path).unwrap();
     assert_eq!(
@@ -771,6 +774,7 @@ async fn install_agent_script_brings_up_an_agent_that_joins_the_pool() {
         (vec!["--ipv6-prefix", "fd36:1::/48"], "--ipv6-prefix"),
         (vec!["--label", "novalue"], "--label"),
         (vec!["--nats-url", "http://x"], "--nats-url"),
+        (vec!["--metrics-addr", "9101"], "--metrics-addr"),
         (vec!["--surprise"], "--surprise"),
     ] {
         let out = install(&bad);

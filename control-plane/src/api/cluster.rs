@@ -42,8 +42,10 @@ fn current(app: &AppState) -> ClusterView {
         state: state.into(),
         members,
         last_log_index: m.last_log_index,
+        commit_index: Some(app.cluster.commit_index()).filter(|i| *i > 0),
         applied_index: m.last_applied.map(|l| l.index),
         snapshot_index: m.snapshot.map(|l| l.index),
+        purged_index: m.purged.map(|l| l.index),
     }
 }
 

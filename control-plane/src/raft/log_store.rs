@@ -18,6 +18,8 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
@@ -35,6 +37,9 @@ pub struct LogStore {
     log: sled::Tree,
     meta: sled::Tree,
     flusher: Flusher,
+    /// The last commit index openraft saved (openraft 0.9's metrics have none), for
+    /// `GET /v1/cluster`; 0 before the first.
+    committed: Arc<AtomicU64>,
 }
 
 /// What the flush thread is asked to do.
@@ -125,7 +130,13 @@ impl LogStore {
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
             flusher: Flusher::start(db.clone())?,
+            committed: Arc::default(),
         })
+    }
+
+    /// The commit index as this store last saved it, shared with whoever reports it.
+    pub fn commit_index(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -242,14 +253,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.write_meta(COMMITTED, &committed, ErrorSubject::Store)?;
         // openraft 0.9's metrics have no commit index; this is where it is known.
-        metrics::gauge!("warmpool_raft_commit_index").set(committed.map_or(0, |l| l.index) as f64);
+        let index = committed.map_or(0, |l| l.index);
+        self.committed.store(index, Ordering::Relaxed);
+        metrics::gauge!("warmpool_raft_commit_index").set(index as f64);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self
+        let committed = self
             .read_meta::<Option<LogId>>(COMMITTED, ErrorSubject::Store)?
-            .flatten())
+            .flatten();
+        self.committed
+            .store(committed.map_or(0, |l| l.index), Ordering::Relaxed);
+        Ok(committed)
     }
 
     async fn append<I>(

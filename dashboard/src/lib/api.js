@@ -78,7 +78,7 @@ export function describeError(err, action = 'do that') {
   const m = err.message;
   switch (err.kind) {
     case Kind.network:
-      return `Could not ${action}: the control plane did not answer (connection lost). It will be retried when the connection is back.`;
+      return `Could not ${action}: the control plane did not answer (connection lost). Try again once it is back.`;
     case Kind.timeout:
       return `Could not ${action}: the control plane took too long to answer.`;
     case Kind.unauthorized:

@@ -117,10 +117,10 @@ const fetchers = {
   async allocations() {
     app.allocations = await api.get('/v1/allocations', { query: { state: 'active' } });
   },
-  // The key's role. `GET /v1/whoami` would say it outright (not offered by the server yet: a
-  // 404 falls through); `GET /v1/keys` is admin-only, so its answer tells admin (200) from
-  // the rest (403: user or viewer, who may not touch nodes). A 403 on an allocation then
-  // tells a viewer from a user.
+  // The key's role. `GET /v1/whoami` says it outright. A member too old to offer it answers
+  // 404, and then `GET /v1/keys`, which is admin-only, tells admin (200) from the rest (403:
+  // user or viewer, who may not touch nodes); a 403 on an allocation then tells a viewer from
+  // a user.
   async keys() {
     if (app.auth.mode !== 'on' || app.auth.role) return;
     try {

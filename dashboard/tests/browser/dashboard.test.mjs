@@ -118,6 +118,7 @@ test('sign-in: auth is detected, bad keys are refused with a reason, the admin k
   await page.getByTestId('total-warm').waitFor();
   await waitFor('warm total', async () => Number(await page.getByTestId('total-warm').locator('.n').textContent()) >= 3);
   await page.getByTestId('leader').getByText('member 1').waitFor();
+  await waitFor('a commit index', async () => /^\d+$/.test(await page.getByTestId('commit-index').textContent()));
   // The key survives a reload (session storage), so no second sign-in.
   await page.reload();
   await page.getByTestId('total-warm').waitFor();
@@ -205,6 +206,38 @@ test('errors read well: an unknown pool, and a pool at its max_total', async () 
   await shot(page, 'allocations-error-desktop');
   await api(`/v1/allocations/${first}`, { method: 'DELETE' });
   await form.getByLabel('Wait for a warm one').fill('2000');
+});
+
+test('an allocation whose answer is lost: the retry gets the same allocation, not a second', async () => {
+  await go(page, '#/allocations');
+  const form = page.getByTestId('allocate-form');
+  await form.getByLabel('Pool').fill('demo');
+  await form.getByLabel('Session id').fill('');
+  await form.getByLabel('Idempotency key').fill('');
+  // The first request reaches the server and is carried out; its answer never comes back.
+  const keys = [];
+  let made = null;
+  await page.route('**/v1/allocations', async (r) => {
+    if (r.request().method() !== 'POST') return r.continue();
+    keys.push(JSON.parse(r.request().postData()).idempotency_key);
+    if (made) return r.continue();
+    made = await (await r.fetch()).json();
+    return r.abort('connectionreset');
+  });
+  await page.getByTestId('allocate-button').click();
+  const err = page.getByTestId('allocate-error');
+  await err.getByText(/connection lost/).waitFor();
+  await err.getByText(/press Allocate again to find out/).waitFor();
+  assert.ok(made?.id, 'the server made an allocation');
+  await page.getByTestId('allocate-button').click();
+  await page.getByTestId('allocate-result').waitFor();
+  await page.unroute('**/v1/allocations');
+  assert.equal((await page.getByTestId('allocation-id').textContent()).trim(), made.id);
+  assert.equal(keys.length, 2);
+  assert.ok(keys[0] && keys[0] === keys[1], `the retry carried the same key: ${keys}`);
+  const active = await api(`/v1/allocations?state=active`);
+  assert.equal(active.filter((a) => a.idempotency_key === keys[0]).length, 1, 'one allocation for the key');
+  await api(`/v1/allocations/${made.id}`, { method: 'DELETE' });
 });
 
 test('live: a change made through another member shows within a second', async () => {
@@ -309,8 +342,8 @@ test('viewer key: sees everything; write buttons are disabled and explained, a 4
     body: JSON.stringify({ name: 'dashboard-viewer', role: 'viewer' }),
   });
   const p = await newPage(DESKTOP, 'viewer');
-  // Should the server learn `GET /v1/whoami`, keep this test on the path it was written for:
-  // the role is found out from 403s.
+  // The path for a member without `GET /v1/whoami` (the next test takes the one with it): the
+  // role is found out from 403s.
   await p.route('**/v1/whoami', (r) =>
     r.fulfill({ status: 404, contentType: 'application/json', body: '{"error":{"code":"not_found","message":"no route"}}' }),
   );
@@ -344,6 +377,27 @@ test('viewer key: sees everything; write buttons are disabled and explained, a 4
   // Revoking the key sends the page back to sign-in with a message.
   await api(`/v1/keys/${viewer.id}`, { method: 'DELETE' });
   await p.getByTestId('signin-message').getByText(/no longer accepted \(the key was revoked\)/).waitFor({ timeout: 10000 });
+  await p.context().close();
+});
+
+test('viewer key, role from whoami: write buttons are disabled before anything is tried', async () => {
+  const viewer = await api('/v1/keys', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'dashboard-viewer-2', role: 'viewer' }),
+  });
+  const p = await newPage(DESKTOP, 'viewer-whoami');
+  await p.goto(cluster.url);
+  await signIn(p, viewer.token);
+  await p.getByTestId('total-warm').waitFor();
+  await p.getByTestId('role').getByText('viewer key').waitFor();
+  await go(p, '#/allocations');
+  await p.getByTestId('allocate-denied').getByText(/a viewer key: it can read everything but not allocate/).waitFor();
+  assert.equal(await p.getByTestId('allocate-button').isDisabled(), true);
+  await go(p, '#/nodes');
+  await p.getByTestId('nodes-denied').getByText(/cannot cordon, uncordon or drain nodes; that needs an admin key/).waitFor();
+  assert.equal(await p.getByTestId('cordon').isDisabled(), true);
+  await api(`/v1/keys/${viewer.id}`, { method: 'DELETE' });
   await p.context().close();
 });
 
