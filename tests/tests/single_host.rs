@@ -58,7 +58,16 @@ async fn pool_reaches_min_warm_with_routed_ipv6_that_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allocation_hands_out_a_live_container_and_the_pool_refills() {
     let c = demo_cluster(3).await;
-    let a = c.client.allocate(&alloc("demo")).await.expect("allocate");
+    // The wire answer itself: 201 Created, with the allocation and where to reach it.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/allocations", c.members[0].url()))
+        .body(r#"{"pool":"demo"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let a: warmpool_proto::Allocation = resp.json().await.unwrap();
+    assert_eq!(a.port, 8080, "the pool's service port");
     assert_eq!(a.state, AllocationState::Active);
     assert_eq!(a.node.as_str(), c.agents[0].node);
     assert!(a.expires_at > a.created_at);
@@ -135,6 +144,15 @@ async fn release_destroys_the_container_and_the_log_tells_its_life_in_order() {
     assert_eq!(c.client.release(a.id).await.unwrap(), released);
 }
 
+/// The next heartbeat on `beats` (within 10 s).
+async fn next_beat(beats: &mut async_nats::Subscriber) -> warmpool_proto::agent::Heartbeat {
+    let msg = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(beats))
+        .await
+        .expect("a heartbeat")
+        .expect("the subscription");
+    serde_json::from_slice(&msg.payload).expect("a heartbeat that decodes")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_restarts_and_adopts_its_containers() {
     let mut c = demo_cluster(3).await;
@@ -153,26 +171,35 @@ async fn a_killed_agent_restarts_and_adopts_its_containers() {
         .unwrap()
         .seq;
 
+    // The agent's own heartbeats tell its processes apart (a boot id per process).
+    let nats = async_nats::connect(c.nats.url()).await.unwrap();
+    let node_id = warmpool_proto::NodeId::new(&node).unwrap();
+    let mut beats = nats
+        .subscribe(warmpool_proto::subjects::heartbeat(&node_id))
+        .await
+        .unwrap();
+    let old_boot = next_beat(&mut beats).await.boot_id;
+
     c.agents[0].kill();
     c.agents[0].start();
-    // The agent must come back, re-adopt, and report an inventory the leader agrees with.
-    wait_until(
-        Duration::from_secs(20),
-        "the node to be heard again",
-        || {
-            let client = c.client.clone();
-            async move {
-                let nodes = client.nodes().await.ok()?;
-                nodes
-                    .iter()
-                    .find(|n| n.heartbeat_age_ms.is_some_and(|a| a < 1000))
-                    .map(|_| ())
-            }
-        },
-    )
-    .await;
-    // Give reconciliation a few heartbeats to do anything it would wrongly do.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The new process must come back, re-adopt the three containers, and report them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let adopted = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no heartbeat from a new agent process"
+        );
+        let beat = next_beat(&mut beats).await;
+        if beat.boot_id != old_boot && beat.containers == 3 {
+            break beat;
+        }
+    };
+    // Give reconciliation a few of the new process's heartbeats to do anything it would
+    // wrongly do (it runs on every one the leader hears).
+    for _ in 0..6 {
+        let beat = next_beat(&mut beats).await;
+        assert_eq!(beat.boot_id, adopted.boot_id, "one agent process");
+    }
     let after = docker_containers_of(&node);
     assert_eq!(
         after, before,
