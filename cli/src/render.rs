@@ -352,6 +352,24 @@ pub fn status_view(s: &StatusView) -> String {
         ]);
     }
     out.push_str(&nodes.render());
+    // What is wrong, where something is: one line each, under the tables.
+    let conditions: Vec<String> = s
+        .pools
+        .iter()
+        .filter_map(|p| Some(format!("pool {}: {}", p.name, p.condition.as_ref()?)))
+        .chain(
+            s.nodes
+                .iter()
+                .filter_map(|n| Some(format!("node {}: {}", n.node, n.condition.as_ref()?))),
+        )
+        .collect();
+    if !conditions.is_empty() {
+        out.push('\n');
+        for c in conditions {
+            out.push_str(&c);
+            out.push('\n');
+        }
+    }
     out
 }
 
@@ -1008,6 +1026,7 @@ mod tests {
                 node: NodeId::new("n1").unwrap(),
                 status: NodeStatus::Ready,
                 counts,
+                condition: None,
             }],
             applied_index: 77,
         };
@@ -1020,6 +1039,13 @@ mod tests {
              \n\
              NODE  STATUS  WARM  ALLOCATED  CREATING  RELEASING  UNHEALTHY  TOTAL\n\
              n1    ready      2          1         0          0          0      3\n"
+        );
+        let mut failing = s.clone();
+        failing.nodes[0].condition = Some("creates are failing (3 in a row)".into());
+        assert!(
+            status_view(&failing).ends_with("TOTAL\nn1    ready      2          1         0          0          0      3\n\nnode n1: creates are failing (3 in a row)\n"),
+            "{}",
+            status_view(&failing)
         );
 
         let node = NodeView {
@@ -1042,6 +1068,7 @@ mod tests {
             heartbeat_age_ms: Some(800),
             memory_fraction: Some(0.374),
             counts,
+            condition: None,
         };
         assert_eq!(
             nodes_table(std::slice::from_ref(&node)),

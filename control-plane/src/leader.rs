@@ -71,6 +71,10 @@ struct Backoff {
     failures: u32,
     retry_at: Option<Instant>,
     reason: String,
+    /// For a node: the pool generations whose creates failed there (empty when unknown, as
+    /// for a backoff resumed from the state). When every one of them is replaced by a new
+    /// spec, the failures said nothing about the node and its backoff ends.
+    sources: std::collections::BTreeSet<(PoolName, u64)>,
 }
 
 impl Backoff {
@@ -86,6 +90,31 @@ impl Backoff {
 
     fn waiting(&self) -> bool {
         self.retry_at.is_some_and(|t| t > Instant::now())
+    }
+
+    /// As written to the state, for status and events.
+    fn condition(&self) -> crate::state::Condition {
+        let left = self.retry_at.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        crate::state::Condition {
+            reason: self.reason.clone(),
+            consecutive_failures: self.failures,
+            retry_at: Timestamp::now().plus(left),
+        }
+    }
+
+    /// A backoff a previous leader wrote to the state, picked up by a new one, so that it goes
+    /// on where that one stopped (and clears the condition when creates work again).
+    fn resume(c: &crate::state::Condition, generation: u64) -> Self {
+        let left = c.retry_at.0.saturating_sub(Timestamp::now().0);
+        Backoff {
+            generation,
+            failures: c.consecutive_failures,
+            retry_at: Some(Instant::now() + Duration::from_millis(left)),
+            reason: c.reason.clone(),
+            sources: Default::default(),
+        }
     }
 }
 
@@ -198,10 +227,24 @@ impl Leader {
                 info!(member = self.cluster.id(), "leading: reconciling the fleet");
                 self.fleet.forget_inventories();
                 let seq = self.read(|s| s.last_event_seq());
+                let (pool_backoff, node_backoff) = self.read(|s| {
+                    let pools = s
+                        .pool_conditions()
+                        .map(|(p, c)| {
+                            let generation = s.pool(p).map_or(0, |p| p.generation);
+                            (p.clone(), Backoff::resume(c, generation))
+                        })
+                        .collect();
+                    let nodes = s
+                        .node_conditions()
+                        .map(|(n, c)| (n.clone(), Backoff::resume(c, 0)))
+                        .collect();
+                    (pools, nodes)
+                });
                 term = Some(Term {
                     demand: HashMap::new(),
-                    pool_backoff: HashMap::new(),
-                    node_backoff: HashMap::new(),
+                    pool_backoff,
+                    node_backoff,
                     failures_seen: seq,
                     restarts_sent: HashMap::new(),
                     events_seen: self.read(|s| s.last_event_seq()),
@@ -723,6 +766,16 @@ impl Leader {
         term.pool_backoff
             .retain(|pool, b| generations.get(pool) == Some(&b.generation));
         let mut changed: Vec<PoolName> = Vec::new();
+        let mut nodes_changed: Vec<NodeId> = Vec::new();
+        // A node whose failing creates were all of specs since changed is not to blame.
+        term.node_backoff.retain(|node, b| {
+            let current = b.sources.is_empty()
+                || b.sources.iter().any(|(p, g)| generations.get(p) == Some(g));
+            if !current && b.failures >= NODE_FAILURES_TO_AVOID {
+                nodes_changed.push(node.clone());
+            }
+            current
+        });
         for e in events {
             let (Some(pool), node) = (e.pool.clone(), e.node.clone()) else {
                 continue;
@@ -733,7 +786,13 @@ impl Leader {
                         changed.push(pool);
                     }
                     if let Some(n) = node {
-                        term.node_backoff.remove(&n);
+                        if term
+                            .node_backoff
+                            .remove(&n)
+                            .is_some_and(|b| b.failures >= NODE_FAILURES_TO_AVOID)
+                        {
+                            nodes_changed.push(n);
+                        }
                     }
                 }
                 _ => {
@@ -751,12 +810,16 @@ impl Leader {
                         });
                     let delay = b.record(&reason);
                     warn!(%pool, %reason, retry_in = ?delay, "create failed; backing off");
-                    changed.push(pool);
+                    changed.push(pool.clone());
                     if let Some(n) = node {
                         let b = term.node_backoff.entry(n.clone()).or_default();
                         b.record(&reason);
+                        b.sources.insert((pool.clone(), generation));
                         if b.failures == NODE_FAILURES_TO_AVOID {
                             warn!(node = %n, %reason, "creates keep failing on this node; avoiding it for a while");
+                        }
+                        if b.failures >= NODE_FAILURES_TO_AVOID {
+                            nodes_changed.push(n);
                         }
                     }
                 }
@@ -765,17 +828,16 @@ impl Leader {
         changed.sort();
         changed.dedup();
         for pool in changed {
-            let condition = term
-                .pool_backoff
-                .get(&pool)
-                .map(|b| crate::state::PoolCondition {
-                    reason: b.reason.clone(),
-                    consecutive_failures: b.failures,
-                    retry_at: Timestamp::now().plus(b.retry_at.map_or(Duration::ZERO, |t| {
-                        t.saturating_duration_since(Instant::now())
-                    })),
-                });
+            let condition = term.pool_backoff.get(&pool).map(Backoff::condition);
             self.write(Command::SetPoolCondition { pool, condition })
+                .await;
+        }
+        // A node's condition is written once it is avoided, and cleared when it works again.
+        nodes_changed.sort();
+        nodes_changed.dedup();
+        for node in nodes_changed {
+            let condition = term.node_backoff.get(&node).map(Backoff::condition);
+            self.write(Command::SetNodeCondition { node, condition })
                 .await;
         }
     }

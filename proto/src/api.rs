@@ -145,6 +145,10 @@ pub struct NodeCounts {
     pub status: NodeStatus,
     /// Its containers by state.
     pub counts: Counts,
+    /// Why it takes no new containers for now although ready, when that is so (its creates
+    /// keep failing and the leader backs off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
 }
 
 /// `GET /v1/status`.
@@ -189,6 +193,10 @@ pub struct NodeView {
     pub memory_fraction: Option<f64>,
     /// Its containers by state.
     pub counts: Counts,
+    /// Why it takes no new containers for now although ready, when that is so (its creates
+    /// keep failing and the leader backs off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
 }
 
 /// `GET /v1/health`.

@@ -80,6 +80,10 @@ event_kinds! {
     NodeDraining => "node_draining",
     /// A draining node holds no container any more: it can be worked on.
     NodeDrained => "node_drained",
+    /// Creates keep failing on a node: it takes none for a while (reason and retry time).
+    NodeBackoff => "node_backoff",
+    /// A node's creates work again.
+    NodeRecovered => "node_recovered",
     /// An API key was made (never its secret).
     KeyCreated => "key_created",
     /// An API key was revoked.

@@ -65,3 +65,20 @@ async fn dashboard_files_carry_the_right_caching_headers() {
     let r = http.post(format!("{url}/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
+
+/// The dashboard's list of event kinds (its event filters) is the server's, in its order.
+#[test]
+fn the_dashboard_knows_every_event_kind() {
+    let js = std::fs::read_to_string(warmpool_tests::root().join("dashboard/src/lib/reducers.js"))
+        .unwrap();
+    let start = js
+        .find("export const EVENT_KINDS = [")
+        .expect("EVENT_KINDS in reducers.js");
+    let end = start + js[start..].find("];").unwrap();
+    let listed: Vec<&str> = js[start..end].split('\'').skip(1).step_by(2).collect();
+    let server: Vec<&str> = warmpool_proto::EventKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(listed, server, "dashboard/src/lib/reducers.js EVENT_KINDS");
+}

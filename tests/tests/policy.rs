@@ -568,6 +568,21 @@ async fn creates_that_keep_failing_back_off_and_say_why_instead_of_churning() {
         delays.windows(2).all(|w| w[1] >= w[0]),
         "failures count up: {delays:?}"
     );
+    // Its only node failed every create too: it is avoided for a while, and says so.
+    let node = c.agents[0].node.clone();
+    let s = c.client.status().await.unwrap();
+    let on_node = s.nodes.iter().find(|n| n.node.as_str() == node).unwrap();
+    let why = on_node.condition.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("creates are failing"),
+        "node condition: {why:?}"
+    );
+    let node_events = |kind: &str| EventQuery {
+        kind: Some(kind.into()),
+        node: Some(node.clone()),
+        ..Default::default()
+    };
+    assert!(!all_events(&c, node_events("node_backoff")).await.is_empty());
 
     // Fixing the spec clears the condition and the pool fills.
     let fixed = TestCluster::demo_spec("broken", 2);
@@ -582,6 +597,10 @@ async fn creates_that_keep_failing_back_off_and_say_why_instead_of_churning() {
             .condition,
         None
     );
+    // The node's creates work again: its condition is cleared, and the log says so.
+    let on_node = s.nodes.iter().find(|n| n.node.as_str() == node).unwrap();
+    assert_eq!(on_node.condition, None);
+    assert_eq!(all_events(&c, node_events("node_recovered")).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

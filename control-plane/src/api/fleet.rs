@@ -139,7 +139,7 @@ pub async fn container(
 fn node_view(
     app: &AppState,
     node: warmpool_proto::Node,
-    counts: warmpool_proto::api::Counts,
+    (counts, condition): (warmpool_proto::api::Counts, Option<String>),
 ) -> NodeView {
     let soft = app.fleet.node(&node.id);
     NodeView {
@@ -149,8 +149,20 @@ fn node_view(
             .map(|s| Instant::now().duration_since(s.received).as_millis() as u64),
         memory_fraction: soft.as_ref().map(|s| s.heartbeat.usage.memory_fraction()),
         counts,
+        condition,
         node,
     }
+}
+
+/// A node's counts and condition, as [`node_view`] takes them.
+fn node_extras(
+    s: &crate::state::PoolState,
+    id: &NodeId,
+) -> (warmpool_proto::api::Counts, Option<String>) {
+    (
+        s.node_counts(id),
+        s.node_condition(id).map(|c| c.describe()),
+    )
 }
 
 /// Docker hosts, with what this member heard from them.
@@ -169,7 +181,7 @@ pub async fn nodes(
     barrier_if_asked(&app, &headers).await?;
     let nodes: Vec<_> = app.cluster.shared().read(|s| {
         s.nodes()
-            .map(|n| (n.clone(), s.node_counts(&n.id)))
+            .map(|n| (n.clone(), node_extras(s, &n.id)))
             .collect()
     });
     Ok(Json(
@@ -250,7 +262,7 @@ pub async fn node_action(
     let found = app
         .cluster
         .shared()
-        .read(|s| s.node(&node).map(|n| (n.clone(), s.node_counts(&n.id))));
+        .read(|s| s.node(&node).map(|n| (n.clone(), node_extras(s, &n.id))));
     let (n, counts) = found.ok_or_else(|| ApiError::NotFound(format!("no node {id:?}")))?;
     Ok(Json(node_view(&app, n, counts)))
 }

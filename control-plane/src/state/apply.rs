@@ -184,6 +184,37 @@ impl PoolState {
                 }
                 Response::Ok
             }
+            Command::SetNodeCondition { node, condition } => {
+                if !self.nodes.contains_key(&node) {
+                    return Response::rejected(RejectCode::NotFound, format!("no node {node}"));
+                }
+                match condition {
+                    Some(c) => {
+                        let detail = serde_json::json!({
+                            "consecutive_failures": c.consecutive_failures,
+                            "retry_at": c.retry_at,
+                        });
+                        let body = EventBody {
+                            node: Some(node.clone()),
+                            reason: Some(c.reason.clone()),
+                            detail: Some(detail),
+                            ..Default::default()
+                        };
+                        self.node_conditions.insert(node, c);
+                        self.emit(ctx, EventKind::NodeBackoff, body);
+                    }
+                    None => {
+                        if self.node_conditions.remove(&node).is_some() {
+                            let body = EventBody {
+                                node: Some(node),
+                                ..Default::default()
+                            };
+                            self.emit(ctx, EventKind::NodeRecovered, body);
+                        }
+                    }
+                }
+                Response::Ok
+            }
             Command::CreateKey { key } => {
                 if !self.keys.contains_key(&key.id) {
                     let detail =

@@ -177,7 +177,15 @@ pub enum Command {
         /// The pool.
         pool: PoolName,
         /// The condition, or None to clear it.
-        condition: Option<super::PoolCondition>,
+        condition: Option<super::Condition>,
+    },
+    /// A node's creates keep failing (Some: the leader avoids it for a while) or work again
+    /// (None).
+    SetNodeCondition {
+        /// The node.
+        node: NodeId,
+        /// The condition, or None to clear it.
+        condition: Option<super::Condition>,
     },
     /// The scaler changed a pool's wanted warm count.
     SetWanted {

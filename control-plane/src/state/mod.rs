@@ -58,9 +58,9 @@ pub struct KeyRecord {
     pub revoked_at: Option<Timestamp>,
 }
 
-/// Why a pool is not growing as it should.
+/// Why a pool, or a node, is not making containers as it should: its creates keep failing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PoolCondition {
+pub struct Condition {
     /// The last failure.
     pub reason: String,
     /// Creates that failed in a row.
@@ -69,7 +69,7 @@ pub struct PoolCondition {
     pub retry_at: Timestamp,
 }
 
-impl PoolCondition {
+impl Condition {
     /// For people: what is wrong and when the next attempt is.
     pub fn describe(&self) -> String {
         format!(
@@ -239,7 +239,10 @@ pub struct PoolState {
     /// API keys by id.
     keys: BTreeMap<String, KeyRecord>,
     /// Pools whose creates keep failing, and why.
-    conditions: BTreeMap<PoolName, PoolCondition>,
+    conditions: BTreeMap<PoolName, Condition>,
+    /// Nodes whose creates keep failing (so the leader avoids them for a while), and why.
+    #[serde(default)]
+    node_conditions: BTreeMap<NodeId, Condition>,
     /// Allocation requests ever made per pool (served, queued or refused; replays excluded):
     /// the demand the scaler measures.
     arrivals: BTreeMap<PoolName, u64>,
@@ -506,8 +509,23 @@ impl PoolState {
     }
 
     /// Why `pool` is not growing as it should, if it is not.
-    pub fn condition(&self, pool: &PoolName) -> Option<&PoolCondition> {
+    pub fn condition(&self, pool: &PoolName) -> Option<&Condition> {
         self.conditions.get(pool)
+    }
+
+    /// Why `node` takes no creates for now, if its creates keep failing.
+    pub fn node_condition(&self, node: &NodeId) -> Option<&Condition> {
+        self.node_conditions.get(node)
+    }
+
+    /// Every pool condition.
+    pub fn pool_conditions(&self) -> impl Iterator<Item = (&PoolName, &Condition)> {
+        self.conditions.iter()
+    }
+
+    /// Every node condition.
+    pub fn node_conditions(&self) -> impl Iterator<Item = (&NodeId, &Condition)> {
+        self.node_conditions.iter()
     }
 
     /// An API key by id.

@@ -180,9 +180,7 @@ impl PoolState {
                 counts: by_pool.get(&p.spec.name).copied().unwrap_or_default(),
                 wanted: self.wanted(p),
                 waiting: self.waiting(&p.spec.name) as u32,
-                condition: self
-                    .condition(&p.spec.name)
-                    .map(super::PoolCondition::describe),
+                condition: self.condition(&p.spec.name).map(super::Condition::describe),
                 warm_seconds: u.warm_ms as f64 / 1000.0,
                 allocated_seconds: u.allocated_ms as f64 / 1000.0,
                 cost: p
@@ -201,6 +199,7 @@ impl PoolState {
                 node: n.id.clone(),
                 status: n.status,
                 counts: by_node.get(&n.id).copied().unwrap_or_default(),
+                condition: self.node_condition(&n.id).map(|c| c.describe()),
             })
             .collect();
         StatusView {

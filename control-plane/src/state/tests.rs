@@ -693,6 +693,49 @@ fn a_drain_waits_for_allocations_until_its_deadline_then_says_the_node_is_draine
 }
 
 #[test]
+fn a_node_condition_shows_in_status_and_events_until_cleared() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let cond = Condition {
+        reason: "create_failed: no such image".into(),
+        consecutive_failures: 3,
+        retry_at: Timestamp(h.now + 4_000),
+    };
+    h.apply(Command::SetNodeCondition {
+        node: n.clone(),
+        condition: Some(cond.clone()),
+    });
+    let status = h.state.status(Timestamp(h.now));
+    assert_eq!(status.nodes[0].condition, Some(cond.describe()));
+    let kinds = |h: &Harness| -> Vec<EventKind> {
+        h.state
+            .events_since(0, &EventFilter::default())
+            .iter()
+            .map(|e| e.kind)
+            .filter(|k| matches!(k, EventKind::NodeBackoff | EventKind::NodeRecovered))
+            .collect()
+    };
+    assert_eq!(kinds(&h), vec![EventKind::NodeBackoff]);
+    // Clearing twice says it once.
+    for _ in 0..2 {
+        h.apply(Command::SetNodeCondition {
+            node: n.clone(),
+            condition: None,
+        });
+    }
+    assert_eq!(h.state.status(Timestamp(h.now)).nodes[0].condition, None);
+    assert_eq!(
+        kinds(&h),
+        vec![EventKind::NodeBackoff, EventKind::NodeRecovered]
+    );
+    let r = h.apply(Command::SetNodeCondition {
+        node: NodeId::new("nobody").unwrap(),
+        condition: Some(cond),
+    });
+    assert_eq!(rejection(r), RejectCode::NotFound);
+}
+
+#[test]
 fn snapshot_round_trip_restores_indexes_and_replay_is_deterministic() {
     let mut h = Harness::new();
     let n = h.node("n1");
