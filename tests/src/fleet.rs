@@ -598,7 +598,11 @@ async fn join_fourth(
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut joiner = Member::joining(4, &fleet.nats.url(), fleet.dir())
             .with_args(&args)
-            .with_log_filter(&cfg.log_filter);
+            // Its state machine says when it installs a snapshot: that is how it caught up.
+            .with_log_filter(&format!(
+                "{},warmpool_control_plane::raft::state_machine=info",
+                cfg.log_filter
+            ));
         let target_index = fleet.client.cluster().await?.applied_index.unwrap_or(0);
         let t = Instant::now();
         joiner.start();
@@ -619,7 +623,10 @@ async fn join_fourth(
             )
             .await?;
         report.join_secs = Some(t.elapsed().as_secs_f64());
-        report.join_by_snapshot = Some(view.snapshot_index.is_some_and(|s| s > 0));
+        report.join_by_snapshot = Some(
+            view.snapshot_index.is_some_and(|s| s > 0)
+                && joiner.log_tail(100_000).contains("snapshot installed"),
+        );
         report.join_rss_mib = joiner.pid().and_then(ProcSample::of).map(|s| s.rss_mib);
         fleet.members.push(joiner);
     }
