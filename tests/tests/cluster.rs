@@ -86,6 +86,32 @@ async fn an_allocation_made_through_a_follower_is_visible_through_every_member_a
             .unwrap_or_else(|e| panic!("member {i}: {e}"));
         assert_eq!(seen, a, "member {i}");
     }
+    // A list is a read of whatever the member has applied, unless it asks for a linearizable
+    // one: then it waits for the index a quorum confirms, and a change made just before
+    // through another member is in it. Released through the leader, read through the other
+    // follower at once.
+    let other = (leader + 2) % 3;
+    let released = c.client_of(leader).release(a.id).await.unwrap();
+    let http = reqwest::Client::new();
+    for i in [other, follower, leader] {
+        let resp = http
+            .get(format!("{}/v1/allocations", c.members[i].url()))
+            .header("Warmpool-Consistency", "linearizable")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "member {i}");
+        let list: Vec<warmpool_proto::Allocation> = resp.json().await.unwrap();
+        let seen = list.iter().find(|x| x.id == a.id).expect("listed");
+        assert_eq!(seen, &released, "member {i} lists the release");
+    }
+    let bad = http
+        .get(format!("{}/v1/allocations", c.members[other].url()))
+        .header("Warmpool-Consistency", "sometimes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400, "an unknown consistency is refused");
 
     // Latency through the 3-member cluster, printed for the README (not asserted).
     for (name, member) in [("leader", leader), ("follower", follower)] {
@@ -326,6 +352,20 @@ async fn losing_the_leader_under_load_loses_nothing_acknowledged_and_doubles_not
     for (i, f) in finals.iter().enumerate().skip(1) {
         assert_eq!(f, &finals[0], "member {i} differs");
     }
+    // 5. Three new leaders, each starting without the heartbeats the old one had heard, gave
+    //    the host its grace period: it was never declared down.
+    let downs = c
+        .client
+        .events(&EventQuery {
+            kind: Some("node_down".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        downs.is_empty(),
+        "a leader change took a live host for dead: {downs:?}"
+    );
     assert!(
         failover < Duration::from_secs(5),
         "failover took {failover:?}"

@@ -194,16 +194,25 @@ async fn observe(State(app): State<AppState>, req: Request, next: Next) -> Respo
 }
 
 /// Whether the caller asked for a linearizable read.
-fn wants_linearizable(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONSISTENCY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("linearizable"))
+/// Whether `Warmpool-Consistency` asks for a linearizable read (`linearizable`) or not
+/// (`local`, or no header); any other value is refused, so that a misspelt one never reads
+/// stale data in silence.
+fn wants_linearizable(headers: &HeaderMap) -> Result<bool, ApiError> {
+    let Some(v) = headers.get(CONSISTENCY_HEADER) else {
+        return Ok(false);
+    };
+    match v.to_str().map(str::trim) {
+        Ok(v) if v.eq_ignore_ascii_case("linearizable") => Ok(true),
+        Ok(v) if v.eq_ignore_ascii_case("local") => Ok(false),
+        _ => Err(ApiError::BadRequest(format!(
+            "{CONSISTENCY_HEADER} must be linearizable or local, not {v:?}"
+        ))),
+    }
 }
 
 /// Takes a read barrier when asked to.
 async fn barrier_if_asked(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    if wants_linearizable(headers) {
+    if wants_linearizable(headers)? {
         app.cluster.read_barrier().await?;
     }
     Ok(())
@@ -219,7 +228,7 @@ async fn read_fresh<T>(
     if let Some(v) = app.cluster.shared().read(&f) {
         return Ok(Some(v));
     }
-    if wants_linearizable(headers) {
+    if wants_linearizable(headers)? {
         return Ok(None);
     }
     app.cluster.read_barrier().await?;

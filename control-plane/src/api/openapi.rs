@@ -83,14 +83,24 @@ pub struct ApiDoc;
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)]
 pub struct Consistency {
-    /// `linearizable` makes the read wait for a quorum-confirmed index first; anything else
-    /// (or nothing) reads the answering member's replica as it is.
+    /// `linearizable` makes the read wait for a quorum-confirmed index first; `local` (or no
+    /// header) reads the answering member's replica as it is. Anything else is a 400.
     #[param(
         rename = "Warmpool-Consistency",
         required = false,
+        inline,
         example = "linearizable"
     )]
-    warmpool_consistency: String,
+    warmpool_consistency: ConsistencyLevel,
+}
+
+/// The values of `Warmpool-Consistency`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+enum ConsistencyLevel {
+    Linearizable,
+    Local,
 }
 
 /// What every operation shares; see the module doc.
@@ -114,6 +124,7 @@ impl Modify for Common {
         for (path, item) in doc.paths.paths.iter_mut() {
             for (method, op) in operations(item) {
                 add_auth_answers(&method, path, op);
+                add_consistency_answer(op);
                 add_common_headers(op);
                 // Handlers are named by what they do within their module (`list`, `get`):
                 // the tag makes the id unique, e.g. `pools_list`.
@@ -173,6 +184,24 @@ fn add_auth_answers(method: &Method, path: &str, op: &mut Operation) {
         responses
             .entry("403".into())
             .or_insert(RefOr::T(error(&msg)));
+    }
+}
+
+/// 400 on every read that takes `Warmpool-Consistency`: a value other than `linearizable` or
+/// `local` is refused.
+fn add_consistency_answer(op: &mut Operation) {
+    let takes_it = op
+        .parameters
+        .iter()
+        .flatten()
+        .any(|p| p.name.eq_ignore_ascii_case("Warmpool-Consistency"));
+    if takes_it {
+        op.responses
+            .responses
+            .entry("400".into())
+            .or_insert(RefOr::T(error(
+                "Malformed request, or an unknown Warmpool-Consistency (`bad_request`)",
+            )));
     }
 }
 
@@ -310,6 +339,22 @@ mod tests {
         );
         let status = &doc["paths"]["/v1/status"]["get"]["responses"];
         assert!(status.get("401").is_some() && status.get("403").is_none());
+        assert!(
+            status.get("400").is_some(),
+            "an unknown consistency is a 400"
+        );
+        let consistency = doc["paths"]["/v1/status"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "Warmpool-Consistency")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            consistency["schema"]["enum"],
+            serde_json::json!(["linearizable", "local"]),
+            "{consistency}"
+        );
         let alloc = &doc["paths"]["/v1/allocations"]["post"]["responses"];
         assert!(alloc.get("403").is_some(), "a viewer may not allocate");
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
