@@ -1,6 +1,7 @@
 //! Adding a member that does not answer never costs the cluster its quorum: it stays a
 //! learner, the request is refused with 409 once the member has had its time to catch up,
-//! writes keep working, and the learner can be removed.
+//! writes keep working, and the learner can be removed. A voter is removed and added back with
+//! `poolctl`.
 
 use std::time::{Duration, Instant};
 
@@ -75,4 +76,60 @@ async fn a_member_that_does_not_answer_is_refused_as_a_voter_and_the_cluster_kee
     assert_eq!(resp.status(), 200);
     let view: Value = resp.json().await.expect("json");
     assert_eq!(view["members"].as_array().map(Vec::len), Some(1), "{view}");
+}
+
+/// `poolctl cluster remove|add` on a voter: the cluster goes on with two voters, then takes
+/// the member (still running, with its log) back and promotes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poolctl_removes_a_voter_and_adds_it_back() {
+    let c = TestCluster::replicated(3, &[]).await;
+    let view = c.client.cluster().await.unwrap();
+    let leader = view.leader.expect("a leader");
+    let m = c.members.iter().find(|m| m.id != leader).unwrap();
+    let (id, url) = (m.id.to_string(), m.url());
+    let urls: Vec<String> = c.members.iter().map(|m| m.url()).collect();
+    let poolctl = |args: &[&str]| {
+        let out = std::process::Command::new(warmpool_tests::bin("poolctl"))
+            .args(["--url", &urls.join(","), "-o", "json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "poolctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let voters = |v: &Value| -> Vec<u64> {
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "voter")
+            .map(|m| m["id"].as_u64().unwrap())
+            .collect()
+    };
+
+    let after = poolctl(&["cluster", "remove", &id]);
+    assert_eq!(voters(&after).len(), 2, "{after}");
+    assert!(!voters(&after).contains(&m.id));
+    // Two voters still make a quorum: writes commit.
+    let spec = TestCluster::demo_spec(&unique("two"), 0);
+    c.client
+        .create_pool(&spec)
+        .await
+        .expect("a write with two voters");
+
+    let back = poolctl(&["cluster", "add", &id, &url]);
+    assert_eq!(voters(&back).len(), 3, "{back}");
+    // It caught up with what was written while it was out.
+    let rejoined = warmpool_tests::poolctl::Client::new(vec![url], None).unwrap();
+    let target = c.client.cluster().await.unwrap().applied_index.unwrap();
+    warmpool_tests::wait_until(Duration::from_secs(20), "the member to catch up", || {
+        let rejoined = rejoined.clone();
+        async move { (rejoined.cluster().await.ok()?.applied_index? >= target).then_some(()) }
+    })
+    .await;
+    assert!(rejoined.get_pool(&spec.name).await.is_ok());
 }
