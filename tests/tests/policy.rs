@@ -122,6 +122,25 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
         Some(3),
         "{last:?}"
     );
+    // It shrank only after the cool-down: no step down within `cooldown_secs` of the last
+    // step up (demand was lower from then on at the earliest).
+    let step = |e: &warmpool_proto::Event| {
+        let d = e.detail.as_ref()?;
+        Some((d["from"].as_u64()?, d["to"].as_u64()?))
+    };
+    let last_up = scaled
+        .iter()
+        .rfind(|e| step(e).is_some_and(|(from, to)| to > from))
+        .expect("a step up");
+    let first_down = scaled
+        .iter()
+        .find(|e| e.seq > last_up.seq && step(e).is_some_and(|(from, to)| to < from))
+        .expect("a step down");
+    let quiet = first_down.at.0 - last_up.at.0;
+    assert!(
+        quiet >= 8_000,
+        "stepped down {quiet} ms after the last step up, within the 8 s cool-down"
+    );
     for e in &scaled {
         let d = e
             .detail
