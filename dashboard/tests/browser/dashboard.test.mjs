@@ -182,6 +182,35 @@ test('release from the UI: the container_released event shows in the live event 
   });
 });
 
+test('events: a session filter shows only its events; older pages load below, in order', async () => {
+  // More history than one page (100): pools made and deleted at once.
+  for (let i = 0; i < 60; i++) {
+    await api('/v1/pools', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ name: `page${i}`, image: 'warmpool-demo:latest' }),
+    });
+    await api(`/v1/pools/page${i}`, { method: 'DELETE' });
+  }
+  const table = page.getByTestId('events-table');
+  const seqs = () => table.locator('tbody tr').evaluateAll((rows) => rows.map((r) => Number(r.dataset.seq)));
+
+  await go(page, `#/events?session=${encodeURIComponent(allocation.session_id)}`);
+  await table.locator('tr[data-kind="container_released"]').waitFor();
+  const sessions = await table.locator('tbody td[data-label="Session"]').allTextContents();
+  assert.ok(sessions.length >= 2, `the session's events: ${sessions}`);
+  assert.ok(sessions.every((x) => x.trim() === allocation.session_id), `only that session's: ${sessions}`);
+
+  await go(page, '#/events');
+  await waitFor('a full page', async () => (await seqs()).length >= 100);
+  const first = await seqs();
+  await page.getByTestId('older').click();
+  await waitFor('an older page', async () => Math.min(...(await seqs())) < Math.min(...first));
+  const all = await seqs();
+  assert.ok(all.length > first.length, `a second page: ${all.length} rows after ${first.length}`);
+  assert.ok(all.every((x, i) => i === 0 || x < all[i - 1]), 'newest first, no duplicates');
+});
+
 test('errors read well: an unknown pool, and a pool at its max_total', async () => {
   await go(page, '#/allocations');
   const form = page.getByTestId('allocate-form');
