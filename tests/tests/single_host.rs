@@ -490,13 +490,25 @@ async fn bad_input_answers_clearly_and_changes_nothing() {
         (format!("pool.v1.node.{node}.facts"), br#"{"fact":"exploded"}"#.to_vec()),
         (format!("pool.v1.node.{node}.facts"), br#"{"fact":"gone","node":"someone-else","seq":1,"id":"0194f0a0-0000-7000-8000-000000000000","reason":"x"}"#.to_vec()),
         ("pool.v1.raft.1.append".to_string(), b"garbage".to_vec()),
-        ("pool.v1.cp.1.forward".to_string(), b"garbage".to_vec()),
     ] {
         nats.publish(subject, payload.into()).await.unwrap();
     }
+    // A forwarded write is a request: garbage with somewhere to answer.
+    nats.publish_with_reply("pool.v1.cp.1.forward", nats.new_inbox(), "garbage".into())
+        .await
+        .unwrap();
     nats.flush().await.unwrap();
     let health = c.client.health().await.expect("still up after garbage");
     assert_eq!(health.status, "ok");
+    // Each was logged as rejected, with its subject.
+    let member = &c.members[0];
+    wait_until(Duration::from_secs(10), "the rejections in the log", || {
+        let log = member.log_tail(100_000);
+        let agent = log.matches("agent message rejected").count();
+        let forward = log.contains("malformed forwarded request; dropped");
+        async move { (agent >= 3 && forward).then_some(()) }
+    })
+    .await;
 
     assert_eq!(
         c.client
