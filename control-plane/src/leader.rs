@@ -136,8 +136,9 @@ fn is_create_failure(reason: &str) -> bool {
     .any(|p| reason.starts_with(p))
 }
 
-/// Shortest time between two written decreases of one pool's wanted count.
-const SCALE_DOWN_EVERY: Duration = Duration::from_secs(2);
+/// Shortest time between two written decreases of one pool's wanted count (the simulator
+/// keeps to the same).
+const SCALE_DOWN_EVERY: Duration = Duration::from_millis(warmpool_policy::SCALE_DOWN_EVERY_MS);
 
 /// Soft state of one term of leadership; dropped when leadership is lost.
 struct Term {

@@ -60,6 +60,11 @@ use warmpool_proto::{PoolSpec, Timestamp};
 use crate::estimator::{round4, DemandInputs};
 use crate::quantile::arrivals_quantile;
 
+/// Shortest time between two applied decreases of a pool's wanted count, ms: a pool coming
+/// down from a burst steps down a few times, not once per leader step. The leader and the
+/// simulator both keep to it.
+pub const SCALE_DOWN_EVERY_MS: u64 = 2_000;
+
 /// How a pool is sized: the parts of a [`PoolSpec`] the scaler reads, plus its tunables.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -30,7 +30,7 @@ use warmpool_proto::{PoolSpec, Timestamp};
 
 use crate::estimator::{percentile_rank, DemandEstimator, EstimatorConfig};
 use crate::rng::Rng;
-use crate::scaler::{Policy, Scaler};
+use crate::scaler::{Policy, Scaler, SCALE_DOWN_EVERY_MS};
 use crate::trace::Trace;
 
 /// Default warm-up time when nothing is measured, ms.
@@ -263,6 +263,10 @@ struct Sim<'a> {
     waits: Vec<u64>,
     r: SimReport,
     wanted_integral: f64,
+    /// The scaler's latest wanted count, applied as the leader applies it: growth at once,
+    /// decreases at most every [`SCALE_DOWN_EVERY_MS`].
+    latest: Option<u32>,
+    last_down: Option<u64>,
 }
 
 impl<'a> Sim<'a> {
@@ -291,6 +295,8 @@ impl<'a> Sim<'a> {
             next_waiter: 0,
             last_batch: None,
             wake_at: None,
+            latest: None,
+            last_down: None,
             waits: Vec::new(),
             r: SimReport {
                 arrivals: 0,
@@ -453,9 +459,28 @@ impl<'a> Sim<'a> {
         let now = Timestamp(self.now);
         let inputs = self.estimator.inputs(now);
         if let Some(d) = self.scaler.decide(self.policy, &inputs, now) {
-            self.wanted = d.wanted;
-            self.r.scale_changes += 1;
-            self.r.max_wanted = self.r.max_wanted.max(d.wanted);
+            self.latest = Some(d.wanted);
+        }
+        if let Some(w) = self.latest.filter(|w| *w != self.wanted) {
+            let down = w < self.wanted;
+            let throttled = down
+                && self
+                    .last_down
+                    .is_some_and(|t| self.now < t.saturating_add(SCALE_DOWN_EVERY_MS));
+            if throttled {
+                let at = self.last_down.unwrap_or(self.now) + SCALE_DOWN_EVERY_MS;
+                if self.wake_at.is_none_or(|w| w > at) {
+                    self.wake_at = Some(at);
+                    self.schedule(at, Ev::Wake);
+                }
+            } else {
+                if down {
+                    self.last_down = Some(self.now);
+                }
+                self.wanted = w;
+                self.r.scale_changes += 1;
+                self.r.max_wanted = self.r.max_wanted.max(w);
+            }
         }
         let target = self.wanted.saturating_add(self.queue.len() as u32);
         if self.warm > target {

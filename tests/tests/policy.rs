@@ -220,6 +220,50 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
     }
     let sim_hit_rate = runs[0]["report"]["hit_rate"].as_f64().unwrap();
     eprintln!("hit rate: live {live_hit_rate:.3}, simulated {sim_hit_rate:.3}");
+    // Idle container-seconds the live run had over the window `simulate` replays (the first
+    // to the last event of the kinds it reads): warm, unallocated containers, integrated
+    // between events.
+    let mut history = all_events(
+        &c,
+        EventQuery {
+            pool: Some("burst".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    history.sort_by_key(|e| e.seq);
+    let replayed: Vec<u64> = history
+        .iter()
+        .filter(|e| warmpool_tests::poolctl::simulate::HISTORY_KINDS.contains(&e.kind))
+        .map(|e| e.at.0)
+        .collect();
+    let (start, end) = (replayed[0], *replayed.last().unwrap());
+    let mut warm = std::collections::HashSet::new();
+    let mut live_idle_ms = 0u64;
+    let mut prev = start;
+    for e in &history {
+        let at = e.at.0.clamp(start, end);
+        live_idle_ms += warm.len() as u64 * (at - prev);
+        prev = at;
+        let Some(id) = e.container else { continue };
+        match e.kind {
+            EventKind::ContainerWarm => {
+                warm.insert(id);
+            }
+            EventKind::ContainerAllocated
+            | EventKind::ContainerReleased
+            | EventKind::ContainerTerminated
+            | EventKind::ContainerFailed => {
+                warm.remove(&id);
+            }
+            _ => {}
+        }
+    }
+    let live_idle = live_idle_ms as f64 / 1000.0;
+    let sim_idle = runs[0]["report"]["idle_container_seconds"]
+        .as_f64()
+        .unwrap();
+    eprintln!("idle container-seconds: live {live_idle:.1}, simulated {sim_idle:.1}");
     assert!(
         (sim_hit_rate - live_hit_rate).abs() <= 0.10,
         "simulated hit rate {sim_hit_rate:.3} is not within 10 points of the live {live_hit_rate:.3}"
