@@ -67,13 +67,30 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "WARMPOOL_LOG_JSON")]
     log_json: bool,
+    /// What to log: a level (`info`, `debug`) or directives such as
+    /// `info,warmpool_control_plane::leader=debug`. RUST_LOG, when set, wins.
+    #[arg(
+        long,
+        env = "WARMPOOL_LOG",
+        default_value = "info,openraft=warn,sled=warn,async_nats=warn"
+    )]
+    log: String,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn,async_nats=warn"));
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(f) => f,
+        Err(_) => match EnvFilter::try_new(&args.log) {
+            Ok(f) => f,
+            Err(e) => {
+                // Nothing logs yet: say it plainly, as clap does for a bad flag.
+                eprintln!("error: --log {:?}: {e}", args.log);
+                std::process::exit(2);
+            }
+        },
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)

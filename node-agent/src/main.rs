@@ -71,6 +71,10 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "WARMPOOL_LOG_JSON")]
     log_json: bool,
+    /// What to log: a level (`info`, `debug`) or directives such as
+    /// `info,warmpool_agent::health=debug`. RUST_LOG, when set, wins.
+    #[arg(long, env = "WARMPOOL_LOG", default_value = "info")]
+    log: String,
 }
 
 impl Args {
@@ -109,7 +113,17 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(f) => f,
+        Err(_) => match EnvFilter::try_new(&args.log) {
+            Ok(f) => f,
+            Err(e) => {
+                // Nothing logs yet: say it plainly, as clap does for a bad flag.
+                eprintln!("error: --log {:?}: {e}", args.log);
+                std::process::exit(2);
+            }
+        },
+    };
     if args.log_json {
         tracing_subscriber::fmt()
             .json()
