@@ -7,11 +7,11 @@ use warmpool_proto::{
     Node, NodeId, PoolName, PoolSpec, SessionId, Timestamp,
 };
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use super::{
-    retally, touch, Command, Pending, PoolState, RejectCode, Request, Response,
+    retally, touch, Command, Condition, Pending, PoolState, RejectCode, Request, Response,
     ENDED_CONTAINER_RETENTION, EVENT_RETENTION, RELEASED_ALLOCATION_RETENTION, WAIT_GRACE_MS,
 };
 
@@ -157,30 +157,15 @@ impl PoolState {
                         format!("no pool named {pool:?}"),
                     );
                 }
-                match condition {
-                    Some(c) => {
-                        let detail = serde_json::json!({
-                            "consecutive_failures": c.consecutive_failures,
-                            "retry_at": c.retry_at,
-                        });
-                        let body = EventBody {
-                            pool: Some(pool.clone()),
-                            reason: Some(c.reason.clone()),
-                            detail: Some(detail),
-                            ..Default::default()
-                        };
-                        self.conditions.insert(pool, c);
-                        self.emit(ctx, EventKind::PoolBackoff, body);
-                    }
-                    None => {
-                        if self.conditions.remove(&pool).is_some() {
-                            let body = EventBody {
-                                pool: Some(pool),
-                                ..Default::default()
-                            };
-                            self.emit(ctx, EventKind::PoolRecovered, body);
-                        }
-                    }
+                let ids = EventBody {
+                    pool: Some(pool.clone()),
+                    ..Default::default()
+                };
+                let kinds = (EventKind::PoolBackoff, EventKind::PoolRecovered);
+                if let Some((kind, body)) =
+                    change_condition(&mut self.conditions, pool, condition, ids, kinds)
+                {
+                    self.emit(ctx, kind, body);
                 }
                 Response::Ok
             }
@@ -188,30 +173,15 @@ impl PoolState {
                 if !self.nodes.contains_key(&node) {
                     return Response::rejected(RejectCode::NotFound, format!("no node {node}"));
                 }
-                match condition {
-                    Some(c) => {
-                        let detail = serde_json::json!({
-                            "consecutive_failures": c.consecutive_failures,
-                            "retry_at": c.retry_at,
-                        });
-                        let body = EventBody {
-                            node: Some(node.clone()),
-                            reason: Some(c.reason.clone()),
-                            detail: Some(detail),
-                            ..Default::default()
-                        };
-                        self.node_conditions.insert(node, c);
-                        self.emit(ctx, EventKind::NodeBackoff, body);
-                    }
-                    None => {
-                        if self.node_conditions.remove(&node).is_some() {
-                            let body = EventBody {
-                                node: Some(node),
-                                ..Default::default()
-                            };
-                            self.emit(ctx, EventKind::NodeRecovered, body);
-                        }
-                    }
+                let ids = EventBody {
+                    node: Some(node.clone()),
+                    ..Default::default()
+                };
+                let kinds = (EventKind::NodeBackoff, EventKind::NodeRecovered);
+                if let Some((kind, body)) =
+                    change_condition(&mut self.node_conditions, node, condition, ids, kinds)
+                {
+                    self.emit(ctx, kind, body);
                 }
                 Response::Ok
             }
@@ -1248,6 +1218,33 @@ impl PoolState {
             "ipv6 prefix {prefix} is already node {}'s",
             other.id
         ))
+    }
+}
+
+/// Sets (`Some`) or clears (`None`) the condition of `key` in `map`. Returns the event to
+/// record: `set` with the reason and the next attempt, or `cleared` when there was one to
+/// clear; `ids` names the pool or node.
+fn change_condition<K: Ord>(
+    map: &mut BTreeMap<K, Condition>,
+    key: K,
+    condition: Option<Condition>,
+    ids: EventBody,
+    (set, cleared): (EventKind, EventKind),
+) -> Option<(EventKind, EventBody)> {
+    match condition {
+        Some(c) => {
+            let body = EventBody {
+                reason: Some(c.reason.clone()),
+                detail: Some(serde_json::json!({
+                    "consecutive_failures": c.consecutive_failures,
+                    "retry_at": c.retry_at,
+                })),
+                ..ids
+            };
+            map.insert(key, c);
+            Some((set, body))
+        }
+        None => map.remove(&key).map(|_| (cleared, ids)),
     }
 }
 
