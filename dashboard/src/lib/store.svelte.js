@@ -446,9 +446,10 @@ export async function renew(allocationId) {
   }
 }
 
-export async function nodeAction(node, action) {
+/** Cordons, uncordons or drains `node`; `body` is a drain's `{deadline_secs}`, if any. */
+export async function nodeAction(node, action, body = undefined) {
   try {
-    const n = await api.post(`/v1/nodes/${encodeURIComponent(node)}/${action}`, undefined);
+    const n = await api.post(`/v1/nodes/${encodeURIComponent(node)}/${action}`, body);
     invalidate(['nodes', 'status']);
     return { ok: true, node: n };
   } catch (e) {

@@ -298,6 +298,25 @@ test('nodes: cordon and uncordon, shown live', async () => {
   await card.getByRole('button', { name: 'Confirm drain' }).waitFor();
   await card.getByRole('button', { name: 'Cancel' }).click();
   assert.equal((await api('/v1/nodes')).find((n) => n.id === cluster.node).status, 'ready');
+  // A drain with a deadline for the allocations still there: a bad one is refused in words,
+  // a good one is sent and shown; uncordoning ends the drain.
+  await card.getByTestId('drain').click();
+  await card.getByTestId('drain-minutes').fill('soon');
+  await card.getByRole('button', { name: 'Confirm drain' }).click();
+  await card.getByRole('alert').getByText(/a number of minutes/).waitFor();
+  assert.equal((await api('/v1/nodes')).find((n) => n.id === cluster.node).status, 'ready');
+  await card.getByTestId('drain-minutes').fill('10');
+  const asked = Date.now();
+  await card.getByRole('button', { name: 'Confirm drain' }).click();
+  await card.getByTestId('node-result').getByText(`Node ${cluster.node} draining.`).waitFor();
+  await card.getByTestId('drain-deadline').getByText(/released at/).waitFor();
+  const drained = (await api('/v1/nodes')).find((n) => n.id === cluster.node);
+  assert.equal(drained.status, 'draining');
+  const left = Date.parse(drained.drain_deadline) - asked;
+  assert.ok(left > 590_000 && left < 610_000, `deadline in ${left} ms, not about 10 minutes`);
+  await card.getByTestId('uncordon').click();
+  await card.locator('.badge', { hasText: 'ready' }).waitFor();
+  assert.equal((await api('/v1/nodes')).find((n) => n.id === cluster.node).drain_deadline, undefined);
 });
 
 test('restart the member serving the page: the view says it is disconnected, then recovers by itself', async () => {
