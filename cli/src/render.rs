@@ -166,10 +166,15 @@ fn health(h: Health) -> String {
 }
 
 fn counts_line(c: &Counts) -> String {
-    format!(
+    let mut line = format!(
         "{} live: {} warm, {} allocated, {} creating, {} releasing, {} unhealthy",
         c.total, c.warm, c.allocated, c.creating, c.releasing, c.unhealthy
-    )
+    );
+    if c.outdated > 0 {
+        // Only while a rollout replaces them: old-spec containers, never handed out.
+        line.push_str(&format!(", {} outdated", c.outdated));
+    }
+    line
 }
 
 fn map_line(m: &std::collections::BTreeMap<String, String>) -> String {
@@ -974,6 +979,7 @@ mod tests {
                 allocated: 2,
                 releasing: 0,
                 unhealthy: 0,
+                outdated: 0,
             },
             wanted: 3,
         };
@@ -1005,6 +1011,7 @@ mod tests {
             allocated: 1,
             releasing: 0,
             unhealthy: 0,
+            outdated: 0,
         };
         let s = StatusView {
             totals: counts,

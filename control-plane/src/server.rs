@@ -369,6 +369,7 @@ async fn state_metrics(cluster: Cluster, stop: CancellationToken) {
                 ("allocated", c.allocated),
                 ("releasing", c.releasing),
                 ("unhealthy", c.unhealthy),
+                ("outdated", c.outdated),
             ] {
                 metrics::gauge!("warmpool_pool_containers", "pool" => pool.clone(), "state" => state).set(f64::from(n));
             }

@@ -97,6 +97,10 @@ pub struct Counts {
     pub releasing: u32,
     /// Live but failing their health checks.
     pub unhealthy: u32,
+    /// Warm and healthy but of an older spec of their pool: never handed out, kept while a
+    /// rollout makes new ones to take their places (not counted in `warm`).
+    #[serde(default)]
+    pub outdated: u32,
 }
 
 /// One pool in `GET /v1/status`.

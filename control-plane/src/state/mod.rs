@@ -130,13 +130,18 @@ impl Tally {
     }
 
     /// Adds these containers to `counts` as the status counts them: every live container in
-    /// `total`, unhealthy ones in `unhealthy`, and warm ones only when not unhealthy.
-    pub fn add_to(&self, counts: &mut Counts) {
+    /// `total`, unhealthy ones in `unhealthy`, and healthy warm ones in `warm` when they are of
+    /// the pool's `current` generation (they may be handed out), else in `outdated`.
+    pub fn add_to(&self, counts: &mut Counts, current: bool) {
         let c = &self.counts;
         counts.total += self.live();
         counts.unhealthy += c[0][1] + c[1][1] + c[2][1] + c[3][1];
         counts.creating += self.creating();
-        counts.warm += c[1][0];
+        if current {
+            counts.warm += c[1][0];
+        } else {
+            counts.outdated += c[1][0];
+        }
         counts.allocated += self.allocated();
         counts.releasing += c[3][0] + c[3][1];
     }

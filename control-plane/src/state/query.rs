@@ -148,9 +148,10 @@ impl PoolState {
     /// Live-container counts of one pool.
     pub fn pool_counts(&self, pool: &PoolName) -> Counts {
         let mut counts = Counts::default();
+        let current = self.generation_of(pool);
         for (_, gens) in self.tallies_of(pool) {
-            for t in gens.values() {
-                t.add_to(&mut counts);
+            for (g, t) in gens {
+                t.add_to(&mut counts, Some(*g) == current);
             }
         }
         counts
@@ -162,11 +163,13 @@ impl PoolState {
         let mut by_pool: BTreeMap<&PoolName, Counts> = BTreeMap::new();
         let mut by_node: BTreeMap<&NodeId, Counts> = BTreeMap::new();
         for (pool, nodes) in &self.tallies {
+            let current = self.generation_of(pool);
             for (node, gens) in nodes {
-                for t in gens.values() {
-                    t.add_to(&mut totals);
-                    t.add_to(by_pool.entry(pool).or_default());
-                    t.add_to(by_node.entry(node).or_default());
+                for (g, t) in gens {
+                    let current = Some(*g) == current;
+                    t.add_to(&mut totals, current);
+                    t.add_to(by_pool.entry(pool).or_default(), current);
+                    t.add_to(by_node.entry(node).or_default(), current);
                 }
             }
         }
@@ -213,12 +216,21 @@ impl PoolState {
     /// Live-container counts of one node.
     pub fn node_counts(&self, node: &NodeId) -> Counts {
         let mut counts = Counts::default();
-        for gens in self.tallies.values().filter_map(|nodes| nodes.get(node)) {
-            for t in gens.values() {
-                t.add_to(&mut counts);
+        for (pool, nodes) in &self.tallies {
+            let Some(gens) = nodes.get(node) else {
+                continue;
+            };
+            let current = self.generation_of(pool);
+            for (g, t) in gens {
+                t.add_to(&mut counts, Some(*g) == current);
             }
         }
         counts
+    }
+
+    /// The generation of `pool`'s current spec, if the pool exists.
+    fn generation_of(&self, pool: &PoolName) -> Option<u64> {
+        self.pools.get(pool).map(|p| p.generation)
     }
 }
 

@@ -693,6 +693,28 @@ fn a_drain_waits_for_allocations_until_its_deadline_then_says_the_node_is_draine
 }
 
 #[test]
+fn old_spec_containers_count_as_outdated_not_warm() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 2);
+    h.warm(&p, &n, 2);
+    let mut spec = h.state.pool(&p).unwrap().spec.clone();
+    spec.image = "img:v2".into();
+    h.apply(Command::PutPool { spec });
+    // Kept as stand-ins while new ones are made, but nothing to hand out: status says so.
+    let c = h.state.pool_counts(&p);
+    assert_eq!((c.warm, c.outdated, c.total), (0, 2, 2));
+    assert!(!h.state.has_allocatable(&p));
+    let status = h.state.status(Timestamp(h.now));
+    assert_eq!((status.totals.warm, status.totals.outdated), (0, 2));
+    assert_eq!(status.nodes[0].counts.outdated, 2);
+    // New ones of the current spec are warm.
+    h.warm(&p, &n, 1);
+    let c = h.state.pool_counts(&p);
+    assert_eq!((c.warm, c.outdated), (1, 2));
+}
+
+#[test]
 fn a_node_condition_shows_in_status_and_events_until_cleared() {
     let mut h = Harness::new();
     let n = h.node("n1");
