@@ -408,6 +408,35 @@ impl Member {
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log_dir.join(format!("cp{}.log", self.id)), lines)
     }
+
+    /// Waits until its API answers `GET /v1/health` (whether or not it knows a leader).
+    pub async fn wait_up(&self) {
+        let url = format!("{}/v1/health", self.url());
+        let http = reqwest::Client::new();
+        wait_until(Duration::from_secs(30), "the member to answer", || {
+            let r = http.get(&url).send();
+            async move { r.await.ok()?.status().is_success().then_some(()) }
+        })
+        .await;
+    }
+}
+
+/// Runs the `poolctl` binary against `url` with `token` (none: no key, whatever the
+/// environment says): its exit code, standard output and standard error.
+pub fn run_poolctl(url: &str, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(bin("poolctl"));
+    cmd.args(["--url", url])
+        .args(args)
+        .env_remove("POOLCTL_TOKEN");
+    if let Some(t) = token {
+        cmd.env("POOLCTL_TOKEN", t);
+    }
+    let out = cmd.output().expect("run poolctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 impl Drop for Member {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use warmpool_proto::api::{CreatedKey, Role};
-use warmpool_tests::{bin, wait_until, Member, Nats};
+use warmpool_tests::{run_poolctl, wait_until, Member, Nats};
 
 /// Every API route, with a body where one is needed.
 fn routes() -> Vec<(Method, &'static str, &'static str)> {
@@ -225,21 +225,6 @@ async fn keys_and_roles_guard_every_route() {
     }
 }
 
-/// `poolctl` with this token against `url`: (exit code, stdout, stderr).
-fn poolctl(url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(bin("poolctl"))
-        .args(["--url", url])
-        .args(args)
-        .env("POOLCTL_TOKEN", token)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poolctl_makes_lists_and_revokes_keys() {
     let dir = tempfile::tempdir().unwrap();
@@ -252,10 +237,11 @@ async fn poolctl_makes_lists_and_revokes_keys() {
             let url = url.clone();
             let admin = admin.clone();
             async move {
-                let (code, _, _) =
-                    tokio::task::spawn_blocking(move || poolctl(&url, &admin, &["key", "list"]))
-                        .await
-                        .ok()?;
+                let (code, _, _) = tokio::task::spawn_blocking(move || {
+                    run_poolctl(&url, Some(&admin), &["key", "list"])
+                })
+                .await
+                .ok()?;
                 (code == 0).then_some(())
             }
         },
@@ -263,9 +249,9 @@ async fn poolctl_makes_lists_and_revokes_keys() {
     .await;
 
     // An admin makes a user key; the token comes back once, in JSON for a program.
-    let (code, out, err) = poolctl(
+    let (code, out, err) = run_poolctl(
         &url,
-        &admin,
+        Some(&admin),
         &["-o", "json", "key", "create", "ci runner", "--role", "user"],
     );
     assert_eq!(code, 0, "{err}");
@@ -276,7 +262,7 @@ async fn poolctl_makes_lists_and_revokes_keys() {
     );
     let user = created.token;
 
-    let (code, out, err) = poolctl(&url, &user, &["whoami"]);
+    let (code, out, err) = run_poolctl(&url, Some(&user), &["whoami"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(&created.key.id) && out.contains("role:  user"),
@@ -284,7 +270,7 @@ async fn poolctl_makes_lists_and_revokes_keys() {
     );
 
     // The list shows both keys by id, name and role, and no secret.
-    let (code, out, err) = poolctl(&url, &admin, &["key", "list"]);
+    let (code, out, err) = run_poolctl(&url, Some(&admin), &["key", "list"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("bootstrap"), "{out}");
     let row = out
@@ -300,15 +286,19 @@ async fn poolctl_makes_lists_and_revokes_keys() {
     }
 
     // A user key may not manage keys: 403, exit 1, and a message that says why.
-    let (code, _, err) = poolctl(&url, &user, &["key", "create", "x", "--role", "admin"]);
+    let (code, _, err) = run_poolctl(
+        &url,
+        Some(&user),
+        &["key", "create", "x", "--role", "admin"],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("forbidden") && err.contains("role"), "{err}");
 
     // Revoked (by pasting the whole token): refused from then on, with a 401.
-    let (code, out, err) = poolctl(&url, &admin, &["key", "revoke", &user]);
+    let (code, out, err) = run_poolctl(&url, Some(&admin), &["key", "revoke", &user]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("revoked:"), "{out}");
-    let (code, _, err) = poolctl(&url, &user, &["status"]);
+    let (code, _, err) = run_poolctl(&url, Some(&user), &["status"]);
     assert_eq!(code, 1);
     assert!(
         err.contains("unauthorized") && err.contains("revoked"),
@@ -316,10 +306,10 @@ async fn poolctl_makes_lists_and_revokes_keys() {
     );
 
     // A key id that is not one is a usage error, and nothing is sent.
-    let (code, _, err) = poolctl(&url, &admin, &["key", "revoke", "nope"]);
+    let (code, _, err) = run_poolctl(&url, Some(&admin), &["key", "revoke", "nope"]);
     assert_eq!(code, 2, "{err}");
     // An unknown id is the server's 404.
-    let (code, _, err) = poolctl(&url, &admin, &["key", "revoke", "0000000000ff"]);
+    let (code, _, err) = run_poolctl(&url, Some(&admin), &["key", "revoke", "0000000000ff"]);
     assert_eq!(code, 1);
     assert!(err.contains("not_found"), "{err}");
 }

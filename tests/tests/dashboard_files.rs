@@ -2,10 +2,8 @@
 //! year, everything else revalidated, the page's own routes answered with index.html, and a
 //! missing asset a 404 that no browser keeps.
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
-use warmpool_tests::{wait_until, Member, Nats};
+use warmpool_tests::{Member, Nats};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_files_carry_the_right_caching_headers() {
@@ -19,12 +17,8 @@ async fn dashboard_files_carry_the_right_caching_headers() {
         .with_args(&["--dashboard-dir", dist.to_str().unwrap()]);
     m.start();
     let url = m.url();
+    m.wait_up().await;
     let http = reqwest::Client::new();
-    wait_until(Duration::from_secs(30), "the member to answer", || {
-        let r = http.get(format!("{url}/v1/health")).send();
-        async move { r.await.ok()?.status().is_success().then_some(()) }
-    })
-    .await;
 
     let get = |path: &str| http.get(format!("{url}{path}")).send();
     let cache = |r: &reqwest::Response| {

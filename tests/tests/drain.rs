@@ -9,20 +9,7 @@ use warmpool_proto::api::{CreateAllocation, EventQuery};
 use warmpool_proto::records::{AllocationState, NodeStatus, ReleaseReason};
 use warmpool_proto::PoolName;
 use warmpool_tests::sim_agent::SimAgent;
-use warmpool_tests::{bin, unique, wait_until, TestCluster};
-
-fn poolctl(url: &str, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(bin("poolctl"))
-        .args(["--url", url])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use warmpool_tests::{run_poolctl, unique, wait_until, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_waits_for_allocations_until_its_deadline_and_then_says_drained() {
@@ -50,7 +37,11 @@ async fn a_drain_waits_for_allocations_until_its_deadline_and_then_says_drained(
 
     // Bad input first: a deadline for another action, one out of range, a node nobody has.
     let xs = x.node.as_str();
-    let (code, _, err) = poolctl(&url, &["node", "drain", xs, "--deadline-secs", "99999999"]);
+    let (code, _, err) = run_poolctl(
+        &url,
+        None,
+        &["node", "drain", xs, "--deadline-secs", "99999999"],
+    );
     assert_eq!(code, 2, "{err}");
     let http = reqwest::Client::new();
     let r = http
@@ -60,7 +51,7 @@ async fn a_drain_waits_for_allocations_until_its_deadline_and_then_says_drained(
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let (code, _, err) = poolctl(&url, &["node", "drain", "no-such-node"]);
+    let (code, _, err) = run_poolctl(&url, None, &["node", "drain", "no-such-node"]);
     assert_eq!(code, 1);
     assert!(err.contains("not_found"), "{err}");
     assert_eq!(
@@ -77,7 +68,7 @@ async fn a_drain_waits_for_allocations_until_its_deadline_and_then_says_drained(
         "bad requests changed nothing"
     );
 
-    let (code, out, err) = poolctl(&url, &["node", "drain", xs, "--deadline-secs", "3"]);
+    let (code, out, err) = run_poolctl(&url, None, &["node", "drain", xs, "--deadline-secs", "3"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("draining") && out.contains("released at"),

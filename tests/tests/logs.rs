@@ -12,12 +12,8 @@ async fn every_request_is_one_json_log_line_with_its_request_id() {
     let mut m = Member::new(1, &nats.url(), dir.path(), true).with_args(&["--log-json"]);
     m.start();
     let url = m.url();
+    m.wait_up().await;
     let http = reqwest::Client::new();
-    wait_until(Duration::from_secs(30), "the member to answer", || {
-        let r = http.get(format!("{url}/v1/health")).send();
-        async move { r.await.ok()?.status().is_success().then_some(()) }
-    })
-    .await;
 
     let resp = http
         .get(format!("{url}/v1/pools/no-such-pool"))

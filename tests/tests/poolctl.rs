@@ -10,25 +10,10 @@ use serde_json::Value;
 use warmpool_proto::api::CreateAllocation;
 use warmpool_proto::PoolName;
 use warmpool_tests::sim_agent::SimAgent;
-use warmpool_tests::{bin, unique, TestCluster};
-
-/// Runs poolctl against `url`: (exit code, stdout, stderr).
-fn poolctl(url: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("poolctl"))
-        .args(["--url", url])
-        .args(args)
-        .env_remove("POOLCTL_TOKEN")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use warmpool_tests::{bin, run_poolctl, unique, TestCluster};
 
 fn ok(url: &str, args: &[&str]) -> String {
-    let (code, out, err) = poolctl(url, args);
+    let (code, out, err) = run_poolctl(url, None, args);
     assert_eq!(code, 0, "poolctl {args:?}: {err}");
     out
 }
@@ -138,13 +123,13 @@ async fn an_operator_drives_a_pool_with_poolctl() {
     assert!(kinds.contains(&"container_released"), "{events}");
 
     // Errors a person reads, with the right exit codes.
-    let (code, _, err) = poolctl(&url, &["pool", "show", "nope"]);
+    let (code, _, err) = run_poolctl(&url, None, &["pool", "show", "nope"]);
     assert_eq!(code, 1);
     assert!(err.contains("not_found") && err.contains("nope"), "{err}");
-    let (code, _, err) = poolctl("http://127.0.0.1:1", &["status"]);
+    let (code, _, err) = run_poolctl("http://127.0.0.1:1", None, &["status"]);
     assert_eq!(code, 1);
     assert!(err.contains("is it running?"), "{err}");
-    let (code, _, err) = poolctl(&url, &["pool", "create", "Bad_Name", "--image", "x"]);
+    let (code, _, err) = run_poolctl(&url, None, &["pool", "create", "Bad_Name", "--image", "x"]);
     assert_eq!(code, 2, "{err}");
 
     ok(&url, &["pool", "delete", &pool]);
