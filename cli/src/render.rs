@@ -1074,6 +1074,12 @@ mod tests {
             last_heartbeat_at: Some(NOW),
             heartbeat_age_ms: Some(800),
             memory_fraction: Some(0.374),
+            create_slots: Some(4),
+            allocatable: Resources {
+                cpu_millis: 32_000,
+                memory_mb: 8192,
+            },
+            reserved: Resources::default(),
             counts,
             condition: None,
         };

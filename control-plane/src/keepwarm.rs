@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use warmpool_proto::records::{NodeStatus, Pool};
+use warmpool_proto::records::{NodeStatus, Pool, Resources};
 use warmpool_proto::{Container, ContainerId, ContainerState, Health, NodeId, PoolName, Timestamp};
 
 use crate::placement::{self, NodeLoad, Overcommit};
@@ -242,12 +242,10 @@ fn plan_pool(
     }
 }
 
-/// Loads of every node for placement: reservations from the state, memory from heartbeats.
-pub fn node_loads(
-    state: &PoolState,
-    memory_fraction: impl Fn(&NodeId) -> Option<f64>,
-) -> Vec<NodeLoad> {
-    let mut reserved: HashMap<&NodeId, warmpool_proto::records::Resources> = HashMap::new();
+/// What the live containers on each node reserve (releasing ones included): their pools'
+/// resource limits. Nodes holding nothing are absent.
+pub fn reservations(state: &PoolState) -> HashMap<&NodeId, Resources> {
+    let mut reserved: HashMap<&NodeId, Resources> = HashMap::new();
     for pool in state.pools() {
         let per = &pool.spec.resources;
         for (node, gens) in state.tallies_of(&pool.spec.name) {
@@ -257,6 +255,15 @@ pub fn node_loads(
             r.memory_mb += per.memory_mb * n;
         }
     }
+    reserved
+}
+
+/// Loads of every node for placement: reservations from the state, memory from heartbeats.
+pub fn node_loads(
+    state: &PoolState,
+    memory_fraction: impl Fn(&NodeId) -> Option<f64>,
+) -> Vec<NodeLoad> {
+    let reserved = reservations(state);
     state
         .nodes()
         .map(|n| NodeLoad {

@@ -43,6 +43,17 @@ pub struct Overcommit {
     pub memory: f64,
 }
 
+impl Overcommit {
+    /// What placement may reserve on a node of this capacity.
+    pub fn allocatable(self, capacity: Resources) -> Resources {
+        let scale = |v: u64, f: f64| (v as f64 * f).floor() as u64;
+        Resources {
+            cpu_millis: scale(capacity.cpu_millis, self.cpu),
+            memory_mb: scale(capacity.memory_mb, self.memory),
+        }
+    }
+}
+
 impl Default for Overcommit {
     fn default() -> Self {
         Overcommit {
@@ -88,12 +99,17 @@ pub fn eligible(node: &NodeLoad, spec: &PoolSpec, over: Overcommit) -> Result<()
             return Err(Ineligible::MemoryPressure(node.id.clone(), f * 100.0));
         }
     }
-    let cpu_room = node.capacity.cpu_millis as f64 * over.cpu - node.reserved.cpu_millis as f64;
-    if cpu_room < spec.resources.cpu_millis as f64 {
+    let allocatable = over.allocatable(node.capacity);
+    let cpu_room = allocatable
+        .cpu_millis
+        .saturating_sub(node.reserved.cpu_millis);
+    if cpu_room < spec.resources.cpu_millis {
         return Err(Ineligible::Full(node.id.clone(), "cpu"));
     }
-    let mem_room = node.capacity.memory_mb as f64 * over.memory - node.reserved.memory_mb as f64;
-    if mem_room < spec.resources.memory_mb as f64 {
+    let mem_room = allocatable
+        .memory_mb
+        .saturating_sub(node.reserved.memory_mb);
+    if mem_room < spec.resources.memory_mb {
         return Err(Ineligible::Full(node.id.clone(), "memory"));
     }
     Ok(())

@@ -240,6 +240,7 @@ pub async fn run(
         shutdown: stop.clone(),
         auth: config.auth,
         dashboard: config.dashboard_dir.clone(),
+        overcommit: config.leader.overcommit,
     });
     let serve_stop = stop.clone();
     let served = axum::serve(listener, api::router(app))

@@ -42,6 +42,9 @@ pub struct Heartbeat {
     pub containers: u32,
     /// [`inventory_digest`] of the agent's inventory.
     pub inventory_digest: u64,
+    /// Containers the agent makes at once (more wait their turn). Absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_slots: Option<u32>,
 }
 
 /// Load of a node.
@@ -389,6 +392,7 @@ mod tests {
             },
             containers: 3,
             inventory_digest: 77,
+            create_slots: Some(4),
         };
         let json = serde_json::to_vec(&hb).unwrap();
         assert_eq!(serde_json::from_slice::<Heartbeat>(&json).unwrap(), hb);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MemberId, NodeId, PoolName, SessionId};
-use crate::records::{Node, NodeStatus, Pool};
+use crate::records::{Node, NodeStatus, Pool, Resources};
 use crate::time::Timestamp;
 
 /// Every error answer: `{"error":{"code":"…","message":"…"}}`.
@@ -195,6 +195,15 @@ pub struct NodeView {
     pub heartbeat_age_ms: Option<u64>,
     /// Memory in use on the host, 0.0..=1.0, from the last heartbeat.
     pub memory_fraction: Option<f64>,
+    /// Containers its agent makes at once, from the last heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_slots: Option<u32>,
+    /// What placement may reserve on it: its capacity times the control plane's
+    /// overcommit factors.
+    pub allocatable: Resources,
+    /// The limits of the live containers placed on it (releasing ones included, until
+    /// they are gone).
+    pub reserved: Resources,
     /// Its containers by state.
     pub counts: Counts,
     /// Why it takes no new containers for now although ready, when that is so (its creates

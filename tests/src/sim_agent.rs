@@ -140,6 +140,7 @@ impl SimAgent {
                             },
                             containers: s.containers.len() as u32,
                             inventory_digest: digest,
+                            create_slots: None,
                         }
                     };
                     let _ = client

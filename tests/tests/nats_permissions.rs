@@ -190,6 +190,7 @@ fn heartbeat(node: &NodeId) -> Vec<u8> {
         usage: Usage::default(),
         containers: 0,
         inventory_digest: 0,
+        create_slots: None,
     })
     .expect("json")
 }

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use warmpool_proto::api::{ContainerQuery, ErrorBody, HealthView, NodeView, StatusView};
 use warmpool_proto::api::{DrainNode, ReadyView, WhoamiView, MAX_DRAIN_DEADLINE_SECS};
 use warmpool_proto::api::{PoolUsage, SessionUsage, UsageQuery, UsageView};
-use warmpool_proto::records::NodeStatus;
+use warmpool_proto::records::{NodeStatus, Resources};
 use warmpool_proto::{Container, ContainerId, ContainerState, NodeId, SessionId, Timestamp};
 
 use super::error::ApiError;
@@ -136,11 +136,7 @@ pub async fn container(
         .ok_or_else(not_found)
 }
 
-fn node_view(
-    app: &AppState,
-    node: warmpool_proto::Node,
-    (counts, condition): (warmpool_proto::api::Counts, Option<String>),
-) -> NodeView {
+fn node_view(app: &AppState, node: warmpool_proto::Node, extras: NodeExtras) -> NodeView {
     let soft = app.fleet.node(&node.id);
     NodeView {
         last_heartbeat_at: soft.as_ref().map(|s| s.received_at),
@@ -148,21 +144,38 @@ fn node_view(
             .as_ref()
             .map(|s| Instant::now().duration_since(s.received).as_millis() as u64),
         memory_fraction: soft.as_ref().map(|s| s.heartbeat.usage.memory_fraction()),
-        counts,
-        condition,
+        create_slots: soft.as_ref().and_then(|s| s.heartbeat.create_slots),
+        allocatable: app.overcommit.allocatable(node.capacity),
+        reserved: extras.reserved,
+        counts: extras.counts,
+        condition: extras.condition,
         node,
     }
 }
 
-/// A node's counts and condition, as [`node_view`] takes them.
-fn node_extras(
+/// What a node view takes from the state.
+struct NodeExtras {
+    counts: warmpool_proto::api::Counts,
+    condition: Option<String>,
+    reserved: Resources,
+}
+
+/// The extras of every node in `ids`, read under one lock.
+fn node_extras<'a>(
     s: &crate::state::PoolState,
-    id: &NodeId,
-) -> (warmpool_proto::api::Counts, Option<String>) {
-    (
-        s.node_counts(id),
-        s.node_condition(id).map(|c| c.describe()),
-    )
+    nodes: impl Iterator<Item = &'a warmpool_proto::Node>,
+) -> Vec<(warmpool_proto::Node, NodeExtras)> {
+    let reserved = crate::keepwarm::reservations(s);
+    nodes
+        .map(|n| {
+            let extras = NodeExtras {
+                counts: s.node_counts(&n.id),
+                condition: s.node_condition(&n.id).map(|c| c.describe()),
+                reserved: reserved.get(&n.id).copied().unwrap_or_default(),
+            };
+            (n.clone(), extras)
+        })
+        .collect()
 }
 
 /// Docker hosts, with what this member heard from them.
@@ -179,11 +192,7 @@ pub async fn nodes(
     headers: HeaderMap,
 ) -> Result<Json<Vec<NodeView>>, ApiError> {
     barrier_if_asked(&app, &headers).await?;
-    let nodes: Vec<_> = app.cluster.shared().read(|s| {
-        s.nodes()
-            .map(|n| (n.clone(), node_extras(s, &n.id)))
-            .collect()
-    });
+    let nodes = app.cluster.shared().read(|s| node_extras(s, s.nodes()));
     Ok(Json(
         nodes
             .into_iter()
@@ -262,9 +271,9 @@ pub async fn node_action(
     let found = app
         .cluster
         .shared()
-        .read(|s| s.node(&node).map(|n| (n.clone(), node_extras(s, &n.id))));
-    let (n, counts) = found.ok_or_else(|| ApiError::NotFound(format!("no node {id:?}")))?;
-    Ok(Json(node_view(&app, n, counts)))
+        .read(|s| node_extras(s, s.node(&node).into_iter()).pop());
+    let (n, extras) = found.ok_or_else(|| ApiError::NotFound(format!("no node {id:?}")))?;
+    Ok(Json(node_view(&app, n, extras)))
 }
 
 /// Container time and cost, per pool and for one session.

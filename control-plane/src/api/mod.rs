@@ -57,6 +57,8 @@ pub struct App {
     pub auth: bool,
     /// Where the dashboard's built files are, if it is served.
     pub dashboard: Option<std::path::PathBuf>,
+    /// The placement overcommit, for what nodes show as allocatable.
+    pub overcommit: crate::placement::Overcommit,
 }
 
 /// Handler state.
