@@ -411,9 +411,11 @@ pub struct EventsArgs {
 /// `poolctl simulate`.
 ///
 /// The history is the pool's event log (allocations with their holds, and measured warm-up
-/// times), or `--trace`. The proposed policy is the pool's current spec with the flags
-/// applied. Allocations refused in the past left no events, so a history with refusals
-/// understates demand.
+/// and teardown times), or `--trace`. A pool's own history is replayed on the fleet as it is
+/// now: the room its ready nodes have for the pool and how many containers their agents start
+/// at once. The proposed policy is the pool's current spec with the flags applied.
+/// Allocations refused in the past left no events, so a history with refusals understates
+/// demand.
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     /// The pool: its history is replayed and its spec is the current policy.

@@ -283,13 +283,7 @@ async fn simulate_command(
             .map_err(|e| CliError::Usage(format!("cannot read {origin}: {e}")))?;
             let trace =
                 Trace::parse(&text).map_err(|e| CliError::Usage(format!("{origin}: {e}")))?;
-            let history = History {
-                trace,
-                warm_times_ms: Vec::new(),
-                open_allocations: 0,
-                unmatched_releases: 0,
-            };
-            (history, origin)
+            (History::of_trace(trace), origin)
         }
         (None, Some(name)) => {
             let events = simulate::fetch_history(client, name).await?;
@@ -316,12 +310,27 @@ async fn simulate_command(
         ),
     };
     let proposed = simulate::proposed_spec(&base, &a).map_err(CliError::Usage)?;
+    // The fleet's limits go with the pool's own history, whose warm-ups they explain.
+    let fleet = match (&current, &a.trace) {
+        (Some(spec), None) => {
+            let nodes = client.nodes().await?;
+            let own = client
+                .list_containers(&ContainerQuery {
+                    pool: Some(spec.name.to_string()),
+                    ..ContainerQuery::default()
+                })
+                .await?;
+            Some(simulate::Fleet::new(&nodes, spec, &own))
+        }
+        _ => None,
+    };
     let view = simulate::simulate(
         a.pool.clone(),
         source,
         &history,
         current.as_ref(),
         &proposed,
+        fleet.as_ref(),
         &a,
     );
     p.show(&view, |v, _| simulate::render(v))

@@ -5,12 +5,20 @@
 //! current policy and the proposed one (the current spec with the flags applied) are replayed on
 //! the same trace and pool model by `warmpool-policy`'s simulator, and shown side by side.
 //!
-//! Everything but fetching the events is pure and tested here.
+//! When the history is the pool's own, the model has the fleet's limits as it is now (see
+//! [`Fleet`]): how many containers of the pool its nodes hold, how many their agents make at
+//! once, and how long a released container keeps its place. Without them a burst would be met
+//! by a fleet that starts any number of containers at once.
+//!
+//! Everything but fetching is pure and tested here.
+
+use std::collections::HashMap;
 
 use serde::Serialize;
 use warmpool_policy::{History, Policy, PoolModel, SimReport, Trace, WarmTime};
-use warmpool_proto::api::EventQuery;
-use warmpool_proto::{Event, EventKind, PoolName, PoolSpec};
+use warmpool_proto::api::{EventQuery, NodeView};
+use warmpool_proto::records::NodeStatus;
+use warmpool_proto::{Container, Event, EventKind, NodeId, PoolName, PoolSpec};
 
 use crate::args::SimulateArgs;
 use crate::client::Client;
@@ -21,12 +29,81 @@ use crate::render::{compact_secs, Align, Table};
 pub const EVENT_PAGE: usize = 1000;
 
 /// The event kinds a history is built from.
-pub const HISTORY_KINDS: [EventKind; 4] = [
+pub const HISTORY_KINDS: [EventKind; 6] = [
     EventKind::ContainerCreated,
     EventKind::ContainerWarm,
     EventKind::ContainerAllocated,
     EventKind::ContainerReleased,
+    EventKind::ContainerTerminated,
+    EventKind::ContainerFailed,
 ];
+
+/// Agents that do not say how many containers they make at once make this many (the
+/// agent's default).
+pub const DEFAULT_CREATE_SLOTS: u32 = 4;
+
+/// What the fleet can do for one pool, as it is now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fleet {
+    /// Ready nodes.
+    pub nodes: usize,
+    /// Containers of the pool they hold at once: what each node's allocatable resources
+    /// leave after the other pools' containers, in the pool's resource limits.
+    pub slots: u32,
+    /// Containers their agents make at once, per node.
+    pub create_slots: HashMap<NodeId, u32>,
+}
+
+impl Fleet {
+    /// The fleet for `spec` from the nodes and the pool's live containers. Only ready nodes
+    /// take new containers, so only they count.
+    pub fn new(nodes: &[NodeView], spec: &PoolSpec, own: &[Container]) -> Fleet {
+        let per = &spec.resources;
+        let mut slots = 0u64;
+        let mut create_slots = HashMap::new();
+        for n in nodes.iter().filter(|n| n.node.status == NodeStatus::Ready) {
+            let mine = own
+                .iter()
+                .filter(|c| c.node == n.node.id && c.state.is_live())
+                .count() as u64;
+            // The pool's own containers are in `reserved`: add them back.
+            let room = |alloc: u64, reserved: u64, one: u64| {
+                alloc
+                    .saturating_sub(reserved)
+                    .saturating_add(one.saturating_mul(mine))
+                    / one.max(1)
+            };
+            let cpu = room(
+                n.allocatable.cpu_millis,
+                n.reserved.cpu_millis,
+                per.cpu_millis,
+            );
+            let mem = room(n.allocatable.memory_mb, n.reserved.memory_mb, per.memory_mb);
+            slots += cpu.min(mem);
+            create_slots.insert(
+                n.node.id.clone(),
+                n.create_slots.unwrap_or(DEFAULT_CREATE_SLOTS),
+            );
+        }
+        Fleet {
+            nodes: create_slots.len(),
+            slots: u32::try_from(slots).unwrap_or(u32::MAX),
+            create_slots,
+        }
+    }
+
+    /// Create slots of `node`; a node not ready now (or unknown) counts as the default.
+    pub fn create_slots_of(&self, node: Option<&NodeId>) -> u32 {
+        node.and_then(|n| self.create_slots.get(n))
+            .copied()
+            .unwrap_or(DEFAULT_CREATE_SLOTS)
+    }
+
+    /// Create slots across the fleet.
+    pub fn total_create_slots(&self) -> u32 {
+        self.create_slots.values().sum()
+    }
+}
 
 /// The query for the page of `pool`'s history after event `after`.
 pub fn history_query(pool: &PoolName, after: u64) -> EventQuery {
@@ -121,12 +198,22 @@ pub struct TraceSummary {
     pub arrivals: usize,
     /// Span, seconds.
     pub duration_s: f64,
+    /// Start of the span, ms since the epoch for a pool's history.
+    pub start_ms: u64,
+    /// End of the span, ms.
+    pub end_ms: u64,
+    /// Warm containers at the start of the current policy's run, when the log shows them.
+    pub start_warm: Option<u32>,
     /// Mean attempts per second.
     pub mean_rate_per_s: f64,
     /// Allocations still open at the end of the history (held until then).
     pub open_allocations: usize,
-    /// The warm-up times used.
+    /// The warm-up times used: from a container's start to warm.
     pub warm_time: String,
+    /// The fleet's limits the model has, when it has them.
+    pub fleet: Option<Fleet>,
+    /// The teardown times used, when the fleet's limits are modelled.
+    pub teardown_time: Option<String>,
     /// How long a replayed allocation waits for a warm container, ms.
     pub wait_ms: u64,
 }
@@ -168,30 +255,57 @@ fn percent(v: f64) -> String {
 /// Runs the simulations: `current` (when there is a current spec) and `proposed`.
 ///
 /// `warm_time_ms` overrides the measured warm-up times; `lease_seconds` caps the proposed run's
-/// holds (as if no session renewed past that lease).
+/// holds (as if no session renewed past that lease). With a `fleet`, the model has its limits:
+/// its slots for the pool, its agents' create slots (the measured warm-ups are then counted
+/// from when a container got a slot, see [`History::start_times_ms`]) and the measured
+/// teardowns; both kinds of times are drawn nearest in time ([`WarmTime::Timed`]), so a
+/// stretch when the host was slow stays where it was. The current run starts with the pool as
+/// the log shows it at the first arrival; the proposed one with its own wanted count warm.
 pub fn simulate(
     pool: Option<PoolName>,
     source: String,
     history: &History,
     current: Option<&PoolSpec>,
     proposed: &PoolSpec,
+    fleet: Option<&Fleet>,
     a: &SimulateArgs,
 ) -> SimulationView {
+    let samples = |ms: Vec<u64>| match ms.is_empty() {
+        true => None,
+        false => Some(WarmTime::Samples { ms }),
+    };
+    let timed = |v: Vec<(u64, u64)>| (!v.is_empty()).then(|| WarmTime::timed(v));
+    let measured = match fleet {
+        Some(f) => timed(history.start_times_ms(|n| f.create_slots_of(n))),
+        None => samples(history.warm_times_ms.clone()),
+    };
     let warm_time = match a.warm_time_ms {
         Some(ms) => WarmTime::Fixed { ms },
-        None if history.warm_times_ms.is_empty() => WarmTime::Fixed {
+        None => measured.unwrap_or(WarmTime::Fixed {
             ms: warmpool_policy::sim::DEFAULT_WARM_MS,
-        },
-        None => WarmTime::Samples {
-            ms: history.warm_times_ms.clone(),
-        },
+        }),
     };
     let model_spec = current.unwrap_or(proposed);
     let mut model = PoolModel::from_spec(model_spec, warm_time.clone(), a.wait_ms);
     model.seed = a.seed;
+    if let Some(f) = fleet {
+        model.fleet_slots = Some(f.slots);
+        model.create_slots = Some(f.total_create_slots());
+        model.teardown_time = timed(history.teardowns_ms.clone());
+    }
+    let teardown_time = fleet.map(|_| {
+        model
+            .teardown_time
+            .as_ref()
+            .map_or_else(|| "none measured: at once".to_string(), WarmTime::describe)
+    });
     let mut runs = Vec::new();
-    let mut run = |name: &str, spec: &PoolSpec, trace: &Trace| {
+    let mut run = |name: &str, spec: &PoolSpec, trace: &Trace, start_warm: Option<u32>| {
         let policy = Policy::from_spec(spec);
+        let model = PoolModel {
+            start_warm,
+            ..model.clone()
+        };
         let report = warmpool_policy::simulate(trace, &model, &policy);
         runs.push(Run {
             name: name.to_string(),
@@ -201,7 +315,7 @@ pub fn simulate(
         });
     };
     if let Some(spec) = current.filter(|_| !a.only_proposed) {
-        run("current", spec, &history.trace);
+        run("current", spec, &history.trace, history.start_warm);
     }
     let capped;
     let proposed_trace = match a.lease_seconds {
@@ -211,7 +325,7 @@ pub fn simulate(
         }
         None => &history.trace,
     };
-    run("proposed", proposed, proposed_trace);
+    run("proposed", proposed, proposed_trace, None);
     let t = &history.trace;
     SimulationView {
         pool,
@@ -219,9 +333,14 @@ pub fn simulate(
             source,
             arrivals: t.arrivals.len(),
             duration_s: t.duration_ms() as f64 / 1000.0,
+            start_ms: t.start_ms,
+            end_ms: t.end_ms,
+            start_warm: history.start_warm,
             mean_rate_per_s: t.mean_rate_per_s(),
             open_allocations: history.open_allocations,
             warm_time: warm_time.describe(),
+            fleet: fleet.cloned(),
+            teardown_time,
             wait_ms: a.wait_ms,
         },
         runs,
@@ -232,7 +351,7 @@ pub fn simulate(
 pub fn render(v: &SimulationView) -> String {
     let t = &v.trace;
     let mut out = format!(
-        "{}: {} allocations over {} ({:.3}/s){}\nwarm-up: {}; allocations wait up to {} ms\n\n",
+        "{}: {} allocations over {} ({:.3}/s){}\nwarm-up: {}; allocations wait up to {} ms\n",
         t.source,
         t.arrivals,
         compact_secs(t.duration_s.round() as u64),
@@ -244,6 +363,17 @@ pub fn render(v: &SimulationView) -> String {
         t.warm_time,
         t.wait_ms,
     );
+    if let Some(f) = &t.fleet {
+        out.push_str(&format!(
+            "fleet now: {} ready node{}, room for {} of the pool's containers, {} made at once; teardown: {}\n",
+            f.nodes,
+            if f.nodes == 1 { "" } else { "s" },
+            f.slots,
+            f.total_create_slots(),
+            t.teardown_time.as_deref().unwrap_or("at once"),
+        ));
+    }
+    out.push('\n');
     let mut cols: Vec<(&str, Align)> = vec![("", Align::Left)];
     cols.extend(v.runs.iter().map(|r| (r.name.as_str(), Align::Right)));
     let mut table = Table::new(&cols);
@@ -359,7 +489,10 @@ mod tests {
         assert_eq!(q.pool.as_deref(), Some("demo"));
         assert_eq!(
             q.kind.as_deref(),
-            Some("container_created,container_warm,container_allocated,container_released")
+            Some(
+                "container_created,container_warm,container_allocated,container_released,\
+                 container_terminated,container_failed"
+            )
         );
         assert_eq!(q.before, None);
     }
@@ -373,10 +506,9 @@ mod tests {
             })
             .collect();
         History {
-            trace: Trace::new(arrivals, 0, 600_000),
             warm_times_ms: vec![900, 1_100, 1_000],
             open_allocations: 1,
-            unmatched_releases: 0,
+            ..History::of_trace(Trace::new(arrivals, 0, 600_000))
         }
     }
 
@@ -391,6 +523,7 @@ mod tests {
             &history(),
             Some(&current),
             &proposed,
+            None,
             &a,
         );
         assert_eq!(v.runs.len(), 2);
@@ -438,10 +571,162 @@ mod tests {
             &history(),
             Some(&current),
             &current,
+            None,
             &a,
         );
         assert_eq!(v.runs.len(), 1);
         assert_eq!(v.trace.warm_time, "fixed 1500 ms");
+    }
+
+    fn node(
+        id: &str,
+        status: NodeStatus,
+        reserved_cpu: u64,
+        reserved_mem: u64,
+        slots: Option<u32>,
+    ) -> NodeView {
+        use warmpool_proto::records::{Node, Resources};
+        NodeView {
+            node: Node {
+                id: NodeId::new(id).unwrap(),
+                ipv6_prefix: "fd36:1::/64".into(),
+                labels: Default::default(),
+                capacity: Resources {
+                    cpu_millis: 2_000,
+                    memory_mb: 4_096,
+                },
+                status,
+                agent_version: "0.1.0".into(),
+                joined_at: warmpool_proto::Timestamp(0),
+                status_changed_at: warmpool_proto::Timestamp(0),
+                reason: None,
+                drain_deadline: None,
+            },
+            last_heartbeat_at: None,
+            heartbeat_age_ms: None,
+            memory_fraction: None,
+            create_slots: slots,
+            allocatable: Resources {
+                cpu_millis: 16_000,
+                memory_mb: 4_096,
+            },
+            reserved: Resources {
+                cpu_millis: reserved_cpu,
+                memory_mb: reserved_mem,
+            },
+            counts: Default::default(),
+            condition: None,
+        }
+    }
+
+    #[test]
+    fn the_fleet_is_what_ready_nodes_leave_for_the_pool() {
+        // Pool containers of 500 millicores and 128 MiB: 16 000 allocatable millicores hold
+        // 32, 4 096 MiB hold 32. Node a reserves 5000 millicores: two of the pool's own
+        // containers (1000, added back) and 4000 of other pools, which leave room for 24.
+        // Node b is empty: 32. Node c drains: none.
+        let mut spec = spec();
+        spec.resources.cpu_millis = 500;
+        spec.resources.memory_mb = 128;
+        let nodes = [
+            node("a", NodeStatus::Ready, 5_000, 256, Some(2)),
+            node("b", NodeStatus::Ready, 0, 0, None),
+            node("c", NodeStatus::Draining, 0, 0, Some(9)),
+        ];
+        let own: Vec<Container> = ["a", "a", "c"]
+            .into_iter()
+            .map(|n| Container {
+                id: warmpool_proto::ContainerId::new(),
+                pool: PoolName::new("demo").unwrap(),
+                node: NodeId::new(n).unwrap(),
+                generation: 1,
+                state: warmpool_proto::ContainerState::Warm,
+                health: warmpool_proto::Health::Healthy,
+                docker_id: None,
+                ipv6: None,
+                port: 8080,
+                session: None,
+                allocation: None,
+                created_at: warmpool_proto::Timestamp(0),
+                warm_at: None,
+                allocated_at: None,
+                last_activity_at: None,
+                lease_expires_at: None,
+                released_at: None,
+                ended_at: None,
+                reason: None,
+                observed_index: None,
+                restarts: 0,
+                restart_pending: false,
+            })
+            .collect();
+        let f = Fleet::new(&nodes, &spec, &own);
+        assert_eq!((f.nodes, f.slots), (2, 24 + 32));
+        assert_eq!(f.total_create_slots(), 2 + DEFAULT_CREATE_SLOTS);
+        assert_eq!(f.create_slots_of(Some(&NodeId::new("a").unwrap())), 2);
+        assert_eq!(f.create_slots_of(None), DEFAULT_CREATE_SLOTS);
+        // Memory binds when it is the scarcer: 1 GiB containers, 4 per empty node.
+        spec.resources.memory_mb = 1_024;
+        let empty = [nodes[1].clone(), nodes[1].clone()];
+        assert_eq!(Fleet::new(&empty, &spec, &[]).slots, 4 + 4);
+    }
+
+    #[test]
+    fn a_fleet_limits_how_fast_the_pool_refills() {
+        // Ten allocations at once on a pool of 3; each container takes 1 s once started.
+        let current = spec();
+        let arrivals = (0..10)
+            .map(|_| Arrival {
+                at_ms: 1_000,
+                hold_ms: 30_000,
+            })
+            .collect();
+        let history = History::of_trace(Trace::new(arrivals, 1_000, 60_000));
+        let a = args(&["--warm-time-ms", "1000", "--wait-ms", "20000"]);
+        let unbounded = simulate(
+            None,
+            "t".into(),
+            &history,
+            Some(&current),
+            &current,
+            None,
+            &a,
+        );
+        let mut fleet = Fleet {
+            nodes: 1,
+            slots: 100,
+            create_slots: HashMap::from([(NodeId::new("a").unwrap(), 2)]),
+        };
+        let bounded = simulate(
+            None,
+            "t".into(),
+            &history,
+            Some(&current),
+            &current,
+            Some(&fleet),
+            &a,
+        );
+        let p99 = |v: &SimulationView| v.runs[0].report.wait_p99_ms;
+        // Unbounded: batches of up to 4, 200 ms apart, each warm 1 s after it is planned.
+        // Two at a time: the seven waiters are served from 1 s to 4 s after they came.
+        assert!(p99(&unbounded) < 2_000, "{:?}", unbounded.runs[0].report);
+        assert_eq!(p99(&bounded), 4_000, "{:?}", bounded.runs[0].report);
+        assert!(render(&bounded).contains(
+            "fleet now: 1 ready node, room for 100 of the pool's containers, 2 made at once; \
+             teardown: none measured: at once\n"
+        ));
+        // A fleet with room for 5 serves two of the seven, and no more until a release.
+        fleet.slots = 5;
+        let full = simulate(
+            None,
+            "t".into(),
+            &history,
+            Some(&current),
+            &current,
+            Some(&fleet),
+            &a,
+        );
+        assert_eq!(full.runs[0].report.refused, 5, "{:?}", full.runs[0].report);
     }
 
     /// A one-route HTTP server answering `GET /v1/events?after=N&limit=M...` from `events`

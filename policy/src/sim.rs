@@ -12,11 +12,17 @@
 //!   more than `max_total` live (creating, warm and allocated). Over it, surplus warm
 //!   containers are retired at once. A planned container becomes warm after a warm-up time
 //!   drawn from the model.
+//! - **The fleet** (when the model has its limits). At most `create_slots` containers are
+//!   started at once, first planned first served; at most `fleet_slots` of the pool's
+//!   containers exist at once, and a released one keeps its place for a teardown time drawn
+//!   from the model. Without them, every planned container starts at once and a released one
+//!   is gone at once.
 //! - **The scaler** is the real [`Scaler`] fed by the real [`DemandEstimator`]: every arrival
 //!   and every warm-up is recorded, and the scaler decides after every event and at least
 //!   every `step_ms` (the leader loop's tick).
 //!
-//! The pool starts the trace holding the policy's first wanted count, warm. Costs are
+//! The pool starts the trace holding `start_warm` warm containers, or else the policy's first
+//! wanted count. Costs are
 //! integrated over the trace's span: idle warm container-seconds (warm and not allocated:
 //! the waste), allocated container-seconds (the useful part), creating container-seconds.
 //! Runs are deterministic for a trace, a model and its seed.
@@ -64,9 +70,45 @@ pub enum WarmTime {
         /// The samples, ms.
         ms: Vec<u64>,
     },
+    /// Measured samples with when each was taken, ms: a container started at a time takes
+    /// what the one measured nearest that time took. A host is slower while it is busy (with
+    /// a burst of starts, or tearing down many containers at once); these keep that in the
+    /// replay of its own history instead of spreading it over all of it.
+    Timed {
+        /// `[when, how long]` pairs, ms.
+        samples: Vec<(u64, u64)>,
+    },
 }
 
 impl WarmTime {
+    /// Measured samples taken at these times; sorted by time.
+    pub fn timed(mut samples: Vec<(u64, u64)>) -> WarmTime {
+        samples.sort_unstable();
+        WarmTime::Timed { samples }
+    }
+
+    /// A draw for something starting at `now` (only [`WarmTime::Timed`] looks at it).
+    fn sample_at(&self, now: u64, rng: &mut Rng) -> u64 {
+        let WarmTime::Timed { samples } = self else {
+            return self.sample(rng);
+        };
+        if samples.is_empty() {
+            return DEFAULT_WARM_MS;
+        }
+        // The samples nearest `now`: those at the time just before or just after it, whichever
+        // is closer; one of them at random when several were taken at that time.
+        let i = samples.partition_point(|(at, _)| *at < now);
+        let at = match (i.checked_sub(1).map(|j| samples[j].0), samples.get(i)) {
+            (Some(before), Some(&(after, _))) if now - before > after - now => after,
+            (Some(before), _) => before,
+            (None, Some(&(after, _))) => after,
+            (None, None) => return DEFAULT_WARM_MS,
+        };
+        let lo = samples.partition_point(|(t, _)| *t < at);
+        let hi = samples.partition_point(|(t, _)| *t <= at);
+        samples[lo + rng.below(hi - lo)].1
+    }
+
     fn sample(&self, rng: &mut Rng) -> u64 {
         match self {
             WarmTime::Fixed { ms } => *ms,
@@ -87,6 +129,8 @@ impl WarmTime {
             }
             WarmTime::Samples { ms } if ms.is_empty() => DEFAULT_WARM_MS,
             WarmTime::Samples { ms } => ms[rng.below(ms.len())],
+            WarmTime::Timed { samples } if samples.is_empty() => DEFAULT_WARM_MS,
+            WarmTime::Timed { samples } => samples[rng.below(samples.len())].1,
         }
     }
 
@@ -102,24 +146,38 @@ impl WarmTime {
             WarmTime::Samples { ms } if ms.is_empty() => {
                 format!("no samples: fixed {DEFAULT_WARM_MS} ms")
             }
-            WarmTime::Samples { ms } => {
-                let mut v = ms.clone();
-                v.sort_unstable();
-                format!(
-                    "measured ({} samples, p50 {} ms, p99 {} ms)",
-                    v.len(),
-                    v[percentile_rank(v.len(), 0.5)],
-                    v[percentile_rank(v.len(), 0.99)]
-                )
+            WarmTime::Samples { ms } => describe_samples("measured", ms.clone()),
+            WarmTime::Timed { samples } if samples.is_empty() => {
+                format!("no samples: fixed {DEFAULT_WARM_MS} ms")
             }
+            WarmTime::Timed { samples } => describe_samples(
+                "measured, nearest in time",
+                samples.iter().map(|(_, ms)| *ms).collect(),
+            ),
         }
     }
 }
 
+fn describe_samples(what: &str, mut v: Vec<u64>) -> String {
+    v.sort_unstable();
+    format!(
+        "{what} ({} samples, p50 {} ms, p99 {} ms)",
+        v.len(),
+        v[percentile_rank(v.len(), 0.5)],
+        v[percentile_rank(v.len(), 0.99)]
+    )
+}
+
 /// The pool being simulated: everything but the policy.
+///
+/// Without `create_slots`, `fleet_slots` and `teardown_time` the fleet is unbounded: every
+/// planned container starts at once and a released one is gone at once. With them, the model
+/// has the limits a real fleet has: its agents make a few containers at a time, a node holds
+/// so many, and a released container keeps its place until it is torn down.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PoolModel {
-    /// Warm-up times.
+    /// Warm-up times: from a container's start (at once when planned, or when it gets a
+    /// create slot) to warm.
     pub warm_time: WarmTime,
     /// Containers planned at once.
     pub batch_size: u32,
@@ -133,6 +191,20 @@ pub struct PoolModel {
     pub step_ms: u64,
     /// Seed for warm-up times.
     pub seed: u64,
+    /// Containers started at once across the fleet (its agents' create slots); the others
+    /// planned wait their turn, first planned first served. None: no limit.
+    #[serde(default)]
+    pub create_slots: Option<u32>,
+    /// Containers of this pool the fleet holds at once: creating, warm, allocated, and
+    /// released ones until they are torn down. None: no limit but `max_total`.
+    #[serde(default)]
+    pub fleet_slots: Option<u32>,
+    /// How long a released container keeps its place. None: it is gone at once.
+    #[serde(default)]
+    pub teardown_time: Option<WarmTime>,
+    /// Warm containers at the start. None: the policy's first wanted count.
+    #[serde(default)]
+    pub start_warm: Option<u32>,
 }
 
 impl Default for PoolModel {
@@ -147,6 +219,10 @@ impl Default for PoolModel {
             wait_ms: 5_000,
             step_ms: 500,
             seed: 0,
+            create_slots: None,
+            fleet_slots: None,
+            teardown_time: None,
+            start_warm: None,
         }
     }
 }
@@ -213,6 +289,8 @@ enum Ev {
     Warm { planned_at: u64 },
     /// An allocated container is released.
     Release,
+    /// A released container is gone and frees its place.
+    TornDown,
     /// A waiting allocation's time is up.
     Deadline { waiter: u64 },
     /// Pacing allows the next batch.
@@ -254,8 +332,15 @@ struct Sim<'a> {
     now: u64,
     wanted: u32,
     warm: u32,
+    /// Being made: waiting for a create slot or started.
     creating: u32,
+    /// Planned containers waiting for a create slot, by when they were planned.
+    unstarted: VecDeque<u64>,
+    /// Started and not yet warm.
+    started: u32,
     allocated: u32,
+    /// Released and not yet torn down.
+    releasing: u32,
     queue: VecDeque<Waiter>,
     next_waiter: u64,
     last_batch: Option<u64>,
@@ -290,7 +375,10 @@ impl<'a> Sim<'a> {
             wanted: 0,
             warm: 0,
             creating: 0,
+            unstarted: VecDeque::new(),
+            started: 0,
             allocated: 0,
+            releasing: 0,
             queue: VecDeque::new(),
             next_waiter: 0,
             last_batch: None,
@@ -337,7 +425,12 @@ impl<'a> Sim<'a> {
         ) {
             self.wanted = d.wanted;
         }
-        self.warm = self.wanted.min(self.model.max_total);
+        self.warm = self
+            .model
+            .start_warm
+            .unwrap_or(self.wanted)
+            .min(self.model.max_total)
+            .min(self.model.fleet_slots.unwrap_or(u32::MAX));
         self.r.max_wanted = self.wanted;
         let step = self.model.step_ms.max(1);
         self.schedule(self.now.saturating_add(step), Ev::Tick);
@@ -430,6 +523,8 @@ impl<'a> Sim<'a> {
         match ev {
             Ev::Warm { planned_at } => {
                 self.creating -= 1;
+                self.started -= 1;
+                self.start_unstarted();
                 self.estimator
                     .record_warm_time(Duration::from_millis(self.now - planned_at));
                 match self.queue.pop_front() {
@@ -437,7 +532,15 @@ impl<'a> Sim<'a> {
                     None => self.warm += 1,
                 }
             }
-            Ev::Release => self.allocated -= 1,
+            Ev::Release => {
+                self.allocated -= 1;
+                if let Some(t) = &self.model.teardown_time {
+                    let gone_in = t.sample_at(self.now, &mut self.rng);
+                    self.releasing += 1;
+                    self.schedule(self.now.saturating_add(gone_in), Ev::TornDown);
+                }
+            }
+            Ev::TornDown => self.releasing -= 1,
             Ev::Deadline { waiter } => {
                 if let Some(i) = self.queue.iter().position(|w| w.id == waiter) {
                     self.queue.remove(i);
@@ -504,23 +607,31 @@ impl<'a> Sim<'a> {
             }
         }
         let live = self.warm + self.creating + self.allocated;
-        let room = self.model.max_total.saturating_sub(live);
+        let mut room = self.model.max_total.saturating_sub(live);
+        if let Some(slots) = self.model.fleet_slots {
+            room = room.min(slots.saturating_sub(live + self.releasing));
+        }
         let n = deficit.min(batch).min(room);
         if n == 0 {
-            return; // at max_total: a release will make room
+            return; // at max_total or the fleet's limit: a release or a teardown makes room
         }
-        for _ in 0..n {
-            let warm_in = self.model.warm_time.sample(&mut self.rng);
-            self.schedule(
-                self.now.saturating_add(warm_in),
-                Ev::Warm {
-                    planned_at: self.now,
-                },
-            );
-        }
+        self.unstarted.extend((0..n).map(|_| self.now));
         self.creating += n;
         self.r.created += u64::from(n);
         self.last_batch = Some(self.now);
+        self.start_unstarted();
+    }
+
+    /// Starts planned containers while create slots are free.
+    fn start_unstarted(&mut self) {
+        while self.model.create_slots.is_none_or(|k| self.started < k) {
+            let Some(planned_at) = self.unstarted.pop_front() else {
+                return;
+            };
+            let warm_in = self.model.warm_time.sample_at(self.now, &mut self.rng);
+            self.started += 1;
+            self.schedule(self.now.saturating_add(warm_in), Ev::Warm { planned_at });
+        }
     }
 
     fn finish(mut self) -> SimReport {
@@ -559,6 +670,7 @@ mod tests {
             wait_ms: 5_000,
             step_ms: 500,
             seed: 1,
+            ..PoolModel::default()
         }
     }
 
@@ -671,6 +783,61 @@ mod tests {
     }
 
     #[test]
+    fn create_slots_make_containers_a_few_at_a_time() {
+        // Four waiters on an empty pool, a batch of four planned at once, two started at a
+        // time: warm at 1 s, 1 s, 2 s, 2 s.
+        let mut m = model(1_000);
+        m.create_slots = Some(2);
+        let arrivals: Vec<_> = (0..4).map(|_| (0, 60_000)).collect();
+        let r = simulate(&trace(&arrivals, 10_000), &m, &Policy::fixed(0));
+        assert_eq!((r.waited, r.created), (4, 4));
+        assert_eq!((r.wait_p50_ms, r.wait_p99_ms), (1_000, 2_000), "{r:?}");
+        // Each container counts as being made from its plan, slot or no slot: 1+1+2+2.
+        assert!(close(r.creating_container_seconds, 6.0), "{r:?}");
+        m.create_slots = None;
+        let r = simulate(&trace(&arrivals, 10_000), &m, &Policy::fixed(0));
+        assert_eq!((r.wait_p50_ms, r.wait_p99_ms), (1_000, 1_000), "{r:?}");
+    }
+
+    /// A fleet of two places, fixed pool of 1, warm-up 1 s:
+    /// t=0 A (hold 1 s) hit, its replacement warm at 1; t=1 A released;
+    /// t=1.5 B (hold 10 s) hit, the pool is short one;
+    /// t=2 C waits.
+    /// With teardowns of 3 s, A keeps its place until 4: C's container is planned then and
+    /// serves it at 5 (wait 3 s). Gone at once, B's replacement is planned at 1.5 and serves
+    /// C at 2.5 (wait 0.5 s).
+    #[test]
+    fn released_containers_hold_their_place_until_torn_down() {
+        let mut m = model(1_000);
+        m.fleet_slots = Some(2);
+        m.teardown_time = Some(WarmTime::Fixed { ms: 3_000 });
+        let t = trace(&[(0, 1_000), (1_500, 10_000), (2_000, 10_000)], 12_000);
+        let r = simulate(&t, &m, &Policy::fixed(1));
+        assert_eq!((r.hits, r.waited), (2, 1), "{r:?}");
+        assert_eq!(r.wait_p99_ms, 3_000, "{r:?}");
+        m.teardown_time = None;
+        let r = simulate(&t, &m, &Policy::fixed(1));
+        assert_eq!(r.wait_p99_ms, 500, "{r:?}");
+        // The fleet's limit caps the starting pool too: 2 of the 5 asked for, one of them
+        // retired as surplus at the first step (0.5 s).
+        m.start_warm = Some(5);
+        let r = simulate(&trace(&[], 1_000), &m, &Policy::fixed(1));
+        assert!(close(r.idle_container_seconds, 1.5), "{r:?}");
+        assert_eq!(r.retired, 1);
+    }
+
+    #[test]
+    fn the_pool_may_start_other_than_warm() {
+        let mut m = model(2_000);
+        m.start_warm = Some(0);
+        let r = simulate(&trace(&[(0, 1_000)], 5_000), &m, &Policy::fixed(3));
+        assert_eq!((r.hits, r.waited, r.wait_p99_ms), (0, 1, 2_000), "{r:?}");
+        m.start_warm = None;
+        let r = simulate(&trace(&[(0, 1_000)], 5_000), &m, &Policy::fixed(3));
+        assert_eq!(r.hits, 1, "{r:?}");
+    }
+
+    #[test]
     fn the_scaler_grows_the_pool_under_load_and_shrinks_it_after() {
         let mut p = Policy::fixed(0);
         p.max_warm = 50;
@@ -727,5 +894,27 @@ mod tests {
             "{p50} {p99}"
         );
         assert_eq!(s.describe(), "measured (3 samples, p50 200 ms, p99 300 ms)");
+
+        // Timed: the sample nearest the time asked; one of those taken then, at random.
+        let t = WarmTime::timed(vec![(5_000, 900), (1_000, 100), (1_000, 150), (9_000, 50)]);
+        assert_eq!(t.sample_at(5_100, &mut rng), 900);
+        assert_eq!(t.sample_at(20_000, &mut rng), 50);
+        assert_eq!(
+            t.sample_at(7_000, &mut rng),
+            900,
+            "a tie goes to the earlier"
+        );
+        assert_eq!(t.sample_at(7_001, &mut rng), 50);
+        let early: std::collections::BTreeSet<u64> =
+            (0..50).map(|_| t.sample_at(0, &mut rng)).collect();
+        assert_eq!(early, [100, 150].into());
+        assert_eq!(
+            t.describe(),
+            "measured, nearest in time (4 samples, p50 100 ms, p99 900 ms)"
+        );
+        assert_eq!(
+            WarmTime::timed(Vec::new()).sample_at(1, &mut rng),
+            DEFAULT_WARM_MS
+        );
     }
 }

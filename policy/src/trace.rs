@@ -9,10 +9,11 @@
 //! are skipped. Times may be absolute (ms since the epoch) or relative; only differences
 //! matter.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 use serde::{Deserialize, Serialize};
-use warmpool_proto::{AllocationId, ContainerId, Event, EventKind, PoolName};
+use warmpool_proto::{AllocationId, ContainerId, Event, EventKind, NodeId, PoolName};
 
 /// One allocation attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -170,13 +171,31 @@ impl Trace {
     }
 }
 
-/// What a pool's event log says about its demand and its warm-up times.
+/// One container's making, as the event log tells it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Making {
+    /// The node it was placed on.
+    pub node: Option<NodeId>,
+    /// When it was planned (`container_created`), ms.
+    pub planned_ms: u64,
+    /// When it was warm, ms.
+    pub warm_ms: u64,
+}
+
+/// What a pool's event log says about its demand, its warm-up times and its teardowns.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct History {
     /// Arrivals: allocation times (less the time they waited), with hold durations.
     pub trace: Trace,
     /// Measured times from `container_created` to `container_warm`, ms.
     pub warm_times_ms: Vec<u64>,
+    /// The same containers, with where and when: for [`History::start_times_ms`].
+    pub makings: Vec<Making>,
+    /// Measured teardowns, `(released at, until terminated)` in ms: how long a released
+    /// container still held its place on its node.
+    pub teardowns_ms: Vec<(u64, u64)>,
+    /// Warm containers when the trace starts, when the log shows the pool before then.
+    pub start_warm: Option<u32>,
     /// Allocations still open at the end, held until then.
     pub open_allocations: usize,
     /// Releases whose allocation is not in the events given (it started earlier); skipped.
@@ -184,6 +203,19 @@ pub struct History {
 }
 
 impl History {
+    /// A history of a trace alone: no measured warm-up or teardown times.
+    pub fn of_trace(trace: Trace) -> History {
+        History {
+            trace,
+            warm_times_ms: Vec::new(),
+            makings: Vec::new(),
+            teardowns_ms: Vec::new(),
+            start_warm: None,
+            open_allocations: 0,
+            unmatched_releases: 0,
+        }
+    }
+
     /// Rebuilds a pool's history from its events (any order; other pools' events and other
     /// kinds are skipped when `pool` is given).
     ///
@@ -191,12 +223,16 @@ impl History {
     ///   the arrival back to when it was asked for.
     /// - The `container_released` event with the same `allocation` id gives its hold; an
     ///   allocation not released by the last event is held until then.
-    /// - `container_created` → `container_warm` of the same container gives a warm-up time.
+    /// - `container_created` → `container_warm` of the same container gives a warm-up time;
+    ///   `container_released` → `container_terminated` a teardown time.
     ///
     /// Refused allocations leave no event, so demand that was turned away is not in the
     /// trace: a history with refusals understates demand.
     ///
-    /// The span runs from the first to the last event given. `None` when no event is given.
+    /// The span runs from the first arrival (or the first event, without arrivals) to the last
+    /// event given. When events before the first arrival show the pool, `start_warm` is the
+    /// number of containers warm then (warm, and neither allocated nor gone since). `None`
+    /// when no event is given.
     pub fn from_events(events: &[Event], pool: Option<&PoolName>) -> Option<History> {
         let mut events: Vec<&Event> = events
             .iter()
@@ -207,34 +243,59 @@ impl History {
         let last = events.iter().map(|e| e.at.as_millis()).max()?;
 
         let mut open: HashMap<AllocationId, (u64, u64)> = HashMap::new(); // id → (asked, granted)
-        let mut created: HashMap<ContainerId, u64> = HashMap::new();
+        let mut created: HashMap<ContainerId, (u64, Option<NodeId>)> = HashMap::new();
+        let mut released: HashMap<ContainerId, u64> = HashMap::new();
+        // Warm and unallocated, with when they turned warm.
+        let mut warm: HashMap<ContainerId, u64> = HashMap::new();
         let mut arrivals = Vec::new();
-        let mut warm_times_ms = Vec::new();
+        let mut makings = Vec::new();
+        let mut teardowns_ms = Vec::new();
         let mut unmatched_releases = 0;
-        for e in events {
+        // The first arrival: the first allocation, less the time it waited.
+        let start = events
+            .iter()
+            .filter(|e| e.kind == EventKind::ContainerAllocated && e.allocation.is_some())
+            .map(|e| e.at.as_millis().saturating_sub(waited_ms(e)))
+            .min()
+            .unwrap_or(first);
+        let mut start_warm = None;
+        let mut reached = false;
+        for (i, e) in events.iter().enumerate() {
             let at = e.at.as_millis();
+            if !reached && at >= start {
+                reached = true;
+                if i > 0 {
+                    start_warm = Some(u32::try_from(warm.len()).unwrap_or(u32::MAX));
+                }
+            }
             match e.kind {
                 EventKind::ContainerCreated => {
                     if let Some(c) = e.container {
-                        created.insert(c, at);
+                        created.insert(c, (at, e.node.clone()));
                     }
                 }
                 EventKind::ContainerWarm => {
-                    if let Some(t0) = e.container.and_then(|c| created.remove(&c)) {
-                        warm_times_ms.push(at.saturating_sub(t0));
+                    let Some(c) = e.container else { continue };
+                    warm.insert(c, at);
+                    if let Some((t0, node)) = created.remove(&c) {
+                        makings.push(Making {
+                            node,
+                            planned_ms: t0,
+                            warm_ms: at,
+                        });
                     }
                 }
                 EventKind::ContainerAllocated => {
+                    if let Some(c) = e.container {
+                        warm.remove(&c);
+                    }
                     let Some(id) = e.allocation else { continue };
-                    let waited = e
-                        .detail
-                        .as_ref()
-                        .and_then(|d| d.get("waited_ms"))
-                        .and_then(serde_json::Value::as_u64)
-                        .unwrap_or(0);
-                    open.insert(id, (at.saturating_sub(waited), at));
+                    open.insert(id, (at.saturating_sub(waited_ms(e)), at));
                 }
                 EventKind::ContainerReleased => {
+                    if let Some(c) = e.container {
+                        released.insert(c, at);
+                    }
                     let Some((asked, granted)) = e.allocation.and_then(|id| open.remove(&id))
                     else {
                         unmatched_releases += 1;
@@ -245,6 +306,14 @@ impl History {
                         hold_ms: at.saturating_sub(granted),
                     });
                 }
+                EventKind::ContainerTerminated | EventKind::ContainerFailed => {
+                    let Some(c) = e.container else { continue };
+                    warm.remove(&c);
+                    created.remove(&c);
+                    if let Some(t0) = released.remove(&c) {
+                        teardowns_ms.push((t0, at.saturating_sub(t0)));
+                    }
+                }
                 _ => {}
             }
         }
@@ -253,13 +322,66 @@ impl History {
             at_ms: asked,
             hold_ms: last.saturating_sub(granted),
         }));
+        let warm_times_ms = makings
+            .iter()
+            .map(|m| m.warm_ms.saturating_sub(m.planned_ms))
+            .collect();
         Some(History {
-            trace: Trace::new(arrivals, first, last),
+            trace: Trace::new(arrivals, start, last),
             warm_times_ms,
+            makings,
+            teardowns_ms,
+            start_warm,
             open_allocations,
             unmatched_releases,
         })
     }
+}
+
+impl History {
+    /// Each container's time from taking a create slot on its node to warm, with when it took
+    /// the slot, `(at, how long)` in ms, sorted: the warm-up times less the wait for a slot,
+    /// for a model that makes containers a few at a time ([`crate::PoolModel::create_slots`]).
+    ///
+    /// A node makes `slots(node)` containers at once, first planned first served (as its
+    /// agent does). A container planned while every slot was busy started when the first of
+    /// them came free. A slot counts as busy until its container is warm, so a replay of these
+    /// times at those slots makes containers as fast as the node did.
+    pub fn start_times_ms(&self, slots: impl Fn(Option<&NodeId>) -> u32) -> Vec<(u64, u64)> {
+        let mut by_node: HashMap<Option<&NodeId>, Vec<&Making>> = HashMap::new();
+        for m in &self.makings {
+            by_node.entry(m.node.as_ref()).or_default().push(m);
+        }
+        let mut out = Vec::with_capacity(self.makings.len());
+        for (node, mut makings) in by_node {
+            makings.sort_by_key(|m| (m.planned_ms, m.warm_ms));
+            let k = slots(node).max(1) as usize;
+            // When each slot comes free; all free at first.
+            let mut free: BinaryHeap<Reverse<u64>> = BinaryHeap::new();
+            for m in makings {
+                let began = match free.len() < k {
+                    true => m.planned_ms,
+                    false => free
+                        .pop()
+                        .map_or(m.planned_ms, |Reverse(t)| t.max(m.planned_ms)),
+                };
+                out.push((began, m.warm_ms.saturating_sub(began)));
+                free.push(Reverse(m.warm_ms.max(began)));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
+/// How long an allocation waited for its container (0 when it did not, or says nothing
+/// readable).
+fn waited_ms(e: &Event) -> u64 {
+    e.detail
+        .as_ref()
+        .and_then(|d| d.get("waited_ms"))
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -368,6 +490,7 @@ mod tests {
             },
             Event {
                 allocation: Some(a1),
+                container: Some(c1),
                 ..event(5, 4_000, EventKind::ContainerAllocated)
             },
             Event {
@@ -377,7 +500,13 @@ mod tests {
             },
             Event {
                 allocation: Some(a1),
+                container: Some(c1),
                 ..event(7, 9_000, EventKind::ContainerReleased)
+            },
+            // c1 is gone 400 ms after its release.
+            Event {
+                container: Some(c1),
+                ..event(11, 9_400, EventKind::ContainerTerminated)
             },
             Event {
                 allocation: Some(a3),
@@ -411,8 +540,69 @@ mod tests {
                 }, // asked 700 ms before it got one, held to the end
             ]
         );
-        assert_eq!((h.trace.start_ms, h.trace.end_ms), (1_000, 10_000));
+        // The trace starts at the first arrival, with both containers warm then; the events
+        // before it give warm-up times only.
+        assert_eq!((h.trace.start_ms, h.trace.end_ms), (4_000, 10_000));
+        assert_eq!(h.start_warm, Some(2));
+        assert_eq!(h.teardowns_ms, vec![(9_000, 400)]);
+        assert_eq!(h.makings.len(), 2);
         assert_eq!((h.open_allocations, h.unmatched_releases), (1, 1));
         assert!(History::from_events(&[], None).is_none());
+
+        // A log that begins with the first allocation says nothing of the pool before it.
+        let h = History::from_events(
+            &[Event {
+                allocation: Some(a1),
+                ..event(1, 4_000, EventKind::ContainerAllocated)
+            }],
+            None,
+        )
+        .unwrap();
+        assert_eq!(h.start_warm, None);
+    }
+
+    fn making(node: &str, planned_ms: u64, warm_ms: u64) -> Making {
+        Making {
+            node: Some(NodeId::new(node).unwrap()),
+            planned_ms,
+            warm_ms,
+        }
+    }
+
+    /// Node a makes two at a time. Four planned at 0: two warm at 500 and 600, the next
+    /// two start as those slots free (500, 600) and are warm at 1000 and 1300: 500 and 700 ms.
+    /// One planned at 5000 with the node idle: its whole warm-up, 300 ms. Node b, one slot:
+    /// planned at 0 and 0, warm at 200 and 450: 200 and 250 ms.
+    #[test]
+    fn start_times_take_out_the_wait_for_a_create_slot() {
+        let mut h = History::of_trace(Trace::new(Vec::new(), 0, 10_000));
+        h.makings = vec![
+            making("a", 0, 500),
+            making("a", 0, 600),
+            making("a", 0, 1_000),
+            making("a", 0, 1_300),
+            making("a", 5_000, 5_300),
+            making("b", 0, 200),
+            making("b", 0, 450),
+        ];
+        let slots = |n: Option<&NodeId>| match n.map(NodeId::as_str) {
+            Some("a") => 2,
+            _ => 1,
+        };
+        assert_eq!(
+            h.start_times_ms(slots),
+            vec![
+                (0, 200),
+                (0, 500),
+                (0, 600),
+                (200, 250),
+                (500, 500),
+                (600, 700),
+                (5_000, 300)
+            ]
+        );
+        // With slots enough for all, the wait is nothing and the times are the warm-ups.
+        let all: Vec<u64> = h.start_times_ms(|_| 10).iter().map(|t| t.1).collect();
+        assert_eq!(all, vec![200, 450, 500, 600, 1_000, 1_300, 300]);
     }
 }

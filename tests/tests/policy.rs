@@ -182,6 +182,18 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
         })
         .count();
     let live_hit_rate = hits as f64 / allocated.len() as f64;
+    let mut live_waits: Vec<u64> = allocated
+        .iter()
+        .map(|e| {
+            e.detail
+                .as_ref()
+                .and_then(|d| d["waited_ms"].as_u64())
+                .unwrap_or(0)
+        })
+        .collect();
+    live_waits.sort_unstable();
+    let rank = |q: f64| live_waits[((q * live_waits.len() as f64).ceil() as usize).max(1) - 1];
+    let (live_p50, live_p99) = (rank(0.5), rank(0.99));
 
     // `poolctl simulate` on the recorded history, the live policy beside a proposed one.
     let out = std::process::Command::new(bin("poolctl"))
@@ -220,9 +232,14 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
     }
     let sim_hit_rate = runs[0]["report"]["hit_rate"].as_f64().unwrap();
     eprintln!("hit rate: live {live_hit_rate:.3}, simulated {sim_hit_rate:.3}");
-    // Idle container-seconds the live run had over the window `simulate` replays (the first
-    // to the last event of the kinds it reads): warm, unallocated containers, integrated
-    // between events.
+    let sim_wait = |k: &str| runs[0]["report"][k].as_u64().unwrap();
+    eprintln!(
+        "wait p50/p99 ms: live {live_p50}/{live_p99}, simulated {}/{}",
+        sim_wait("wait_p50_ms"),
+        sim_wait("wait_p99_ms")
+    );
+    // Idle container-seconds the live run had over the span `simulate` replays (from the first
+    // arrival to its last event): warm, unallocated containers, integrated between events.
     let mut history = all_events(
         &c,
         EventQuery {
@@ -232,12 +249,35 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
     )
     .await;
     history.sort_by_key(|e| e.seq);
-    let replayed: Vec<u64> = history
-        .iter()
-        .filter(|e| warmpool_tests::poolctl::simulate::HISTORY_KINDS.contains(&e.kind))
-        .map(|e| e.at.0)
-        .collect();
-    let (start, end) = (replayed[0], *replayed.last().unwrap());
+    let span = &report["trace"];
+    let (start, end) = (
+        span["start_ms"].as_u64().unwrap(),
+        span["end_ms"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        span["start_warm"], 3,
+        "the pool held its floor when the burst came"
+    );
+    // The fleet the model has is the one node: room for what its allocatable resources hold
+    // of the pool's containers, four made at once (the agent's default, from its heartbeat).
+    let nodes = c.client.nodes().await.unwrap();
+    let [n] = &nodes[..] else {
+        panic!("one node: {nodes:?}")
+    };
+    assert_eq!(n.create_slots, Some(4), "{n:?}");
+    assert_eq!(
+        n.allocatable.cpu_millis,
+        n.node.capacity.cpu_millis * 8,
+        "the default cpu overcommit"
+    );
+    let fits = (n.allocatable.cpu_millis / spec.resources.cpu_millis)
+        .min(n.allocatable.memory_mb / spec.resources.memory_mb);
+    assert_eq!(span["fleet"]["slots"].as_u64(), Some(fits), "{span}");
+    assert_eq!(
+        span["fleet"]["create_slots"][n.node.id.as_str()],
+        4,
+        "{span}"
+    );
     let mut warm = std::collections::HashSet::new();
     let mut live_idle_ms = 0u64;
     let mut prev = start;
@@ -267,6 +307,10 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
     assert!(
         (sim_hit_rate - live_hit_rate).abs() <= 0.10,
         "simulated hit rate {sim_hit_rate:.3} is not within 10 points of the live {live_hit_rate:.3}"
+    );
+    assert!(
+        (sim_idle - live_idle).abs() <= 0.10 * live_idle,
+        "simulated idle container-seconds {sim_idle:.1} are not within 10% of the live {live_idle:.1}"
     );
 }
 
