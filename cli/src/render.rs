@@ -885,30 +885,19 @@ mod tests {
     #[test]
     fn containers_table_shows_health_and_address() {
         let c = Container {
-            id: cid(),
-            pool: PoolName::new("demo").unwrap(),
-            node: NodeId::new("n1").unwrap(),
-            generation: 1,
             state: ContainerState::Warm,
             health: Health::Unhealthy {
                 consecutive_failures: 2,
             },
-            docker_id: None,
             ipv6: Some("fd36:1::5".parse().unwrap()),
-            port: 8080,
-            session: None,
-            allocation: None,
-            created_at: Timestamp(NOW.0 - 125_000),
-            warm_at: None,
-            allocated_at: None,
-            last_activity_at: None,
-            lease_expires_at: None,
-            released_at: None,
-            ended_at: None,
-            reason: None,
-            observed_index: None,
-            restarts: 0,
-            restart_pending: false,
+            ..Container::planned(
+                cid(),
+                PoolName::new("demo").unwrap(),
+                NodeId::new("n1").unwrap(),
+                1,
+                8080,
+                Timestamp(NOW.0 - 125_000),
+            )
         };
         assert_eq!(
             containers_table(std::slice::from_ref(&c), style()),

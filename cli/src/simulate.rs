@@ -636,28 +636,15 @@ mod tests {
         let own: Vec<Container> = ["a", "a", "c"]
             .into_iter()
             .map(|n| Container {
-                id: warmpool_proto::ContainerId::new(),
-                pool: PoolName::new("demo").unwrap(),
-                node: NodeId::new(n).unwrap(),
-                generation: 1,
                 state: warmpool_proto::ContainerState::Warm,
-                health: warmpool_proto::Health::Healthy,
-                docker_id: None,
-                ipv6: None,
-                port: 8080,
-                session: None,
-                allocation: None,
-                created_at: warmpool_proto::Timestamp(0),
-                warm_at: None,
-                allocated_at: None,
-                last_activity_at: None,
-                lease_expires_at: None,
-                released_at: None,
-                ended_at: None,
-                reason: None,
-                observed_index: None,
-                restarts: 0,
-                restart_pending: false,
+                ..Container::planned(
+                    warmpool_proto::ContainerId::new(),
+                    PoolName::new("demo").unwrap(),
+                    NodeId::new(n).unwrap(),
+                    1,
+                    8080,
+                    warmpool_proto::Timestamp(0),
+                )
             })
             .collect();
         let f = Fleet::new(&nodes, &spec, &own);
@@ -683,29 +670,24 @@ mod tests {
             .collect();
         let history = History::of_trace(Trace::new(arrivals, 1_000, 60_000));
         let a = args(&["--warm-time-ms", "1000", "--wait-ms", "20000"]);
-        let unbounded = simulate(
-            None,
-            "t".into(),
-            &history,
-            Some(&current),
-            &current,
-            None,
-            &a,
-        );
+        let on = |fleet: Option<&Fleet>| {
+            simulate(
+                None,
+                "t".into(),
+                &history,
+                Some(&current),
+                &current,
+                fleet,
+                &a,
+            )
+        };
+        let unbounded = on(None);
         let mut fleet = Fleet {
             nodes: 1,
             slots: 100,
             create_slots: HashMap::from([(NodeId::new("a").unwrap(), 2)]),
         };
-        let bounded = simulate(
-            None,
-            "t".into(),
-            &history,
-            Some(&current),
-            &current,
-            Some(&fleet),
-            &a,
-        );
+        let bounded = on(Some(&fleet));
         let p99 = |v: &SimulationView| v.runs[0].report.wait_p99_ms;
         // Unbounded: batches of up to 4, 200 ms apart, each warm 1 s after it is planned.
         // Two at a time: the seven waiters are served from 1 s to 4 s after they came.
@@ -717,15 +699,7 @@ mod tests {
         ));
         // A fleet with room for 5 serves two of the seven, and no more until a release.
         fleet.slots = 5;
-        let full = simulate(
-            None,
-            "t".into(),
-            &history,
-            Some(&current),
-            &current,
-            Some(&fleet),
-            &a,
-        );
+        let full = on(Some(&fleet));
         assert_eq!(full.runs[0].report.refused, 5, "{:?}", full.runs[0].report);
     }
 

@@ -162,6 +162,41 @@ pub struct Container {
 }
 
 impl Container {
+    /// A container just planned on `node`: being made, nothing heard of it yet.
+    pub fn planned(
+        id: ContainerId,
+        pool: PoolName,
+        node: NodeId,
+        generation: u64,
+        port: u16,
+        at: Timestamp,
+    ) -> Container {
+        Container {
+            id,
+            pool,
+            node,
+            generation,
+            state: ContainerState::Creating,
+            health: Health::Unknown,
+            docker_id: None,
+            ipv6: None,
+            port,
+            session: None,
+            allocation: None,
+            created_at: at,
+            warm_at: None,
+            allocated_at: None,
+            last_activity_at: None,
+            lease_expires_at: None,
+            released_at: None,
+            ended_at: None,
+            reason: None,
+            observed_index: None,
+            restarts: 0,
+            restart_pending: false,
+        }
+    }
+
     /// `http://[ipv6]:port`, once the container has an address.
     pub fn url(&self) -> Option<String> {
         self.ipv6.map(|ip| format!("http://[{ip}]:{}", self.port))

@@ -480,30 +480,7 @@ impl PoolState {
                 continue;
             }
             live += 1;
-            let c = Container {
-                id,
-                pool: pool.clone(),
-                node,
-                generation,
-                state: ContainerState::Creating,
-                health: Health::Unknown,
-                docker_id: None,
-                ipv6: None,
-                port,
-                session: None,
-                allocation: None,
-                created_at: ctx.at,
-                warm_at: None,
-                allocated_at: None,
-                last_activity_at: None,
-                lease_expires_at: None,
-                released_at: None,
-                ended_at: None,
-                reason: None,
-                observed_index: None,
-                restarts: 0,
-                restart_pending: false,
-            };
+            let c = Container::planned(id, pool.clone(), node, generation, port, ctx.at);
             let body = EventBody::of_container(&c);
             self.index_container(&c.node, &c.pool, id);
             retally(&mut self.tallies, &c, true);
