@@ -286,6 +286,10 @@ test('live: a change made through another member shows within a second', async (
 test('nodes: cordon and uncordon, shown live', async () => {
   await go(page, '#/nodes');
   const card = page.locator(`section[data-node="${cluster.node}"]`);
+  // What placement may still reserve, and how many containers the agent starts at once.
+  const view = (await api('/v1/nodes')).find((n) => n.id === cluster.node);
+  await card.getByTestId('create-slots').getByText(`${view.create_slots} containers`).waitFor();
+  assert.match(await card.getByTestId('cpu-reserved').textContent(), /reserved [\d.]+ cores? of [\d.]+ cores placeable/);
   await card.getByTestId('heartbeat-age').waitFor();
   await card.getByTestId('cordon').click();
   await card.getByTestId('node-result').getByText(`Node ${cluster.node} cordoned.`).waitFor();
