@@ -56,12 +56,19 @@ pub struct Fleet {
 
 impl Fleet {
     /// The fleet for `spec` from the nodes and the pool's live containers. Only ready nodes
-    /// take new containers, so only they count.
+    /// with the pool's constraint labels take its new containers, so only they count.
     pub fn new(nodes: &[NodeView], spec: &PoolSpec, own: &[Container]) -> Fleet {
         let per = &spec.resources;
         let mut slots = 0u64;
         let mut create_slots = HashMap::new();
-        for n in nodes.iter().filter(|n| n.node.status == NodeStatus::Ready) {
+        let takes = |n: &NodeView| {
+            n.node.status == NodeStatus::Ready
+                && spec
+                    .constraints
+                    .iter()
+                    .all(|(k, v)| n.node.labels.get(k) == Some(v))
+        };
+        for n in nodes.iter().filter(|n| takes(n)) {
             let mine = own
                 .iter()
                 .filter(|c| c.node == n.node.id && c.state.is_live())
@@ -652,6 +659,13 @@ mod tests {
         assert_eq!(f.total_create_slots(), 2 + DEFAULT_CREATE_SLOTS);
         assert_eq!(f.create_slots_of(Some(&NodeId::new("a").unwrap())), 2);
         assert_eq!(f.create_slots_of(None), DEFAULT_CREATE_SLOTS);
+        // A constraint leaves out the nodes without its label.
+        let mut eu = spec.clone();
+        eu.constraints.insert("region".into(), "eu".into());
+        let mut labelled = nodes.clone();
+        labelled[1].node.labels.insert("region".into(), "eu".into());
+        let f = Fleet::new(&labelled, &eu, &own);
+        assert_eq!((f.nodes, f.slots), (1, 32));
         // Memory binds when it is the scarcer: 1 GiB containers, 4 per empty node.
         spec.resources.memory_mb = 1_024;
         let empty = [nodes[1].clone(), nodes[1].clone()];
