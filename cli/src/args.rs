@@ -446,6 +446,13 @@ pub struct SimulateArgs {
     /// Warm-up time for every container instead of the measured ones.
     #[arg(long, value_name = "MS")]
     pub warm_time_ms: Option<u64>,
+    /// Replay on a fleet with room for N of the pool's containers (instead of what its ready
+    /// nodes have now).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub fleet_slots: Option<u32>,
+    /// Replay on a fleet whose agents start N containers at once in all (instead of theirs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub create_slots: Option<u32>,
     /// How long a replayed allocation waits for a warm container before it is refused.
     #[arg(long, value_name = "MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_MS))]
     pub wait_ms: u64,

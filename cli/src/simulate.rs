@@ -217,8 +217,12 @@ pub struct TraceSummary {
     pub open_allocations: usize,
     /// The warm-up times used: from a container's start to warm.
     pub warm_time: String,
-    /// The fleet's limits the model has, when it has them.
+    /// The fleet as it is now, when the history is the pool's own.
     pub fleet: Option<Fleet>,
+    /// Room for the pool's containers in the replay (the fleet's, or `--fleet-slots`).
+    pub fleet_slots: Option<u32>,
+    /// Containers started at once in the replay (the fleet's, or `--create-slots`).
+    pub create_slots: Option<u32>,
     /// The teardown times used, when the fleet's limits are modelled.
     pub teardown_time: Option<String>,
     /// How long a replayed allocation waits for a warm container, ms.
@@ -296,11 +300,15 @@ pub fn simulate(
     let mut model = PoolModel::from_spec(model_spec, warm_time.clone(), a.wait_ms);
     model.seed = a.seed;
     if let Some(f) = fleet {
+        model.teardown_time = timed(history.teardowns_ms.clone());
         model.fleet_slots = Some(f.slots);
         model.create_slots = Some(f.total_create_slots());
-        model.teardown_time = timed(history.teardowns_ms.clone());
     }
-    let teardown_time = fleet.map(|_| {
+    // What-ifs replace the fleet's numbers (or give a trace file some).
+    model.fleet_slots = a.fleet_slots.or(model.fleet_slots);
+    model.create_slots = a.create_slots.or(model.create_slots);
+    let limited = model.fleet_slots.is_some() || model.create_slots.is_some();
+    let teardown_time = limited.then(|| {
         model
             .teardown_time
             .as_ref()
@@ -347,6 +355,8 @@ pub fn simulate(
             open_allocations: history.open_allocations,
             warm_time: warm_time.describe(),
             fleet: fleet.cloned(),
+            fleet_slots: model.fleet_slots,
+            create_slots: model.create_slots,
             teardown_time,
             wait_ms: a.wait_ms,
         },
@@ -370,14 +380,25 @@ pub fn render(v: &SimulationView) -> String {
         t.warm_time,
         t.wait_ms,
     );
-    if let Some(f) = &t.fleet {
+    if let Some(teardown) = &t.teardown_time {
+        let any = |n: Option<u32>| n.map_or_else(|| "any number".to_string(), |n| n.to_string());
+        let now = match &t.fleet {
+            Some(f)
+                if Some(f.slots) == t.fleet_slots
+                    && Some(f.total_create_slots()) == t.create_slots =>
+            {
+                format!(
+                    "now, {} ready node{}",
+                    f.nodes,
+                    if f.nodes == 1 { "" } else { "s" }
+                )
+            }
+            _ => "as asked".to_string(),
+        };
         out.push_str(&format!(
-            "fleet now: {} ready node{}, room for {} of the pool's containers, {} made at once; teardown: {}\n",
-            f.nodes,
-            if f.nodes == 1 { "" } else { "s" },
-            f.slots,
-            f.total_create_slots(),
-            t.teardown_time.as_deref().unwrap_or("at once"),
+            "fleet ({now}): room for {} of the pool's containers, {} started at once; teardown: {teardown}\n",
+            any(t.fleet_slots),
+            any(t.create_slots),
         ));
     }
     out.push('\n');
@@ -480,6 +501,8 @@ mod tests {
             vec!["simulate", "demo", "--target-hit-rate", "1.5"],
             vec!["simulate", "demo", "--target-hit-rate", "x"],
             vec!["simulate", "demo", "--fixed", "3", "--min-warm", "1"],
+            vec!["simulate", "demo", "--create-slots", "0"],
+            vec!["simulate", "demo", "--fleet-slots", "-1"],
         ] {
             let err = Cli::try_parse_from(std::iter::once("poolctl").chain(bad.iter().copied()))
                 .expect_err(&format!("{bad:?}"));
@@ -708,8 +731,50 @@ mod tests {
         assert!(p99(&unbounded) < 2_000, "{:?}", unbounded.runs[0].report);
         assert_eq!(p99(&bounded), 4_000, "{:?}", bounded.runs[0].report);
         assert!(render(&bounded).contains(
-            "fleet now: 1 ready node, room for 100 of the pool's containers, 2 made at once; \
+            "fleet (now, 1 ready node): room for 100 of the pool's containers, 2 started at once; \
              teardown: none measured: at once\n"
+        ));
+        // What-ifs: more room and more starts at once than the fleet has.
+        let more = args(&[
+            "--warm-time-ms",
+            "1000",
+            "--wait-ms",
+            "20000",
+            "--create-slots",
+            "8",
+        ]);
+        let v = simulate(
+            None,
+            "t".into(),
+            &history,
+            Some(&current),
+            &current,
+            Some(&fleet),
+            &more,
+        );
+        assert!(p99(&v) < p99(&bounded), "{:?}", v.runs[0].report);
+        assert!(render(&v).contains(
+            "fleet (as asked): room for 100 of the pool's containers, 8 started at once"
+        ));
+        // ...and for a trace file, which has no fleet.
+        let v = simulate(
+            None,
+            "t".into(),
+            &history,
+            Some(&current),
+            &current,
+            None,
+            &more,
+        );
+        assert_eq!(
+            p99(&v),
+            p99(&on(Some(&Fleet {
+                create_slots: HashMap::from([(NodeId::new("a").unwrap(), 8)]),
+                ..fleet.clone()
+            })))
+        );
+        assert!(render(&v).contains(
+            "fleet (as asked): room for any number of the pool's containers, 8 started at once"
         ));
         // A fleet with room for 5 serves two of the seven, and no more until a release.
         fleet.slots = 5;
