@@ -94,7 +94,16 @@ running() { [ -f "$DEV/$1.pid" ] && kill -0 "$(cat "$DEV/$1.pid")" 2>/dev/null; 
 
 spawn() { # name, command...
   local name=$1; shift
-  if running "$name"; then say "$name already running"; return; fi
+  if running "$name"; then
+    # The pid file is as old as the process: a binary built since is restarted.
+    if [ "$1" -nt "$DEV/$name.pid" ]; then
+      say "$name runs an older build: restarting it"
+      stop_pid "$name"
+    else
+      say "$name already running"
+      return
+    fi
+  fi
   nohup "$@" >"$DEV/$name.log" 2>&1 &
   echo $! >"$DEV/$name.pid"
 }
