@@ -281,10 +281,7 @@ pub fn simulate(
     fleet: Option<&Fleet>,
     a: &SimulateArgs,
 ) -> SimulationView {
-    let samples = |ms: Vec<u64>| match ms.is_empty() {
-        true => None,
-        false => Some(WarmTime::Samples { ms }),
-    };
+    let samples = |ms: Vec<u64>| (!ms.is_empty()).then_some(WarmTime::Samples { ms });
     let timed = |v: Vec<(u64, u64)>| (!v.is_empty()).then(|| WarmTime::timed(v));
     let measured = match fleet {
         Some(f) => timed(history.start_times_ms(|n| f.create_slots_of(n))),

@@ -359,11 +359,11 @@ impl History {
             // When each slot comes free; all free at first.
             let mut free: BinaryHeap<Reverse<u64>> = BinaryHeap::new();
             for m in makings {
-                let began = match free.len() < k {
-                    true => m.planned_ms,
-                    false => free
-                        .pop()
-                        .map_or(m.planned_ms, |Reverse(t)| t.max(m.planned_ms)),
+                let began = if free.len() < k {
+                    m.planned_ms
+                } else {
+                    free.pop()
+                        .map_or(m.planned_ms, |Reverse(t)| t.max(m.planned_ms))
                 };
                 out.push((began, m.warm_ms.saturating_sub(began)));
                 free.push(Reverse(m.warm_ms.max(began)));
