@@ -13,6 +13,10 @@
 //! - **fixed, mean target**: the scaler's average wanted count, rounded, when it is neither of
 //!   the above.
 //!
+//! Each comparison runs twice: on a fleet that starts any number of containers at once, and
+//! on one with a real fleet's limits (how many it starts at once, how many it holds, released
+//! containers keeping their place while they are torn down).
+//!
 //! The report is printed (`cargo test -p warmpool-tests --test simulation -- --nocapture`).
 //! The claim asserted: on bursty traffic the scaler serves more allocations warm than a fixed
 //! target at equal or lower idle cost (and than one at its own mean target).
@@ -100,10 +104,10 @@ struct Row {
 }
 
 /// The smallest fixed target whose mean idle warm pool is at least `mean_warm`.
-fn fixed_with_idle_at_least(trace: &Trace, mean_warm: f64) -> (u32, SimReport) {
+fn fixed_with_idle_at_least(trace: &Trace, m: &PoolModel, mean_warm: f64) -> (u32, SimReport) {
     let mut n = mean_warm.floor() as u32;
     loop {
-        let r = simulate(trace, &model(), &Policy::fixed(n));
+        let r = simulate(trace, m, &Policy::fixed(n));
         if r.mean_warm >= mean_warm || n >= 100 {
             return (n, r);
         }
@@ -140,16 +144,17 @@ fn report(rows: &[Row]) -> String {
     t.render()
 }
 
-#[test]
-fn demand_driven_scaling_beats_fixed_targets_on_bursty_traffic() {
+/// Runs every trace under the scaler and the fixed policies on `m`, prints the report, and
+/// checks the claim on the bursty trace.
+fn compare(m: &PoolModel, fleet: &str) {
     let scaler = Policy::from_spec(&spec());
     let mut rows = Vec::new();
     let mut bursty = None;
     for (name, trace) in traces() {
-        let s = simulate(&trace, &model(), &scaler);
-        let (n_idle, same_idle) = fixed_with_idle_at_least(&trace, s.mean_warm);
+        let s = simulate(&trace, m, &scaler);
+        let (n_idle, same_idle) = fixed_with_idle_at_least(&trace, m, s.mean_warm);
         let n_mean = s.mean_wanted.round() as u32;
-        let mean_target = simulate(&trace, &model(), &Policy::fixed(n_mean));
+        let mean_target = simulate(&trace, m, &Policy::fixed(n_mean));
         if name == "bursty" {
             bursty = Some((s.clone(), same_idle.clone(), mean_target.clone()));
         }
@@ -162,7 +167,7 @@ fn demand_driven_scaling_beats_fixed_targets_on_bursty_traffic() {
             rows.push(Row {
                 trace: name,
                 policy: format!("fixed {n} (less idle)"),
-                r: simulate(&trace, &model(), &Policy::fixed(n)),
+                r: simulate(&trace, m, &Policy::fixed(n)),
             });
         }
         rows.push(Row {
@@ -178,9 +183,8 @@ fn demand_driven_scaling_beats_fixed_targets_on_bursty_traffic() {
             });
         }
     }
-    let m = model();
     println!(
-        "\n{HOURS} h per trace; warm-up {}; batches of {} every {} ms; sessions wait up to {} ms\n\n{}",
+        "\n{HOURS} h per trace; {fleet}; warm-up {}; batches of {} every {} ms; sessions wait up to {} ms\n\n{}",
         m.warm_time.describe(),
         m.batch_size,
         m.pacing_ms,
@@ -203,6 +207,29 @@ fn demand_driven_scaling_beats_fixed_targets_on_bursty_traffic() {
     assert!(
         s.hit_rate > mean_target.hit_rate,
         "bursty: the scaler must beat a fixed target at its own mean target"
+    );
+}
+
+#[test]
+fn demand_driven_scaling_beats_fixed_targets_on_bursty_traffic() {
+    compare(&model(), "a fleet that starts any number at once");
+}
+
+/// The same on a fleet with a real one's limits: two hosts that start four containers each at
+/// once, with room for 64 of the pool's containers, and released ones holding their place
+/// for 1.5 s. The bursts then ask for more than the fleet makes, which a fixed pool cannot
+/// make up for either.
+#[test]
+fn demand_driven_scaling_beats_fixed_targets_on_a_limited_fleet() {
+    let m = PoolModel {
+        create_slots: Some(8),
+        fleet_slots: Some(400),
+        teardown_time: Some(WarmTime::Fixed { ms: 1_500 }),
+        ..model()
+    };
+    compare(
+        &m,
+        "2 hosts, 8 started at once, room for 400, teardowns 1.5 s",
     );
 }
 
