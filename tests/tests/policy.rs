@@ -282,7 +282,9 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
     let mut live_idle_ms = 0u64;
     let mut prev = start;
     for e in &history {
-        let at = e.at.0.clamp(start, end);
+        // Events are in log order; their times (when each command was proposed) may run a
+        // few milliseconds backwards across it.
+        let at = e.at.0.clamp(start, end).max(prev);
         live_idle_ms += warm.len() as u64 * (at - prev);
         prev = at;
         let Some(id) = e.container else { continue };
@@ -506,7 +508,13 @@ async fn a_container_whose_health_fails_leaves_the_pool_after_the_threshold() {
 async fn an_image_change_rolls_out_while_allocations_keep_succeeding() {
     let c = TestCluster::single().await;
     docker(&["tag", warmpool_tests::DEMO_IMAGE, "warmpool-demo:rollout"]);
-    let spec = TestCluster::demo_spec("roll", 3);
+    // One new container at a time, half a second apart: each one's old stand-in leaves when it
+    // is warm, so old and new are warm side by side for a while whatever the host's speed
+    // (with batches of 4, all three new ones may turn warm in one leader step, and the old
+    // ones leave in the same step).
+    let mut spec = TestCluster::demo_spec("roll", 3);
+    spec.scaling.batch_size = 1;
+    spec.scaling.pacing_ms = 500;
     c.client.create_pool(&spec).await.unwrap();
     c.wait_warm("roll", 3, Duration::from_secs(60)).await;
 
