@@ -459,6 +459,10 @@ pub struct SimulateArgs {
     /// Seed for drawing warm-up times.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
+    /// Replay this many times, with seeds from `--seed` on, and report the means: the draws
+    /// of warm-up and teardown times make single runs differ by a few percent.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub runs: u32,
     /// Show only the proposed policy's run.
     #[arg(long)]
     pub only_proposed: bool,

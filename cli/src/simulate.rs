@@ -227,6 +227,8 @@ pub struct TraceSummary {
     pub teardown_time: Option<String>,
     /// How long a replayed allocation waits for a warm container, ms.
     pub wait_ms: u64,
+    /// Replays per policy, averaged.
+    pub runs: u32,
 }
 
 /// The answer of `poolctl simulate`.
@@ -318,7 +320,17 @@ pub fn simulate(
             start_warm,
             ..model.clone()
         };
-        let report = warmpool_policy::simulate(trace, &model, &policy);
+        // One run per seed, from `--seed` on, averaged.
+        let reports: Vec<SimReport> = (0..a.runs.max(1))
+            .map(|i| {
+                let model = PoolModel {
+                    seed: model.seed.wrapping_add(u64::from(i)),
+                    ..model.clone()
+                };
+                warmpool_policy::simulate(trace, &model, &policy)
+            })
+            .collect();
+        let report = SimReport::mean(&reports).expect("at least one run");
         runs.push(Run {
             name: name.to_string(),
             summary: describe_policy(&policy),
@@ -356,6 +368,7 @@ pub fn simulate(
             create_slots: model.create_slots,
             teardown_time,
             wait_ms: a.wait_ms,
+            runs: a.runs.max(1),
         },
         runs,
     }
@@ -365,7 +378,7 @@ pub fn simulate(
 pub fn render(v: &SimulationView) -> String {
     let t = &v.trace;
     let mut out = format!(
-        "{}: {} allocations over {} ({:.3}/s){}\nwarm-up: {}; allocations wait up to {} ms\n",
+        "{}: {} allocations over {} ({:.3}/s){}\nwarm-up: {}; allocations wait up to {} ms{}\n",
         t.source,
         t.arrivals,
         compact_secs(t.duration_s.round() as u64),
@@ -376,6 +389,10 @@ pub fn render(v: &SimulationView) -> String {
         },
         t.warm_time,
         t.wait_ms,
+        match t.runs {
+            1 => String::new(),
+            n => format!("; the mean of {n} runs"),
+        },
     );
     if let Some(teardown) = &t.teardown_time {
         let any = |n: Option<u32>| n.map_or_else(|| "any number".to_string(), |n| n.to_string());
@@ -499,6 +516,7 @@ mod tests {
             vec!["simulate", "demo", "--target-hit-rate", "x"],
             vec!["simulate", "demo", "--fixed", "3", "--min-warm", "1"],
             vec!["simulate", "demo", "--create-slots", "0"],
+            vec!["simulate", "demo", "--runs", "0"],
             vec!["simulate", "demo", "--fleet-slots", "-1"],
         ] {
             let err = Cli::try_parse_from(std::iter::once("poolctl").chain(bad.iter().copied()))
@@ -571,7 +589,8 @@ mod tests {
         assert!(
             text.starts_with(
                 "events of pool demo: 60 allocations over 10m (0.100/s), 1 still open\n\
-                 warm-up: measured (3 samples, p50 1000 ms, p99 1100 ms); allocations wait up to 5000 ms\n"
+                 warm-up: measured (3 samples, p50 1000 ms, p99 1100 ms); allocations wait up to 5000 ms; \
+                 the mean of 5 runs\n"
             ),
             "{text}"
         );
@@ -603,6 +622,37 @@ mod tests {
         );
         assert_eq!(v.runs.len(), 1);
         assert_eq!(v.trace.warm_time, "fixed 1500 ms");
+
+        // --runs averages over seeds: one run is that seed's alone, five the mean of five.
+        let one = |seed: &str| {
+            let a = args(&["--runs", "1", "--seed", seed]);
+            simulate(
+                None,
+                "t".into(),
+                &history(),
+                Some(&current),
+                &current,
+                None,
+                &a,
+            )
+            .runs[0]
+                .report
+                .clone()
+        };
+        let a = args(&["--runs", "3", "--seed", "4"]);
+        let three = simulate(
+            None,
+            "t".into(),
+            &history(),
+            Some(&current),
+            &current,
+            None,
+            &a,
+        );
+        assert_eq!(
+            three.runs[0].report,
+            SimReport::mean(&[one("4"), one("5"), one("6")]).unwrap()
+        );
     }
 
     fn node(

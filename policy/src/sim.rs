@@ -283,6 +283,42 @@ pub struct SimReport {
     pub duration_s: f64,
 }
 
+impl SimReport {
+    /// The mean of several runs (of one trace, under different seeds): every figure averaged,
+    /// counts and milliseconds rounded. `None` for no runs.
+    pub fn mean(runs: &[SimReport]) -> Option<SimReport> {
+        let first = runs.first()?;
+        let n = runs.len() as f64;
+        let f = |get: fn(&SimReport) -> f64| runs.iter().map(get).sum::<f64>() / n;
+        let u = |get: fn(&SimReport) -> u64| {
+            (runs.iter().map(get).sum::<u64>() as f64 / n).round() as u64
+        };
+        let hits = u(|r| r.hits);
+        let arrivals = u(|r| r.arrivals);
+        Some(SimReport {
+            arrivals,
+            allocations: u(|r| r.allocations),
+            hits,
+            hit_rate: f(|r| r.hit_rate),
+            waited: u(|r| r.waited),
+            refused: u(|r| r.refused),
+            wait_p50_ms: u(|r| r.wait_p50_ms),
+            wait_p99_ms: u(|r| r.wait_p99_ms),
+            idle_container_seconds: f(|r| r.idle_container_seconds),
+            allocated_container_seconds: f(|r| r.allocated_container_seconds),
+            creating_container_seconds: f(|r| r.creating_container_seconds),
+            mean_warm: f(|r| r.mean_warm),
+            mean_wanted: f(|r| r.mean_wanted),
+            max_wanted: (runs.iter().map(|r| f64::from(r.max_wanted)).sum::<f64>() / n).round()
+                as u32,
+            created: u(|r| r.created),
+            retired: u(|r| r.retired),
+            scale_changes: u(|r| r.scale_changes),
+            duration_s: first.duration_s,
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     /// A container planned at this time becomes warm.
@@ -850,6 +886,24 @@ mod tests {
         assert!(r.hit_rate > 0.8, "{r:?}");
         assert!(r.retired > 0, "shrank after the load: {r:?}");
         assert!(r.mean_wanted < 10.0, "{r:?}");
+    }
+
+    #[test]
+    fn reports_average() {
+        let t = trace(&[(0, 1_000), (100, 1_000), (200, 1_000)], 3_000);
+        let mut m = model(2_000);
+        m.wait_ms = 0;
+        let a = simulate(&t, &m, &Policy::fixed(1)); // 1 hit, 2 refused
+        let b = simulate(&t, &m, &Policy::fixed(3)); // 3 hits
+        let mean = SimReport::mean(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!((mean.hits, mean.refused, mean.arrivals), (2, 1, 3));
+        assert!(close(mean.hit_rate, (a.hit_rate + b.hit_rate) / 2.0));
+        assert!(close(
+            mean.idle_container_seconds,
+            (a.idle_container_seconds + b.idle_container_seconds) / 2.0
+        ));
+        assert_eq!(SimReport::mean(std::slice::from_ref(&a)), Some(a));
+        assert_eq!(SimReport::mean(&[]), None);
     }
 
     #[test]
