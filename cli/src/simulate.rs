@@ -623,9 +623,9 @@ mod tests {
         assert_eq!(v.runs.len(), 1);
         assert_eq!(v.trace.warm_time, "fixed 1500 ms");
 
-        // --runs averages over seeds: one run is that seed's alone, five the mean of five.
-        let one = |seed: &str| {
-            let a = args(&["--runs", "1", "--seed", seed]);
+        // --runs averages over seeds: one run is that seed's alone, three the mean of three.
+        let run_with = |flags: &[&str]| {
+            let a = args(flags);
             simulate(
                 None,
                 "t".into(),
@@ -635,20 +635,13 @@ mod tests {
                 None,
                 &a,
             )
-            .runs[0]
+        };
+        let one = |seed: &str| {
+            run_with(&["--runs", "1", "--seed", seed]).runs[0]
                 .report
                 .clone()
         };
-        let a = args(&["--runs", "3", "--seed", "4"]);
-        let three = simulate(
-            None,
-            "t".into(),
-            &history(),
-            Some(&current),
-            &current,
-            None,
-            &a,
-        );
+        let three = run_with(&["--runs", "3", "--seed", "4"]);
         assert_eq!(
             three.runs[0].report,
             SimReport::mean(&[one("4"), one("5"), one("6")]).unwrap()
