@@ -747,7 +747,7 @@ mod tests {
             .collect();
         let history = History::of_trace(Trace::new(arrivals, 1_000, 60_000));
         let a = args(&["--warm-time-ms", "1000", "--wait-ms", "20000"]);
-        let on = |fleet: Option<&Fleet>| {
+        let on_with = |fleet: Option<&Fleet>, a: &SimulateArgs| {
             simulate(
                 None,
                 "t".into(),
@@ -755,9 +755,10 @@ mod tests {
                 Some(&current),
                 &current,
                 fleet,
-                &a,
+                a,
             )
         };
+        let on = |fleet: Option<&Fleet>| on_with(fleet, &a);
         let unbounded = on(None);
         let mut fleet = Fleet {
             nodes: 1,
@@ -783,29 +784,13 @@ mod tests {
             "--create-slots",
             "8",
         ]);
-        let v = simulate(
-            None,
-            "t".into(),
-            &history,
-            Some(&current),
-            &current,
-            Some(&fleet),
-            &more,
-        );
+        let v = on_with(Some(&fleet), &more);
         assert!(p99(&v) < p99(&bounded), "{:?}", v.runs[0].report);
         assert!(render(&v).contains(
             "fleet (as asked): room for 100 of the pool's containers, 8 started at once"
         ));
         // ...and for a trace file, which has no fleet.
-        let v = simulate(
-            None,
-            "t".into(),
-            &history,
-            Some(&current),
-            &current,
-            None,
-            &more,
-        );
+        let v = on_with(None, &more);
         assert_eq!(
             p99(&v),
             p99(&on(Some(&Fleet {

@@ -421,6 +421,17 @@ impl Member {
     }
 }
 
+/// An allocation from `pool` that waits up to `wait_ms` for a container, nothing else set.
+pub fn allocation(pool: &str, wait_ms: u64) -> warmpool_proto::api::CreateAllocation {
+    warmpool_proto::api::CreateAllocation {
+        pool: PoolName::new(pool).expect("pool name"),
+        session_id: None,
+        lease_seconds: None,
+        wait_ms: Some(wait_ms),
+        idempotency_key: None,
+    }
+}
+
 /// Runs the `poolctl` binary against `url` with `token` (none: no key, whatever the
 /// environment says): its exit code, standard output and standard error.
 pub fn run_poolctl(url: &str, token: Option<&str>, args: &[&str]) -> (i32, String, String) {

@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use warmpool_proto::api::{CreateAllocation, EventQuery};
+use warmpool_proto::api::EventQuery;
 use warmpool_proto::records::{AllocationState, NodeStatus, ReleaseReason};
-use warmpool_proto::PoolName;
 use warmpool_tests::sim_agent::SimAgent;
 use warmpool_tests::{run_poolctl, unique, wait_until, TestCluster};
 
@@ -23,13 +22,7 @@ async fn a_drain_waits_for_allocations_until_its_deadline_and_then_says_drained(
     c.wait_warm(&pool, 2, Duration::from_secs(30)).await;
     let held = c
         .client
-        .allocate(&CreateAllocation {
-            pool: PoolName::new(&pool).unwrap(),
-            session_id: None,
-            lease_seconds: None,
-            wait_ms: Some(5_000),
-            idempotency_key: None,
-        })
+        .allocate(&warmpool_tests::allocation(&pool, 5_000))
         .await
         .unwrap();
     assert_eq!(held.node, x.node, "the only node");

@@ -11,15 +11,7 @@ use warmpool_proto::records::{AllocationState, ReleaseReason};
 use warmpool_proto::{ContainerState, EventKind, PoolName, PoolSpec};
 use warmpool_tests::{bin, docker, http_get, wait_until, TestCluster};
 
-fn alloc(pool: &str, wait_ms: u64) -> CreateAllocation {
-    CreateAllocation {
-        pool: PoolName::new(pool).unwrap(),
-        session_id: None,
-        lease_seconds: None,
-        wait_ms: Some(wait_ms),
-        idempotency_key: None,
-    }
-}
+use warmpool_tests::allocation as alloc;
 
 async fn all_events(c: &TestCluster, q: EventQuery) -> Vec<warmpool_proto::Event> {
     let mut out = Vec::new();

@@ -7,8 +7,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use warmpool_proto::api::CreateAllocation;
-use warmpool_proto::PoolName;
 use warmpool_tests::sim_agent::SimAgent;
 use warmpool_tests::{bin, run_poolctl, unique, TestCluster};
 
@@ -81,13 +79,7 @@ async fn an_operator_drives_a_pool_with_poolctl() {
     assert!(released.contains("released(client)"), "{released}");
     // The same allocation through the library, to see the stream is not just poolctl's own.
     c.client
-        .allocate(&CreateAllocation {
-            pool: PoolName::new(&pool).unwrap(),
-            session_id: None,
-            lease_seconds: None,
-            wait_ms: Some(5_000),
-            idempotency_key: None,
-        })
+        .allocate(&warmpool_tests::allocation(&pool, 5_000))
         .await
         .unwrap();
 

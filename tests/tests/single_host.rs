@@ -6,19 +6,13 @@ use std::time::{Duration, Instant};
 
 use warmpool_proto::api::{CreateAllocation, EventQuery};
 use warmpool_proto::records::{AllocationState, ReleaseReason};
-use warmpool_proto::{ContainerState, EventKind, Health, PoolName};
+use warmpool_proto::{ContainerState, EventKind, Health};
 use warmpool_tests::{docker, docker_containers_of, http_get, in_prefix, wait_until, TestCluster};
 
 const WARM_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn alloc(pool: &str) -> CreateAllocation {
-    CreateAllocation {
-        pool: PoolName::new(pool).unwrap(),
-        session_id: None,
-        lease_seconds: None,
-        wait_ms: Some(10_000),
-        idempotency_key: None,
-    }
+    warmpool_tests::allocation(pool, 10_000)
 }
 
 async fn demo_cluster(min_warm: u32) -> TestCluster {
