@@ -1059,6 +1059,7 @@ mod tests {
                 status_changed_at: NOW,
                 reason: Some("maintenance".into()),
                 drain_deadline: None,
+                unreachable: None,
             },
             last_heartbeat_at: Some(NOW),
             heartbeat_age_ms: Some(800),

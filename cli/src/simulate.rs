@@ -671,6 +671,7 @@ mod tests {
                 status_changed_at: warmpool_proto::Timestamp(0),
                 reason: None,
                 drain_deadline: None,
+                unreachable: None,
             },
             last_heartbeat_at: None,
             heartbeat_age_ms: None,

@@ -45,6 +45,21 @@ pub struct Heartbeat {
     /// Containers the agent makes at once (more wait their turn). Absent from older agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_slots: Option<u32>,
+    /// Set while the agent cannot reach its container runtime (dockerd stopped, restarting or
+    /// hung). The containers may well still run (Docker's live restore keeps them), so the
+    /// control plane keeps their records and allocations, but it grants and places nothing on
+    /// the node until this clears. Absent from older agents and while the runtime answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_unavailable: Option<RuntimeOutage>,
+}
+
+/// The agent's container runtime does not answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeOutage {
+    /// When the agent first failed to reach it (agent's clock).
+    pub since: Timestamp,
+    /// The last error, for operators.
+    pub error: String,
 }
 
 /// Load of a node.
@@ -393,6 +408,7 @@ mod tests {
             containers: 3,
             inventory_digest: 77,
             create_slots: Some(4),
+            runtime_unavailable: None,
         };
         let json = serde_json::to_vec(&hb).unwrap();
         assert_eq!(serde_json::from_slice::<Heartbeat>(&json).unwrap(), hb);

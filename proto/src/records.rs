@@ -266,6 +266,43 @@ pub struct Node {
     /// none means they are waited for however long they last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_deadline: Option<Timestamp>,
+    /// Set while the node is not down but nothing may be granted or placed on it: its agent
+    /// has not been heard for a while, or cannot reach its container runtime. Its containers
+    /// and their allocations are kept; the mark clears when the agent is heard in good health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<Unreachable>,
+}
+
+/// Why a node that is not down takes no grants for now, and since when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Unreachable {
+    /// Why.
+    pub reason: UnreachableReason,
+    /// Since when (the leader's clock).
+    pub since: Timestamp,
+}
+
+/// Why a node is marked [`Unreachable`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum UnreachableReason {
+    /// The leader has not heard its heartbeats for a while (it is declared down if that
+    /// lasts the node timeout, counted from when the leader itself was connected).
+    NoHeartbeat,
+    /// Its agent heartbeats but cannot reach its container runtime (dockerd).
+    RuntimeUnavailable,
+}
+
+impl UnreachableReason {
+    /// The reason's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnreachableReason::NoHeartbeat => "no_heartbeat",
+            UnreachableReason::RuntimeUnavailable => "runtime_unavailable",
+        }
+    }
 }
 
 /// Whether an allocation still holds its container.

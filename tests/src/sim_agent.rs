@@ -141,6 +141,7 @@ impl SimAgent {
                             containers: s.containers.len() as u32,
                             inventory_digest: digest,
                             create_slots: None,
+                            runtime_unavailable: None,
                         }
                     };
                     let _ = client

@@ -191,6 +191,7 @@ fn heartbeat(node: &NodeId) -> Vec<u8> {
         containers: 0,
         inventory_digest: 0,
         create_slots: None,
+        runtime_unavailable: None,
     })
     .expect("json")
 }

@@ -1,7 +1,9 @@
 //! Applying one command: every state transition and the events it derives.
 
 use warmpool_proto::agent::{InventoryEntry, ObservedStatus};
-use warmpool_proto::records::{AllocationState, NodeStatus, Pool, ReleaseReason};
+use warmpool_proto::records::{
+    AllocationState, NodeStatus, Pool, ReleaseReason, UnreachableReason,
+};
 use warmpool_proto::{
     Allocation, AllocationId, Container, ContainerId, ContainerState, Event, EventKind, Health,
     Node, NodeId, PoolName, PoolSpec, SessionId, Timestamp,
@@ -1025,6 +1027,11 @@ impl PoolState {
             .get(&id)
             .filter(|n| n.status == NodeStatus::Draining && status == NodeStatus::Draining)
             .and_then(|n| n.drain_deadline);
+        let unreachable = self
+            .nodes
+            .get(&id)
+            .and_then(|n| n.unreachable.clone())
+            .filter(|u| u.reason != UnreachableReason::NoHeartbeat);
         let (status, reason) = match &cordon {
             Some(why) => (NodeStatus::Cordoned, Some(why.clone())),
             None => (status, reason),
@@ -1046,6 +1053,8 @@ impl PoolState {
                 },
                 reason,
                 drain_deadline,
+                // Heard: no longer unheard; a runtime outage is the leader's to clear.
+                unreachable,
             },
         );
         if let Some(why) = announce {
