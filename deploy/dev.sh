@@ -48,9 +48,45 @@ install_prereqs() {
   command -v cargo >/dev/null || die "cargo is missing: install Rust 1.85 or newer (https://rustup.rs), then run this again"
 }
 
+DOCKER_PIDFILE=/var/run/docker.pid
+CONTAINERD_PIDFILE=/var/run/docker/containerd/containerd.pid
+
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+pid_in() { [ -s "$1" ] && cat "$1" 2>/dev/null || true; }
+
+# Waits up to $2 seconds (default 30) for process $1 to exit; false if it is still there.
+wait_exit() {
+  local pid=$1 secs=${2:-30} i
+  for i in $(seq 1 $((secs * 10))); do
+    alive "$pid" || return 0
+    sleep 0.1
+  done
+  ! alive "$pid"
+}
+
 start_dockerd() {
   if docker info >/dev/null 2>&1; then return; fi
   mkdir -p "$DEV"
+  # A dockerd (and the containerd it runs) still shutting down holds the pid file and the
+  # sockets: starting another now fails with "pid file found". Wait for it to finish,
+  # whether it then answers (someone restarted it) or exits.
+  local old
+  for old in "$(pid_in "$DOCKER_PIDFILE")" "$(pid_in "$CONTAINERD_PIDFILE")"; do
+    if alive "$old"; then
+      say "waiting for the previous dockerd/containerd (pid $old) to finish"
+      for _ in $(seq 1 300); do
+        docker info >/dev/null 2>&1 && return
+        alive "$old" || break
+        sleep 0.1
+      done
+      alive "$old" && die "pid $old (from a previous dockerd) is still running after 30 s; stop it (kill $old) and run this again"
+    fi
+  done
+  docker info >/dev/null 2>&1 && return
+  # A pid file whose process is gone is stale (dockerd killed hard): dockerd would refuse it.
+  if [ -f "$DOCKER_PIDFILE" ] && ! alive "$(pid_in "$DOCKER_PIDFILE")"; then
+    as_root rm -f "$DOCKER_PIDFILE"
+  fi
   say "starting dockerd (log: .dev/dockerd.log)"
   as_root sh -c "nohup dockerd >'$DEV/dockerd.log' 2>&1 & echo \$! >'$DEV/dockerd.pid'"
   for _ in $(seq 1 60); do
@@ -78,8 +114,17 @@ build_dashboard() {
     say "Node.js 20.19+ not found: the dashboard is not built (the API works without it)"
     return
   fi
-  say "building the dashboard (npm ci, vite build)"
-  (cd "$ROOT/dashboard" && npm ci --no-audit --no-fund --loglevel=error && npx vite build --logLevel warn)
+  local d="$ROOT/dashboard"
+  if [ ! -f "$d/node_modules/.package-lock.json" ] || [ "$d/package-lock.json" -nt "$d/node_modules/.package-lock.json" ]; then
+    say "installing the dashboard's packages (npm ci)"
+    (cd "$d" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  if [ -f "$d/dist/index.html" ] &&
+    [ -z "$(find "$d/src" "$d/public" "$d/index.html" "$d/package-lock.json" "$d/svelte.config.js" "$d"/vite.config.* -newer "$d/dist/index.html" -print -quit 2>/dev/null)" ]; then
+    return
+  fi
+  say "building the dashboard (vite build)"
+  (cd "$d" && npx vite build --logLevel warn)
 }
 
 admin_key() {
@@ -188,21 +233,27 @@ Warmpool is up: pool "demo" has $warm warm containers.
 MSG
 }
 
-stop_pid() { # name, signal
-  local name=$1
+# Stops the process recorded in .dev/NAME.pid: SIGTERM, then SIGKILL after 5 s; returns once
+# it has exited (or says which pid would not go).
+stop_pid() { # name
+  local name=$1 pid
   if running "$name"; then
-    kill "$(cat "$DEV/$name.pid")" 2>/dev/null || true
-    for _ in $(seq 1 50); do running "$name" || break; sleep 0.1; done
-    running "$name" && kill -9 "$(cat "$DEV/$name.pid")" 2>/dev/null || true
+    pid=$(cat "$DEV/$name.pid")
+    kill "$pid" 2>/dev/null || true
+    if ! wait_exit "$pid" 5; then
+      kill -9 "$pid" 2>/dev/null || true
+      wait_exit "$pid" 5 || { printf 'error: %s (pid %s) did not exit even after SIGKILL\n' "$name" "$pid" >&2; return 1; }
+    fi
   fi
   rm -f "$DEV/$name.pid"
 }
 
 down() {
+  local failed=0
   say "stopping agent, control plane and nats-server"
-  stop_pid agent
-  for m in cp1 cp2 cp3; do stop_pid "$m"; done
-  stop_pid nats
+  stop_pid agent || failed=1
+  for m in cp1 cp2 cp3; do stop_pid "$m" || failed=1; done
+  stop_pid nats || failed=1
   if docker info >/dev/null 2>&1; then
     local ids
     ids=$(docker ps -aq --filter "label=io.warmpool.node=$NODE_ID")
@@ -213,11 +264,35 @@ down() {
     docker network rm "warmpool-$NODE_ID" >/dev/null 2>&1 || true
   fi
   if [ -f "$DEV/dockerd.pid" ]; then
-    say "stopping the dockerd this script started"
-    as_root kill "$(cat "$DEV/dockerd.pid")" 2>/dev/null || true
-    rm -f "$DEV/dockerd.pid"
+    local dpid cpid others shims
+    dpid=$(cat "$DEV/dockerd.pid")
+    cpid=$(pid_in "$CONTAINERD_PIDFILE")
+    others=$(docker ps -q 2>/dev/null || true)
+    shims=$(pgrep -f 'containerd-shim.*-namespace moby' || true)
+    say "stopping the dockerd this script started (pid $dpid) and waiting for it to exit"
+    as_root kill "$dpid" 2>/dev/null || true
+    # dockerd stops its containerd and, without live restore, every container first.
+    if ! wait_exit "$dpid" 60; then
+      printf 'error: dockerd (pid %s) is still running 60 s after SIGTERM; see .dev/dockerd.log\n' "$dpid" >&2
+      failed=1
+    else
+      rm -f "$DEV/dockerd.pid"
+    fi
+    if alive "$cpid" && ! wait_exit "$cpid" 30; then
+      printf 'error: containerd (pid %s) is still running 30 s after dockerd exited\n' "$cpid" >&2
+      failed=1
+    fi
+    # With no other containers, every shim goes with Warmpool's; with others left running
+    # (live restore keeps them), theirs stay, as they should.
+    if [ -z "$others" ]; then
+      local s
+      for s in $shims; do
+        wait_exit "$s" 15 || { printf 'error: containerd shim (pid %s) did not exit\n' "$s" >&2; failed=1; }
+      done
+    fi
   fi
   rm -rf "$DEV"/cp1 "$DEV"/cp2 "$DEV"/cp3 "$DEV/env" "$DEV/admin.key"
+  [ "$failed" -eq 0 ] || die "some processes did not stop (see above)"
 }
 
 status() {
@@ -237,6 +312,8 @@ run_tests() {
   WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/dashboard-test.sh"
   say "fuzzing the API from its OpenAPI document (schemathesis, auth on)"
   "$ROOT/deploy/fuzz-api.sh"
+  say "down then up at once, three times (the dev cluster; stops the dockerd dev.sh started)"
+  "$ROOT/deploy/updown-test.sh"
 }
 
 case "${1:-}" in
