@@ -553,7 +553,7 @@ pub fn nodes_table(list: &[NodeView]) -> String {
     for n in list {
         t.row(vec![
             n.node.id.to_string(),
-            n.node.status.as_str().to_string(),
+            node_status(&n.node),
             n.node.ipv6_prefix.clone(),
             format!("{}m", n.node.capacity.cpu_millis),
             format!("{}Mi", n.node.capacity.memory_mb),
@@ -573,9 +573,17 @@ pub fn nodes_table(list: &[NodeView]) -> String {
     t.render()
 }
 
+/// A node's status, with why nothing is granted on it when it is marked unreachable.
+fn node_status(n: &warmpool_proto::records::Node) -> String {
+    match &n.unreachable {
+        Some(u) => format!("{}, unreachable ({})", n.status.as_str(), u.reason.as_str()),
+        None => n.status.as_str().to_string(),
+    }
+}
+
 /// `poolctl node cordon|uncordon|drain`: the node's new status.
 pub fn node_line(n: &NodeView, style: Style) -> String {
-    let mut line = format!("node {}: {}", n.node.id, n.node.status.as_str());
+    let mut line = format!("node {}: {}", n.node.id, node_status(&n.node));
     if let Some(r) = &n.node.reason {
         line.push_str(&format!(" ({r})"));
     }

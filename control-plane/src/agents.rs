@@ -73,10 +73,31 @@ struct Inner {
     gone: Vec<(NodeId, ContainerId, String)>,
 }
 
+/// Whether this member hears NATS, and since when: heartbeats missed while it did not are no
+/// evidence against any node.
+#[derive(Clone, Copy, Debug)]
+pub struct NatsLink {
+    /// Connected now.
+    pub connected: bool,
+    /// When the connection was last (re)made; `None` for the first connection, counted from
+    /// when leadership began.
+    pub since: Option<Instant>,
+}
+
+impl Default for NatsLink {
+    fn default() -> Self {
+        NatsLink {
+            connected: true,
+            since: None,
+        }
+    }
+}
+
 /// Soft state about the fleet, shared by the listener, the leader loop and the API.
 #[derive(Default)]
 pub struct Fleet {
     inner: Mutex<Inner>,
+    link: Mutex<NatsLink>,
     /// Woken when something arrived that the leader should act on.
     pub wake: Notify,
 }
@@ -84,6 +105,22 @@ pub struct Fleet {
 impl Fleet {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that this member's NATS connection went (`false`) or came back (`true`).
+    pub fn on_nats(&self, connected: bool) {
+        let mut link = self.link.lock().unwrap_or_else(|e| e.into_inner());
+        if connected && !link.connected {
+            link.since = Some(Instant::now());
+        }
+        link.connected = connected;
+        drop(link);
+        self.wake.notify_one();
+    }
+
+    /// This member's NATS connection as last reported by the client.
+    pub fn nats(&self) -> NatsLink {
+        *self.link.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records a heartbeat; asks for the inventory when its digest differs from ours.
@@ -245,12 +282,15 @@ impl Fleet {
         }
     }
 
-    /// Nodes whose inventory should be asked for; clears their flag.
+    /// Nodes whose inventory should be asked for; clears their flag. A node whose agent says
+    /// its container runtime does not answer keeps its flag for when it does: until then its
+    /// agent could only answer that it cannot tell.
     pub fn take_pulls(&self) -> Vec<NodeId> {
         let mut inner = self.lock();
         let mut out = Vec::new();
         for (id, n) in inner.nodes.iter_mut() {
-            if n.pull_wanted && suspicion(n).is_none() {
+            if n.pull_wanted && suspicion(n).is_none() && n.heartbeat.runtime_unavailable.is_none()
+            {
                 n.pull_wanted = false;
                 out.push(id.clone());
             }
@@ -306,6 +346,14 @@ impl Fleet {
         let obs = n.observed.as_ref()?;
         let entry = obs.inventory.containers.iter().find(|e| &e.id == id);
         Some((entry.and_then(|e| e.last_activity_at), n.boot_seen_at))
+    }
+
+    /// Whether `node`'s agent last said it cannot reach its container runtime.
+    pub fn runtime_unavailable(&self, node: &NodeId) -> bool {
+        self.lock()
+            .nodes
+            .get(node)
+            .is_some_and(|n| n.heartbeat.runtime_unavailable.is_some())
     }
 
     /// Why `node`'s reports are not to be acted on now, if they are not.

@@ -268,7 +268,12 @@ pub fn node_loads(
         .nodes()
         .map(|n| NodeLoad {
             id: n.id.clone(),
-            status: n.status,
+            // A node marked unreachable keeps what it has and takes nothing new, as a
+            // cordoned one.
+            status: match (n.status, &n.unreachable) {
+                (NodeStatus::Ready, Some(_)) => NodeStatus::Cordoned,
+                (status, _) => status,
+            },
             labels: n.labels.clone(),
             capacity: n.capacity,
             memory_fraction: memory_fraction(&n.id),

@@ -23,6 +23,7 @@ use warmpool_policy::{DemandEstimator, Policy, Scaler};
 use crate::agents::{AgentError, Agents, Fleet, Suspicion};
 use crate::cluster::Cluster;
 use crate::keepwarm::{self, Decision};
+use crate::liveness;
 use crate::placement::Overcommit;
 use crate::reconcile::{self, Action, InFlight};
 use crate::state::{Command, Request, Response};
@@ -36,6 +37,8 @@ pub struct LeaderConfig {
     pub min_step: Duration,
     /// A node not heard from for this long is declared down.
     pub node_timeout: Duration,
+    /// A node down for this long is given up on: the allocations still on it are lost.
+    pub node_lost: Duration,
     /// Reservation overcommit for placement.
     pub overcommit: Overcommit,
 }
@@ -46,6 +49,7 @@ impl Default for LeaderConfig {
             tick: Duration::from_millis(500),
             min_step: Duration::from_millis(25),
             node_timeout: Duration::from_secs(5),
+            node_lost: Duration::from_secs(300),
             overcommit: Overcommit::default(),
         }
     }
@@ -413,55 +417,22 @@ impl Leader {
         }
     }
 
-    /// Joins nodes that announce themselves and downs nodes that went quiet.
+    /// Joins nodes that announce themselves, marks and downs nodes that went quiet (only on
+    /// silence heard while this member could hear them: see [`crate::liveness`]), and gives up
+    /// on nodes down too long.
     async fn liveness(&self, term: &Term) {
         let heard = self.fleet.nodes();
-        let now = Instant::now();
-        let timeout = self.config.node_timeout;
-        let (joins, downs) = self.read(|s| {
-            let mut joins = Vec::new();
-            for (id, soft) in &heard {
-                if now.duration_since(soft.received) > timeout {
-                    continue;
-                }
-                let hb = &soft.heartbeat;
-                let changed = match s.node(id) {
-                    None => true,
-                    Some(n) => {
-                        n.status == NodeStatus::Down
-                            || n.labels != hb.labels
-                            || n.ipv6_prefix != hb.ipv6_prefix
-                            || n.capacity != hb.capacity
-                            || n.agent_version != hb.agent_version
-                    }
-                };
-                if changed {
-                    joins.push(Command::NodeJoin {
-                        node: id.clone(),
-                        ipv6_prefix: hb.ipv6_prefix.clone(),
-                        labels: hb.labels.clone(),
-                        capacity: hb.capacity,
-                        agent_version: hb.agent_version.clone(),
-                    });
-                }
-            }
-            let mut downs = Vec::new();
-            for n in s.nodes().filter(|n| n.status != NodeStatus::Down) {
-                // Grace: a new leader counts from when it took over, not from a heartbeat it
-                // never saw.
-                let last = heard
-                    .get(&n.id)
-                    .map_or(term.since, |h| h.received.max(term.since));
-                let quiet = now.duration_since(last);
-                if quiet > timeout {
-                    downs.push(Command::NodeDown {
-                        node: n.id.clone(),
-                        reason: format!("no heartbeat for {:.1}s", quiet.as_secs_f64()),
-                    });
-                }
-            }
-            (joins, downs)
-        });
+        let link = self.fleet.nats();
+        let clock = liveness::Clock {
+            now: Instant::now(),
+            wall: Timestamp::now(),
+            hearing_since: link
+                .connected
+                .then(|| link.since.map_or(term.since, |s| s.max(term.since))),
+            node_timeout: self.config.node_timeout,
+            node_lost: self.config.node_lost,
+        };
+        let decided = self.read(|s| liveness::plan(s, &heard, clock));
         // Two agents claiming one node id: cordon it, saying why, until an operator fixes it.
         let cordons: Vec<Command> = self.read(|s| {
             s.nodes()
@@ -477,9 +448,20 @@ impl Leader {
                 })
                 .collect()
         });
-        for cmd in joins.into_iter().chain(downs).chain(cordons) {
-            if let Command::NodeDown { node, reason } = &cmd {
-                warn!(%node, %reason, "node down");
+        for cmd in decided.into_iter().chain(cordons) {
+            match &cmd {
+                Command::NodeDown { node, reason } => warn!(%node, %reason, "node down"),
+                Command::NodeLost { node } => {
+                    warn!(%node, after = ?self.config.node_lost, "node down too long: its allocations are lost")
+                }
+                Command::MarkUnreachable {
+                    node,
+                    reason: Some(r),
+                } => warn!(%node, reason = r.as_str(), "node unreachable: no grants on it"),
+                Command::MarkUnreachable { node, reason: None } => {
+                    info!(%node, "node reachable again")
+                }
+                _ => {}
             }
             self.write(cmd).await;
         }
@@ -546,6 +528,11 @@ impl Leader {
                 .filter_map(|(node, changed_at)| {
                     let (observed, version, suspicion) = self.fleet.reconcile_view(&node);
                     if settled.get(&node) == Some(&(version, changed_at)) {
+                        return None;
+                    }
+                    if self.fleet.runtime_unavailable(&node) {
+                        // Its agent can neither make, destroy nor list containers now, and
+                        // what it listed before still runs (live restore): wait for it.
                         return None;
                     }
                     settled.remove(&node);

@@ -7,6 +7,7 @@
 //! - `placement` and `keepwarm`: pure decisions of where and how many containers to make.
 //! - `reconcile`: pure comparison of what the state wants with what agents report.
 //! - `agents`: the NATS edge to node agents: heartbeats, facts, commands.
+//! - `liveness`: pure decisions of which nodes take grants, are down, or are lost.
 //! - `leader`: the loop the leader runs to carry out those decisions.
 //! - `api`: the REST API and event stream.
 #![warn(missing_docs)]
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod cluster;
 pub mod keepwarm;
 pub mod leader;
+pub mod liveness;
 pub mod placement;
 pub mod raft;
 pub mod reconcile;

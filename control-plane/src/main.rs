@@ -49,6 +49,11 @@ struct Args {
     /// Seconds without a heartbeat before a node is declared down.
     #[arg(long, env = "WARMPOOL_NODE_TIMEOUT_SECS", default_value_t = 5.0)]
     node_timeout_secs: f64,
+    /// Seconds a node may stay down before the allocations still on it are declared lost.
+    /// Until then a down node's sessions are kept (it may be alive behind a broken link) and
+    /// get their containers back when it returns.
+    #[arg(long, env = "WARMPOOL_NODE_LOST_SECS", default_value_t = 300.0)]
+    node_lost_secs: f64,
     /// Reservation overcommit for CPU when placing containers.
     #[arg(long, env = "WARMPOOL_CPU_OVERCOMMIT", default_value_t = 8.0)]
     cpu_overcommit: f64,
@@ -100,8 +105,10 @@ async fn main() -> anyhow::Result<()> {
     } else {
         fmt.with_ansi(ansi).init();
     }
-    if !(args.node_timeout_secs > 0.0 && args.cpu_overcommit > 0.0) {
-        anyhow::bail!("--node-timeout-secs and --cpu-overcommit must be positive");
+    if !(args.node_timeout_secs > 0.0 && args.cpu_overcommit > 0.0 && args.node_lost_secs >= 0.0) {
+        anyhow::bail!(
+            "--node-timeout-secs and --cpu-overcommit must be positive, --node-lost-secs not negative"
+        );
     }
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         // Histograms (not the exporter's default summaries), so Prometheus can aggregate
@@ -139,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let leader = LeaderConfig {
         node_timeout: Duration::from_secs_f64(args.node_timeout_secs),
+        node_lost: Duration::from_secs_f64(args.node_lost_secs),
         overcommit: warmpool_control_plane::placement::Overcommit {
             cpu: args.cpu_overcommit,
             memory: 1.0,

@@ -10,7 +10,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use openraft::{BasicNode, SnapshotPolicy};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use warmpool_proto::{subjects, MemberId};
 
 use crate::agents::{self, Agents, Fleet};
@@ -129,10 +129,33 @@ pub async fn run(
         .map_err(|e| StartError::Storage(dir.clone(), e.to_string()))?;
     let shared = sm.shared();
 
+    // The leader must know when its own NATS link broke: heartbeats it missed then are no
+    // evidence against the nodes (see `Leader::liveness`).
+    let fleet = Arc::new(Fleet::default());
+    let link = fleet.clone();
     let mut nats_opts = async_nats::ConnectOptions::new()
         .name(format!("warmpool-control-plane-{}", config.id))
         .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(2));
+        .max_reconnects(None)
+        .reconnect_delay_callback(subjects::reconnect_delay)
+        .connection_timeout(Duration::from_secs(2))
+        .event_callback(move |event| {
+            let link = link.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        info!("connected to NATS");
+                        link.on_nats(true);
+                    }
+                    async_nats::Event::Disconnected => {
+                        warn!("disconnected from NATS; reconnecting");
+                        link.on_nats(false);
+                    }
+                    async_nats::Event::ServerError(e) => warn!(error = %e, "NATS server error"),
+                    other => debug!(event = %other, "NATS event"),
+                }
+            }
+        });
     if let (Some(user), Some(pass)) = (&config.nats_user, &config.nats_password) {
         nats_opts = nats_opts.user_and_password(user.clone(), pass.clone());
     }
@@ -200,7 +223,6 @@ pub async fn run(
         nats.clone(),
         commit_index,
     );
-    let fleet = Arc::new(Fleet::default());
     tasks.spawn(
         cluster
             .clone()

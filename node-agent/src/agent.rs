@@ -188,6 +188,7 @@ async fn connect_nats(config: &Config) -> Result<async_nats::Client, Error> {
         .name(format!("warmpool-agent {node}"))
         .retry_on_initial_connect()
         .max_reconnects(None)
+        .reconnect_delay_callback(warmpool_proto::subjects::reconnect_delay)
         .event_callback(move |event| {
             let connected_once = connected_once.clone();
             async move {

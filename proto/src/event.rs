@@ -84,6 +84,11 @@ event_kinds! {
     NodeBackoff => "node_backoff",
     /// A node's creates work again.
     NodeRecovered => "node_recovered",
+    /// Nothing is granted or placed on a node for now, though it is not down (its reason:
+    /// `no_heartbeat` or `runtime_unavailable`); its containers and allocations are kept.
+    NodeUnreachable => "node_unreachable",
+    /// A node marked unreachable is heard in good health again.
+    NodeReachable => "node_reachable",
     /// An API key was made (never its secret).
     KeyCreated => "key_created",
     /// An API key was revoked.

@@ -24,6 +24,18 @@ pub const EVENTS: &str = "pool.v1.events";
 /// New control-plane members ask to join here; the leader answers.
 pub const JOIN: &str = "pool.v1.cp.join";
 
+/// How long a NATS client of Warmpool waits before its `attempts`-th reconnection: at once,
+/// then 100 ms doubling, at most 1 s. Both sides use it so that, when NATS comes back, every
+/// agent is heard again well within the control plane's node timeout (the client library's
+/// own default backs off to 4 s, most of a default 5 s timeout).
+pub fn reconnect_delay(attempts: usize) -> std::time::Duration {
+    let exp = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(4);
+    let ms = if attempts <= 1 { 0 } else { 100u64 << exp };
+    std::time::Duration::from_millis(ms.min(1_000))
+}
+
 /// Where `node` sends heartbeats.
 pub fn heartbeat(node: &NodeId) -> String {
     format!("{PREFIX}.node.{node}.heartbeat")
@@ -101,6 +113,15 @@ pub fn forward(member: MemberId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnects_come_fast_and_never_wait_more_than_a_second() {
+        let ms: Vec<u64> = (0..8)
+            .map(|a| reconnect_delay(a).as_millis() as u64)
+            .collect();
+        assert_eq!(ms, vec![0, 0, 200, 400, 800, 1000, 1000, 1000]);
+        assert_eq!(reconnect_delay(usize::MAX).as_millis(), 1000);
+    }
 
     #[test]
     fn node_subjects_parse_back() {

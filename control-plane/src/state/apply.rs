@@ -2,7 +2,7 @@
 
 use warmpool_proto::agent::{InventoryEntry, ObservedStatus};
 use warmpool_proto::records::{
-    AllocationState, NodeStatus, Pool, ReleaseReason, UnreachableReason,
+    AllocationState, NodeStatus, Pool, ReleaseReason, Unreachable, UnreachableReason,
 };
 use warmpool_proto::{
     Allocation, AllocationId, Container, ContainerId, ContainerState, Event, EventKind, Health,
@@ -241,6 +241,8 @@ impl PoolState {
                 agent_version,
             } => self.node_join(ctx, node, ipv6_prefix, labels, capacity, agent_version),
             Command::NodeDown { node, reason } => self.node_down(ctx, &node, &reason),
+            Command::NodeLost { node } => self.node_lost(ctx, &node),
+            Command::MarkUnreachable { node, reason } => self.mark_unreachable(ctx, &node, reason),
             Command::SetNodeStatus {
                 node,
                 status,
@@ -477,7 +479,7 @@ impl PoolState {
             let node_ready = self
                 .nodes
                 .get(&node)
-                .is_some_and(|n| n.status == NodeStatus::Ready);
+                .is_some_and(|n| n.status == NodeStatus::Ready && n.unreachable.is_none());
             if live >= max_total || !node_ready || self.containers.contains_key(&id) {
                 continue;
             }
@@ -674,6 +676,7 @@ impl PoolState {
                     && c.health == Health::Healthy
                     && self.nodes.get(&c.node).is_some_and(|n| {
                         matches!(n.status, NodeStatus::Ready | NodeStatus::Cordoned)
+                            && n.unreachable.is_none()
                     })
             })
     }
@@ -1101,16 +1104,73 @@ impl PoolState {
                 ..Default::default()
             },
         );
-        // Everything on a down node is gone as far as the pool is concerned. If the node comes
-        // back, its agent's leftovers have no live record and are destroyed by reconciliation.
+        // What no session holds is gone as far as the pool is concerned, and is replaced
+        // elsewhere; if the node comes back, its agent's leftovers have no live record and are
+        // destroyed by reconciliation. Allocated containers stay: the node may be alive behind
+        // a broken link (or a control plane that lost NATS), and its sessions with it. They
+        // are given up on by `NodeLost` if the node stays down.
+        let on_node: Vec<ContainerId> = self
+            .containers_on(id)
+            .filter(|c| c.state.is_live() && c.state != ContainerState::Allocated)
+            .map(|c| c.id)
+            .collect();
+        for cid in on_node {
+            self.container_gone(ctx, cid, "node_down");
+        }
+        Response::Ok
+    }
+
+    fn node_lost(&mut self, ctx: Ctx, id: &NodeId) -> Response {
+        let Some(n) = self.nodes.get(id) else {
+            return Response::rejected(RejectCode::NotFound, format!("no node {id}"));
+        };
+        if n.status != NodeStatus::Down {
+            return Response::rejected(
+                RejectCode::Conflict,
+                format!("node {id} is {}, not down", n.status.as_str()),
+            );
+        }
         let on_node: Vec<ContainerId> = self
             .containers_on(id)
             .filter(|c| c.state.is_live())
             .map(|c| c.id)
             .collect();
         for cid in on_node {
-            self.container_gone(ctx, cid, "node_down");
+            self.container_gone(ctx, cid, "node_lost");
         }
+        Response::Ok
+    }
+
+    fn mark_unreachable(
+        &mut self,
+        ctx: Ctx,
+        id: &NodeId,
+        reason: Option<UnreachableReason>,
+    ) -> Response {
+        let Some(n) = self.nodes.get_mut(id) else {
+            return Response::rejected(RejectCode::NotFound, format!("no node {id}"));
+        };
+        if n.unreachable.as_ref().map(|u| u.reason) == reason {
+            return Response::Ok;
+        }
+        n.unreachable = reason.map(|reason| Unreachable {
+            reason,
+            since: ctx.at,
+        });
+        let (kind, why) = match reason {
+            Some(r) => (EventKind::NodeUnreachable, Some(r.as_str().to_string())),
+            None => (EventKind::NodeReachable, None),
+        };
+        touch(&mut self.node_changed, id, ctx.index);
+        self.emit(
+            ctx,
+            kind,
+            EventBody {
+                node: Some(id.clone()),
+                reason: why,
+                ..Default::default()
+            },
+        );
         Response::Ok
     }
 

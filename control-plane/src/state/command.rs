@@ -142,12 +142,30 @@ pub enum Command {
         /// Its agent's version.
         agent_version: String,
     },
-    /// A node missed its heartbeats; everything on it is lost.
+    /// A node missed its heartbeats for the node timeout. What it held that no session holds
+    /// (warm, creating, releasing containers) is gone from the pool and replaced elsewhere;
+    /// allocated containers keep their records and their sessions, since the node may well be
+    /// alive behind a broken link, until it comes back or [`Command::NodeLost`] gives up on it.
     NodeDown {
         /// The node.
         node: NodeId,
         /// Why.
         reason: String,
+    },
+    /// A node down for the leader's `node_lost` time is given up on: every live container on
+    /// it is gone and the allocations on them are lost. Does nothing unless the node is still
+    /// down when applied (it may have come back in between).
+    NodeLost {
+        /// The node.
+        node: NodeId,
+    },
+    /// Marks a node that is not down as taking no grants or placements for now (`Some`), or
+    /// clears the mark (`None`). Its containers and allocations are kept.
+    MarkUnreachable {
+        /// The node.
+        node: NodeId,
+        /// Why, or `None` to clear.
+        reason: Option<warmpool_proto::records::UnreachableReason>,
     },
     /// Cordon, uncordon or drain a node.
     SetNodeStatus {

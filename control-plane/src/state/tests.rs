@@ -435,7 +435,7 @@ fn an_allocated_container_that_dies_is_reported_lost() {
 }
 
 #[test]
-fn node_down_ends_everything_on_it_and_rejoin_makes_it_ready() {
+fn node_down_ends_what_no_session_holds_lost_ends_the_rest_and_rejoin_makes_it_ready() {
     let mut h = Harness::new();
     let n1 = h.node("n1");
     let n2 = h.node("n2");
@@ -449,11 +449,24 @@ fn node_down_ends_everything_on_it_and_rejoin_makes_it_ready() {
         reason: "missed heartbeats".into(),
     });
     for id in &on1 {
-        assert_eq!(
-            h.state.container(id).unwrap().state,
+        let want = if *id == a.container_id {
+            // The session keeps it: the node may be alive behind a broken link.
+            ContainerState::Allocated
+        } else {
             ContainerState::Terminated
-        );
+        };
+        assert_eq!(h.state.container(id).unwrap().state, want);
     }
+    assert_eq!(
+        h.state.allocation(&a.id).unwrap().state,
+        AllocationState::Active
+    );
+    // Given up on: the allocation is lost.
+    h.apply(Command::NodeLost { node: n1.clone() });
+    assert_eq!(
+        h.state.container(&a.container_id).unwrap().state,
+        ContainerState::Terminated
+    );
     assert_eq!(
         h.state.allocation(&a.id).unwrap().release_reason,
         Some(ReleaseReason::Lost)

@@ -35,6 +35,8 @@ export const EVENT_KINDS = [
   'node_drained',
   'node_backoff',
   'node_recovered',
+  'node_unreachable',
+  'node_reachable',
   'key_created',
   'key_revoked',
 ];
