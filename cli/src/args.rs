@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use warmpool_proto::api::{Role, MAX_DRAIN_DEADLINE_SECS, MAX_IDEMPOTENCY_KEY, MAX_WAIT_MS};
+use warmpool_proto::TenantId;
 use warmpool_proto::{
     AllocationId, ContainerId, ContainerState, EventKind, MemberId, NodeId, PoolName, SessionId,
 };
@@ -113,6 +114,9 @@ pub enum Command {
     /// Make, list and revoke API keys (admin only).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Tenants' limits: concurrent allocations and allocation rate.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
     /// The key this command sends, and what its role may do.
     Whoami,
     /// Replay a pool's recorded demand against a proposed policy, next to its current one.
@@ -328,6 +332,9 @@ pub struct AllocArgs {
     /// up when absent).
     #[arg(long, value_name = "KEY", value_parser = parse_idempotency_key)]
     pub idempotency_key: Option<String>,
+    /// The tenant to allocate for (admin keys only; a user key allocates for its own).
+    #[arg(long)]
+    pub tenant: Option<TenantId>,
 }
 
 fn parse_concurrency(s: &str) -> Result<usize, String> {
@@ -523,6 +530,10 @@ pub enum KeyCommand {
         /// admin (everything).
         #[arg(long, value_parser = parse_role)]
         role: Role,
+        /// For user and viewer keys: the tenant whose allocations the key sees and makes
+        /// (`default` when absent). Admin keys act for every tenant.
+        #[arg(long)]
+        tenant: Option<TenantId>,
     },
     /// List keys, revoked ones too (never their secrets).
     List,
@@ -532,6 +543,38 @@ pub enum KeyCommand {
         /// accepted too).
         #[arg(value_parser = parse_key_id)]
         id: String,
+    },
+}
+
+/// `poolctl tenant ...`.
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Tenants with limits, with how many allocations each holds.
+    List,
+    /// One tenant's limits and use.
+    Show {
+        /// The tenant.
+        name: TenantId,
+    },
+    /// Set a tenant's limits, replacing those it had (admin only). Over a limit, an
+    /// allocation answers 429 with Retry-After.
+    Set {
+        /// The tenant.
+        name: TenantId,
+        /// Most allocations active or waiting at once.
+        #[arg(long, value_name = "N")]
+        max_allocations: Option<u32>,
+        /// Allocation requests per minute, on average.
+        #[arg(long, value_name = "N")]
+        per_minute: Option<u32>,
+        /// Requests allowed at once above the average (`--per-minute` when absent).
+        #[arg(long, value_name = "N", requires = "per_minute")]
+        burst: Option<u32>,
+    },
+    /// Remove a tenant's limits (admin only).
+    Delete {
+        /// The tenant.
+        name: TenantId,
     },
 }
 
@@ -689,14 +732,23 @@ mod tests {
 
     #[test]
     fn key_commands_take_roles_and_ids_or_whole_tokens() {
-        let Command::Key(KeyCommand::Create { name, role }) =
-            parse(&["key", "create", " ci runner ", "--role", "user"])
-                .unwrap()
-                .command
+        let Command::Key(KeyCommand::Create { name, role, tenant }) = parse(&[
+            "key",
+            "create",
+            " ci runner ",
+            "--role",
+            "user",
+            "--tenant",
+            "acme",
+        ])
+        .unwrap()
+        .command
         else {
             panic!()
         };
         assert_eq!((name.as_str(), role), ("ci runner", Role::User));
+        assert_eq!(tenant.as_ref().map(|t| t.as_str()), Some("acme"));
+        assert!(parse(&["key", "create", "x", "--role", "user", "--tenant", "a.b"]).is_err());
         let token = format!("wpk_a1b2c3d4e5f6_{}", "0".repeat(64));
         for given in ["a1b2c3d4e5f6", token.as_str()] {
             let Command::Key(KeyCommand::Revoke { id }) =

@@ -488,6 +488,7 @@ fn alloc_request(pool: &PoolName, wait_ms: u64) -> CreateAllocation {
         lease_seconds: None,
         wait_ms: Some(wait_ms),
         idempotency_key: None,
+        tenant: None,
     }
 }
 

@@ -25,8 +25,9 @@ use serde::Serialize;
 use warmpool_proto::api::{
     AddMember, ClusterView, ContainerQuery, CreateAllocation, CreateKey, CreatedKey, DrainNode,
     ErrorBody, EventQuery, HealthView, KeyView, NodeView, PoolView, RenewAllocation, StatusView,
-    UsageQuery, UsageView, WhoamiView, MAX_WAIT_MS,
+    TenantQuota, TenantView, UsageQuery, UsageView, WhoamiView, MAX_WAIT_MS,
 };
+use warmpool_proto::TenantId;
 use warmpool_proto::{
     Allocation, AllocationId, Container, ContainerId, Event, MemberId, NodeId, PoolName, PoolSpec,
 };
@@ -488,6 +489,33 @@ impl Client {
     /// twice is two keys, and the first token would be lost with the answer.
     pub async fn create_key(&self, req: &CreateKey) -> Result<CreatedKey, ClientError> {
         self.fetch(Call::post(&["v1", "keys"]).json(req)?).await
+    }
+
+    /// `GET /v1/tenants`: tenants with limits (a tenant's key: its own).
+    pub async fn list_tenants(&self) -> Result<Vec<TenantView>, ClientError> {
+        self.fetch(Call::get(&["v1", "tenants"])).await
+    }
+
+    /// `GET /v1/tenants/{name}`: a tenant's limits and use.
+    pub async fn get_tenant(&self, name: &TenantId) -> Result<TenantView, ClientError> {
+        self.fetch(Call::get(&["v1", "tenants", name.as_str()]))
+            .await
+    }
+
+    /// `PUT /v1/tenants/{name}`: sets a tenant's limits. Admin only.
+    pub async fn put_tenant(
+        &self,
+        name: &TenantId,
+        quota: &TenantQuota,
+    ) -> Result<TenantView, ClientError> {
+        self.fetch(Call::new(Method::PUT, &["v1", "tenants", name.as_str()]).json(quota)?)
+            .await
+    }
+
+    /// `DELETE /v1/tenants/{name}`: removes a tenant's limits. Admin only.
+    pub async fn delete_tenant(&self, name: &TenantId) -> Result<TenantView, ClientError> {
+        self.fetch(Call::new(Method::DELETE, &["v1", "tenants", name.as_str()]))
+            .await
     }
 
     /// `DELETE /v1/keys/{id}`: revokes a key (idempotent). Admin only.

@@ -4,6 +4,7 @@
 
 use std::fmt::Display;
 
+use warmpool_proto::api::TenantView;
 use warmpool_proto::api::{
     ClusterView, Counts, CreatedKey, KeyView, NodeView, PoolView, StatusView, UsageView, WhoamiView,
 };
@@ -707,6 +708,7 @@ pub fn keys_table(list: &[KeyView], style: Style) -> String {
         ("ID", Left),
         ("NAME", Left),
         ("ROLE", Left),
+        ("TENANT", Left),
         ("CREATED", Left),
         ("REVOKED", Left),
     ]);
@@ -715,6 +717,9 @@ pub fn keys_table(list: &[KeyView], style: Style) -> String {
             k.id.clone(),
             k.name.clone(),
             k.role.as_str().to_string(),
+            k.tenant
+                .as_ref()
+                .map_or_else(|| "*".to_string(), |t| t.to_string()),
             relative(style.now, k.created_at),
             k.revoked_at
                 .map(|r| relative(style.now, r))
@@ -729,6 +734,12 @@ fn key_rows(k: &KeyView, style: Style) -> Vec<(&'static str, String)> {
         ("key", k.id.clone()),
         ("name", k.name.clone()),
         ("role", k.role.as_str().to_string()),
+        (
+            "tenant",
+            k.tenant
+                .as_ref()
+                .map_or_else(|| "every tenant (admin)".to_string(), |t| t.to_string()),
+        ),
         ("created", when(style.now, k.created_at)),
     ];
     if let Some(r) = k.revoked_at {
@@ -763,6 +774,52 @@ pub fn whoami(w: &WhoamiView) -> String {
         ("key", opt(&w.id)),
         ("name", opt(&w.name)),
         ("role", w.role.as_str().to_string()),
+        (
+            "tenant",
+            w.tenant
+                .as_ref()
+                .map_or_else(|| "every tenant (admin)".to_string(), |t| t.to_string()),
+        ),
+    ])
+}
+
+fn limit(v: Option<u32>) -> String {
+    v.map_or_else(|| "none".to_string(), |v| v.to_string())
+}
+
+/// `poolctl tenant list`.
+pub fn tenants_table(list: &[TenantView]) -> String {
+    use Align::*;
+    let mut t = Table::new(&[
+        ("TENANT", Left),
+        ("ALLOCATIONS", Right),
+        ("MAX", Right),
+        ("PER MINUTE", Right),
+        ("BURST", Right),
+    ]);
+    for v in list {
+        t.row(vec![
+            v.name.to_string(),
+            v.allocations.to_string(),
+            limit(v.quota.max_allocations),
+            limit(v.quota.allocations_per_minute),
+            limit(v.quota.burst.or(v.quota.allocations_per_minute)),
+        ]);
+    }
+    t.render()
+}
+
+/// `poolctl tenant show|set|delete`.
+pub fn tenant(v: &TenantView) -> String {
+    kv_block(&[
+        ("tenant", v.name.to_string()),
+        ("allocations", v.allocations.to_string()),
+        ("max allocations", limit(v.quota.max_allocations)),
+        ("per minute", limit(v.quota.allocations_per_minute)),
+        (
+            "burst",
+            limit(v.quota.burst.or(v.quota.allocations_per_minute)),
+        ),
     ])
 }
 
@@ -846,6 +903,7 @@ mod tests {
         Allocation {
             id: aid(),
             session_id: SessionId::new("s-1").unwrap(),
+            tenant: Default::default(),
             pool: PoolName::new("demo").unwrap(),
             container_id: cid(),
             node: NodeId::new("n1").unwrap(),
@@ -1142,13 +1200,14 @@ mod tests {
             id: "a1b2c3d4e5f6".into(),
             name: "ci".into(),
             role: Role::User,
+            tenant: Some(warmpool_proto::TenantId::new("acme").unwrap()),
             created_at: Timestamp(NOW.0 - 90_000),
             revoked_at: Some(Timestamp(NOW.0 - 5_000)),
         };
         assert_eq!(
             keys_table(std::slice::from_ref(&key), style()),
-            "ID            NAME  ROLE  CREATED    REVOKED\n\
-             a1b2c3d4e5f6  ci    user  1m30s ago  5s ago\n"
+            "ID            NAME  ROLE  TENANT  CREATED    REVOKED\n\
+             a1b2c3d4e5f6  ci    user  acme    1m30s ago  5s ago\n"
         );
         let created = CreatedKey {
             key: KeyView {
@@ -1167,13 +1226,18 @@ mod tests {
             id: Some(key.id.clone()),
             name: Some("ci".into()),
             role: Role::User,
+            tenant: Some(warmpool_proto::TenantId::new("acme").unwrap()),
         };
-        assert_eq!(whoami(&on), "key:   a1b2c3d4e5f6\nname:  ci\nrole:  user\n");
+        assert_eq!(
+            whoami(&on),
+            "key:     a1b2c3d4e5f6\nname:    ci\nrole:    user\ntenant:  acme\n"
+        );
         let off = WhoamiView {
             auth: false,
             id: None,
             name: None,
             role: Role::Admin,
+            tenant: None,
         };
         assert!(whoami(&off).starts_with("auth is off"));
 

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use serde::Serialize;
+use warmpool_proto::api::TenantQuota;
 use warmpool_proto::api::{
     AddMember, ContainerQuery, CreateAllocation, CreateKey, DrainNode, EventQuery, RenewAllocation,
     UsageQuery,
@@ -11,7 +12,7 @@ use warmpool_proto::{Event, Timestamp};
 
 use crate::args::{
     AllocArgs, AllocationsArgs, Cli, ClusterCommand, Command, ContainersArgs, EventsArgs,
-    KeyCommand, NodeCommand, Output, PoolCommand,
+    KeyCommand, NodeCommand, Output, PoolCommand, TenantCommand,
 };
 use crate::client::{AllocationQuery, Client, NodeAction};
 use crate::error::{fmt_duration, ClientError};
@@ -216,12 +217,39 @@ async fn dispatch(
             p.show(&client.usage(&q).await?, |v, _| render::usage_view(v))
         }
         Command::Key(cmd) => match cmd {
-            KeyCommand::Create { name, role } => p.show(
-                &client.create_key(&CreateKey { name, role }).await?,
+            KeyCommand::Create { name, role, tenant } => p.show(
+                &client.create_key(&CreateKey { name, role, tenant }).await?,
                 render::created_key,
             ),
             KeyCommand::List => p.show(&client.list_keys().await?, |l, s| render::keys_table(l, s)),
             KeyCommand::Revoke { id } => p.show(&client.revoke_key(&id).await?, render::key_detail),
+        },
+        Command::Tenant(cmd) => match cmd {
+            TenantCommand::List => p.show(&client.list_tenants().await?, |l, _| {
+                render::tenants_table(l)
+            }),
+            TenantCommand::Show { name } => {
+                p.show(&client.get_tenant(&name).await?, |t, _| render::tenant(t))
+            }
+            TenantCommand::Set {
+                name,
+                max_allocations,
+                per_minute,
+                burst,
+            } => {
+                let quota = TenantQuota {
+                    max_allocations,
+                    allocations_per_minute: per_minute,
+                    burst,
+                };
+                p.show(&client.put_tenant(&name, &quota).await?, |t, _| {
+                    render::tenant(t)
+                })
+            }
+            TenantCommand::Delete { name } => p
+                .show(&client.delete_tenant(&name).await?, |t, _| {
+                    render::tenant(t)
+                }),
         },
         Command::Whoami => p.show(&client.whoami().await?, |w, _| render::whoami(w)),
         Command::Simulate(a) => simulate_command(a, client, p).await,
@@ -386,6 +414,7 @@ pub fn alloc_request(a: AllocArgs) -> CreateAllocation {
         lease_seconds: a.lease_seconds,
         wait_ms: a.wait_ms,
         idempotency_key: a.idempotency_key,
+        tenant: a.tenant,
     }
 }
 

@@ -5,9 +5,12 @@
 //! secret; the token is shown once, when the key is made. With secrets this random a plain
 //! hash is enough (no one guesses a preimage), and it keeps checks fast on the hot path.
 //!
-//! Roles: `viewer` reads everything; `user` also allocates, releases and renews; `admin` also
-//! changes pools, nodes, cluster membership and keys. Every `/v1/…` route and `/metrics` need
-//! a key when auth is on; the dashboard's static files do not (its sign-in page must load).
+//! Roles: `viewer` reads; `user` also allocates, releases and renews; `admin` also changes
+//! pools, nodes, cluster membership, keys and tenants' limits. User and viewer keys belong to a
+//! tenant and see and touch only its allocations (another tenant's answer 404, as if absent);
+//! admin keys act for every tenant. Every `/v1/…` route and `/metrics` need a key when auth is
+//! on, except `/v1/health` and `/v1/ready`, which answer ok or not and nothing more; the
+//! dashboard's static files need none either (its sign-in page must load).
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method};
@@ -15,6 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use warmpool_proto::api::Role;
+use warmpool_proto::TenantId;
 
 use crate::api::error::ApiError;
 use crate::api::AppState;
@@ -76,6 +80,10 @@ fn same(a: &str, b: &str) -> bool {
 /// The role a request needs, or None when it needs no key (the dashboard's files).
 pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     if !(path.starts_with("/v1/") || path == "/v1" || path == "/metrics") {
+        return None;
+    }
+    // Probes of load balancers and supervisors carry no key; these answer ok or not, no more.
+    if path == "/v1/health" || path == "/v1/ready" {
         return None;
     }
     if path == "/v1/keys" || path.starts_with("/v1/keys/") {
@@ -187,10 +195,16 @@ pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: N
         );
         return ApiError::Forbidden(msg).into_response();
     }
+    // A user or viewer key from before tenants existed belongs to `default`.
+    let tenant = match role {
+        Role::Admin => None,
+        Role::User | Role::Viewer => Some(key.tenant.unwrap_or_default()),
+    };
     req.extensions_mut().insert(Caller {
         id: key.id,
         name: key.name,
         role,
+        tenant,
     });
     next.run(req).await
 }
@@ -212,6 +226,52 @@ pub struct Caller {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// The tenant it acts for; `None` for admins, who act for every tenant.
+    pub tenant: Option<TenantId>,
+}
+
+/// Whose allocations a request may see and touch: one tenant's, or (`All`) every tenant's,
+/// for admin keys and with auth off. Everything of another tenant answers as if absent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every tenant's.
+    All,
+    /// This tenant's only.
+    Tenant(TenantId),
+}
+
+impl Scope {
+    /// Whether something of `tenant` is visible.
+    pub fn sees(&self, tenant: &TenantId) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Tenant(t) => t == tenant,
+        }
+    }
+
+    /// The one tenant, when scoped to one.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        match self {
+            Scope::All => None,
+            Scope::Tenant(t) => Some(t),
+        }
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Scope {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(match parts.extensions.get::<Caller>() {
+            Some(Caller {
+                tenant: Some(t), ..
+            }) => Scope::Tenant(t.clone()),
+            _ => Scope::All,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -265,6 +325,16 @@ mod tests {
         assert_eq!(required_role(&Method::POST, "/v1/keys"), Some(Role::Admin));
         assert_eq!(required_role(&Method::GET, "/v1/keys"), Some(Role::Admin));
         assert_eq!(required_role(&Method::GET, "/"), None);
+        assert_eq!(required_role(&Method::GET, "/v1/health"), None);
+        assert_eq!(required_role(&Method::GET, "/v1/ready"), None);
+        assert_eq!(
+            required_role(&Method::GET, "/v1/tenants"),
+            Some(Role::Viewer)
+        );
+        assert_eq!(
+            required_role(&Method::PUT, "/v1/tenants/a"),
+            Some(Role::Admin)
+        );
         assert_eq!(required_role(&Method::GET, "/assets/app.js"), None);
         assert!(Role::Viewer < Role::User && Role::User < Role::Admin);
     }

@@ -470,6 +470,7 @@ mod tests {
             lease_ms: 1000,
             idempotency_key: None,
             wait_ms: 0,
+            tenant: Default::default(),
         });
         assert_eq!(created(&w.decide()), 1);
     }
@@ -491,6 +492,7 @@ mod tests {
                 lease_ms: 1000,
                 idempotency_key: None,
                 wait_ms: 0,
+                tenant: Default::default(),
             });
         }
         let d = w.decide();
@@ -958,6 +960,7 @@ mod tests {
                             lease_ms: 1000,
                             idempotency_key: None,
                             wait_ms: 0,
+                            tenant: Default::default(),
                         });
                         allocations.extend(w.state.active_allocations().map(|a| a.id).last());
                     }

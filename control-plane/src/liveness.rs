@@ -280,6 +280,7 @@ mod tests {
                     lease_ms: 3_600_000,
                     idempotency_key: None,
                     wait_ms: 0,
+                    tenant: Default::default(),
                 });
             }
             assert_eq!(
@@ -492,6 +493,7 @@ mod tests {
             lease_ms: 60_000,
             idempotency_key: None,
             wait_ms: 0,
+            tenant: Default::default(),
         });
         assert!(matches!(r, crate::state::Response::Rejected(_)), "{r:?}");
         w.apply(Command::MarkUnreachable {
@@ -505,6 +507,7 @@ mod tests {
             lease_ms: 60_000,
             idempotency_key: None,
             wait_ms: 0,
+            tenant: Default::default(),
         });
         assert!(
             matches!(r, crate::state::Response::Allocation { .. }),

@@ -447,6 +447,7 @@ async fn bootstrap_admin_key(cluster: Cluster, token: String, stop: Cancellation
         id: id.to_string(),
         name: "bootstrap-admin".into(),
         role: warmpool_proto::api::Role::Admin,
+        tenant: None,
         hash: crate::auth::hash(secret),
         created_at: warmpool_proto::Timestamp::now(),
         revoked_at: None,

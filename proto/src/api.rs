@@ -48,6 +48,10 @@ pub struct CreateAllocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub idempotency_key: Option<String>,
+    /// The tenant to allocate for: admins only (a user key allocates for its own tenant, and
+    /// may name only that one). `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<crate::ids::TenantId>,
 }
 
 /// Longest `wait_ms` an allocation may ask for.
@@ -216,12 +220,8 @@ pub struct NodeView {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthView {
-    /// `ok`.
+    /// `ok`. Nothing else: the route needs no key, so it tells nothing about the cluster.
     pub status: String,
-    /// The answering member.
-    pub member: MemberId,
-    /// Software version.
-    pub version: String,
 }
 
 /// A control-plane member in `GET /v1/cluster`.
@@ -410,6 +410,7 @@ mod tests {
             lease_seconds: Some(5),
             wait_ms: Some(100),
             idempotency_key: Some("k".into()),
+            tenant: Some(crate::ids::TenantId::new("acme").unwrap()),
         };
         let json = serde_json::to_string(&full).unwrap();
         assert_eq!(
@@ -479,6 +480,10 @@ pub struct KeyView {
     pub name: String,
     /// What it may do.
     pub role: Role,
+    /// The tenant whose allocations it sees and makes; none for admin keys, which act for
+    /// every tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<crate::ids::TenantId>,
     /// When it was made.
     pub created_at: Timestamp,
     /// When it was revoked, if it was.
@@ -498,6 +503,10 @@ pub struct CreateKey {
     pub name: String,
     /// What it may do.
     pub role: Role,
+    /// For user and viewer keys: the tenant it belongs to (`default` when absent). Refused on
+    /// admin keys, which act for every tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<crate::ids::TenantId>,
 }
 
 /// `POST /v1/keys` answer: the token is shown this once and stored only as a hash.
@@ -515,12 +524,8 @@ pub struct CreatedKey {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReadyView {
-    /// `ready`.
+    /// `ready`. Nothing else: the route needs no key, so it tells nothing about the cluster.
     pub status: String,
-    /// The answering member.
-    pub member: MemberId,
-    /// The leader it knows.
-    pub leader: MemberId,
 }
 
 /// `GET /v1/whoami`: the caller's key.
@@ -535,4 +540,37 @@ pub struct WhoamiView {
     pub name: Option<String>,
     /// What the caller may do (`admin` with auth off).
     pub role: Role,
+    /// The tenant it acts for; none for admins (every tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<crate::ids::TenantId>,
+}
+
+/// A tenant's limits (`PUT /v1/tenants/{name}`); each is optional, and absent means none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuota {
+    /// Most allocations active (or waiting) at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_allocations: Option<u32>,
+    /// Allocation requests per minute, on average (a token bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub allocations_per_minute: Option<u32>,
+    /// Requests the bucket holds, for bursts (`allocations_per_minute` when absent, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub burst: Option<u32>,
+}
+
+/// `GET /v1/tenants/{name}`: a tenant's limits and use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TenantView {
+    /// Its name.
+    pub name: crate::ids::TenantId,
+    /// Its limits.
+    pub quota: TenantQuota,
+    /// Allocations active or waiting now.
+    pub allocations: u32,
 }

@@ -186,6 +186,31 @@ string_id!(
     "^[!-~]{1,128}$"
 );
 
+string_id!(
+    /// Who an allocation belongs to: every user and viewer key names one, and sees only its
+    /// allocations. ASCII letters, digits, `-` and `_`.
+    TenantId,
+    "tenant",
+    64,
+    subject_safe,
+    "1 to 64 ASCII letters, digits, '-' or '_'",
+    "^[A-Za-z0-9_-]{1,64}$"
+);
+
+impl TenantId {
+    /// The tenant of allocations and keys made before tenants existed, and of allocations
+    /// made with auth off.
+    pub fn default_tenant() -> TenantId {
+        TenantId("default".to_string())
+    }
+}
+
+impl Default for TenantId {
+    fn default() -> Self {
+        TenantId::default_tenant()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

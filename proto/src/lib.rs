@@ -26,7 +26,7 @@ pub mod time;
 mod openapi;
 
 pub use event::{Event, EventKind};
-pub use ids::{AllocationId, ContainerId, MemberId, NodeId, PoolName, SessionId};
+pub use ids::{AllocationId, ContainerId, MemberId, NodeId, PoolName, SessionId, TenantId};
 pub use pool::{HealthCheck, HealthProbe, PoolSpec};
 pub use records::{Allocation, Container, ContainerState, Health, Node, NodeStatus};
 pub use time::Timestamp;

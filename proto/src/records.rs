@@ -360,6 +360,9 @@ pub struct Allocation {
     pub id: AllocationId,
     /// The session holding it.
     pub session_id: SessionId,
+    /// The tenant it belongs to: only that tenant's keys (and admins) see or touch it.
+    #[serde(default)]
+    pub tenant: crate::ids::TenantId,
     /// The pool it came from.
     pub pool: PoolName,
     /// The container.

@@ -92,6 +92,7 @@ pub async fn run(
                     lease_seconds: None,
                     wait_ms: Some(2_000),
                     idempotency_key: Some(format!("c{i}-{n}")),
+                    tenant: None,
                 };
                 let a = loop {
                     match client.allocate(&req).await {

@@ -429,6 +429,7 @@ pub fn allocation(pool: &str, wait_ms: u64) -> warmpool_proto::api::CreateAlloca
         lease_seconds: None,
         wait_ms: Some(wait_ms),
         idempotency_key: None,
+        tenant: None,
     }
 }
 

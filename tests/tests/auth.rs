@@ -62,6 +62,10 @@ fn routes() -> Vec<(Method, &'static str, &'static str)> {
         (Method::GET, "/v1/keys", ""),
         (Method::POST, "/v1/keys", r#"{"name":"k","role":"viewer"}"#),
         (Method::DELETE, "/v1/keys/000000000000", ""),
+        (Method::GET, "/v1/tenants", ""),
+        (Method::GET, "/v1/tenants/acme", ""),
+        (Method::PUT, "/v1/tenants/acme", r#"{"max_allocations":3}"#),
+        (Method::DELETE, "/v1/tenants/acme", ""),
         (Method::GET, "/metrics", ""),
     ]
 }
@@ -107,7 +111,8 @@ async fn keys_and_roles_guard_every_route() {
         Duration::from_secs(30),
         "the bootstrap admin key to work",
         || {
-            let r = call(Method::GET, "/v1/ready", "", Some(&admin));
+            // `/v1/ready` needs no key: ask a route that does.
+            let r = call(Method::GET, "/v1/whoami", "", Some(&admin));
             async move { (r.await.ok()?.status() == StatusCode::OK).then_some(()) }
         },
     )
@@ -131,7 +136,18 @@ async fn keys_and_roles_guard_every_route() {
     let (viewer, user) = (tokens[&Role::Viewer].clone(), tokens[&Role::User].clone());
 
     for (method, path, body) in routes() {
-        // 1. No key, a wrong key, a malformed key: 401 everywhere.
+        // 0. The probes need no key, and say nothing but whether the member is up or ready.
+        if path == "/v1/health" || path == "/v1/ready" {
+            for key in [None, Some("letmein")] {
+                let resp = call(method.clone(), path, body, key).await.unwrap();
+                assert_eq!(resp.status(), StatusCode::OK, "{path} with {key:?}");
+                let body: serde_json::Value = resp.json().await.unwrap();
+                let want = if path == "/v1/health" { "ok" } else { "ready" };
+                assert_eq!(body, serde_json::json!({ "status": want }), "{path}");
+            }
+            continue;
+        }
+        // 1. No key, a wrong key, a malformed key: 401 everywhere else.
         for key in [
             None,
             Some("wpk_000000000000_".to_string() + &"0".repeat(64)),
@@ -265,7 +281,9 @@ async fn poolctl_makes_lists_and_revokes_keys() {
     let (code, out, err) = run_poolctl(&url, Some(&user), &["whoami"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains(&created.key.id) && out.contains("role:  user"),
+        out.contains(&created.key.id)
+            && out.contains("role:    user")
+            && out.contains("tenant:  default"),
         "{out}"
     );
 

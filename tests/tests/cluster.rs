@@ -48,6 +48,7 @@ fn alloc(pool: &str, key: Option<String>) -> CreateAllocation {
         lease_seconds: None,
         wait_ms: Some(2_000),
         idempotency_key: key,
+        tenant: None,
     }
 }
 

@@ -358,6 +358,7 @@ fn alloc(pool: &str, wait_ms: u64, key: Option<&str>) -> CreateAllocation {
         lease_seconds: None,
         wait_ms: Some(wait_ms),
         idempotency_key: key.map(String::from),
+        tenant: None,
     }
 }
 

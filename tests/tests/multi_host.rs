@@ -612,6 +612,7 @@ async fn draining_a_host_moves_its_warm_containers_and_uncordon_lets_it_take_new
             lease_seconds: None,
             wait_ms: Some(5_000),
             idempotency_key: None,
+            tenant: None,
         })
         .await
         .expect("allocate");

@@ -405,6 +405,7 @@ async fn a_control_plane_and_an_agent_with_their_own_users_run_a_pool() {
             lease_seconds: None,
             wait_ms: Some(10_000),
             idempotency_key: None,
+            tenant: None,
         })
         .await
         .expect("allocate");

@@ -28,6 +28,7 @@ async fn usage_counts_container_time_per_pool_and_session_with_its_cost() {
             lease_seconds: None,
             wait_ms: Some(5_000),
             idempotency_key: None,
+            tenant: None,
         })
         .await
         .unwrap();

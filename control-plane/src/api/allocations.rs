@@ -19,6 +19,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, OptionalJson};
 use super::openapi::Consistency;
 use super::{barrier_if_asked, read_fresh, AppState};
+use crate::auth::Scope;
 use crate::state::{Command, RejectCode, Request, Response as Applied};
 
 fn parse_id(id: &str) -> Result<AllocationId, ApiError> {
@@ -56,7 +57,10 @@ fn record(pool: &str, outcome: &'static str, start: Instant) {
             )),
         (status = 400, description = "Malformed or out-of-range request (`bad_request`)", body = ErrorBody),
         (status = 404, description = "No such pool (`not_found`)", body = ErrorBody),
+        (status = 403, description = "A user key named another tenant (`forbidden`)", body = ErrorBody),
         (status = 409, description = "The idempotency key was used for another request (`conflict`)", body = ErrorBody),
+        (status = 429, description = "The tenant holds its `max_allocations` (`over_quota`) or asks faster than its `allocations_per_minute` (`rate_limited`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
         (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 503, description = "No warm container came free within `wait_ms` (`no_capacity`), or no quorum (`no_quorum`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds"))),
@@ -64,9 +68,19 @@ fn record(pool: &str, outcome: &'static str, start: Instant) {
 )]
 pub async fn create(
     State(app): State<AppState>,
+    scope: Scope,
     ApiJson(req): ApiJson<CreateAllocation>,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
+    let tenant = match (&scope, req.tenant.clone()) {
+        (Scope::All, t) => t.unwrap_or_default(),
+        (Scope::Tenant(own), Some(asked)) if &asked != own => {
+            return Err(ApiError::Forbidden(format!(
+                "this key allocates for tenant {own}, not {asked}"
+            )))
+        }
+        (Scope::Tenant(own), _) => own.clone(),
+    };
     let wait_ms = req.wait_ms.unwrap_or(0);
     if wait_ms > MAX_WAIT_MS {
         return Err(ApiError::BadRequest(format!(
@@ -100,6 +114,7 @@ pub async fn create(
         lease_ms,
         idempotency_key: req.idempotency_key.clone(),
         wait_ms,
+        tenant,
     };
     let deadline = start + Duration::from_millis(wait_ms);
     let shared = app.cluster.shared().clone();
@@ -121,10 +136,11 @@ pub async fn create(
         Ok(Applied::Rejected(r)) => {
             record(
                 pool.as_str(),
-                if r.code == RejectCode::NoCapacity {
-                    "no_capacity"
-                } else {
-                    "refused"
+                match r.code {
+                    RejectCode::NoCapacity => "no_capacity",
+                    RejectCode::OverQuota => "over_quota",
+                    RejectCode::RateLimited => "rate_limited",
+                    _ => "refused",
                 },
                 start,
             );
@@ -222,6 +238,7 @@ pub struct ListQuery {
 )]
 pub async fn list(
     State(app): State<AppState>,
+    scope: Scope,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<Allocation>>, ApiError> {
@@ -238,6 +255,7 @@ pub async fn list(
     barrier_if_asked(&app, &headers).await?;
     Ok(Json(app.cluster.shared().read(|s| {
         s.allocations()
+            .filter(|a| scope.sees(&a.tenant))
             .filter(|a| q.pool.as_deref().is_none_or(|p| a.pool.as_str() == p))
             .filter(|a| {
                 q.session
@@ -263,13 +281,25 @@ pub async fn list(
 )]
 pub async fn get(
     State(app): State<AppState>,
+    scope: Scope,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Allocation>, ApiError> {
     let id = parse_id(&id)?;
-    read_fresh(&app, &headers, |s| s.allocation(&id).cloned())
+    visible(&app, &scope, &headers, id).await.map(Json)
+}
+
+/// The allocation `id`, if `scope` may see it; another tenant's answers 404 as a missing one
+/// does, so that ids of other tenants' allocations cannot even be confirmed.
+async fn visible(
+    app: &AppState,
+    scope: &Scope,
+    headers: &HeaderMap,
+    id: AllocationId,
+) -> Result<Allocation, ApiError> {
+    read_fresh(app, headers, |s| s.allocation(&id).cloned())
         .await?
-        .map(Json)
+        .filter(|a| scope.sees(&a.tenant))
         .ok_or_else(|| ApiError::NotFound(format!("no allocation {id}")))
 }
 
@@ -297,9 +327,12 @@ async fn write_allocation(app: &AppState, cmd: Command) -> Result<Json<Allocatio
 )]
 pub async fn release(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> Result<Json<Allocation>, ApiError> {
     let id = parse_id(&id)?;
+    // An allocation's tenant never changes, so checking it before the write is enough.
+    visible(&app, &scope, &HeaderMap::new(), id).await?;
     write_allocation(
         &app,
         Command::Release {
@@ -327,18 +360,18 @@ pub async fn release(
 )]
 pub async fn renew(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<RenewAllocation>,
 ) -> Result<Json<Allocation>, ApiError> {
     let id = parse_id(&id)?;
+    let a = visible(&app, &scope, &HeaderMap::new(), id).await?;
     let secs = match body.lease_seconds {
         Some(s) => s,
-        None => read_fresh(&app, &HeaderMap::new(), |s| {
-            s.allocation(&id)
-                .map(|a| s.pool(&a.pool).map_or(600, |p| p.spec.lease_seconds))
-        })
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no allocation {id}")))?,
+        None => app
+            .cluster
+            .shared()
+            .read(|s| s.pool(&a.pool).map_or(600, |p| p.spec.lease_seconds)),
     };
     write_allocation(
         &app,

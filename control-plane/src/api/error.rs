@@ -43,6 +43,16 @@ pub enum ApiError {
         /// Seconds to wait before retrying.
         retry_after: u64,
     },
+    /// 429 with Retry-After: the tenant is over one of its limits.
+    #[error("{message}")]
+    TooManyRequests {
+        /// `over_quota` or `rate_limited`.
+        code: &'static str,
+        /// For a person.
+        message: String,
+        /// Seconds to wait before retrying.
+        retry_after: u64,
+    },
     /// 503: no quorum; writes are not possible now.
     #[error("{0}")]
     NoQuorum(String),
@@ -65,6 +75,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::NoCapacity { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
+            ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             ApiError::NoQuorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -80,7 +91,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let retry_after = match &self {
-            ApiError::NoCapacity { retry_after, .. } => Some(*retry_after),
+            ApiError::NoCapacity { retry_after, .. }
+            | ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
             ApiError::NoQuorum(_) => Some(1),
             _ => None,
         };
@@ -108,6 +120,16 @@ impl From<Rejection> for ApiError {
             RejectCode::NoCapacity => ApiError::NoCapacity {
                 message: r.message,
                 retry_after: 1,
+            },
+            RejectCode::OverQuota => ApiError::TooManyRequests {
+                code: "over_quota",
+                message: r.message,
+                retry_after: 1,
+            },
+            RejectCode::RateLimited => ApiError::TooManyRequests {
+                code: "rate_limited",
+                message: r.message,
+                retry_after: r.retry_after_ms.unwrap_or(1000).div_ceil(1000).max(1),
             },
         }
     }

@@ -15,6 +15,7 @@ use super::error::ApiError;
 use super::extract::ApiQuery;
 use super::openapi::Consistency;
 use super::{barrier_if_asked, AppState};
+use crate::auth::{Caller, Scope};
 use crate::state::query::{EVENT_PAGE, EVENT_PAGE_MAX};
 use crate::state::EventFilter;
 
@@ -30,10 +31,12 @@ use crate::state::EventFilter;
 )]
 pub async fn list(
     State(app): State<AppState>,
+    scope: Scope,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
-    let filter = EventFilter::from_query(&q).map_err(ApiError::BadRequest)?;
+    let mut filter = EventFilter::from_query(&q).map_err(ApiError::BadRequest)?;
+    filter.tenant = scope.tenant().cloned();
     let limit = q.limit.unwrap_or(EVENT_PAGE);
     if limit == 0 || limit > EVENT_PAGE_MAX {
         return Err(ApiError::BadRequest(format!(
@@ -65,10 +68,15 @@ pub async fn list(
 )]
 pub async fn stream(
     State(app): State<AppState>,
+    scope: Scope,
+    caller: Option<axum::Extension<Caller>>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let filter = EventFilter::from_query(&q).map_err(ApiError::BadRequest)?;
+    let mut filter = EventFilter::from_query(&q).map_err(ApiError::BadRequest)?;
+    filter.tenant = scope.tenant().cloned();
+    // The stream lives as long as its key: revoking the key ends it.
+    let key = caller.map(|axum::Extension(c)| c.id);
     let last_event_id = headers
         .get("last-event-id")
         .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()))
@@ -83,10 +91,16 @@ pub async fn stream(
     let guard = StreamGuard;
 
     let events = stream::unfold(
-        (start, applied, shared, filter, guard),
-        |(mut after, mut applied, shared, filter, guard)| async move {
+        (start, applied, shared, filter, guard, key),
+        |(mut after, mut applied, shared, filter, guard, key)| async move {
             loop {
                 applied.borrow_and_update();
+                let revoked = key.as_deref().is_some_and(|id| {
+                    shared.read(|s| s.key(id).is_none_or(|k| k.revoked_at.is_some()))
+                });
+                if revoked {
+                    return None;
+                }
                 let (batch, scanned_to) = shared.read(|s| {
                     let batch = s.events(Some(after), None, EVENT_PAGE_MAX, &filter);
                     let scanned_to = if batch.len() == EVENT_PAGE_MAX {
@@ -98,7 +112,7 @@ pub async fn stream(
                 });
                 after = after.max(scanned_to);
                 if !batch.is_empty() {
-                    return Some((batch, (after, applied, shared, filter, guard)));
+                    return Some((batch, (after, applied, shared, filter, guard, key)));
                 }
                 if applied.changed().await.is_err() {
                     return None;

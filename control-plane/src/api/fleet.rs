@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::extract::{ApiQuery, OptionalJson};
 use super::openapi::Consistency;
 use super::{barrier_if_asked, read_fresh, AppState};
+use crate::auth::Scope;
 use crate::state::{Command, Request, Response as Applied};
 
 /// Liveness: the member answers.
@@ -21,11 +22,9 @@ use crate::state::{Command, Request, Response as Applied};
     get, path = "/v1/health", tag = "fleet",
     responses((status = 200, description = "The member runs", body = HealthView))
 )]
-pub async fn health(State(app): State<AppState>) -> Json<HealthView> {
+pub async fn health() -> Json<HealthView> {
     Json(HealthView {
         status: "ok".into(),
-        member: app.cluster.id(),
-        version: env!("CARGO_PKG_VERSION").into(),
     })
 }
 
@@ -40,15 +39,10 @@ pub async fn health(State(app): State<AppState>) -> Json<HealthView> {
 )]
 pub async fn ready(State(app): State<AppState>) -> Result<Json<ReadyView>, ApiError> {
     match app.cluster.leader() {
-        Some(leader) => Ok(Json(ReadyView {
+        Some(_) => Ok(Json(ReadyView {
             status: "ready".into(),
-            member: app.cluster.id(),
-            leader,
         })),
-        None => Err(ApiError::NoQuorum(format!(
-            "member {} knows no leader",
-            app.cluster.id()
-        ))),
+        None => Err(ApiError::NoQuorum("no leader is known".into())),
     }
 }
 
@@ -83,6 +77,7 @@ pub async fn status(
 )]
 pub async fn containers(
     State(app): State<AppState>,
+    scope: Scope,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<ContainerQuery>,
 ) -> Result<Json<Vec<Container>>, ApiError> {
@@ -107,7 +102,11 @@ pub async fn containers(
                 // Without a state filter, list what is alive; ended ones are asked for by state.
                 None => c.state.is_live(),
             })
-            .cloned()
+            .filter(|c| {
+                // Filtering by session must not confirm another tenant's session.
+                q.session.is_none() || own(s, &scope, c)
+            })
+            .map(|c| redact(s, &scope, c))
             .collect()
     })))
 }
@@ -125,15 +124,38 @@ pub async fn containers(
 )]
 pub async fn container(
     State(app): State<AppState>,
+    scope: Scope,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Container>, ApiError> {
     let not_found = || ApiError::NotFound(format!("no container {id:?}"));
     let cid: ContainerId = id.parse().map_err(|_| not_found())?;
-    read_fresh(&app, &headers, |s| s.container(&cid).cloned())
-        .await?
-        .map(Json)
-        .ok_or_else(not_found)
+    read_fresh(&app, &headers, |s| {
+        s.container(&cid).map(|c| redact(s, &scope, c))
+    })
+    .await?
+    .map(Json)
+    .ok_or_else(not_found)
+}
+
+/// Whether `c` is held by an allocation `scope` may see.
+fn own(s: &crate::state::PoolState, scope: &Scope, c: &Container) -> bool {
+    c.allocation
+        .and_then(|a| s.allocation(&a))
+        .is_some_and(|a| scope.sees(&a.tenant))
+}
+
+/// `c` as `scope` may see it: pools, nodes, states and counts are everyone's; the address,
+/// session and allocation of a container are only its tenant's (a warm container's address is
+/// no one's yet: knowing it would let a tenant reach the next session's container early).
+fn redact(s: &crate::state::PoolState, scope: &Scope, c: &Container) -> Container {
+    let mut c = c.clone();
+    if scope != &Scope::All && !own(s, scope, &c) {
+        c.ipv6 = None;
+        c.session = None;
+        c.allocation = None;
+    }
+    c
 }
 
 fn node_view(app: &AppState, node: warmpool_proto::Node, extras: NodeExtras) -> NodeView {
@@ -288,6 +310,7 @@ pub async fn node_action(
 )]
 pub async fn usage(
     State(app): State<AppState>,
+    scope: Scope,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<UsageQuery>,
 ) -> Result<Json<UsageView>, ApiError> {
@@ -325,7 +348,7 @@ pub async fn usage(
         let sessions = match &session {
             None => Vec::new(),
             Some(sid) => s
-                .session_usage(sid.as_str(), now)
+                .session_usage(sid.as_str(), scope.tenant(), now)
                 .into_iter()
                 .filter(|(pool, _)| q.pool.as_deref().is_none_or(|name| pool.as_str() == name))
                 .map(|(pool, ms)| {
@@ -362,12 +385,14 @@ pub async fn whoami(
             id: Some(c.id),
             name: Some(c.name),
             role: c.role,
+            tenant: c.tenant,
         },
         None => WhoamiView {
             auth: app.auth,
             id: None,
             name: None,
             role: warmpool_proto::api::Role::Admin,
+            tenant: None,
         },
     })
 }

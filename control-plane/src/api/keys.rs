@@ -17,6 +17,7 @@ fn view(k: &KeyRecord) -> KeyView {
         id: k.id.clone(),
         name: k.name.clone(),
         role: k.role,
+        tenant: k.tenant.clone(),
         created_at: k.created_at,
         revoked_at: k.revoked_at,
     }
@@ -53,12 +54,22 @@ pub async fn create(
             "name must be 1..=64 characters".into(),
         ));
     }
+    let tenant =
+        match (req.role, req.tenant) {
+            (warmpool_proto::api::Role::Admin, Some(_)) => return Err(ApiError::BadRequest(
+                "an admin key acts for every tenant; give a tenant only to user and viewer keys"
+                    .into(),
+            )),
+            (warmpool_proto::api::Role::Admin, None) => None,
+            (_, t) => Some(t.unwrap_or_default()),
+        };
     let new =
         crate::auth::generate().map_err(|e| ApiError::Internal(format!("no randomness: {e}")))?;
     let record = KeyRecord {
         id: new.id,
         name: name.to_string(),
         role: req.role,
+        tenant,
         hash: new.hash,
         created_at: Timestamp::now(),
         revoked_at: None,

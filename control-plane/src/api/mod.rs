@@ -15,6 +15,7 @@ mod fleet;
 mod keys;
 pub mod openapi;
 mod pools;
+mod tenants;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -100,6 +101,11 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/v1/keys", get(keys::list).post(keys::create))
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/v1/tenants", get(tenants::list))
+        .route(
+            "/v1/tenants/{name}",
+            get(tenants::get).put(tenants::put).delete(tenants::delete),
+        )
         .route("/v1/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(metrics))
         .fallback(dashboard::serve)

@@ -20,7 +20,7 @@ use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr};
 use utoipa::{IntoParams, Modify, OpenApi};
 use warmpool_proto::api::Role;
 
-use super::{allocations, cluster, events, fleet, keys, pools};
+use super::{allocations, cluster, events, fleet, keys, pools, tenants};
 
 /// The document.
 #[derive(OpenApi)]
@@ -60,6 +60,10 @@ use super::{allocations, cluster, events, fleet, keys, pools};
         keys::list,
         keys::create,
         keys::revoke,
+        tenants::list,
+        tenants::get,
+        tenants::put,
+        tenants::delete,
         super::metrics,
         openapi_json,
     ),
@@ -73,6 +77,7 @@ use super::{allocations, cluster, events, fleet, keys, pools};
         (name = "events", description = "The lifecycle event log"),
         (name = "cluster", description = "Raft state and membership"),
         (name = "keys", description = "API keys (admin only)"),
+        (name = "tenants", description = "Tenants' limits: concurrent allocations and rate"),
         (name = "meta", description = "Metrics and this document"),
     )
 )]
@@ -166,6 +171,11 @@ fn error(description: &str) -> OaResponse {
 /// 401 on every operation (a path template stands for any value: the role does not depend on
 /// it); 403 where a viewer key is not enough.
 fn add_auth_answers(method: &Method, path: &str, op: &mut Operation) {
+    // Routes that need no key (the probes) answer neither 401 nor 403.
+    let Some(needed) = crate::auth::required_role(method, path) else {
+        op.security = Some(Vec::new());
+        return;
+    };
     let responses = &mut op.responses.responses;
     let mut unauthorized = error("No key, or an unknown, malformed or revoked one (auth on)");
     unauthorized.headers.insert(
@@ -178,7 +188,6 @@ fn add_auth_answers(method: &Method, path: &str, op: &mut Operation) {
     responses
         .entry("401".into())
         .or_insert(RefOr::T(unauthorized));
-    let needed = crate::auth::required_role(method, path).unwrap_or(Role::Viewer);
     if needed > Role::Viewer {
         let msg = format!("The key's role is below {} (auth on)", needed.as_str());
         responses

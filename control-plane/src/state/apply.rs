@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use super::{
-    retally, touch, Command, Condition, Pending, PoolState, RejectCode, Request, Response,
-    ENDED_CONTAINER_RETENTION, EVENT_RETENTION, RELEASED_ALLOCATION_RETENTION, WAIT_GRACE_MS,
+    retally, scoped_key, touch, Command, Condition, Pending, PoolState, RejectCode, Rejection,
+    Request, Response, Tenant, ENDED_CONTAINER_RETENTION, EVENT_RETENTION,
+    RELEASED_ALLOCATION_RETENTION, WAIT_GRACE_MS,
 };
 
 /// The log position and clock of the command being applied.
@@ -113,12 +114,14 @@ impl PoolState {
                 lease_ms,
                 idempotency_key,
                 wait_ms,
+                tenant,
             } => {
                 let req = Pending {
                     allocation_id,
                     session,
                     lease_ms,
                     idempotency_key,
+                    tenant,
                     since: ctx.at,
                     // A little past the requester's own deadline, so its CancelWait lands
                     // first; this only matters when the requester is gone.
@@ -127,6 +130,23 @@ impl PoolState {
                 self.allocate(ctx, pool, req, wait_ms > 0)
             }
             Command::CancelWait { allocation_id } => self.cancel_wait(allocation_id),
+            Command::PutTenant { tenant, quota } => {
+                self.tenants.insert(
+                    tenant,
+                    Tenant {
+                        quota,
+                        ..Default::default()
+                    },
+                );
+                Response::Ok
+            }
+            Command::DeleteTenant { tenant } => match self.tenants.remove(&tenant) {
+                Some(_) => Response::Ok,
+                None => Response::rejected(
+                    RejectCode::NotFound,
+                    format!("tenant {tenant} has no limits"),
+                ),
+            },
             Command::Batch { .. } => {
                 Response::rejected(RejectCode::Invalid, "a batch cannot hold a batch")
             }
@@ -686,7 +706,7 @@ impl PoolState {
     fn allocate(&mut self, ctx: Ctx, pool: PoolName, req: Pending, may_wait: bool) -> Response {
         let id = req.allocation_id;
         if let Some(key) = &req.idempotency_key {
-            if let Some(&known) = self.idempotency.get(key) {
+            if let Some(&known) = self.idempotency.get(&scoped_key(&req.tenant, key)) {
                 let known_pool = self
                     .allocations
                     .get(&known)
@@ -708,6 +728,35 @@ impl PoolState {
         if !self.pools.contains_key(&pool) {
             return Response::rejected(RejectCode::NotFound, format!("no pool named {pool:?}"));
         }
+        // Quotas are checked here, in log order, so that concurrent requests through any
+        // member can never together exceed them. A refusal changes nothing.
+        if let Some(t) = self.tenants.get(&req.tenant) {
+            if let Some(max) = t.quota.max_allocations {
+                let held = self.tenant_allocations(&req.tenant);
+                if held >= max {
+                    return Response::rejected(
+                        RejectCode::OverQuota,
+                        format!(
+                            "tenant {} holds {held} allocations, its limit is {max}: release one first",
+                            req.tenant
+                        ),
+                    );
+                }
+            }
+            let mut t = t.clone();
+            if let Err(wait) = t.take(ctx.at) {
+                return Response::Rejected(Rejection {
+                    code: RejectCode::RateLimited,
+                    message: format!(
+                        "tenant {} asks faster than its {} allocations a minute",
+                        req.tenant,
+                        t.quota.allocations_per_minute.unwrap_or(0)
+                    ),
+                    retry_after_ms: Some(wait.as_millis() as u64),
+                });
+            }
+            self.tenants.insert(req.tenant.clone(), t);
+        }
         *self.arrivals.entry(pool.clone()).or_default() += 1;
         let queue_empty = self.waiting(&pool) == 0;
         if queue_empty {
@@ -726,7 +775,7 @@ impl PoolState {
             );
         }
         if let Some(key) = &req.idempotency_key {
-            self.idempotency.insert(key.clone(), id);
+            self.idempotency.insert(scoped_key(&req.tenant, key), id);
         }
         let queue = self.pending.entry(pool).or_default();
         queue.push_back(req);
@@ -795,8 +844,9 @@ impl PoolState {
     fn drop_waiter(&mut self, pool: &PoolName, index: usize) -> Option<Pending> {
         let gone = self.pending.get_mut(pool)?.remove(index)?;
         if let Some(key) = &gone.idempotency_key {
-            if self.idempotency.get(key) == Some(&gone.allocation_id) {
-                self.idempotency.remove(key);
+            let key = scoped_key(&gone.tenant, key);
+            if self.idempotency.get(&key) == Some(&gone.allocation_id) {
+                self.idempotency.remove(&key);
             }
         }
         Some(gone)
@@ -857,6 +907,7 @@ impl PoolState {
         let allocation = Allocation {
             id: req.allocation_id,
             session_id: req.session,
+            tenant: req.tenant.clone(),
             pool: pool.clone(),
             container_id: cid,
             node: c.node.clone(),
@@ -881,7 +932,8 @@ impl PoolState {
         self.allocations
             .insert(req.allocation_id, Arc::new(allocation.clone()));
         if let Some(key) = req.idempotency_key {
-            self.idempotency.insert(key, req.allocation_id);
+            self.idempotency
+                .insert(scoped_key(&req.tenant, &key), req.allocation_id);
         }
         self.emit(ctx, EventKind::ContainerAllocated, body);
         allocation
@@ -928,7 +980,7 @@ impl PoolState {
             if let Some(old) = self.released_allocations.pop_front() {
                 if let Some(gone) = self.allocations.remove(&old) {
                     if let Some(key) = &gone.idempotency_key {
-                        self.idempotency.remove(key);
+                        self.idempotency.remove(&scoped_key(&gone.tenant, key));
                     }
                 }
             }

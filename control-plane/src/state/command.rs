@@ -93,6 +93,21 @@ pub enum Command {
         /// to become warm goes to the longest waiter.
         #[serde(default)]
         wait_ms: u64,
+        /// The tenant it is for (its idempotency keys, quotas and visibility).
+        #[serde(default)]
+        tenant: warmpool_proto::TenantId,
+    },
+    /// Set a tenant's limits (replacing what it had; the rate bucket starts full).
+    PutTenant {
+        /// The tenant.
+        tenant: warmpool_proto::TenantId,
+        /// Its limits.
+        quota: warmpool_proto::api::TenantQuota,
+    },
+    /// Remove a tenant's limits.
+    DeleteTenant {
+        /// The tenant.
+        tenant: warmpool_proto::TenantId,
     },
     /// Restart an allocated, unhealthy container in place (once; the leader then asks its
     /// agent to do it).
@@ -260,6 +275,9 @@ pub struct Rejection {
     pub code: RejectCode,
     /// For a person.
     pub message: String,
+    /// When trying again may work (for `RateLimited`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Categories of refusal.
@@ -274,6 +292,10 @@ pub enum RejectCode {
     NoCapacity,
     /// The command is not valid.
     Invalid,
+    /// The tenant holds as many allocations as its `max_allocations`.
+    OverQuota,
+    /// The tenant asked faster than its `allocations_per_minute`; see `retry_after_ms`.
+    RateLimited,
 }
 
 impl Response {
@@ -281,6 +303,7 @@ impl Response {
         Response::Rejected(Rejection {
             code,
             message: message.into(),
+            retry_after_ms: None,
         })
     }
 }

@@ -50,12 +50,75 @@ pub struct KeyRecord {
     pub name: String,
     /// What it may do.
     pub role: warmpool_proto::api::Role,
+    /// The tenant whose allocations it sees and makes (none for admin keys, which act for
+    /// every tenant; a user or viewer key from before tenants existed belongs to `default`).
+    #[serde(default)]
+    pub tenant: Option<warmpool_proto::TenantId>,
     /// SHA-256 of the secret, hex.
     pub hash: String,
     /// When it was made.
     pub created_at: Timestamp,
     /// When it was revoked.
     pub revoked_at: Option<Timestamp>,
+}
+
+/// A tenant's limits, and the bucket its allocation rate is taken from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// Its limits.
+    pub quota: warmpool_proto::api::TenantQuota,
+    /// Thousandths of a request the bucket held at `bucket_at` (full when never used).
+    #[serde(default)]
+    pub bucket_milli: Option<u64>,
+    /// When the bucket was last taken from.
+    #[serde(default)]
+    pub bucket_at: Timestamp,
+}
+
+impl Tenant {
+    /// The bucket's size in thousandths of a request.
+    fn capacity_milli(&self) -> Option<u64> {
+        let rate = self.quota.allocations_per_minute?;
+        Some(u64::from(self.quota.burst.unwrap_or(rate).max(1)) * 1000)
+    }
+
+    /// What the bucket holds at `at`, in thousandths of a request (none without a rate).
+    pub fn tokens_at(&self, at: Timestamp) -> Option<u64> {
+        let cap = self.capacity_milli()?;
+        let rate = u64::from(self.quota.allocations_per_minute?);
+        let Some(held) = self.bucket_milli else {
+            return Some(cap);
+        };
+        // `rate` per minute is `rate` thousandths per 60 ms.
+        let refill = at.since(self.bucket_at).as_millis() as u64 * rate / 60;
+        Some(held.saturating_add(refill).min(cap))
+    }
+
+    /// Takes one request from the bucket at `at`; else how long until one is there.
+    pub fn take(&mut self, at: Timestamp) -> Result<(), std::time::Duration> {
+        let (Some(tokens), Some(rate)) = (self.tokens_at(at), self.quota.allocations_per_minute)
+        else {
+            return Ok(());
+        };
+        if tokens < 1000 {
+            let ms = ((1000 - tokens) * 60).div_ceil(u64::from(rate.max(1)));
+            return Err(std::time::Duration::from_millis(ms));
+        }
+        self.bucket_milli = Some(tokens - 1000);
+        self.bucket_at = at;
+        Ok(())
+    }
+}
+
+/// The key under which `tenant`'s idempotency key `key` is remembered. The `default` tenant's
+/// keys are stored as they are, so the keys of a state written before tenants keep working.
+pub fn scoped_key(tenant: &warmpool_proto::TenantId, key: &str) -> String {
+    if *tenant == warmpool_proto::TenantId::default_tenant() {
+        key.to_string()
+    } else {
+        // A unit separator cannot occur in a tenant name.
+        format!("{tenant}\u{1f}{key}")
+    }
 }
 
 /// Why a pool, or a node, is not making containers as it should: its creates keep failing.
@@ -205,8 +268,11 @@ pub struct Pending {
     pub session: warmpool_proto::SessionId,
     /// Lease length, ms.
     pub lease_ms: u64,
-    /// Its idempotency key.
+    /// Its idempotency key, as the client gave it (unique within its tenant).
     pub idempotency_key: Option<String>,
+    /// The tenant it is for.
+    #[serde(default)]
+    pub tenant: warmpool_proto::TenantId,
     /// When it was asked for.
     pub since: Timestamp,
     /// After this it is dropped unserved.
@@ -226,7 +292,11 @@ pub struct PoolState {
     nodes: BTreeMap<NodeId, Node>,
     allocations: BTreeMap<AllocationId, Arc<Allocation>>,
     /// Idempotency key → the allocation it made.
+    /// Allocations by idempotency key, scoped by tenant ([`scoped_key`]).
     idempotency: BTreeMap<String, AllocationId>,
+    /// Tenants with limits, and their rate buckets.
+    #[serde(default)]
+    tenants: BTreeMap<warmpool_proto::TenantId, Tenant>,
     /// The scaler's wanted warm count per pool, when it has set one.
     wanted: BTreeMap<PoolName, u32>,
     events: VecDeque<Arc<Event>>,
@@ -493,9 +563,42 @@ impl PoolState {
             .collect()
     }
 
-    /// The allocation an idempotency key made, if it is still remembered.
-    pub fn allocation_by_key(&self, key: &str) -> Option<&Allocation> {
-        self.idempotency.get(key).and_then(|id| self.allocation(id))
+    /// The allocation `tenant`'s idempotency key made, if it is still remembered.
+    pub fn allocation_by_key(
+        &self,
+        tenant: &warmpool_proto::TenantId,
+        key: &str,
+    ) -> Option<&Allocation> {
+        self.idempotency
+            .get(&scoped_key(tenant, key))
+            .and_then(|id| self.allocation(id))
+    }
+
+    /// A tenant's limits and bucket, if an admin set any.
+    pub fn tenant(&self, name: &warmpool_proto::TenantId) -> Option<&Tenant> {
+        self.tenants.get(name)
+    }
+
+    /// Every tenant with limits.
+    pub fn tenants(&self) -> impl Iterator<Item = (&warmpool_proto::TenantId, &Tenant)> {
+        self.tenants.iter()
+    }
+
+    /// Allocations of `tenant` active or waiting now: what its `max_allocations` counts.
+    pub fn tenant_allocations(&self, tenant: &warmpool_proto::TenantId) -> u32 {
+        let active = self
+            .active_by_expiry
+            .iter()
+            .filter_map(|(_, id)| self.allocations.get(id))
+            .filter(|a| &a.tenant == tenant)
+            .count();
+        let waiting = self
+            .pending
+            .values()
+            .flatten()
+            .filter(|p| &p.tenant == tenant)
+            .count();
+        u32::try_from(active + waiting).unwrap_or(u32::MAX)
     }
 
     /// The warm count a pool aims for: the scaler's choice within `min_warm..=max_warm`.

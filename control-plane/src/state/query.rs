@@ -27,6 +27,10 @@ pub struct EventFilter {
     pub node: Option<String>,
     /// Only these kinds (empty: all).
     pub kinds: Vec<EventKind>,
+    /// Only what this tenant may see (none: everything): events of its own allocations and
+    /// those of no allocation (pools, nodes, containers before they are handed out), never
+    /// another tenant's, nor events about API keys.
+    pub tenant: Option<warmpool_proto::TenantId>,
 }
 
 impl EventFilter {
@@ -46,6 +50,7 @@ impl EventFilter {
             session: q.session.clone(),
             node: q.node.clone(),
             kinds,
+            tenant: None,
         })
     }
 
@@ -110,7 +115,7 @@ impl PoolState {
                     .events
                     .iter()
                     .rev()
-                    .filter(|e| e.seq < before && filter.matches(e))
+                    .filter(|e| e.seq < before && filter.matches(e) && self.shows(filter, e))
                     .take(limit)
                     .map(|e| (**e).clone())
                     .collect();
@@ -125,7 +130,7 @@ impl PoolState {
                     .iter()
                     .skip(skip)
                     .filter(|e| e.seq > after && before.is_none_or(|b| e.seq < b))
-                    .filter(|e| filter.matches(e))
+                    .filter(|e| filter.matches(e) && self.shows(filter, e))
                     .take(limit)
                     .map(|e| (**e).clone())
                     .collect()
@@ -140,9 +145,25 @@ impl PoolState {
         self.events
             .iter()
             .skip(skip)
-            .filter(|e| e.seq > after && filter.matches(e))
+            .filter(|e| e.seq > after && filter.matches(e) && self.shows(filter, e))
             .map(|e| (**e).clone())
             .collect()
+    }
+
+    /// Whether `filter`'s tenant may see `e` (see [`EventFilter::tenant`]).
+    fn shows(&self, filter: &EventFilter, e: &Event) -> bool {
+        let Some(tenant) = &filter.tenant else {
+            return true;
+        };
+        if matches!(e.kind, EventKind::KeyCreated | EventKind::KeyRevoked) {
+            return false;
+        }
+        match (&e.allocation, &e.session) {
+            (Some(a), _) => self.allocations.get(a).is_some_and(|a| &a.tenant == tenant),
+            // A session is an allocation's; without one to tell whose, it is not shown.
+            (None, Some(_)) => false,
+            (None, None) => true,
+        }
     }
 
     /// Live-container counts of one pool.
@@ -254,6 +275,7 @@ impl PoolState {
     pub fn session_usage(
         &self,
         session: &str,
+        tenant: Option<&warmpool_proto::TenantId>,
         now: warmpool_proto::Timestamp,
     ) -> BTreeMap<PoolName, u64> {
         let mut out: BTreeMap<PoolName, u64> = BTreeMap::new();
@@ -261,6 +283,7 @@ impl PoolState {
             .allocations
             .values()
             .filter(|a| a.session_id.as_str() == session)
+            .filter(|a| tenant.is_none_or(|t| &a.tenant == t))
         {
             let end = a.released_at.unwrap_or(now);
             *out.entry(a.pool.clone()).or_default() += end.since(a.created_at).as_millis() as u64;

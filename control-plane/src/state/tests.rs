@@ -6,7 +6,7 @@ use warmpool_proto::agent::{InventoryEntry, ObservedStatus};
 use warmpool_proto::records::{AllocationState, NodeStatus, ReleaseReason, Resources};
 use warmpool_proto::{
     AllocationId, ContainerId, ContainerState, EventKind, Health, NodeId, PoolName, PoolSpec,
-    SessionId, Timestamp,
+    SessionId, TenantId, Timestamp,
 };
 
 use super::*;
@@ -137,6 +137,7 @@ impl Harness {
             lease_ms: 60_000,
             idempotency_key: key.map(str::to_string),
             wait_ms: 0,
+            tenant: Default::default(),
         })
     }
 
@@ -320,6 +321,7 @@ fn a_retried_allocate_proposal_is_answered_not_doubled() {
         lease_ms: 1000,
         idempotency_key: None,
         wait_ms: 0,
+        tenant: Default::default(),
     };
     let (a, _) = allocation(h.apply(cmd.clone()));
     let (b, replayed) = allocation(h.apply(cmd));
@@ -806,6 +808,7 @@ fn snapshot_round_trip_restores_indexes_and_replay_is_deterministic() {
                 lease_ms: 1,
                 idempotency_key: None,
                 wait_ms: 0,
+                tenant: Default::default(),
             },
         },
     );
@@ -848,6 +851,7 @@ fn wait_for(
         lease_ms: 60_000,
         idempotency_key: key.map(str::to_string),
         wait_ms,
+        tenant: Default::default(),
     });
     (id, r)
 }
@@ -908,7 +912,9 @@ fn a_waiter_that_gives_up_leaves_the_queue_and_a_served_one_is_answered() {
     assert_eq!(rejection(r), RejectCode::NoCapacity);
     assert_eq!(h.state.waiting(&p), 1);
     assert!(
-        h.state.allocation_by_key("k1").is_none(),
+        h.state
+            .allocation_by_key(&Default::default(), "k1")
+            .is_none(),
         "its key is free again"
     );
     h.warm(&p, &n, 1);
@@ -998,7 +1004,7 @@ fn usage_counts_warm_overhead_and_allocated_time() {
         u.warm_ms,
         (allocated_at - first_warm) + (now.0 - other_warm)
     );
-    let by_session = h.state.session_usage("s-1", now);
+    let by_session = h.state.session_usage("s-1", None, now);
     assert_eq!(by_session[&p], released_at - allocated_at);
 }
 
@@ -1178,6 +1184,7 @@ fn a_batch_applies_its_requests_in_order_like_separate_entries() {
         lease_ms: 60_000,
         idempotency_key: Some(key.to_string()),
         wait_ms: 0,
+        tenant: Default::default(),
     };
     let mut h = Harness::new();
     let n = h.node("n1");
@@ -1224,4 +1231,83 @@ fn a_batch_applies_its_requests_in_order_like_separate_entries() {
     assert_eq!(rejection(it.next().unwrap()), RejectCode::NoCapacity);
     assert_eq!(rejection(it.next().unwrap()), RejectCode::Invalid);
     assert_eq!(h.state.pool_counts(&p).allocated, 2);
+}
+
+#[test]
+fn tenants_quotas_and_idempotency_keys_are_their_own() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 4);
+    h.warm(&p, &n, 4);
+    let acme = TenantId::new("acme").unwrap();
+    let bolt = TenantId::new("bolt").unwrap();
+    let alloc = |h: &mut Harness, tenant: &TenantId, key: Option<&str>| {
+        h.apply(Command::Allocate {
+            allocation_id: AllocationId::new(),
+            pool: p.clone(),
+            session: SessionId::new("s").unwrap(),
+            lease_ms: 60_000,
+            idempotency_key: key.map(str::to_string),
+            wait_ms: 0,
+            tenant: tenant.clone(),
+        })
+    };
+    // The same key in two tenants: two allocations; in one tenant: a replay.
+    let (a, _) = allocation(alloc(&mut h, &acme, Some("k")));
+    let (b, _) = allocation(alloc(&mut h, &bolt, Some("k")));
+    assert_ne!(a.id, b.id);
+    assert_eq!(
+        (a.tenant.clone(), b.tenant.clone()),
+        (acme.clone(), bolt.clone())
+    );
+    let (again, replayed) = allocation(alloc(&mut h, &acme, Some("k")));
+    assert!(replayed && again.id == a.id);
+    assert_eq!(
+        h.state.allocation_by_key(&bolt, "k").map(|x| x.id),
+        Some(b.id)
+    );
+
+    // At its max, a tenant is refused and nothing changes; a release frees the quota.
+    h.apply(Command::PutTenant {
+        tenant: acme.clone(),
+        quota: warmpool_proto::api::TenantQuota {
+            max_allocations: Some(1),
+            ..Default::default()
+        },
+    });
+    let warm_before = h.state.pool_counts(&p).warm;
+    match alloc(&mut h, &acme, None) {
+        Response::Rejected(r) => assert_eq!(r.code, RejectCode::OverQuota),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.state.pool_counts(&p).warm, warm_before);
+    assert_eq!(h.state.tenant_allocations(&acme), 1);
+    allocation(alloc(&mut h, &bolt, None));
+    h.apply(Command::Release {
+        allocation_id: a.id,
+        reason: ReleaseReason::Client,
+    });
+    allocation(alloc(&mut h, &acme, None));
+
+    // A rate of 60 a minute, burst 1: one now, the next refused with the wait until a token.
+    h.apply(Command::PutTenant {
+        tenant: bolt.clone(),
+        quota: warmpool_proto::api::TenantQuota {
+            allocations_per_minute: Some(60),
+            burst: Some(1),
+            ..Default::default()
+        },
+    });
+    h.warm(&p, &n, 2);
+    allocation(alloc(&mut h, &bolt, None));
+    match alloc(&mut h, &bolt, None) {
+        Response::Rejected(r) => {
+            assert_eq!(r.code, RejectCode::RateLimited);
+            let wait = r.retry_after_ms.unwrap();
+            assert!(wait > 900 && wait <= 1000, "{wait}");
+        }
+        other => panic!("{other:?}"),
+    }
+    h.now += 1_000;
+    allocation(alloc(&mut h, &bolt, None));
 }
