@@ -72,7 +72,10 @@ impl CliError {
                 },
             ) => {
                 let hint = match (status, retry_after) {
-                    (401, _) => " (set the API token with --token or POOLCTL_TOKEN)".to_string(),
+                    (401, _) => {
+                        " (set the API token with --token, POOLCTL_TOKEN or POOLCTL_TOKEN_FILE)"
+                            .to_string()
+                    }
                     (403, _) => " (the token's role does not allow this)".to_string(),
                     (_, Some(d)) => format!(" (retry after {})", fmt_duration(*d)),
                     _ => String::new(),
@@ -84,8 +87,34 @@ impl CliError {
     }
 }
 
+/// Where a token is looked for when neither `--token` nor `POOLCTL_TOKEN` gives one: the file
+/// `POOLCTL_TOKEN_FILE` names, then the bootstrap admin token a new cluster's first member
+/// writes into its data directory (`/var/lib/warmpool` as installed, `./warmpool-data` by
+/// default). Only root can read those, as only root should act as the cluster's admin.
+pub fn token_files() -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    if let Some(f) = std::env::var_os("POOLCTL_TOKEN_FILE") {
+        files.push(std::path::PathBuf::from(f));
+    }
+    files.push("/var/lib/warmpool/admin.token".into());
+    files.push("warmpool-data/admin.token".into());
+    files
+}
+
+/// The token in the first of `files` that can be read and holds one.
+pub fn found_token(files: &[std::path::PathBuf]) -> Option<String> {
+    files.iter().find_map(|f| {
+        let s = std::fs::read_to_string(f).ok()?;
+        let t = s.trim();
+        (t.starts_with("wpk_") && !t.contains(char::is_whitespace)).then(|| t.to_string())
+    })
+}
+
 /// Runs `cli`, writing its output to `out`.
-pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+pub async fn run(mut cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    if cli.token.is_none() {
+        cli.token = found_token(&token_files());
+    }
     let client = Client::new(cli.url.clone(), cli.token.clone())?;
     let style = Style {
         wide: cli.wide,
@@ -513,6 +542,23 @@ async fn events(e: EventsArgs, client: &Client, mut p: Printer<'_>) -> Result<()
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_token_is_found_in_the_first_file_that_holds_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (missing, junk, good) = (
+            dir.path().join("missing"),
+            dir.path().join("junk"),
+            dir.path().join("good"),
+        );
+        std::fs::write(&junk, "not a token\n").unwrap();
+        std::fs::write(&good, "wpk_a1b2c3d4e5f6_00\n").unwrap();
+        assert_eq!(
+            super::found_token(&[missing.clone(), junk.clone(), good]).as_deref(),
+            Some("wpk_a1b2c3d4e5f6_00")
+        );
+        assert_eq!(super::found_token(&[missing, junk]), None);
+    }
     use super::*;
     use clap::Parser;
     use std::time::Duration;
@@ -674,7 +720,7 @@ mod tests {
         assert_eq!(nf.exit_code(), 1);
         assert_eq!(
             api(401, "unauthorized", None).render(),
-            "error: unauthorized: m (set the API token with --token or POOLCTL_TOKEN)"
+            "error: unauthorized: m (set the API token with --token, POOLCTL_TOKEN or POOLCTL_TOKEN_FILE)"
         );
         assert_eq!(
             api(403, "forbidden", None).render(),

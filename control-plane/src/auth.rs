@@ -55,6 +55,55 @@ pub fn generate() -> Result<NewKey, getrandom::Error> {
     })
 }
 
+/// The bootstrap admin token's file name in a bootstrapping member's data directory.
+pub const TOKEN_FILE: &str = "admin.token";
+
+/// Why the bootstrap token file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// Reading or writing it failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// It holds something that is not a key.
+    #[error("it does not hold a Warmpool key (wpk_<12 hex>_<64 hex>)")]
+    NotAKey,
+    /// No randomness to make one.
+    #[error("no randomness: {0}")]
+    Random(String),
+}
+
+/// The admin token in `path`, made (mode 0600, in a directory made 0700) when the file does
+/// not exist yet: a new cluster's first admin key.
+pub fn bootstrap_token(path: &std::path::Path) -> Result<String, TokenFileError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let token = s.trim().to_string();
+            return parse(&token)
+                .map(|_| token.clone())
+                .ok_or(TokenFileError::NotAKey);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let key = generate().map_err(|e| TokenFileError::Random(e.to_string()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{}", key.token)?;
+    f.sync_all()?;
+    Ok(key.token)
+}
+
 /// Splits a token into id and secret, if it is one.
 pub fn parse(token: &str) -> Option<(&str, &str)> {
     let rest = token.strip_prefix(PREFIX)?;
@@ -286,6 +335,27 @@ mod tests {
         assert!(same(&hash(secret), &k.hash));
         assert!(!same(&hash("0".repeat(64).as_str()), &k.hash));
         assert_ne!(generate().unwrap().token, k.token);
+    }
+
+    #[test]
+    fn the_bootstrap_token_is_made_once_for_root_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join(TOKEN_FILE);
+        let first = bootstrap_token(&path).unwrap();
+        assert!(parse(&first).is_some());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            bootstrap_token(&path).unwrap(),
+            first,
+            "kept across restarts"
+        );
+        std::fs::write(&path, "garbage").unwrap();
+        assert!(matches!(
+            bootstrap_token(&path),
+            Err(TokenFileError::NotAKey)
+        ));
     }
 
     #[test]

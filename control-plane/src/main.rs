@@ -60,9 +60,18 @@ struct Args {
     /// Raft: take a snapshot after this many log entries.
     #[arg(long, env = "WARMPOOL_SNAPSHOT_EVERY", default_value_t = 5000)]
     snapshot_every: u64,
-    /// Require an API key on every API request (admin, user or viewer).
-    #[arg(long, env = "WARMPOOL_AUTH")]
+    /// Kept for older command lines: auth is on unless --insecure-no-auth.
+    #[arg(
+        long,
+        env = "WARMPOOL_AUTH",
+        hide = true,
+        conflicts_with = "insecure_no_auth"
+    )]
     auth: bool,
+    /// Serve the API without keys: anyone who reaches it may do anything. For local
+    /// experiments only.
+    #[arg(long, env = "WARMPOOL_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
     /// File holding an admin key (wpk_<id>_<secret>) to store at first start.
     #[arg(long, env = "WARMPOOL_ADMIN_KEY_FILE")]
     admin_key_file: Option<PathBuf>,
@@ -144,6 +153,20 @@ async fn main() -> anyhow::Result<()> {
         ),
         (None, None) => None,
     };
+    let auth = !args.insecure_no_auth;
+    // A new cluster with auth on and no admin key given makes its own, in a file only root
+    // reads, where poolctl on this host finds it (as k3s and Vault do).
+    let admin_key = match admin_key {
+        Some(k) => Some(k),
+        None if auth && args.bootstrap => {
+            let path = args.data_dir.join(warmpool_control_plane::auth::TOKEN_FILE);
+            let token = warmpool_control_plane::auth::bootstrap_token(&path)
+                .with_context(|| format!("the bootstrap admin token at {}", path.display()))?;
+            tracing::info!(file = %path.display(), "bootstrap admin token (poolctl on this host finds it)");
+            Some(token)
+        }
+        None => None,
+    };
     let leader = LeaderConfig {
         node_timeout: Duration::from_secs_f64(args.node_timeout_secs),
         node_lost: Duration::from_secs_f64(args.node_lost_secs),
@@ -171,7 +194,7 @@ async fn main() -> anyhow::Result<()> {
             ..RaftTuning::default()
         },
         agent_timeout: Duration::from_secs(5),
-        auth: args.auth,
+        auth,
         admin_key,
         dashboard_dir: args.dashboard_dir,
     };

@@ -44,10 +44,10 @@ up() {
   "$ROOT/deploy/demo-image/build.sh" >&2
   mkdir -p "$DIR"
   spawn nats nats-server -a 127.0.0.1 -p "$NATS_PORT"
-  spawn cp1 "$BIN/warmpool-control-plane" --id 1 --bootstrap --data-dir "$DIR/cp1" \
+  spawn cp1 "$BIN/warmpool-control-plane" --id 1 --bootstrap --insecure-no-auth --data-dir "$DIR/cp1" \
     --api-addr "127.0.0.1:$API_PORT" --nats-url "nats://127.0.0.1:$NATS_PORT"
   for m in 2 3; do
-    spawn "cp$m" "$BIN/warmpool-control-plane" --id "$m" --join --data-dir "$DIR/cp$m" \
+    spawn "cp$m" "$BIN/warmpool-control-plane" --id "$m" --join --insecure-no-auth --data-dir "$DIR/cp$m" \
       --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "nats://127.0.0.1:$NATS_PORT"
   done
   spawn agent "$BIN/warmpool-agent" --node-id "$NODE_ID" --ipv6-prefix "$PREFIX" \

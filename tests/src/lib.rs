@@ -372,6 +372,14 @@ impl Member {
         );
         let (log, _) = log_file(&self.log_dir, &format!("cp{}", self.id));
         let mut cmd = Command::new(bin("warmpool-control-plane"));
+        // Auth is on by default; tests that do not test it run without, unless they ask.
+        if !self
+            .extra
+            .iter()
+            .any(|a| a == "--auth" || a == "--admin-key-file")
+        {
+            cmd.arg("--insecure-no-auth");
+        }
         cmd.args(["--id", &self.id.to_string(), "--nats-url", &self.nats_url])
             .args(["--api-addr", &format!("127.0.0.1:{}", self.api_port)])
             .arg("--data-dir")

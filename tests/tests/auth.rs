@@ -331,3 +331,73 @@ async fn poolctl_makes_lists_and_revokes_keys() {
     assert_eq!(code, 1);
     assert!(err.contains("not_found"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_has_auth_on_and_leaves_its_admin_token_for_poolctl() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    // No auth flag and no key: the default.
+    let mut m = Member::new(1, &nats.url(), dir.path(), true).with_args(&["--auth"]);
+    m.start();
+    let token_file = m.data_dir().join("admin.token");
+    let file = token_file.clone();
+    wait_until(Duration::from_secs(30), "the bootstrap token file", || {
+        let file = file.clone();
+        async move {
+            std::fs::read_to_string(&file)
+                .ok()
+                .filter(|s| !s.is_empty())
+        }
+    })
+    .await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "only its owner (root) reads the token");
+
+    // Without a key: 401, except the probes.
+    let http = reqwest::Client::new();
+    let resp = http
+        .get(format!("{}/v1/pools", m.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // poolctl finds the token by itself (here through POOLCTL_TOKEN_FILE; on an installed
+    // host, at /var/lib/warmpool/admin.token) and acts as admin.
+    let poolctl = |file: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(warmpool_tests::bin("poolctl"));
+        cmd.args(["--url", &m.url(), "whoami"])
+            .env_remove("POOLCTL_TOKEN")
+            .env_remove("POOLCTL_TOKEN_FILE")
+            .current_dir(dir.path());
+        if let Some(f) = file {
+            cmd.env("POOLCTL_TOKEN_FILE", f);
+        }
+        cmd.output().unwrap()
+    };
+    let file = token_file.clone();
+    let out = wait_until(Duration::from_secs(30), "poolctl to act as admin", || {
+        let out = poolctl(Some(&file));
+        async move { out.status.success().then_some(out) }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("role:    admin") && text.contains("bootstrap-admin"),
+        "{text}"
+    );
+    let out = poolctl(None);
+    assert!(!out.status.success(), "no token, no admin");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401")
+            || String::from_utf8_lossy(&out.stderr).contains("unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A restarted member keeps the same token.
+    let before = std::fs::read_to_string(&token_file).unwrap();
+    m.stop();
+    m.start();
+    m.wait_up().await;
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), before);
+}

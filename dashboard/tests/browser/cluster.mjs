@@ -214,6 +214,8 @@ export class Cluster {
       const keyFile = path.join(this.dir, 'admin.key');
       fs.writeFileSync(keyFile, this.adminKey, { mode: 0o600 });
       authArgs.push('--auth', '--admin-key-file', keyFile);
+    } else {
+      authArgs.push('--insecure-no-auth');
     }
     for (let id = 1; id <= members; id++) {
       const port = await freePort();
