@@ -172,23 +172,40 @@ up() {
   TOKEN=$token
   local member_flags=(--auth --admin-key-file "$DEV/admin.key")
   [ -f "$ROOT/dashboard/dist/index.html" ] && member_flags+=(--dashboard-dir "$ROOT/dashboard/dist")
+  # NATS as in production: a user per member and per agent, each allowed only its own
+  # subjects (deploy/nats-config.sh); nothing without credentials gets in.
+  local natsdir="$DEV/nats"
+  "$ROOT/deploy/nats-config.sh" --dir "$natsdir" --listen "127.0.0.1:$NATS_PORT" \
+    --agent "$NODE_ID" --member 1 --member 2 --member 3 2>/dev/null
   if ! running nats && (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; then
-    say "a NATS server already listens on 127.0.0.1:$NATS_PORT; using it"
+    say "a NATS server already listens on 127.0.0.1:$NATS_PORT; using it (it must take the users in $natsdir/nats-server.conf)"
   else
-    say "starting nats-server on 127.0.0.1:$NATS_PORT"
-    spawn nats nats-server -a 127.0.0.1 -p "$NATS_PORT"
+    say "starting nats-server on 127.0.0.1:$NATS_PORT (a user per member and agent)"
+    spawn nats nats-server -c "$natsdir/nats-server.conf"
   fi
   say "starting 3 control-plane members (APIs on 127.0.0.1:$API_PORT-$((API_PORT + 2)))"
-  spawn cp1 "$BIN/warmpool-control-plane" --id 1 --bootstrap --data-dir "$DEV/cp1" \
-    --api-addr "127.0.0.1:$API_PORT" --nats-url "nats://127.0.0.1:$NATS_PORT" "${member_flags[@]}"
-  for m in 2 3; do
-    spawn "cp$m" "$BIN/warmpool-control-plane" --id "$m" --join --data-dir "$DEV/cp$m" \
-      --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "nats://127.0.0.1:$NATS_PORT" "${member_flags[@]}"
+  local m role
+  for m in 1 2 3; do
+    role=--join
+    [ "$m" = 1 ] && role=--bootstrap
+    # Each with its own NATS user, from the environment (never on a command line).
+    (
+      set -a
+      . "$natsdir/members/$m.env"
+      set +a
+      spawn "cp$m" "$BIN/warmpool-control-plane" --id "$m" "$role" --data-dir "$DEV/cp$m" \
+        --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "nats://127.0.0.1:$NATS_PORT" "${member_flags[@]}"
+    )
   done
   say "starting an agent (node $NODE_ID, containers on $PREFIX)"
-  spawn agent "$BIN/warmpool-agent" --node-id "$NODE_ID" --ipv6-prefix "$PREFIX" \
-    --nats-url "nats://127.0.0.1:$NATS_PORT"
-  wait_http "http://127.0.0.1:$API_PORT/v1/health" "the control plane"
+  (
+    export WARMPOOL_NATS_USER="$NODE_ID"
+    WARMPOOL_NATS_PASSWORD=$(head -n 1 "$natsdir/credentials/$NODE_ID.password")
+    export WARMPOOL_NATS_PASSWORD
+    spawn agent "$BIN/warmpool-agent" --node-id "$NODE_ID" --ipv6-prefix "$PREFIX" \
+      --nats-url "nats://127.0.0.1:$NATS_PORT"
+  )
+  wait_http "http://127.0.0.1:$API_PORT/v1/whoami" "the control plane"
 
   local urls="http://127.0.0.1:$API_PORT,http://127.0.0.1:$((API_PORT + 1)),http://127.0.0.1:$((API_PORT + 2))"
   cat >"$DEV/env" <<ENV

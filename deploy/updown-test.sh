@@ -14,18 +14,39 @@ warm() {
     python3 -c 'import json,sys; s=json.load(sys.stdin); print(next((p["counts"]["warm"] for p in s["pools"] if p["name"]=="demo"),0))'
 }
 
+# What a fresh `up` must hold besides a warm pool: auth on (401 without a key; the probes
+# answer without one) and NATS refusing a client without credentials.
+secured() {
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:7070/v1/pools)
+  [ "$code" = 401 ] || { echo "GET /v1/pools without a key answered $code, not 401"; return 1; }
+  code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:7070/v1/health)
+  [ "$code" = 200 ] || { echo "GET /v1/health without a key answered $code, not 200"; return 1; }
+  python3 - <<'PY' || return 1
+import socket, sys
+s = socket.create_connection(("127.0.0.1", 4222), timeout=5)
+f = s.makefile("rb")
+f.readline()  # INFO
+s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPUB pool.v1.node.local.heartbeat 2\r\nhi\r\nPING\r\n')
+line = f.readline().decode(errors="replace").strip()
+if "Authorization Violation" not in line:
+    print(f"NATS took a client without credentials: {line!r}")
+    sys.exit(1)
+PY
+}
+
 passed=0 failed=0
 for round in 1 2 3; do
   echo "--- round $round: down, then up at once"
   start=$SECONDS
   if deploy/dev.sh down && deploy/dev.sh up >"$DEV/updown-up.log" 2>&1; then
     n=$(warm || echo 0)
-    if [ "$n" -ge 3 ]; then
+    if [ "$n" -ge 3 ] && secured; then
       echo "round $round: $n warm, $((SECONDS - start)) s for down and up"
       passed=$((passed + 1))
       continue
     fi
-    echo "round $round: up returned but pool demo has $n warm containers"
+    echo "round $round: up returned with $n warm containers in pool demo (3 wanted), or unsecured (above)"
   else
     echo "round $round failed; the end of up's output:"
     tail -20 "$DEV/updown-up.log" || true

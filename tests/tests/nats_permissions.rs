@@ -432,3 +432,123 @@ async fn a_control_plane_and_an_agent_with_their_own_users_run_a_pool() {
         "the agent hit a permission it needs:\n{agent_log}"
     );
 }
+
+/// Each member its own NATS user (`nats-config.sh --member`): three members form a cluster and
+/// replicate through them, and a member's user can neither speak for an agent nor listen to
+/// another member's Raft traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_member_has_its_own_user_limited_to_its_own_subjects() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf_dir = dir.path().join("nats");
+    let port = free_port();
+    let node = NodeId::new(unique("n")).unwrap();
+    let out = Command::new(root().join("deploy/nats-config.sh"))
+        .arg("--dir")
+        .arg(&conf_dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--agent", node.as_str()])
+        .args(["--member", "1", "--member", "2", "--member", "3"])
+        .output()
+        .expect("run deploy/nats-config.sh");
+    assert!(
+        out.status.success(),
+        "nats-config.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nats = ConfiguredNats::start(&conf_dir.join("nats-server.conf"), port, dir.path());
+    let env_of = |id: u64| -> BTreeMap<String, String> {
+        std::fs::read_to_string(conf_dir.join(format!("members/{id}.env")))
+            .expect("member env file")
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let mut members = Vec::new();
+    for id in 1..=3u64 {
+        let env = env_of(id);
+        let user = env["WARMPOOL_NATS_USER"].clone();
+        assert_eq!(user, format!("warmpool-control-plane-{id}"));
+        let m = if id == 1 {
+            Member::new(1, &nats.url(), dir.path(), true)
+        } else {
+            Member::joining(id, &nats.url(), dir.path())
+        };
+        let mut m = m.with_args(&[
+            "--nats-user",
+            &user,
+            "--nats-password",
+            &env["WARMPOOL_NATS_PASSWORD"],
+        ]);
+        m.start();
+        members.push(m);
+    }
+    let client = Client::new(members.iter().map(Member::url).collect(), None).expect("client");
+    let c = client.clone();
+    wait_until(
+        Duration::from_secs(60),
+        "three voters over per-member users",
+        || {
+            let c = c.clone();
+            async move {
+                let v = c.cluster().await.ok()?;
+                (v.members.iter().filter(|m| m.role == "voter").count() == 3).then_some(())
+            }
+        },
+    )
+    .await;
+    // Writes replicate through them (through every member, forwards included).
+    for (i, m) in members.iter().enumerate() {
+        let one = Client::new(vec![m.url()], None).expect("client");
+        one.create_pool(&TestCluster::demo_spec(&format!("p{i}"), 0))
+            .await
+            .unwrap_or_else(|e| panic!("a write through member {}: {e}", m.id));
+    }
+
+    // Member 1's user: may not speak for an agent, nor listen to member 2's Raft RPCs.
+    let env = env_of(1);
+    let (tx, mut errors) = mpsc::unbounded_channel();
+    let as_member = async_nats::ConnectOptions::with_user_and_password(
+        env["WARMPOOL_NATS_USER"].clone(),
+        env["WARMPOOL_NATS_PASSWORD"].clone(),
+    )
+    .event_callback(move |event| {
+        let tx = tx.clone();
+        async move {
+            if let async_nats::Event::ServerError(e) = event {
+                let _ = tx.send(e.to_string().to_lowercase());
+            }
+        }
+    })
+    .connect(nats.url())
+    .await
+    .expect("connect as member 1");
+    as_member
+        .publish(subjects::heartbeat(&node), heartbeat(&node).into())
+        .await
+        .expect("queued");
+    as_member.flush().await.expect("flush");
+    expect_violation(
+        &mut errors,
+        &format!("publish to \"{}\"", subjects::heartbeat(&node)),
+    )
+    .await;
+    let _spy = as_member
+        .subscribe("pool.v1.raft.2.append")
+        .await
+        .expect("sent");
+    expect_violation(&mut errors, "subscription to \"pool.v1.raft.2.append\"").await;
+    // And a process with no credentials at all is refused at the door.
+    let anonymous = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(nats.url());
+    let refused = tokio::time::timeout(Duration::from_secs(5), anonymous).await;
+    match refused {
+        Ok(Err(e)) => assert!(
+            e.to_string().to_lowercase().contains("authorization"),
+            "refused, but why: {e}"
+        ),
+        Ok(Ok(_)) => panic!("a client without credentials connected"),
+        Err(_) => panic!("no answer to a client without credentials within 5 s"),
+    }
+}
