@@ -11,7 +11,8 @@ use std::time::Duration;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
-    ContainerSummaryStateEnum, EventMessage, HostConfig, RestartPolicy, RestartPolicyNameEnum,
+    ContainerSummaryStateEnum, EventMessage, HostConfig, HostConfigLogConfig, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
@@ -258,6 +259,8 @@ impl Driver {
     /// revived).
     /// Returns Docker's id. A name conflict is Docker's 409.
     pub async fn create(&self, spec: &CreateSpec) -> Result<String, DockerError> {
+        const LOG_MAX_SIZE: &str = "10m";
+        const LOG_MAX_FILES: u32 = 2;
         let memory =
             i64::try_from(spec.resources.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
         let nano_cpus =
@@ -290,6 +293,18 @@ impl Driver {
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::NO),
                     maximum_retry_count: None,
+                }),
+                // A container that prints without end fills at most this much of the host's
+                // disk, whatever the daemon's own default.
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".to_string()),
+                    config: Some(
+                        [
+                            ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
+                            ("max-file".to_string(), LOG_MAX_FILES.to_string()),
+                        ]
+                        .into(),
+                    ),
                 }),
                 ..Default::default()
             }),

@@ -79,30 +79,50 @@ pub struct PoolSpec {
     #[cfg_attr(feature = "openapi", schema(minimum = 0.0))]
     pub price_per_hour: Option<f64>,
     /// Privileges and hardening of the containers beyond the defaults (every capability
-    /// dropped, no privilege escalation, writable root filesystem).
+    /// dropped, no privilege escalation, a read-only root filesystem with a tmpfs `/tmp`).
     #[serde(default)]
     pub security: Security,
 }
 
 /// A pool's container hardening. Every container starts with every Linux capability dropped
-/// and `no-new-privileges`; this section gives some capabilities back and can make the root
-/// filesystem read-only.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// and `no-new-privileges`, on a read-only root filesystem with a tmpfs at `/tmp`; this section
+/// gives some capabilities back and may make the root writable (pools stored before these
+/// defaults keep what they had).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Security {
     /// Capabilities given back after all are dropped, e.g. `["NET_BIND_SERVICE"]` to bind a
-    /// port below 1024. `ALL` is not accepted: name each one.
+    /// port below 1024. `ALL` is not accepted: name each one. Those that let a container
+    /// reach past itself (`SYS_ADMIN`, `NET_ADMIN`, `SYS_PTRACE`, `SYS_MODULE`, and the
+    /// others [`Capability::is_dangerous`] names) also need `privileged`.
     #[serde(default)]
     pub cap_add: Vec<Capability>,
-    /// Mount the root filesystem read-only.
-    #[serde(default)]
+    /// Mount the root filesystem read-only (the default).
+    #[serde(default = "defaults::yes")]
+    #[cfg_attr(feature = "openapi", schema(default = true))]
     pub read_only_rootfs: bool,
-    /// Writable in-memory directories (absolute paths, e.g. `["/tmp"]`), useful with a
+    /// Writable in-memory directories (absolute paths; `["/tmp"]` by default), for a
     /// read-only root filesystem. What is written there counts against the memory limit.
-    #[serde(default)]
+    #[serde(default = "defaults::tmpfs")]
     #[cfg_attr(feature = "openapi", schema(max_items = 16, value_type = Vec<TmpfsPath>))]
     pub tmpfs: Vec<String>,
+    /// The escape hatch: allows the dangerous capabilities in `cap_add`. Pools are an
+    /// admin's to change, so only an admin can set it. It does not run containers with
+    /// Docker's `--privileged`.
+    #[serde(default)]
+    pub privileged: bool,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            cap_add: Vec::new(),
+            read_only_rootfs: true,
+            tmpfs: defaults::tmpfs(),
+            privileged: false,
+        }
+    }
 }
 
 /// An absolute path for a tmpfs mount (schema only).
@@ -193,9 +213,45 @@ impl std::fmt::Display for Capability {
     }
 }
 
+impl Capability {
+    /// Whether the capability lets a container reach past itself (the host's mounts,
+    /// network, other processes, the kernel, the clock): given back only with `privileged`.
+    pub fn is_dangerous(self) -> bool {
+        matches!(
+            self,
+            Capability::SysAdmin
+                | Capability::NetAdmin
+                | Capability::SysPtrace
+                | Capability::SysModule
+                | Capability::SysRawio
+                | Capability::SysBoot
+                | Capability::SysTime
+                | Capability::DacReadSearch
+                | Capability::MacAdmin
+                | Capability::MacOverride
+                | Capability::Bpf
+                | Capability::Perfmon
+        )
+    }
+}
+
 impl Security {
-    /// Checks the tmpfs paths (the capabilities are checked by their type).
+    /// Checks the tmpfs paths, and that dangerous capabilities come with `privileged`.
     pub fn validate(&self) -> Result<(), SpecError> {
+        if !self.privileged {
+            let dangerous: Vec<&str> = self
+                .cap_add
+                .iter()
+                .filter(|c| c.is_dangerous())
+                .map(|c| c.as_str())
+                .collect();
+            if !dangerous.is_empty() {
+                return Err(SpecError(format!(
+                    "security.cap_add: {} reach past the container; set security.privileged to allow them",
+                    dangerous.join(", ")
+                )));
+            }
+        }
         if self.tmpfs.len() > MAX_TMPFS {
             return Err(SpecError(format!(
                 "security.tmpfs: at most {MAX_TMPFS} mounts"
@@ -379,6 +435,12 @@ impl Default for Scaling {
 }
 
 mod defaults {
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn tmpfs() -> Vec<String> {
+        vec!["/tmp".to_string()]
+    }
     pub fn port() -> u16 {
         8080
     }
@@ -615,6 +677,30 @@ mod tests {
         let err = serde_json::from_str::<PoolSpec>(r#"{"name":"d","image":"i","min_wram":3}"#)
             .unwrap_err();
         assert!(err.to_string().contains("min_wram"), "{err}");
+    }
+
+    #[test]
+    fn containers_are_read_only_with_a_tmp_unless_a_pool_says_otherwise() {
+        let spec: PoolSpec = serde_json::from_str(r#"{"name":"d","image":"i"}"#).unwrap();
+        assert!(spec.security.read_only_rootfs);
+        assert_eq!(spec.security.tmpfs, vec!["/tmp".to_string()]);
+        assert!(!spec.security.privileged);
+        assert_eq!(spec.security, Security::default());
+        // What an older version stored says what it says.
+        let old: PoolSpec = serde_json::from_str(
+            r#"{"name":"d","image":"i","security":{"cap_add":[],"read_only_rootfs":false,"tmpfs":[]}}"#,
+        )
+        .unwrap();
+        assert!(!old.security.read_only_rootfs && old.security.tmpfs.is_empty());
+        // Dangerous capabilities need the escape hatch.
+        let mut sec = Security {
+            cap_add: vec![Capability::NetBindService, Capability::SysAdmin],
+            ..Default::default()
+        };
+        let e = sec.validate().unwrap_err().to_string();
+        assert!(e.contains("SYS_ADMIN") && !e.contains("NET_BIND"), "{e}");
+        sec.privileged = true;
+        sec.validate().unwrap();
     }
 
     #[test]

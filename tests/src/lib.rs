@@ -696,6 +696,16 @@ impl TestCluster {
         spec
     }
 
+    /// A writable root filesystem (pools are read-only by default), for tests that inject
+    /// faults through the demo image's `/cgi-bin/fail` scripts, which write to it.
+    pub fn writable_root() -> warmpool_proto::pool::Security {
+        warmpool_proto::pool::Security {
+            read_only_rootfs: false,
+            tmpfs: Vec::new(),
+            ..Default::default()
+        }
+    }
+
     /// Waits until `pool` has at least `n` warm containers; returns the status then.
     pub async fn wait_warm(&self, pool: &str, n: u32, timeout: Duration) -> StatusView {
         let client = self.client.clone();

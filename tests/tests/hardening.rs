@@ -61,6 +61,7 @@ async fn warm_containers_are_hardened_and_pools_may_add_capabilities_and_a_read_
         cap_add: vec![Capability::NetBindService],
         read_only_rootfs: true,
         tmpfs: vec!["/tmp".into()],
+        privileged: false,
     };
     c.client
         .create_pool(&spec)
@@ -98,7 +99,15 @@ async fn warm_containers_are_hardened_and_pools_may_add_capabilities_and_a_read_
         "no swap beyond the memory limit"
     );
     assert_eq!(host["PidsLimit"], 32);
-    assert_eq!(host["ReadonlyRootfs"], false);
+    // By default: a read-only root with a tmpfs /tmp, and a bounded log.
+    assert_eq!(host["ReadonlyRootfs"], true);
+    assert!(host["Tmpfs"].get("/tmp").is_some(), "{}", host["Tmpfs"]);
+    assert_eq!(
+        host["LogConfig"]["Type"], "json-file",
+        "{}",
+        host["LogConfig"]
+    );
+    assert_eq!(host["LogConfig"]["Config"]["max-size"], "10m");
     assert_eq!(host["NetworkMode"], network.as_str());
     assert_eq!(host["Privileged"], false);
 
@@ -172,7 +181,12 @@ async fn unknown_capabilities_and_bad_tmpfs_paths_are_refused() {
         serde_json::json!({"tmpfs": ["relative"]}),
         serde_json::json!({"tmpfs": ["/a:exec"]}),
         serde_json::json!({"read_only_rootfs": "yes"}),
-        serde_json::json!({"privileged": true}),
+        serde_json::json!({"privileged": "yes"}),
+        // Capabilities that reach past the container need the escape hatch.
+        serde_json::json!({"cap_add": ["SYS_ADMIN"]}),
+        serde_json::json!({"cap_add": ["NET_BIND_SERVICE", "NET_ADMIN"]}),
+        serde_json::json!({"cap_add": ["SYS_PTRACE"]}),
+        serde_json::json!({"cap_add": ["SYS_MODULE"]}),
     ] {
         let body = serde_json::json!({"name": unique("bad"), "image": "x", "security": security});
         let resp = http.post(&url).json(&body).send().await.expect("post");
@@ -180,4 +194,11 @@ async fn unknown_capabilities_and_bad_tmpfs_paths_are_refused() {
         let err: Value = resp.json().await.expect("json");
         assert_eq!(err["error"]["code"], "bad_request");
     }
+    // With it, an admin may.
+    let body = serde_json::json!({
+        "name": unique("escape"), "image": "x",
+        "security": {"cap_add": ["SYS_PTRACE"], "privileged": true},
+    });
+    let resp = http.post(&url).json(&body).send().await.expect("post");
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
 }

@@ -455,6 +455,8 @@ async fn an_idle_allocation_is_released_and_a_busy_one_is_not() {
 async fn a_container_whose_health_fails_leaves_the_pool_after_the_threshold() {
     let c = TestCluster::single().await;
     let mut spec = TestCluster::demo_spec("sick", 2);
+    // The demo's fault scripts write to its root filesystem.
+    spec.security = TestCluster::writable_root();
     spec.health.failure_threshold = 2;
     spec.health.interval_ms = 300;
     c.client.create_pool(&spec).await.unwrap();
@@ -715,6 +717,8 @@ async fn an_unhealthy_allocated_container_is_restarted_once_then_released_if_sti
     // A short startup grace, so a restarted container that never passes is judged quickly.
     let c = TestCluster::single_with_agent_args(&["--startup-grace-ms", "3000"]).await;
     let mut spec = TestCluster::demo_spec("heal", 2);
+    // The demo's fault scripts write to its root filesystem.
+    spec.security = TestCluster::writable_root();
     spec.health.failure_threshold = 2;
     spec.health.interval_ms = 300;
     c.client.create_pool(&spec).await.unwrap();

@@ -490,7 +490,13 @@ pub fn demo_spec() -> CreateSpec {
             timeout_ms: 1000,
             failure_threshold: 2,
         },
-        security: Default::default(),
+        // Writable: the demo's fault scripts (`/cgi-bin/fail`) write to its root. Pools are
+        // read-only by default; tests/tests/hardening.rs checks that.
+        security: warmpool_proto::pool::Security {
+            read_only_rootfs: false,
+            tmpfs: Vec::new(),
+            ..Default::default()
+        },
     }
 }
 
