@@ -34,6 +34,7 @@ install_prereqs() {
   command -v nats-server >/dev/null || pkgs+=(nats-server)
   dpkg -s busybox-static >/dev/null 2>&1 || pkgs+=(busybox-static)
   command -v curl >/dev/null || pkgs+=(curl)
+  command -v openssl >/dev/null || pkgs+=(openssl)
   command -v ip >/dev/null || pkgs+=(iproute2)
   command -v nsenter >/dev/null || pkgs+=(util-linux)
   command -v iptables >/dev/null || pkgs+=(iptables)

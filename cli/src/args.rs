@@ -38,6 +38,15 @@ pub struct Cli {
         help_heading = "Global options"
     )]
     pub token: Option<String>,
+    /// CA certificate (PEM) to trust for `https://` members, besides the system's.
+    #[arg(
+        long,
+        env = "POOLCTL_CA_CERT",
+        value_name = "FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Output format: aligned tables for people, JSON for programs.
     #[arg(
         long,

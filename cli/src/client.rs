@@ -91,9 +91,17 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     request_timeout: Duration,
     stream_idle_timeout: Duration,
+    ca_pem: Option<Vec<u8>>,
 }
 
 impl ClientBuilder {
+    /// Trust the CA certificates in this PEM (besides the system's) for `https://` members,
+    /// e.g. a cluster's own CA.
+    pub fn ca_pem(mut self, pem: Option<Vec<u8>>) -> Self {
+        self.ca_pem = pem;
+        self
+    }
+
     /// The API token, sent as `Authorization: Bearer <token>`. An empty token means none.
     pub fn token(mut self, token: Option<String>) -> Self {
         self.token = token;
@@ -141,7 +149,9 @@ impl ClientBuilder {
                 Some(v)
             }
         };
+        let tls = tls_config(self.ca_pem.as_deref())?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .connect_timeout(self.connect_timeout)
             .user_agent(concat!("poolctl/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -157,6 +167,38 @@ impl ClientBuilder {
             }),
         })
     }
+}
+
+/// TLS for `https://` members: rustls with the ring provider, trusting the system's roots and
+/// the CA certificates in `ca_pem`.
+fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, ClientError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system roots leave those out, not the client.
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(pem) = ca_pem {
+        let mut added = 0;
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| ClientError::Config(format!("CA certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::Config(format!("CA certificate: {e}")))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(ClientError::Config(
+                "the CA file holds no PEM certificate".into(),
+            ));
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Config(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// A client of the control plane's REST API v1. Clones share one connection pool.
@@ -257,6 +299,7 @@ impl Client {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
+            ca_pem: None,
         }
     }
 
@@ -744,15 +787,10 @@ pub(crate) fn parse_base_url(s: &str) -> Result<Url, ClientError> {
     let mut url = Url::parse(&full)
         .map_err(|e| ClientError::Config(format!("invalid control-plane URL {s:?}: {e}")))?;
     match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(ClientError::Config(format!(
-                "invalid control-plane URL {s:?}: https is not supported by this build of poolctl (it has no TLS); use http"
-            )))
-        }
+        "http" | "https" => {}
         other => {
             return Err(ClientError::Config(format!(
-                "invalid control-plane URL {s:?}: scheme {other:?} is not http"
+                "invalid control-plane URL {s:?}: scheme {other:?} is not http or https"
             )))
         }
     }

@@ -115,7 +115,19 @@ pub async fn run(mut cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     if cli.token.is_none() {
         cli.token = found_token(&token_files());
     }
-    let client = Client::new(cli.url.clone(), cli.token.clone())?;
+    let ca_pem = match &cli.ca_cert {
+        Some(f) => Some(std::fs::read(f).map_err(|e| {
+            ClientError::Config(format!(
+                "cannot read the CA certificate {}: {e}",
+                f.display()
+            ))
+        })?),
+        None => None,
+    };
+    let client = Client::builder(cli.url.clone())
+        .token(cli.token.clone())
+        .ca_pem(ca_pem)
+        .build()?;
     let style = Style {
         wide: cli.wide,
         now: Timestamp::now(),

@@ -27,3 +27,4 @@ pub mod raft;
 pub mod reconcile;
 pub mod server;
 pub mod state;
+pub mod tls;

@@ -75,6 +75,15 @@ struct Args {
     /// File holding an admin key (wpk_<id>_<secret>) to store at first start.
     #[arg(long, env = "WARMPOOL_ADMIN_KEY_FILE")]
     admin_key_file: Option<PathBuf>,
+    /// Serve the API over HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "WARMPOOL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "WARMPOOL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Connect to NATS over TLS, trusting this CA certificate (PEM) besides the system's.
+    #[arg(long, env = "WARMPOOL_NATS_CA")]
+    nats_ca: Option<PathBuf>,
     /// Serve the dashboard's built files (dashboard/dist) at /.
     #[arg(long, env = "WARMPOOL_DASHBOARD_DIR")]
     dashboard_dir: Option<PathBuf>,
@@ -197,6 +206,8 @@ async fn main() -> anyhow::Result<()> {
         auth,
         admin_key,
         dashboard_dir: args.dashboard_dir,
+        tls: args.tls_cert.zip(args.tls_key),
+        nats_ca: args.nats_ca,
     };
 
     let shutdown = CancellationToken::new();

@@ -81,6 +81,11 @@ pub struct Config {
     pub admin_key: Option<String>,
     /// Serve the dashboard's built files from here.
     pub dashboard_dir: Option<PathBuf>,
+    /// Serve the API over HTTPS with this certificate chain and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Trust these CA certificates (PEM) for NATS over TLS, besides the system's; TLS is then
+    /// required.
+    pub nats_ca: Option<PathBuf>,
 }
 
 /// Why a member could not start.
@@ -98,6 +103,9 @@ pub enum StartError {
     /// The bootstrap admin key is not a Warmpool key.
     #[error("the admin key is malformed: expected wpk_<12 hex>_<64 hex>")]
     AdminKey,
+    /// The TLS certificate or key could not be used.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The API address could not be bound.
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
@@ -159,6 +167,17 @@ pub async fn run(
     if let (Some(user), Some(pass)) = (&config.nats_user, &config.nats_password) {
         nats_opts = nats_opts.user_and_password(user.clone(), pass.clone());
     }
+    if let Some(ca) = &config.nats_ca {
+        nats_opts = nats_opts
+            .add_root_certificates(ca.clone())
+            .require_tls(true);
+    }
+    let tls = match &config.tls {
+        Some((cert, key)) => {
+            Some(crate::tls::server_config(cert, key).map_err(|e| StartError::Tls(e.to_string()))?)
+        }
+        None => None,
+    };
     let nats = nats_opts
         .connect(&config.nats_url)
         .await
@@ -265,9 +284,21 @@ pub async fn run(
         overcommit: config.leader.overcommit,
     });
     let serve_stop = stop.clone();
-    let served = axum::serve(listener, api::router(app))
-        .with_graceful_shutdown(async move { serve_stop.cancelled().await })
-        .await;
+    let router = api::router(app);
+    let served = match tls {
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls, stop.clone())
+                .map_err(|e| StartError::Listen(config.api_addr, e))?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { serve_stop.cancelled().await })
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { serve_stop.cancelled().await })
+                .await
+        }
+    };
     if let Err(e) = served {
         warn!(error = %e, "api server failed");
     }

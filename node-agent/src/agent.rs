@@ -211,6 +211,9 @@ async fn connect_nats(config: &Config) -> Result<async_nats::Client, Error> {
     if let Some((user, password)) = &config.nats_auth {
         opts = opts.user_and_password(user.clone(), password.clone());
     }
+    if let Some(ca) = &config.nats_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
     opts.connect(config.nats_servers.clone())
         .await
         .map_err(|e| Error::Nats(e.to_string()))

@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub nats_user: Option<String>,
     /// NATS password.
     pub nats_password: Option<String>,
+    /// CA certificate (PEM) for NATS over TLS; TLS is then required.
+    pub nats_ca: Option<std::path::PathBuf>,
     /// Docker daemon address (`unix:///path`).
     pub docker_host: String,
     /// The container /64 of this host, e.g. `fd36:1::/64`.
@@ -54,6 +56,7 @@ impl Default for RawConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_user: None,
             nats_password: None,
+            nats_ca: None,
             docker_host: "unix:///var/run/docker.sock".into(),
             ipv6_prefix: String::new(),
             network: None,
@@ -78,6 +81,8 @@ pub struct Config {
     pub nats_servers: Vec<ServerAddr>,
     /// NATS user and password.
     pub nats_auth: Option<(String, String)>,
+    /// CA certificate (PEM) for NATS over TLS; TLS is then required.
+    pub nats_ca: Option<std::path::PathBuf>,
     /// Path of the Docker daemon's unix socket.
     pub docker_socket: String,
     /// The container /64.
@@ -247,6 +252,7 @@ impl RawConfig {
             node_id,
             nats_servers,
             nats_auth,
+            nats_ca: self.nats_ca,
             docker_socket,
             ipv6_prefix,
             network,

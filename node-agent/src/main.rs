@@ -30,6 +30,9 @@ struct Args {
     /// NATS password.
     #[arg(long, env = "WARMPOOL_NATS_PASSWORD", hide_env_values = true)]
     nats_password: Option<String>,
+    /// Connect to NATS over TLS, trusting this CA certificate (PEM) besides the system's.
+    #[arg(long, env = "WARMPOOL_NATS_CA")]
+    nats_ca: Option<std::path::PathBuf>,
     /// Docker daemon socket.
     #[arg(
         long,
@@ -84,6 +87,7 @@ impl Args {
             nats_url: self.nats_url,
             nats_user: self.nats_user,
             nats_password: self.nats_password,
+            nats_ca: self.nats_ca,
             docker_host: self.docker_host,
             ipv6_prefix: self.ipv6_prefix,
             network: self.network,

@@ -60,6 +60,22 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A plain HTTP client for tests that speak to the API without poolctl's client. reqwest is
+/// built with rustls but no default crypto provider (the workspace uses ring, as async-nats
+/// does): this installs ring for the process first, once.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    static PROVIDER: Once = Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}
+
+/// [`http_client_builder`] with the defaults.
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().expect("an HTTP client")
+}
+
 /// A short random suffix for names that must not collide between tests.
 pub fn unique(prefix: &str) -> String {
     let u = uuid::Uuid::new_v4().simple().to_string();
@@ -420,7 +436,7 @@ impl Member {
     /// Waits until its API answers `GET /v1/health` (whether or not it knows a leader).
     pub async fn wait_up(&self) {
         let url = format!("{}/v1/health", self.url());
-        let http = reqwest::Client::new();
+        let http = http_client();
         wait_until(Duration::from_secs(30), "the member to answer", || {
             let r = http.get(&url).send();
             async move { r.await.ok()?.status().is_success().then_some(()) }

@@ -94,7 +94,7 @@ async fn keys_and_roles_guard_every_route() {
     let dir = tempfile::tempdir().unwrap();
     let (_nats, m, admin) = member_with_auth(dir.path());
     let url = m.url();
-    let http = reqwest::Client::builder()
+    let http = warmpool_tests::http_client_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
@@ -355,7 +355,7 @@ async fn a_new_cluster_has_auth_on_and_leaves_its_admin_token_for_poolctl() {
     assert_eq!(mode & 0o777, 0o600, "only its owner (root) reads the token");
 
     // Without a key: 401, except the probes.
-    let http = reqwest::Client::new();
+    let http = warmpool_tests::http_client();
     let resp = http
         .get(format!("{}/v1/pools", m.url()))
         .send()

@@ -93,7 +93,7 @@ async fn an_allocation_made_through_a_follower_is_visible_through_every_member_a
     // follower at once.
     let other = (leader + 2) % 3;
     let released = c.client_of(leader).release(a.id).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = warmpool_tests::http_client();
     for i in [other, follower, leader] {
         let resp = http
             .get(format!("{}/v1/allocations", c.members[i].url()))

@@ -18,7 +18,7 @@ async fn dashboard_files_carry_the_right_caching_headers() {
     m.start();
     let url = m.url();
     m.wait_up().await;
-    let http = reqwest::Client::new();
+    let http = warmpool_tests::http_client();
 
     let get = |path: &str| http.get(format!("{url}{path}")).send();
     let cache = |r: &reqwest::Response| {

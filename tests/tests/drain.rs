@@ -36,7 +36,7 @@ async fn a_drain_waits_for_allocations_until_its_deadline_and_then_says_drained(
         &["node", "drain", xs, "--deadline-secs", "99999999"],
     );
     assert_eq!(code, 2, "{err}");
-    let http = reqwest::Client::new();
+    let http = warmpool_tests::http_client();
     let r = http
         .post(format!("{url}/v1/nodes/{xs}/cordon"))
         .body(r#"{"deadline_secs":5}"#)

@@ -172,7 +172,7 @@ async fn warm_containers_are_hardened_and_pools_may_add_capabilities_and_a_read_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_capabilities_and_bad_tmpfs_paths_are_refused() {
     let c = TestCluster::replicated(1, &[]).await;
-    let http = reqwest::Client::new();
+    let http = warmpool_tests::http_client();
     let url = format!("{}/v1/pools", c.members[0].url());
     for security in [
         serde_json::json!({"cap_add": ["ALL"]}),

@@ -13,7 +13,7 @@ async fn every_request_is_one_json_log_line_with_its_request_id() {
     m.start();
     let url = m.url();
     m.wait_up().await;
-    let http = reqwest::Client::new();
+    let http = warmpool_tests::http_client();
 
     let resp = http
         .get(format!("{url}/v1/pools/no-such-pool"))

@@ -12,7 +12,7 @@ use warmpool_tests::{unique, TestCluster};
 async fn a_member_that_does_not_answer_is_refused_as_a_voter_and_the_cluster_keeps_its_quorum() {
     let c = TestCluster::replicated(1, &[]).await;
     let url = c.members[0].url();
-    let http = reqwest::Client::new();
+    let http = warmpool_tests::http_client();
     let started = Instant::now();
     let resp = http
         .post(format!("{url}/v1/cluster/members"))

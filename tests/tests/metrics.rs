@@ -312,7 +312,7 @@ fn check_histogram(out: &Exposition, name: &str) -> Result<(), String> {
 }
 
 async fn scrape(url: &str, token: Option<&str>) -> Exposition {
-    let mut req = reqwest::Client::new().get(url);
+    let mut req = warmpool_tests::http_client().get(url);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }

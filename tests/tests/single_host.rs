@@ -53,7 +53,7 @@ async fn pool_reaches_min_warm_with_routed_ipv6_that_answers() {
 async fn allocation_hands_out_a_live_container_and_the_pool_refills() {
     let c = demo_cluster(3).await;
     // The wire answer itself: 201 Created, with the allocation and where to reach it.
-    let resp = reqwest::Client::new()
+    let resp = warmpool_tests::http_client()
         .post(format!("{}/v1/allocations", c.members[0].url()))
         .body(r#"{"pool":"demo"}"#)
         .send()
@@ -334,7 +334,7 @@ async fn the_same_idempotency_key_yields_the_same_allocation() {
 async fn bad_input_answers_clearly_and_changes_nothing() {
     let c = demo_cluster(1).await;
     let url = c.members[0].url();
-    let http = reqwest::Client::new();
+    let http = warmpool_tests::http_client();
     let pools_before = c.client.list_pools().await.unwrap();
     let allocs_before = c
         .client

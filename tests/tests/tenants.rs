@@ -239,7 +239,7 @@ async fn a_tenant_over_its_quota_gets_429_and_nothing_is_allocated() {
         .expect("list")
         .len();
     // The raw answer: status, code and Retry-After.
-    let http = reqwest::Client::new();
+    let http = warmpool_tests::http_client();
     let resp = http
         .post(format!("{}/v1/allocations", f.member.url()))
         .bearer_auth(&q_token)
@@ -340,7 +340,7 @@ async fn an_event_stream_ends_when_its_key_is_revoked() {
         })
         .await
         .expect("key");
-    let resp = reqwest::Client::new()
+    let resp = warmpool_tests::http_client()
         .get(format!("{}/v1/events/stream?after=0", f.member.url()))
         .bearer_auth(&made.token)
         .send()
