@@ -875,7 +875,11 @@ mod tests {
             display_base(&parse_base_url("http://proxy/warmpool/?x=1").unwrap()),
             "http://proxy/warmpool"
         );
-        for bad in ["", "https://cp:7070", "ftp://cp", "http://"] {
+        assert_eq!(
+            display_base(&parse_base_url("https://cp1.example:7443").unwrap()),
+            "https://cp1.example:7443"
+        );
+        for bad in ["", "ftp://cp", "http://"] {
             assert!(
                 matches!(parse_base_url(bad), Err(ClientError::Config(_))),
                 "{bad:?} accepted"
