@@ -14,7 +14,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DEV="$ROOT/.dev"
-BIN="$ROOT/target/debug"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 API_PORT=${WARMPOOL_DEV_API_PORT:-7070}
 NATS_PORT=${WARMPOOL_DEV_NATS_PORT:-4222}
 NODE_ID=${WARMPOOL_DEV_NODE:-local}
