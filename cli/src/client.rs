@@ -24,8 +24,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use warmpool_proto::api::{
     AddMember, ClusterView, ContainerQuery, CreateAllocation, CreateKey, CreatedKey, DrainNode,
-    ErrorBody, EventQuery, HealthView, KeyView, NodeView, PoolView, RenewAllocation, StatusView,
-    TenantQuota, TenantView, UsageQuery, UsageView, WhoamiView, MAX_WAIT_MS,
+    ErrorBody, ErrorCode, EventQuery, HealthView, KeyView, NodeView, PoolView, RenewAllocation,
+    StatusView, TenantQuota, TenantView, UsageQuery, UsageView, WhoamiView, MAX_WAIT_MS,
 };
 use warmpool_proto::TenantId;
 use warmpool_proto::{
@@ -45,7 +45,6 @@ pub const ALLOCATION_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `503` codes that mean "this member cannot serve writes or reads right now; another may".
-pub const FAILOVER_CODES: &[&str] = &["no_leader", "no_quorum", "unavailable"];
 
 /// `GET /v1/allocations` query. (The proto crate has no type for it.)
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -623,7 +622,7 @@ impl Client {
                 Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
                     let err = api_error(resp, &shown).await;
                     match err.code() {
-                        Some(code) if FAILOVER_CODES.contains(&code) => fallback = Some(err),
+                        Some(code) if code.is_failover() => fallback = Some(err),
                         _ => {
                             self.prefer(idx);
                             return Err(err);
@@ -740,7 +739,7 @@ pub(crate) fn error_from_body(
             let text = snippet(body);
             ClientError::Api {
                 status: status.as_u16(),
-                code: format!("http_{}", status.as_u16()),
+                code: ErrorCode::Unknown,
                 message: if text.is_empty() {
                     status.canonical_reason().unwrap_or("error").to_lowercase()
                 } else {
@@ -959,7 +958,7 @@ mod tests {
                 retry_after,
             } => {
                 assert_eq!(status, 503);
-                assert_eq!(code, "no_capacity");
+                assert_eq!(code, ErrorCode::NoCapacity);
                 assert_eq!(message, "no warm container in pool demo");
                 assert_eq!(retry_after, Some(Duration::from_secs(3)));
             }

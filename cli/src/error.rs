@@ -4,6 +4,8 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
+use warmpool_proto::api::ErrorCode;
+
 /// Everything that can go wrong talking to the control plane.
 ///
 /// The variants keep apart what a caller treats differently: an answer from the server
@@ -14,12 +16,13 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server answered with an error status and (usually) an `ErrorBody`.
-    #[error("{code}: {message}")]
+    #[error("{}: {message}", shown_code(*code, *status))]
     Api {
         /// HTTP status.
         status: u16,
-        /// The body's `error.code`, or `http_<status>` when the body was not an `ErrorBody`.
-        code: String,
+        /// The body's `error.code`; [`ErrorCode::Unknown`] when the body was not an
+        /// `ErrorBody` (shown as `http_<status>`) or names a code this client does not know.
+        code: ErrorCode,
         /// The body's `error.message`, or the start of the raw body.
         message: String,
         /// The `Retry-After` header, when it held a number of seconds.
@@ -75,9 +78,9 @@ impl ClientError {
     }
 
     /// API error code (`not_found`, `no_capacity`, ...) of an [`ClientError::Api`] error.
-    pub fn code(&self) -> Option<&str> {
+    pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Api { code, .. } => Some(code),
+            ClientError::Api { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -106,6 +109,15 @@ impl ClientError {
             | ClientError::Transport { .. } => true,
             ClientError::Decode { .. } | ClientError::Config(_) => false,
         }
+    }
+}
+
+/// How an error code is shown: its name, or `http_<status>` when the server's answer did not
+/// say.
+fn shown_code(code: ErrorCode, status: u16) -> String {
+    match code {
+        ErrorCode::Unknown => format!("http_{status}"),
+        known => known.as_str().to_string(),
     }
 }
 
@@ -217,21 +229,21 @@ mod tests {
     fn api_error_shows_code_and_message() {
         let e = ClientError::Api {
             status: 404,
-            code: "not_found".into(),
+            code: ErrorCode::NotFound,
             message: "no pool named \"x\"".into(),
             retry_after: None,
         };
         assert_eq!(e.to_string(), "not_found: no pool named \"x\"");
         assert!(e.is_not_found());
         assert!(!e.is_retryable());
-        assert_eq!(e.code(), Some("not_found"));
+        assert_eq!(e.code(), Some(ErrorCode::NotFound));
     }
 
     #[test]
     fn retryable_classification() {
         let busy = ClientError::Api {
             status: 503,
-            code: "no_capacity".into(),
+            code: ErrorCode::NoCapacity,
             message: "m".into(),
             retry_after: Some(Duration::from_secs(2)),
         };

@@ -717,14 +717,14 @@ mod tests {
         let api = |status, code: &str, retry| {
             CliError::Client(ClientError::Api {
                 status,
-                code: code.into(),
+                code: serde_json::from_value(serde_json::Value::String(code.into())).unwrap(),
                 message: "m".into(),
                 retry_after: retry,
             })
         };
         let nf = CliError::Client(ClientError::Api {
             status: 404,
-            code: "not_found".into(),
+            code: warmpool_proto::api::ErrorCode::NotFound,
             message: "no pool named \"x\"".into(),
             retry_after: None,
         });

@@ -21,9 +21,104 @@ pub struct ErrorBody {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// Stable, snake_case: `not_found`, `bad_request`, `no_capacity`, `no_quorum`, ...
-    pub code: String,
+    pub code: ErrorCode,
     /// What went wrong, for a person.
     pub message: String,
+}
+
+/// Every error code the API answers, with its one HTTP status: the server maps its errors to
+/// these, and clients decide on them (retry, fail over to another member) without string
+/// matching. Serialized as the snake_case names clients have always seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: malformed or out of range.
+    BadRequest,
+    /// 401: no key, or an unknown, malformed or revoked one.
+    Unauthorized,
+    /// 403: the key's role or tenant may not do this.
+    Forbidden,
+    /// 404: nothing by that name (or another tenant's).
+    NotFound,
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 409: it exists, or its state forbids the change.
+    Conflict,
+    /// 413: the body is too large.
+    PayloadTooLarge,
+    /// 415: not JSON.
+    UnsupportedMediaType,
+    /// 429: the tenant holds its `max_allocations`.
+    OverQuota,
+    /// 429: the tenant asks faster than its rate.
+    RateLimited,
+    /// 503: no warm container came free in time.
+    NoCapacity,
+    /// 503: no quorum or no leader: another member may do better.
+    NoQuorum,
+    /// 500: a bug or a broken part.
+    Internal,
+    /// A code this client does not know (from a newer server), or an answer that was not
+    /// an error body at all.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The code's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::OverQuota => "over_quota",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NoCapacity => "no_capacity",
+            ErrorCode::NoQuorum => "no_quorum",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+
+    /// The HTTP status the API answers it with.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Conflict => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::OverQuota | ErrorCode::RateLimited => 429,
+            ErrorCode::NoCapacity | ErrorCode::NoQuorum => 503,
+            ErrorCode::Internal | ErrorCode::Unknown => 500,
+        }
+    }
+
+    /// Whether another member may answer the same request better (this one has no leader).
+    pub fn is_failover(self) -> bool {
+        self == ErrorCode::NoQuorum
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// `POST /v1/allocations`.
@@ -423,7 +518,7 @@ mod tests {
     fn error_body_shape() {
         let e = ErrorBody {
             error: ErrorDetail {
-                code: "not_found".into(),
+                code: ErrorCode::NotFound,
                 message: "no pool x".into(),
             },
         };
@@ -431,6 +526,28 @@ mod tests {
             serde_json::to_string(&e).unwrap(),
             r#"{"error":{"code":"not_found","message":"no pool x"}}"#
         );
+    }
+
+    #[test]
+    fn error_codes_keep_their_names_and_statuses_and_unknown_ones_parse() {
+        for (code, name, status) in [
+            (ErrorCode::BadRequest, "bad_request", 400),
+            (ErrorCode::OverQuota, "over_quota", 429),
+            (ErrorCode::RateLimited, "rate_limited", 429),
+            (ErrorCode::NoCapacity, "no_capacity", 503),
+            (ErrorCode::NoQuorum, "no_quorum", 503),
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), name);
+            assert_eq!(code.as_str(), name);
+            assert_eq!(code.status(), status);
+            assert_eq!(
+                serde_json::from_value::<ErrorCode>(name.into()).unwrap(),
+                code
+            );
+        }
+        let newer: ErrorCode = serde_json::from_value("teapot".into()).unwrap();
+        assert_eq!(newer, ErrorCode::Unknown);
+        assert!(ErrorCode::NoQuorum.is_failover() && !ErrorCode::NoCapacity.is_failover());
     }
 }
 

@@ -450,7 +450,11 @@ async fn one_member_down_keeps_serving_two_down_refuses_writes_with_no_quorum() 
         .await
         .expect_err("one of three must not write");
     assert_eq!(err.status(), Some(503), "{err}");
-    assert_eq!(err.code(), Some("no_quorum"), "{err}");
+    assert_eq!(
+        err.code(),
+        Some(warmpool_tests::proto::api::ErrorCode::NoQuorum),
+        "{err}"
+    );
 
     // Reads still answer, and say they may be stale.
     let resp = reqwest::get(format!("{}/v1/pools", c.members[last].url()))

@@ -3,7 +3,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use warmpool_proto::api::{ErrorBody, ErrorDetail};
+use warmpool_proto::api::{ErrorBody, ErrorCode, ErrorDetail};
 
 use crate::cluster::ClusterError;
 use crate::state::{RejectCode, Rejection};
@@ -47,7 +47,7 @@ pub enum ApiError {
     #[error("{message}")]
     TooManyRequests {
         /// `over_quota` or `rate_limited`.
-        code: &'static str,
+        code: ErrorCode,
         /// For a person.
         message: String,
         /// Seconds to wait before retrying.
@@ -62,34 +62,32 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    /// The code, which decides the status ([`ErrorCode::status`]).
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
-            ApiError::NoCapacity { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
-            ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
-            ApiError::NoQuorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            ApiError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            ApiError::NoCapacity { .. } => ErrorCode::NoCapacity,
+            ApiError::TooManyRequests { code, .. } => *code,
+            ApiError::NoQuorum(_) => ErrorCode::NoQuorum,
+            ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
 
-    /// The machine-readable code.
-    pub fn code(&self) -> &'static str {
-        self.status_and_code().1
+    fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code().status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
+        let (status, code) = (self.status(), self.code());
         let retry_after = match &self {
             ApiError::NoCapacity { retry_after, .. }
             | ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
@@ -98,7 +96,7 @@ impl IntoResponse for ApiError {
         };
         let body = ErrorBody {
             error: ErrorDetail {
-                code: code.to_string(),
+                code,
                 message: self.to_string(),
             },
         };
@@ -122,12 +120,12 @@ impl From<Rejection> for ApiError {
                 retry_after: 1,
             },
             RejectCode::OverQuota => ApiError::TooManyRequests {
-                code: "over_quota",
+                code: ErrorCode::OverQuota,
                 message: r.message,
                 retry_after: 1,
             },
             RejectCode::RateLimited => ApiError::TooManyRequests {
-                code: "rate_limited",
+                code: ErrorCode::RateLimited,
                 message: r.message,
                 retry_after: r.retry_after_ms.unwrap_or(1000).div_ceil(1000).max(1),
             },
