@@ -44,8 +44,6 @@ pub const ALLOCATION_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
 /// taken for dead and reconnected.
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `503` codes that mean "this member cannot serve writes or reads right now; another may".
-
 /// `GET /v1/allocations` query. (The proto crate has no type for it.)
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct AllocationQuery {
