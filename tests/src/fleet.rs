@@ -405,7 +405,11 @@ pub fn allocation_phase(
 
 /// `warmpool_raft_snapshot_bytes` from a member's `/metrics` (0 when absent).
 async fn snapshot_bytes(url: &str) -> u64 {
-    let Ok(resp) = reqwest::get(format!("{url}/metrics")).await else {
+    let Ok(resp) = crate::http_client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+    else {
         return 0;
     };
     let text = resp.text().await.unwrap_or_default();

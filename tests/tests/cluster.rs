@@ -457,7 +457,9 @@ async fn one_member_down_keeps_serving_two_down_refuses_writes_with_no_quorum() 
     );
 
     // Reads still answer, and say they may be stale.
-    let resp = reqwest::get(format!("{}/v1/pools", c.members[last].url()))
+    let resp = warmpool_tests::http_client()
+        .get(format!("{}/v1/pools", c.members[last].url()))
+        .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -472,7 +474,11 @@ async fn one_member_down_keeps_serving_two_down_refuses_writes_with_no_quorum() 
         || {
             let url = c.members[last].url();
             async move {
-                let r = reqwest::get(format!("{url}/v1/pools")).await.ok()?;
+                let r = warmpool_tests::http_client()
+                    .get(format!("{url}/v1/pools"))
+                    .send()
+                    .await
+                    .ok()?;
                 (r.headers().get("warmpool-leader")?.to_str().ok()? == "none").then_some(())
             }
         },

@@ -115,7 +115,14 @@ async fn usage_counts_container_time_per_pool_and_session_with_its_cost() {
         let url = url.clone();
         let pool = pool.clone();
         async move {
-            let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            let text = warmpool_tests::http_client()
+                .get(&url)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
             text.lines()
                 .find(|l| {
                     l.starts_with("warmpool_pool_cost{")
