@@ -21,6 +21,9 @@ NODE_ID=${WARMPOOL_DEV_NODE:-local}
 PREFIX=${WARMPOOL_DEV_PREFIX:-fd36:1::/64}
 IMAGE=warmpool-demo:latest
 
+# shellcheck source=deploy/lib/docker-live-restore.sh
+. "$ROOT/deploy/lib/docker-live-restore.sh"
+
 say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
@@ -164,7 +167,11 @@ wait_http() { # url, what
 
 up() {
   install_prereqs
+  # Sessions survive a dockerd restart only with live restore: turn it on (merged into any
+  # daemon.json there is) before dockerd starts, or reload a dockerd that runs already.
+  as_root bash -c ". '$ROOT/deploy/lib/docker-live-restore.sh' && enable_live_restore" >&2
   start_dockerd
+  as_root bash -c ". '$ROOT/deploy/lib/docker-live-restore.sh' && reload_live_restore" >&2
   build
   build_dashboard
   mkdir -p "$DEV"

@@ -28,6 +28,9 @@
 #   --root DIR              install under DIR instead of / (staging, tests); files keep their
 #                           final paths inside DIR and systemctl is never run
 #   --no-start              write the files only; do not run systemctl
+#   --no-live-restore       leave Docker's daemon.json alone (by default "live-restore": true is
+#                           merged into it, keeping every other setting, so that containers
+#                           and their sessions survive a dockerd restart)
 #   -h, --help              this text
 #
 # Writes ROOT/usr/local/bin/warmpool-agent, ROOT/etc/warmpool/agent.env (mode 600: it may hold
@@ -42,6 +45,9 @@ UNIT_TEMPLATE="$SCRIPT_DIR/systemd/warmpool-agent.service"
 BIN_PATH=/usr/local/bin/warmpool-agent
 ENV_PATH=/etc/warmpool/agent.env
 UNIT_PATH=/etc/systemd/system/warmpool-agent.service
+DAEMON_JSON=/etc/docker/daemon.json
+# shellcheck source=deploy/lib/docker-live-restore.sh
+. "$SCRIPT_DIR/lib/docker-live-restore.sh"
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 die() { printf 'install-agent: error: %s\n' "$*" >&2; exit 1; }
@@ -50,7 +56,7 @@ say() { printf '%s\n' "$*"; }
 
 ROOT=/
 NATS_URL= PREFIX= NODE_ID= NATS_USER= NATS_PASSWORD= PASSWORD_FILE= CREDENTIALS_DIR=
-DOCKER_HOST_ADDR=unix:///var/run/docker.sock NETWORK= HEARTBEAT_MS= METRICS_ADDR= ADDRESS= BINARY= NO_START=0
+DOCKER_HOST_ADDR=unix:///var/run/docker.sock NETWORK= HEARTBEAT_MS= METRICS_ADDR= ADDRESS= BINARY= NO_START=0 LIVE_RESTORE=1
 LABELS=()
 
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || bad "$1 needs a value"; }
@@ -73,6 +79,7 @@ while [ $# -gt 0 ]; do
     --binary) need_value "$@"; BINARY=$2; shift 2 ;;
     --root) need_value "$@"; ROOT=$2; shift 2 ;;
     --no-start) NO_START=1; shift ;;
+    --no-live-restore) LIVE_RESTORE=0; shift ;;
     --*=*) bad "write '${1%%=*} ${1#*=}', not '$1'" ;;
     *) bad "unknown argument '$1'" ;;
   esac
@@ -250,6 +257,12 @@ trap 'rm -rf "$work"' EXIT
   [ -z "$HEARTBEAT_MS" ] || echo "WARMPOOL_HEARTBEAT_MS=$(quote "$HEARTBEAT_MS")"
   [ -z "$METRICS_ADDR" ] || echo "WARMPOOL_METRICS_ADDR=$(quote "$METRICS_ADDR")"
 } >"$work/agent.env"
+
+# Live restore: containers (and the sessions in them) survive a dockerd restart.
+if [ "$LIVE_RESTORE" = 1 ]; then
+  enable_live_restore "$(dest $DAEMON_JSON)" || die "could not turn on Docker's live restore (see above); fix $DAEMON_JSON or pass --no-live-restore"
+  [ -n "$ROOT" ] || reload_live_restore
+fi
 
 install_file "$BINARY" "$(dest $BIN_PATH)" 0755
 install_file "$work/agent.env" "$(dest $ENV_PATH)" 0600

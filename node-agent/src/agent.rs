@@ -40,6 +40,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Asks the resync loop for a pass now.
     pub resync_now: Notify,
+    /// Whether dockerd answers.
+    pub runtime: crate::runtime::Runtime,
 }
 
 /// See [`crate::run`].
@@ -74,6 +76,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let docker = docker::connect(&config.docker_socket).await?;
     network::ensure(&docker, &config.network, &config.ipv6_prefix, &node).await?;
     let driver = Driver::new(docker, node.clone(), config.network.clone());
+    // Without live restore, stopping dockerd (an upgrade, a crash) stops every container, and
+    // every session on this host with them.
+    match driver.live_restore().await {
+        Ok(Some(true)) => info!("dockerd keeps containers running across its restarts (live restore)"),
+        Ok(_) => warn!(
+            "dockerd has live restore OFF: restarting dockerd will stop every container and end every session on this host; put \"live-restore\": true in /etc/docker/daemon.json and reload dockerd (deploy/install-agent.sh does)"
+        ),
+        Err(e) => warn!(error = %e, "could not ask dockerd whether live restore is on"),
+    }
 
     // NATS connects (and reconnects) in the background, forever: an outage delays facts and
     // commands, it never stops the agent.
@@ -95,7 +106,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         outbox,
         tasks: TaskTracker::new(),
         resync_now: Notify::new(),
+        runtime: Default::default(),
     });
+    crate::telemetry::runtime_available(true);
 
     let publisher_stop = CancellationToken::new();
     let publisher = tokio::spawn(outbox::publish(
@@ -133,6 +146,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
     loops.spawn(resync::run(shared.clone(), background.clone()));
     loops.spawn(heartbeat::run(shared.clone(), background.clone()));
+    loops.spawn(crate::runtime::watch(shared.clone(), background.clone()));
     activity::spawn(&shared, background.clone());
 
     let commands_stop = CancellationToken::new();

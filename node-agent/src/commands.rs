@@ -168,6 +168,14 @@ fn create(shared: &Arc<Shared>, spec: CreateSpec, cancel: CancellationToken) -> 
         warn!(reason = message.as_str(), "create refused");
         return AgentReply::Error { message };
     }
+    if let Some(outage) = shared.runtime.outage() {
+        return AgentReply::Error {
+            message: format!(
+                "the container runtime is unavailable ({}); nothing can be created here until it answers",
+                outage.error
+            ),
+        };
+    }
     let guard = match shared.inventory.admit_create(spec.id) {
         Admission::Admitted(g) => g,
         Admission::Known | Admission::InFlight => return AgentReply::Accepted,

@@ -323,6 +323,23 @@ impl Driver {
         .map_err(DockerError::api("create container"))
     }
 
+    /// Whether dockerd answers (`GET /_ping`).
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        timed("ping", self.docker.ping())
+            .await
+            .map(|_| ())
+            .map_err(DockerError::api("ping"))
+    }
+
+    /// Whether dockerd keeps containers running while it is down (`live-restore`); `None`
+    /// when it does not say.
+    pub async fn live_restore(&self) -> Result<Option<bool>, DockerError> {
+        timed("info", self.docker.info())
+            .await
+            .map(|i| i.live_restore_enabled)
+            .map_err(DockerError::api("info"))
+    }
+
     /// Restarts a container in place (stop with a short grace, then start).
     pub async fn restart(&self, docker_id: &str) -> Result<(), DockerError> {
         let opts = bollard::query_parameters::RestartContainerOptionsBuilder::new()

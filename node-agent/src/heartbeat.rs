@@ -41,7 +41,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             containers: u32::try_from(entries.len()).unwrap_or(u32::MAX),
             inventory_digest: inventory_digest(&entries),
             create_slots: Some(u32::try_from(config.max_concurrent_creates).unwrap_or(u32::MAX)),
-            runtime_unavailable: None, // TODO(issue 22): set while dockerd does not answer
+            runtime_unavailable: shared.runtime.outage(),
         };
         shared.outbox.send(Outgoing::Heartbeat(Box::new(hb)));
     }

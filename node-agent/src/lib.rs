@@ -16,6 +16,7 @@
 //! - `inventory`: the agent's truth, with the rules that keep concurrent updates correct.
 //! - `health` (pure verdict and the probe itself) and `prober` (one task per container).
 //! - `events`: the Docker event watcher; `resync`: level-triggered repair and adoption.
+//! - `runtime`: whether dockerd answers; the agent rides out its restarts.
 //! - `commands`: the NATS command handler; `heartbeat`; `outbox`: ordered publishing.
 //! - `host`: capacity and load from `/proc`.
 //! - `telemetry`: Prometheus metrics and the tiny `/metrics` listener (`--metrics-addr`).
@@ -37,6 +38,7 @@ mod network;
 mod outbox;
 mod prober;
 mod resync;
+mod runtime;
 mod telemetry;
 
 use std::future::Future;

@@ -193,6 +193,15 @@ pub fn dropped(reason: &'static str) {
     metrics::counter!("warmpool_agent_messages_dropped_total", "reason" => reason).increment(1);
 }
 
+/// Notes whether dockerd answers (1) or not (0).
+pub fn runtime_available(up: bool) {
+    metrics::describe_gauge!(
+        "warmpool_agent_runtime_available",
+        "1 while dockerd answers the agent's pings, 0 during an outage (containers are kept)"
+    );
+    metrics::gauge!("warmpool_agent_runtime_available").set(if up { 1.0 } else { 0.0 });
+}
+
 /// Notes a NATS connection change; `reconnect` when it is a connection after a loss.
 pub fn nats_connected(connected: bool, reconnect: bool) {
     metrics::gauge!("warmpool_agent_nats_connected").set(if connected { 1.0 } else { 0.0 });

@@ -64,6 +64,8 @@ pub struct HostSpec {
     pub prefix: Option<String>,
     /// Its node id; default: `<name>-<tag>`. Give another host's to test a misconfiguration.
     pub node: Option<String>,
+    /// Start its dockerd with `--live-restore` (containers outlive a dockerd stop).
+    pub live_restore: bool,
 }
 
 impl HostSpec {
@@ -74,7 +76,15 @@ impl HostSpec {
             agent: true,
             prefix: None,
             node: None,
+            live_restore: false,
         }
+    }
+
+    /// Its dockerd keeps containers running while it is stopped (`--live-restore`), as
+    /// `deploy/install-agent.sh` configures real hosts.
+    pub fn live_restore(mut self) -> HostSpec {
+        self.live_restore = true;
+        self
     }
 
     /// With these node labels.
@@ -449,6 +459,8 @@ pub struct Host {
     pub nats_url: String,
     /// Node labels passed to its agent.
     pub labels: Vec<String>,
+    /// Whether its dockerd runs with `--live-restore`.
+    pub live_restore: bool,
     /// Root-namespace end of its veth pair (on the bridge).
     veth: String,
     cgroup: String,
@@ -479,6 +491,7 @@ impl Host {
             docker_host: format!("unix://{}", run_dir.join("docker.sock").display()),
             nats_url: nats_url.to_string(),
             labels: spec.labels.clone(),
+            live_restore: spec.live_restore,
             veth: format!("wpv{}{name}", t.tag),
             cgroup: netns.clone(),
             netns,
@@ -590,6 +603,7 @@ impl Host {
             .args(["--bridge", "none"])
             .args(["--cgroup-parent", &format!("/{}", self.cgroup)])
             .args(["--shutdown-timeout", "2"])
+            .args(self.live_restore.then_some("--live-restore"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);

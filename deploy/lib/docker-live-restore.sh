@@ -1,0 +1,66 @@
+# Docker's live restore, sourced by deploy/dev.sh and deploy/install-agent.sh.
+#
+# With "live-restore": true in daemon.json, containers keep running while dockerd is down (an
+# upgrade, a crash, a restart): sessions on the host survive it, and the agent re-reads what
+# runs when dockerd answers again. Without it, stopping dockerd stops every container.
+
+# Merges "live-restore": true into the daemon.json at $1 (default /etc/docker/daemon.json),
+# keeping every other setting; creates the file when missing; leaves a file that already says
+# so untouched, and refuses (status 2, file untouched) one that is not a JSON object. Prints
+# what it did.
+enable_live_restore() {
+  local file=${1:-/etc/docker/daemon.json}
+  python3 - "$file" <<'PY'
+import json, os, sys, tempfile
+path = sys.argv[1]
+try:
+    with open(path) as f:
+        text = f.read()
+except FileNotFoundError:
+    text = ""
+try:
+    conf = json.loads(text) if text.strip() else {}
+except json.JSONDecodeError as e:
+    print(f"{path} is not valid JSON ({e}): left as it is; add \"live-restore\": true to it by hand", file=sys.stderr)
+    sys.exit(2)
+if not isinstance(conf, dict):
+    print(f"{path} does not hold a JSON object: left as it is; add \"live-restore\": true to it by hand", file=sys.stderr)
+    sys.exit(2)
+if conf.get("live-restore") is True:
+    print(f"live restore: already on in {path}")
+    sys.exit(0)
+conf["live-restore"] = True
+folder = os.path.dirname(os.path.abspath(path))
+os.makedirs(folder, exist_ok=True)
+mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
+fd, tmp = tempfile.mkstemp(dir=folder, prefix=".daemon.json.")
+with os.fdopen(fd, "w") as f:
+    json.dump(conf, f, indent=2)
+    f.write("\n")
+os.chmod(tmp, mode)
+os.replace(tmp, path)
+print(f"live restore: turned on in {path} (containers keep running while dockerd restarts)")
+PY
+}
+
+# Makes a running dockerd (the one `docker` talks to) take live restore from its daemon.json:
+# it is one of the settings dockerd reloads on SIGHUP. Waits until it reports it on.
+reload_live_restore() {
+  docker info >/dev/null 2>&1 || return 0
+  [ "$(docker info --format '{{.LiveRestoreEnabled}}' 2>/dev/null)" = true ] && return 0
+  local pid
+  pid=$(pidof dockerd 2>/dev/null | awk '{print $1}')
+  if [ -z "$pid" ]; then
+    echo "live restore: dockerd runs where its pid cannot be seen; restart it to turn live restore on" >&2
+    return 0
+  fi
+  kill -HUP "$pid"
+  for _ in $(seq 1 50); do
+    [ "$(docker info --format '{{.LiveRestoreEnabled}}' 2>/dev/null)" = true ] && {
+      echo "live restore: dockerd reloaded its configuration; live restore is on"
+      return 0
+    }
+    sleep 0.1
+  done
+  echo "live restore: dockerd did not turn it on after a reload (see its log); restart it" >&2
+}
