@@ -339,7 +339,8 @@ impl Member {
             bootstrap,
             join: false,
             extra: Vec::new(),
-            log_filter: MEMBER_LOG_FILTER.to_string(),
+            log_filter: std::env::var("WARMPOOL_TEST_MEMBER_LOG")
+                .unwrap_or_else(|_| MEMBER_LOG_FILTER.to_string()),
             child: None,
         }
     }
@@ -757,6 +758,19 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.dump_logs();
+            // Whole logs of a failed test, kept when asked (the directory goes with the test).
+            if let Some(keep) = std::env::var_os("WARMPOOL_KEEP_FAILED_LOGS") {
+                let to = PathBuf::from(keep).join(unique("failed"));
+                let _ = std::fs::create_dir_all(&to);
+                if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+                    for e in entries.flatten() {
+                        if e.path().extension().is_some_and(|x| x == "log") {
+                            let _ = std::fs::copy(e.path(), to.join(e.file_name()));
+                        }
+                    }
+                }
+                eprintln!("logs kept in {}", to.display());
+            }
         }
         for a in &mut self.agents {
             a.kill();

@@ -490,7 +490,21 @@ async fn one_member_down_keeps_serving_two_down_refuses_writes_with_no_quorum() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_joining_after_ten_thousand_allocations_catches_up_by_snapshot() {
     let mut c = TestCluster::replicated(3, &["--snapshot-every", "2000"]).await;
-    let agent = SimAgent::start(&c.nats.url(), &unique("sim"), 9, Duration::from_millis(300)).await;
+    // Four simulated hosts: one holding all 10,000 would answer an inventory pull with more
+    // than NATS's 1 MB message limit (a known limit of the protocol; real hosts hold far
+    // fewer containers), and lose its connection each time one is asked.
+    let mut agents = Vec::new();
+    for i in 0..4u16 {
+        agents.push(
+            SimAgent::start(
+                &c.nats.url(),
+                &unique("sim"),
+                9 + i,
+                Duration::from_millis(300),
+            )
+            .await,
+        );
+    }
     let pool = unique("big").replace('-', "");
     let mut spec = TestCluster::demo_spec(&pool, 200);
     spec.max_total = 20_000;
@@ -521,7 +535,7 @@ async fn a_member_joining_after_ten_thousand_allocations_catches_up_by_snapshot(
     eprintln!("{total} allocations in {:?}", started.elapsed());
     let status = c.client.status().await.unwrap();
     assert_eq!(status.totals.allocated as usize, total);
-    drop(agent);
+    drop(agents);
 
     let mut joiner = warmpool_tests::Member::joining(4, &c.nats.url(), c.dir())
         .with_args(&["--snapshot-every", "2000"]);
