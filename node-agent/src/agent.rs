@@ -14,6 +14,7 @@ use warmpool_proto::subjects;
 use crate::config::Config;
 use crate::docker::{self, Driver};
 use crate::inventory::Inventory;
+use crate::isolation::{self, Isolation};
 use crate::outbox::{self, Outbox};
 use crate::{activity, commands, events, heartbeat, network, resync, Error};
 
@@ -40,6 +41,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Asks the resync loop for a pass now.
     pub resync_now: Notify,
+    /// The node's network isolation rules.
+    pub isolation: Isolation,
 }
 
 /// See [`crate::run`].
@@ -73,7 +76,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // configuration error the operator must see at once.
     let docker = docker::connect(&config.docker_socket).await?;
     network::ensure(&docker, &config.network, &config.ipv6_prefix, &node).await?;
-    let driver = Driver::new(docker, node.clone(), config.network.clone());
+    let driver = Driver::new(
+        docker.clone(),
+        node.clone(),
+        config.network.clone(),
+        config.ipv6_prefix,
+    );
+    // The rules before anything else touches a container: what already runs is closed (or
+    // covered by its own rules) from here on.
+    let isolation = Isolation::start(&config, &docker, &driver).await?;
 
     // NATS connects (and reconnects) in the background, forever: an outage delays facts and
     // commands, it never stops the agent.
@@ -95,6 +106,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         outbox,
         tasks: TaskTracker::new(),
         resync_now: Notify::new(),
+        isolation,
     });
 
     let publisher_stop = CancellationToken::new();
@@ -133,6 +145,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
     loops.spawn(resync::run(shared.clone(), background.clone()));
     loops.spawn(heartbeat::run(shared.clone(), background.clone()));
+    loops.spawn(isolation::run(shared.clone(), background.clone()));
     activity::spawn(&shared, background.clone());
 
     let commands_stop = CancellationToken::new();

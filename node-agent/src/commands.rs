@@ -207,7 +207,16 @@ async fn run_create(shared: &Arc<Shared>, guard: CreateGuard, spec: &CreateSpec)
         return;
     }
     let started = tokio::time::Instant::now();
-    match make(shared, spec).await {
+    // The container's own rules (its port open to the ingress prefixes, its egress policy)
+    // go in before anyone hears of it; until then it is closed both ways.
+    let made = match make(shared, spec).await {
+        Ok(made) => match shared.isolation.sync(shared).await {
+            Ok(_) => Ok(made),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    match made {
         Ok((obs, labels)) => {
             info!(container = %spec.id, pool = %spec.pool, ipv6 = ?obs.ipv6, elapsed_ms = started.elapsed().as_millis() as u64, "container created and started");
             if let Upsert::Inserted(token) = shared.inventory.finish_create(guard, &obs, &labels) {
@@ -220,7 +229,7 @@ async fn run_create(shared: &Arc<Shared>, guard: CreateGuard, spec: &CreateSpec)
             if let Err(e) = shared.driver.remove(&container_name(&spec.id)).await {
                 warn!(container = %spec.id, error = %e, "removing the failed container failed; the resync will retry");
             }
-            shared.inventory.fail_create(guard, e.to_string());
+            shared.inventory.fail_create(guard, e);
         }
     }
 }
@@ -293,6 +302,9 @@ async fn destroy(shared: &Arc<Shared>, id: ContainerId, reason: String) -> Agent
             shared
                 .inventory
                 .finish_destroy(id, existed.then_some(reason));
+            // Its rules go at the next sync; its address is not reused meanwhile (random
+            // IPv6; an IPv4 address Docker reuses is re-keyed by the new container's create).
+            shared.isolation.poke();
             AgentReply::Destroyed { existed }
         }
         Err(e) => {
@@ -328,6 +340,7 @@ mod tests {
             resources: ContainerResources::default(),
             health: HealthCheck::default(),
             security: Default::default(),
+            egress: Default::default(),
         };
         check_spec(&good).unwrap();
         let mut s = good.clone();

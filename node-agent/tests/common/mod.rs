@@ -491,6 +491,7 @@ pub fn demo_spec() -> CreateSpec {
             failure_threshold: 2,
         },
         security: Default::default(),
+        egress: Default::default(),
     }
 }
 
