@@ -153,7 +153,7 @@ impl IpPrefix {
     }
 
     /// The prefix length.
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -252,7 +252,7 @@ mod tests {
             "203.0.113.7".parse::<IpPrefix>().unwrap().to_string(),
             "203.0.113.7/32"
         );
-        assert_eq!("::/0".parse::<IpPrefix>().unwrap().len(), 0);
+        assert_eq!("::/0".parse::<IpPrefix>().unwrap().prefix_len(), 0);
         for bad in [
             "",
             "x/8",

@@ -185,7 +185,7 @@ fn prefix_set(out: &mut String, name: &str, v6: bool, prefixes: &[IpPrefix]) {
         .filter(|p| {
             !list
                 .iter()
-                .any(|q| q != *p && q.len() <= p.len() && q.contains(&p.addr()))
+                .any(|q| q != *p && q.prefix_len() <= p.prefix_len() && q.contains(&p.addr()))
         })
         .map(|p| p.to_string())
         .collect();
@@ -196,8 +196,11 @@ fn prefix_set(out: &mut String, name: &str, v6: bool, prefixes: &[IpPrefix]) {
     );
 }
 
+/// An allow-list, parsed: each prefix with its ports (none: every port and protocol).
+type AllowList = Vec<(IpPrefix, Vec<u16>)>;
+
 /// The egress chain of one policy.
-fn policy_chain(out: &mut String, chain: &str, egress: &Egress, allow: &[(IpPrefix, &[u16])]) {
+fn policy_chain(out: &mut String, chain: &str, egress: &Egress, allow: &AllowList) {
     let _ = writeln!(out, "\tchain {chain} {{");
     out.push_str("\t\tip6 daddr @fleet6 drop\n\t\tip daddr @fleet4 drop\n");
     match egress {
@@ -233,7 +236,7 @@ pub fn script(s: &Settings, members: &[Member]) -> Result<String, RulesError> {
     let (t, br) = (&s.table, &s.bridge);
 
     // One chain per distinct policy, in a stable order.
-    let mut policies: BTreeMap<String, (Egress, Vec<(IpPrefix, Vec<u16>)>)> = BTreeMap::new();
+    let mut policies: BTreeMap<String, (Egress, AllowList)> = BTreeMap::new();
     for m in members {
         let key = serde_json::to_string(&m.egress).unwrap_or_default();
         if policies.contains_key(&key) {
@@ -273,11 +276,7 @@ pub fn script(s: &Settings, members: &[Member]) -> Result<String, RulesError> {
     prefix_set(&mut out, "from4", false, &s.ingress_from);
 
     for (key, (egress, allow)) in &policies {
-        let allow: Vec<(IpPrefix, &[u16])> = allow
-            .iter()
-            .map(|(p, ports)| (*p, ports.as_slice()))
-            .collect();
-        policy_chain(&mut out, &chain_of[key], egress, &allow);
+        policy_chain(&mut out, &chain_of[key], egress, allow);
     }
 
     let mut egress6 = Vec::new();
