@@ -307,8 +307,7 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(document()).unwrap();
         let schemas = &doc["components"]["schemas"];
         assert_eq!(
-            schemas["PoolSpec"]["properties"]["egress"]["$ref"],
-            "#/components/schemas/Egress",
+            schemas["PoolSpec"]["properties"]["egress"]["$ref"], "#/components/schemas/Egress",
             "{}",
             schemas["PoolSpec"]["properties"]["egress"]
         );
