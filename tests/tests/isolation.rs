@@ -8,12 +8,13 @@
 //! and transit addresses), the control plane's API and NATS, and a listener outside the fleet
 //! are all unreachable, while the container's own port answers the host and the test process.
 //! From a container of a pool whose egress allows one outside prefix and port, that one
-//! listener answers and the rest stays closed. Every "unreachable" has a control: the same
+//! listener answers and the rest stays closed; from one of an `internet` pool, every port
+//! outside the fleet answers and the fleet stays closed. Every "unreachable" has a control: the same
 //! target is reached from a place that is allowed to, so a failure means the rules, not a
 //! missing route.
 //!
-//! Then the same holds after the host's dockerd restarts (for the containers made afterwards,
-//! checked before any of them is handed out), and after the agent restarts: with its table
+//! Then the same holds after the host's dockerd restarts (for containers of a pool made
+//! afterwards, checked before any of them is handed out), and after the agent restarts: with its table
 //! deleted while it was down (so the check is seen to fail without it), the restarted agent
 //! closes everything again before the node takes anything new.
 
@@ -26,7 +27,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use warmpool_proto::api::ContainerQuery;
 use warmpool_proto::records::NodeStatus;
-use warmpool_proto::{Container, ContainerState, Egress, EgressRule, NodeId, PoolSpec};
+use warmpool_proto::{Container, ContainerState, Egress, EgressRule, NodeId, PoolSpec, Timestamp};
 use warmpool_tests::hosts::{eventually, Host, HostCluster, HostSpec};
 use warmpool_tests::{allocation, http_get, unique, TestCluster};
 
@@ -277,6 +278,11 @@ async fn containers_reach_only_what_their_pool_allows_before_and_after_restarts(
         .create_pool(&pool(&allowing, 1, allow))
         .await
         .expect("create the allowing pool");
+    let internet = unique("iso-internet");
+    c.client
+        .create_pool(&pool(&internet, 1, Egress::Internet))
+        .await
+        .expect("create the internet pool");
 
     // Two allocated containers on host a, one on host b.
     warm_on(&c, &closed, &a_node, 2).await;
@@ -413,15 +419,35 @@ async fn containers_reach_only_what_their_pool_allows_before_and_after_restarts(
         .expect("w's port");
     assert_eq!(status, 200);
 
+    // The internet pool: anything outside the fleet, nothing inside it.
+    let v = c
+        .client
+        .allocate(&allocation(&internet, 30_000))
+        .await
+        .expect("allocate from the internet pool");
+    let v = c.client.get_container(v.container_id).await.expect("v");
+    let hv = c.host_of(v.node.as_str());
+    expect_from(
+        hv,
+        &v,
+        &[
+            target("the outside listener", outside, open_port),
+            target("another outside port", outside, closed_port),
+        ],
+        true,
+        "egress internet",
+    )
+    .await;
+    let mut denied_v = vec![
+        target("a container of another pool on host a", ip6(&y), y.port),
+        target("a container of another pool on host b", ip6(&z), z.port),
+    ];
+    denied_v.extend(infrastructure(hv));
+    expect_from(hv, &v, &denied_v, false, "egress internet").await;
+
     // ---- dockerd of host a restarts: its containers die; new ones are checked before any
     // of them is handed out.
-    let before: Vec<String> = containers(&c, &closed, ContainerState::Warm)
-        .await
-        .into_iter()
-        .chain(containers(&c, &closed, ContainerState::Allocated).await)
-        .map(|x| x.id.to_string())
-        .collect();
-    // Host b takes nothing new meanwhile, so the replacements land on host a.
+    // Host b takes nothing new from here on, so what is made next lands on host a.
     c.client
         .node_action(
             &NodeId::new(b_node.as_str()).expect("id"),
@@ -431,22 +457,13 @@ async fn containers_reach_only_what_their_pool_allows_before_and_after_restarts(
         .expect("cordon b");
     c.host_mut("a").stop_dockerd();
     c.host_mut("a").start_dockerd();
-    let fresh: Vec<Container> = eventually(WARM, "2 new warm containers on host a", || {
-        let (c, closed, a_node, before) = (&c, &closed, &a_node, &before);
-        async move {
-            let warm: Vec<Container> = containers(c, closed, ContainerState::Warm)
-                .await
-                .into_iter()
-                .filter(|x| x.node.as_str() == a_node && !before.contains(&x.id.to_string()))
-                .collect();
-            if warm.len() >= 2 {
-                Ok(warm)
-            } else {
-                Err(format!("{} new warm", warm.len()))
-            }
-        }
-    })
-    .await;
+    // A pool made after the restart: its containers are all new, all on host a.
+    let later = unique("iso-later");
+    c.client
+        .create_pool(&pool(&later, 2, Egress::None))
+        .await
+        .expect("create a pool after the restart");
+    let fresh = warm_on(&c, &later, &a_node, 2).await;
     let ha = c.host("a");
     let (x2, y2) = (&fresh[0], &fresh[1]);
     let mut denied = vec![
@@ -485,10 +502,18 @@ async fn containers_reach_only_what_their_pool_allows_before_and_after_restarts(
         || connect_from(ha, &x2_id, ip6(y2).into(), y2.port),
     )
     .await;
+    // A heartbeat from the new agent: it sends them only once its rules are in place (and a
+    // heartbeat of the killed one could still look fresh here).
+    let restarted = Timestamp::now();
     c.host_mut("a").start_agent();
-    c.wait_node(&a_node, Duration::from_secs(30), "ready again", |n| {
-        n.node.status == NodeStatus::Ready && n.heartbeat_age_ms.is_some_and(|a| a < 1000)
-    })
+    c.wait_node(
+        &a_node,
+        Duration::from_secs(30),
+        "heard from the new agent",
+        |n| {
+            n.node.status == NodeStatus::Ready && n.last_heartbeat_at.is_some_and(|t| t > restarted)
+        },
+    )
     .await;
     let ha = c.host("a");
     expect_from(ha, x2, &denied, false, "after the agent restarted").await;
@@ -497,7 +522,7 @@ async fn containers_reach_only_what_their_pool_allows_before_and_after_restarts(
         .expect("the container's port after the agent restarted");
     assert_eq!(status, 200);
     // Only now is anything handed out.
-    let x3 = allocate_on(&c, &closed, &a_node).await;
+    let x3 = allocate_on(&c, &later, &a_node).await;
     expect_from(
         c.host("a"),
         &x3,
