@@ -159,7 +159,8 @@ fn check_spec(spec: &CreateSpec) -> Result<(), String> {
     if spec.env.keys().any(|k| k.is_empty() || k.contains('=')) {
         return Err("env names must be non-empty and hold no '='".into());
     }
-    spec.security.validate().map_err(|e| e.0)
+    spec.security.validate().map_err(|e| e.0)?;
+    spec.egress.validate().map_err(|e| e.0)
 }
 
 #[instrument(skip_all, fields(container = %spec.id, pool = %spec.pool))]
@@ -357,8 +358,14 @@ mod tests {
         let mut s = good.clone();
         s.env.insert("A=B".into(), "1".into());
         assert!(check_spec(&s).is_err());
-        let mut s = good;
+        let mut s = good.clone();
         s.security.tmpfs = vec!["/tmp:exec".into()];
         assert!(check_spec(&s).is_err());
+        let mut s = good;
+        s.egress = warmpool_proto::Egress::Allow(vec![warmpool_proto::EgressRule {
+            prefix: "2001:db8::1/32".into(),
+            ports: vec![],
+        }]);
+        assert!(check_spec(&s).is_err(), "host bits set");
     }
 }

@@ -186,10 +186,21 @@ impl Isolation {
             else {
                 continue; // unmanageable: the resync removes it; meanwhile it stays closed
             };
-            let egress = labels::egress_of(&c.labels).unwrap_or_else(|err| {
-                warn!(container = c.name, error = %err, "unusable egress label: the container gets no egress");
-                Default::default()
-            });
+            // One container's bad label must not stop the rules of all the others: it gets
+            // the closed policy.
+            let egress = match labels::egress_of(&c.labels) {
+                Ok(e) => match e.validate() {
+                    Ok(()) => e,
+                    Err(err) => {
+                        warn!(container = c.name, error = %err, "unusable egress policy: the container gets none");
+                        Default::default()
+                    }
+                },
+                Err(err) => {
+                    warn!(container = c.name, error = %err, "unusable egress label: the container gets none");
+                    Default::default()
+                }
+            };
             members.push(Member {
                 name: c
                     .labels
