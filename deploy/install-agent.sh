@@ -21,6 +21,13 @@
 #   --heartbeat-ms N        default 1000
 #   --metrics-addr ADDR     serve Prometheus metrics on ADDR, e.g. [::]:9101 (the port
 #                           deploy/prometheus/prometheus.yml scrapes); default: not served
+#   --ingress-from PREFIX   addresses that may open connections to containers' service ports
+#                           besides this host (repeatable), e.g. the clients' or proxies'
+#                           network; default: only this host
+#   --fleet-prefix PREFIX   the fleet's prefixes, closed to every container (repeatable);
+#                           default: fc00::/7 for a unique-local /64, else its /48
+#   --no-isolation          no nftables rules (containers reach each other and the fleet);
+#                           only for hosts without nftables
 #   --address ADDR          this host's IPv6 address that other hosts route the /64 via;
 #                           default: the source address towards NATS (or the default route)
 #   --binary PATH           the warmpool-agent to install; default: the workspace's
@@ -58,6 +65,7 @@ ROOT=/
 NATS_URL= PREFIX= NODE_ID= NATS_USER= NATS_PASSWORD= PASSWORD_FILE= CREDENTIALS_DIR=
 DOCKER_HOST_ADDR=unix:///var/run/docker.sock NETWORK= HEARTBEAT_MS= METRICS_ADDR= ADDRESS= BINARY= NO_START=0 LIVE_RESTORE=1
 LABELS=()
+INGRESS=() FLEET=() NO_ISOLATION=0
 
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || bad "$1 needs a value"; }
 while [ $# -gt 0 ]; do
@@ -75,6 +83,9 @@ while [ $# -gt 0 ]; do
     --network) need_value "$@"; NETWORK=$2; shift 2 ;;
     --heartbeat-ms) need_value "$@"; HEARTBEAT_MS=$2; shift 2 ;;
     --metrics-addr) need_value "$@"; METRICS_ADDR=$2; shift 2 ;;
+    --ingress-from) need_value "$@"; INGRESS+=("$2"); shift 2 ;;
+    --fleet-prefix) need_value "$@"; FLEET+=("$2"); shift 2 ;;
+    --no-isolation) NO_ISOLATION=1; shift ;;
     --address) need_value "$@"; ADDRESS=$2; shift 2 ;;
     --binary) need_value "$@"; BINARY=$2; shift 2 ;;
     --root) need_value "$@"; ROOT=$2; shift 2 ;;
@@ -196,6 +207,15 @@ fi
 [ -f "$BINARY" ] && [ -x "$BINARY" ] || die "--binary '$BINARY' is not an executable file"
 [ -f "$UNIT_TEMPLATE" ] || die "unit template $UNIT_TEMPLATE is missing: run this script from a Warmpool checkout or release (deploy/ with deploy/systemd/)"
 
+# The agent's network isolation needs nft (nftables); install it on a real host, never under a
+# staging --root.
+if [ "$NO_ISOLATION" -eq 0 ] && [ "$ROOT" = / ] && ! command -v nft >/dev/null; then
+  command -v apt-get >/dev/null || die "nft is missing: install nftables, or pass --no-isolation"
+  say "installing nftables (the agent's network isolation rules need nft)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null \
+    || die "installing nftables failed: install it by hand, or pass --no-isolation"
+fi
+
 # ---- writing ----
 
 ROOT=${ROOT%/}
@@ -256,6 +276,13 @@ trap 'rm -rf "$work"' EXIT
   [ -z "$NETWORK" ] || echo "WARMPOOL_NETWORK=$(quote "$NETWORK")"
   [ -z "$HEARTBEAT_MS" ] || echo "WARMPOOL_HEARTBEAT_MS=$(quote "$HEARTBEAT_MS")"
   [ -z "$METRICS_ADDR" ] || echo "WARMPOOL_METRICS_ADDR=$(quote "$METRICS_ADDR")"
+  if [ ${#INGRESS[@]} -gt 0 ]; then
+    echo "WARMPOOL_INGRESS_FROM=$(quote "$(IFS=,; echo "${INGRESS[*]}")")"
+  fi
+  if [ ${#FLEET[@]} -gt 0 ]; then
+    echo "WARMPOOL_FLEET_PREFIXES=$(quote "$(IFS=,; echo "${FLEET[*]}")")"
+  fi
+  [ "$NO_ISOLATION" -eq 0 ] || echo "WARMPOOL_NO_ISOLATION=true"
 } >"$work/agent.env"
 
 # Live restore: containers (and the sessions in them) survive a dockerd restart.

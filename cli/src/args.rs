@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use warmpool_proto::api::{Role, MAX_DRAIN_DEADLINE_SECS, MAX_IDEMPOTENCY_KEY, MAX_WAIT_MS};
 use warmpool_proto::TenantId;
 use warmpool_proto::{
-    AllocationId, ContainerId, ContainerState, EventKind, MemberId, NodeId, PoolName, SessionId,
+    AllocationId, ContainerId, ContainerState, EgressRule, EventKind, MemberId, NodeId, PoolName,
+    SessionId,
 };
 
 use crate::spec::{parse_kv, Setting};
@@ -318,9 +319,31 @@ pub struct SpecFlags {
     /// Pause between batches.
     #[arg(long, value_name = "MS")]
     pub pacing_ms: Option<u64>,
+    /// Where containers may open connections: nowhere, or the internet (everything except the
+    /// fleet, link-local and private ranges). Other containers, the hosts and the fleet's
+    /// prefixes are never reachable.
+    #[arg(long, value_name = "none|internet", conflicts_with = "egress_allow")]
+    pub egress: Option<EgressMode>,
+    /// Allow outbound connections to this prefix, on these TCP/UDP ports if given (repeatable;
+    /// the list replaces the pool's egress policy), e.g. 2001:db8::/48:443+80 or 203.0.113.0/24.
+    #[arg(long = "egress-allow", value_name = "PREFIX[:PORT+PORT...]", value_parser = parse_egress_rule)]
+    pub egress_allow: Vec<EgressRule>,
     /// Command and arguments, after `--`; replaces the image's command.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// `--egress`: the policies that need no list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EgressMode {
+    /// No outbound connection at all.
+    None,
+    /// Everything except the fleet, link-local and private ranges.
+    Internet,
+}
+
+fn parse_egress_rule(s: &str) -> Result<EgressRule, String> {
+    s.parse()
 }
 
 /// `poolctl alloc`.

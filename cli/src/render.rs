@@ -281,6 +281,7 @@ pub fn pool_detail(p: &PoolView, style: Style) -> String {
         ),
         ("env", map_line(&s.env)),
         ("constraints", map_line(&s.constraints)),
+        ("egress", s.egress.to_string()),
         (
             "scaling",
             format!(

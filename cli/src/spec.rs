@@ -5,9 +5,9 @@ use std::io::Read;
 use std::path::Path;
 use std::str::FromStr;
 
-use warmpool_proto::{HealthProbe, PoolName, PoolSpec};
+use warmpool_proto::{Egress, HealthProbe, PoolName, PoolSpec};
 
-use crate::args::SpecFlags;
+use crate::args::{EgressMode, SpecFlags};
 
 /// A value for an optional spec field: set it, or clear it with `none`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +148,12 @@ pub fn apply_flags(spec: &mut PoolSpec, f: &SpecFlags) {
     if let Some(v) = f.pacing_ms {
         spec.scaling.pacing_ms = v;
     }
+    match f.egress {
+        Some(EgressMode::None) => spec.egress = Egress::None,
+        Some(EgressMode::Internet) => spec.egress = Egress::Internet,
+        None if !f.egress_allow.is_empty() => spec.egress = Egress::Allow(f.egress_allow.clone()),
+        None => {}
+    }
 }
 
 /// True when any spec flag (other than `--file`) was given.
@@ -173,6 +179,8 @@ pub fn has_changes(f: &SpecFlags) -> bool {
         || !f.constraints.is_empty()
         || f.batch_size.is_some()
         || f.pacing_ms.is_some()
+        || f.egress.is_some()
+        || !f.egress_allow.is_empty()
 }
 
 /// The spec `pool create` sends: the file's spec (when `file` is given) or the defaults for
@@ -280,6 +288,28 @@ mod tests {
             .parse::<Setting<u64>>()
             .unwrap_err()
             .contains("or `none`"));
+    }
+
+    #[test]
+    fn egress_flags_set_the_policy() {
+        let mut spec = PoolSpec::new(demo(), "img:1");
+        assert_eq!(spec.egress, Egress::None, "the default");
+        let flags = SpecFlags {
+            egress: Some(EgressMode::Internet),
+            ..Default::default()
+        };
+        assert!(has_changes(&flags));
+        apply_flags(&mut spec, &flags);
+        assert_eq!(spec.egress, Egress::Internet);
+        let flags = SpecFlags {
+            egress_allow: vec!["2001:db8::/48:443".parse().unwrap()],
+            ..Default::default()
+        };
+        apply_flags(&mut spec, &flags);
+        assert_eq!(spec.egress.to_string(), "allow 2001:db8::/48:443");
+        // Other flags leave the policy alone.
+        apply_flags(&mut spec, &image("img:2"));
+        assert_eq!(spec.egress.to_string(), "allow 2001:db8::/48:443");
     }
 
     #[test]

@@ -186,6 +186,7 @@ pub fn create_spec(state: &PoolState, c: &Container) -> Option<CreateSpec> {
         resources: s.resources.clone(),
         health: s.health.clone(),
         security: s.security.clone(),
+        egress: s.egress.clone(),
     })
 }
 

@@ -14,6 +14,7 @@ use warmpool_proto::subjects;
 use crate::config::Config;
 use crate::docker::{self, Driver};
 use crate::inventory::Inventory;
+use crate::isolation::{self, Isolation};
 use crate::outbox::{self, Outbox};
 use crate::{activity, commands, events, heartbeat, network, resync, Error};
 
@@ -42,6 +43,8 @@ pub struct Shared {
     pub resync_now: Notify,
     /// Whether dockerd answers.
     pub runtime: crate::runtime::Runtime,
+    /// The node's network isolation rules.
+    pub isolation: Isolation,
 }
 
 /// See [`crate::run`].
@@ -75,7 +78,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // configuration error the operator must see at once.
     let docker = docker::connect(&config.docker_socket).await?;
     network::ensure(&docker, &config.network, &config.ipv6_prefix, &node).await?;
-    let driver = Driver::new(docker, node.clone(), config.network.clone());
+    let driver = Driver::new(
+        docker.clone(),
+        node.clone(),
+        config.network.clone(),
+        config.ipv6_prefix,
+    );
     // Without live restore, stopping dockerd (an upgrade, a crash) stops every container, and
     // every session on this host with them.
     match driver.live_restore().await {
@@ -85,6 +93,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ),
         Err(e) => warn!(error = %e, "could not ask dockerd whether live restore is on"),
     }
+    // The rules before anything else touches a container: what already runs is closed (or
+    // covered by its own rules) from here on.
+    let isolation = Isolation::start(&config, &docker, &driver).await?;
 
     // NATS connects (and reconnects) in the background, forever: an outage delays facts and
     // commands, it never stops the agent.
@@ -107,6 +118,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tasks: TaskTracker::new(),
         resync_now: Notify::new(),
         runtime: Default::default(),
+        isolation,
     });
     crate::telemetry::runtime_available(true);
 
@@ -147,6 +159,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     loops.spawn(resync::run(shared.clone(), background.clone()));
     loops.spawn(heartbeat::run(shared.clone(), background.clone()));
     loops.spawn(crate::runtime::watch(shared.clone(), background.clone()));
+    loops.spawn(isolation::run(shared.clone(), background.clone()));
     activity::spawn(&shared, background.clone());
 
     let commands_stop = CancellationToken::new();

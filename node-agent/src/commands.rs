@@ -159,7 +159,8 @@ fn check_spec(spec: &CreateSpec) -> Result<(), String> {
     if spec.env.keys().any(|k| k.is_empty() || k.contains('=')) {
         return Err("env names must be non-empty and hold no '='".into());
     }
-    spec.security.validate().map_err(|e| e.0)
+    spec.security.validate().map_err(|e| e.0)?;
+    spec.egress.validate().map_err(|e| e.0)
 }
 
 #[instrument(skip_all, fields(container = %spec.id, pool = %spec.pool))]
@@ -215,7 +216,16 @@ async fn run_create(shared: &Arc<Shared>, guard: CreateGuard, spec: &CreateSpec)
         return;
     }
     let started = tokio::time::Instant::now();
-    match make(shared, spec).await {
+    // The container's own rules (its port open to the ingress prefixes, its egress policy)
+    // go in before anyone hears of it; until then it is closed both ways.
+    let made = match make(shared, spec).await {
+        Ok(made) => match shared.isolation.sync(shared).await {
+            Ok(_) => Ok(made),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    match made {
         Ok((obs, labels)) => {
             info!(container = %spec.id, pool = %spec.pool, ipv6 = ?obs.ipv6, elapsed_ms = started.elapsed().as_millis() as u64, "container created and started");
             if let Upsert::Inserted(token) = shared.inventory.finish_create(guard, &obs, &labels) {
@@ -228,7 +238,7 @@ async fn run_create(shared: &Arc<Shared>, guard: CreateGuard, spec: &CreateSpec)
             if let Err(e) = shared.driver.remove(&container_name(&spec.id)).await {
                 warn!(container = %spec.id, error = %e, "removing the failed container failed; the resync will retry");
             }
-            shared.inventory.fail_create(guard, e.to_string());
+            shared.inventory.fail_create(guard, e);
         }
     }
 }
@@ -301,6 +311,9 @@ async fn destroy(shared: &Arc<Shared>, id: ContainerId, reason: String) -> Agent
             shared
                 .inventory
                 .finish_destroy(id, existed.then_some(reason));
+            // Its rules go at the next sync; its address is not reused meanwhile (random
+            // IPv6; an IPv4 address Docker reuses is re-keyed by the new container's create).
+            shared.isolation.poke();
             AgentReply::Destroyed { existed }
         }
         Err(e) => {
@@ -336,6 +349,7 @@ mod tests {
             resources: ContainerResources::default(),
             health: HealthCheck::default(),
             security: Default::default(),
+            egress: Default::default(),
         };
         check_spec(&good).unwrap();
         let mut s = good.clone();
@@ -352,8 +366,14 @@ mod tests {
         let mut s = good.clone();
         s.env.insert("A=B".into(), "1".into());
         assert!(check_spec(&s).is_err());
-        let mut s = good;
+        let mut s = good.clone();
         s.security.tmpfs = vec!["/tmp:exec".into()];
         assert!(check_spec(&s).is_err());
+        let mut s = good;
+        s.egress = warmpool_proto::Egress::Allow(vec![warmpool_proto::EgressRule {
+            prefix: "2001:db8::1/32".into(),
+            ports: vec![],
+        }]);
+        assert!(check_spec(&s).is_err(), "host bits set");
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::ServerAddr;
 use warmpool_proto::ids::IdError;
-use warmpool_proto::NodeId;
+use warmpool_proto::{IpPrefix, NodeId};
 
 /// The configuration as given, before validation. Every field mirrors one flag of the binary.
 #[derive(Clone, Debug)]
@@ -47,6 +47,13 @@ pub struct RawConfig {
     pub startup_grace_ms: u64,
     /// Where to serve Prometheus metrics (`/metrics`); `None`: not served.
     pub metrics_addr: Option<SocketAddr>,
+    /// Whether the agent enforces network isolation (`--no-isolation` turns it off).
+    pub isolation: bool,
+    /// Prefixes that may open connections to a container's service port, besides the host.
+    pub ingress_from: Vec<String>,
+    /// The fleet's prefixes, closed to every container; empty means the default (see
+    /// [`Config::fleet_prefixes`]).
+    pub fleet_prefixes: Vec<String>,
 }
 
 impl Default for RawConfig {
@@ -68,6 +75,9 @@ impl Default for RawConfig {
             resync_ms: 10_000,
             startup_grace_ms: 60_000,
             metrics_addr: None,
+            isolation: true,
+            ingress_from: Vec::new(),
+            fleet_prefixes: Vec::new(),
         }
     }
 }
@@ -105,6 +115,15 @@ pub struct Config {
     pub startup_grace: Duration,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// Whether the agent owns nftables rules isolating its containers.
+    pub isolation: bool,
+    /// Sources allowed to reach a container's service port (the host always can).
+    pub ingress_from: Vec<IpPrefix>,
+    /// Destinations no container may reach: as given, or by default every unique-local
+    /// address (fc00::/7) when the node's /64 is one, else the /48 holding the node's /64.
+    /// The node's own /64, its network's IPv4 subnet, loopback and link-local are closed on
+    /// top of these.
+    pub fleet_prefixes: Vec<IpPrefix>,
 }
 
 /// A configuration value that does not make sense.
@@ -144,6 +163,16 @@ pub enum ConfigError {
     /// A label is not `key=value`, or repeats a key.
     #[error("--label {0:?}: {1}")]
     Label(String, &'static str),
+    /// A prefix flag holds something that is not a prefix.
+    #[error("{flag} {value:?}: {reason}")]
+    IpPrefix {
+        /// The flag.
+        flag: &'static str,
+        /// The value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
     /// A number is out of its range.
     #[error("{flag} {value}: {rule}")]
     Range {
@@ -248,6 +277,26 @@ impl RawConfig {
             "100..=3600000",
         )?;
 
+        let prefixes = |flag: &'static str, list: &[String]| {
+            list.iter()
+                .map(|v| {
+                    v.parse::<IpPrefix>()
+                        .map_err(|reason| ConfigError::IpPrefix {
+                            flag,
+                            value: v.clone(),
+                            reason,
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let ingress_from = prefixes("--ingress-from", &self.ingress_from)?;
+        let mut fleet_prefixes = prefixes("--fleet-prefix", &self.fleet_prefixes)?;
+        if fleet_prefixes.is_empty() {
+            fleet_prefixes.push(crate::isolation::rules::default_fleet(
+                ipv6_prefix.network(),
+            ));
+        }
+
         Ok(Config {
             node_id,
             nats_servers,
@@ -264,6 +313,9 @@ impl RawConfig {
             resync: Duration::from_millis(self.resync_ms),
             startup_grace: Duration::from_millis(self.startup_grace_ms),
             metrics_addr: self.metrics_addr,
+            isolation: self.isolation,
+            ingress_from,
+            fleet_prefixes,
         })
     }
 }
@@ -406,6 +458,29 @@ mod tests {
                 "{bad:?} should be refused"
             );
         }
+    }
+
+    #[test]
+    fn isolation_prefixes_parse_and_the_fleet_has_a_default() {
+        let c = raw().validate(None).unwrap();
+        assert!(c.isolation);
+        assert!(c.ingress_from.is_empty());
+        assert_eq!(c.fleet_prefixes, vec!["fc00::/7".parse().unwrap()]);
+        let mut r = raw();
+        r.ingress_from = vec!["fd36:99::/64".into(), "192.0.2.0/24".into()];
+        r.fleet_prefixes = vec!["2001:db8::/32".into()];
+        let c = r.validate(None).unwrap();
+        assert_eq!(c.ingress_from.len(), 2);
+        assert_eq!(c.fleet_prefixes, vec!["2001:db8::/32".parse().unwrap()]);
+        let mut r = raw();
+        r.ingress_from = vec!["fd36:99::1/64".into()];
+        assert!(matches!(
+            r.validate(None),
+            Err(ConfigError::IpPrefix {
+                flag: "--ingress-from",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::time::Duration;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
-    ContainerSummaryStateEnum, EventMessage, HostConfig, HostConfigLogConfig, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerSummaryStateEnum, EndpointIpamConfig, EndpointSettings, EventMessage, HostConfig,
+    HostConfigLogConfig, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
@@ -23,6 +23,7 @@ use futures::Stream;
 use warmpool_proto::agent::CreateSpec;
 use warmpool_proto::{ContainerId, NodeId, LABEL_NODE};
 
+use crate::config::Ipv6Prefix;
 use crate::labels;
 use crate::telemetry::docker_call as timed;
 
@@ -142,21 +143,33 @@ pub fn container_name(id: &ContainerId) -> String {
     format!("wp-{id}")
 }
 
-/// The node's view of dockerd: one shared handle, the node's label and network.
+/// A random address in `prefix` for a new container: 64 random bits (from a v4 UUID's
+/// random ones), never `::0` or the gateway's `::1`. Docker's own allocator hands out ::2,
+/// ::3, ... in order, which tells anyone how many containers a host made and where the next
+/// one will be.
+pub fn random_address(prefix: &Ipv6Prefix) -> Ipv6Addr {
+    let r = uuid::Uuid::new_v4().as_u128() as u64;
+    let low = if r < 2 { r + 2 } else { r };
+    Ipv6Addr::from((u128::from(prefix.network()) & !u128::from(u64::MAX)) | u128::from(low))
+}
+
+/// The node's view of dockerd: one shared handle, the node's label, network and /64.
 #[derive(Clone)]
 pub struct Driver {
     docker: Docker,
     node: NodeId,
     network: String,
+    prefix: Ipv6Prefix,
 }
 
 impl Driver {
-    /// A driver for `node`'s containers on `network`.
-    pub fn new(docker: Docker, node: NodeId, network: String) -> Self {
+    /// A driver for `node`'s containers on `network`, whose IPv6 subnet is `prefix`.
+    pub fn new(docker: Docker, node: NodeId, network: String, prefix: Ipv6Prefix) -> Self {
         Driver {
             docker,
             node,
             network,
+            prefix,
         }
     }
 
@@ -253,7 +266,7 @@ impl Driver {
     }
 
     /// Creates (does not start) the container for `spec`, named `wp-<id>`, on the node's
-    /// network, with limits, every capability dropped (the pool's `security.cap_add` given
+    /// network at a random address of the /64 ([`random_address`]), with limits, every capability dropped (the pool's `security.cap_add` given
     /// back), no privilege escalation, the root filesystem read-only when the pool asks, and no
     /// restart policy (a dead container is reported, and replaced by the control plane, not
     /// revived).
@@ -271,6 +284,18 @@ impl Driver {
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels::for_spec(&self.node, spec)),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    self.network.clone(),
+                    EndpointSettings {
+                        ipam_config: Some(EndpointIpamConfig {
+                            ipv6_address: Some(random_address(&self.prefix).to_string()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )])),
+            }),
             host_config: Some(HostConfig {
                 network_mode: Some(self.network.clone()),
                 nano_cpus: Some(nano_cpus),
@@ -417,5 +442,22 @@ impl Driver {
             filters: Some(filters),
         };
         self.docker.events(Some(opts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_addresses_stay_in_the_prefix_and_do_not_repeat() {
+        let p: Ipv6Prefix = "fd36:7:8:9::/64".parse().unwrap();
+        let a: Vec<Ipv6Addr> = (0..100).map(|_| random_address(&p)).collect();
+        for ip in &a {
+            assert!(p.contains(ip), "{ip}");
+            assert!(u128::from(*ip) as u64 >= 2, "{ip}");
+        }
+        let distinct: std::collections::HashSet<_> = a.iter().collect();
+        assert_eq!(distinct.len(), a.len());
     }
 }

@@ -63,6 +63,7 @@ pub async fn watch(shared: Arc<Shared>, started: SystemTime, cancel: Cancellatio
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
         shared.resync_now.notify_one();
+        shared.isolation.poke();
     }
 }
 

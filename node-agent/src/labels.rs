@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use warmpool_proto::agent::CreateSpec;
 use warmpool_proto::{
-    ContainerId, HealthCheck, NodeId, PoolName, LABEL_GENERATION, LABEL_HEALTH, LABEL_ID,
-    LABEL_NODE, LABEL_POOL, LABEL_PORT,
+    ContainerId, Egress, HealthCheck, NodeId, PoolName, LABEL_EGRESS, LABEL_GENERATION,
+    LABEL_HEALTH, LABEL_ID, LABEL_NODE, LABEL_POOL, LABEL_PORT,
 };
 
 /// What the labels of one container say.
@@ -39,6 +39,9 @@ pub struct LabelError {
 /// The labels to put on the container made from `spec` on `node`.
 pub fn for_spec(node: &NodeId, spec: &CreateSpec) -> HashMap<String, String> {
     let health = serde_json::to_string(&spec.health).unwrap_or_else(|_| "{}".to_string());
+    // Serialising an enum of strings and numbers cannot fail; should it, "none" is the
+    // closed policy.
+    let egress = serde_json::to_string(&spec.egress).unwrap_or_else(|_| "\"none\"".to_string());
     HashMap::from([
         (LABEL_NODE.to_string(), node.to_string()),
         (LABEL_ID.to_string(), spec.id.to_string()),
@@ -46,7 +49,20 @@ pub fn for_spec(node: &NodeId, spec: &CreateSpec) -> HashMap<String, String> {
         (LABEL_GENERATION.to_string(), spec.generation.to_string()),
         (LABEL_HEALTH.to_string(), health),
         (LABEL_PORT.to_string(), spec.port.to_string()),
+        (LABEL_EGRESS.to_string(), egress),
     ])
+}
+
+/// The egress policy a container was made with. A container without the label was made
+/// before egress policies existed: it gets none, like a pool that names none.
+pub fn egress_of(labels: &HashMap<String, String>) -> Result<Egress, LabelError> {
+    match labels.get(LABEL_EGRESS) {
+        None => Ok(Egress::None),
+        Some(raw) => serde_json::from_str(raw).map_err(|e| LabelError {
+            label: LABEL_EGRESS,
+            reason: e.to_string(),
+        }),
+    }
 }
 
 /// The Warmpool id alone, for deciding about duplicates before the rest is parsed.
@@ -131,6 +147,7 @@ mod tests {
                 ..HealthCheck::default()
             },
             security: Default::default(),
+            egress: Default::default(),
         }
     }
 
@@ -151,6 +168,23 @@ mod tests {
                 port: 8080
             }
         );
+    }
+
+    #[test]
+    fn the_egress_policy_rides_on_a_label_and_defaults_to_none() {
+        let mut s = spec();
+        s.egress = Egress::Internet;
+        let mut labels = for_spec(&NodeId::new("n1").unwrap(), &s);
+        assert_eq!(labels[LABEL_EGRESS], "\"internet\"");
+        assert_eq!(egress_of(&labels).unwrap(), Egress::Internet);
+        labels.remove(LABEL_EGRESS);
+        assert_eq!(
+            egress_of(&labels).unwrap(),
+            Egress::None,
+            "made by an older agent"
+        );
+        labels.insert(LABEL_EGRESS.into(), "\"everything\"".into());
+        assert!(egress_of(&labels).is_err());
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`config`]: flags and their validation.
 //! - `agent`: start-up, shared state, ordered shutdown.
 //! - `docker`: the typed Docker edge (bollard); `network`: the per-host IPv6 bridge.
+//! - [`isolation`]: the nftables rules that keep containers from each other, the host and the
+//!   fleet, and enforce each pool's egress policy (pure rule writer in `isolation::rules`).
 //! - `labels`: the container labels that make re-adoption possible.
 //! - `inventory`: the agent's truth, with the rules that keep concurrent updates correct.
 //! - `health` (pure verdict and the probe itself) and `prober` (one task per container).
@@ -33,6 +35,7 @@ mod health;
 mod heartbeat;
 pub mod host;
 mod inventory;
+pub mod isolation;
 mod labels;
 mod network;
 mod outbox;
@@ -56,6 +59,9 @@ pub enum Error {
     /// The node's network could not be made ready.
     #[error(transparent)]
     Network(#[from] NetworkError),
+    /// The network isolation rules could not be applied at start.
+    #[error(transparent)]
+    Isolation(#[from] isolation::IsolationError),
     /// NATS could not be set up (the connection itself is retried forever).
     #[error("nats: {0}")]
     Nats(String),

@@ -71,6 +71,32 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9101 (default: off).
     #[arg(long, env = "WARMPOOL_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// A prefix (IPv6 or IPv4) whose addresses may open connections to containers' service
+    /// ports (repeatable; comma-separated in the environment). The host itself always can;
+    /// default: nothing else. Give the addresses clients and the control plane's side reach
+    /// containers from, e.g. the hosts' transit network.
+    #[arg(
+        long = "ingress-from",
+        env = "WARMPOOL_INGRESS_FROM",
+        value_delimiter = ',',
+        value_name = "PREFIX"
+    )]
+    ingress_from: Vec<String>,
+    /// The fleet's prefixes, never reachable from a container whatever its pool's egress
+    /// policy (repeatable; comma-separated in the environment). Default: fc00::/7 when the
+    /// node's /64 is unique-local, else the /48 holding it. The node's /64 and IPv4 subnet,
+    /// loopback and link-local are always closed too.
+    #[arg(
+        long = "fleet-prefix",
+        env = "WARMPOOL_FLEET_PREFIXES",
+        value_delimiter = ',',
+        value_name = "PREFIX"
+    )]
+    fleet_prefixes: Vec<String>,
+    /// Run without network isolation (no nftables rules): containers then reach each other,
+    /// the host and the fleet. For hosts without nftables only; the agent warns at start.
+    #[arg(long, env = "WARMPOOL_NO_ISOLATION")]
+    no_isolation: bool,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "WARMPOOL_LOG_JSON")]
     log_json: bool,
@@ -99,6 +125,9 @@ impl Args {
             resync_ms: self.resync_ms,
             startup_grace_ms: self.startup_grace_ms,
             metrics_addr: self.metrics_addr,
+            isolation: !self.no_isolation,
+            ingress_from: self.ingress_from,
+            fleet_prefixes: self.fleet_prefixes,
         }
     }
 }

@@ -1,11 +1,12 @@
 //! The per-host Docker bridge network carrying the node's IPv6 /64.
 //!
 //! Containers get addresses straight from the /64, routed between hosts with no NAT and no
-//! port mapping. Inter-container traffic on the bridge is off (`enable_icc=false`): one
-//! tenant's container must not reach another's.
+//! port mapping. Inter-container traffic on the bridge is off (`enable_icc=false`), but that
+//! filters IPv4 only: the `isolation` module's nftables rules are what keep one tenant's
+//! container from another's, from the host and from the fleet.
 
 use std::collections::HashMap;
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest, NetworkInspect};
 use bollard::query_parameters::InspectNetworkOptions;
@@ -17,6 +18,7 @@ use crate::config::Ipv6Prefix;
 use crate::docker::is_status;
 
 const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
+const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
 
 /// Why the node's network could not be made ready.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,9 @@ pub enum NetworkError {
         /// Docker's error.
         cause: bollard::errors::Error,
     },
+    /// The network is gone.
+    #[error("docker network {0} does not exist (any more)")]
+    Missing(String),
     /// Docker failed otherwise.
     #[error("inspecting docker network {name}: {cause}")]
     Inspect {
@@ -101,6 +106,64 @@ pub async fn ensure(
                 }),
             }
         }
+    }
+}
+
+/// What the isolation rules need of the node's network, as Docker has it now.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Attached {
+    /// The Linux bridge interface carrying it.
+    pub bridge: String,
+    /// Its IPv4 subnets (Docker gives every bridge network one).
+    pub ipv4_subnets: Vec<String>,
+    /// Addresses of each attached (running) container, by Docker id.
+    pub endpoints: HashMap<String, (Option<Ipv6Addr>, Option<Ipv4Addr>)>,
+}
+
+/// The node's network now: its bridge interface, IPv4 subnets and attached containers.
+/// A missing network is an error (the agent made it at start; someone removed it since).
+pub async fn attached(docker: &Docker, name: &str) -> Result<Attached, NetworkError> {
+    let net = inspect(docker, name)
+        .await?
+        .ok_or_else(|| NetworkError::Missing(name.to_string()))?;
+    Ok(attached_of(&net))
+}
+
+fn attached_of(net: &NetworkInspect) -> Attached {
+    let bridge = net
+        .options
+        .as_ref()
+        .and_then(|o| o.get(BRIDGE_NAME_OPTION))
+        .cloned()
+        // Docker's own name for a user-defined bridge: `br-` and the id's first 12 digits.
+        .unwrap_or_else(|| {
+            let id = net.id.as_deref().unwrap_or_default();
+            format!("br-{}", id.get(..12).unwrap_or(id))
+        });
+    let ipv4_subnets = net
+        .ipam
+        .as_ref()
+        .and_then(|i| i.config.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.subnet.clone())
+        .filter(|s| !s.contains(':'))
+        .collect();
+    fn addr<A: std::str::FromStr>(s: &Option<String>) -> Option<A> {
+        s.as_deref()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+    }
+    let endpoints = net
+        .containers
+        .iter()
+        .flatten()
+        .map(|(id, ep)| (id.clone(), (addr(&ep.ipv6_address), addr(&ep.ipv4_address))))
+        .collect();
+    Attached {
+        bridge,
+        ipv4_subnets,
+        endpoints,
     }
 }
 
@@ -189,6 +252,35 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn attached_containers_and_the_bridge_are_read() {
+        let mut n = net(true, &["172.20.0.0/16", "fd36:5::/64"]);
+        n.id = Some("0123456789abcdef0123".into());
+        n.containers = Some(HashMap::from([(
+            "c1".to_string(),
+            bollard::models::EndpointResource {
+                ipv4_address: Some("172.20.0.2/16".into()),
+                ipv6_address: Some("fd36:5::9/64".into()),
+                ..Default::default()
+            },
+        )]));
+        let a = attached_of(&n);
+        assert_eq!(a.bridge, "br-0123456789ab");
+        assert_eq!(a.ipv4_subnets, vec!["172.20.0.0/16".to_string()]);
+        assert_eq!(
+            a.endpoints["c1"],
+            (
+                Some("fd36:5::9".parse().unwrap()),
+                Some("172.20.0.2".parse().unwrap())
+            )
+        );
+        n.options = Some(HashMap::from([(
+            BRIDGE_NAME_OPTION.to_string(),
+            "wp0".to_string(),
+        )]));
+        assert_eq!(attached_of(&n).bridge, "wp0");
     }
 
     #[test]

@@ -792,3 +792,67 @@ async fn activity_is_connections_beyond_the_probes_including_held_ones() -> Resu
     drop(held);
     Ok(())
 }
+
+/// Without `nft` the agent refuses to start and says what to do; `--no-isolation` starts it
+/// anyway, with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nft_the_agent_refuses_to_start_unless_told_to_go_without_isolation() -> Result<()>
+{
+    let nats = Nats::start().await?;
+    let node = Node::new();
+    let empty = tempfile_dir()?;
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_warmpool-agent"))
+            .args(["--node-id", node.id.as_str()])
+            .args(["--nats-url", &nats.url])
+            .args(["--ipv6-prefix", &node.prefix])
+            .args(extra)
+            // No directory holding nft.
+            .env("PATH", &empty)
+            .env("RUST_LOG", "info,async_nats=warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+    };
+    let out = tokio::task::spawn_blocking({
+        let child = run(&[])?;
+        move || child.wait_with_output()
+    });
+    let out = tokio::time::timeout(T, out)
+        .await
+        .context("agent exits")???;
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("nft command is missing") && said.contains("--no-isolation"),
+        "{said}"
+    );
+
+    let mut child = run(&["--no-isolation"])?;
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let seen = tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, BufReader};
+        BufReader::new(&mut stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("ready for commands") || l.contains("NO NETWORK ISOLATION"))
+    });
+    let first = tokio::time::timeout(T, seen)
+        .await
+        .context("agent starts")??;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        first.is_some_and(|l| l.contains("NO NETWORK ISOLATION")),
+        "the warning comes before the agent is ready"
+    );
+    Ok(())
+}
+
+/// An empty directory that outlives the test process only until the next reboot.
+fn tempfile_dir() -> Result<String> {
+    let dir = std::env::temp_dir().join(format!("warmpool-empty-path-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir.display().to_string())
+}

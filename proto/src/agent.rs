@@ -12,6 +12,7 @@ use std::net::Ipv6Addr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::egress::Egress;
 use crate::ids::{ContainerId, NodeId, PoolName};
 use crate::pool::{ContainerResources, HealthCheck, Security};
 use crate::records::{Health, Resources};
@@ -241,6 +242,9 @@ pub struct CreateSpec {
     /// Capabilities given back, read-only root filesystem, tmpfs mounts.
     #[serde(default)]
     pub security: Security,
+    /// Where it may open connections (absent from an older control plane: none).
+    #[serde(default)]
+    pub egress: Egress,
 }
 
 /// A command from the leader to an agent (`pool.v1.node.<node>.cmd`, request/reply).
@@ -346,6 +350,7 @@ mod tests {
                 resources: ContainerResources::default(),
                 health: HealthCheck::default(),
                 security: Security::default(),
+                egress: Default::default(),
             }),
         ];
         for c in cmds {

@@ -6,6 +6,7 @@
 //! - [`ids`]: identifiers (`ContainerId`, `NodeId`, `PoolName`, ...), validated on parse.
 //! - [`time`]: [`Timestamp`], milliseconds since the Unix epoch, RFC 3339 on the wire.
 //! - [`pool`]: [`PoolSpec`] and its parts (health check, resources, constraints).
+//! - [`egress`]: a pool's egress policy and IP prefixes.
 //! - [`records`]: container, node and allocation records as the control plane keeps them.
 //! - [`event`]: the lifecycle event log.
 //! - [`agent`]: messages between the control plane and node agents over NATS.
@@ -15,6 +16,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod egress;
 pub mod event;
 pub mod ids;
 pub mod pool;
@@ -25,6 +27,7 @@ pub mod time;
 #[cfg(feature = "openapi")]
 mod openapi;
 
+pub use egress::{Egress, EgressRule, IpPrefix};
 pub use event::{Event, EventKind};
 pub use ids::{AllocationId, ContainerId, MemberId, NodeId, PoolName, SessionId, TenantId};
 pub use pool::{HealthCheck, HealthProbe, PoolSpec};
@@ -47,3 +50,7 @@ pub const LABEL_GENERATION: &str = "io.warmpool.generation";
 pub const LABEL_HEALTH: &str = "io.warmpool.health";
 /// Docker label holding the container's service port.
 pub const LABEL_PORT: &str = "io.warmpool.port";
+/// Docker label holding the container's egress policy as JSON, so a restarted agent rebuilds
+/// its network rules without asking the control plane. Absent (a container made by an agent
+/// before egress policies existed) means [`Egress::None`].
+pub const LABEL_EGRESS: &str = "io.warmpool.egress";

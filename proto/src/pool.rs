@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::egress::Egress;
 use crate::ids::PoolName;
 
 /// What a pool's containers are and how many of them to keep warm.
@@ -82,6 +83,11 @@ pub struct PoolSpec {
     /// dropped, no privilege escalation, a read-only root filesystem with a tmpfs `/tmp`).
     #[serde(default)]
     pub security: Security,
+    /// Where the containers may open connections: `none` (the default), `internet`, or an
+    /// allow-list of prefixes and ports. Other containers, the hosts and the fleet's own
+    /// prefixes are never reachable, whatever this says.
+    #[serde(default)]
+    pub egress: Egress,
 }
 
 /// A pool's container hardening. Every container starts with every Linux capability dropped
@@ -506,6 +512,7 @@ impl PoolSpec {
             scaling: Scaling::default(),
             price_per_hour: None,
             security: Security::default(),
+            egress: Egress::None,
         }
     }
 
@@ -638,7 +645,8 @@ impl PoolSpec {
         if self.constraints.keys().any(|k| k.is_empty()) {
             return fail("constraint keys must be non-empty".into());
         }
-        self.security.validate()
+        self.security.validate()?;
+        self.egress.validate()
     }
 }
 

@@ -66,6 +66,8 @@ pub struct HostSpec {
     pub node: Option<String>,
     /// Start its dockerd with `--live-restore` (containers outlive a dockerd stop).
     pub live_restore: bool,
+    /// Extra flags for its agent.
+    pub agent_args: Vec<String>,
 }
 
 impl HostSpec {
@@ -77,6 +79,7 @@ impl HostSpec {
             prefix: None,
             node: None,
             live_restore: false,
+            agent_args: Vec::new(),
         }
     }
 
@@ -102,6 +105,12 @@ impl HostSpec {
     /// With this /64 instead of a random one.
     pub fn prefix(mut self, prefix: &str) -> HostSpec {
         self.prefix = Some(prefix.to_string());
+        self
+    }
+
+    /// With these extra flags for its agent.
+    pub fn agent_args(mut self, args: &[&str]) -> HostSpec {
+        self.agent_args = args.iter().map(|s| s.to_string()).collect();
         self
     }
 
@@ -461,6 +470,11 @@ pub struct Host {
     pub labels: Vec<String>,
     /// Whether its dockerd runs with `--live-restore`.
     pub live_restore: bool,
+    /// The transit network's /64 (the root namespace and every host): its agent lets it reach
+    /// containers' service ports (`--ingress-from`).
+    pub transit_net: String,
+    /// Extra flags for its agent.
+    pub extra_agent_args: Vec<String>,
     /// Root-namespace end of its veth pair (on the bridge).
     veth: String,
     cgroup: String,
@@ -492,6 +506,8 @@ impl Host {
             nats_url: nats_url.to_string(),
             labels: spec.labels.clone(),
             live_restore: spec.live_restore,
+            transit_net: prefix_string(t.prefix),
+            extra_agent_args: spec.agent_args.clone(),
             veth: format!("wpv{}{name}", t.tag),
             cgroup: netns.clone(),
             netns,
@@ -713,6 +729,10 @@ impl Host {
             &self.prefix,
             "--heartbeat-ms",
             &HEARTBEAT_MS.to_string(),
+            // The test process, the control plane's side and the other hosts reach containers
+            // from the transit network.
+            "--ingress-from",
+            &self.transit_net,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -721,6 +741,7 @@ impl Host {
             a.push("--label".into());
             a.push(l.clone());
         }
+        a.extend(self.extra_agent_args.iter().cloned());
         a
     }
 
@@ -968,6 +989,34 @@ impl HostCluster {
     /// traffic to containers).
     pub fn root_addr(&self) -> Ipv6Addr {
         self.transit.root_addr()
+    }
+
+    /// An address outside the fleet (in a random /64 of 2001:db8::/32, the documentation
+    /// range, so never fd36::/16 nor any real network), on the root side of the bridge, and
+    /// routed from every host: a stand-in for a service on the internet that a pool's egress
+    /// allow-list can name. Goes with the bridge.
+    pub fn add_outside_address(&self) -> (Ipv6Addr, String) {
+        let mut p = random_fd36_64();
+        p[0] = 0x2001;
+        p[1] = 0x0db8;
+        let addr = addr_in(p, 1);
+        let prefix = prefix_string(p);
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            &self.transit.bridge,
+            "nodad",
+        ]);
+        let via = self.root_addr().to_string();
+        for h in &self.hosts {
+            ip(&[
+                "-n", &h.netns, "-6", "route", "replace", &prefix, "via", &via, "dev", "eth0",
+            ]);
+        }
+        (addr, prefix)
     }
 
     /// The host named `name` (`a`, `b`, ...).

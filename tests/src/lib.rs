@@ -590,6 +590,36 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        remove_isolation_table(&self.node);
+    }
+}
+
+/// Deletes the nftables table of node `node`'s agent in this namespace (`warmpool_<id>`, with
+/// anything but letters and digits in the id made `_`, and maybe a hash after it), as the
+/// agent's isolation leaves it behind with its network. A missing `nft` or table is fine.
+pub fn remove_isolation_table(node: &str) {
+    let clean: String = node
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let want = format!("warmpool_{clean}");
+    let Ok(out) = Command::new("nft")
+        .args(["list", "tables", "inet"])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.trim().strip_prefix("table inet ") else {
+            continue;
+        };
+        if name == want || name.starts_with(&format!("{want}_")) {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "inet", name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

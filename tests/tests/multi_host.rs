@@ -654,7 +654,7 @@ async fn install_agent_script_brings_up_an_agent_that_joins_the_pool() {
     let root = tempfile::tempdir().unwrap();
     let script = warmpool_tests::root().join("deploy/install-agent.sh");
     let binary = warmpool_tests::bin("warmpool-agent");
-    let (node, prefix, docker_host, nats_url, transit) = {
+    let (node, prefix, docker_host, nats_url, transit, transit_net) = {
         let b = c.host("b");
         (
             b.node.clone(),
@@ -662,6 +662,7 @@ async fn install_agent_script_brings_up_an_agent_that_joins_the_pool() {
             b.docker_host.clone(),
             b.nats_url.clone(),
             b.transit,
+            b.transit_net.clone(),
         )
     };
     let password = r#"s3cret "with" \ $pecial`s"#;
@@ -690,6 +691,9 @@ async fn install_agent_script_brings_up_an_agent_that_joins_the_pool() {
         "300",
         "--metrics-addr",
         "[::1]:9101",
+        // Where clients reach containers from: without it only host b itself could.
+        "--ingress-from",
+        &transit_net,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -736,6 +740,7 @@ async fn install_agent_script_brings_up_an_agent_that_joins_the_pool() {
     assert_eq!(env["WARMPOOL_LABELS"], "region=eu,disk=ssd");
     assert_eq!(env["WARMPOOL_HEARTBEAT_MS"], "300");
     assert_eq!(env["WARMPOOL_METRICS_ADDR"], "[::1]:9101");
+    assert_eq!(env["WARMPOOL_INGRESS_FROM"], transit_net);
     let unit_path = r.join("etc/systemd/system/warmpool-agent.service");
     let unit_text = std::fs::read_to_string(&unit_path).unwrap();
     assert_eq!(

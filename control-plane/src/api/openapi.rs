@@ -312,6 +312,22 @@ mod tests {
     }
 
     #[test]
+    fn the_pool_spec_documents_its_egress_policy() {
+        let doc: serde_json::Value = serde_json::from_str(document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(
+            schemas["PoolSpec"]["properties"]["egress"]["$ref"], "#/components/schemas/Egress",
+            "{}",
+            schemas["PoolSpec"]["properties"]["egress"]
+        );
+        let egress = schemas["Egress"].to_string();
+        for word in ["none", "internet", "allow", "EgressRule"] {
+            assert!(egress.contains(word), "{word} not in {egress}");
+        }
+        assert!(schemas["EgressRule"]["properties"]["prefix"].is_object());
+    }
+
+    #[test]
     fn the_document_lists_exactly_the_routes_the_router_serves() {
         let doc: serde_json::Value = serde_json::from_str(document()).unwrap();
         let mut documented = BTreeSet::new();

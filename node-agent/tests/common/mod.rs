@@ -245,6 +245,22 @@ impl Drop for Node {
             }
         }
         let _ = docker(&["network", "rm", &self.network]);
+        // The agent's isolation table goes with the network.
+        let table = warmpool_agent::isolation::rules::table_name(&self.id);
+        if let Ok(mut nft) = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            if let Some(mut stdin) = nft.stdin.take() {
+                use std::io::Write;
+                let _ =
+                    stdin.write_all(warmpool_agent::isolation::rules::teardown(&table).as_bytes());
+            }
+            let _ = nft.wait();
+        }
     }
 }
 
@@ -497,6 +513,7 @@ pub fn demo_spec() -> CreateSpec {
             tmpfs: Vec::new(),
             ..Default::default()
         },
+        egress: Default::default(),
     }
 }
 
