@@ -35,6 +35,10 @@
 #   --root DIR              install under DIR instead of / (staging, tests); files keep their
 #                           final paths inside DIR and systemctl is never run
 #   --no-start              write the files only; do not run systemctl
+#   --userns-remap          also set "userns-remap": "default" in daemon.json: a container's root
+#                           is then an unprivileged user on the host (dockerd must be restarted
+#                           for it, and sees none of the images and containers it had before:
+#                           import or pull the pools' images again)
 #   --no-live-restore       leave Docker's daemon.json alone (by default "live-restore": true is
 #                           merged into it, keeping every other setting, so that containers
 #                           and their sessions survive a dockerd restart)
@@ -63,7 +67,7 @@ say() { printf '%s\n' "$*"; }
 
 ROOT=/
 NATS_URL= PREFIX= NODE_ID= NATS_USER= NATS_PASSWORD= PASSWORD_FILE= CREDENTIALS_DIR=
-DOCKER_HOST_ADDR=unix:///var/run/docker.sock NETWORK= HEARTBEAT_MS= METRICS_ADDR= ADDRESS= BINARY= NO_START=0 LIVE_RESTORE=1
+DOCKER_HOST_ADDR=unix:///var/run/docker.sock NETWORK= HEARTBEAT_MS= METRICS_ADDR= ADDRESS= BINARY= NO_START=0 LIVE_RESTORE=1 USERNS_REMAP=0
 LABELS=()
 INGRESS=() FLEET=() NO_ISOLATION=0
 
@@ -91,6 +95,7 @@ while [ $# -gt 0 ]; do
     --root) need_value "$@"; ROOT=$2; shift 2 ;;
     --no-start) NO_START=1; shift ;;
     --no-live-restore) LIVE_RESTORE=0; shift ;;
+    --userns-remap) USERNS_REMAP=1; shift ;;
     --*=*) bad "write '${1%%=*} ${1#*=}', not '$1'" ;;
     *) bad "unknown argument '$1'" ;;
   esac
@@ -289,6 +294,12 @@ trap 'rm -rf "$work"' EXIT
 if [ "$LIVE_RESTORE" = 1 ]; then
   enable_live_restore "$(dest $DAEMON_JSON)" || die "could not turn on Docker's live restore (see above); fix $DAEMON_JSON or pass --no-live-restore"
   [ -n "$ROOT" ] || reload_live_restore
+fi
+if [ "$USERNS_REMAP" = 1 ]; then
+  set_daemon_option "$(dest $DAEMON_JSON)" userns-remap '"default"' \
+    "containers' root is an unprivileged host user once dockerd restarts" \
+    || die "could not set userns-remap (see above)"
+  say "userns-remap: restart dockerd to apply it (systemctl restart docker); it then starts with no images or containers: import or pull the pools' images again"
 fi
 
 install_file "$BINARY" "$(dest $BIN_PATH)" 0755

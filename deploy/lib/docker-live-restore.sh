@@ -1,4 +1,5 @@
-# Docker's live restore, sourced by deploy/dev.sh and deploy/install-agent.sh.
+# Docker daemon settings Warmpool's hosts want, sourced by deploy/dev.sh and
+# deploy/install-agent.sh: live restore, and (as an option) user namespace remapping.
 #
 # With "live-restore": true in daemon.json, containers keep running while dockerd is down (an
 # upgrade, a crash, a restart): sessions on the host survive it, and the agent re-reads what
@@ -9,10 +10,17 @@
 # so untouched, and refuses (status 2, file untouched) one that is not a JSON object. Prints
 # what it did.
 enable_live_restore() {
-  local file=${1:-/etc/docker/daemon.json}
-  python3 - "$file" <<'PY'
+  set_daemon_option "${1:-/etc/docker/daemon.json}" live-restore true \
+    "containers keep running while dockerd restarts"
+}
+
+# Sets "$2": $3 (a JSON value) in the daemon.json at $1 the same way: other settings kept,
+# nothing written when it already holds that value, a broken file refused untouched. $4 says
+# what the setting does, for the message.
+set_daemon_option() {
+  python3 - "$@" <<'PY'
 import json, os, sys, tempfile
-path = sys.argv[1]
+path, key, value, what = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 try:
     with open(path) as f:
         text = f.read()
@@ -21,15 +29,15 @@ except FileNotFoundError:
 try:
     conf = json.loads(text) if text.strip() else {}
 except json.JSONDecodeError as e:
-    print(f"{path} is not valid JSON ({e}): left as it is; add \"live-restore\": true to it by hand", file=sys.stderr)
+    print(f"{path} is not valid JSON ({e}): left as it is; add \"{key}\": {json.dumps(value)} to it by hand", file=sys.stderr)
     sys.exit(2)
 if not isinstance(conf, dict):
-    print(f"{path} does not hold a JSON object: left as it is; add \"live-restore\": true to it by hand", file=sys.stderr)
+    print(f"{path} does not hold a JSON object: left as it is; add \"{key}\": {json.dumps(value)} to it by hand", file=sys.stderr)
     sys.exit(2)
-if conf.get("live-restore") is True:
-    print(f"live restore: already on in {path}")
+if key in conf and conf[key] == value:
+    print(f"{key}: already {json.dumps(value)} in {path}")
     sys.exit(0)
-conf["live-restore"] = True
+conf[key] = value
 folder = os.path.dirname(os.path.abspath(path))
 os.makedirs(folder, exist_ok=True)
 mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
@@ -39,7 +47,7 @@ with os.fdopen(fd, "w") as f:
     f.write("\n")
 os.chmod(tmp, mode)
 os.replace(tmp, path)
-print(f"live restore: turned on in {path} (containers keep running while dockerd restarts)")
+print(f"{key}: set to {json.dumps(value)} in {path} ({what})")
 PY
 }
 

@@ -68,6 +68,8 @@ pub struct HostSpec {
     pub live_restore: bool,
     /// Extra flags for its agent.
     pub agent_args: Vec<String>,
+    /// Extra flags for its dockerd (e.g. `--userns-remap=default`).
+    pub dockerd_args: Vec<String>,
 }
 
 impl HostSpec {
@@ -80,7 +82,14 @@ impl HostSpec {
             node: None,
             live_restore: false,
             agent_args: Vec::new(),
+            dockerd_args: Vec::new(),
         }
+    }
+
+    /// With these extra dockerd flags.
+    pub fn dockerd_args(mut self, args: &[&str]) -> HostSpec {
+        self.dockerd_args = args.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     /// Its dockerd keeps containers running while it is stopped (`--live-restore`), as
@@ -470,6 +479,8 @@ pub struct Host {
     pub labels: Vec<String>,
     /// Whether its dockerd runs with `--live-restore`.
     pub live_restore: bool,
+    /// Extra flags for its dockerd.
+    pub dockerd_args: Vec<String>,
     /// The transit network's /64 (the root namespace and every host): its agent lets it reach
     /// containers' service ports (`--ingress-from`).
     pub transit_net: String,
@@ -506,6 +517,7 @@ impl Host {
             nats_url: nats_url.to_string(),
             labels: spec.labels.clone(),
             live_restore: spec.live_restore,
+            dockerd_args: spec.dockerd_args.clone(),
             transit_net: prefix_string(t.prefix),
             extra_agent_args: spec.agent_args.clone(),
             veth: format!("wpv{}{name}", t.tag),
@@ -620,6 +632,7 @@ impl Host {
             .args(["--cgroup-parent", &format!("/{}", self.cgroup)])
             .args(["--shutdown-timeout", "2"])
             .args(self.live_restore.then_some("--live-restore"))
+            .args(&self.dockerd_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);

@@ -69,7 +69,7 @@ fn live_restore_is_merged_into_daemon_json_and_nothing_else_changes() {
     let bytes = std::fs::read(&kept).unwrap();
     let (code, out) = enable_live_restore(&kept);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("already on"), "{out}");
+    assert!(out.contains("already true"), "{out}");
     assert_eq!(std::fs::read(&kept).unwrap(), bytes);
     // Not JSON, or not an object: refused, untouched.
     for garbage in ["{\"log-driver\": ", "[1, 2]"] {
