@@ -20,7 +20,7 @@ const POLL = { status: 2000, cluster: 3000, nodes: 3000, metrics: 5000, allocati
 
 export const app = $state({
   phase: 'starting', // starting | unreachable | signin | ready
-  auth: { mode: 'unknown', key: null, role: null, message: '', learned: {} },
+  auth: { mode: 'unknown', key: null, role: null, tenant: null, message: '', learned: {} },
   conn: { state: 'connecting', attempt: 0, retryInMs: 0, since: null, error: '', retryAt: 0 },
   startError: '',
   origin: typeof location !== 'undefined' ? location.origin : '',
@@ -127,6 +127,8 @@ const fetchers = {
       const me = await api.get('/v1/whoami');
       if (me?.role) {
         app.auth.role = me.role;
+        // A user or viewer key sees its tenant's allocations only; the API filters them.
+        app.auth.tenant = me.tenant ?? null;
         return;
       }
     } catch (e) {
@@ -362,7 +364,7 @@ export async function signIn(key) {
   const err = await checkKey(k);
   if (err) return err;
   saveKey(k);
-  app.auth = { ...app.auth, key: k, role: null, message: '', learned: {} };
+  app.auth = { ...app.auth, key: k, role: null, tenant: null, message: '', learned: {} };
   await enter();
   return null;
 }
@@ -372,7 +374,7 @@ export function signOut(message = '') {
   stream = null;
   stopLoops();
   saveKey(null);
-  app.auth = { ...app.auth, key: null, role: null, message, learned: {} };
+  app.auth = { ...app.auth, key: null, role: null, tenant: null, message, learned: {} };
   app.phase = 'signin';
 }
 
@@ -397,6 +399,7 @@ function learn403(e, what) {
 
 /** How the header names the key's role. */
 export function roleLabel() {
+  if (app.auth.role && app.auth.tenant) return `${app.auth.role} key, tenant ${app.auth.tenant}`;
   if (app.auth.role) return `${app.auth.role} key`;
   return app.auth.learned.nodesDenied ? 'user or viewer key' : 'key';
 }

@@ -442,7 +442,7 @@ test('viewer key, role from whoami: write buttons are disabled before anything i
   await p.goto(cluster.url);
   await signIn(p, viewer.token);
   await p.getByTestId('total-warm').waitFor();
-  await p.getByTestId('role').getByText('viewer key').waitFor();
+  await p.getByTestId('role').getByText('viewer key, tenant default').waitFor();
   await go(p, '#/allocations');
   await p.getByTestId('allocate-denied').getByText(/a viewer key: it can read everything but not allocate/).waitFor();
   assert.equal(await p.getByTestId('allocate-button').isDisabled(), true);
