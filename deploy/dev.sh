@@ -289,6 +289,17 @@ down() {
     fi
     docker network rm "warmpool-$NODE_ID" >/dev/null 2>&1 || true
   fi
+  # The agent's isolation rules go with its network (the agent leaves them to close what may
+  # still run while it is away).
+  if command -v nft >/dev/null; then
+    local clean t
+    clean=$(printf '%s' "$NODE_ID" | tr -c 'A-Za-z0-9' '_')
+    for t in $(as_root nft list tables 2>/dev/null | awk '$2 == "inet" {print $3}'); do
+      case "$t" in
+        "warmpool_$clean" | "warmpool_${clean}_"*) as_root nft delete table inet "$t" 2>/dev/null || true ;;
+      esac
+    done
+  fi
   if [ -f "$DEV/dockerd.pid" ]; then
     local dpid cpid others shims
     dpid=$(cat "$DEV/dockerd.pid")
