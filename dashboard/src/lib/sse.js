@@ -220,7 +220,15 @@ export function createEventStream({
       clearTimers();
       generation++;
       stopped = true;
-      setState(StreamState.unauthorized, { error: 'the API key was not accepted' });
+      // The server says why (e.g. "the key was revoked": it also ends a stream whose key is
+      // revoked, and this reconnect is how the page learns of it).
+      let why = 'the API key was not accepted';
+      try {
+        why = (await resp.json())?.error?.message || why;
+      } catch {
+        /* not JSON: keep the general reason */
+      }
+      setState(StreamState.unauthorized, { error: why });
       return;
     }
     if (!resp.ok || !resp.body) {

@@ -262,7 +262,9 @@ function startStream() {
         };
       } else if (s.state === StreamState.unauthorized) {
         app.conn = { ...app.conn, state: s.state };
-        if (app.auth.mode === 'on') signOut('Your API key is no longer accepted. Sign in again.');
+        if (app.auth.mode === 'on') {
+          signOut(`Your API key is no longer accepted${s.error ? ` (${s.error})` : ''}. Sign in again.`);
+        }
       } else {
         app.conn = { state: s.state, attempt: 0, retryInMs: 0, retryAt: 0, since: null, error: '' };
       }
