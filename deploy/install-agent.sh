@@ -293,7 +293,7 @@ trap 'rm -rf "$work"' EXIT
 # Live restore: containers (and the sessions in them) survive a dockerd restart.
 if [ "$LIVE_RESTORE" = 1 ]; then
   enable_live_restore "$(dest $DAEMON_JSON)" || die "could not turn on Docker's live restore (see above); fix $DAEMON_JSON or pass --no-live-restore"
-  [ -n "$ROOT" ] || reload_live_restore
+  [ -n "$ROOT" ] || reload_live_restore "$DOCKER_HOST_ADDR"
 fi
 if [ "$USERNS_REMAP" = 1 ]; then
   set_daemon_option "$(dest $DAEMON_JSON)" userns-remap '"default"' \

@@ -51,24 +51,52 @@ print(f"{key}: set to {json.dumps(value)} in {path} ({what})")
 PY
 }
 
-# Makes a running dockerd (the one `docker` talks to) take live restore from its daemon.json:
-# it is one of the settings dockerd reloads on SIGHUP. Waits until it reports it on.
-reload_live_restore() {
-  docker info >/dev/null 2>&1 || return 0
-  [ "$(docker info --format '{{.LiveRestoreEnabled}}' 2>/dev/null)" = true ] && return 0
-  local pid
-  pid=$(pidof dockerd 2>/dev/null | awk '{print $1}')
+# The pid of the dockerd listening on the unix socket $1 (unix:///path or /path; default
+# $DOCKER_HOST, else /var/run/docker.sock), read from the socket's listener, so that on a
+# machine running several daemons (test hosts in network namespaces, rootless ones) it is that
+# one; else its default pid file for the default socket; else the only dockerd there is.
+# Prints nothing when it cannot tell.
+dockerd_pid() {
+  local sock=${1:-${DOCKER_HOST:-unix:///var/run/docker.sock}} pid= all
+  sock=${sock#unix://}
+  if command -v ss >/dev/null 2>&1; then
+    pid=$(ss -xlpH 2>/dev/null | awk -v s="$sock" '$5 == s' | grep -o '"dockerd",pid=[0-9]*' \
+      | head -n1 | cut -d= -f2 || true)
+  fi
+  if [ -z "$pid" ] && [ "$sock" = /var/run/docker.sock ] && [ -r /var/run/docker.pid ]; then
+    pid=$(cat /var/run/docker.pid 2>/dev/null || true)
+  fi
   if [ -z "$pid" ]; then
-    echo "live restore: dockerd runs where its pid cannot be seen; restart it to turn live restore on" >&2
+    all=$(pidof dockerd 2>/dev/null || true)
+    case $all in *" "*) ;; *) pid=$all ;; esac
+  fi
+  printf '%s' "$pid"
+}
+
+# Makes a running dockerd (the one at $1, unix:///path; default $DOCKER_HOST, else the
+# default socket) take live restore from its daemon.json: it is one of the settings dockerd
+# reloads on SIGHUP. Waits until it reports it on. A dockerd that does not run is left alone:
+# it reads the file when it starts.
+reload_live_restore() {
+  local host=${1:-${DOCKER_HOST:-unix:///var/run/docker.sock}} pid
+  local on="docker -H $host info --format {{.LiveRestoreEnabled}}"
+  if ! docker -H "$host" info >/dev/null 2>&1; then
+    echo "live restore: dockerd at $host does not run now; it takes the setting when it starts"
+    return 0
+  fi
+  [ "$($on 2>/dev/null)" = true ] && return 0
+  pid=$(dockerd_pid "$host")
+  if [ -z "$pid" ]; then
+    echo "live restore: cannot tell which process serves $host; restart (or reload) that dockerd to turn live restore on" >&2
     return 0
   fi
   kill -HUP "$pid"
   for _ in $(seq 1 50); do
-    [ "$(docker info --format '{{.LiveRestoreEnabled}}' 2>/dev/null)" = true ] && {
-      echo "live restore: dockerd reloaded its configuration; live restore is on"
+    if [ "$($on 2>/dev/null)" = true ]; then
+      echo "live restore: dockerd (pid $pid) reloaded its configuration; live restore is on"
       return 0
-    }
+    fi
     sleep 0.1
   done
-  echo "live restore: dockerd did not turn it on after a reload (see its log); restart it" >&2
+  echo "live restore: dockerd (pid $pid) did not turn it on after a reload (see its log); restart it" >&2
 }

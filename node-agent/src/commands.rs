@@ -8,7 +8,9 @@
 //!   the background, at most `max_concurrent_creates` at a time, and its progress arrives as
 //!   facts (`Observed` with `Starting`, then `Running`/`Healthy`, or `CreateFailed`).
 //! - `Destroy` is answered once the container is gone (`Destroyed { existed }`).
-//! - `Inventory` is answered with every entry, sorted by id.
+//! - `Inventory` is answered with every entry, sorted by id; while dockerd does not answer,
+//!   with an error instead (see [`inventory_reply`]).
+//! - While dockerd does not answer, `Create` is refused with an error saying so.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +20,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, instrument, warn};
-use warmpool_proto::agent::{AgentCommand, AgentReply, CreateSpec, Inventory};
+use warmpool_proto::agent::{AgentCommand, AgentReply, CreateSpec, Inventory, RuntimeOutage};
 use warmpool_proto::{ContainerId, HealthProbe, Timestamp};
 
 use crate::agent::Shared;
@@ -87,7 +89,9 @@ async fn execute(shared: &Arc<Shared>, cmd: AgentCommand, cancel: CancellationTo
     match cmd {
         AgentCommand::Create(spec) => create(shared, spec, cancel),
         AgentCommand::Destroy { id, reason } => destroy(shared, id, reason).await,
-        AgentCommand::Inventory => AgentReply::Inventory(inventory(shared)),
+        AgentCommand::Inventory => {
+            inventory_reply(shared.runtime.outage().as_ref(), || inventory(shared))
+        }
         AgentCommand::Restart { id } => restart(shared, id).await,
     }
 }
@@ -129,6 +133,25 @@ pub fn inventory(shared: &Shared) -> Inventory {
         seq: shared.outbox.seq(),
         taken_at: Timestamp::now(),
         containers: shared.inventory.snapshot(),
+    }
+}
+
+/// The answer to an inventory request: the inventory, unless the runtime is out. Then what
+/// the agent holds is only what it last saw (a container may have died unseen meanwhile), and
+/// an empty or stale list would read as containers gone or running: the leader gets an error
+/// it treats as a failed pull, and pulls again once heartbeats say the runtime is back.
+pub fn inventory_reply(
+    outage: Option<&RuntimeOutage>,
+    inventory: impl FnOnce() -> Inventory,
+) -> AgentReply {
+    match outage {
+        None => AgentReply::Inventory(inventory()),
+        Some(o) => AgentReply::Error {
+            message: format!(
+                "the container runtime is unavailable since {} ({}); the inventory cannot be read until it answers",
+                o.since, o.error
+            ),
+        },
     }
 }
 
@@ -335,6 +358,32 @@ mod tests {
     use warmpool_proto::{HealthCheck, PoolName};
 
     use super::*;
+
+    #[test]
+    fn an_inventory_is_not_answered_while_the_runtime_is_out() {
+        let inv = || Inventory {
+            node: warmpool_proto::NodeId::new("n1").unwrap(),
+            boot_id: Default::default(),
+            seq: 7,
+            taken_at: Timestamp(5),
+            containers: vec![],
+        };
+        assert!(matches!(
+            inventory_reply(None, inv),
+            AgentReply::Inventory(i) if i.seq == 7
+        ));
+        let outage = RuntimeOutage {
+            since: Timestamp(1_000),
+            error: "connection refused".into(),
+        };
+        match inventory_reply(Some(&outage), || panic!("not read during an outage")) {
+            AgentReply::Error { message } => {
+                assert!(message.contains("runtime is unavailable"), "{message}");
+                assert!(message.contains("connection refused"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn specs_are_checked_before_anything_is_made() {

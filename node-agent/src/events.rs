@@ -2,10 +2,13 @@
 //! change the inventory (and so publish a fact) as they happen, instead of at the next probe
 //! or resync.
 //!
-//! When the stream breaks (dockerd restarted, socket hiccup), the watcher reconnects with
-//! exponential backoff, asks Docker to replay events since just before the break (`since`),
-//! and triggers a resync: replay covers Docker's short memory, the resync covers the rest.
-//! Handlers are idempotent, so a replayed event is harmless.
+//! When the stream breaks (dockerd restarted, socket hiccup), the watcher has the runtime
+//! pinged at once (so an outage is reported without waiting for the next interval), reconnects
+//! with exponential backoff (or as soon as dockerd answers again), asks Docker to replay
+//! events since just before the break (`since`), and triggers a resync: replay covers
+//! Docker's short memory, the resync covers the rest. Handlers are idempotent, so a replayed
+//! event is harmless. A broken stream never says anything about the containers: under live
+//! restore they run on while dockerd is away.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,7 +24,7 @@ use crate::inventory::Upsert;
 use crate::{labels, prober};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Docker's `since` for `t` minus a safety second (events are replayed, never skipped).
 fn since(t: SystemTime) -> String {
@@ -57,9 +60,11 @@ pub async fn watch(shared: Arc<Shared>, started: SystemTime, cancel: Cancellatio
             }
         }
         from = SystemTime::now();
+        shared.runtime.check_soon();
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
+            _ = shared.runtime.back() => backoff = BACKOFF_MIN,
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
         shared.resync_now.notify_one();

@@ -103,13 +103,19 @@ async fn remove(shared: &Arc<Shared>, docker_id: &str, report: &mut Report) {
     }
 }
 
-/// Resyncs every `shared.config.resync`, and at once when asked (`shared.resync_now`).
+/// Resyncs every `shared.config.resync`, and at once when asked (`shared.resync_now`). While
+/// dockerd does not answer, passes are skipped (a listing would only fail); the runtime watcher
+/// asks for one as soon as it answers again.
 pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(shared.config.resync) => {}
             _ = shared.resync_now.notified() => {}
+        }
+        if shared.runtime.outage().is_some() {
+            debug!("resync skipped: dockerd does not answer");
+            continue;
         }
         match resync(&shared).await {
             Ok(r) if r.adopted + r.vanished + r.removed > 0 => {

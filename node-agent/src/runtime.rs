@@ -1,16 +1,23 @@
-//! Whether dockerd answers, watched by a ping every heartbeat interval.
+//! Whether dockerd answers, watched by a ping every heartbeat interval (and at once when the
+//! event stream breaks, the likeliest first sign of a stopped dockerd).
 //!
 //! While it does not (stopped for an upgrade, crashed, hung), the agent keeps running and
 //! reporting: heartbeats carry the outage ([`warmpool_proto::agent::RuntimeOutage`]) so the
 //! control plane grants and places nothing here, and nothing the agent knows is reported gone
 //! because Docker calls fail (with Docker's live restore the containers run on; their probes go
-//! straight to their addresses). Creates are refused at once with a clear error. When dockerd
-//! answers again, a resync re-reads the inventory from it; the event watcher reconnects by
-//! itself.
+//! straight to their addresses). Creates are refused at once with a clear error, and an
+//! inventory request is answered with an error rather than with what the agent last knew: the
+//! leader must not reconcile against a list nobody could check. Resyncs and isolation syncs
+//! wait for the runtime instead of failing every pass. When dockerd answers again, the
+//! inventory is re-read from it (a resync), the isolation rules are re-applied, and the event
+//! watcher re-attaches at once instead of at the end of its backoff.
 //!
 //! The verdict is a pure state machine ([`RuntimeHealth`]); [`watch`] only pings and applies.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -66,14 +73,37 @@ impl RuntimeHealth {
     }
 }
 
-/// The shared verdict.
+/// How long a ping may take before dockerd counts as not answering. Far above what a busy
+/// daemon needs for `GET /_ping`, far below the 60 s other calls may take: a hung dockerd is
+/// reported within a few heartbeats.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The shared verdict, and the wake-ups around it. `std::sync::Mutex`: nothing awaits under it.
 #[derive(Default)]
-pub struct Runtime(Mutex<RuntimeHealth>);
+pub struct Runtime {
+    health: Mutex<RuntimeHealth>,
+    /// Asks [`watch`] for a ping now.
+    check: Notify,
+    /// Wakes whoever waits for dockerd to answer again.
+    back: Notify,
+}
 
 impl Runtime {
-    /// The outage under way, if any (for heartbeats).
+    /// The outage under way, if any (for heartbeats and refusals).
     pub fn outage(&self) -> Option<RuntimeOutage> {
         self.lock().outage().cloned()
+    }
+
+    /// Asks for a ping now instead of at the next interval (a Docker call or the event stream
+    /// just failed).
+    pub fn check_soon(&self) {
+        self.check.notify_one();
+    }
+
+    /// Completes when an outage ends (after the resync has been asked for). Only a waiter that
+    /// exists when it ends is woken: use it beside a timer, never alone.
+    pub async fn back(&self) {
+        self.back.notified().await
     }
 
     fn observe(&self, result: Result<(), String>) -> Transition {
@@ -81,18 +111,26 @@ impl Runtime {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RuntimeHealth> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// Pings dockerd every heartbeat interval until `cancel`.
+/// Pings dockerd every heartbeat interval, and when asked ([`Runtime::check_soon`]), until
+/// `cancel`.
 pub async fn watch(shared: Arc<Shared>, cancel: CancellationToken) {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(shared.config.heartbeat) => {}
+            _ = shared.runtime.check.notified() => {}
         }
-        let result = shared.driver.ping().await.map_err(|e| e.to_string());
+        let result = match tokio::time::timeout(PING_TIMEOUT, shared.driver.ping()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "dockerd did not answer a ping within {}s",
+                PING_TIMEOUT.as_secs()
+            )),
+        };
         match shared.runtime.observe(result) {
             Transition::Same => {}
             Transition::Lost => {
@@ -103,10 +141,12 @@ pub async fn watch(shared: Arc<Shared>, cancel: CancellationToken) {
             Transition::Back { since } => {
                 info!(
                     down_secs = Timestamp::now().since(since).as_secs_f64(),
-                    "dockerd answers again: re-reading the inventory"
+                    "dockerd answers again: re-reading the inventory, re-attaching the event stream"
                 );
                 crate::telemetry::runtime_available(true);
                 shared.resync_now.notify_one();
+                shared.isolation.poke();
+                shared.runtime.back.notify_waiters();
             }
         }
     }

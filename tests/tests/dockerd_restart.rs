@@ -206,6 +206,21 @@ async fn an_allocation_and_warm_containers_survive_a_dockerd_restart() {
     let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
     assert!(kinds.contains(&EventKind::NodeUnreachable), "{kinds:?}");
     assert!(kinds.contains(&EventKind::NodeReachable), "{kinds:?}");
+    // The pool is warm again with the containers that lived through it (none were made).
+    let client = c.client.clone();
+    wait_until(Duration::from_secs(30), "the pool warm again", || {
+        let client = client.clone();
+        async move {
+            let s = client.status().await.ok()?;
+            let p = s.pools.first()?;
+            (p.counts.warm >= 3 && p.counts.creating == 0).then_some(())
+        }
+    })
+    .await;
+    // The agent saw the outage and its end itself (the marks above came from its heartbeats).
+    let log = c.hosts[0].agent_log_tail(2000);
+    assert!(log.contains("dockerd does not answer"), "{log}");
+    assert!(log.contains("dockerd answers again"), "{log}");
     // Allocating works again, from the warm containers that lived through it.
     let again = c
         .client

@@ -248,6 +248,10 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             _ = tokio::time::sleep(shared.config.resync) => {}
             _ = shared.isolation.poke.notified() => {}
         }
+        // The kernel keeps the rules while dockerd is away; they are re-applied when it is back.
+        if shared.runtime.outage().is_some() {
+            continue;
+        }
         if let Err(e) = shared.isolation.sync(&shared).await {
             warn!(error = %e, "re-applying the isolation rules failed; the previous rules stay; retrying");
         }
