@@ -354,6 +354,8 @@ async fn a_new_cluster_has_auth_on_and_leaves_its_admin_token_for_poolctl() {
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "only its owner (root) reads the token");
 
+    // The file is written before the API listens.
+    m.wait_up().await;
     // Without a key: 401, except the probes.
     let http = warmpool_tests::http_client();
     let resp = http
