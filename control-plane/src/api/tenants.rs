@@ -46,14 +46,14 @@ pub async fn list(
     })))
 }
 
-/// One tenant's limits and use (any name: a tenant without limits has none).
+/// One tenant's limits and use: 404 for a tenant with neither limits nor allocations.
 #[utoipa::path(
     get, path = "/v1/tenants/{name}", tag = "tenants",
     params(("name" = String, Path, description = "Tenant"), Consistency),
     responses(
         (status = 200, description = "The tenant", body = TenantView),
         (status = 400, description = "Not a tenant name (`bad_request`)", body = ErrorBody),
-        (status = 404, description = "Another tenant's, for a tenant's key (`not_found`)", body = ErrorBody),
+        (status = 404, description = "No limits and no allocations, or another tenant's for a tenant's key (`not_found`)", body = ErrorBody),
     )
 )]
 pub async fn get(
@@ -67,7 +67,16 @@ pub async fn get(
         return Err(ApiError::NotFound(format!("no tenant {name}")));
     }
     barrier_if_asked(&app, &headers).await?;
-    Ok(Json(app.cluster.shared().read(|s| view(s, &name))))
+    // A tenant is known while it has limits or allocations; past that it is a name like any.
+    app.cluster
+        .shared()
+        .read(|s| {
+            (s.tenant(&name).is_some() || s.tenant_allocations(&name) > 0).then(|| view(s, &name))
+        })
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("tenant {name} has no limits and no allocations"))
+        })
 }
 
 /// Sets a tenant's limits, replacing those it had. Over `max_allocations` or the rate, an
