@@ -313,6 +313,19 @@ mod tests {
         }
     }
 
+    /// A plain allocation from pool `demo`, waiting for nothing.
+    fn allocate() -> Command {
+        Command::Allocate {
+            allocation_id: warmpool_proto::AllocationId::new(),
+            pool: pool(),
+            session: SessionId::new("s").expect("session"),
+            lease_ms: 60_000,
+            idempotency_key: None,
+            wait_ms: 0,
+            tenant: Default::default(),
+        }
+    }
+
     fn downs(cmds: &[Command]) -> Vec<String> {
         cmds.iter()
             .filter_map(|c| match c {
@@ -483,29 +496,13 @@ mod tests {
             node: nid("n1"),
             reason: Some(UnreachableReason::NoHeartbeat),
         });
-        let r = w.apply(Command::Allocate {
-            allocation_id: warmpool_proto::AllocationId::new(),
-            pool: pool(),
-            session: SessionId::new("s").expect("session"),
-            lease_ms: 60_000,
-            idempotency_key: None,
-            wait_ms: 0,
-            tenant: Default::default(),
-        });
+        let r = w.apply(allocate());
         assert!(matches!(r, crate::state::Response::Rejected(_)), "{r:?}");
         w.apply(Command::MarkUnreachable {
             node: nid("n1"),
             reason: None,
         });
-        let r = w.apply(Command::Allocate {
-            allocation_id: warmpool_proto::AllocationId::new(),
-            pool: pool(),
-            session: SessionId::new("s").expect("session"),
-            lease_ms: 60_000,
-            idempotency_key: None,
-            wait_ms: 0,
-            tenant: Default::default(),
-        });
+        let r = w.apply(allocate());
         assert!(
             matches!(r, crate::state::Response::Allocation { .. }),
             "{r:?}"

@@ -240,13 +240,13 @@ async fn a_tenant_over_its_quota_gets_429_and_nothing_is_allocated() {
         .len();
     // The raw answer: status, code and Retry-After.
     let http = warmpool_tests::http_client();
-    let resp = http
-        .post(format!("{}/v1/allocations", f.member.url()))
-        .bearer_auth(&q_token)
-        .body(r#"{"pool":"demo"}"#)
-        .send()
-        .await
-        .expect("send");
+    let raw_allocate = || {
+        http.post(format!("{}/v1/allocations", f.member.url()))
+            .bearer_auth(&q_token)
+            .body(r#"{"pool":"demo"}"#)
+            .send()
+    };
+    let resp = raw_allocate().await.expect("send");
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(resp.headers().contains_key("retry-after"));
     let body: warmpool_proto::api::ErrorBody = resp.json().await.expect("error body");
@@ -289,13 +289,7 @@ async fn a_tenant_over_its_quota_gets_429_and_nothing_is_allocated() {
         .allocate(&allocation("demo", 5_000))
         .await
         .expect("within rate");
-    let resp = http
-        .post(format!("{}/v1/allocations", f.member.url()))
-        .bearer_auth(&q_token)
-        .body(r#"{"pool":"demo"}"#)
-        .send()
-        .await
-        .expect("send");
+    let resp = raw_allocate().await.expect("send");
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     let wait: u64 = resp
         .headers()

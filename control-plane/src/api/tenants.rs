@@ -120,11 +120,15 @@ pub async fn put(
     }
     let cmd = Command::PutTenant {
         tenant: name.clone(),
-        quota,
+        quota: quota.clone(),
     };
     match app.cluster.write(Request::now(cmd)).await? {
         Applied::Rejected(r) => Err(r.into()),
-        _ => Ok(Json(app.cluster.shared().read(|s| view(s, &name)))),
+        // The limits as written (this member's replica may not have applied them yet).
+        _ => Ok(Json(TenantView {
+            quota,
+            ..app.cluster.shared().read(|s| view(s, &name))
+        })),
     }
 }
 
