@@ -619,8 +619,15 @@ impl Host {
     pub fn spawn_dockerd(&mut self) {
         assert!(self.dockerd.is_none(), "dockerd of {} runs", self.name);
         let (log, _) = log_file(&self.log_dir, &format!("dockerd-{}", self.name));
+        // Its own (empty) configuration: the machine's /etc/docker/daemon.json (which
+        // `deploy/dev.sh up` gives live restore) is not this host's, and a setting there that
+        // a flag repeats stops dockerd from starting.
+        let config = self.run_dir.join("daemon.json");
+        std::fs::write(&config, "{}\n").expect("write the host's daemon.json");
         let mut cmd = self.command("dockerd");
-        cmd.arg("--data-root")
+        cmd.arg("--config-file")
+            .arg(&config)
+            .arg("--data-root")
             .arg(self.docker_root())
             .arg("--exec-root")
             .arg(self.exec_root())
