@@ -8,7 +8,9 @@
 //! - `reconcile`: pure comparison of what the state wants with what agents report.
 //! - `agents`: the NATS edge to node agents: heartbeats, facts, commands.
 //! - `liveness`: pure decisions of which nodes take grants, are down, or are lost.
-//! - `leader`: the loop the leader runs to carry out those decisions.
+//! - `engine`: the leader's decisions, one module per duty: state, facts and a clock in,
+//!   effects out.
+//! - `leader`: the runner that feeds the engine and carries out its effects.
 //! - `api`: the REST API and event stream.
 #![warn(missing_docs)]
 // openraft's error types (StorageError, RaftError) are large by design and travel in Results
@@ -19,6 +21,7 @@ pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod cluster;
+pub mod engine;
 pub mod keepwarm;
 pub mod leader;
 pub mod liveness;

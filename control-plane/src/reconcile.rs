@@ -173,12 +173,21 @@ fn says_more(c: &Container, e: &InventoryEntry) -> bool {
 
 /// The create command for a planned container, from its pool's spec.
 pub fn create_spec(state: &PoolState, c: &Container) -> Option<CreateSpec> {
-    let pool = state.pool(&c.pool)?;
-    let s = &pool.spec;
+    create_spec_for(state, &c.pool, c.generation, c.id)
+}
+
+/// The create command for container `id` of `pool` at `generation`, from the pool's spec.
+pub fn create_spec_for(
+    state: &PoolState,
+    pool: &warmpool_proto::PoolName,
+    generation: u64,
+    id: ContainerId,
+) -> Option<CreateSpec> {
+    let s = &state.pool(pool)?.spec;
     Some(CreateSpec {
-        id: c.id,
-        pool: c.pool.clone(),
-        generation: c.generation,
+        id,
+        pool: pool.clone(),
+        generation,
         image: s.image.clone(),
         command: s.command.clone(),
         env: s.env.clone(),
