@@ -74,19 +74,16 @@ impl Fleet {
                 .filter(|c| c.node == n.node.id && c.state.is_live())
                 .count() as u64;
             // The pool's own containers are in `reserved`: add them back.
-            let room = |alloc: u64, reserved: u64, one: u64| {
-                alloc
-                    .saturating_sub(reserved)
-                    .saturating_add(one.saturating_mul(mine))
-                    / one.max(1)
-            };
-            let cpu = room(
-                n.allocatable.cpu_millis,
-                n.reserved.cpu_millis,
-                per.cpu_millis,
+            let own = |one: u64, reserved: u64| reserved.saturating_sub(one.saturating_mul(mine));
+            let fit = warmpool_policy::rules::fits(
+                (n.allocatable.cpu_millis, n.allocatable.memory_mb),
+                (
+                    own(per.cpu_millis, n.reserved.cpu_millis),
+                    own(per.memory_mb, n.reserved.memory_mb),
+                ),
+                (per.cpu_millis, per.memory_mb),
             );
-            let mem = room(n.allocatable.memory_mb, n.reserved.memory_mb, per.memory_mb);
-            slots += cpu.min(mem);
+            slots = slots.saturating_add(fit.count());
             create_slots.insert(
                 n.node.id.clone(),
                 n.create_slots.unwrap_or(DEFAULT_CREATE_SLOTS),

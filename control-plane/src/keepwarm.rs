@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use warmpool_proto::records::{NodeStatus, Pool, Resources};
 use warmpool_proto::{Container, ContainerId, ContainerState, Health, NodeId, PoolName, Timestamp};
 
+use warmpool_policy::rules::{self, Pacing, PoolCounts, Resize};
+
 use crate::placement::{self, NodeLoad, Overcommit};
 use crate::state::PoolState;
 
@@ -178,45 +180,50 @@ fn plan_pool(
         });
     }
 
-    if supply > wanted && warm_current > wanted {
-        // Scale down: retire the newest warm containers first, keeping the longest-warm ones
-        // that allocations take first (the warm index is ordered by when they became warm).
-        let surplus = (warm_current - wanted).min(batch);
-        let ids = state
-            .warm_of(name)
-            .rev()
-            .filter(|c| usable(c) && offering.contains(&c.node))
-            .map(|c| c.id)
-            .take(surplus)
-            .collect();
-        out.push(Decision::Retire {
-            ids,
-            reason: "scale_down",
-        });
-        return;
-    }
-
-    let deficit = wanted.saturating_sub(supply);
-    if deficit == 0 {
-        return;
-    }
-    let paced =
-        last_batch.is_some_and(|t| now.since(t).as_millis() < u128::from(spec.scaling.pacing_ms));
-    if paced || creating >= 2 * batch {
-        return;
-    }
-    let room = (spec.max_total as usize).saturating_sub(live);
-    let n = deficit.min(batch).min(room);
-    if n == 0 {
-        if making_room {
-            return; // old containers are leaving to make room: not stuck
+    let counts = PoolCounts {
+        wanted: wanted as u32,
+        waiting: 0, // already in `wanted`
+        warm: warm_current as u32,
+        creating: creating as u32,
+        live: live as u32,
+    };
+    let pacing = Pacing::of(spec);
+    let n = match rules::resize(
+        counts,
+        pacing,
+        last_batch.map(|t| t.as_millis()),
+        now.as_millis(),
+        None,
+    ) {
+        Resize::Retire(surplus) => {
+            // Scale down: retire the newest warm containers first, keeping the longest-warm
+            // ones that allocations take first (the warm index is ordered by when they
+            // became warm).
+            let ids = state
+                .warm_of(name)
+                .rev()
+                .filter(|c| usable(c) && offering.contains(&c.node))
+                .map(|c| c.id)
+                .take(surplus as usize)
+                .collect();
+            out.push(Decision::Retire {
+                ids,
+                reason: "scale_down",
+            });
+            return;
         }
-        out.push(Decision::Stuck {
-            pool: name.clone(),
-            reason: format!("at max_total ({})", spec.max_total),
-        });
-        return;
-    }
+        Resize::Hold | Resize::Paced { .. } => return,
+        // Old containers are leaving to make room: not stuck.
+        Resize::Full if making_room => return,
+        Resize::Full => {
+            out.push(Decision::Stuck {
+                pool: name.clone(),
+                reason: format!("at max_total ({})", spec.max_total),
+            });
+            return;
+        }
+        Resize::Create(n) => n as usize,
+    };
     let mut pool_loads = loads.to_vec();
     for l in &mut pool_loads {
         l.pool_count = per_node.get(&l.id).copied().unwrap_or(0);

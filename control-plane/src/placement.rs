@@ -100,17 +100,13 @@ pub fn eligible(node: &NodeLoad, spec: &PoolSpec, over: Overcommit) -> Result<()
         }
     }
     let allocatable = over.allocatable(node.capacity);
-    let cpu_room = allocatable
-        .cpu_millis
-        .saturating_sub(node.reserved.cpu_millis);
-    if cpu_room < spec.resources.cpu_millis {
-        return Err(Ineligible::Full(node.id.clone(), "cpu"));
-    }
-    let mem_room = allocatable
-        .memory_mb
-        .saturating_sub(node.reserved.memory_mb);
-    if mem_room < spec.resources.memory_mb {
-        return Err(Ineligible::Full(node.id.clone(), "memory"));
+    let fit = warmpool_policy::rules::fits(
+        (allocatable.cpu_millis, allocatable.memory_mb),
+        (node.reserved.cpu_millis, node.reserved.memory_mb),
+        (spec.resources.cpu_millis, spec.resources.memory_mb),
+    );
+    if let Some(short) = fit.short_of() {
+        return Err(Ineligible::Full(node.id.clone(), short));
     }
     Ok(())
 }

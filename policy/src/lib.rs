@@ -11,6 +11,8 @@
 //! - [`scaler`]: [`Scaler::decide`] turns a [`Policy`] (from a `PoolSpec`) and the inputs into a
 //!   [`ScaleDecision`] when the wanted warm count changes: up at once, down after a cool-down
 //!   with hysteresis, always within `min_warm..=max_warm`.
+//! - [`rules`]: the pool rules shared by the control plane and the simulator: [`rules::resize`]
+//!   (how many containers to make or retire now), [`rules::WantedWrites`], [`rules::fits`].
 //! - [`quantile`]: the arithmetic behind the target hit rate (Poisson and negative binomial
 //!   quantiles, the normal quantile).
 //! - [`sim`]: [`simulate`] replays a [`Trace`] on a [`PoolModel`] under a policy, on a virtual
@@ -31,6 +33,7 @@ pub mod estimator;
 pub mod generate;
 pub mod quantile;
 mod rng;
+pub mod rules;
 pub mod scaler;
 pub mod sim;
 pub mod trace;

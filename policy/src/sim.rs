@@ -6,11 +6,11 @@
 //!   Otherwise it joins the pool's FIFO queue and is served by the next container that becomes
 //!   warm, unless `wait_ms` passes first: then it is *refused* (with `wait_ms = 0`, at once).
 //! - **Release.** After its hold the container is destroyed, never reused.
-//! - **Keep-warm** (as in the control plane's `keepwarm.rs`). The pool aims at the policy's
-//!   wanted count plus the allocations waiting. Short of that, it plans at most `batch_size`
-//!   containers per `pacing_ms`, none while two batches' worth are still being made, and never
-//!   more than `max_total` live (creating, warm and allocated). Over it, surplus warm
-//!   containers are retired at once. A planned container becomes warm after a warm-up time
+//! - **Keep-warm** is [`rules::resize`], the rule the control plane's leader carries out: the
+//!   pool aims at the policy's wanted count plus the allocations waiting; short of that, it
+//!   plans at most `batch_size` containers per `pacing_ms`, none while two batches' worth are
+//!   still being made, and never more than `max_total` live; over it, surplus warm containers
+//!   are retired a batch at a time. A planned container becomes warm after a warm-up time
 //!   drawn from the model.
 //! - **The fleet** (when the model has its limits). At most `create_slots` containers are
 //!   started at once, first planned first served; at most `fleet_slots` of the pool's
@@ -36,7 +36,8 @@ use warmpool_proto::{PoolSpec, Timestamp};
 
 use crate::estimator::{percentile_rank, DemandEstimator, EstimatorConfig};
 use crate::rng::Rng;
-use crate::scaler::{Policy, Scaler, SCALE_DOWN_EVERY_MS};
+use crate::rules::{self, Pacing, PoolCounts, Resize, WantedWrites};
+use crate::scaler::{Policy, Scaler};
 use crate::trace::Trace;
 
 /// Default warm-up time when nothing is measured, ms.
@@ -228,6 +229,15 @@ impl Default for PoolModel {
 }
 
 impl PoolModel {
+    /// Its batch size, pacing and `max_total`, as the keep-warm rule takes them.
+    pub fn pacing(&self) -> Pacing {
+        Pacing {
+            batch_size: self.batch_size.max(1),
+            pacing_ms: self.pacing_ms,
+            max_total: self.max_total,
+        }
+    }
+
     /// The model of a pool with this spec: its batch size, pacing and `max_total`; the
     /// warm-up times and `wait_ms` given.
     pub fn from_spec(spec: &PoolSpec, warm_time: WarmTime, wait_ms: u64) -> Self {
@@ -385,9 +395,9 @@ struct Sim<'a> {
     r: SimReport,
     wanted_integral: f64,
     /// The scaler's latest wanted count, applied as the leader applies it: growth at once,
-    /// decreases at most every [`SCALE_DOWN_EVERY_MS`].
+    /// decreases at most every [`crate::SCALE_DOWN_EVERY_MS`] ([`WantedWrites`]).
     latest: Option<u32>,
-    last_down: Option<u64>,
+    writes: WantedWrites,
 }
 
 impl<'a> Sim<'a> {
@@ -420,7 +430,7 @@ impl<'a> Sim<'a> {
             last_batch: None,
             wake_at: None,
             latest: None,
-            last_down: None,
+            writes: WantedWrites::default(),
             waits: Vec::new(),
             r: SimReport {
                 arrivals: 0,
@@ -600,62 +610,57 @@ impl<'a> Sim<'a> {
         if let Some(d) = self.scaler.decide(self.policy, &inputs, now) {
             self.latest = Some(d.wanted);
         }
-        if let Some(w) = self.latest.filter(|w| *w != self.wanted) {
-            let down = w < self.wanted;
-            let throttled = down
-                && self
-                    .last_down
-                    .is_some_and(|t| self.now < t.saturating_add(SCALE_DOWN_EVERY_MS));
-            if throttled {
-                let at = self.last_down.unwrap_or(self.now) + SCALE_DOWN_EVERY_MS;
-                if self.wake_at.is_none_or(|w| w > at) {
-                    self.wake_at = Some(at);
-                    self.schedule(at, Ev::Wake);
+        if let Some(w) = self.latest {
+            match self.writes.admit(self.wanted, w, self.now) {
+                Ok(true) => {
+                    self.wanted = w;
+                    self.r.scale_changes += 1;
+                    self.r.max_wanted = self.r.max_wanted.max(w);
                 }
-            } else {
-                if down {
-                    self.last_down = Some(self.now);
-                }
-                self.wanted = w;
-                self.r.scale_changes += 1;
-                self.r.max_wanted = self.r.max_wanted.max(w);
+                Ok(false) => {}
+                Err(at) => self.wake(at),
             }
         }
-        let target = self.wanted.saturating_add(self.queue.len() as u32);
-        if self.warm > target {
-            self.r.retired += u64::from(self.warm - target);
-            self.warm = target;
-            return;
-        }
-        let deficit = target.saturating_sub(self.warm + self.creating);
-        let batch = self.model.batch_size.max(1);
-        if deficit == 0 || self.creating >= 2 * batch {
-            return;
-        }
-        if let Some(last) = self.last_batch {
-            let ready = last.saturating_add(self.model.pacing_ms);
-            if self.now < ready {
-                if self.wake_at != Some(ready) {
-                    self.wake_at = Some(ready);
-                    self.schedule(ready, Ev::Wake);
-                }
+        let counts = PoolCounts {
+            wanted: self.wanted,
+            waiting: self.queue.len() as u32,
+            warm: self.warm,
+            creating: self.creating,
+            live: self.warm + self.creating + self.allocated,
+        };
+        // The fleet's limit, when modelled: released containers keep their places until torn
+        // down.
+        let room = self
+            .model
+            .fleet_slots
+            .map(|slots| slots.saturating_sub(counts.live + self.releasing));
+        let n = match rules::resize(counts, self.model.pacing(), self.last_batch, self.now, room) {
+            Resize::Retire(n) => {
+                self.r.retired += u64::from(n);
+                self.warm -= n;
                 return;
             }
-        }
-        let live = self.warm + self.creating + self.allocated;
-        let mut room = self.model.max_total.saturating_sub(live);
-        if let Some(slots) = self.model.fleet_slots {
-            room = room.min(slots.saturating_sub(live + self.releasing));
-        }
-        let n = deficit.min(batch).min(room);
-        if n == 0 {
-            return; // at max_total or the fleet's limit: a release or a teardown makes room
-        }
+            Resize::Paced { until_ms } => {
+                self.wake(until_ms);
+                return;
+            }
+            // At max_total or the fleet's limit: a release or a teardown makes room.
+            Resize::Hold | Resize::Full => return,
+            Resize::Create(n) => n,
+        };
         self.unstarted.extend((0..n).map(|_| self.now));
         self.creating += n;
         self.r.created += u64::from(n);
         self.last_batch = Some(self.now);
         self.start_unstarted();
+    }
+
+    /// Makes sure the leader steps again at `at` (the leader wakes on its timers too).
+    fn wake(&mut self, at: u64) {
+        if self.wake_at.is_none_or(|w| w > at) {
+            self.wake_at = Some(at);
+            self.schedule(at, Ev::Wake);
+        }
     }
 
     /// Starts planned containers while create slots are free.
