@@ -342,9 +342,9 @@ run_tests() {
   install_prereqs
   start_dockerd
   build
-  say "running the tests (cargo test --workspace)"
+  say "running the tests (every cargo test binary, a few at once: deploy/test-cargo.sh)"
   cd "$ROOT"
-  cargo test --workspace --quiet
+  "$ROOT/deploy/test-cargo.sh"
   say "running the dashboard's tests (Vitest, then Chromium against a live cluster)"
   WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/dashboard-test.sh"
   say "fuzzing the API from its OpenAPI document (schemathesis, auth on)"

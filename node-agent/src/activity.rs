@@ -114,7 +114,8 @@ struct Seen {
     opened: u64,
 }
 
-/// Meters every running container every [`METER_INTERVAL`] until `stop`.
+/// Meters every running container every `config.meter` ([`METER_INTERVAL`] unless set)
+/// until `stop`.
 ///
 /// Traffic since the last pass is any of: more accepted connections than the agent's probes
 /// opened (a short request that came and went between passes), a connection the container
@@ -127,7 +128,7 @@ pub fn spawn(shared: &Arc<Shared>, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(METER_INTERVAL) => {}
+                _ = tokio::time::sleep(shared.config.meter) => {}
             }
             let targets = shared.inventory.meter_targets();
             seen.retain(|id, _| targets.iter().any(|t| &t.id == id));

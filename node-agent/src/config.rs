@@ -43,6 +43,8 @@ pub struct RawConfig {
     pub max_concurrent_creates: usize,
     /// Milliseconds between level-triggered resyncs of the inventory with Docker.
     pub resync_ms: u64,
+    /// Milliseconds between passes of the activity meter.
+    pub meter_ms: u64,
     /// Milliseconds a new container may take to pass its first health probe.
     pub startup_grace_ms: u64,
     /// Where to serve Prometheus metrics (`/metrics`); `None`: not served.
@@ -73,6 +75,7 @@ impl Default for RawConfig {
             memory_mb: None,
             max_concurrent_creates: 4,
             resync_ms: 10_000,
+            meter_ms: crate::activity::METER_INTERVAL.as_millis() as u64,
             startup_grace_ms: 60_000,
             metrics_addr: None,
             isolation: true,
@@ -111,6 +114,8 @@ pub struct Config {
     pub max_concurrent_creates: usize,
     /// Time between level-triggered resyncs.
     pub resync: Duration,
+    /// Time between passes of the activity meter.
+    pub meter: Duration,
     /// Time a container may take to pass its first health probe before it counts as unhealthy.
     pub startup_grace: Duration,
     /// Where `/metrics` is served, if anywhere.
@@ -262,6 +267,7 @@ impl RawConfig {
             1024,
             "1..=1024",
         )?;
+        range("--meter-ms", self.meter_ms, 100, 600_000, "100..=600000")?;
         range(
             "--resync-ms",
             self.resync_ms,
@@ -311,6 +317,7 @@ impl RawConfig {
             memory_mb: self.memory_mb,
             max_concurrent_creates: self.max_concurrent_creates,
             resync: Duration::from_millis(self.resync_ms),
+            meter: Duration::from_millis(self.meter_ms),
             startup_grace: Duration::from_millis(self.startup_grace_ms),
             metrics_addr: self.metrics_addr,
             isolation: self.isolation,

@@ -65,6 +65,9 @@ struct Args {
     /// Milliseconds between level-triggered resyncs with Docker.
     #[arg(long, env = "WARMPOOL_RESYNC_MS", default_value_t = 10_000)]
     resync_ms: u64,
+    /// Milliseconds between passes of the activity meter (traffic for idle release).
+    #[arg(long, env = "WARMPOOL_METER_MS", default_value_t = 2_000)]
+    meter_ms: u64,
     /// Milliseconds a new container may take to pass its first health probe.
     #[arg(long, env = "WARMPOOL_STARTUP_GRACE_MS", default_value_t = 60_000)]
     startup_grace_ms: u64,
@@ -123,6 +126,7 @@ impl Args {
             memory_mb: self.memory_mb,
             max_concurrent_creates: self.max_concurrent_creates,
             resync_ms: self.resync_ms,
+            meter_ms: self.meter_ms,
             startup_grace_ms: self.startup_grace_ms,
             metrics_addr: self.metrics_addr,
             isolation: !self.no_isolation,

@@ -750,7 +750,7 @@ async fn activity_is_connections_beyond_the_probes_including_held_ones() -> Resu
     ensure_demo_image();
     let nats = Nats::start().await?;
     let node = Node::new();
-    let _agent = AgentProc::start(&node, &nats.url, &[])?;
+    let _agent = AgentProc::start(&node, &nats.url, &["--meter-ms", "300"])?;
     let ctl = Control::new(&nats, &node).await?;
     ctl.wait_ready().await?;
     let mut facts = ctl.facts().await?;
@@ -769,8 +769,8 @@ async fn activity_is_connections_beyond_the_probes_including_held_ones() -> Resu
         anyhow::Ok(e.last_activity_at)
     };
 
-    // Probes every 200 ms for three meter passes: no activity.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Probes every 200 ms for three meter passes (300 ms apart): no activity.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(last_activity().await?, None, "probes are not activity");
 
     // A connection held open with half a request: seen at once, and again while it stays.
@@ -785,7 +785,7 @@ async fn activity_is_connections_beyond_the_probes_including_held_ones() -> Resu
             .await
             .ok()
             .flatten()
-            .filter(|at| at.since(first) >= Duration::from_secs(4))
+            .filter(|at| at.since(first) >= Duration::from_secs(1))
     })
     .await?;
     assert!(later > first);

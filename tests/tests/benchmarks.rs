@@ -20,7 +20,7 @@ async fn the_fleet_simulator_fills_a_small_fleet_and_reports() {
         batch_size: 50,
         fill_timeout: Duration::from_secs(60),
         settle: Duration::from_millis(500),
-        idle_window: Duration::from_secs(2),
+        idle_window: Duration::from_secs(1),
         sequential_cycles: 20,
         concurrent_cycles: 40,
         concurrency: 4,

@@ -206,7 +206,7 @@ async fn losing_the_leader_under_load_loses_nothing_acknowledged_and_doubles_not
     let probe = Client::new(c.members.iter().map(|m| m.url()).collect(), None).unwrap();
     let mut failovers = Vec::new();
     for round in 0..3 {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let victim = leader_index(&c).await;
         c.members[victim].kill();
         let killed = Instant::now();

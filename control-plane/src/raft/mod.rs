@@ -4,11 +4,15 @@
 //! - [`state_machine`]: the in-memory [`PoolState`](crate::state::PoolState), snapshots in sled.
 //! - [`network`]: Raft RPCs as NATS requests on `pool.v1.raft.<member>.<rpc>`.
 //! - [`server`]: answers those requests for the local member.
+//! - [`router`]: an in-process network for tests of consensus without NATS.
 
 pub mod log_store;
 pub mod network;
+pub mod router;
 pub mod server;
 pub mod state_machine;
+#[cfg(test)]
+mod tests;
 
 use std::io::Cursor;
 

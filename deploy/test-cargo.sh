@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Runs every cargo test binary of the workspace, several at once.
+#
+# `cargo test` runs its test binaries one after another, and most of ours spend their time
+# waiting (for containers to start, a leader to be elected, a lease to run out), not on the CPU.
+# So this builds them all, then runs up to $WARMPOOL_TEST_JOBS binaries at a time (default 3),
+# each with its own log; a failing binary's log is printed whole. The binaries whose figures
+# are sensitive to a busy host (the burst test compares a live run with the simulator; the
+# benchmarks' short form) run afterwards, alone.
+#
+# Usage: deploy/test-cargo.sh [extra args for every test binary, e.g. a name filter]
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+JOBS="${WARMPOOL_TEST_JOBS:-3}"
+# Run alone, after the rest: their assertions compare timings taken on this host.
+ALONE=(policy benchmarks)
+# The longest binaries start first, so the last ones to finish are short.
+FIRST=(multi_host cluster single_host agent nats_outage dockerd_restart isolation)
+
+LOGS="$(mktemp -d "${TMPDIR:-/tmp}/warmpool-tests.XXXXXX")"
+LIST="$LOGS/binaries"
+cargo test --workspace --no-run --message-format=json 2>"$LOGS/build.err" |
+  python3 -c '
+import json, os, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") != "compiler-artifact" or not m.get("profile", {}).get("test"):
+        continue
+    if not m.get("executable"):
+        continue
+    t = m["target"]
+    package = os.path.basename(os.path.dirname(m["manifest_path"]))
+    label = package + "/" + ("unit" if t["kind"][0] in ("lib", "bin") else t["name"])
+    if t["kind"][0] == "bin":
+        label += ":" + t["name"]
+    print("\t".join([label, t["name"], os.path.dirname(m["manifest_path"]), m["executable"]]))
+' >"$LIST" || { cat "$LOGS/build.err" >&2; exit 1; }
+[ -s "$LIST" ] || { cat "$LOGS/build.err" >&2; echo "no test binaries built" >&2; exit 1; }
+
+# One binary: its log in $LOGS, a line on stdout; exit status its own.
+run_one() {
+  local label="$1" dir="$2" exe="$3"
+  shift 3
+  local log="$LOGS/${label//\//_}.log" start=$SECONDS rc=0
+  # Each binary runs from its package's directory, as `cargo test` runs it.
+  (cd "$dir" && CARGO_MANIFEST_DIR="$dir" "$exe" "$@") >"$log" 2>&1 || rc=$?
+  local summary
+  summary="$(grep -E '^test result:' "$log" | tail -1 | sed 's/^test result: //; s/; finished in.*//')"
+  if [ "$rc" -eq 0 ]; then
+    printf '  ok    %-42s %4ss  %s\n' "$label" "$((SECONDS - start))" "$summary"
+  else
+    printf '  FAIL  %-42s %4ss  (exit %s) %s\n' "$label" "$((SECONDS - start))" "$rc" "$summary"
+  fi
+  return "$rc"
+}
+export -f run_one
+export LOGS ROOT
+
+is_alone() {
+  local t="$1" a
+  for a in "${ALONE[@]}"; do [ "$t" = "$a" ] && return 0; done
+  return 1
+}
+
+first=() together=() alone=()
+while IFS=$'\t' read -r label target dir exe; do
+  entry="$label"$'\t'"$dir"$'\t'"$exe"
+  if is_alone "$target"; then
+    alone+=("$entry")
+  elif [[ " ${FIRST[*]} " == *" $target "* ]]; then
+    first+=("$entry")
+  else
+    together+=("$entry")
+  fi
+done <"$LIST"
+together=("${first[@]}" "${together[@]}")
+
+started=$SECONDS
+failed=0
+echo "running ${#together[@]} test binaries, $JOBS at a time (logs in $LOGS)"
+printf '%s\n' "${together[@]}" |
+  xargs -P "$JOBS" -d '\n' -I{} bash -c 'IFS=$'"'"'\t'"'"' read -r l d e <<<"$0"; run_one "$l" "$d" "$e" "$@"' {} "$@" ||
+  failed=1
+if [ "${#alone[@]}" -gt 0 ]; then
+  echo "running ${#alone[@]} timing-sensitive test binaries alone"
+  for entry in "${alone[@]}"; do
+    IFS=$'\t' read -r l d e <<<"$entry"
+    run_one "$l" "$d" "$e" "$@" || failed=1
+  done
+fi
+# Documentation examples, if any crate has them.
+cargo test --workspace --doc --quiet >"$LOGS/doc.log" 2>&1 || { cat "$LOGS/doc.log" >&2; failed=1; }
+echo "cargo tests took $((SECONDS - started)) s"
+
+if [ "$failed" -ne 0 ]; then
+  for log in "$LOGS"/*.log; do
+    if ! grep -qE '^test result: ok' "$log"; then
+      echo "===== $(basename "$log" .log) =====" >&2
+      cat "$log" >&2
+    fi
+  done
+  exit 1
+fi
