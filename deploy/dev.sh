@@ -42,6 +42,7 @@ install_prereqs() {
   command -v nsenter >/dev/null || pkgs+=(util-linux)
   command -v iptables >/dev/null || pkgs+=(iptables)
   command -v nft >/dev/null || pkgs+=(nftables)
+  dpkg -s faketime >/dev/null 2>&1 || pkgs+=(faketime)
   command -v python3 >/dev/null || pkgs+=(python3)
   # The API fuzz run (`test`) installs schemathesis into a virtualenv.
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || pkgs+=(python3-venv)

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-use warmpool_proto::subjects;
+use warmpool_proto::{subjects, Timestamp};
 
 use crate::raft::state_machine::Shared;
 use crate::raft::{MemberId, Raft};
@@ -77,6 +77,9 @@ async fn propose_batches(
 ) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut carried: Option<Proposal> = None;
+    // Every request is stamped with this member's clock as it is proposed (never going back),
+    // not with the clock of the member that took it: see `Request::restamp`.
+    let mut stamp = Timestamp(0);
     loop {
         let first = match carried.take() {
             Some(p) => p,
@@ -99,6 +102,10 @@ async fn propose_batches(
             }
             bytes += len;
             batch.push(p);
+        }
+        stamp = Timestamp::now().max(stamp);
+        for (req, _) in &mut batch {
+            req.restamp(stamp);
         }
         let raft = raft.clone();
         tokio::spawn(async move {

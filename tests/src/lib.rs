@@ -320,6 +320,7 @@ pub struct Member {
     bootstrap: bool,
     join: bool,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     log_filter: String,
     child: Option<Child>,
 }
@@ -339,6 +340,7 @@ impl Member {
             bootstrap,
             join: false,
             extra: Vec::new(),
+            env: Vec::new(),
             log_filter: std::env::var("WARMPOOL_TEST_MEMBER_LOG")
                 .unwrap_or_else(|_| MEMBER_LOG_FILTER.to_string()),
             child: None,
@@ -355,6 +357,24 @@ impl Member {
     /// Extra command-line flags for later starts.
     pub fn with_args(mut self, args: &[&str]) -> Self {
         self.extra = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Its wall clock `secs` ahead of the machine's (behind when negative), through
+    /// libfaketime (Debian's `faketime`); its monotonic clock is left alone.
+    pub fn with_clock_ahead(mut self, secs: i64) -> Self {
+        let lib = [
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+            "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("libfaketime is missing: apt-get install faketime (deploy/dev.sh test does)");
+        self.env = vec![
+            ("LD_PRELOAD".into(), lib.into()),
+            ("FAKETIME".into(), format!("{secs:+}s")),
+            ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ];
         self
     }
 
@@ -403,6 +423,7 @@ impl Member {
             .arg(&self.data_dir)
             .args(&self.extra)
             .env("RUST_LOG", &self.log_filter)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         if self.bootstrap {

@@ -27,6 +27,31 @@ impl Request {
             cmd,
         }
     }
+
+    /// Stamps it `at` instead, moving the times the command carries by as much, so that they
+    /// keep their distance from the stamp. The leader restamps every request it proposes with
+    /// its own clock: leases, waits and deadlines then count from one clock, in log order,
+    /// whichever member took the request and however far its clock is off.
+    pub fn restamp(&mut self, at: Timestamp) {
+        let shift = |t: &mut Timestamp, from: Timestamp| {
+            *t = Timestamp(at.0.saturating_add(t.0).saturating_sub(from.0));
+        };
+        let from = self.at;
+        match &mut self.cmd {
+            Command::SetNodeStatus {
+                drain_deadline: Some(d),
+                ..
+            } => shift(d, from),
+            Command::CreateKey { key } => shift(&mut key.created_at, from),
+            Command::Batch { requests } => {
+                for r in requests {
+                    r.restamp(at);
+                }
+            }
+            _ => {}
+        }
+        self.at = at;
+    }
 }
 
 /// A change to the replicated state.
@@ -305,5 +330,41 @@ impl Response {
             message: message.into(),
             retry_after_ms: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod restamp_tests {
+    use super::*;
+
+    #[test]
+    fn restamping_moves_the_times_a_command_carries_with_its_stamp() {
+        let node = NodeId::new("n1").unwrap();
+        let drain = |at: u64, deadline: u64| Request {
+            at: Timestamp(at),
+            cmd: Command::SetNodeStatus {
+                node: node.clone(),
+                status: NodeStatus::Draining,
+                reason: None,
+                drain_deadline: Some(Timestamp(deadline)),
+            },
+        };
+        // Taken by a member 30 s ahead; proposed by the leader at 1_000_000.
+        let mut r = drain(1_030_000, 1_090_000);
+        r.restamp(Timestamp(1_000_000));
+        assert_eq!(r, drain(1_000_000, 1_060_000));
+        // Inside a batch too.
+        let mut b = Request {
+            at: Timestamp(5),
+            cmd: Command::Batch {
+                requests: vec![drain(1_030_000, 1_090_000)],
+            },
+        };
+        b.restamp(Timestamp(1_000_000));
+        let Command::Batch { requests } = &b.cmd else {
+            unreachable!()
+        };
+        assert_eq!(requests[0], drain(1_000_000, 1_060_000));
+        assert_eq!(b.at, Timestamp(1_000_000));
     }
 }
