@@ -6,8 +6,9 @@
 //!
 //! - it starts with the member that last answered;
 //! - when a member refuses the connection (the request was never sent), or answers `503` with
-//!   code `no_leader`, `no_quorum` or `unavailable` (nothing was committed), it tries the next
-//!   one, once round the list;
+//!   code `no_quorum` (it knows no leader; nothing was committed), it tries the next one, once
+//!   round the list ([`ErrorCode::is_failover`]); `503 overloaded` (the leader's write queue
+//!   is full) and `no_capacity` are answered to the caller with their Retry-After;
 //! - a `GET` is also tried on the next member after any other transport failure, since reading
 //!   twice is harmless; a write that may have reached the server is not repeated, and neither
 //!   is anything that timed out (the caller decides: an allocation carries an idempotency key

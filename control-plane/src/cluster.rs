@@ -48,6 +48,9 @@ pub enum ClusterError {
     /// Raft stopped.
     #[error("raft stopped: {0}")]
     Fatal(String),
+    /// The leader's queue of writes to propose is full: try again shortly.
+    #[error("too many writes waiting to be proposed ({0}); try again shortly")]
+    Overloaded(usize),
 }
 
 impl ClusterError {
@@ -73,7 +76,7 @@ enum Forward {
 async fn propose_batches(
     id: MemberId,
     raft: Raft,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<Proposal>,
+    mut queue: tokio::sync::mpsc::Receiver<Proposal>,
 ) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut carried: Option<Proposal> = None;
@@ -201,7 +204,7 @@ pub struct Cluster {
     raft: Raft,
     shared: Arc<Shared>,
     nats: async_nats::Client,
-    proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
+    proposals: tokio::sync::mpsc::Sender<Proposal>,
     /// The commit index the log store last saved ([`crate::raft::LogStore::commit_index`]).
     commit_index: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -229,8 +232,9 @@ impl Cluster {
         shared: Arc<Shared>,
         nats: async_nats::Client,
         commit_index: Arc<std::sync::atomic::AtomicU64>,
+        max_queued: usize,
     ) -> Self {
-        let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
+        let (proposals, queue) = tokio::sync::mpsc::channel(max_queued.max(1));
         tokio::spawn(propose_batches(id, raft.clone(), queue));
         Cluster {
             id,
@@ -385,9 +389,15 @@ impl Cluster {
 
     async fn write_local(&self, req: Request, deadline: Instant) -> Result<Response, ClusterError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.proposals
-            .send((req, tx))
-            .map_err(|_| ClusterError::Fatal("the proposer stopped".into()))?;
+        self.proposals.try_send((req, tx)).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                metrics::counter!("warmpool_writes_refused_overloaded_total").increment(1);
+                ClusterError::Overloaded(self.proposals.max_capacity())
+            }
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                ClusterError::Fatal("the proposer stopped".into())
+            }
+        })?;
         match tokio::time::timeout_at(deadline, rx).await {
             Err(_) => Err(no_commit(self.id)),
             Ok(Err(_)) => Err(ClusterError::Fatal("the proposer stopped".into())),

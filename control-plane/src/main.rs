@@ -60,6 +60,10 @@ struct Args {
     /// Raft: take a snapshot after this many log entries.
     #[arg(long, env = "WARMPOOL_SNAPSHOT_EVERY", default_value_t = 5000)]
     snapshot_every: u64,
+    /// Writes waiting to be proposed at most; beyond it writes are refused at once with 503
+    /// `overloaded` and Retry-After.
+    #[arg(long, env = "WARMPOOL_MAX_QUEUED_WRITES", default_value_t = 10_000)]
+    max_queued_writes: usize,
     /// Kept for older command lines: auth is on unless --insecure-no-auth.
     #[arg(
         long,
@@ -200,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
         leader,
         raft: RaftTuning {
             snapshot_every: args.snapshot_every,
+            max_queued_writes: args.max_queued_writes,
             ..RaftTuning::default()
         },
         agent_timeout: Duration::from_secs(5),

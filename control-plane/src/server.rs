@@ -34,6 +34,9 @@ pub struct RaftTuning {
     pub snapshot_every: u64,
     /// Entries kept in the log behind the last snapshot, for lagging followers.
     pub keep_behind_snapshot: u64,
+    /// Writes waiting to be proposed at most; beyond it a write is refused at once (503
+    /// `overloaded`, Retry-After) instead of queueing without bound.
+    pub max_queued_writes: usize,
 }
 
 impl Default for RaftTuning {
@@ -43,6 +46,7 @@ impl Default for RaftTuning {
             election_ms: (400, 800),
             snapshot_every: 5000,
             keep_behind_snapshot: 1000,
+            max_queued_writes: 10_000,
         }
     }
 }
@@ -241,6 +245,7 @@ pub async fn run(
         shared.clone(),
         nats.clone(),
         commit_index,
+        t.max_queued_writes,
     );
     tasks.spawn(
         cluster

@@ -57,6 +57,8 @@ pub enum ErrorCode {
     NoCapacity,
     /// 503: no quorum or no leader: another member may do better.
     NoQuorum,
+    /// 503: the leader has as many writes waiting as it queues; try again after Retry-After.
+    Overloaded,
     /// 500: a bug or a broken part.
     Internal,
     /// A code this client does not know (from a newer server), or an answer that was not
@@ -81,6 +83,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NoCapacity => "no_capacity",
             ErrorCode::NoQuorum => "no_quorum",
+            ErrorCode::Overloaded => "overloaded",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
@@ -98,7 +101,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::OverQuota | ErrorCode::RateLimited => 429,
-            ErrorCode::NoCapacity | ErrorCode::NoQuorum => 503,
+            ErrorCode::NoCapacity | ErrorCode::NoQuorum | ErrorCode::Overloaded => 503,
             ErrorCode::Internal | ErrorCode::Unknown => 500,
         }
     }

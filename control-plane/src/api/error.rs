@@ -56,6 +56,9 @@ pub enum ApiError {
     /// 503: no quorum; writes are not possible now.
     #[error("{0}")]
     NoQuorum(String),
+    /// 503: the leader's write queue is full; try again after Retry-After.
+    #[error("{0}")]
+    Overloaded(String),
     /// 500: a bug or a broken part.
     #[error("{0}")]
     Internal(String),
@@ -76,6 +79,7 @@ impl ApiError {
             ApiError::NoCapacity { .. } => ErrorCode::NoCapacity,
             ApiError::TooManyRequests { code, .. } => *code,
             ApiError::NoQuorum(_) => ErrorCode::NoQuorum,
+            ApiError::Overloaded(_) => ErrorCode::Overloaded,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -91,7 +95,7 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             ApiError::NoCapacity { retry_after, .. }
             | ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
-            ApiError::NoQuorum(_) => Some(1),
+            ApiError::NoQuorum(_) | ApiError::Overloaded(_) => Some(1),
             _ => None,
         };
         let body = ErrorBody {
@@ -140,6 +144,7 @@ impl From<ClusterError> for ApiError {
             ClusterError::NotLeader => ApiError::NoQuorum("no leader".into()),
             ClusterError::Membership(m) => ApiError::Conflict(m),
             ClusterError::Fatal(m) => ApiError::Internal(m),
+            e @ ClusterError::Overloaded(_) => ApiError::Overloaded(e.to_string()),
         }
     }
 }
