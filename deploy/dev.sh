@@ -5,6 +5,8 @@
 #                         is present), start NATS, 3 control-plane members with auth on and the
 #                         dashboard at http://127.0.0.1:7070/, and an agent; create pool "demo"
 #                         (min_warm 3) and wait until it is warm
+#   deploy/dev.sh up --release   the same with release builds (what benchmarks measure;
+#                         WARMPOOL_RELEASE=1 does the same)
 #   deploy/dev.sh down    stop what `up` started and remove the containers it made
 #   deploy/dev.sh status  what is running
 #   deploy/dev.sh test    install what is missing and run every test
@@ -14,7 +16,10 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DEV="$ROOT/.dev"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+RELEASE=${WARMPOOL_RELEASE:-0}
+[ "${2:-}" = "--release" ] && RELEASE=1
+if [ "$RELEASE" = 1 ]; then PROFILE=release; else PROFILE=debug; fi
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
 API_PORT=${WARMPOOL_DEV_API_PORT:-7070}
 NATS_PORT=${WARMPOOL_DEV_NATS_PORT:-4222}
 NODE_ID=${WARMPOOL_DEV_NODE:-local}
@@ -104,8 +109,13 @@ start_dockerd() {
 }
 
 build() {
-  say "building (cargo build --bins)"
-  (cd "$ROOT" && cargo build --bins --quiet)
+  if [ "$PROFILE" = release ]; then
+    say "building (cargo build --release --bins)"
+    (cd "$ROOT" && cargo build --release --bins --quiet)
+  else
+    say "building (cargo build --bins)"
+    (cd "$ROOT" && cargo build --bins --quiet)
+  fi
   "$ROOT/deploy/demo-image/build.sh" "$IMAGE" >&2
 }
 
@@ -340,6 +350,8 @@ status() {
 }
 
 run_tests() {
+  # The tests run the debug binaries, whatever WARMPOOL_RELEASE says.
+  PROFILE=debug
   install_prereqs
   start_dockerd
   build
@@ -359,5 +371,5 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   test) run_tests ;;
-  *) echo "usage: deploy/dev.sh up|down|status|test" >&2; exit 2 ;;
+  *) echo "usage: deploy/dev.sh up [--release]|down|status|test" >&2; exit 2 ;;
 esac

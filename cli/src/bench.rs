@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use warmpool_proto::api::CreateAllocation;
+use warmpool_proto::api::{BuildProfile, CreateAllocation};
 use warmpool_proto::{Allocation, HealthProbe, PoolName, PoolSpec};
 
 use crate::client::Client;
@@ -164,6 +164,8 @@ pub struct BenchReport {
     pub via: Option<Via>,
     /// The leader when the run started.
     pub leader: Option<u64>,
+    /// How the member that answered first was built (`debug` figures say little).
+    pub server_build: Option<BuildProfile>,
     /// The pool.
     pub pool: String,
     /// Whether this run made (and deleted) the pool.
@@ -253,10 +255,18 @@ pub async fn run(
             Client::new(vec![member.api_addr.clone()], token)?
         }
     };
+    if view.build == Some(BuildProfile::Debug) {
+        progress(
+            "warning: the control plane measured is a debug build; its figures say little about \
+             a release build (deploy/bench/cluster.sh up runs release binaries)"
+                .into(),
+        );
+    }
     let mut report = BenchReport {
         urls: target.urls(),
         via: Some(plan.via),
         leader: view.leader,
+        server_build: view.build,
         warmup: plan.warmup,
         ..Default::default()
     };
@@ -604,6 +614,16 @@ pub fn render(r: &BenchReport) -> String {
         ("image", r.image.clone()),
         ("via", r.urls.join(", ")),
         ("leader", r.leader.map_or("none".into(), |l| l.to_string())),
+        (
+            "build",
+            match r.server_build {
+                Some(BuildProfile::Debug) => {
+                    "debug (figures say little about a release build)".into()
+                }
+                Some(b) => b.as_str().to_string(),
+                None => "unknown".into(),
+            },
+        ),
         ("warm at start", r.warm_at_start.to_string()),
         (
             "cycles",
@@ -751,6 +771,7 @@ mod tests {
             urls: vec!["http://127.0.0.1:7070".into()],
             via: Some(Via::Leader),
             leader: Some(1),
+            server_build: Some(BuildProfile::Release),
             pool: "bench-x".into(),
             temporary_pool: true,
             image: "img".into(),

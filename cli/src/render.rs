@@ -603,7 +603,7 @@ pub fn node_line(n: &NodeView, style: Style) -> String {
 pub fn cluster_view(c: &ClusterView) -> String {
     use Align::*;
     let idx = |v: Option<u64>| opt(&v);
-    let mut out = kv_block(&[
+    let mut rows = vec![
         (
             "member",
             format!("{} ({}, term {})", c.member, c.state, c.term),
@@ -625,7 +625,12 @@ pub fn cluster_view(c: &ClusterView) -> String {
                 idx(c.purged_index)
             ),
         ),
-    ]);
+    ];
+    if let Some(build) = c.build {
+        let version = c.version.as_deref().unwrap_or("?");
+        rows.push(("build", format!("{version} ({})", build.as_str())));
+    }
+    let mut out = kv_block(&rows);
     out.push('\n');
     let mut t = Table::new(&[
         ("ID", Right),
@@ -1181,6 +1186,8 @@ mod tests {
             applied_index: Some(120),
             snapshot_index: None,
             purged_index: None,
+            version: None,
+            build: None,
         };
         assert_eq!(
             cluster_view(&c),

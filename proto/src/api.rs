@@ -361,6 +361,43 @@ pub struct ClusterView {
     /// snapshot).
     #[serde(default)]
     pub purged_index: Option<u64>,
+    /// The answering member's version (absent from older members).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// How the answering member was built: figures measured against a debug build say little
+    /// about a release one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildProfile>,
+}
+
+/// The Cargo profile a binary was built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum BuildProfile {
+    /// Unoptimised, with debug assertions (`cargo build`).
+    Debug,
+    /// Optimised (`cargo build --release`).
+    Release,
+}
+
+impl BuildProfile {
+    /// The profile of the running binary.
+    pub fn current() -> Self {
+        if cfg!(debug_assertions) {
+            BuildProfile::Debug
+        } else {
+            BuildProfile::Release
+        }
+    }
+
+    /// Its wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildProfile::Debug => "debug",
+            BuildProfile::Release => "release",
+        }
+    }
 }
 
 /// `POST /v1/cluster/members`.

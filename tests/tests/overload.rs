@@ -33,7 +33,11 @@ async fn a_full_write_queue_answers_503_overloaded_at_once_and_loses_nothing_ack
                 created.insert(format!("q{i}"));
             }
             503 => {
-                assert_eq!(body["error"]["code"], ErrorCode::Overloaded.as_str(), "{body}");
+                assert_eq!(
+                    body["error"]["code"],
+                    ErrorCode::Overloaded.as_str(),
+                    "{body}"
+                );
                 assert!(retry_after, "503 overloaded without Retry-After");
                 overloaded += 1;
             }

@@ -29,6 +29,11 @@ async fn an_operator_drives_a_pool_with_poolctl() {
     let _host = SimAgent::start(&c.nats.url(), &unique("h"), 41, Duration::from_millis(300)).await;
     let pool = unique("op").replace('-', "");
 
+    // The member says what it is: the tests run debug builds, and so it says.
+    let out = ok(&url, &["cluster", "status"]);
+    assert!(out.contains("(debug)"), "{out}");
+    assert_eq!(json(&url, &["cluster", "status"])["build"], "debug");
+
     let out = ok(
         &url,
         &[

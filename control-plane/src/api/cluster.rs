@@ -46,6 +46,8 @@ fn current(app: &AppState) -> ClusterView {
         applied_index: m.last_applied.map(|l| l.index),
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
+        version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        build: Some(warmpool_proto::api::BuildProfile::current()),
     }
 }
 
