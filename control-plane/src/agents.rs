@@ -393,7 +393,12 @@ pub async fn listen(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(msg) = heartbeats.next() => {
-                match parse::<Heartbeat>(&msg.subject, &msg.payload, |h| &h.node) {
+                let hb = parse::<Heartbeat>(&msg.subject, &msg.payload, |h| &h.node).and_then(|hb| {
+                    warmpool_proto::agent::check_labels(&hb.labels)
+                        .map(|()| hb)
+                        .map_err(|e| format!("labels refused: {e}"))
+                });
+                match hb {
                     Ok(hb) => {
                         metrics::counter!("warmpool_agent_heartbeats_received_total").increment(1);
                         fleet.on_heartbeat(hb);

@@ -168,6 +168,9 @@ pub enum ConfigError {
     /// A label is not `key=value`, or repeats a key.
     #[error("--label {0:?}: {1}")]
     Label(String, &'static str),
+    /// The labels together are too many or too long for a heartbeat.
+    #[error("--label: {0}")]
+    Labels(String),
     /// A prefix flag holds something that is not a prefix.
     #[error("{flag} {value:?}: {reason}")]
     IpPrefix {
@@ -246,6 +249,7 @@ impl RawConfig {
                 return Err(ConfigError::Label(l.clone(), "the key is given twice"));
             }
         }
+        warmpool_proto::agent::check_labels(&labels).map_err(ConfigError::Labels)?;
 
         range(
             "--heartbeat-ms",
@@ -488,6 +492,21 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn too_many_or_too_long_labels_are_refused_at_start() {
+        let mut r = raw();
+        r.labels = (0..65).map(|i| format!("k{i}=v")).collect();
+        let e = r.validate(None).unwrap_err().to_string();
+        assert!(e.contains("65 labels; at most 64"), "{e}");
+        let mut r = raw();
+        r.labels = vec![format!("region={}", "x".repeat(300))];
+        let e = r.validate(None).unwrap_err().to_string();
+        assert!(e.contains("at most 253"), "{e}");
+        let mut r = raw();
+        r.labels = (0..64).map(|i| format!("k{i}=v")).collect();
+        assert!(r.validate(None).is_ok());
     }
 
     #[test]

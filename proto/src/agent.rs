@@ -143,6 +143,41 @@ impl Inventory {
     }
 }
 
+/// Node labels at most, so that a heartbeat stays small (it travels every second, and must fit
+/// in a NATS message with room to spare).
+pub const MAX_LABELS: usize = 64;
+/// Longest label key, bytes.
+pub const MAX_LABEL_KEY: usize = 63;
+/// Longest label value, bytes.
+pub const MAX_LABEL_VALUE: usize = 253;
+
+/// Why a node's labels are refused: by the agent at its start, and by the control plane in a
+/// heartbeat (from an agent that does not check).
+pub fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!(
+            "{} labels; at most {MAX_LABELS} are allowed",
+            labels.len()
+        ));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > MAX_LABEL_KEY {
+            return Err(format!(
+                "label key {:?} is {} bytes; 1..={MAX_LABEL_KEY} are allowed",
+                k.chars().take(80).collect::<String>(),
+                k.len()
+            ));
+        }
+        if v.len() > MAX_LABEL_VALUE {
+            return Err(format!(
+                "the value of label {k:?} is {} bytes; at most {MAX_LABEL_VALUE} are allowed",
+                v.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A digest of what matters for reconciliation in an inventory: ids, status, health verdict,
 /// address. Independent of order. FNV-1a, so both sides compute it the same way with no
 /// dependency.

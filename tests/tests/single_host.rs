@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use warmpool_proto::api::{CreateAllocation, EventQuery};
 use warmpool_proto::records::{AllocationState, ReleaseReason};
 use warmpool_proto::{ContainerState, EventKind, Health};
-use warmpool_tests::{docker, docker_containers_of, http_get, in_prefix, wait_until, TestCluster};
+use warmpool_tests::{
+    docker, docker_containers_of, http_get, in_prefix, unique, wait_until, TestCluster,
+};
 
 const WARM_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -487,6 +489,32 @@ async fn bad_input_answers_clearly_and_changes_nothing() {
     ] {
         nats.publish(subject, payload.into()).await.unwrap();
     }
+    // A well-formed heartbeat of a new node whose labels are too many for one: refused, the
+    // node never joins.
+    let big = warmpool_proto::NodeId::new(unique("biglabels")).unwrap();
+    let heartbeat = warmpool_proto::agent::Heartbeat {
+        node: big.clone(),
+        boot_id: uuid::Uuid::now_v7(),
+        seq: 1,
+        sent_at: warmpool_proto::Timestamp::now(),
+        agent_version: "test".into(),
+        ipv6_prefix: "fd36:ffff::/64".into(),
+        labels: (0..500)
+            .map(|i| (format!("k{i}"), "v".repeat(200)))
+            .collect(),
+        capacity: Default::default(),
+        usage: Default::default(),
+        containers: 0,
+        inventory_digest: 0,
+        create_slots: None,
+        runtime_unavailable: None,
+    };
+    nats.publish(
+        warmpool_proto::subjects::heartbeat(&big),
+        serde_json::to_vec(&heartbeat).unwrap().into(),
+    )
+    .await
+    .unwrap();
     // A forwarded write is a request: garbage with somewhere to answer.
     nats.publish_with_reply("pool.v1.cp.1.forward", nats.new_inbox(), "garbage".into())
         .await
@@ -500,7 +528,8 @@ async fn bad_input_answers_clearly_and_changes_nothing() {
         let log = member.log_tail(100_000);
         let agent = log.matches("agent message rejected").count();
         let forward = log.contains("malformed forwarded request; dropped");
-        async move { (agent >= 3 && forward).then_some(()) }
+        let labels = log.contains("labels refused: 500 labels; at most 64");
+        async move { (agent >= 4 && forward && labels).then_some(()) }
     })
     .await;
 
@@ -520,6 +549,15 @@ async fn bad_input_answers_clearly_and_changes_nothing() {
             .await
             .unwrap(),
         allocs_before
+    );
+    assert!(
+        c.client
+            .nodes()
+            .await
+            .unwrap()
+            .iter()
+            .all(|n| n.node.id != big),
+        "a node whose heartbeat was refused joined"
     );
     // The pool still works.
     c.wait_warm("demo", 1, WARM_TIMEOUT).await;
