@@ -23,7 +23,7 @@ use std::process::Command as Proc;
 use std::time::Duration;
 
 use serde_json::Value;
-use warmpool_proto::api::{CreateKey, DrainNode, Role, TenantQuota};
+use warmpool_proto::api::{ContainerQuery, CreateKey, DrainNode, Role, TenantQuota};
 use warmpool_proto::{ContainerState, NodeId, PoolName, TenantId};
 use warmpool_tests::poolctl::client::NodeAction;
 use warmpool_tests::{
@@ -33,6 +33,170 @@ use warmpool_tests::{
 
 fn fixtures() -> PathBuf {
     warmpool_tests::root().join("tests/fixtures")
+}
+
+/// Unpacks the fixture's data directory into `into` (as `into/cp1`).
+fn unpack(into: &Path) {
+    let status = Proc::new("tar")
+        .arg("-C")
+        .arg(into)
+        .arg("-xzf")
+        .arg(fixtures().join("v0-state.tar.gz"))
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "unpacking the fixture failed");
+}
+
+/// `list`'s items by their `key` field.
+fn by<'a>(list: &'a Value, key: &str) -> std::collections::BTreeMap<String, &'a Value> {
+    list.as_array()
+        .expect("an array")
+        .iter()
+        .map(|v| (v[key].to_string(), v))
+        .collect()
+}
+
+/// The old data directory is opened by this version: the member becomes leader of it, and
+/// everything the old version answered is answered the same, byte for byte in JSON: every
+/// event (with its reason), ended container (with its reason), released allocation (with its
+/// release reason), pool, key, tenant and the node; and the member takes new writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_of_the_version_before_typed_reasons_is_read_and_served_as_it_was() {
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("v0-expected.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    unpack(dir.path());
+    let nats = Nats::start(dir.path());
+    let mut member = Member::new(1, &nats.url(), dir.path(), false);
+    member.start();
+    let base = member.url();
+    let client = warmpool_tests::poolctl::Client::new(vec![base.clone()], None).unwrap();
+    wait_until(Duration::from_secs(30), "the member to lead", || {
+        let client = client.clone();
+        async move {
+            let view = client.cluster().await.ok()?;
+            (view.leader == Some(1)).then_some(view)
+        }
+    })
+    .await;
+    let now = api_dump(&base).await;
+    let cluster = &now["cluster"];
+    let old_last = expected["cluster"]["last_log_index"].as_u64().unwrap();
+    assert!(
+        cluster["applied_index"].as_u64().unwrap() >= old_last,
+        "the snapshot and the log past it were applied: {cluster}"
+    );
+
+    // Every event the old version recorded, as it recorded it.
+    let events = by(&now["events"], "seq");
+    let old_events = expected["events"].as_array().unwrap();
+    assert!(old_events.len() > 50, "the fixture holds events");
+    for e in old_events {
+        assert_eq!(
+            events.get(&e["seq"].to_string()),
+            Some(&e),
+            "event {}",
+            e["seq"]
+        );
+    }
+    // Ended containers with their reasons (a new leader may end more, never change these).
+    for state in ["terminated", "failed"] {
+        let got = by(&now[state], "id");
+        for c in expected[state].as_array().unwrap() {
+            assert_eq!(got.get(&c["id"].to_string()), Some(&c), "{state} container");
+        }
+    }
+    // Allocations: released ones as they were; the active one is still there.
+    let allocations = by(&now["allocations"], "id");
+    for a in expected["allocations"].as_array().unwrap() {
+        let got = allocations
+            .get(&a["id"].to_string())
+            .expect("allocation kept");
+        if a["state"] == "released" {
+            assert_eq!(*got, a);
+        } else {
+            assert_eq!(got["container_id"], a["container_id"]);
+            assert_eq!(got["tenant"], a["tenant"]);
+            assert_eq!(got["idempotency_key"], a["idempotency_key"]);
+        }
+    }
+    // Pools (spec, generation, times), keys, tenants' limits, the node's record.
+    for p in expected["pools"].as_array().unwrap() {
+        let name = &p["pool"]["spec"]["name"];
+        let got = now["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| &x["pool"]["spec"]["name"] == name)
+            .unwrap_or_else(|| panic!("pool {name} kept"));
+        assert_eq!(got["pool"], p["pool"]);
+    }
+    assert_eq!(now["keys"], expected["keys"]);
+    let tenants = by(&now["tenants"], "name");
+    for t in expected["tenants"].as_array().unwrap() {
+        assert_eq!(tenants[&t["name"].to_string()]["quota"], t["quota"]);
+    }
+    let (node, old_node) = (&now["nodes"][0], &expected["nodes"][0]);
+    for field in [
+        "id",
+        "ipv6_prefix",
+        "labels",
+        "joined_at",
+        "status",
+        "status_changed_at",
+        "reason",
+        "capacity",
+    ] {
+        assert_eq!(node[field], old_node[field], "node {field}");
+    }
+    // The failing pool's condition, with its reason, is still told.
+    let status_pool = |s: &Value, name: &str| {
+        s["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        status_pool(&now["status"], "broken")["condition"],
+        status_pool(&expected["status"], "broken")["condition"]
+    );
+
+    // The typed client reads the old records too, reasons and all.
+    for state in ["terminated", "failed"] {
+        let typed = client
+            .list_containers(&ContainerQuery {
+                state: Some(state.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        for c in expected[state].as_array().unwrap() {
+            let t = typed
+                .iter()
+                .find(|t| serde_json::to_value(t.id).unwrap() == c["id"])
+                .expect("typed record");
+            assert_eq!(serde_json::to_value(&t.reason).unwrap(), c["reason"]);
+        }
+    }
+
+    // And it takes writes: the old active allocation is released by its client.
+    let active = expected["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["state"] == "active")
+        .expect("the fixture has an active allocation");
+    let id: warmpool_proto::AllocationId = serde_json::from_value(active["id"].clone()).unwrap();
+    let released = client.release(id).await.unwrap();
+    assert_eq!(
+        released.state,
+        warmpool_proto::records::AllocationState::Released
+    );
 }
 
 /// `GET url` as raw JSON.
@@ -407,6 +571,3 @@ async fn wait_container_ended(
     })
     .await;
 }
-
-#[allow(dead_code)]
-fn unpack(_into: &Path) {}
