@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use warmpool_proto::agent::{AgentCommand, AgentReply};
 use warmpool_proto::records::{NodeStatus, ReleaseReason};
-use warmpool_proto::{ContainerId, ContainerState, NodeId, PoolName, Timestamp};
+use warmpool_proto::{
+    ContainerEndReason, ContainerId, ContainerState, NodeId, PoolName, Timestamp,
+};
 
 use warmpool_policy::{DemandEstimator, Policy, Scaler};
 
@@ -102,7 +104,7 @@ impl Backoff {
             t.saturating_duration_since(Instant::now())
         });
         crate::state::Condition {
-            reason: self.reason.clone(),
+            reason: ContainerEndReason::parse(&self.reason),
             consecutive_failures: self.failures,
             retry_at: Timestamp::now().plus(left),
         }
@@ -116,7 +118,7 @@ impl Backoff {
             generation,
             failures: c.consecutive_failures,
             retry_at: Some(Instant::now() + Duration::from_millis(left)),
-            reason: c.reason.clone(),
+            reason: c.reason.to_string(),
             sources: Default::default(),
         }
     }
@@ -124,21 +126,6 @@ impl Backoff {
 
 /// Failures of a node's creates before the node itself is avoided for a while.
 const NODE_FAILURES_TO_AVOID: u32 = 3;
-
-/// Whether a container that ended before it was ever warm says something is wrong with
-/// making containers (rather than that it was no longer wanted).
-fn is_create_failure(reason: &str) -> bool {
-    [
-        "create_failed",
-        "create_timed_out",
-        "unhealthy",
-        "exited",
-        "oom_killed",
-        "vanished",
-    ]
-    .iter()
-    .any(|p| reason.starts_with(p))
-}
 
 /// Shortest time between two written decreases of one pool's wanted count (the simulator
 /// keeps to the same).
@@ -500,7 +487,7 @@ impl Leader {
             return;
         }
         // Only record what the agent says of its own containers.
-        let gone: Vec<(ContainerId, String)> = self.read(|s| {
+        let gone: Vec<(ContainerId, ContainerEndReason)> = self.read(|s| {
             gone.into_iter()
                 .filter(|(node, id, _)| s.container(id).is_some_and(|c| &c.node == node))
                 .map(|(_, id, reason)| (id, reason))
@@ -546,7 +533,7 @@ impl Leader {
                                 .map(|c| {
                                     Action::Destroy(
                                         c.id,
-                                        c.reason.clone().unwrap_or_else(|| "released".into()),
+                                        c.reason.clone().unwrap_or(ContainerEndReason::Released),
                                     )
                                 })
                                 .collect()
@@ -595,7 +582,7 @@ impl Leader {
                 Ok(AgentReply::Accepted) => {}
                 Ok(AgentReply::Error { message }) => {
                     warn!(%node, container = %id, error = %message, "create refused");
-                    let gone = vec![(id, format!("create_failed: {message}"))];
+                    let gone = vec![(id, ContainerEndReason::CreateFailed { message })];
                     let _ = cluster
                         .write(Request::now(Command::ContainersGone { gone }))
                         .await;
@@ -609,7 +596,13 @@ impl Leader {
         });
     }
 
-    fn send_destroy(&self, term: &Term, node: &NodeId, id: ContainerId, reason: String) {
+    fn send_destroy(
+        &self,
+        term: &Term,
+        node: &NodeId,
+        id: ContainerId,
+        reason: ContainerEndReason,
+    ) {
         if !lock(&term.inflight).destroys.insert(id) {
             return;
         }
@@ -631,7 +624,7 @@ impl Leader {
                         .shared()
                         .read(|s| s.container(&id).is_some_and(|c| c.state.is_live()));
                     if is_record {
-                        let gone = vec![(id, "destroyed".to_string())];
+                        let gone = vec![(id, ContainerEndReason::Destroyed)];
                         let _ = cluster
                             .write(Request::now(Command::ContainersGone { gone }))
                             .await;
@@ -785,7 +778,7 @@ impl Leader {
                 }
                 _ => {
                     let reason = e.reason.clone().unwrap_or_default();
-                    if !is_create_failure(&reason) {
+                    if !ContainerEndReason::parse(&reason).is_create_failure() {
                         continue;
                     }
                     let generation = generations.get(&pool).copied().unwrap_or(0);
@@ -889,7 +882,7 @@ impl Leader {
                     let retired = self
                         .write(Command::RetireContainers {
                             ids,
-                            reason: reason.to_string(),
+                            reason: reason.into(),
                         })
                         .await;
                     if retired.is_some() {

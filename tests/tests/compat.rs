@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use warmpool_proto::api::{ContainerQuery, CreateKey, DrainNode, Role, TenantQuota};
-use warmpool_proto::{ContainerState, NodeId, PoolName, TenantId};
+use warmpool_proto::{ContainerEndReason, ContainerState, NodeId, PoolName, TenantId};
 use warmpool_tests::poolctl::client::NodeAction;
 use warmpool_tests::{
     allocation as alloc, docker, ensure_demo_image, http_client, http_get, wait_until, Agent,
@@ -166,7 +166,8 @@ async fn a_data_directory_of_the_version_before_typed_reasons_is_read_and_served
         status_pool(&expected["status"], "broken")["condition"]
     );
 
-    // The typed client reads the old records too, reasons and all.
+    // The typed client reads the old records too, reasons and all, each as its variant.
+    let mut typed_reasons = Vec::new();
     for state in ["terminated", "failed"] {
         let typed = client
             .list_containers(&ContainerQuery {
@@ -181,8 +182,32 @@ async fn a_data_directory_of_the_version_before_typed_reasons_is_read_and_served
                 .find(|t| serde_json::to_value(t.id).unwrap() == c["id"])
                 .expect("typed record");
             assert_eq!(serde_json::to_value(&t.reason).unwrap(), c["reason"]);
+            typed_reasons.push(t.reason.clone().expect("an ended container has a reason"));
         }
     }
+    for want in [
+        ContainerEndReason::Client,
+        ContainerEndReason::Expired,
+        ContainerEndReason::Unhealthy,
+        ContainerEndReason::Exited { code: Some(137) },
+        ContainerEndReason::SpecChanged,
+        ContainerEndReason::NodeDown,
+        ContainerEndReason::PoolDeleted,
+    ] {
+        assert!(
+            typed_reasons.contains(&want),
+            "{want:?} in {typed_reasons:?}"
+        );
+    }
+    assert!(typed_reasons
+        .iter()
+        .any(|r| matches!(r, ContainerEndReason::CreateFailed { message } if message.contains("No such image"))));
+    assert!(
+        !typed_reasons
+            .iter()
+            .any(|r| matches!(r, ContainerEndReason::Other(_))),
+        "every old reason has its variant: {typed_reasons:?}"
+    );
 
     // And it takes writes: the old active allocation is released by its client.
     let active = expected["allocations"]

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use warmpool_proto::records::{AllocationState, NodeStatus, ReleaseReason};
 use warmpool_proto::{
-    Allocation, AllocationId, ContainerId, ContainerState, EventKind, Health, PoolName, Timestamp,
+    Allocation, AllocationId, ContainerEndReason, ContainerId, ContainerState, EventKind, Health,
+    PoolName, Timestamp,
 };
 
 use super::{Ctx, EventBody};
@@ -312,7 +313,7 @@ impl PoolState {
         ctx: Ctx,
         id: AllocationId,
         reason: ReleaseReason,
-        detail: Option<&str>,
+        detail: Option<&ContainerEndReason>,
     ) {
         let Some(a) = self.allocations.get_mut(&id).map(Arc::make_mut) else {
             return;
@@ -342,7 +343,7 @@ impl PoolState {
             return;
         };
         c.released_at = Some(ctx.at);
-        c.reason = Some(detail.unwrap_or(reason.as_str()).to_string());
+        c.reason = Some(detail.cloned().unwrap_or_else(|| reason.into()));
         touch(&mut self.node_changed, &c.node, ctx.index);
         let mut body = EventBody::of_container(c).reason(reason.as_str());
         body.allocation = Some(id);
@@ -351,7 +352,7 @@ impl PoolState {
         }
         if reason == ReleaseReason::Lost {
             let mut lost = body.clone();
-            lost.reason = Some(detail.unwrap_or("lost").to_string());
+            lost.reason = Some(detail.unwrap_or(&ContainerEndReason::Lost).to_string());
             self.emit(ctx, EventKind::AllocationLost, lost);
         }
         self.emit(ctx, EventKind::ContainerReleased, body);

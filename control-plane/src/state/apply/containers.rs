@@ -5,7 +5,8 @@ use std::sync::Arc;
 use warmpool_proto::agent::{InventoryEntry, ObservedStatus};
 use warmpool_proto::records::{NodeStatus, ReleaseReason};
 use warmpool_proto::{
-    Container, ContainerId, ContainerState, EventKind, Health, NodeId, PoolName, Timestamp,
+    Container, ContainerEndReason, ContainerId, ContainerState, EventKind, Health, NodeId,
+    PoolName, Timestamp,
 };
 
 use super::{Ctx, EventBody};
@@ -151,12 +152,11 @@ impl PoolState {
 
         if entry.status == ObservedStatus::Exited {
             let reason = if entry.oom_killed {
-                "oom_killed".to_string()
+                ContainerEndReason::OomKilled
             } else {
-                format!(
-                    "exited ({})",
-                    entry.exit_code.map_or("?".into(), |c| c.to_string())
-                )
+                ContainerEndReason::Exited {
+                    code: entry.exit_code,
+                }
             };
             self.lose(ctx, id, &reason);
             return;
@@ -181,12 +181,12 @@ impl PoolState {
             }
             (ContainerState::Creating | ContainerState::Warm, Health::Unhealthy { .. }) => {
                 // Never offered again; destroyed and replaced.
-                self.retire(ctx, id, "unhealthy");
+                self.retire(ctx, id, &ContainerEndReason::Unhealthy);
             }
             (ContainerState::Allocated, Health::Unhealthy { .. }) if restarts > 0 => {
                 // It was restarted once and fails again: its session loses it (the release
                 // event says why) and the pool replaces it.
-                self.retire(ctx, id, "unhealthy");
+                self.retire(ctx, id, &ContainerEndReason::Unhealthy);
             }
             _ => {}
         }
@@ -194,7 +194,7 @@ impl PoolState {
 
     /// A container stopped working on its own (exited, killed, lost with its node): an
     /// allocated one takes its allocation down with it; all are destroyed.
-    pub(super) fn lose(&mut self, ctx: Ctx, id: ContainerId, reason: &str) {
+    pub(super) fn lose(&mut self, ctx: Ctx, id: ContainerId, reason: &ContainerEndReason) {
         let Some(c) = self.containers.get(&id) else {
             return;
         };
@@ -211,21 +211,20 @@ impl PoolState {
 
     /// Takes a container out of service: it goes to `releasing`, and the leader has its agent
     /// destroy it.
-    pub(super) fn retire(&mut self, ctx: Ctx, id: ContainerId, reason: &str) {
+    pub(super) fn retire(&mut self, ctx: Ctx, id: ContainerId, reason: &ContainerEndReason) {
         let Some(c) = self.containers.get_mut(&id).map(Arc::make_mut) else {
             return;
         };
         match c.state {
             ContainerState::Creating | ContainerState::Warm => {
-                c.reason = Some(reason.to_string());
+                c.reason = Some(reason.clone());
                 self.set_state(id, ContainerState::Releasing, ctx.at);
             }
             ContainerState::Allocated => {
                 if let Some(a) = c.allocation {
-                    let why = if reason == "unhealthy" {
-                        ReleaseReason::Unhealthy
-                    } else {
-                        ReleaseReason::Lost
+                    let why = match reason {
+                        ContainerEndReason::Unhealthy => ReleaseReason::Unhealthy,
+                        _ => ReleaseReason::Lost,
                     };
                     self.end_allocation(ctx, a, why, Some(reason));
                 }
@@ -234,7 +233,12 @@ impl PoolState {
         }
     }
 
-    pub(super) fn container_gone(&mut self, ctx: Ctx, id: ContainerId, reason: &str) {
+    pub(super) fn container_gone(
+        &mut self,
+        ctx: Ctx,
+        id: ContainerId,
+        reason: &ContainerEndReason,
+    ) {
         let Some(c) = self.containers.get(&id) else {
             return;
         };
@@ -248,7 +252,7 @@ impl PoolState {
         let Some(c) = self.containers.get_mut(&id).map(Arc::make_mut) else {
             return;
         };
-        let reason = c.reason.clone().unwrap_or_else(|| reason.to_string());
+        let reason = c.reason.clone().unwrap_or_else(|| reason.clone());
         c.reason = Some(reason.clone());
         let (state, kind) = if c.warm_at.is_some() {
             (ContainerState::Terminated, EventKind::ContainerTerminated)

@@ -53,8 +53,8 @@ impl EventBody {
         }
     }
 
-    fn reason(mut self, reason: impl Into<String>) -> Self {
-        self.reason = Some(reason.into());
+    fn reason(mut self, reason: impl std::fmt::Display) -> Self {
+        self.reason = Some(reason.to_string());
         self
     }
 }
@@ -218,7 +218,7 @@ fn change_condition<K: Ord>(
     match condition {
         Some(c) => {
             let body = EventBody {
-                reason: Some(c.reason.clone()),
+                reason: Some(c.reason.to_string()),
                 detail: Some(serde_json::json!({
                     "consecutive_failures": c.consecutive_failures,
                     "retry_at": c.retry_at,

@@ -1,7 +1,9 @@
 //! Nodes: join, down, lost, unreachable, cordon and drain, and a node's failing condition.
 
 use warmpool_proto::records::{NodeStatus, Unreachable, UnreachableReason};
-use warmpool_proto::{ContainerId, ContainerState, EventKind, Node, NodeId, Timestamp};
+use warmpool_proto::{
+    ContainerEndReason, ContainerId, ContainerState, EventKind, Node, NodeId, Timestamp,
+};
 
 use super::{change_condition, Ctx, EventBody};
 use crate::state::{touch, Condition, PoolState, RejectCode, Response};
@@ -128,7 +130,7 @@ impl PoolState {
             .map(|c| c.id)
             .collect();
         for cid in on_node {
-            self.container_gone(ctx, cid, "node_down");
+            self.container_gone(ctx, cid, &ContainerEndReason::NodeDown);
         }
         Response::Ok
     }
@@ -149,7 +151,7 @@ impl PoolState {
             .map(|c| c.id)
             .collect();
         for cid in on_node {
-            self.container_gone(ctx, cid, "node_lost");
+            self.container_gone(ctx, cid, &ContainerEndReason::NodeLost);
         }
         Response::Ok
     }

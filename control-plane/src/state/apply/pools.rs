@@ -1,7 +1,9 @@
 //! Pools: create, change, delete, the scaler's wanted count, and a pool's failing condition.
 
 use warmpool_proto::records::{Pool, ReleaseReason};
-use warmpool_proto::{AllocationId, ContainerId, EventKind, PoolName, PoolSpec};
+use warmpool_proto::{
+    AllocationId, ContainerEndReason, ContainerId, EventKind, PoolName, PoolSpec,
+};
 
 use super::{change_condition, Ctx, EventBody};
 use crate::state::{Condition, PoolState, RejectCode, Response};
@@ -87,7 +89,7 @@ impl PoolState {
                 Some(a) => {
                     self.release(ctx, a, ReleaseReason::PoolDeleted);
                 }
-                None => self.retire(ctx, id, "pool_deleted"),
+                None => self.retire(ctx, id, &ContainerEndReason::PoolDeleted),
             }
         }
         self.emit(

@@ -50,8 +50,8 @@ fn full_lifecycle_emits_events_in_order() {
     let c = h.state.container(&id).unwrap();
     assert_eq!(c.state, ContainerState::Terminated);
     assert_eq!(
-        c.reason.as_deref(),
-        Some("client"),
+        c.reason,
+        Some(ContainerEndReason::Client),
         "the first reason sticks"
     );
 
@@ -85,7 +85,7 @@ fn unhealthy_warm_container_is_retired_and_never_offered() {
     );
     let c = h.state.container(&id).unwrap();
     assert_eq!(c.state, ContainerState::Releasing);
-    assert_eq!(c.reason.as_deref(), Some("unhealthy"));
+    assert_eq!(c.reason, Some(ContainerEndReason::Unhealthy));
     assert_eq!(rejection(h.allocate(&p, None)), RejectCode::NoCapacity);
     assert!(h.kinds_for(id).contains(&EventKind::ContainerHealthChanged));
 }
@@ -109,7 +109,10 @@ fn a_killed_warm_container_leaves_the_pool() {
     });
     let c = h.state.container(&id).unwrap();
     assert_eq!(c.state, ContainerState::Terminated);
-    assert_eq!(c.reason.as_deref(), Some("exited (137)"));
+    assert_eq!(
+        c.reason,
+        Some(ContainerEndReason::Exited { code: Some(137) })
+    );
 }
 
 #[test]
@@ -199,7 +202,7 @@ fn indexes_follow_every_transition_and_the_pruning_of_old_records() {
         let ids = h.warm(pool, node, 50);
         let gone = ids
             .iter()
-            .map(|id| (*id, "destroyed".to_string()))
+            .map(|id| (*id, ContainerEndReason::Destroyed))
             .collect();
         h.apply(Command::RetireContainers {
             ids: ids.clone(),

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use warmpool_proto::agent::{InventoryEntry, ObservedStatus};
 use warmpool_proto::records::{AllocationState, NodeStatus, ReleaseReason, Resources};
 use warmpool_proto::{
-    AllocationId, ContainerId, ContainerState, EventKind, Health, NodeId, PoolName, PoolSpec,
-    SessionId, TenantId, Timestamp,
+    AllocationId, ContainerEndReason, ContainerId, ContainerState, EventKind, Health, NodeId,
+    PoolName, PoolSpec, SessionId, TenantId, Timestamp,
 };
 
 use super::*;
