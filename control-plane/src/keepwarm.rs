@@ -12,7 +12,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use warmpool_proto::records::{NodeStatus, Pool, Resources};
-use warmpool_proto::{Container, ContainerId, ContainerState, Health, NodeId, PoolName, Timestamp};
+use warmpool_proto::{
+    Container, ContainerId, ContainerState, Health, NodeId, PoolName, RetireReason, Timestamp,
+};
 
 use crate::placement::{self, NodeLoad, Overcommit};
 use crate::state::PoolState;
@@ -34,7 +36,7 @@ pub enum Decision {
         /// The containers.
         ids: Vec<ContainerId>,
         /// Why.
-        reason: &'static str,
+        reason: RetireReason,
     },
     /// The pool is short and no node can take more; the reason is for logs and status.
     Stuck {
@@ -159,7 +161,7 @@ fn plan_pool(
             old.sort_by_key(|c| (rank(c), c.warm_at.unwrap_or(c.created_at)));
             out.push(Decision::Retire {
                 ids: old.into_iter().take(n).map(|c| c.id).collect(),
-                reason: "spec_changed",
+                reason: RetireReason::SpecChanged,
             });
         }
     }
@@ -174,7 +176,7 @@ fn plan_pool(
             .collect();
         out.push(Decision::Retire {
             ids,
-            reason: "drain",
+            reason: RetireReason::Drain,
         });
     }
 
@@ -191,7 +193,7 @@ fn plan_pool(
             .collect();
         out.push(Decision::Retire {
             ids,
-            reason: "scale_down",
+            reason: RetireReason::ScaleDown,
         });
         return;
     }
@@ -503,7 +505,7 @@ mod tests {
     fn retired(ds: &[Decision], why: &str) -> Vec<ContainerId> {
         ds.iter()
             .flat_map(|d| match d {
-                Decision::Retire { ids, reason } if *reason == why => ids.clone(),
+                Decision::Retire { ids, reason } if reason.as_str() == why => ids.clone(),
                 _ => vec![],
             })
             .collect()
@@ -630,7 +632,7 @@ mod tests {
         });
         let d = w.decide();
         assert!(
-            matches!(&d[..], [Decision::Retire { ids, reason: "scale_down" }] if ids.len() == 3),
+            matches!(&d[..], [Decision::Retire { ids, reason: RetireReason::ScaleDown }] if ids.len() == 3),
             "{d:?}"
         );
     }
@@ -666,7 +668,7 @@ mod tests {
             matches!(
                 &d[..],
                 [Decision::Retire {
-                    reason: "drain",
+                    reason: RetireReason::Drain,
                     ..
                 }]
             ),
@@ -779,7 +781,7 @@ mod tests {
                 stale.truncate(batch);
                 out.push(Decision::Retire {
                     ids: stale,
-                    reason: "spec_changed",
+                    reason: RetireReason::SpecChanged,
                 });
             }
 
@@ -792,7 +794,7 @@ mod tests {
                 draining_warm.truncate(batch);
                 out.push(Decision::Retire {
                     ids: draining_warm,
-                    reason: "drain",
+                    reason: RetireReason::Drain,
                 });
             }
 
@@ -809,7 +811,7 @@ mod tests {
                     .collect();
                 out.push(Decision::Retire {
                     ids,
-                    reason: "scale_down",
+                    reason: RetireReason::ScaleDown,
                 });
                 return;
             }
@@ -1048,7 +1050,7 @@ mod tests {
                 for d in got {
                     seen.insert(match d {
                         Decision::Create { .. } => "create",
-                        Decision::Retire { reason, .. } => reason,
+                        Decision::Retire { reason, .. } => reason.as_str(),
                         Decision::Stuck { .. } => "stuck",
                     });
                 }
@@ -1093,7 +1095,7 @@ mod tests {
                 );
                 for d in got {
                     if let Decision::Retire { ids, reason } = d {
-                        seen.insert(reason);
+                        seen.insert(reason.as_str());
                         w.apply(Command::RetireContainers {
                             ids,
                             reason: reason.into(),
