@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use warmpool_proto::agent::{AgentCommand, AgentReply, Fact, Heartbeat, Inventory};
-use warmpool_proto::{subjects, ContainerId, NodeId, Timestamp};
+use warmpool_proto::{subjects, ContainerEndReason, ContainerId, NodeId, Timestamp};
 
 use crate::reconcile::Observed;
 
@@ -70,7 +70,7 @@ pub const CONFLICT_HOLD: Duration = Duration::from_secs(60);
 struct Inner {
     nodes: HashMap<NodeId, NodeSoft>,
     /// Containers agents said are gone or failed to create, for the leader to record.
-    gone: Vec<(NodeId, ContainerId, String)>,
+    gone: Vec<(NodeId, ContainerId, ContainerEndReason)>,
 }
 
 /// Whether this member hears NATS, and since when: heartbeats missed while it did not are no
@@ -240,9 +240,8 @@ impl Fleet {
                 inner.gone.push((node, id, reason));
             }
             Fact::CreateFailed { id, error, .. } => {
-                inner
-                    .gone
-                    .push((node, id, format!("create_failed: {error}")));
+                let reason = ContainerEndReason::CreateFailed { message: error };
+                inner.gone.push((node, id, reason));
             }
         }
         drop(inner);
@@ -306,7 +305,7 @@ impl Fleet {
     }
 
     /// Takes the queued gone and failed containers.
-    pub fn take_gone(&self) -> Vec<(NodeId, ContainerId, String)> {
+    pub fn take_gone(&self) -> Vec<(NodeId, ContainerId, ContainerEndReason)> {
         std::mem::take(&mut self.lock().gone)
     }
 

@@ -12,7 +12,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use warmpool_proto::records::{NodeStatus, Pool, Resources};
-use warmpool_proto::{Container, ContainerId, ContainerState, Health, NodeId, PoolName, Timestamp};
+use warmpool_proto::{
+    Container, ContainerId, ContainerState, Health, NodeId, PoolName, RetireReason, Timestamp,
+};
 
 use warmpool_policy::rules::{self, Pacing, PoolCounts, Resize};
 
@@ -36,7 +38,7 @@ pub enum Decision {
         /// The containers.
         ids: Vec<ContainerId>,
         /// Why.
-        reason: &'static str,
+        reason: RetireReason,
     },
     /// The pool is short and no node can take more; the reason is for logs and status.
     Stuck {
@@ -161,7 +163,7 @@ fn plan_pool(
             old.sort_by_key(|c| (rank(c), c.warm_at.unwrap_or(c.created_at)));
             out.push(Decision::Retire {
                 ids: old.into_iter().take(n).map(|c| c.id).collect(),
-                reason: "spec_changed",
+                reason: RetireReason::SpecChanged,
             });
         }
     }
@@ -176,7 +178,7 @@ fn plan_pool(
             .collect();
         out.push(Decision::Retire {
             ids,
-            reason: "drain",
+            reason: RetireReason::Drain,
         });
     }
 
@@ -208,7 +210,7 @@ fn plan_pool(
                 .collect();
             out.push(Decision::Retire {
                 ids,
-                reason: "scale_down",
+                reason: RetireReason::ScaleDown,
             });
             return;
         }
@@ -510,7 +512,7 @@ mod tests {
     fn retired(ds: &[Decision], why: &str) -> Vec<ContainerId> {
         ds.iter()
             .flat_map(|d| match d {
-                Decision::Retire { ids, reason } if *reason == why => ids.clone(),
+                Decision::Retire { ids, reason } if reason.as_str() == why => ids.clone(),
                 _ => vec![],
             })
             .collect()
@@ -637,7 +639,7 @@ mod tests {
         });
         let d = w.decide();
         assert!(
-            matches!(&d[..], [Decision::Retire { ids, reason: "scale_down" }] if ids.len() == 3),
+            matches!(&d[..], [Decision::Retire { ids, reason: RetireReason::ScaleDown }] if ids.len() == 3),
             "{d:?}"
         );
     }
@@ -673,7 +675,7 @@ mod tests {
             matches!(
                 &d[..],
                 [Decision::Retire {
-                    reason: "drain",
+                    reason: RetireReason::Drain,
                     ..
                 }]
             ),
@@ -786,7 +788,7 @@ mod tests {
                 stale.truncate(batch);
                 out.push(Decision::Retire {
                     ids: stale,
-                    reason: "spec_changed",
+                    reason: RetireReason::SpecChanged,
                 });
             }
 
@@ -799,7 +801,7 @@ mod tests {
                 draining_warm.truncate(batch);
                 out.push(Decision::Retire {
                     ids: draining_warm,
-                    reason: "drain",
+                    reason: RetireReason::Drain,
                 });
             }
 
@@ -816,7 +818,7 @@ mod tests {
                     .collect();
                 out.push(Decision::Retire {
                     ids,
-                    reason: "scale_down",
+                    reason: RetireReason::ScaleDown,
                 });
                 return;
             }
@@ -1055,7 +1057,7 @@ mod tests {
                 for d in got {
                     seen.insert(match d {
                         Decision::Create { .. } => "create",
-                        Decision::Retire { reason, .. } => reason,
+                        Decision::Retire { reason, .. } => reason.as_str(),
                         Decision::Stuck { .. } => "stuck",
                     });
                 }
@@ -1100,7 +1102,7 @@ mod tests {
                 );
                 for d in got {
                     if let Decision::Retire { ids, reason } = d {
-                        seen.insert(reason);
+                        seen.insert(reason.as_str());
                         w.apply(Command::RetireContainers {
                             ids,
                             reason: reason.into(),

@@ -15,7 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use warmpool_proto::agent::{CreateSpec, Inventory, InventoryEntry, ObservedStatus};
-use warmpool_proto::{Container, ContainerId, ContainerState, Health, NodeId, Timestamp};
+use warmpool_proto::{
+    Container, ContainerEndReason, ContainerId, ContainerState, Health, NodeId, Timestamp,
+};
 
 use crate::state::PoolState;
 
@@ -39,11 +41,11 @@ pub enum Action {
     /// Propose these entries into the state.
     Observe(Vec<InventoryEntry>),
     /// Propose that these containers are gone.
-    Gone(Vec<(ContainerId, String)>),
+    Gone(Vec<(ContainerId, ContainerEndReason)>),
     /// Ask the agent to make a container.
     Create(Box<CreateSpec>),
     /// Ask the agent to destroy a container.
-    Destroy(ContainerId, String),
+    Destroy(ContainerId, ContainerEndReason),
 }
 
 /// What the leader has in flight, so nothing is sent twice at once.
@@ -102,7 +104,7 @@ pub fn plan(
                     if inflight.destroys.contains(&entry.id) {
                         pending = true;
                     } else {
-                        let why = c.reason.clone().unwrap_or_else(|| "released".into());
+                        let why = c.reason.clone().unwrap_or(ContainerEndReason::Released);
                         actions.push(Action::Destroy(entry.id, why));
                     }
                 }
@@ -119,20 +121,20 @@ pub fn plan(
             _ => false,
         };
         match c.state {
-            _ if had_it => gone.push((c.id, "vanished".to_string())),
+            _ if had_it => gone.push((c.id, ContainerEndReason::Vanished)),
             // Never seen, or seen and since removed: either way the agent does not have it (an
             // inventory exists and lacks it). If a late create makes it appear, it is an
             // orphan then and destroyed.
             ContainerState::Releasing
                 if observed.is_some() && !inflight.destroys.contains(&c.id) =>
             {
-                gone.push((c.id, "destroyed".to_string()));
+                gone.push((c.id, ContainerEndReason::Destroyed));
             }
             ContainerState::Releasing => pending = true,
             ContainerState::Creating if c.observed_index.is_none() => {
                 pending = true;
                 if now.since(c.created_at).as_millis() > u128::from(CREATE_DEADLINE_MS) {
-                    gone.push((c.id, "create_timed_out".to_string()));
+                    gone.push((c.id, ContainerEndReason::CreateTimedOut));
                     continue;
                 }
                 let due = inflight.creates.get(&c.id).is_none_or(|sent| {

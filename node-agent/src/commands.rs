@@ -304,7 +304,11 @@ async fn make(
 }
 
 #[instrument(skip_all, fields(container = %id))]
-async fn destroy(shared: &Arc<Shared>, id: ContainerId, reason: String) -> AgentReply {
+async fn destroy(
+    shared: &Arc<Shared>,
+    id: ContainerId,
+    reason: warmpool_proto::ContainerEndReason,
+) -> AgentReply {
     let (docker_id, creating) = shared.inventory.begin_destroy(id);
     if let Some(mut done) = creating {
         // Let the create finish (it sees the tombstone and does not insert); then remove what
@@ -329,7 +333,7 @@ async fn destroy(shared: &Arc<Shared>, id: ContainerId, reason: String) -> Agent
     match result {
         Ok(()) => {
             if existed {
-                info!(reason = reason.as_str(), "container destroyed");
+                info!(%reason, "container destroyed");
             }
             shared
                 .inventory

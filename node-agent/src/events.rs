@@ -106,7 +106,7 @@ async fn handle(shared: &Arc<Shared>, ev: EventMessage) {
             shared.inventory.remove_vanished(
                 &id,
                 Some(&docker_id),
-                "removed outside the agent",
+                warmpool_proto::ContainerEndReason::RemovedOutsideAgent,
                 u64::MAX,
             );
         }

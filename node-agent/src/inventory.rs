@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use warmpool_proto::agent::{InventoryEntry, ObservedStatus};
-use warmpool_proto::{ContainerId, Health, HealthCheck};
+use warmpool_proto::{ContainerEndReason, ContainerId, Health, HealthCheck};
 
 use crate::docker::{DockerState, Observation};
 use crate::health::{self, Outcome, ProbeState};
@@ -382,7 +382,7 @@ impl Inventory {
 
     /// Docker removed `id`: drops its entry (stopping its probes) and, with a reason, reports
     /// it gone.
-    pub fn finish_destroy(&self, id: ContainerId, gone: Option<String>) {
+    pub fn finish_destroy(&self, id: ContainerId, gone: Option<ContainerEndReason>) {
         let mut inner = self.lock();
         if let Some(t) = inner.entries.remove(&id) {
             t.stop_probe.cancel();
@@ -545,7 +545,7 @@ impl Inventory {
         &self,
         id: &ContainerId,
         docker_id: Option<&str>,
-        reason: &str,
+        reason: ContainerEndReason,
         mark: u64,
     ) -> bool {
         let mut inner = self.lock();
@@ -560,11 +560,8 @@ impl Inventory {
         inner.bump();
         if let Some(t) = inner.entries.remove(id) {
             t.stop_probe.cancel();
-            info!(container = %id, reason, "container gone");
-            self.outbox.send(Outgoing::Gone {
-                id: *id,
-                reason: reason.to_string(),
-            });
+            info!(container = %id, %reason, "container gone");
+            self.outbox.send(Outgoing::Gone { id: *id, reason });
         }
         true
     }
@@ -773,12 +770,12 @@ mod tests {
         // Until Docker confirms, the entry stays, frozen: no event or resync changes it.
         assert_eq!(inv.len(), 1);
         assert!(!inv.on_die(&id, None, Some(137)));
-        assert!(!inv.remove_vanished(&id, None, "x", u64::MAX));
+        assert!(!inv.remove_vanished(&id, None, ContainerEndReason::Vanished, u64::MAX));
         assert!(matches!(
             inv.upsert(&obs(DockerState::Running), &labels(id), u64::MAX),
             Upsert::Skipped
         ));
-        inv.finish_destroy(id, Some("released".into()));
+        inv.finish_destroy(id, Some(ContainerEndReason::Released));
         assert_eq!(inv.len(), 0);
         assert!(matches!(inv.admit_create(id), Admission::Destroyed));
     }
@@ -820,11 +817,11 @@ mod tests {
         inv.upsert(&obs(DockerState::Running), &labels(late), u64::MAX);
         let seen = HashSet::from([id]);
         assert!(inv.missing(&seen, mark).is_empty());
-        assert!(!inv.remove_vanished(&late, None, "x", mark));
+        assert!(!inv.remove_vanished(&late, None, ContainerEndReason::Vanished, mark));
         // An event about another Docker container claiming the same id changes nothing.
-        assert!(!inv.remove_vanished(&id, Some("other"), "x", inv.mark()));
+        assert!(!inv.remove_vanished(&id, Some("other"), ContainerEndReason::Vanished, inv.mark()));
         assert!(!inv.on_die(&late, Some("other"), Some(1)));
-        assert!(inv.remove_vanished(&id, Some("d1"), "x", inv.mark()));
+        assert!(inv.remove_vanished(&id, Some("d1"), ContainerEndReason::Vanished, inv.mark()));
         assert_eq!(inv.len(), 1);
     }
 

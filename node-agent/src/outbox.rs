@@ -34,7 +34,7 @@ pub enum Outgoing {
         /// The container.
         id: ContainerId,
         /// Why.
-        reason: String,
+        reason: warmpool_proto::ContainerEndReason,
     },
     /// `Fact::CreateFailed`.
     CreateFailed {

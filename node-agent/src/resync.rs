@@ -87,7 +87,7 @@ pub async fn resync(shared: &Arc<Shared>) -> Result<Report, DockerError> {
         if shared.inventory.remove_vanished(
             &id,
             None,
-            "vanished from docker (found by resync)",
+            warmpool_proto::ContainerEndReason::VanishedFromDocker,
             mark,
         ) {
             report.vanished += 1;

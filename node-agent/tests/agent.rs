@@ -139,7 +139,7 @@ async fn create_is_idempotent_and_destroy_removes() -> Result<()> {
         .wait(
             "gone",
             T,
-            |f| matches!(f, Fact::Gone { id, reason, .. } if *id == spec.id && reason == "test"),
+            |f| matches!(f, Fact::Gone { id, reason, .. } if *id == spec.id && reason.to_string() == "test"),
         )
         .await?;
     assert!(ctl.inventory().await?.containers.is_empty());

@@ -226,8 +226,8 @@ pub enum Fact {
         seq: u64,
         /// The container.
         id: ContainerId,
-        /// Why.
-        reason: String,
+        /// Why (the destroy command's reason, or the agent's own).
+        reason: crate::ContainerEndReason,
     },
     /// Creating a container failed; nothing of it is left on the host.
     CreateFailed {
@@ -297,8 +297,8 @@ pub enum AgentCommand {
     Destroy {
         /// The container.
         id: ContainerId,
-        /// Why, for the agent's log.
-        reason: String,
+        /// Why, for the agent's log; the agent reports it back with the container gone.
+        reason: crate::ContainerEndReason,
     },
     /// Send the full inventory.
     Inventory,

@@ -8,6 +8,8 @@
 //! - [`pool`]: [`PoolSpec`] and its parts (health check, resources, constraints).
 //! - [`egress`]: a pool's egress policy and IP prefixes.
 //! - [`records`]: container, node and allocation records as the control plane keeps them.
+//! - [`reason`]: why a container ended and why one is retired, typed, with the wire strings
+//!   of every earlier version.
 //! - [`event`]: the lifecycle event log.
 //! - [`agent`]: messages between the control plane and node agents over NATS.
 //! - [`subjects`]: the NATS subject names, all under `pool.v1`.
@@ -20,6 +22,7 @@ pub mod egress;
 pub mod event;
 pub mod ids;
 pub mod pool;
+pub mod reason;
 pub mod records;
 pub mod subjects;
 pub mod time;
@@ -31,6 +34,7 @@ pub use egress::{Egress, EgressRule, IpPrefix};
 pub use event::{Event, EventKind};
 pub use ids::{AllocationId, ContainerId, MemberId, NodeId, PoolName, SessionId, TenantId};
 pub use pool::{HealthCheck, HealthProbe, PoolSpec};
+pub use reason::{ContainerEndReason, RetireReason};
 pub use records::{Allocation, Container, ContainerState, Health, Node, NodeStatus};
 pub use time::Timestamp;
 

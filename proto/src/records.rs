@@ -146,8 +146,10 @@ pub struct Container {
     pub released_at: Option<Timestamp>,
     /// When it was terminated or failed.
     pub ended_at: Option<Timestamp>,
-    /// Why it was released, terminated or failed.
-    pub reason: Option<String>,
+    /// Why it was released, terminated or failed (a string on the wire; see
+    /// [`ContainerEndReason`](crate::ContainerEndReason)).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub reason: Option<crate::ContainerEndReason>,
     /// Raft log index at which it was first seen running, if it was. An inventory requested
     /// after this index that lacks the container proves it is gone.
     pub observed_index: Option<u64>,

@@ -575,7 +575,11 @@ async fn draining_a_host_moves_its_warm_containers_and_uncordon_lets_it_take_new
     for old in &before {
         let rec = c.client.get_container(old.id).await.unwrap();
         assert_eq!(rec.state, ContainerState::Terminated, "{rec:?}");
-        assert_eq!(rec.reason.as_deref(), Some("drain"), "{rec:?}");
+        assert_eq!(
+            rec.reason,
+            Some(warmpool_proto::ContainerEndReason::Drain),
+            "{rec:?}"
+        );
     }
     let created_on_c = events(
         &c.client,

@@ -489,7 +489,10 @@ async fn a_container_whose_health_fails_leaves_the_pool_after_the_threshold() {
         },
     )
     .await;
-    assert_eq!(gone.reason.as_deref(), Some("unhealthy"));
+    assert_eq!(
+        gone.reason,
+        Some(warmpool_proto::ContainerEndReason::Unhealthy)
+    );
     let s = c.wait_warm("sick", 2, Duration::from_secs(60)).await;
     assert_eq!(s.pools[0].counts.warm, 2, "replaced");
     for _ in 0..3 {

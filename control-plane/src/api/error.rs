@@ -148,3 +148,91 @@ impl From<ClusterError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of every answer the API can give besides success.
+    fn every_error() -> Vec<ApiError> {
+        let m = || "m".to_string();
+        vec![
+            ApiError::BadRequest(m()),
+            ApiError::Unauthorized(m()),
+            ApiError::Forbidden(m()),
+            ApiError::NotFound(m()),
+            ApiError::MethodNotAllowed(m()),
+            ApiError::Conflict(m()),
+            ApiError::PayloadTooLarge(m()),
+            ApiError::UnsupportedMediaType(m()),
+            ApiError::NoCapacity {
+                message: m(),
+                retry_after: 1,
+            },
+            ApiError::TooManyRequests {
+                code: ErrorCode::OverQuota,
+                message: m(),
+                retry_after: 1,
+            },
+            ApiError::TooManyRequests {
+                code: ErrorCode::RateLimited,
+                message: m(),
+                retry_after: 1,
+            },
+            ApiError::NoQuorum(m()),
+            ApiError::Internal(m()),
+        ]
+    }
+
+    #[test]
+    fn every_code_the_server_sends_is_one_the_client_knows_with_its_one_status() {
+        let mut sent = Vec::new();
+        for e in every_error() {
+            let code = e.code();
+            // The client reads the body's code back as the same variant, never `unknown`.
+            let wire = serde_json::to_string(&code).unwrap();
+            assert_eq!(serde_json::from_str::<ErrorCode>(&wire).unwrap(), code);
+            assert_ne!(code, ErrorCode::Unknown, "the server never sends unknown");
+            let resp = e.into_response();
+            assert_eq!(resp.status().as_u16(), code.status(), "{code}");
+            sent.push(code);
+        }
+        // And every code but the client's own `unknown` is one the server sends.
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::Conflict,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::OverQuota,
+            ErrorCode::RateLimited,
+            ErrorCode::NoCapacity,
+            ErrorCode::NoQuorum,
+            ErrorCode::Internal,
+        ] {
+            assert!(sent.contains(&code), "{code} is never sent");
+        }
+    }
+
+    #[test]
+    fn rejections_of_the_state_machine_map_to_their_codes() {
+        let reject = |code| Rejection {
+            code,
+            message: "m".into(),
+            retry_after_ms: Some(1500),
+        };
+        for (rc, want) in [
+            (RejectCode::NotFound, ErrorCode::NotFound),
+            (RejectCode::Conflict, ErrorCode::Conflict),
+            (RejectCode::Invalid, ErrorCode::BadRequest),
+            (RejectCode::NoCapacity, ErrorCode::NoCapacity),
+            (RejectCode::OverQuota, ErrorCode::OverQuota),
+            (RejectCode::RateLimited, ErrorCode::RateLimited),
+        ] {
+            assert_eq!(ApiError::from(reject(rc)).code(), want);
+        }
+    }
+}

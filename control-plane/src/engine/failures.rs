@@ -7,28 +7,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::warn;
-use warmpool_proto::{EventKind, NodeId, PoolName};
+use warmpool_proto::{ContainerEndReason, EventKind, NodeId, PoolName};
 
 use super::{Effect, Now};
 use crate::state::{Command, Condition, EventFilter, PoolState};
 
 /// Failures of a node's creates before the node itself is avoided for a while.
 pub const NODE_FAILURES_TO_AVOID: u32 = 3;
-
-/// Whether a container that ended before it was ever warm says something is wrong with
-/// making containers (rather than that it was no longer wanted).
-pub fn is_create_failure(reason: &str) -> bool {
-    [
-        "create_failed",
-        "create_timed_out",
-        "unhealthy",
-        "exited",
-        "oom_killed",
-        "vanished",
-    ]
-    .iter()
-    .any(|p| reason.starts_with(p))
-}
 
 /// Creates that failed in a row for a pool or node, and when to try again.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -69,7 +54,7 @@ impl Backoff {
             .retry_at
             .map_or(Duration::ZERO, |t| t.saturating_duration_since(now.mono));
         Condition {
-            reason: self.reason.clone(),
+            reason: ContainerEndReason::parse(&self.reason),
             consecutive_failures: self.failures,
             retry_at: now.wall.plus(left),
         }
@@ -83,7 +68,7 @@ impl Backoff {
             generation,
             failures: c.consecutive_failures,
             retry_at: Some(now.mono + Duration::from_millis(left)),
-            reason: c.reason.clone(),
+            reason: c.reason.to_string(),
             sources: Default::default(),
         }
     }
@@ -173,7 +158,9 @@ impl Failures {
                 continue;
             }
             let reason = e.reason.clone().unwrap_or_default();
-            if !is_create_failure(&reason) {
+            // Only a container that ended before it was ever warm for a reason that says
+            // making containers fails (not that it was no longer wanted).
+            if !ContainerEndReason::parse(&reason).is_create_failure() {
                 continue;
             }
             let generation = generations.get(&pool).copied().unwrap_or(0);

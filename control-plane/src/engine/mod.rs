@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use warmpool_proto::agent::AgentCommand;
-use warmpool_proto::{ContainerId, NodeId, PoolName, Timestamp};
+use warmpool_proto::{ContainerEndReason, ContainerId, NodeId, PoolName, Timestamp};
 
 use crate::agents::{NatsLink, NodeSoft, Suspicion};
 use crate::placement::Overcommit;
@@ -36,7 +36,6 @@ mod scaling;
 mod tests;
 mod warm;
 
-pub use failures::is_create_failure;
 pub use replies::Sent;
 
 /// Tunables of the leader.
@@ -101,7 +100,7 @@ pub struct Facts {
     /// Whether this member hears NATS, and since when.
     pub link: NatsLink,
     /// Containers agents said are gone or failed to create, not yet recorded.
-    pub gone: Vec<(NodeId, ContainerId, String)>,
+    pub gone: Vec<(NodeId, ContainerId, ContainerEndReason)>,
 }
 
 impl Facts {

@@ -5,7 +5,7 @@
 use tracing::{info, warn};
 use warmpool_proto::agent::AgentCommand;
 use warmpool_proto::records::NodeStatus;
-use warmpool_proto::{ContainerId, ContainerState};
+use warmpool_proto::{ContainerEndReason, ContainerId, ContainerState};
 
 use super::{Effect, Engine, Facts, Now};
 use crate::agents::Suspicion;
@@ -63,7 +63,7 @@ pub(super) fn liveness(e: &Engine, s: &PoolState, facts: &Facts, now: Now) -> Ve
 
 /// Records what agents said of their own containers: gone, or failed to create.
 pub(super) fn record_gone(s: &PoolState, facts: &Facts) -> Vec<Effect> {
-    let gone: Vec<(ContainerId, String)> = facts
+    let gone: Vec<(ContainerId, ContainerEndReason)> = facts
         .gone
         .iter()
         .filter(|(node, id, _)| s.container(id).is_some_and(|c| &c.node == node))
@@ -111,7 +111,10 @@ pub(super) fn reconcile(e: &mut Engine, s: &PoolState, facts: &Facts, now: Now) 
                 .filter(|c| c.state == ContainerState::Releasing)
                 .filter(|c| !e.inflight.destroys.contains(&c.id))
                 .map(|c| {
-                    Action::Destroy(c.id, c.reason.clone().unwrap_or_else(|| "released".into()))
+                    Action::Destroy(
+                        c.id,
+                        c.reason.clone().unwrap_or(ContainerEndReason::Released),
+                    )
                 })
                 .collect()
         } else {

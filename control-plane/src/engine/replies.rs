@@ -2,7 +2,7 @@
 
 use tracing::{debug, warn};
 use warmpool_proto::agent::{AgentCommand, AgentReply};
-use warmpool_proto::{ContainerId, NodeId};
+use warmpool_proto::{ContainerEndReason, ContainerId, NodeId};
 
 use super::{Effect, Engine};
 use crate::agents::AgentError;
@@ -47,7 +47,7 @@ impl Engine {
             (Sent::Create(id), Ok(AgentReply::Error { message })) => {
                 warn!(%node, container = %id, error = %message, "create refused");
                 vec![Effect::propose(Command::ContainersGone {
-                    gone: vec![(id, format!("create_failed: {message}"))],
+                    gone: vec![(id, ContainerEndReason::CreateFailed { message })],
                 })]
             }
             (Sent::Create(id), Err(e @ (AgentError::NoAgent(_) | AgentError::Timeout(..)))) => {
@@ -60,7 +60,7 @@ impl Engine {
                 let mut out = vec![];
                 if state.container(&id).is_some_and(|c| c.state.is_live()) {
                     out.push(Effect::propose(Command::ContainersGone {
-                        gone: vec![(id, "destroyed".to_string())],
+                        gone: vec![(id, ContainerEndReason::Destroyed)],
                     }));
                 }
                 // The inventory held still lists it until the next pull.

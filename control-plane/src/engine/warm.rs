@@ -62,7 +62,7 @@ pub(super) fn keep_warm(e: &mut Engine, s: &PoolState, facts: &Facts, now: Now) 
                     .increment(ids.len() as u64);
                 out.push(Effect::propose(Command::RetireContainers {
                     ids,
-                    reason: reason.to_string(),
+                    reason: reason.into(),
                 }));
             }
             Decision::Stuck { pool, reason } => {

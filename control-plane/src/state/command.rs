@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 use warmpool_proto::agent::InventoryEntry;
 use warmpool_proto::records::{Allocation, NodeStatus, Pool, ReleaseReason, Resources};
-use warmpool_proto::{AllocationId, ContainerId, NodeId, PoolName, PoolSpec, SessionId, Timestamp};
+use warmpool_proto::{
+    AllocationId, ContainerEndReason, ContainerId, NodeId, PoolName, PoolSpec, SessionId, Timestamp,
+};
 
 use std::collections::BTreeMap;
 
@@ -92,14 +94,14 @@ pub enum Command {
     /// Containers no longer on their host (destroyed, vanished, or never made).
     ContainersGone {
         /// The containers and why each is gone.
-        gone: Vec<(ContainerId, String)>,
+        gone: Vec<(ContainerId, ContainerEndReason)>,
     },
     /// Stop offering these containers and have them destroyed (scale down, old spec, drain).
     RetireContainers {
         /// The containers.
         ids: Vec<ContainerId>,
         /// Why.
-        reason: String,
+        reason: ContainerEndReason,
     },
     /// Hand a warm container of `pool` to `session`. The state machine picks the container, so
     /// concurrent allocations can never pick the same one.

@@ -124,8 +124,8 @@ pub fn scoped_key(tenant: &warmpool_proto::TenantId, key: &str) -> String {
 /// Why a pool, or a node, is not making containers as it should: its creates keep failing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Condition {
-    /// The last failure.
-    pub reason: String,
+    /// The last failure (a string on the wire, as before it was typed).
+    pub reason: warmpool_proto::ContainerEndReason,
     /// Creates that failed in a row.
     pub consecutive_failures: u32,
     /// No create before this.
