@@ -471,6 +471,8 @@ mod tests {
             idempotency_key: None,
             wait_ms: 0,
             tenant: Default::default(),
+            metadata: Default::default(),
+            with_settings: false,
         });
         assert_eq!(created(&w.decide()), 1);
     }
@@ -493,6 +495,8 @@ mod tests {
                 idempotency_key: None,
                 wait_ms: 0,
                 tenant: Default::default(),
+                metadata: Default::default(),
+                with_settings: false,
             });
         }
         let d = w.decide();
@@ -961,6 +965,8 @@ mod tests {
                             idempotency_key: None,
                             wait_ms: 0,
                             tenant: Default::default(),
+                            metadata: Default::default(),
+                            with_settings: false,
                         });
                         allocations.extend(w.state.active_allocations().map(|a| a.id).last());
                     }

@@ -9,6 +9,7 @@
 //! - `agents`: the NATS edge to node agents: heartbeats, facts, commands.
 //! - `liveness`: pure decisions of which nodes take grants, are down, or are lost.
 //! - `leader`: the loop the leader runs to carry out those decisions.
+//! - `session`: logs, exec and files of allocated containers, pulled from their agents.
 //! - `api`: the REST API and event stream.
 #![warn(missing_docs)]
 // openraft's error types (StorageError, RaftError) are large by design and travel in Results
@@ -26,5 +27,6 @@ pub mod placement;
 pub mod raft;
 pub mod reconcile;
 pub mod server;
+pub mod session;
 pub mod state;
 pub mod tls;

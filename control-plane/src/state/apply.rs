@@ -115,6 +115,8 @@ impl PoolState {
                 idempotency_key,
                 wait_ms,
                 tenant,
+                metadata,
+                with_settings,
             } => {
                 let req = Pending {
                     allocation_id,
@@ -122,6 +124,8 @@ impl PoolState {
                     lease_ms,
                     idempotency_key,
                     tenant,
+                    metadata,
+                    with_settings,
                     since: ctx.at,
                     // A little past the requester's own deadline, so its CancelWait lands
                     // first; this only matters when the requester is gone.
@@ -130,6 +134,11 @@ impl PoolState {
                 self.allocate(ctx, pool, req, wait_ms > 0)
             }
             Command::CancelWait { allocation_id } => self.cancel_wait(allocation_id),
+            // Session settings (issue 16): only the outcome is replicated, never the values.
+            Command::SettingsDelivered {
+                allocation_id,
+                state,
+            } => self.settings_delivered(allocation_id, state),
             Command::PutTenant { tenant, quota } => {
                 self.tenants.insert(
                     tenant,
@@ -886,6 +895,26 @@ impl PoolState {
         }
     }
 
+    /// Records where an allocation's settings stand. Only an active allocation that was given
+    /// settings changes; `applied` is never taken back by a late `failed`.
+    fn settings_delivered(
+        &mut self,
+        id: AllocationId,
+        state: warmpool_proto::session::SettingsState,
+    ) -> Response {
+        use warmpool_proto::session::SettingsState;
+        let Some(a) = self.allocations.get_mut(&id) else {
+            return Response::rejected(RejectCode::NotFound, format!("no allocation {id}"));
+        };
+        if a.settings.is_some() && a.settings != Some(SettingsState::Applied) {
+            Arc::make_mut(a).settings = Some(state);
+        }
+        Response::Allocation {
+            allocation: (**a).clone(),
+            replayed: false,
+        }
+    }
+
     /// Hands container `cid` to the request.
     fn grant(&mut self, ctx: Ctx, pool: &PoolName, req: Pending, cid: ContainerId) -> Allocation {
         let max_lifetime = self.pools.get(pool).and_then(|p| p.spec.max_lifetime_secs);
@@ -921,6 +950,10 @@ impl PoolState {
             state: AllocationState::Active,
             released_at: None,
             release_reason: None,
+            metadata: req.metadata,
+            settings: req
+                .with_settings
+                .then_some(warmpool_proto::session::SettingsState::Pending),
         };
         let mut body = EventBody::of_container(c);
         let waited = ctx.at.since(req.since).as_millis() as u64;
