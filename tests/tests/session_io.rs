@@ -572,3 +572,105 @@ async fn settings_follow_the_grant_without_waiting_and_the_plain_path_has_none()
     .await;
     assert_eq!(r.stdout, "[]\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_runs_pre_stop_then_sigterm_and_pool_secrets_are_redacted() {
+    let f = Fleet::start(1, |spec| {
+        spec.command = vec![
+            "sh".into(),
+            "-c".into(),
+            "trap 'echo got-sigterm; kill $!; exit 0' TERM; /bin/busybox httpd -f -p 8080 -h /www & wait"
+                .into(),
+        ];
+        spec.stop_grace_secs = 5;
+        spec.pre_stop = vec![
+            "sh".into(),
+            "-c".into(),
+            "echo pre-stop-ran > /proc/1/fd/1".into(),
+        ];
+        spec.secrets = BTreeMap::from([("POOL_KEY".to_string(), SECRET.to_string())]);
+    })
+    .await;
+    let http = warmpool_tests::http_client();
+    let (acme, acme_token) = f.key(Role::User, "acme").await;
+
+    // Pool secrets reach the containers and are redacted in every pool read.
+    let pool: Value = http
+        .get(format!("{}/v1/pools/{}", f.member.url(), f.pool))
+        .bearer_auth(&acme_token)
+        .send()
+        .await
+        .expect("pool")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(pool["spec"]["secrets"]["POOL_KEY"], "<redacted>", "{pool}");
+    assert_eq!(pool["spec"]["stop_grace_secs"], 5);
+    let listed = http
+        .get(format!("{}/v1/pools", f.member.url()))
+        .bearer_auth(&acme_token)
+        .send()
+        .await
+        .expect("pools")
+        .text()
+        .await
+        .expect("text");
+    assert!(!listed.contains(SECRET), "{listed}");
+    let a = acme
+        .allocate(&allocation(&f.pool, 10_000))
+        .await
+        .expect("allocate");
+    let r = exec(
+        &http,
+        &f.url(&a, "exec"),
+        &acme_token,
+        &["sh", "-c", "echo $POOL_KEY"],
+    )
+    .await;
+    assert_eq!(r.stdout, format!("{SECRET}\n"));
+
+    // Release: the pre-stop command runs, then the main process gets SIGTERM (its trap
+    // prints), seen through a log stream that follows the container to its end.
+    let resp = http
+        .get(f.url(&a, "logs?follow=true&tail=0"))
+        .bearer_auth(&acme_token)
+        .send()
+        .await
+        .expect("logs");
+    let mut body = resp.bytes_stream();
+    let released = Instant::now();
+    acme.release(a.id).await.expect("release");
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !seen.contains("event: end") {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(_) => break,
+            Err(_) => panic!("the log stream did not end within 20 s: {seen}"),
+        }
+    }
+    eprintln!(
+        "released; output ended {:?} later:\n{seen}",
+        released.elapsed()
+    );
+    let pre = seen.find("pre-stop-ran").expect("the pre-stop command ran");
+    let term = seen
+        .find("got-sigterm")
+        .expect("the main process got SIGTERM");
+    assert!(pre < term, "pre-stop runs before SIGTERM");
+    // Exiting on SIGTERM, it is removed well before the 5 s grace.
+    assert!(released.elapsed() < Duration::from_secs(5));
+    let c = f.admin.clone();
+    let cid = a.container_id;
+    wait_until(Duration::from_secs(20), "the container gone", || {
+        let c = c.clone();
+        async move {
+            match c.get_container(cid).await {
+                Ok(x) if x.state == warmpool_proto::ContainerState::Terminated => Some(()),
+                Err(_) => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+}
