@@ -69,6 +69,9 @@ fn count(route: &'static str, outcome: &'static str) {
         .increment(1);
 }
 
+/// Most lines `tail` may ask for.
+const MAX_TAIL: u64 = 100_000;
+
 /// `GET /v1/allocations/{id}/logs` query.
 #[derive(Deserialize, Default, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -102,7 +105,12 @@ pub async fn logs(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let tail = q.tail.map(|t| t.min(100_000));
+    if q.tail.is_some_and(|t| t > MAX_TAIL) {
+        return Err(ApiError::BadRequest(format!(
+            "tail must be at most {MAX_TAIL}"
+        )));
+    }
+    let tail = q.tail;
     let a = target(&app, &scope, &id).await?;
     let container = a.container_id;
     let follow = q.follow.unwrap_or(false);
