@@ -23,12 +23,14 @@
 # Permissions. An agent's user is its node id. It may publish only under
 # pool.v1.node.<id>.> (heartbeats, facts) and answer the requests it receives
 # (allow_responses: one reply per request, to that request's reply subject, and no general
-# _INBOX.> rights), and subscribe only to pool.v1.node.<id>.cmd. A host taken over therefore
+# _INBOX.> rights), and subscribe only to pool.v1.node.<id>.cmd and .session (logs, exec, files
+# and settings asked by any member). A host taken over therefore
 # cannot speak for another node, read another node's commands, or listen to replies meant for
 # the control plane. The shared control-plane user may use pool.v1.> and _INBOX.>. A member's
 # own user (--member ID) may listen only on its own Raft and forward subjects, the join
 # subject, agents' heartbeats and facts, and replies to its own requests; it may send Raft RPCs
-# and forwards to other members, commands to agents and events, and answer what it is asked;
+# and forwards to other members, commands and session requests to agents and events, and answer
+# what it is asked;
 # it can neither speak for an agent nor listen to another member's Raft traffic.
 #
 # Running it again keeps existing passwords (agents already installed keep working) and adds
@@ -129,7 +131,7 @@ tmp=$(mktemp "$DIR/.nats-server.conf.XXXXXX")
     echo "      user: \"$CP_USER-$m\""
     echo "      password: \"$(password_of "$CP_USER-$m")\""
     echo "      permissions: {"
-    echo "        publish: { allow: [\"pool.v1.raft.*.*\", \"pool.v1.cp.*.forward\", \"pool.v1.cp.join\", \"pool.v1.node.*.cmd\", \"pool.v1.events\"] }"
+    echo "        publish: { allow: [\"pool.v1.raft.*.*\", \"pool.v1.cp.*.forward\", \"pool.v1.cp.join\", \"pool.v1.node.*.cmd\", \"pool.v1.node.*.session\", \"pool.v1.events\"] }"
     echo "        subscribe: { allow: [\"pool.v1.raft.$m.*\", \"pool.v1.cp.$m.forward\", \"pool.v1.cp.join\", \"pool.v1.node.*.heartbeat\", \"pool.v1.node.*.facts\", \"_INBOX.>\"] }"
     echo "        allow_responses: true"
     echo "      }"
@@ -142,7 +144,7 @@ tmp=$(mktemp "$DIR/.nats-server.conf.XXXXXX")
     echo "      password: \"$(password_of "$n")\""
     echo "      permissions: {"
     echo "        publish: { allow: [\"pool.v1.node.$n.>\"] }"
-    echo "        subscribe: { allow: [\"pool.v1.node.$n.cmd\"] }"
+    echo "        subscribe: { allow: [\"pool.v1.node.$n.cmd\", \"pool.v1.node.$n.session\"] }"
     echo "        allow_responses: true"
     echo "      }"
     echo "    }"

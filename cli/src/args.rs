@@ -102,6 +102,32 @@ pub enum Command {
     },
     /// List allocations.
     Allocations(AllocationsArgs),
+    /// Print an allocation's container output (stdout and stderr); `-f` follows it live.
+    Logs {
+        /// The allocation's id.
+        id: AllocationId,
+        /// Keep printing new lines until the container stops (Ctrl-C to stop).
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines before now.
+        #[arg(long, value_name = "N")]
+        tail: Option<u64>,
+    },
+    /// Run a command in an allocation's container; prints its output as it comes and exits
+    /// with its exit code.
+    Exec(ExecArgs),
+    /// Copy a file (or, with a directory or --archive, a tar of it) into or out of an
+    /// allocation's container: `poolctl cp LOCAL ID:/path` or `poolctl cp ID:/path LOCAL`.
+    Cp {
+        /// `LOCAL` or `ID:/path`.
+        from: String,
+        /// `ID:/path` or `LOCAL`.
+        to: String,
+        /// Copy a directory out as a tar archive (unpacked into LOCAL, a directory). Local
+        /// directories are always sent as archives.
+        #[arg(short = 'r', long)]
+        archive: bool,
+    },
     /// List containers.
     Containers(ContainersArgs),
     /// Show one container.
@@ -367,6 +393,19 @@ pub struct AllocArgs {
     /// The tenant to allocate for (admin keys only; a user key allocates for its own).
     #[arg(long)]
     pub tenant: Option<TenantId>,
+    /// Environment for the container, delivered after the grant (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE", value_parser = parse_pair)]
+    pub env: Vec<(String, String)>,
+    /// Like --env, for credentials: never stored by the control plane nor answered back
+    /// (repeatable).
+    #[arg(long = "secret", value_name = "NAME=VALUE", value_parser = parse_pair)]
+    pub secrets: Vec<(String, String)>,
+    /// A label stored with the allocation, filterable in lists (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    pub metadata: Vec<(String, String)>,
+    /// Answer only once env and secrets are in the container.
+    #[arg(long)]
+    pub wait_for_settings: bool,
 }
 
 fn parse_concurrency(s: &str) -> Result<usize, String> {
@@ -381,6 +420,33 @@ fn parse_idempotency_key(s: &str) -> Result<String, String> {
         return Err(format!("must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"));
     }
     Ok(s.to_string())
+}
+
+/// `poolctl exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The allocation's id.
+    pub id: AllocationId,
+    /// Extra environment, `NAME=VALUE` (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE", value_parser = parse_pair)]
+    pub env: Vec<(String, String)>,
+    /// Working directory in the container.
+    #[arg(long, short = 'w', value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Kill the command after this many seconds (default 60, at most 3600).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `NAME=VALUE`.
+pub fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
+    }
 }
 
 /// `poolctl allocations`.

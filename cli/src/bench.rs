@@ -499,6 +499,10 @@ fn alloc_request(pool: &PoolName, wait_ms: u64) -> CreateAllocation {
         wait_ms: Some(wait_ms),
         idempotency_key: None,
         tenant: None,
+        env: Default::default(),
+        secrets: Default::default(),
+        metadata: Default::default(),
+        wait_for: None,
     }
 }
 

@@ -28,6 +28,7 @@ use warmpool_proto::api::{
     ErrorBody, ErrorCode, EventQuery, HealthView, KeyView, NodeView, PoolView, RenewAllocation,
     StatusView, TenantQuota, TenantView, UsageQuery, UsageView, WhoamiView, MAX_WAIT_MS,
 };
+use warmpool_proto::session::{ExecRequest, ExecResult, FileWritten};
 use warmpool_proto::TenantId;
 use warmpool_proto::{
     Allocation, AllocationId, Container, ContainerId, Event, MemberId, NodeId, PoolName, PoolSpec,
@@ -235,6 +236,8 @@ pub(crate) struct Call {
     /// No total deadline at all (event streams, which watch for silence instead).
     streaming: bool,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// Content type of `body` (JSON unless set).
+    content_type: &'static str,
 }
 
 impl Call {
@@ -247,6 +250,7 @@ impl Call {
             timeout: None,
             streaming: false,
             headers: Vec::new(),
+            content_type: "application/json",
         }
     }
 
@@ -442,6 +446,97 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/allocations/{id}/logs`: the open event stream (SSE) of the container's
+    /// output, for the caller to read (`log`, `dropped`, `end` events).
+    pub async fn logs(
+        &self,
+        id: AllocationId,
+        follow: bool,
+        tail: Option<u64>,
+    ) -> Result<reqwest::Response, ClientError> {
+        #[derive(Serialize)]
+        struct Q {
+            follow: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tail: Option<u64>,
+        }
+        let call = Call::get(&["v1", "allocations", &id.to_string(), "logs"])
+            .query(&Q { follow, tail })?
+            .streaming();
+        self.open_stream(call).await
+    }
+
+    /// `POST /v1/allocations/{id}/exec`: runs a command and answers once it ended.
+    pub async fn exec(
+        &self,
+        id: AllocationId,
+        req: &ExecRequest,
+    ) -> Result<ExecResult, ClientError> {
+        let mut call = Call::post(&["v1", "allocations", &id.to_string(), "exec"]).json(req)?;
+        call.timeout = Some(exec_timeout(req) + self.inner.request_timeout);
+        self.fetch(call).await
+    }
+
+    /// `POST /v1/allocations/{id}/exec?stream=true`: the open NDJSON stream of
+    /// [`ExecEvent`](warmpool_proto::session::ExecEvent)s, for the caller to read.
+    pub async fn exec_stream(
+        &self,
+        id: AllocationId,
+        req: &ExecRequest,
+    ) -> Result<reqwest::Response, ClientError> {
+        let call = Call::post(&["v1", "allocations", &id.to_string(), "exec"])
+            .query(&StreamQuery { stream: true })?
+            .json(req)?
+            .streaming();
+        self.open_stream(call).await
+    }
+
+    /// `GET /v1/allocations/{id}/files?path=`: the open download, for the caller to read.
+    pub async fn download(
+        &self,
+        id: AllocationId,
+        path: &str,
+        archive: bool,
+    ) -> Result<reqwest::Response, ClientError> {
+        let call = Call::get(&["v1", "allocations", &id.to_string(), "files"])
+            .query(&files_query(path, archive))?
+            .streaming();
+        self.open_stream(call).await
+    }
+
+    /// `PUT /v1/allocations/{id}/files?path=`: uploads `bytes` (a tar archive with `archive`).
+    pub async fn upload(
+        &self,
+        id: AllocationId,
+        path: &str,
+        archive: bool,
+        bytes: Vec<u8>,
+    ) -> Result<FileWritten, ClientError> {
+        let mut call = Call::new(
+            Method::PUT,
+            &["v1", "allocations", &id.to_string(), "files"],
+        )
+        .query(&files_query(path, archive))?;
+        call.body = Some(bytes);
+        call.content_type = if archive {
+            "application/x-tar"
+        } else {
+            "application/octet-stream"
+        };
+        call.timeout = Some(Duration::from_secs(600));
+        self.fetch(call).await
+    }
+
+    /// Sends a streaming call and checks its status; the body is the caller's to read.
+    async fn open_stream(&self, call: Call) -> Result<reqwest::Response, ClientError> {
+        let (resp, url) = self.send(call).await?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(api_error(resp, &url).await)
+        }
+    }
+
     /// `GET /v1/events`, filtered and paged by `query`, ascending by `seq`.
     pub async fn events(&self, query: &EventQuery) -> Result<Vec<Event>, ClientError> {
         self.fetch(Call::get(&["v1", "events"]).query(query)?).await
@@ -614,7 +709,7 @@ impl Client {
             }
             if let Some(body) = &call.body {
                 req = req
-                    .header(header::CONTENT_TYPE, "application/json")
+                    .header(header::CONTENT_TYPE, call.content_type)
                     .body(body.clone());
             }
             match req.send().await {
@@ -660,6 +755,30 @@ impl Client {
     fn prefer(&self, idx: usize) {
         self.inner.preferred.store(idx, Ordering::Relaxed);
     }
+}
+
+#[derive(Serialize)]
+struct StreamQuery {
+    stream: bool,
+}
+
+#[derive(Serialize)]
+struct FilesQuery<'a> {
+    path: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    archive: bool,
+}
+
+fn files_query(path: &str, archive: bool) -> FilesQuery<'_> {
+    FilesQuery { path, archive }
+}
+
+/// How long an exec may take, as the server will allow it.
+fn exec_timeout(req: &ExecRequest) -> Duration {
+    Duration::from_secs(
+        req.timeout_secs
+            .unwrap_or(warmpool_proto::session::DEFAULT_EXEC_TIMEOUT_SECS),
+    )
 }
 
 /// Reads a 2xx answer as `T`, or turns any other into [`ClientError::Api`].

@@ -16,6 +16,7 @@
 //!   with [`policy`] (`warmpool-policy`, re-exported for tools and tests).
 //! - [`bench`]: `poolctl bench`, allocate+release cycles measured from the client, with
 //!   [`cold`] (the cold-start baseline through the Docker API) and a replenish measurement.
+//! - [`session`]: `poolctl logs`, `exec` and `cp`: using an allocated container.
 //! - [`run`]: carrying out a command, exit codes and error messages.
 #![warn(missing_docs)]
 #![deny(clippy::await_holding_lock)]
@@ -27,6 +28,7 @@ pub mod cold;
 pub mod error;
 pub mod render;
 pub mod run;
+pub mod session;
 pub mod simulate;
 pub mod spec;
 pub mod sse;

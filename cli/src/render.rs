@@ -923,6 +923,8 @@ mod tests {
             state: AllocationState::Active,
             released_at: None,
             release_reason: None,
+            metadata: Default::default(),
+            settings: None,
         }
     }
 

@@ -39,6 +39,9 @@ pub enum CliError {
     /// A benchmark could not run: Docker failed, or a pool did not fill in time (exit 1).
     #[error("{0}")]
     Bench(String),
+    /// `poolctl exec`: the command ran and exited with this code, which poolctl exits with.
+    #[error("the command exited with {0}")]
+    CommandExit(u8),
     /// Writing the output failed (exit 1, or 0 for a closed pipe such as `| head`).
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
@@ -51,6 +54,7 @@ impl CliError {
         match self {
             CliError::Usage(_) | CliError::Client(ClientError::Config(_)) => 2,
             CliError::Client(_) | CliError::Bench(_) => 1,
+            CliError::CommandExit(code) => *code,
             CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
             CliError::Output(_) => 1,
         }
@@ -61,6 +65,7 @@ impl CliError {
     pub fn render(&self) -> String {
         match self {
             CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => String::new(),
+            CliError::CommandExit(_) => String::new(),
             CliError::Client(e @ ClientError::Unreachable { .. }) => {
                 format!("error: {e}; is it running? set POOLCTL_URL")
             }
@@ -223,6 +228,13 @@ async fn dispatch(
             p.show(&client.get_container(id).await?, render::container_detail)
         }
         Command::Events(e) => events(e, client, p).await,
+        Command::Logs { id, follow, tail } => {
+            crate::session::logs(client, id, follow, tail, p.out).await
+        }
+        Command::Exec(e) => crate::session::exec(client, e, p.out).await,
+        Command::Cp { from, to, archive } => {
+            crate::session::cp(client, &from, &to, archive, p.out).await
+        }
         Command::Nodes => p.show(&client.nodes().await?, |l, _| render::nodes_table(l)),
         Command::Node(cmd) => {
             let view = match cmd {
@@ -456,6 +468,12 @@ pub fn alloc_request(a: AllocArgs) -> CreateAllocation {
         wait_ms: a.wait_ms,
         idempotency_key: a.idempotency_key,
         tenant: a.tenant,
+        env: a.env.into_iter().collect(),
+        secrets: a.secrets.into_iter().collect(),
+        metadata: a.metadata.into_iter().collect(),
+        wait_for: a
+            .wait_for_settings
+            .then_some(warmpool_proto::api::WaitFor::Settings),
     }
 }
 

@@ -138,6 +138,11 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     if path == "/v1/keys" || path.starts_with("/v1/keys/") {
         return Some(Role::Admin);
     }
+    // A container's logs and files may hold what a viewer should not see: a user key (of
+    // the allocation's tenant) even to read them.
+    if is_session_path(path) {
+        return Some(Role::User);
+    }
     if method == Method::GET || method == Method::HEAD {
         return Some(Role::Viewer);
     }
@@ -145,6 +150,13 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
         return Some(Role::User);
     }
     Some(Role::Admin)
+}
+
+/// `/v1/allocations/{id}/{logs,exec,files}`.
+fn is_session_path(path: &str) -> bool {
+    path.strip_prefix("/v1/allocations/")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(_, tail)| matches!(tail, "logs" | "exec" | "files"))
 }
 
 fn token_of(req: &Request) -> Option<String> {

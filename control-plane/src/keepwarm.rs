@@ -480,6 +480,8 @@ mod tests {
             idempotency_key: None,
             wait_ms: 0,
             tenant: Default::default(),
+            metadata: Default::default(),
+            with_settings: false,
         });
         assert_eq!(created(&w.decide()), 1);
     }
@@ -502,6 +504,8 @@ mod tests {
                 idempotency_key: None,
                 wait_ms: 0,
                 tenant: Default::default(),
+                metadata: Default::default(),
+                with_settings: false,
             });
         }
         let d = w.decide();
@@ -970,6 +974,8 @@ mod tests {
                             idempotency_key: None,
                             wait_ms: 0,
                             tenant: Default::default(),
+                            metadata: Default::default(),
+                            with_settings: false,
                         });
                         allocations.extend(w.state.active_allocations().map(|a| a.id).last());
                     }

@@ -11,6 +11,7 @@
 //! - `engine`: the leader's decisions, one module per duty: state, facts and a clock in,
 //!   effects out.
 //! - `leader`: the runner that feeds the engine and carries out its effects.
+//! - `session`: logs, exec and files of allocated containers, pulled from their agents.
 //! - `api`: the REST API and event stream.
 #![warn(missing_docs)]
 // openraft's error types (StorageError, RaftError) are large by design and travel in Results
@@ -29,5 +30,6 @@ pub mod placement;
 pub mod raft;
 pub mod reconcile;
 pub mod server;
+pub mod session;
 pub mod state;
 pub mod tls;

@@ -285,6 +285,8 @@ mod tests {
                     idempotency_key: None,
                     wait_ms: 0,
                     tenant: Default::default(),
+                    metadata: Default::default(),
+                    with_settings: false,
                 });
             }
             assert_eq!(
@@ -323,6 +325,8 @@ mod tests {
             idempotency_key: None,
             wait_ms: 0,
             tenant: Default::default(),
+            metadata: Default::default(),
+            with_settings: false,
         }
     }
 

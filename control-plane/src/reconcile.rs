@@ -192,12 +192,14 @@ pub fn create_spec_for(
         generation,
         image: s.image.clone(),
         command: s.command.clone(),
-        env: s.env.clone(),
+        env: s.container_env(),
         port: s.port,
         resources: s.resources.clone(),
         health: s.health.clone(),
         security: s.security.clone(),
         egress: s.egress.clone(),
+        stop_grace_secs: s.stop_grace_secs,
+        pre_stop: s.pre_stop.clone(),
     })
 }
 

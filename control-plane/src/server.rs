@@ -287,6 +287,7 @@ pub async fn run(
         auth: config.auth,
         dashboard: config.dashboard_dir.clone(),
         overcommit: config.leader.overcommit,
+        sessions: crate::session::SessionClient::new(nats.clone()),
     });
     let serve_stop = stop.clone();
     let router = api::router(app);

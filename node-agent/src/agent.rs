@@ -45,6 +45,8 @@ pub struct Shared {
     pub runtime: crate::runtime::Runtime,
     /// The node's network isolation rules.
     pub isolation: Isolation,
+    /// Open log, exec and file streams, and the settings given at claim.
+    pub sessions: crate::session::Sessions,
 }
 
 /// See [`crate::run`].
@@ -119,6 +121,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         resync_now: Notify::new(),
         runtime: Default::default(),
         isolation,
+        sessions: Default::default(),
     });
     crate::telemetry::runtime_available(true);
 
@@ -150,6 +153,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await
         .map_err(|e| abort(Error::Nats(e.to_string())))?;
 
+    let session_sub = nats
+        .subscribe(subjects::session(&node))
+        .await
+        .map_err(|e| abort(Error::Nats(e.to_string())))?;
+
     let loops = TaskTracker::new();
     loops.spawn(events::watch(
         shared.clone(),
@@ -170,12 +178,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         handlers.clone(),
         commands_stop.clone(),
     ));
+    let sessions_stop = CancellationToken::new();
+    let session_handlers = TaskTracker::new();
+    let session_listener = tokio::spawn(crate::session::listen(
+        shared.clone(),
+        session_sub,
+        session_handlers.clone(),
+        sessions_stop.clone(),
+    ));
     info!(subject = subjects::cmd(&node), "ready for commands");
 
     shutdown.await;
     info!("shutting down; containers keep running and are adopted at the next start");
 
-    // 1. No new commands; let the ones being handled (and creates under way) finish.
+    // 1. No new commands; let the ones being handled (and creates under way) finish. Open
+    // session streams end (their members see the stream gone and tell their clients).
+    sessions_stop.cancel();
+    let _ = session_listener.await;
+    session_handlers.close();
+    wait("session handlers", session_handlers.wait()).await;
     commands_stop.cancel();
     let _ = listener.await;
     handlers.close();

@@ -318,6 +318,9 @@ async fn destroy(
     let mut existed = docker_id.is_some();
     let mut result = Ok(());
     if let Some(docker_id) = &docker_id {
+        crate::session::stop_gracefully(shared, id, docker_id).await;
+    }
+    if let Some(docker_id) = &docker_id {
         match shared.driver.remove(docker_id).await {
             Ok(removed) => existed |= removed,
             Err(e) => result = Err(e),
@@ -338,6 +341,7 @@ async fn destroy(
             shared
                 .inventory
                 .finish_destroy(id, existed.then_some(reason));
+            shared.sessions.forget(&id);
             // Its rules go at the next sync; its address is not reused meanwhile (random
             // IPv6; an IPv4 address Docker reuses is re-keyed by the new container's create).
             shared.isolation.poke();
@@ -403,6 +407,8 @@ mod tests {
             health: HealthCheck::default(),
             security: Default::default(),
             egress: Default::default(),
+            stop_grace_secs: 0,
+            pre_stop: vec![],
         };
         check_spec(&good).unwrap();
         let mut s = good.clone();

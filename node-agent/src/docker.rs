@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::Ipv6Addr;
 use std::time::Duration;
+use warmpool_proto::session::SETTINGS_DIR;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
@@ -173,6 +174,11 @@ impl Driver {
         }
     }
 
+    /// The Docker handle (for session streams: logs and exec).
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
     fn node_filter(&self) -> HashMap<String, Vec<String>> {
         HashMap::from([(
             "label".to_string(),
@@ -309,12 +315,19 @@ impl Driver {
                 security_opt: Some(vec!["no-new-privileges".to_string()]),
                 readonly_rootfs: Some(sec.read_only_rootfs),
                 // In memory, counted against the memory limit; no devices, no setuid.
-                tmpfs: (!sec.tmpfs.is_empty()).then(|| {
+                // The pool's, and always a small one for the settings given at claim
+                // (`/run/warmpool/env`): in memory, never in the image or on the host's disk.
+                tmpfs: Some(
                     sec.tmpfs
                         .iter()
+                        .filter(|p| p.as_str() != SETTINGS_DIR)
                         .map(|p| (p.clone(), "rw,nosuid,nodev".to_string()))
-                        .collect()
-                }),
+                        .chain(std::iter::once((
+                            SETTINGS_DIR.to_string(),
+                            "rw,nosuid,nodev,noexec,size=1m,mode=0755".to_string(),
+                        )))
+                        .collect(),
+                ),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::NO),
                     maximum_retry_count: None,
@@ -376,6 +389,19 @@ impl Driver {
         )
         .await
         .map_err(DockerError::api("restart container"))
+    }
+
+    /// Stops a container: SIGTERM, then SIGKILL after `grace_secs`.
+    pub async fn stop(&self, docker_id: &str, grace_secs: u32) -> Result<(), DockerError> {
+        let opts = bollard::query_parameters::StopContainerOptionsBuilder::new()
+            .t(i32::try_from(grace_secs).unwrap_or(i32::MAX))
+            .build();
+        match self.docker.stop_container(docker_id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            // Not running (304) or gone (404): stopped enough.
+            Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
+            Err(e) => Err(DockerError::api("stop container")(e)),
+        }
     }
 
     /// Starts a created container.

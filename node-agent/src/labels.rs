@@ -42,7 +42,7 @@ pub fn for_spec(node: &NodeId, spec: &CreateSpec) -> HashMap<String, String> {
     // Serialising an enum of strings and numbers cannot fail; should it, "none" is the
     // closed policy.
     let egress = serde_json::to_string(&spec.egress).unwrap_or_else(|_| "\"none\"".to_string());
-    HashMap::from([
+    let mut labels = HashMap::from([
         (LABEL_NODE.to_string(), node.to_string()),
         (LABEL_ID.to_string(), spec.id.to_string()),
         (LABEL_POOL.to_string(), spec.pool.to_string()),
@@ -50,7 +50,34 @@ pub fn for_spec(node: &NodeId, spec: &CreateSpec) -> HashMap<String, String> {
         (LABEL_HEALTH.to_string(), health),
         (LABEL_PORT.to_string(), spec.port.to_string()),
         (LABEL_EGRESS.to_string(), egress),
-    ])
+    ]);
+    if spec.stop_grace_secs > 0 {
+        labels.insert(
+            warmpool_proto::LABEL_STOP_GRACE.to_string(),
+            spec.stop_grace_secs.to_string(),
+        );
+    }
+    if !spec.pre_stop.is_empty() {
+        if let Ok(cmd) = serde_json::to_string(&spec.pre_stop) {
+            labels.insert(warmpool_proto::LABEL_PRE_STOP.to_string(), cmd);
+        }
+    }
+    labels
+}
+
+/// How a container asked to be stopped: its grace and pre-stop command (labels written at
+/// create; absent or unreadable: none, removed at once as before).
+pub fn stop_of(labels: &HashMap<String, String>) -> (u32, Vec<String>) {
+    let grace = labels
+        .get(warmpool_proto::LABEL_STOP_GRACE)
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0)
+        .min(300);
+    let pre_stop = labels
+        .get(warmpool_proto::LABEL_PRE_STOP)
+        .and_then(|c| serde_json::from_str(c).ok())
+        .unwrap_or_default();
+    (grace, pre_stop)
 }
 
 /// The egress policy a container was made with. A container without the label was made
@@ -148,6 +175,8 @@ mod tests {
             },
             security: Default::default(),
             egress: Default::default(),
+            stop_grace_secs: 0,
+            pre_stop: vec![],
         }
     }
 

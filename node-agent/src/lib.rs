@@ -19,6 +19,7 @@
 //! - `health` (pure verdict and the probe itself) and `prober` (one task per container).
 //! - `events`: the Docker event watcher; `resync`: level-triggered repair and adoption.
 //! - `runtime`: whether dockerd answers; the agent rides out its restarts.
+//! - `session`: logs, exec, files and settings of allocated containers (pulled streams).
 //! - `commands`: the NATS command handler; `heartbeat`; `outbox`: ordered publishing.
 //! - `host`: capacity and load from `/proc`.
 //! - `telemetry`: Prometheus metrics and the tiny `/metrics` listener (`--metrics-addr`).
@@ -42,6 +43,7 @@ mod outbox;
 mod prober;
 mod resync;
 mod runtime;
+mod session;
 mod telemetry;
 
 use std::future::Future;

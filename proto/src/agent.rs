@@ -280,6 +280,12 @@ pub struct CreateSpec {
     /// Where it may open connections (absent from an older control plane: none).
     #[serde(default)]
     pub egress: Egress,
+    /// SIGTERM, then this long before SIGKILL when it is removed (0: at once).
+    #[serde(default)]
+    pub stop_grace_secs: u32,
+    /// Run in the container before it is stopped.
+    #[serde(default)]
+    pub pre_stop: Vec<String>,
 }
 
 /// A command from the leader to an agent (`pool.v1.node.<node>.cmd`, request/reply).
@@ -386,6 +392,8 @@ mod tests {
                 health: HealthCheck::default(),
                 security: Security::default(),
                 egress: Default::default(),
+                stop_grace_secs: 0,
+                pre_stop: vec![],
             }),
         ];
         for c in cmds {

@@ -61,6 +61,12 @@ pub enum ErrorCode {
     Overloaded,
     /// 500: a bug or a broken part.
     Internal,
+    /// 410: the allocation has ended (released, expired, lost): its container is gone, so its
+    /// logs, exec and files are too.
+    Ended,
+    /// 502: the agent of the container's node did not answer, or its container runtime
+    /// failed; the request may work later.
+    AgentUnavailable,
     /// A code this client does not know (from a newer server), or an answer that was not
     /// an error body at all.
     #[serde(other)]
@@ -85,6 +91,8 @@ impl ErrorCode {
             ErrorCode::NoQuorum => "no_quorum",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Internal => "internal",
+            ErrorCode::Ended => "ended",
+            ErrorCode::AgentUnavailable => "agent_unavailable",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -100,6 +108,8 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::Ended => 410,
+            ErrorCode::AgentUnavailable => 502,
             ErrorCode::OverQuota | ErrorCode::RateLimited => 429,
             ErrorCode::NoCapacity | ErrorCode::NoQuorum | ErrorCode::Overloaded => 503,
             ErrorCode::Internal | ErrorCode::Unknown => 500,
@@ -150,6 +160,31 @@ pub struct CreateAllocation {
     /// may name only that one). `default` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<crate::ids::TenantId>,
+    /// Environment for the container, delivered after the grant without a restart: written
+    /// to `/run/warmpool/env` (tmpfs, mode 0400) and set for every exec. Never answered back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Like `env`, for credentials: delivered the same way, never stored by the control plane
+    /// (not in the replicated log, not in any answer, event or log line).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+    /// Labels stored with the allocation and answered with it; lists filter on them
+    /// (`?metadata.team=ml`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// `settings`: answer only once `env` and `secrets` are in the container (or failed to
+    /// get there); otherwise the answer says `settings: pending` and they follow at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<WaitFor>,
+}
+
+/// What an allocation's answer waits for besides the grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum WaitFor {
+    /// The settings given at claim are in place.
+    Settings,
 }
 
 /// Longest `wait_ms` an allocation may ask for.
@@ -546,6 +581,10 @@ mod tests {
             wait_ms: Some(100),
             idempotency_key: Some("k".into()),
             tenant: Some(crate::ids::TenantId::new("acme").unwrap()),
+            env: Default::default(),
+            secrets: Default::default(),
+            metadata: Default::default(),
+            wait_for: None,
         };
         let json = serde_json::to_string(&full).unwrap();
         assert_eq!(

@@ -14,6 +14,8 @@
 //! - [`agent`]: messages between the control plane and node agents over NATS.
 //! - [`subjects`]: the NATS subject names, all under `pool.v1`.
 //! - [`api`]: REST request and response bodies.
+//! - [`session`]: logs, exec, files and settings of an allocated container: REST bodies and
+//!   the member ↔ agent protocol.
 #![warn(missing_docs)]
 
 pub mod agent;
@@ -24,6 +26,7 @@ pub mod ids;
 pub mod pool;
 pub mod reason;
 pub mod records;
+pub mod session;
 pub mod subjects;
 pub mod time;
 
@@ -58,3 +61,7 @@ pub const LABEL_PORT: &str = "io.warmpool.port";
 /// its network rules without asking the control plane. Absent (a container made by an agent
 /// before egress policies existed) means [`Egress::None`].
 pub const LABEL_EGRESS: &str = "io.warmpool.egress";
+/// Docker label holding a container's stop grace in seconds (absent: 0, removed at once).
+pub const LABEL_STOP_GRACE: &str = "io.warmpool.stop-grace";
+/// Docker label holding a container's pre-stop command as a JSON array (absent: none).
+pub const LABEL_PRE_STOP: &str = "io.warmpool.pre-stop";

@@ -88,6 +88,57 @@ pub struct PoolSpec {
     /// prefixes are never reachable, whatever this says.
     #[serde(default)]
     pub egress: Egress,
+    /// Environment variables that are credentials: given to every container like `env`, but
+    /// never shown by pool reads (`GET /v1/pools`, events, `poolctl`): their values answer as
+    /// `"<redacted>"`. A `PUT` that sends `"<redacted>"` for a name keeps the value stored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+    /// On release (and every other removal), the container gets SIGTERM and this long to
+    /// exit before SIGKILL; 0 (the default) removes it at once, as before.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 300))]
+    pub stop_grace_secs: u32,
+    /// A command run in the container before it is stopped (a final sync, say), within
+    /// `stop_grace_secs` (at least 1 s). Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_stop: Vec<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// What pool reads show instead of a secret's value.
+pub const REDACTED: &str = "<redacted>";
+
+impl PoolSpec {
+    /// This spec as reads show it: every secret's value replaced by [`REDACTED`].
+    pub fn redacted(&self) -> PoolSpec {
+        let mut s = self.clone();
+        for v in s.secrets.values_mut() {
+            *v = REDACTED.to_string();
+        }
+        s
+    }
+
+    /// `env` and `secrets` together (secrets win), as the containers get them.
+    pub fn container_env(&self) -> BTreeMap<String, String> {
+        let mut env = self.env.clone();
+        env.extend(self.secrets.clone());
+        env
+    }
+
+    /// Fills secrets sent back as [`REDACTED`] with the values `stored` holds, so that a
+    /// spec read, changed and put back keeps its secrets.
+    pub fn keep_redacted_secrets(&mut self, stored: &PoolSpec) {
+        for (k, v) in self.secrets.iter_mut() {
+            if v == REDACTED {
+                if let Some(old) = stored.secrets.get(k) {
+                    *v = old.clone();
+                }
+            }
+        }
+    }
 }
 
 /// A pool's container hardening. Every container starts with every Linux capability dropped
@@ -513,6 +564,9 @@ impl PoolSpec {
             price_per_hour: None,
             security: Security::default(),
             egress: Egress::None,
+            secrets: BTreeMap::new(),
+            stop_grace_secs: 0,
+            pre_stop: Vec::new(),
         }
     }
 
@@ -533,6 +587,15 @@ impl PoolSpec {
         let h = &self.health;
         let r = &self.resources;
         over("min_warm", self.min_warm.into(), 100_000)?;
+        over("stop_grace_secs", self.stop_grace_secs.into(), 300)?;
+        if self.secrets.keys().any(|k| k.is_empty() || k.contains('=')) {
+            return Err(SpecError(
+                "secret names must be non-empty and hold no '='".into(),
+            ));
+        }
+        if self.pre_stop.first().is_some_and(|c| c.is_empty()) {
+            return Err(SpecError("pre_stop must name a program first".into()));
+        }
         over("max_warm", self.max_warm.unwrap_or(0).into(), 100_000)?;
         // An allocation may ask for at most this lease; a longer default would make every
         // allocation that asks for none fail.

@@ -392,6 +392,12 @@ pub struct Allocation {
     pub released_at: Option<Timestamp>,
     /// Why it was released.
     pub release_reason: Option<ReleaseReason>,
+    /// Labels given at claim; lists filter on them (`?metadata.key=value`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Where the env and secrets given at claim stand; absent when none were given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<crate::session::SettingsState>,
 }
 
 /// A pool as stored: its spec and bookkeeping.

@@ -5,6 +5,7 @@
 //! | `pool.v1.node.<node>.heartbeat` | agent → control plane |
 //! | `pool.v1.node.<node>.facts` | agent → control plane |
 //! | `pool.v1.node.<node>.cmd` | leader → agent, request/reply |
+//! | `pool.v1.node.<node>.session` | any member → agent, request/reply: logs, exec, files, settings ([`crate::session`]) |
 //! | `pool.v1.raft.<member>.<rpc>` | control plane ↔ control plane, request/reply |
 //! | `pool.v1.cp.<member>.forward` | follower → leader, request/reply |
 //! | `pool.v1.cp.join` | new member → leader, request/reply |
@@ -49,6 +50,13 @@ pub fn facts(node: &NodeId) -> String {
 /// Where the leader sends commands to `node`.
 pub fn cmd(node: &NodeId) -> String {
     format!("{PREFIX}.node.{node}.cmd")
+}
+
+/// Where any member sends session requests (logs, exec, files, settings) for containers on
+/// `node`. Apart from the leader's commands so that an agent may serve them on their own
+/// subscription and a member's user may be allowed these without the commands.
+pub fn session(node: &NodeId) -> String {
+    format!("{PREFIX}.node.{node}.session")
 }
 
 /// Everything `node` may publish to.
@@ -128,7 +136,8 @@ mod tests {
         let n = NodeId::new("host-a").unwrap();
         assert_eq!(heartbeat(&n), "pool.v1.node.host-a.heartbeat");
         assert_eq!(node_of(&heartbeat(&n)), Some(n.clone()));
-        assert_eq!(node_of(&facts(&n)), Some(n));
+        assert_eq!(node_of(&facts(&n)), Some(n.clone()));
+        assert_eq!(session(&n), "pool.v1.node.host-a.session");
         assert_eq!(node_of("pool.v1.raft.1.vote"), None);
         assert_eq!(node_of("pool.v2.node.x.facts"), None);
     }

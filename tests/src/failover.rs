@@ -93,6 +93,10 @@ pub async fn run(
                     wait_ms: Some(2_000),
                     idempotency_key: Some(format!("c{i}-{n}")),
                     tenant: None,
+                    env: Default::default(),
+                    secrets: Default::default(),
+                    metadata: Default::default(),
+                    wait_for: None,
                 };
                 let a = loop {
                     match client.allocate(&req).await {

@@ -476,6 +476,10 @@ pub fn allocation(pool: &str, wait_ms: u64) -> warmpool_proto::api::CreateAlloca
         wait_ms: Some(wait_ms),
         idempotency_key: None,
         tenant: None,
+        env: Default::default(),
+        secrets: Default::default(),
+        metadata: Default::default(),
+        wait_for: None,
     }
 }
 

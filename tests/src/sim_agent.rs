@@ -105,6 +105,29 @@ impl SimAgent {
                 }
             })
         };
+        // Session requests (logs, exec, files, settings): a simulated host runs no process, so
+        // it answers each as Docker would for a container that is not there.
+        let mut session_sub = client
+            .subscribe(subjects::session(&node))
+            .await
+            .expect("subscribe");
+        let session_task = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                while let Some(msg) = session_sub.next().await {
+                    let Some(reply) = msg.reply.clone() else {
+                        continue;
+                    };
+                    let answer = warmpool_proto::session::SessionReply::error(
+                        warmpool_proto::session::SessionErrorKind::NoSuchContainer,
+                        "a simulated host runs no processes",
+                    );
+                    let _ = client
+                        .publish(reply, serde_json::to_vec(&answer).expect("json").into())
+                        .await;
+                }
+            })
+        };
         let hb_task = {
             let (client, state, node) = (client.clone(), state.clone(), node.clone());
             tokio::spawn(async move {
@@ -156,7 +179,7 @@ impl SimAgent {
         };
         SimAgent {
             node,
-            tasks: vec![cmd_task, hb_task],
+            tasks: vec![cmd_task, session_task, hb_task],
             state,
         }
     }

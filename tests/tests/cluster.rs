@@ -49,6 +49,10 @@ fn alloc(pool: &str, key: Option<String>) -> CreateAllocation {
         wait_ms: Some(2_000),
         idempotency_key: key,
         tenant: None,
+        env: Default::default(),
+        secrets: Default::default(),
+        metadata: Default::default(),
+        wait_for: None,
     }
 }
 

@@ -359,6 +359,10 @@ fn alloc(pool: &str, wait_ms: u64, key: Option<&str>) -> CreateAllocation {
         wait_ms: Some(wait_ms),
         idempotency_key: key.map(String::from),
         tenant: None,
+        env: Default::default(),
+        secrets: Default::default(),
+        metadata: Default::default(),
+        wait_for: None,
     }
 }
 

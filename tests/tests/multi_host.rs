@@ -617,6 +617,10 @@ async fn draining_a_host_moves_its_warm_containers_and_uncordon_lets_it_take_new
             wait_ms: Some(5_000),
             idempotency_key: None,
             tenant: None,
+            env: Default::default(),
+            secrets: Default::default(),
+            metadata: Default::default(),
+            wait_for: None,
         })
         .await
         .expect("allocate");

@@ -406,6 +406,10 @@ async fn a_control_plane_and_an_agent_with_their_own_users_run_a_pool() {
             wait_ms: Some(10_000),
             idempotency_key: None,
             tenant: None,
+            env: Default::default(),
+            secrets: Default::default(),
+            metadata: Default::default(),
+            wait_for: None,
         })
         .await
         .expect("allocate");

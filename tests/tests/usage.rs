@@ -29,6 +29,10 @@ async fn usage_counts_container_time_per_pool_and_session_with_its_cost() {
             wait_ms: Some(5_000),
             idempotency_key: None,
             tenant: None,
+            env: Default::default(),
+            secrets: Default::default(),
+            metadata: Default::default(),
+            wait_for: None,
         })
         .await
         .unwrap();

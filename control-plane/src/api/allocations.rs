@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,13 +16,13 @@ use warmpool_proto::records::{AllocationState, ReleaseReason};
 use warmpool_proto::{Allocation, AllocationId, SessionId};
 
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery, OptionalJson};
+use super::extract::{ApiJson, OptionalJson};
 use super::openapi::Consistency;
 use super::{barrier_if_asked, read_fresh, AppState};
 use crate::auth::Scope;
 use crate::state::{Command, RejectCode, Request, Response as Applied};
 
-fn parse_id(id: &str) -> Result<AllocationId, ApiError> {
+pub(super) fn parse_id(id: &str) -> Result<AllocationId, ApiError> {
     id.parse()
         .map_err(|_| ApiError::NotFound(format!("no allocation {id:?}")))
 }
@@ -69,10 +69,31 @@ fn record(pool: &str, outcome: &'static str, start: Instant) {
 pub async fn create(
     State(app): State<AppState>,
     scope: Scope,
-    ApiJson(req): ApiJson<CreateAllocation>,
+    ApiJson(mut req): ApiJson<CreateAllocation>,
 ) -> Result<Response, ApiError> {
+    warmpool_proto::session::check_metadata(&req.metadata).map_err(ApiError::BadRequest)?;
+    warmpool_proto::session::check_settings(&req.env, &req.secrets)
+        .map_err(ApiError::BadRequest)?;
+    // The values leave the request here: only the answering member ever holds them, on their
+    // way to the container's agent.
+    let settings = crate::api::settings::Settings::take(&mut req);
+    let (allocation, replayed) = claim(&app, &scope, req, settings.is_some()).await?;
+    let allocation = match settings {
+        Some(s) => s.deliver(&app, allocation).await,
+        None => allocation,
+    };
+    Ok(allocated(&allocation, replayed))
+}
+
+/// The grant itself: one Raft write (or a wait in the pool's queue).
+async fn claim(
+    app: &AppState,
+    scope: &Scope,
+    req: CreateAllocation,
+    with_settings: bool,
+) -> Result<(Allocation, bool), ApiError> {
     let start = Instant::now();
-    let tenant = match (&scope, req.tenant.clone()) {
+    let tenant = match (scope, req.tenant.clone()) {
         (Scope::All, t) => t.unwrap_or_default(),
         (Scope::Tenant(own), Some(asked)) if &asked != own => {
             return Err(ApiError::Forbidden(format!(
@@ -95,7 +116,7 @@ pub async fn create(
         }
     }
     let pool = req.pool.clone();
-    let default_lease = read_fresh(&app, &HeaderMap::new(), |s| {
+    let default_lease = read_fresh(app, &HeaderMap::new(), |s| {
         s.pool(&pool).map(|p| p.spec.lease_seconds)
     })
     .await?
@@ -115,6 +136,8 @@ pub async fn create(
         idempotency_key: req.idempotency_key.clone(),
         wait_ms,
         tenant,
+        metadata: req.metadata.clone(),
+        with_settings,
     };
     let deadline = start + Duration::from_millis(wait_ms);
     let shared = app.cluster.shared().clone();
@@ -130,7 +153,7 @@ pub async fn create(
                 if replayed { "replayed" } else { "warm" },
                 start,
             );
-            return Ok(allocated(&allocation, replayed));
+            return Ok((allocation, replayed));
         }
         Ok(Applied::Queued { allocation_id, .. }) => allocation_id,
         Ok(Applied::Rejected(r)) => {
@@ -159,7 +182,7 @@ pub async fn create(
     loop {
         if let Some(a) = shared.read(|s| s.allocation(&queued).cloned()) {
             record(pool.as_str(), "waited", start);
-            return Ok(allocated(&a, false));
+            return Ok((a, false));
         }
         if Instant::now() >= deadline {
             break;
@@ -176,7 +199,7 @@ pub async fn create(
     {
         Applied::Allocation { allocation, .. } => {
             record(pool.as_str(), "waited", start);
-            Ok(allocated(&allocation, false))
+            Ok((allocation, false))
         }
         _ => {
             record(pool.as_str(), "no_capacity", start);
@@ -224,6 +247,12 @@ pub struct ListQuery {
     /// Only in this state.
     #[param(value_type = Option<AllocationState>)]
     state: Option<String>,
+    /// Only those whose metadata has this value under `<key>` (`metadata.<key>=<value>`,
+    /// repeatable: every one must match).
+    #[serde(skip)]
+    #[param(rename = "metadata.<key>", value_type = Option<String>)]
+    #[allow(dead_code)]
+    metadata: (),
 }
 
 /// Allocations on record (active, and released ones not yet forgotten).
@@ -240,8 +269,9 @@ pub async fn list(
     State(app): State<AppState>,
     scope: Scope,
     headers: HeaderMap,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Json<Vec<Allocation>>, ApiError> {
+    let (q, metadata) = split_metadata_query(raw.as_deref().unwrap_or_default())?;
     let state = match q.state.as_deref() {
         None => None,
         Some("active") => Some(AllocationState::Active),
@@ -263,9 +293,32 @@ pub async fn list(
                     .is_none_or(|p| a.session_id.as_str() == p)
             })
             .filter(|a| state.is_none_or(|st| a.state == st))
+            .filter(|a| {
+                metadata
+                    .iter()
+                    .all(|(k, v)| a.metadata.get(k).is_some_and(|have| have == v))
+            })
             .cloned()
             .collect()
     })))
+}
+
+/// The list query, and its `metadata.<key>=<value>` filters apart (every one must match).
+fn split_metadata_query(raw: &str) -> Result<(ListQuery, Vec<(String, String)>), ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
+        .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
+    let (meta, rest): (Vec<_>, Vec<_>) = pairs
+        .into_iter()
+        .partition(|(k, _)| k.starts_with("metadata."));
+    let metadata = meta
+        .into_iter()
+        .map(|(k, v)| (k["metadata.".len()..].to_string(), v))
+        .collect();
+    let rest = serde_urlencoded::to_string(&rest)
+        .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
+    let q = serde_urlencoded::from_str(&rest)
+        .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
+    Ok((q, metadata))
 }
 
 /// One allocation.
@@ -291,7 +344,7 @@ pub async fn get(
 
 /// The allocation `id`, if `scope` may see it; another tenant's answers 404 as a missing one
 /// does, so that ids of other tenants' allocations cannot even be confirmed.
-async fn visible(
+pub(super) async fn visible(
     app: &AppState,
     scope: &Scope,
     headers: &HeaderMap,

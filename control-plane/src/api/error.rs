@@ -62,6 +62,12 @@ pub enum ApiError {
     /// 500: a bug or a broken part.
     #[error("{0}")]
     Internal(String),
+    /// 410: the allocation has ended; its container is gone.
+    #[error("{0}")]
+    Ended(String),
+    /// 502: the container's agent did not answer, or its runtime failed.
+    #[error("{0}")]
+    AgentUnavailable(String),
 }
 
 impl ApiError {
@@ -81,6 +87,8 @@ impl ApiError {
             ApiError::NoQuorum(_) => ErrorCode::NoQuorum,
             ApiError::Overloaded(_) => ErrorCode::Overloaded,
             ApiError::Internal(_) => ErrorCode::Internal,
+            ApiError::Ended(_) => ErrorCode::Ended,
+            ApiError::AgentUnavailable(_) => ErrorCode::AgentUnavailable,
         }
     }
 
@@ -149,6 +157,28 @@ impl From<ClusterError> for ApiError {
     }
 }
 
+impl From<crate::session::SessionError> for ApiError {
+    fn from(e: crate::session::SessionError) -> Self {
+        use crate::session::SessionError;
+        use warmpool_proto::session::SessionErrorKind as K;
+        match e {
+            SessionError::Refused { kind, message } => match kind {
+                K::NotFound => ApiError::NotFound(message),
+                K::IsADirectory | K::Invalid => ApiError::BadRequest(message),
+                K::TooLarge => ApiError::PayloadTooLarge(message),
+                K::NoSuchContainer => {
+                    ApiError::Ended(format!("the allocation's container is gone ({message})"))
+                }
+                K::Busy | K::Runtime | K::NoSuchStream | K::StreamExists => {
+                    ApiError::AgentUnavailable(message)
+                }
+            },
+            SessionError::Agent(e) => ApiError::AgentUnavailable(e.to_string()),
+            SessionError::Unexpected(m) => ApiError::AgentUnavailable(m),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +210,9 @@ mod tests {
                 retry_after: 1,
             },
             ApiError::NoQuorum(m()),
+            ApiError::Overloaded(m()),
+            ApiError::Ended(m()),
+            ApiError::AgentUnavailable(m()),
             ApiError::Internal(m()),
         ]
     }

@@ -15,6 +15,8 @@ mod fleet;
 mod keys;
 pub mod openapi;
 mod pools;
+mod session;
+mod settings;
 mod tenants;
 
 use std::sync::Arc;
@@ -60,6 +62,8 @@ pub struct App {
     pub dashboard: Option<std::path::PathBuf>,
     /// The placement overcommit, for what nodes show as allocatable.
     pub overcommit: crate::placement::Overcommit,
+    /// Session requests (logs, exec, files, settings) to agents.
+    pub sessions: crate::session::SessionClient,
 }
 
 /// Handler state.
@@ -89,6 +93,12 @@ pub fn router(app: AppState) -> Router {
             get(allocations::get).delete(allocations::release),
         )
         .route("/v1/allocations/{id}/renew", post(allocations::renew))
+        .route("/v1/allocations/{id}/logs", get(session::logs))
+        .route("/v1/allocations/{id}/exec", post(session::exec))
+        .route(
+            "/v1/allocations/{id}/files",
+            get(session::download).put(session::upload),
+        )
         .route("/v1/nodes", get(fleet::nodes))
         .route("/v1/nodes/{id}/{action}", post(fleet::node_action))
         .route("/v1/events", get(events::list))

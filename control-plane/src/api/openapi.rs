@@ -20,7 +20,7 @@ use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr};
 use utoipa::{IntoParams, Modify, OpenApi};
 use warmpool_proto::api::Role;
 
-use super::{allocations, cluster, events, fleet, keys, pools, tenants};
+use super::{allocations, cluster, events, fleet, keys, pools, session, tenants};
 
 /// The document.
 #[derive(OpenApi)]
@@ -52,6 +52,10 @@ use super::{allocations, cluster, events, fleet, keys, pools, tenants};
         allocations::get,
         allocations::release,
         allocations::renew,
+        session::logs,
+        session::exec,
+        session::download,
+        session::upload,
         events::list,
         events::stream,
         cluster::view,
@@ -67,13 +71,19 @@ use super::{allocations, cluster, events, fleet, keys, pools, tenants};
         super::metrics,
         openapi_json,
     ),
-    components(schemas(warmpool_proto::api::ErrorBody, fleet::NodeAction)),
+    components(schemas(
+        warmpool_proto::api::ErrorBody,
+        fleet::NodeAction,
+        warmpool_proto::session::ExecEvent,
+        warmpool_proto::session::LogsDropped,
+    )),
     security(("bearer" = [])),
     modifiers(&Common),
     tags(
         (name = "fleet", description = "Health, status, containers and nodes"),
         (name = "pools", description = "Pool specs"),
         (name = "allocations", description = "Handing out warm containers"),
+        (name = "session", description = "Using an allocated container: live logs, exec, files (the allocation's tenant and admins only)"),
         (name = "events", description = "The lifecycle event log"),
         (name = "cluster", description = "Raft state and membership"),
         (name = "keys", description = "API keys (admin only)"),

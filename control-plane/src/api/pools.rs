@@ -14,7 +14,9 @@ use super::openapi::Consistency;
 use super::{barrier_if_asked, created, read_fresh, AppState};
 use crate::state::{Command, PoolState, Request, Response as Applied};
 
-fn view(s: &PoolState, pool: Pool) -> PoolView {
+/// A pool as answered: counts added, secrets' values redacted (they are never read back).
+fn view(s: &PoolState, mut pool: Pool) -> PoolView {
+    pool.spec = pool.spec.redacted();
     PoolView {
         counts: s.pool_counts(&pool.spec.name),
         wanted: s.wanted(&pool),
@@ -128,13 +130,21 @@ pub async fn create(
 pub async fn put(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    ApiJson(spec): ApiJson<PoolSpec>,
+    ApiJson(mut spec): ApiJson<PoolSpec>,
 ) -> Result<Response, ApiError> {
     if spec.name.as_str() != name {
         return Err(ApiError::BadRequest(format!(
             "the body names pool {:?} but the path names {name:?}",
             spec.name.as_str()
         )));
+    }
+    // A spec read (secrets redacted), changed and put back keeps the secrets it had.
+    if let Some(stored) = app
+        .cluster
+        .shared()
+        .read(|s| s.pool(&spec.name).map(|p| p.spec.clone()))
+    {
+        spec.keep_redacted_secrets(&stored);
     }
     spec.validate_request()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;

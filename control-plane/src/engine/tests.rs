@@ -249,6 +249,8 @@ impl World {
             idempotency_key: None,
             wait_ms: 0,
             tenant: Default::default(),
+            metadata: Default::default(),
+            with_settings: false,
         });
         assert!(matches!(r, Response::Allocation { .. }), "{r:?}");
         allocation_id
@@ -625,6 +627,8 @@ fn demand_grows_the_pool_and_the_growth_is_written() {
             idempotency_key: None,
             wait_ms: 0,
             tenant: Default::default(),
+            metadata: Default::default(),
+            with_settings: false,
         });
         let effects = e.decide(Duty::Scale, &w.state, &w.facts, w.now());
         w.carry_out(&mut e, effects);

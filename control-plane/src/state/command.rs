@@ -123,6 +123,21 @@ pub enum Command {
         /// The tenant it is for (its idempotency keys, quotas and visibility).
         #[serde(default)]
         tenant: warmpool_proto::TenantId,
+        /// Labels stored with the allocation.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        metadata: std::collections::BTreeMap<String, String>,
+        /// Env or secrets were given (delivered by the answering member straight to the
+        /// agent; their values are never in the log).
+        #[serde(default)]
+        with_settings: bool,
+    },
+    /// Where an allocation's settings given at claim stand, after the member that took the
+    /// claim delivered them (or failed to).
+    SettingsDelivered {
+        /// The allocation.
+        allocation_id: AllocationId,
+        /// Applied or failed.
+        state: warmpool_proto::session::SettingsState,
     },
     /// Set a tenant's limits (replacing what it had; the rate bucket starts full).
     PutTenant {

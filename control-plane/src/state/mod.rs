@@ -273,6 +273,12 @@ pub struct Pending {
     /// The tenant it is for.
     #[serde(default)]
     pub tenant: warmpool_proto::TenantId,
+    /// Labels given at claim.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Env or secrets were given at claim (their values never enter the state).
+    #[serde(default)]
+    pub with_settings: bool,
     /// When it was asked for.
     pub since: Timestamp,
     /// After this it is dropped unserved.

@@ -514,6 +514,8 @@ pub fn demo_spec() -> CreateSpec {
             ..Default::default()
         },
         egress: Default::default(),
+        stop_grace_secs: 0,
+        pre_stop: vec![],
     }
 }
 

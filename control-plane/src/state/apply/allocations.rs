@@ -229,6 +229,26 @@ impl PoolState {
         }
     }
 
+    /// Records where an allocation's settings stand. Only an active allocation that was given
+    /// settings changes; `applied` is never taken back by a late `failed`.
+    pub(super) fn settings_delivered(
+        &mut self,
+        id: AllocationId,
+        state: warmpool_proto::session::SettingsState,
+    ) -> Response {
+        use warmpool_proto::session::SettingsState;
+        let Some(a) = self.allocations.get_mut(&id) else {
+            return Response::rejected(RejectCode::NotFound, format!("no allocation {id}"));
+        };
+        if a.settings.is_some() && a.settings != Some(SettingsState::Applied) {
+            Arc::make_mut(a).settings = Some(state);
+        }
+        Response::Allocation {
+            allocation: (**a).clone(),
+            replayed: false,
+        }
+    }
+
     /// Hands container `cid` to the request.
     pub(super) fn grant(
         &mut self,
@@ -270,6 +290,10 @@ impl PoolState {
             state: AllocationState::Active,
             released_at: None,
             release_reason: None,
+            metadata: req.metadata,
+            settings: req
+                .with_settings
+                .then_some(warmpool_proto::session::SettingsState::Pending),
         };
         let mut body = EventBody::of_container(c);
         let waited = ctx.at.since(req.since).as_millis() as u64;

@@ -119,6 +119,8 @@ impl PoolState {
                 idempotency_key,
                 wait_ms,
                 tenant,
+                metadata,
+                with_settings,
             } => {
                 let req = Pending {
                     allocation_id,
@@ -126,6 +128,8 @@ impl PoolState {
                     lease_ms,
                     idempotency_key,
                     tenant,
+                    metadata,
+                    with_settings,
                     since: ctx.at,
                     // A little past the requester's own deadline, so its CancelWait lands
                     // first; this only matters when the requester is gone.
@@ -134,6 +138,11 @@ impl PoolState {
                 self.allocate(ctx, pool, req, wait_ms > 0)
             }
             Command::CancelWait { allocation_id } => self.cancel_wait(allocation_id),
+            // Session settings (issue 16): only the outcome is replicated, never the values.
+            Command::SettingsDelivered {
+                allocation_id,
+                state,
+            } => self.settings_delivered(allocation_id, state),
             Command::PutTenant { tenant, quota } => self.put_tenant(tenant, quota),
             Command::DeleteTenant { tenant } => self.delete_tenant(&tenant),
             Command::Batch { .. } => {

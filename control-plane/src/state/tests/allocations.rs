@@ -77,6 +77,8 @@ fn a_retried_allocate_proposal_is_answered_not_doubled() {
         idempotency_key: None,
         wait_ms: 0,
         tenant: Default::default(),
+        metadata: Default::default(),
+        with_settings: false,
     };
     let (a, _) = allocation(h.apply(cmd.clone()));
     let (b, replayed) = allocation(h.apply(cmd));
@@ -179,6 +181,8 @@ fn wait_for(
         idempotency_key: key.map(str::to_string),
         wait_ms,
         tenant: Default::default(),
+        metadata: Default::default(),
+        with_settings: false,
     });
     (id, r)
 }

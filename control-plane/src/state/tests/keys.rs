@@ -19,6 +19,8 @@ fn tenants_quotas_and_idempotency_keys_are_their_own() {
             idempotency_key: key.map(str::to_string),
             wait_ms: 0,
             tenant: tenant.clone(),
+            metadata: Default::default(),
+            with_settings: false,
         })
     };
     // The same key in two tenants: two allocations; in one tenant: a replay.

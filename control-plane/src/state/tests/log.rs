@@ -39,6 +39,8 @@ fn snapshot_round_trip_restores_indexes_and_replay_is_deterministic() {
                 idempotency_key: None,
                 wait_ms: 0,
                 tenant: Default::default(),
+                metadata: Default::default(),
+                with_settings: false,
             },
         },
     );
@@ -77,6 +79,8 @@ fn a_batch_applies_its_requests_in_order_like_separate_entries() {
         idempotency_key: Some(key.to_string()),
         wait_ms: 0,
         tenant: Default::default(),
+        metadata: Default::default(),
+        with_settings: false,
     };
     let mut h = Harness::new();
     let n = h.node("n1");

@@ -145,6 +145,8 @@ impl Harness {
             idempotency_key: key.map(str::to_string),
             wait_ms: 0,
             tenant: Default::default(),
+            metadata: Default::default(),
+            with_settings: false,
         })
     }
 
