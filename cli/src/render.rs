@@ -918,6 +918,8 @@ mod tests {
             state: AllocationState::Active,
             released_at: None,
             release_reason: None,
+            token_sha256: None,
+            access: None,
         }
     }
 

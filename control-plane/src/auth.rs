@@ -138,6 +138,10 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     if path == "/v1/keys" || path.starts_with("/v1/keys/") {
         return Some(Role::Admin);
     }
+    // What the gateway reads holds token hashes: its admin key, nobody else.
+    if path.starts_with("/v1/gateway/") {
+        return Some(Role::Admin);
+    }
     if method == Method::GET || method == Method::HEAD {
         return Some(Role::Viewer);
     }
@@ -394,6 +398,10 @@ mod tests {
         );
         assert_eq!(required_role(&Method::POST, "/v1/keys"), Some(Role::Admin));
         assert_eq!(required_role(&Method::GET, "/v1/keys"), Some(Role::Admin));
+        assert_eq!(
+            required_role(&Method::GET, "/v1/gateway/allocations/x"),
+            Some(Role::Admin)
+        );
         assert_eq!(required_role(&Method::GET, "/"), None);
         assert_eq!(required_role(&Method::GET, "/v1/health"), None);
         assert_eq!(required_role(&Method::GET, "/v1/ready"), None);

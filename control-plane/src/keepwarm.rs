@@ -471,6 +471,7 @@ mod tests {
             idempotency_key: None,
             wait_ms: 0,
             tenant: Default::default(),
+            token_sha256: None,
         });
         assert_eq!(created(&w.decide()), 1);
     }
@@ -493,6 +494,7 @@ mod tests {
                 idempotency_key: None,
                 wait_ms: 0,
                 tenant: Default::default(),
+                token_sha256: None,
             });
         }
         let d = w.decide();
@@ -961,6 +963,7 @@ mod tests {
                             idempotency_key: None,
                             wait_ms: 0,
                             tenant: Default::default(),
+                            token_sha256: None,
                         });
                         allocations.extend(w.state.active_allocations().map(|a| a.id).last());
                     }

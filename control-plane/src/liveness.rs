@@ -285,6 +285,7 @@ mod tests {
                     idempotency_key: None,
                     wait_ms: 0,
                     tenant: Default::default(),
+                    token_sha256: None,
                 });
             }
             assert_eq!(
@@ -323,6 +324,7 @@ mod tests {
             idempotency_key: None,
             wait_ms: 0,
             tenant: Default::default(),
+            token_sha256: None,
         }
     }
 

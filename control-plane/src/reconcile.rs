@@ -183,6 +183,7 @@ pub fn create_spec(state: &PoolState, c: &Container) -> Option<CreateSpec> {
         command: s.command.clone(),
         env: s.env.clone(),
         port: s.port,
+        extra_ports: s.extra_ports(),
         resources: s.resources.clone(),
         health: s.health.clone(),
         security: s.security.clone(),

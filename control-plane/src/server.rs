@@ -86,6 +86,8 @@ pub struct Config {
     /// Trust these CA certificates (PEM) for NATS over TLS, besides the system's; TLS is then
     /// required.
     pub nats_ca: Option<PathBuf>,
+    /// Where the gateway is, for the URLs in allocation answers.
+    pub gateway: crate::api::gateway::GatewayLinks,
 }
 
 /// Why a member could not start.
@@ -282,6 +284,7 @@ pub async fn run(
         auth: config.auth,
         dashboard: config.dashboard_dir.clone(),
         overcommit: config.leader.overcommit,
+        gateway: config.gateway.clone(),
     });
     let serve_stop = stop.clone();
     let router = api::router(app);

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use warmpool_proto::agent::CreateSpec;
 use warmpool_proto::{
     ContainerId, Egress, HealthCheck, NodeId, PoolName, LABEL_EGRESS, LABEL_GENERATION,
-    LABEL_HEALTH, LABEL_ID, LABEL_NODE, LABEL_POOL, LABEL_PORT,
+    LABEL_HEALTH, LABEL_ID, LABEL_NODE, LABEL_POOL, LABEL_PORT, LABEL_PORTS,
 };
 
 /// What the labels of one container say.
@@ -42,7 +42,7 @@ pub fn for_spec(node: &NodeId, spec: &CreateSpec) -> HashMap<String, String> {
     // Serialising an enum of strings and numbers cannot fail; should it, "none" is the
     // closed policy.
     let egress = serde_json::to_string(&spec.egress).unwrap_or_else(|_| "\"none\"".to_string());
-    HashMap::from([
+    let mut labels = HashMap::from([
         (LABEL_NODE.to_string(), node.to_string()),
         (LABEL_ID.to_string(), spec.id.to_string()),
         (LABEL_POOL.to_string(), spec.pool.to_string()),
@@ -50,7 +50,26 @@ pub fn for_spec(node: &NodeId, spec: &CreateSpec) -> HashMap<String, String> {
         (LABEL_HEALTH.to_string(), health),
         (LABEL_PORT.to_string(), spec.port.to_string()),
         (LABEL_EGRESS.to_string(), egress),
-    ])
+    ]);
+    if !spec.extra_ports.is_empty() {
+        let ports: Vec<String> = spec.extra_ports.iter().map(u16::to_string).collect();
+        labels.insert(LABEL_PORTS.to_string(), ports.join(","));
+    }
+    labels
+}
+
+/// The named ports besides the service port a container was made with (opened to the
+/// gateway like it). A malformed entry is left out: that port stays closed.
+pub fn extra_ports_of(labels: &HashMap<String, String>) -> Vec<u16> {
+    labels
+        .get(LABEL_PORTS)
+        .map(|raw| {
+            raw.split(',')
+                .filter_map(|p| p.trim().parse::<u16>().ok())
+                .filter(|p| *p != 0)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The egress policy a container was made with. A container without the label was made
@@ -139,6 +158,7 @@ mod tests {
             command: vec![],
             env: BTreeMap::new(),
             port: 8080,
+            extra_ports: Vec::new(),
             resources: ContainerResources::default(),
             health: HealthCheck {
                 probe: HealthProbe::Http {

@@ -17,6 +17,7 @@ use warmpool_proto::{Allocation, AllocationId, SessionId};
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, OptionalJson};
+use super::gateway::present;
 use super::openapi::Consistency;
 use super::{barrier_if_asked, read_fresh, AppState};
 use crate::auth::Scope;
@@ -107,6 +108,8 @@ pub async fn create(
             .map_err(|e| ApiError::Internal(e.to_string()))?,
     };
     let allocation_id = AllocationId::new();
+    // The gateway token: only its hash goes into the log.
+    let (token, token_sha256) = super::gateway::new_token()?;
     let cmd = Command::Allocate {
         allocation_id,
         pool: pool.clone(),
@@ -115,6 +118,7 @@ pub async fn create(
         idempotency_key: req.idempotency_key.clone(),
         wait_ms,
         tenant,
+        token_sha256: Some(token_sha256),
     };
     let deadline = start + Duration::from_millis(wait_ms);
     let shared = app.cluster.shared().clone();
@@ -130,7 +134,9 @@ pub async fn create(
                 if replayed { "replayed" } else { "warm" },
                 start,
             );
-            return Ok(allocated(&allocation, replayed));
+            // A replay's token was made by the request that granted it: not known here.
+            let token = (!replayed).then_some(token);
+            return Ok(allocated(&app, allocation, replayed, token));
         }
         Ok(Applied::Queued { allocation_id, .. }) => allocation_id,
         Ok(Applied::Rejected(r)) => {
@@ -159,7 +165,7 @@ pub async fn create(
     loop {
         if let Some(a) = shared.read(|s| s.allocation(&queued).cloned()) {
             record(pool.as_str(), "waited", start);
-            return Ok(allocated(&a, false));
+            return Ok(allocated(&app, a, false, Some(token)));
         }
         if Instant::now() >= deadline {
             break;
@@ -176,7 +182,7 @@ pub async fn create(
     {
         Applied::Allocation { allocation, .. } => {
             record(pool.as_str(), "waited", start);
-            Ok(allocated(&allocation, false))
+            Ok(allocated(&app, allocation, false, Some(token)))
         }
         _ => {
             record(pool.as_str(), "no_capacity", start);
@@ -200,8 +206,9 @@ impl Drop for WaitGauge {
     }
 }
 
-fn allocated(a: &Allocation, replayed: bool) -> Response {
-    let mut resp = (StatusCode::CREATED, Json(a)).into_response();
+fn allocated(app: &AppState, a: Allocation, replayed: bool, token: Option<String>) -> Response {
+    let a = present(app, a, token);
+    let mut resp = (StatusCode::CREATED, Json(&a)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/allocations/{}", a.id)) {
         resp.headers_mut().insert("location", v);
     }
@@ -253,19 +260,26 @@ pub async fn list(
         }
     };
     barrier_if_asked(&app, &headers).await?;
-    Ok(Json(app.cluster.shared().read(|s| {
-        s.allocations()
-            .filter(|a| scope.sees(&a.tenant))
-            .filter(|a| q.pool.as_deref().is_none_or(|p| a.pool.as_str() == p))
-            .filter(|a| {
-                q.session
-                    .as_deref()
-                    .is_none_or(|p| a.session_id.as_str() == p)
+    Ok(Json(
+        app.cluster
+            .shared()
+            .read(|s| {
+                s.allocations()
+                    .filter(|a| scope.sees(&a.tenant))
+                    .filter(|a| q.pool.as_deref().is_none_or(|p| a.pool.as_str() == p))
+                    .filter(|a| {
+                        q.session
+                            .as_deref()
+                            .is_none_or(|p| a.session_id.as_str() == p)
+                    })
+                    .filter(|a| state.is_none_or(|st| a.state == st))
+                    .cloned()
+                    .collect::<Vec<_>>()
             })
-            .filter(|a| state.is_none_or(|st| a.state == st))
-            .cloned()
-            .collect()
-    })))
+            .into_iter()
+            .map(|a| present(&app, a, None))
+            .collect(),
+    ))
 }
 
 /// One allocation.
@@ -286,7 +300,8 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Allocation>, ApiError> {
     let id = parse_id(&id)?;
-    visible(&app, &scope, &headers, id).await.map(Json)
+    let a = visible(&app, &scope, &headers, id).await?;
+    Ok(Json(present(&app, a, None)))
 }
 
 /// The allocation `id`, if `scope` may see it; another tenant's answers 404 as a missing one
@@ -305,7 +320,7 @@ async fn visible(
 
 async fn write_allocation(app: &AppState, cmd: Command) -> Result<Json<Allocation>, ApiError> {
     match app.cluster.write(Request::now(cmd)).await? {
-        Applied::Allocation { allocation, .. } => Ok(Json(allocation)),
+        Applied::Allocation { allocation, .. } => Ok(Json(present(app, allocation, None))),
         Applied::Rejected(r) => Err(r.into()),
         other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
     }

@@ -12,6 +12,7 @@ pub mod error;
 mod events;
 mod extract;
 mod fleet;
+pub mod gateway;
 mod keys;
 pub mod openapi;
 mod pools;
@@ -60,6 +61,8 @@ pub struct App {
     pub dashboard: Option<std::path::PathBuf>,
     /// The placement overcommit, for what nodes show as allocatable.
     pub overcommit: crate::placement::Overcommit,
+    /// Where the gateway is, for the URLs in allocation answers.
+    pub gateway: gateway::GatewayLinks,
 }
 
 /// Handler state.
@@ -89,6 +92,7 @@ pub fn router(app: AppState) -> Router {
             get(allocations::get).delete(allocations::release),
         )
         .route("/v1/allocations/{id}/renew", post(allocations::renew))
+        .route("/v1/gateway/allocations/{id}", get(gateway::route))
         .route("/v1/nodes", get(fleet::nodes))
         .route("/v1/nodes/{id}/{action}", post(fleet::node_action))
         .route("/v1/events", get(events::list))

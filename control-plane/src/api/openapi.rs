@@ -52,6 +52,7 @@ use super::{allocations, cluster, events, fleet, keys, pools, tenants};
         allocations::get,
         allocations::release,
         allocations::renew,
+        super::gateway::route,
         events::list,
         events::stream,
         cluster::view,

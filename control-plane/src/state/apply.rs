@@ -115,6 +115,7 @@ impl PoolState {
                 idempotency_key,
                 wait_ms,
                 tenant,
+                token_sha256,
             } => {
                 let req = Pending {
                     allocation_id,
@@ -122,6 +123,7 @@ impl PoolState {
                     lease_ms,
                     idempotency_key,
                     tenant,
+                    token_sha256,
                     since: ctx.at,
                     // A little past the requester's own deadline, so its CancelWait lands
                     // first; this only matters when the requester is gone.
@@ -921,6 +923,8 @@ impl PoolState {
             state: AllocationState::Active,
             released_at: None,
             release_reason: None,
+            token_sha256: req.token_sha256.clone(),
+            access: None,
         };
         let mut body = EventBody::of_container(c);
         let waited = ctx.at.since(req.since).as_millis() as u64;

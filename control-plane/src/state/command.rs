@@ -96,6 +96,10 @@ pub enum Command {
         /// The tenant it is for (its idempotency keys, quotas and visibility).
         #[serde(default)]
         tenant: warmpool_proto::TenantId,
+        /// SHA-256 (hex) of the gateway access token the proposer made (the token itself
+        /// never enters the log).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_sha256: Option<String>,
     },
     /// Set a tenant's limits (replacing what it had; the rate bucket starts full).
     PutTenant {

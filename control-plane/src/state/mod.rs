@@ -273,6 +273,9 @@ pub struct Pending {
     /// The tenant it is for.
     #[serde(default)]
     pub tenant: warmpool_proto::TenantId,
+    /// SHA-256 (hex) of its gateway access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
     /// When it was asked for.
     pub since: Timestamp,
     /// After this it is dropped unserved.

@@ -138,6 +138,7 @@ impl Harness {
             idempotency_key: key.map(str::to_string),
             wait_ms: 0,
             tenant: Default::default(),
+            token_sha256: None,
         })
     }
 
@@ -322,6 +323,7 @@ fn a_retried_allocate_proposal_is_answered_not_doubled() {
         idempotency_key: None,
         wait_ms: 0,
         tenant: Default::default(),
+        token_sha256: None,
     };
     let (a, _) = allocation(h.apply(cmd.clone()));
     let (b, replayed) = allocation(h.apply(cmd));
@@ -809,6 +811,7 @@ fn snapshot_round_trip_restores_indexes_and_replay_is_deterministic() {
                 idempotency_key: None,
                 wait_ms: 0,
                 tenant: Default::default(),
+                token_sha256: None,
             },
         },
     );
@@ -852,6 +855,7 @@ fn wait_for(
         idempotency_key: key.map(str::to_string),
         wait_ms,
         tenant: Default::default(),
+        token_sha256: None,
     });
     (id, r)
 }
@@ -1185,6 +1189,7 @@ fn a_batch_applies_its_requests_in_order_like_separate_entries() {
         idempotency_key: Some(key.to_string()),
         wait_ms: 0,
         tenant: Default::default(),
+        token_sha256: None,
     };
     let mut h = Harness::new();
     let n = h.node("n1");
@@ -1250,6 +1255,7 @@ fn tenants_quotas_and_idempotency_keys_are_their_own() {
             idempotency_key: key.map(str::to_string),
             wait_ms: 0,
             tenant: tenant.clone(),
+            token_sha256: None,
         })
     };
     // The same key in two tenants: two allocations; in one tenant: a replay.
