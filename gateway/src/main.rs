@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         .context("--log")?;
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if args.log_json {
         subscriber.json().init();
