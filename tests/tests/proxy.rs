@@ -94,10 +94,14 @@ impl Setup {
         };
         s.gw.wait_up().await;
         let admin = s.admin.clone();
-        wait_until(Duration::from_secs(30), "a leader and the admin key", || {
-            let admin = admin.clone();
-            async move { admin.whoami().await.ok().map(|_| ()) }
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "a leader and the admin key",
+            || {
+                let admin = admin.clone();
+                async move { admin.whoami().await.ok().map(|_| ()) }
+            },
+        )
         .await;
         let mut spec = TestCluster::demo_spec(&unique("gw"), 1);
         spec.image = IMAGE.into();
