@@ -383,6 +383,30 @@ async fn a_session_reaches_its_container_through_the_gateway_from_an_ipv4_only_n
         matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
         "the open WebSocket was not closed at the release: {closed:?}"
     );
+
+    // The gateway's metrics: what happened, every metric with its HELP text.
+    let text = warmpool_tests::http_client()
+        .get(format!("http://127.0.0.1:{}/metrics", s.gw.metrics_port))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "warmpool_gateway_requests_total{outcome=\"proxied\"}",
+        "warmpool_gateway_requests_total{outcome=\"unauthorized\"}",
+        "warmpool_gateway_allocations_ended_total 1",
+    ] {
+        assert!(text.contains(want), "{want} in\n{text}");
+    }
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = line.split_whitespace().next().unwrap();
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}"
+        );
+    }
 }
 
 /// Makes a CA and a certificate for `addr`; returns (ca, cert, key) paths.
