@@ -712,6 +712,32 @@ impl PoolSpec {
 mod tests {
     use super::*;
 
+    #[test]
+    fn named_ports_are_optional_checked_and_reachable_by_name() {
+        // A spec stored before named ports existed loads, and writes none back.
+        let old: PoolSpec = serde_json::from_str(r#"{"name":"p","image":"i"}"#).unwrap();
+        assert!(old.ports.is_empty());
+        assert!(!serde_json::to_string(&old).unwrap().contains("ports"));
+        assert_eq!(
+            old.reachable_ports(),
+            BTreeMap::from([("8080".to_string(), 8080)])
+        );
+        assert!(old.extra_ports().is_empty());
+
+        let mut s = old.clone();
+        s.ports = BTreeMap::from([("web".into(), 8080), ("vnc-1".into(), 6080)]);
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(s.reachable_ports(), s.ports);
+        assert_eq!(s.extra_ports(), vec![6080]);
+        for bad in ["", "8080", "Web", "a_b", "abcdefghijklmnop"] {
+            let mut b = s.clone();
+            b.ports.insert(bad.into(), 1);
+            assert!(b.validate().is_err(), "{bad:?}");
+        }
+        s.ports.insert("zero".into(), 0);
+        assert!(s.validate().is_err());
+    }
+
     fn demo() -> PoolSpec {
         PoolSpec::new(PoolName::new("demo").unwrap(), "warmpool-demo:latest")
     }
