@@ -405,6 +405,16 @@ test('live log pane: a line the container prints shows within a second; stderr a
     assert.equal(await pane.getByTestId('log-state').getAttribute('data-state'), 'open', await pane.textContent());
     assert.equal(logRequests.length, 2, `one request per visit: ${logRequests}`);
 
+    // At phone width the pane fits: long lines wrap, nothing scrolls sideways.
+    await page.setViewportSize(PHONE);
+    try {
+      await waitFor('no sideways scrolling at 375 px', () =>
+        page.evaluate(() => document.documentElement.scrollWidth <= document.documentElement.clientWidth), 3000);
+      await shot(page, 'container-logs-phone');
+    } finally {
+      await page.setViewportSize(DESKTOP);
+    }
+
     // Released: the output ends, the pane says so once and keeps what it read.
     await api(`/v1/allocations/${a.id}`, { method: 'DELETE' });
     released = true;
