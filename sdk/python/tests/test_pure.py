@@ -104,3 +104,11 @@ def test_timestamps():
     assert (t.year, t.microsecond, t.utcoffset().total_seconds()) == (2026, 678000, 0)
     assert parse_time("2026-01-02T03:04:05.123456789Z").microsecond == 123456
     assert parse_time(None) is None
+
+
+def test_a_timeout_is_also_the_builtin_timeout_error():
+    import builtins
+
+    e = warmpool.TimeoutError("http://m/v1/pools", 10.0)
+    assert isinstance(e, builtins.TimeoutError) and isinstance(e, warmpool.WarmpoolError)
+    assert "timed out after 10 s" in str(e)

@@ -14,6 +14,7 @@ Two families, kept apart because callers treat them differently:
 
 from __future__ import annotations
 
+import builtins
 import json
 from typing import Dict, List, Mapping, Optional, Tuple, Type
 
@@ -65,8 +66,9 @@ class UnreachableError(WarmpoolError):
         super().__init__(f"no control-plane member reachable ({tried})")
 
 
-class TimeoutError(WarmpoolError):  # noqa: A001 - the SDK's own, a WarmpoolError
-    """The request was sent but no complete answer came in time."""
+class TimeoutError(WarmpoolError, builtins.TimeoutError):  # noqa: A001
+    """The request was sent but no complete answer came in time (also a builtin
+    ``TimeoutError``, so ``except TimeoutError`` catches it either way)."""
 
     def __init__(self, url: str, after: Optional[float] = None):
         self.url = url
