@@ -75,6 +75,10 @@ cleanup() {
       printf -- '----- %s (last 40 lines) -----\n' "$(basename "$log")" >&2
       tail -40 "$log" >&2
     done
+    # The whole logs, for a closer look: kept until the next failed run.
+    rm -rf "$TARGET/sdk-test-logs" && mkdir -p "$TARGET/sdk-test-logs" &&
+      cp "$WORK"/*.log "$TARGET/sdk-test-logs/" 2>/dev/null &&
+      say "the processes' whole logs are in $TARGET/sdk-test-logs/"
   fi
   if [ -n "$STARTED_DOCKERD" ]; then
     say "stopping the dockerd this script started"

@@ -19,7 +19,7 @@ def test_finds_its_key_in_the_token_file_and_lists_pools(client: warmpool.Client
     p = client.get_pool(pool)
     assert p.name == pool
     assert p.image.startswith("warmpool-demo")
-    assert p.counts.warm >= 1
+    assert p.wanted >= 1 and p.counts.total >= 1  # other tests may hold its warm ones now
 
 
 def test_allocate_answers_on_its_address_renew_and_release(client: warmpool.Client, pool: str, session_id: str):

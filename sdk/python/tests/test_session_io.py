@@ -77,27 +77,33 @@ def test_logs_stream_a_printed_line(client: warmpool.Client, pool: str, session_
     require_route(openapi, LOGS, "get")
     marker = unique("sdk-log")
     seen = []
+    failed = []
     with client.allocate(pool, session_id=session_id, wait_ms=30_000) as sandbox:
         def follow():
-            for item in sandbox.logs(follow=True, tail=0):
-                if isinstance(item, warmpool.LogLine):
+            try:
+                for item in sandbox.logs(follow=True, tail=0):
                     seen.append((time.monotonic(), item))
-                    if item.line == marker + "-err":
+                    if isinstance(item, warmpool.LogLine) and item.line == marker + "-err":
                         return
+                failed.append("the stream ended")
+            except Exception as e:  # noqa: BLE001 - reported by the assertion below
+                failed.append(repr(e))
 
         t = threading.Thread(target=follow, daemon=True)
         t.start()
         # Print until the follower has the line (it may connect after the first print).
         start = time.monotonic()
-        wait_until(
-            "the follower to see the printed line",
-            lambda: sandbox.exec(f"echo {marker} > /proc/1/fd/1; echo {marker}-err > /proc/1/fd/2").ok
-            and any(i.line == marker for _, i in seen),
-            timeout=15,
-        )
+        def printed_and_seen():
+            assert not failed, f"the follower stopped: {failed}"
+            return sandbox.exec(f"echo {marker} > /proc/1/fd/1; echo {marker}-err > /proc/1/fd/2").ok and any(
+                getattr(i, "line", None) == marker for _, i in seen
+            )
+
+        wait_until(f"the follower to see the printed line (it has {seen!r})", printed_and_seen, timeout=15)
         t.join(timeout=10)
         assert not t.is_alive()
         lines = [i for _, i in seen]
+        assert not failed, failed
         assert warmpool.LogLine("stdout", marker) in lines
         assert warmpool.LogLine("stderr", marker + "-err") in lines
         assert seen[0][0] - start < 15
@@ -121,7 +127,8 @@ def test_the_gateway_url_with_its_token(client: warmpool.Client, pool: str, sess
     with client.allocate(pool, session_id=session_id, wait_ms=30_000) as sandbox:
         access = sandbox.access
         assert access is not None and access.token and access.token.startswith("wpa_"), sandbox.raw
-        url = next(iter(access.urls.values()))
+        url = access.url_for()
+        assert url == next(iter(access.urls.values())) and f"/s/{sandbox.id}/" in url
         r = wait_until(
             "the container to answer through the gateway",
             lambda: (lambda r: r if r.status_code == 200 else None)(

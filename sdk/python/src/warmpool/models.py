@@ -64,6 +64,19 @@ class Access:
             host_urls=_str_map(d.get("host_urls")),
         )
 
+    def url_for(self, port: Optional[Any] = None) -> str:
+        """The gateway URL by path of ``port`` (a port name, or a number the pool names);
+        without one, the only URL there is (a pool that names no ports has one: its service
+        port's)."""
+        if port is None:
+            if len(self.urls) != 1:
+                raise KeyError(f"name a port: this allocation has URLs for {sorted(self.urls)}")
+            return next(iter(self.urls.values()))
+        try:
+            return self.urls[str(port)]
+        except KeyError:
+            raise KeyError(f"no gateway URL for port {port!r}: there are {sorted(self.urls)}") from None
+
     @property
     def headers(self) -> Dict[str, str]:
         """The header that shows the token to the gateway (empty without a token)."""
