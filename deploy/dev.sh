@@ -372,6 +372,8 @@ run_tests() {
   "$ROOT/deploy/test-cargo.sh"
   say "running the dashboard's tests (Vitest, then Chromium against a live cluster)"
   WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/dashboard-test.sh"
+  say "running the Python SDK's tests (pytest against a live cluster)"
+  WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/sdk-test.sh"
   say "fuzzing the API from its OpenAPI document (schemathesis, auth on)"
   "$ROOT/deploy/fuzz-api.sh"
   say "down then up at once, three times (the dev cluster; stops the dockerd dev.sh started)"

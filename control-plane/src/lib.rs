@@ -13,6 +13,7 @@
 //! - `leader`: the runner that feeds the engine and carries out its effects.
 //! - `session`: logs, exec and files of allocated containers, pulled from their agents.
 //! - `api`: the REST API and event stream.
+//! - `telemetry`: the HELP text of every metric.
 #![warn(missing_docs)]
 // openraft's error types (StorageError, RaftError) are large by design and travel in Results
 // throughout the storage and network layers; boxing them at every boundary buys nothing.
@@ -32,4 +33,5 @@ pub mod reconcile;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod telemetry;
 pub mod tls;

@@ -150,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
         .context("histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    warmpool_control_plane::telemetry::describe();
     warmpool_control_plane::session::describe_metrics();
     // Histogram samples wait in the recorder until drained: drain them even when nobody scrapes.
     let upkeep = metrics.clone();

@@ -46,7 +46,10 @@ pub fn install() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new().set_buckets(BUCKETS).ok()?;
             match builder.install_recorder() {
-                Ok(h) => Some(h),
+                Ok(h) => {
+                    describe();
+                    Some(h)
+                }
                 Err(e) => {
                     warn!(error = %e, "cannot install the metrics recorder; /metrics stays empty");
                     None
@@ -54,6 +57,54 @@ pub fn install() -> Option<PrometheusHandle> {
             }
         })
         .clone()
+}
+
+/// HELP text of every agent metric. The recorder prints `# HELP` only for described metrics,
+/// so this runs once, right after it is installed; `tests/tests/metrics.rs` fails on a metric
+/// without one.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_histogram!(
+        "warmpool_agent_docker_call_duration_seconds",
+        Unit::Seconds,
+        "Time of one Docker API call, by operation"
+    );
+    describe_counter!(
+        "warmpool_agent_docker_call_errors_total",
+        "Docker API calls that failed, by operation"
+    );
+    describe_counter!(
+        "warmpool_agent_probes_total",
+        "Health probes of containers, by result (pass, fail)"
+    );
+    describe_gauge!(
+        "warmpool_agent_containers",
+        "Containers this agent runs, by Docker status (starting, running, exited) and health (unknown, healthy, unhealthy)"
+    );
+    describe_counter!(
+        "warmpool_agent_facts_sent_total",
+        "Facts (container created, warm, unhealthy, exited, inventory) published to the control plane"
+    );
+    describe_counter!(
+        "warmpool_agent_heartbeats_sent_total",
+        "Heartbeats published to the control plane"
+    );
+    describe_counter!(
+        "warmpool_agent_messages_dropped_total",
+        "Messages to the control plane that were not published, by reason (queue_full, publish_failed, timeout)"
+    );
+    describe_gauge!(
+        "warmpool_agent_nats_connected",
+        "1 while the agent is connected to NATS, else 0"
+    );
+    describe_counter!(
+        "warmpool_agent_nats_reconnects_total",
+        "Connections to NATS made after losing one"
+    );
+    describe_gauge!(
+        "warmpool_agent_runtime_available",
+        "1 while dockerd answers the agent's pings, 0 during an outage (containers are kept)"
+    );
 }
 
 /// Binds `addr` (so a taken port fails the start, not later).
@@ -195,10 +246,6 @@ pub fn dropped(reason: &'static str) {
 
 /// Notes whether dockerd answers (1) or not (0).
 pub fn runtime_available(up: bool) {
-    metrics::describe_gauge!(
-        "warmpool_agent_runtime_available",
-        "1 while dockerd answers the agent's pings, 0 during an outage (containers are kept)"
-    );
     metrics::gauge!("warmpool_agent_runtime_available").set(if up { 1.0 } else { 0.0 });
 }
 

@@ -5,7 +5,9 @@
 //! The parser is written here, strictly: every line is a comment, a `# HELP`/`# TYPE` line or a
 //! sample that parses; a family's `# TYPE` comes once, before its samples, and its samples are
 //! not split; histograms have cumulative buckets ending at `+Inf` and `_count` equal to the
-//! `+Inf` bucket; counters end in `_total`.
+//! `+Inf` bucket; counters end in `_total`. Every family also needs a `# HELP` line with some
+//! text (issue 16), and when `promtool` is on the PATH (Debian's `prometheus` package) the
+//! scrapes must pass `promtool check metrics` as well.
 
 mod support;
 
@@ -36,6 +38,8 @@ struct Sample {
 #[derive(Debug, Default)]
 struct Exposition {
     types: BTreeMap<String, Kind>,
+    /// `# HELP` text by family.
+    help: BTreeMap<String, String>,
     samples: Vec<Sample>,
 }
 
@@ -57,6 +61,54 @@ impl Exposition {
     fn sum(&self, name: &str, with: &[(&str, &str)]) -> f64 {
         self.find(name, with).map(|s| s.value).sum()
     }
+
+    /// Families (typed, or seen in samples) with no `# HELP` line or an empty one.
+    fn without_help(&self) -> Vec<String> {
+        let mut families: std::collections::BTreeSet<String> = self.types.keys().cloned().collect();
+        families.extend(self.samples.iter().map(|s| family_of(&s.name, &self.types)));
+        families
+            .into_iter()
+            .filter(|f| self.help.get(f).is_none_or(|h| h.trim().is_empty()))
+            .collect()
+    }
+}
+
+/// Fails naming every family of the scrape of `what` that has no HELP text.
+fn assert_every_family_has_help(what: &str, e: &Exposition) {
+    let missing = e.without_help();
+    assert!(
+        missing.is_empty(),
+        "{what}: metric families without HELP text: {missing:?}"
+    );
+}
+
+/// `promtool check metrics` on `text`, when promtool is installed; `None` when it is not.
+fn promtool_check(text: &str) -> Option<Result<(), String>> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(match out.status.success() && said.trim().is_empty() {
+        true => Ok(()),
+        false => Err(said),
+    })
 }
 
 fn metric_name_ok(s: &str) -> bool {
@@ -159,6 +211,8 @@ fn parse_strict(text: &str) -> Result<Exposition, String> {
                     if !helped.insert(name.to_string()) {
                         return Err(err(format!("second HELP for {name}")));
                     }
+                    out.help
+                        .insert(name.to_string(), words.next().unwrap_or("").to_string());
                 }
                 Some("TYPE") => {
                     let name = words
@@ -312,6 +366,11 @@ fn check_histogram(out: &Exposition, name: &str) -> Result<(), String> {
 }
 
 async fn scrape(url: &str, token: Option<&str>) -> Exposition {
+    scrape_text(url, token).await.0
+}
+
+/// The scrape parsed, and its text.
+async fn scrape_text(url: &str, token: Option<&str>) -> (Exposition, String) {
     let mut req = warmpool_tests::http_client().get(url);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -326,7 +385,20 @@ async fn scrape(url: &str, token: Option<&str>) -> Exposition {
         .to_string();
     assert!(ct.starts_with("text/plain"), "content type {ct}");
     let text = resp.text().await.expect("body");
-    parse_strict(&text).unwrap_or_else(|e| panic!("{url} does not parse: {e}\n{text}"))
+    let e = parse_strict(&text).unwrap_or_else(|e| panic!("{url} does not parse: {e}\n{text}"));
+    (e, text)
+}
+
+/// Every family of the scrape has HELP text, and promtool (when installed) finds nothing.
+fn check_help(what: &str, e: &Exposition, text: &str) {
+    assert_every_family_has_help(what, e);
+    match promtool_check(text) {
+        Some(Ok(())) => eprintln!("{what}: promtool check metrics is clean"),
+        Some(Err(said)) => panic!("{what}: promtool check metrics:\n{said}"),
+        None => eprintln!(
+            "{what}: promtool is not installed; the strict parser's HELP check stands alone"
+        ),
+    }
 }
 
 #[test]
@@ -349,6 +421,9 @@ fn the_parser_is_strict() {
     ] {
         assert!(parse_strict(bad).is_err(), "accepted {bad:?}");
     }
+    assert_eq!(e.without_help(), ["h"]);
+    let helped = parse_strict("# HELP g G.\n# TYPE g gauge\ng 1\n# HELP u \nu 1\nv 2\n").unwrap();
+    assert_eq!(helped.without_help(), ["u", "v"]);
 }
 
 fn alloc(pool: &str, wait_ms: u64, key: Option<&str>) -> CreateAllocation {
@@ -418,7 +493,8 @@ async fn control_plane_and_agent_metrics_parse_and_count_every_allocation() {
         assert!(c.client.allocate(&alloc(&cold, 0, None)).await.is_err());
     }
 
-    let cp = scrape(&format!("{}/metrics", c.members[0].url()), None).await;
+    let (cp, cp_text) = scrape_text(&format!("{}/metrics", c.members[0].url()), None).await;
+    check_help("control plane", &cp, &cp_text);
     let name = "warmpool_allocation_duration_seconds";
     assert_eq!(cp.types.get(name), Some(&Kind::Histogram));
     assert_eq!(cp.sum(&format!("{name}_count"), &[("pool", &warm)]), 4.0);
@@ -487,6 +563,8 @@ async fn control_plane_and_agent_metrics_parse_and_count_every_allocation() {
     assert!(a.sum("warmpool_agent_facts_sent_total", &[]) >= 3.0);
     assert_eq!(a.sum("warmpool_agent_nats_connected", &[]), 1.0);
     assert_eq!(a.sum("warmpool_agent_nats_reconnects_total", &[]), 0.0);
+    let (a, a_text) = scrape_text(&url, None).await;
+    check_help("agent", &a, &a_text);
 
     // NATS goes away and comes back: one reconnect.
     c.nats.kill();
