@@ -3,7 +3,8 @@
 #
 #   deploy/dev.sh up      install what is missing, build (the dashboard too, when Node.js 20.19+
 #                         is present), start NATS, 3 control-plane members with auth on and the
-#                         dashboard at http://127.0.0.1:7070/, and an agent; create pool "demo"
+#                         dashboard at http://127.0.0.1:7070/, an agent and the gateway
+#                         (http://127.0.0.1:8000/s/{allocation}/{port}/); create pool "demo"
 #                         (min_warm 3) and wait until it is warm
 #   deploy/dev.sh up --release   the same with release builds (what benchmarks measure;
 #                         WARMPOOL_RELEASE=1 does the same)
@@ -22,6 +23,7 @@ if [ "$RELEASE" = 1 ]; then PROFILE=release; else PROFILE=debug; fi
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
 API_PORT=${WARMPOOL_DEV_API_PORT:-7070}
 NATS_PORT=${WARMPOOL_DEV_NATS_PORT:-4222}
+GATEWAY_PORT=${WARMPOOL_DEV_GATEWAY_PORT:-8000}
 NODE_ID=${WARMPOOL_DEV_NODE:-local}
 PREFIX=${WARMPOOL_DEV_PREFIX:-fd36:1::/64}
 IMAGE=warmpool-demo:latest
@@ -191,6 +193,9 @@ up() {
   token=$(admin_key)
   TOKEN=$token
   local member_flags=(--auth --admin-key-file "$DEV/admin.key")
+  # Allocation answers carry the gateway's URLs: by path, and by host under localhost (which
+  # browsers and curl resolve to 127.0.0.1 by themselves).
+  member_flags+=(--gateway-url "http://127.0.0.1:$GATEWAY_PORT" --gateway-domain localhost)
   [ -f "$ROOT/dashboard/dist/index.html" ] && member_flags+=(--dashboard-dir "$ROOT/dashboard/dist")
   # NATS as in production: a user per member and per agent, each allowed only its own
   # subjects (deploy/nats-config.sh); nothing without credentials gets in.
@@ -228,6 +233,9 @@ up() {
   wait_http "http://127.0.0.1:$API_PORT/v1/whoami" "the control plane"
 
   local urls="http://127.0.0.1:$API_PORT,http://127.0.0.1:$((API_PORT + 1)),http://127.0.0.1:$((API_PORT + 2))"
+  say "starting the gateway on 127.0.0.1:$GATEWAY_PORT (metrics on :$((GATEWAY_PORT + 1)))"
+  spawn gateway "$BIN/warmpool-gateway" --listen "127.0.0.1:$GATEWAY_PORT" --api-url "$urls" \
+    --api-key-file "$DEV/admin.key" --domain localhost --metrics-addr "127.0.0.1:$((GATEWAY_PORT + 1))"
   cat >"$DEV/env" <<ENV
 export POOLCTL_URL=$urls
 export POOLCTL_TOKEN=$token
@@ -263,6 +271,9 @@ Warmpool is up: pool "demo" has $warm warm containers.
   poolctl status                   # pools, nodes, counts
   poolctl alloc demo               # a warm container in milliseconds; prints its URL
   curl -g 'http://[<ipv6>]:8080/'  # the container answers on its own IPv6 address
+  poolctl --output json alloc demo # also its access token and gateway URLs, then:
+  curl -H "X-Warmpool-Token: <token>" http://127.0.0.1:$GATEWAY_PORT/s/<allocation-id>/8080/
+                                   # or open <url>?token=<token> in a browser (sets a cookie)
   poolctl release <allocation-id>  # destroyed and replaced
   poolctl events --follow          # the lifecycle, live
   deploy/dev.sh down               # stop everything
@@ -287,7 +298,8 @@ stop_pid() { # name
 
 down() {
   local failed=0
-  say "stopping agent, control plane and nats-server"
+  say "stopping gateway, agent, control plane and nats-server"
+  stop_pid gateway || failed=1
   stop_pid agent || failed=1
   for m in cp1 cp2 cp3; do stop_pid "$m" || failed=1; done
   stop_pid nats || failed=1
@@ -344,7 +356,7 @@ down() {
 }
 
 status() {
-  for n in nats cp1 cp2 cp3 agent; do
+  for n in nats cp1 cp2 cp3 agent gateway; do
     if running "$n"; then echo "$n: running (pid $(cat "$DEV/$n.pid"))"; fi
   done
 }

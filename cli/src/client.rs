@@ -427,6 +427,20 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/gateway/allocations/{id}` (admin keys): the gateway's route to it.
+    pub async fn gateway_route(
+        &self,
+        id: AllocationId,
+    ) -> Result<warmpool_proto::api::GatewayRoute, ClientError> {
+        self.fetch(Call::get(&[
+            "v1",
+            "gateway",
+            "allocations",
+            &id.to_string(),
+        ]))
+        .await
+    }
+
     /// `DELETE /v1/allocations/{id}`: releases it (idempotent) and returns it released.
     pub async fn release(&self, id: AllocationId) -> Result<Allocation, ClientError> {
         self.fetch(Call::new(

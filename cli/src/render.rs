@@ -409,6 +409,14 @@ pub fn allocation_detail(a: &Allocation, style: Style) -> String {
     if let Some(k) = &a.idempotency_key {
         rows.push(("idempotency key", k.clone()));
     }
+    if let Some(access) = &a.access {
+        for (port, url) in access.urls.iter().chain(&access.host_urls) {
+            rows.push(("gateway", format!("{url} ({port})")));
+        }
+        if let Some(t) = &access.token {
+            rows.push(("access token", t.clone()));
+        }
+    }
     kv_block(&rows)
 }
 
@@ -925,6 +933,8 @@ mod tests {
             release_reason: None,
             metadata: Default::default(),
             settings: None,
+            token_sha256: None,
+            access: None,
         }
     }
 

@@ -143,6 +143,10 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     if is_session_path(path) {
         return Some(Role::User);
     }
+    // What the gateway reads holds token hashes: its admin key, nobody else.
+    if path.starts_with("/v1/gateway/") {
+        return Some(Role::Admin);
+    }
     if method == Method::GET || method == Method::HEAD {
         return Some(Role::Viewer);
     }
@@ -406,6 +410,10 @@ mod tests {
         );
         assert_eq!(required_role(&Method::POST, "/v1/keys"), Some(Role::Admin));
         assert_eq!(required_role(&Method::GET, "/v1/keys"), Some(Role::Admin));
+        assert_eq!(
+            required_role(&Method::GET, "/v1/gateway/allocations/x"),
+            Some(Role::Admin)
+        );
         assert_eq!(required_role(&Method::GET, "/"), None);
         assert_eq!(required_role(&Method::GET, "/v1/health"), None);
         assert_eq!(required_role(&Method::GET, "/v1/ready"), None);

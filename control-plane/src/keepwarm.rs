@@ -482,6 +482,7 @@ mod tests {
             tenant: Default::default(),
             metadata: Default::default(),
             with_settings: false,
+            token_sha256: None,
         });
         assert_eq!(created(&w.decide()), 1);
     }
@@ -506,6 +507,7 @@ mod tests {
                 tenant: Default::default(),
                 metadata: Default::default(),
                 with_settings: false,
+                token_sha256: None,
             });
         }
         let d = w.decide();
@@ -976,6 +978,7 @@ mod tests {
                             tenant: Default::default(),
                             metadata: Default::default(),
                             with_settings: false,
+                            token_sha256: None,
                         });
                         allocations.extend(w.state.active_allocations().map(|a| a.id).last());
                     }

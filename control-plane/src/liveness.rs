@@ -287,6 +287,7 @@ mod tests {
                     tenant: Default::default(),
                     metadata: Default::default(),
                     with_settings: false,
+                    token_sha256: None,
                 });
             }
             assert_eq!(
@@ -327,6 +328,7 @@ mod tests {
             tenant: Default::default(),
             metadata: Default::default(),
             with_settings: false,
+            token_sha256: None,
         }
     }
 

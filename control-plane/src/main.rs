@@ -85,6 +85,13 @@ struct Args {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, env = "WARMPOOL_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The gateway's public URL (`https://gw.example.com`): allocation answers carry
+    /// `{url}/s/{allocation}/{port}/` per port.
+    #[arg(long, env = "WARMPOOL_GATEWAY_URL")]
+    gateway_url: Option<String>,
+    /// The gateway's domain: allocation answers carry `{allocation}-{port}.{domain}` too.
+    #[arg(long, env = "WARMPOOL_GATEWAY_DOMAIN")]
+    gateway_domain: Option<String>,
     /// Connect to NATS over TLS, trusting this CA certificate (PEM) besides the system's.
     #[arg(long, env = "WARMPOOL_NATS_CA")]
     nats_ca: Option<PathBuf>,
@@ -215,6 +222,10 @@ async fn main() -> anyhow::Result<()> {
         dashboard_dir: args.dashboard_dir,
         tls: args.tls_cert.zip(args.tls_key),
         nats_ca: args.nats_ca,
+        gateway: warmpool_control_plane::api::gateway::GatewayLinks::new(
+            args.gateway_url,
+            args.gateway_domain,
+        ),
     };
 
     let shutdown = CancellationToken::new();

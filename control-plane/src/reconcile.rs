@@ -194,6 +194,7 @@ pub fn create_spec_for(
         command: s.command.clone(),
         env: s.container_env(),
         port: s.port,
+        extra_ports: s.extra_ports(),
         resources: s.resources.clone(),
         health: s.health.clone(),
         security: s.security.clone(),

@@ -90,6 +90,8 @@ pub struct Config {
     /// Trust these CA certificates (PEM) for NATS over TLS, besides the system's; TLS is then
     /// required.
     pub nats_ca: Option<PathBuf>,
+    /// Where the gateway is, for the URLs in allocation answers.
+    pub gateway: crate::api::gateway::GatewayLinks,
 }
 
 /// Why a member could not start.
@@ -288,6 +290,7 @@ pub async fn run(
         dashboard: config.dashboard_dir.clone(),
         overcommit: config.leader.overcommit,
         sessions: crate::session::SessionClient::new(nats.clone()),
+        gateway: config.gateway.clone(),
     });
     let serve_stop = stop.clone();
     let router = api::router(app);

@@ -79,13 +79,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Docker first: without it there is nothing to manage, and a wrong network is a
     // configuration error the operator must see at once.
     let docker = docker::connect(&config.docker_socket).await?;
+    if let Some(rt) = &config.runtime {
+        let known = docker::runtimes(&docker).await?;
+        if !known.contains(rt) {
+            return Err(crate::Error::UnknownRuntime(rt.clone(), known.join(", ")));
+        }
+        info!(runtime = %rt, "containers are made with this OCI runtime");
+    }
     network::ensure(&docker, &config.network, &config.ipv6_prefix, &node).await?;
     let driver = Driver::new(
         docker.clone(),
         node.clone(),
         config.network.clone(),
         config.ipv6_prefix,
-    );
+    )
+    .with_runtime(config.runtime.clone());
     // Without live restore, stopping dockerd (an upgrade, a crash) stops every container, and
     // every session on this host with them.
     match driver.live_restore().await {

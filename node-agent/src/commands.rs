@@ -403,6 +403,7 @@ mod tests {
             command: vec![],
             env: BTreeMap::new(),
             port: 8080,
+            extra_ports: Vec::new(),
             resources: ContainerResources::default(),
             health: HealthCheck::default(),
             security: Default::default(),

@@ -45,6 +45,8 @@ pub struct RawConfig {
     pub resync_ms: u64,
     /// Milliseconds between passes of the activity meter.
     pub meter_ms: u64,
+    /// The OCI runtime containers are made with; dockerd's default when `None`.
+    pub runtime: Option<String>,
     /// Milliseconds a new container may take to pass its first health probe.
     pub startup_grace_ms: u64,
     /// Where to serve Prometheus metrics (`/metrics`); `None`: not served.
@@ -76,6 +78,7 @@ impl Default for RawConfig {
             max_concurrent_creates: 4,
             resync_ms: 10_000,
             meter_ms: crate::activity::METER_INTERVAL.as_millis() as u64,
+            runtime: None,
             startup_grace_ms: 60_000,
             metrics_addr: None,
             isolation: true,
@@ -116,6 +119,8 @@ pub struct Config {
     pub resync: Duration,
     /// Time between passes of the activity meter.
     pub meter: Duration,
+    /// The OCI runtime containers are made with; dockerd's default when `None`.
+    pub runtime: Option<String>,
     /// Time a container may take to pass its first health probe before it counts as unhealthy.
     pub startup_grace: Duration,
     /// Where `/metrics` is served, if anywhere.
@@ -168,6 +173,11 @@ pub enum ConfigError {
     /// A label is not `key=value`, or repeats a key.
     #[error("--label {0:?}: {1}")]
     Label(String, &'static str),
+    /// The runtime name is not a name.
+    #[error(
+        "--runtime {0:?}: expected a runtime name such as crun (letters, digits, '-', '_', '.')"
+    )]
+    Runtime(String),
     /// The labels together are too many or too long for a heartbeat.
     #[error("--label: {0}")]
     Labels(String),
@@ -272,6 +282,16 @@ impl RawConfig {
             "1..=1024",
         )?;
         range("--meter-ms", self.meter_ms, 100, 600_000, "100..=600000")?;
+        if let Some(rt) = &self.runtime {
+            let ok = !rt.is_empty()
+                && rt.len() <= 64
+                && rt
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !ok {
+                return Err(ConfigError::Runtime(rt.clone()));
+            }
+        }
         range(
             "--resync-ms",
             self.resync_ms,
@@ -322,6 +342,7 @@ impl RawConfig {
             max_concurrent_creates: self.max_concurrent_creates,
             resync: Duration::from_millis(self.resync_ms),
             meter: Duration::from_millis(self.meter_ms),
+            runtime: self.runtime,
             startup_grace: Duration::from_millis(self.startup_grace_ms),
             metrics_addr: self.metrics_addr,
             isolation: self.isolation,

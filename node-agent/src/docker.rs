@@ -154,6 +154,18 @@ pub fn random_address(prefix: &Ipv6Prefix) -> Ipv6Addr {
     Ipv6Addr::from((u128::from(prefix.network()) & !u128::from(u64::MAX)) | u128::from(low))
 }
 
+/// The OCI runtimes `docker`'s daemon knows, by name.
+pub async fn runtimes(docker: &Docker) -> Result<Vec<String>, DockerError> {
+    timed("info", docker.info())
+        .await
+        .map(|i| {
+            let mut names: Vec<String> = i.runtimes.unwrap_or_default().into_keys().collect();
+            names.sort();
+            names
+        })
+        .map_err(DockerError::api("info"))
+}
+
 /// The node's view of dockerd: one shared handle, the node's label, network and /64.
 #[derive(Clone)]
 pub struct Driver {
@@ -161,6 +173,8 @@ pub struct Driver {
     node: NodeId,
     network: String,
     prefix: Ipv6Prefix,
+    /// The OCI runtime containers are made with; dockerd's default when `None`.
+    runtime: Option<String>,
 }
 
 impl Driver {
@@ -171,7 +185,14 @@ impl Driver {
             node,
             network,
             prefix,
+            runtime: None,
         }
+    }
+
+    /// Containers are made with this OCI runtime (one dockerd knows, e.g. `crun`).
+    pub fn with_runtime(mut self, runtime: Option<String>) -> Self {
+        self.runtime = runtime;
+        self
     }
 
     /// The Docker handle (for session streams: logs and exec).
@@ -303,6 +324,7 @@ impl Driver {
                 )])),
             }),
             host_config: Some(HostConfig {
+                runtime: self.runtime.clone(),
                 network_mode: Some(self.network.clone()),
                 nano_cpus: Some(nano_cpus),
                 memory: Some(memory),

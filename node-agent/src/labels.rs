@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use warmpool_proto::agent::CreateSpec;
 use warmpool_proto::{
     ContainerId, Egress, HealthCheck, NodeId, PoolName, LABEL_EGRESS, LABEL_GENERATION,
-    LABEL_HEALTH, LABEL_ID, LABEL_NODE, LABEL_POOL, LABEL_PORT,
+    LABEL_HEALTH, LABEL_ID, LABEL_NODE, LABEL_POOL, LABEL_PORT, LABEL_PORTS,
 };
 
 /// What the labels of one container say.
@@ -62,6 +62,10 @@ pub fn for_spec(node: &NodeId, spec: &CreateSpec) -> HashMap<String, String> {
             labels.insert(warmpool_proto::LABEL_PRE_STOP.to_string(), cmd);
         }
     }
+    if !spec.extra_ports.is_empty() {
+        let ports: Vec<String> = spec.extra_ports.iter().map(u16::to_string).collect();
+        labels.insert(LABEL_PORTS.to_string(), ports.join(","));
+    }
     labels
 }
 
@@ -78,6 +82,20 @@ pub fn stop_of(labels: &HashMap<String, String>) -> (u32, Vec<String>) {
         .and_then(|c| serde_json::from_str(c).ok())
         .unwrap_or_default();
     (grace, pre_stop)
+}
+
+/// The named ports besides the service port a container was made with (opened to the
+/// gateway like it). A malformed entry is left out: that port stays closed.
+pub fn extra_ports_of(labels: &HashMap<String, String>) -> Vec<u16> {
+    labels
+        .get(LABEL_PORTS)
+        .map(|raw| {
+            raw.split(',')
+                .filter_map(|p| p.trim().parse::<u16>().ok())
+                .filter(|p| *p != 0)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The egress policy a container was made with. A container without the label was made
@@ -166,6 +184,7 @@ mod tests {
             command: vec![],
             env: BTreeMap::new(),
             port: 8080,
+            extra_ports: Vec::new(),
             resources: ContainerResources::default(),
             health: HealthCheck {
                 probe: HealthProbe::Http {

@@ -70,6 +70,9 @@ pub enum Error {
     /// The metrics address could not be bound.
     #[error("--metrics-addr {0}: {1}")]
     Metrics(std::net::SocketAddr, std::io::Error),
+    /// dockerd does not know the container runtime asked for.
+    #[error("--runtime {0}: dockerd does not know this runtime (it knows: {1}); register it, e.g. `dockerd --add-runtime {0}=/usr/bin/{0}` or \"runtimes\" in daemon.json, and reload dockerd")]
+    UnknownRuntime(String, String),
 }
 
 /// Runs the agent with a validated `config` until `shutdown` resolves, then stops its tasks in

@@ -65,6 +65,10 @@ struct Args {
     /// Milliseconds between level-triggered resyncs with Docker.
     #[arg(long, env = "WARMPOOL_RESYNC_MS", default_value_t = 10_000)]
     resync_ms: u64,
+    /// The OCI runtime containers are made with (one dockerd knows, e.g. `crun`); dockerd's
+    /// default (runc) when absent.
+    #[arg(long, env = "WARMPOOL_RUNTIME")]
+    runtime: Option<String>,
     /// Milliseconds between passes of the activity meter (traffic for idle release).
     #[arg(long, env = "WARMPOOL_METER_MS", default_value_t = 2_000)]
     meter_ms: u64,
@@ -127,6 +131,7 @@ impl Args {
             max_concurrent_creates: self.max_concurrent_creates,
             resync_ms: self.resync_ms,
             meter_ms: self.meter_ms,
+            runtime: self.runtime,
             startup_grace_ms: self.startup_grace_ms,
             metrics_addr: self.metrics_addr,
             isolation: !self.no_isolation,

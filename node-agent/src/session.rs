@@ -464,16 +464,26 @@ fn open_logs(
         Ok(f) => f,
         Err(e) => return e,
     };
-    let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
-    let opts = bollard::query_parameters::LogsOptionsBuilder::new()
+    // "New lines only" must mean every line printed from now on, even those printed before
+    // dockerd serves the request: so from this second on, with timestamps, and those before
+    // this instant dropped (Docker's `tail=0` would lose a line printed meanwhile).
+    let cutoff = (follow && tail == Some(0)).then(unix_nanos_now);
+    let tail = match (cutoff, tail) {
+        (Some(_), _) | (None, None) => "all".to_string(),
+        (None, Some(n)) => n.to_string(),
+    };
+    let mut opts = bollard::query_parameters::LogsOptionsBuilder::new()
         .follow(follow)
         .stdout(true)
         .stderr(true)
-        .tail(&tail)
-        .build();
-    let logs = shared.driver.docker().logs(&docker_id, Some(opts));
+        .tail(&tail);
+    if let Some(c) = cutoff {
+        let secs = i32::try_from(c / 1_000_000_000).unwrap_or(i32::MAX);
+        opts = opts.since(secs).timestamps(true);
+    }
+    let logs = shared.driver.docker().logs(&docker_id, Some(opts.build()));
     tokio::spawn(async move {
-        let end = pump_logs(logs, &feed).await;
+        let end = pump_logs(logs, &feed, cutoff).await;
         feed.finish(end);
     });
     SessionReply::Opened { size: None }
@@ -482,6 +492,7 @@ fn open_logs(
 async fn pump_logs(
     mut logs: impl Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Unpin,
     feed: &Feed,
+    cutoff: Option<i128>,
 ) -> StreamEnd {
     let mut rate = LogRate::new(LOG_LINES_PER_SEC, LOG_LINES_BURST, Instant::now());
     loop {
@@ -505,6 +516,15 @@ async fn pump_logs(
                 }
             }
         };
+        // With a cutoff the lines carry Docker's timestamp: earlier ones are not wanted.
+        let data = match cutoff {
+            Some(c) => match split_timestamp(&data) {
+                Some((at, _)) if at < c => continue,
+                Some((_, line)) => bytes::Bytes::copy_from_slice(line),
+                None => data,
+            },
+            None => data,
+        };
         // Docker's json-file log gives one entry per line.
         if !rate.admit(Instant::now()) {
             feed.dropped.fetch_add(1, Ordering::Relaxed);
@@ -515,6 +535,50 @@ async fn pump_logs(
             return StreamEnd::Logs;
         }
     }
+}
+
+/// Now, in nanoseconds since the Unix epoch.
+fn unix_nanos_now() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// A log line Docker stamped (`2026-12-04T07:08:13.6757Z line`): the stamp in nanoseconds
+/// since the epoch, and the line.
+fn split_timestamp(data: &[u8]) -> Option<(i128, &[u8])> {
+    let space = data.iter().position(|b| *b == b' ')?;
+    let at = parse_rfc3339_nanos(std::str::from_utf8(&data[..space]).ok()?)?;
+    Some((at, &data[space + 1..]))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (UTC, as Docker writes it) in nanoseconds since the epoch.
+fn parse_rfc3339_nanos(s: &str) -> Option<i128> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || frac.len() > 9 {
+        return None;
+    }
+    let nanos: i128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<i128>().ok()? * 10i128.pow(9 - frac.len() as u32)
+    };
+    // Days since the epoch of a civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3_600 + mm * 60 + ss;
+    Some(i128::from(secs) * 1_000_000_000 + nanos)
 }
 
 /// Starts `cmd` in the container, attached; stdin is kept open when asked.
@@ -1103,6 +1167,26 @@ async fn apply_settings(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_log_stamps_are_read_to_the_nanosecond() {
+        assert_eq!(parse_rfc3339_nanos("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_nanos("2026-12-04T07:08:13.6757Z"),
+            Some(1_796_368_093_675_700_000)
+        );
+        assert_eq!(
+            parse_rfc3339_nanos("2000-02-29T23:59:59.000000001Z"),
+            Some(951_868_799_000_000_001)
+        );
+        assert_eq!(parse_rfc3339_nanos("2026-13-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339_nanos("garbage"), None);
+        let (at, line) = split_timestamp(b"2026-12-04T07:08:13.6757Z hello world\n").unwrap();
+        assert_eq!(
+            (at, line),
+            (1_796_368_093_675_700_000, &b"hello world\n"[..])
+        );
+    }
 
     #[test]
     fn the_rate_cap_passes_a_burst_then_the_rate() {

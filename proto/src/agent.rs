@@ -270,6 +270,9 @@ pub struct CreateSpec {
     pub env: BTreeMap<String, String>,
     /// Service port.
     pub port: u16,
+    /// The pool's other named ports: open to the gateway like the service port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_ports: Vec<u16>,
     /// Limits.
     pub resources: ContainerResources,
     /// Health check the agent runs.
@@ -388,6 +391,7 @@ mod tests {
                 command: vec![],
                 env: BTreeMap::new(),
                 port: 8080,
+                extra_ports: Vec::new(),
                 resources: ContainerResources::default(),
                 health: HealthCheck::default(),
                 security: Security::default(),

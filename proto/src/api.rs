@@ -67,6 +67,8 @@ pub enum ErrorCode {
     /// 502: the agent of the container's node did not answer, or its container runtime
     /// failed; the request may work later.
     AgentUnavailable,
+    /// 502: the gateway could not reach the allocated container, or it broke off.
+    BadGateway,
     /// A code this client does not know (from a newer server), or an answer that was not
     /// an error body at all.
     #[serde(other)]
@@ -93,6 +95,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Ended => "ended",
             ErrorCode::AgentUnavailable => "agent_unavailable",
+            ErrorCode::BadGateway => "bad_gateway",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -113,6 +116,7 @@ impl ErrorCode {
             ErrorCode::OverQuota | ErrorCode::RateLimited => 429,
             ErrorCode::NoCapacity | ErrorCode::NoQuorum | ErrorCode::Overloaded => 503,
             ErrorCode::Internal | ErrorCode::Unknown => 500,
+            ErrorCode::BadGateway => 502,
         }
     }
 
@@ -769,4 +773,30 @@ pub struct TenantView {
     pub quota: TenantQuota,
     /// Allocations active or waiting now.
     pub allocations: u32,
+}
+
+// ---- The gateway (issue 16) ----
+
+/// How an allocation's gateway access token starts (`wpa_<64 hex>`).
+pub const ACCESS_TOKEN_PREFIX: &str = "wpa_";
+
+/// `GET /v1/gateway/allocations/{id}` (admin keys, i.e. the gateway): what the gateway needs
+/// to route to an allocation and check its token. Never shown to tenants.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GatewayRoute {
+    /// The allocation.
+    pub allocation: crate::ids::AllocationId,
+    /// Active or released: the gateway serves active ones only.
+    pub state: crate::records::AllocationState,
+    /// The container's address.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Ipv6))]
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    /// Its service port.
+    pub port: u16,
+    /// The ports a session reaches by name ([`crate::PoolSpec::reachable_ports`]).
+    pub ports: BTreeMap<String, u16>,
+    /// SHA-256 (hex) of its access token; none for allocations made before tokens existed,
+    /// which the gateway never serves.
+    pub token_sha256: Option<String>,
 }

@@ -57,6 +57,8 @@ pub const LABEL_GENERATION: &str = "io.warmpool.generation";
 pub const LABEL_HEALTH: &str = "io.warmpool.health";
 /// Docker label holding the container's service port.
 pub const LABEL_PORT: &str = "io.warmpool.port";
+/// The pool's other named ports, comma-separated (absent when it names none).
+pub const LABEL_PORTS: &str = "io.warmpool.ports";
 /// Docker label holding the container's egress policy as JSON, so a restarted agent rebuilds
 /// its network rules without asking the control plane. Absent (a container made by an agent
 /// before egress policies existed) means [`Egress::None`].

@@ -30,6 +30,12 @@ pub struct PoolSpec {
         schema(minimum = 1, maximum = 65535, default = 8080)
     )]
     pub port: u16,
+    /// More ports the workload serves on, by name (`{"web": 8080, "vnc": 6080}`), each
+    /// reachable through the gateway at `/s/{allocation}/{name}/` and open to the gateway's
+    /// hosts. Empty (the default, and every pool stored before it existed): the service port
+    /// alone, named by its number.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, u16>,
     /// Environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -541,7 +547,45 @@ mod defaults {
 #[error("invalid pool spec: {0}")]
 pub struct SpecError(pub String);
 
+/// The most named ports a pool may have.
+pub const MAX_NAMED_PORTS: usize = 16;
+
+/// Whether `name` may name a port: it goes into URLs (`/s/{id}/{name}/`) and host names
+/// (`{id}-{name}.{domain}`), and never reads as a number.
+pub fn valid_port_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 15
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
 impl PoolSpec {
+    /// The ports a session may reach through the gateway, by name: the named `ports`, or,
+    /// when there are none, the service port named by its number.
+    pub fn reachable_ports(&self) -> BTreeMap<String, u16> {
+        if self.ports.is_empty() {
+            BTreeMap::from([(self.port.to_string(), self.port)])
+        } else {
+            self.ports.clone()
+        }
+    }
+
+    /// The ports a container of this pool listens on besides its service port (the named
+    /// ones), each once, sorted.
+    pub fn extra_ports(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self
+            .ports
+            .values()
+            .copied()
+            .filter(|p| *p != self.port)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// A spec with every default, for `image`.
     pub fn new(name: PoolName, image: impl Into<String>) -> Self {
         PoolSpec {
@@ -549,6 +593,7 @@ impl PoolSpec {
             image: image.into(),
             command: Vec::new(),
             port: defaults::port(),
+            ports: BTreeMap::new(),
             env: BTreeMap::new(),
             resources: ContainerResources::default(),
             min_warm: 0,
@@ -644,6 +689,19 @@ impl PoolSpec {
         if self.port == 0 {
             return fail("port must be 1..=65535".into());
         }
+        if self.ports.len() > MAX_NAMED_PORTS {
+            return fail(format!("at most {MAX_NAMED_PORTS} named ports"));
+        }
+        for (name, port) in &self.ports {
+            if !valid_port_name(name) {
+                return fail(format!(
+                    "port name {name:?}: 1-15 lowercase letters, digits and '-', starting with a letter"
+                ));
+            }
+            if *port == 0 {
+                return fail(format!("port {name:?} must be 1..=65535"));
+            }
+        }
         if let Some(max) = self.max_warm {
             if max < self.min_warm {
                 return fail(format!(
@@ -716,6 +774,32 @@ impl PoolSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_ports_are_optional_checked_and_reachable_by_name() {
+        // A spec stored before named ports existed loads, and writes none back.
+        let old: PoolSpec = serde_json::from_str(r#"{"name":"p","image":"i"}"#).unwrap();
+        assert!(old.ports.is_empty());
+        assert!(!serde_json::to_string(&old).unwrap().contains("ports"));
+        assert_eq!(
+            old.reachable_ports(),
+            BTreeMap::from([("8080".to_string(), 8080)])
+        );
+        assert!(old.extra_ports().is_empty());
+
+        let mut s = old.clone();
+        s.ports = BTreeMap::from([("web".into(), 8080), ("vnc-1".into(), 6080)]);
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(s.reachable_ports(), s.ports);
+        assert_eq!(s.extra_ports(), vec![6080]);
+        for bad in ["", "8080", "Web", "a_b", "abcdefghijklmnop"] {
+            let mut b = s.clone();
+            b.ports.insert(bad.into(), 1);
+            assert!(b.validate().is_err(), "{bad:?}");
+        }
+        s.ports.insert("zero".into(), 0);
+        assert!(s.validate().is_err());
+    }
 
     fn demo() -> PoolSpec {
         PoolSpec::new(PoolName::new("demo").unwrap(), "warmpool-demo:latest")

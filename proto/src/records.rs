@@ -398,6 +398,33 @@ pub struct Allocation {
     /// Where the env and secrets given at claim stand; absent when none were given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<crate::session::SettingsState>,
+    /// SHA-256 (hex) of its access token for the gateway. Kept in the replicated state in
+    /// place of the token, as API keys are; the API never answers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub token_sha256: Option<String>,
+    /// How to reach it through the gateway (filled in by the API for the allocation's
+    /// tenant; never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+}
+
+/// How a session reaches its container through the gateway.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Access {
+    /// The access token (`wpa_<64 hex>`): in the answer that granted the allocation only
+    /// (only its hash is kept). Send it as `X-Warmpool-Token`, `Authorization: Bearer`, or once
+    /// as `?token=` (which sets a cookie and redirects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A URL by path through the gateway per port name: `{gateway}/s/{allocation}/{port}/`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub urls: BTreeMap<String, String>,
+    /// A URL by host per port name: `{scheme}://{allocation}-{port}.{domain}/`, when the
+    /// gateway has a domain.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_urls: BTreeMap<String, String>,
 }
 
 /// A pool as stored: its spec and bookkeeping.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub mod failover;
 pub mod fleet;
+pub mod gateway;
 pub mod hosts;
 pub mod sim_agent;
 
@@ -196,7 +197,7 @@ pub async fn http_get(ip: Ipv6Addr, port: u16, path: &str) -> std::io::Result<(u
     Ok((status, body))
 }
 
-fn log_file(dir: &Path, name: &str) -> (File, PathBuf) {
+pub(crate) fn log_file(dir: &Path, name: &str) -> (File, PathBuf) {
     let path = dir.join(format!("{name}.log"));
     let f = File::options()
         .create(true)
@@ -212,7 +213,7 @@ fn signal(child: &Child, sig: &str) {
         .status();
 }
 
-fn stop_child(child: &mut Option<Child>, sig: &str) {
+pub(crate) fn stop_child(child: &mut Option<Child>, sig: &str) {
     if let Some(mut c) = child.take() {
         signal(&c, sig);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -230,7 +231,7 @@ fn stop_child(child: &mut Option<Child>, sig: &str) {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

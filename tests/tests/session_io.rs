@@ -289,7 +289,9 @@ async fn logs_exec_files_and_settings_of_an_allocation_end_to_end() {
     assert_eq!(r.exit_code, Some(0), "{r:?}");
     let mut seen = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !seen.contains(&format!("{marker}-err")) {
+    // stdout and stderr are two pipes that dockerd reads apart: either line may come first.
+    let stdout_line = format!("\"line\":\"{marker}\"");
+    while !(seen.contains(&format!("{marker}-err")) && seen.contains(&stdout_line)) {
         let chunk = tokio::time::timeout_at(deadline, body.next())
             .await
             .expect("the lines within 5 s")

@@ -17,6 +17,7 @@ use warmpool_proto::{Allocation, AllocationId, SessionId};
 
 use super::error::ApiError;
 use super::extract::{ApiJson, OptionalJson};
+use super::gateway::present;
 use super::openapi::Consistency;
 use super::{barrier_if_asked, read_fresh, AppState};
 use crate::auth::Scope;
@@ -77,12 +78,12 @@ pub async fn create(
     // The values leave the request here: only the answering member ever holds them, on their
     // way to the container's agent.
     let settings = crate::api::settings::Settings::take(&mut req);
-    let (allocation, replayed) = claim(&app, &scope, req, settings.is_some()).await?;
+    let (allocation, replayed, token) = claim(&app, &scope, req, settings.is_some()).await?;
     let allocation = match settings {
         Some(s) => s.deliver(&app, allocation).await,
         None => allocation,
     };
-    Ok(allocated(&allocation, replayed))
+    Ok(allocated(&app, allocation, replayed, token))
 }
 
 /// The grant itself: one Raft write (or a wait in the pool's queue).
@@ -91,7 +92,7 @@ async fn claim(
     scope: &Scope,
     req: CreateAllocation,
     with_settings: bool,
-) -> Result<(Allocation, bool), ApiError> {
+) -> Result<(Allocation, bool, Option<String>), ApiError> {
     let start = Instant::now();
     let tenant = match (scope, req.tenant.clone()) {
         (Scope::All, t) => t.unwrap_or_default(),
@@ -128,6 +129,8 @@ async fn claim(
             .map_err(|e| ApiError::Internal(e.to_string()))?,
     };
     let allocation_id = AllocationId::new();
+    // The gateway token: only its hash goes into the log.
+    let (token, token_sha256) = super::gateway::new_token()?;
     let cmd = Command::Allocate {
         allocation_id,
         pool: pool.clone(),
@@ -138,6 +141,7 @@ async fn claim(
         tenant,
         metadata: req.metadata.clone(),
         with_settings,
+        token_sha256: Some(token_sha256),
     };
     let deadline = start + Duration::from_millis(wait_ms);
     let shared = app.cluster.shared().clone();
@@ -153,7 +157,9 @@ async fn claim(
                 if replayed { "replayed" } else { "warm" },
                 start,
             );
-            return Ok((allocation, replayed));
+            // A replay's token was made by the request that granted it: not known here.
+            let token = (!replayed).then_some(token);
+            return Ok((allocation, replayed, token));
         }
         Ok(Applied::Queued { allocation_id, .. }) => allocation_id,
         Ok(Applied::Rejected(r)) => {
@@ -182,7 +188,7 @@ async fn claim(
     loop {
         if let Some(a) = shared.read(|s| s.allocation(&queued).cloned()) {
             record(pool.as_str(), "waited", start);
-            return Ok((a, false));
+            return Ok((a, false, Some(token)));
         }
         if Instant::now() >= deadline {
             break;
@@ -199,7 +205,7 @@ async fn claim(
     {
         Applied::Allocation { allocation, .. } => {
             record(pool.as_str(), "waited", start);
-            Ok((allocation, false))
+            Ok((allocation, false, Some(token)))
         }
         _ => {
             record(pool.as_str(), "no_capacity", start);
@@ -223,8 +229,9 @@ impl Drop for WaitGauge {
     }
 }
 
-fn allocated(a: &Allocation, replayed: bool) -> Response {
-    let mut resp = (StatusCode::CREATED, Json(a)).into_response();
+fn allocated(app: &AppState, a: Allocation, replayed: bool, token: Option<String>) -> Response {
+    let a = present(app, a, token);
+    let mut resp = (StatusCode::CREATED, Json(&a)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/allocations/{}", a.id)) {
         resp.headers_mut().insert("location", v);
     }
@@ -283,24 +290,31 @@ pub async fn list(
         }
     };
     barrier_if_asked(&app, &headers).await?;
-    Ok(Json(app.cluster.shared().read(|s| {
-        s.allocations()
-            .filter(|a| scope.sees(&a.tenant))
-            .filter(|a| q.pool.as_deref().is_none_or(|p| a.pool.as_str() == p))
-            .filter(|a| {
-                q.session
-                    .as_deref()
-                    .is_none_or(|p| a.session_id.as_str() == p)
+    Ok(Json(
+        app.cluster
+            .shared()
+            .read(|s| {
+                s.allocations()
+                    .filter(|a| scope.sees(&a.tenant))
+                    .filter(|a| q.pool.as_deref().is_none_or(|p| a.pool.as_str() == p))
+                    .filter(|a| {
+                        q.session
+                            .as_deref()
+                            .is_none_or(|p| a.session_id.as_str() == p)
+                    })
+                    .filter(|a| state.is_none_or(|st| a.state == st))
+                    .filter(|a| {
+                        metadata
+                            .iter()
+                            .all(|(k, v)| a.metadata.get(k).is_some_and(|have| have == v))
+                    })
+                    .cloned()
+                    .collect::<Vec<_>>()
             })
-            .filter(|a| state.is_none_or(|st| a.state == st))
-            .filter(|a| {
-                metadata
-                    .iter()
-                    .all(|(k, v)| a.metadata.get(k).is_some_and(|have| have == v))
-            })
-            .cloned()
-            .collect()
-    })))
+            .into_iter()
+            .map(|a| present(&app, a, None))
+            .collect(),
+    ))
 }
 
 /// The list query, and its `metadata.<key>=<value>` filters apart (every one must match).
@@ -339,7 +353,8 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Allocation>, ApiError> {
     let id = parse_id(&id)?;
-    visible(&app, &scope, &headers, id).await.map(Json)
+    let a = visible(&app, &scope, &headers, id).await?;
+    Ok(Json(present(&app, a, None)))
 }
 
 /// The allocation `id`, if `scope` may see it; another tenant's answers 404 as a missing one
@@ -358,7 +373,7 @@ pub(super) async fn visible(
 
 async fn write_allocation(app: &AppState, cmd: Command) -> Result<Json<Allocation>, ApiError> {
     match app.cluster.write(Request::now(cmd)).await? {
-        Applied::Allocation { allocation, .. } => Ok(Json(allocation)),
+        Applied::Allocation { allocation, .. } => Ok(Json(present(app, allocation, None))),
         Applied::Rejected(r) => Err(r.into()),
         other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
     }

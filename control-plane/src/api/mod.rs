@@ -12,6 +12,7 @@ pub mod error;
 mod events;
 mod extract;
 mod fleet;
+pub mod gateway;
 mod keys;
 pub mod openapi;
 mod pools;
@@ -64,6 +65,8 @@ pub struct App {
     pub overcommit: crate::placement::Overcommit,
     /// Session requests (logs, exec, files, settings) to agents.
     pub sessions: crate::session::SessionClient,
+    /// Where the gateway is, for the URLs in allocation answers.
+    pub gateway: gateway::GatewayLinks,
 }
 
 /// Handler state.
@@ -99,6 +102,7 @@ pub fn router(app: AppState) -> Router {
             "/v1/allocations/{id}/files",
             get(session::download).put(session::upload),
         )
+        .route("/v1/gateway/allocations/{id}", get(gateway::route))
         .route("/v1/nodes", get(fleet::nodes))
         .route("/v1/nodes/{id}/{action}", post(fleet::node_action))
         .route("/v1/events", get(events::list))

@@ -56,6 +56,7 @@ use super::{allocations, cluster, events, fleet, keys, pools, session, tenants};
         session::exec,
         session::download,
         session::upload,
+        super::gateway::route,
         events::list,
         events::stream,
         cluster::view,

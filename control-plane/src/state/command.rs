@@ -130,6 +130,10 @@ pub enum Command {
         /// agent; their values are never in the log).
         #[serde(default)]
         with_settings: bool,
+        /// SHA-256 (hex) of the gateway access token the proposer made (the token itself
+        /// never enters the log).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_sha256: Option<String>,
     },
     /// Where an allocation's settings given at claim stand, after the member that took the
     /// claim delivered them (or failed to).

@@ -283,6 +283,150 @@ test('live: a change made through another member shows within a second', async (
   await page.locator(`tr[data-container="${a.container_id}"][data-state="releasing"], tr[data-container="${a.container_id}"][data-state="terminated"]`).first().waitFor({ timeout: 3000 }).catch(() => {});
 });
 
+/**
+ * When a line with `marker` first shows among the pane's `stream` lines, by the page's clock
+ * (a MutationObserver, so no polling interval is added to what is measured); rejects after
+ * `timeoutMs`.
+ */
+function lineShownAt(p, marker, stream, timeoutMs = 5000) {
+  return p.evaluate(
+    ([m, s, ms]) =>
+      new Promise((resolve, reject) => {
+        const box = document.querySelector('[data-testid="log-lines"]');
+        if (!box) return reject(new Error('no log pane on the page'));
+        const has = () => [...box.querySelectorAll(`[data-stream="${s}"]`)].some((e) => e.textContent.includes(m));
+        if (has()) return resolve(Date.now());
+        const timer = setTimeout(() => {
+          obs.disconnect();
+          reject(new Error(`no ${s} line with ${m} within ${ms} ms`));
+        }, ms);
+        const obs = new MutationObserver(() => {
+          if (!has()) return;
+          obs.disconnect();
+          clearTimeout(timer);
+          resolve(Date.now());
+        });
+        obs.observe(box, { childList: true, subtree: true, characterData: true });
+      }),
+    [marker, stream, timeoutMs],
+  );
+}
+
+const unique = (prefix) => `${prefix}-${Date.now().toString(36)}${Math.random().toString(16).slice(2, 8)}`;
+
+test('live log pane: a line the container prints shows within a second; stderr apart, dropped lines marked, pause, scroll, ends at release', async () => {
+  const a = await post(0, '/v1/allocations', { pool: 'demo', session_id: unique('logs'), wait_ms: 5000 });
+  let released = false;
+  const logRequests = [];
+  const onRequest = (r) => {
+    if (r.url().includes(`/v1/allocations/${a.id}/logs`)) logRequests.push(r.url());
+  };
+  page.on('request', onRequest);
+  const exec = async (script) => {
+    const r = await post(0, `/v1/allocations/${a.id}/exec`, { command: ['sh', '-c', script], timeout_secs: 30 });
+    assert.equal(r.exit_code, 0, `exec ${script}: ${JSON.stringify(r)}`);
+    return r;
+  };
+  try {
+    await go(page, `#/containers/${a.container_id}`);
+    const pane = page.getByTestId('log-pane');
+    const lines = pane.getByTestId('log-lines');
+    await pane.locator('[data-testid="log-state"][data-state="open"]').waitFor({ timeout: 10000 });
+    assert.equal(await pane.getByTestId('log-tail').inputValue(), '100');
+
+    // PID 1's stdout and stderr are what Docker logs (as tests/tests/session_io.rs does). The
+    // line carries the container's wall clock as it prints (adjtimex: seconds, and the
+    // fraction in ns when the status has STA_NANO, else in µs): the same clock as the page's.
+    const marker = unique('marker');
+    const shown = lineShownAt(page, marker, 'stdout');
+    const sent = Date.now();
+    await exec(
+      `set -- $(adjtimex | awk '/status:|tv_sec:|tv_usec:/ {print $2}'); echo "${marker} $1 $2 $3" > /proc/1/fd/1; echo ${marker}-err > /proc/1/fd/2`,
+    );
+    const answered = Date.now();
+    const seen = await shown;
+    const text = (await lines.locator('[data-stream="stdout"]', { hasText: marker }).textContent()).trim();
+    const [, status, sec, frac] = text.split(/\s+/);
+    const printed = Number(sec) * 1000 + Number(frac) / (Number(status) & 0x2000 ? 1e6 : 1e3);
+    const latency = seen - printed;
+    console.log(
+      `# the line printed in the container was on the page ${latency.toFixed(0)} ms later ` +
+        `(the exec was sent ${seen - sent} ms before it showed, and answered ${answered - seen} ms after)`,
+    );
+    assert.ok(Number.isFinite(latency), `a time in the line: ${text}`);
+    assert.ok(latency > -50 && latency < 1000, `shown ${latency.toFixed(0)} ms after it was printed`);
+    // stderr is told apart: its own data-stream, and a visible "err" tag.
+    const err = lines.locator('[data-stream="stderr"]', { hasText: `${marker}-err` });
+    await err.waitFor({ timeout: 3000 });
+    assert.equal(await err.locator('.tag').textContent(), 'err');
+    await shot(page, 'container-logs-desktop');
+
+    // A burst over the rate cap (1,000 lines a second, bursts of 2,000): a marker says how
+    // many were left out, the pane stays bounded, and it follows the newest line.
+    await exec('seq 1 6000 > /proc/1/fd/1');
+    const dropped = pane.getByTestId('log-dropped').first();
+    await dropped.waitFor({ timeout: 10000 });
+    assert.ok(Number(await dropped.getAttribute('data-count')) > 0);
+    assert.match(await dropped.textContent(), /[\d,]+ lines? dropped/);
+    const atBottom = () => lines.evaluate((b) => b.scrollTop + b.clientHeight >= b.scrollHeight - 8);
+    await waitFor('the pane to follow the newest line', atBottom, 3000);
+    assert.ok((await lines.locator(':scope > div').count()) <= 5000);
+    await shot(page, 'container-logs-dropped-desktop');
+
+    // Scrolled up, it stays where the reader is; "Jump to newest" brings it back.
+    await lines.evaluate((b) => {
+      b.scrollTop = 0;
+      b.dispatchEvent(new Event('scroll'));
+    });
+    await pane.getByTestId('log-jump').waitFor({ timeout: 2000 });
+    const up = unique('while-up');
+    const upShown = lineShownAt(page, up, 'stdout');
+    await exec(`echo ${up} > /proc/1/fd/1`);
+    await upShown;
+    assert.equal(await lines.evaluate((b) => b.scrollTop), 0, 'no jump while the reader is scrolled up');
+    await pane.getByTestId('log-jump').click();
+    await waitFor('back at the newest line', atBottom, 2000);
+
+    // Paused, new lines are counted, not shown; resumed, they are there.
+    await pane.getByTestId('log-pause').click();
+    const held = unique('held');
+    await exec(`echo ${held} > /proc/1/fd/1`);
+    await pane.getByTestId('log-paused-new').waitFor({ timeout: 3000 });
+    assert.equal(await lines.getByText(held).count(), 0, 'not shown while paused');
+    await pane.getByTestId('log-pause').click();
+    await lines.getByText(held).waitFor({ timeout: 2000 });
+
+    // Leaving the page ends the request; coming back follows again.
+    const aborted = page.waitForEvent('requestfailed', { predicate: (r) => r.url().includes(`/v1/allocations/${a.id}/logs`), timeout: 5000 });
+    await go(page, '#/containers');
+    await aborted;
+    await go(page, `#/containers/${a.container_id}`);
+    await pane.locator('[data-testid="log-state"]:not([data-state="connecting"])').waitFor({ timeout: 10000 });
+    assert.equal(await pane.getByTestId('log-state').getAttribute('data-state'), 'open', await pane.textContent());
+    assert.equal(logRequests.length, 2, `one request per visit: ${logRequests}`);
+
+    // At phone width the pane fits: long lines wrap, nothing scrolls sideways.
+    await page.setViewportSize(PHONE);
+    try {
+      await waitFor('no sideways scrolling at 375 px', () =>
+        page.evaluate(() => document.documentElement.scrollWidth <= document.documentElement.clientWidth), 3000);
+      await shot(page, 'container-logs-phone');
+    } finally {
+      await page.setViewportSize(DESKTOP);
+    }
+
+    // Released: the output ends, the pane says so once and keeps what it read.
+    await api(`/v1/allocations/${a.id}`, { method: 'DELETE' });
+    released = true;
+    await pane.getByTestId('log-ended').waitFor({ timeout: 10000 });
+    await lines.getByText(held).waitFor();
+    assert.equal(logRequests.length, 2, `no reconnect after the end: ${logRequests}`);
+  } finally {
+    page.off('request', onRequest);
+    if (!released) await api(`/v1/allocations/${a.id}`, { method: 'DELETE' }).catch(() => {});
+  }
+});
+
 test('nodes: cordon and uncordon, shown live', async () => {
   await go(page, '#/nodes');
   const card = page.locator(`section[data-node="${cluster.node}"]`);
@@ -412,6 +556,18 @@ test('viewer key: sees everything; write buttons are disabled and explained, a 4
   await p.getByTestId('nodes-denied').getByText(/cannot cordon, uncordon or drain nodes; that needs an admin key/).waitFor();
   assert.equal(await p.getByTestId('cordon').isDisabled(), true);
   await p.getByTestId('role').getByText('user or viewer key').waitFor();
+  // An allocated container's page: the log pane asks once, gets 403 and says why in words.
+  const held = await post(0, '/v1/allocations', { pool: 'demo', session_id: unique('viewer-logs'), wait_ms: 5000 });
+  try {
+    const asked = [];
+    p.on('request', (r) => r.url().includes('/logs') && asked.push(r.url()));
+    await go(p, `#/containers/${held.container_id}`);
+    await p.getByTestId('log-denied').getByText(/container logs are not shown to viewers/).waitFor({ timeout: 10000 });
+    assert.equal(asked.length, 1, `one request, no retry loop: ${asked}`);
+    assert.equal(await p.getByTestId('log-lines').count(), 0);
+  } finally {
+    await api(`/v1/allocations/${held.id}`, { method: 'DELETE' });
+  }
   // Allocating is tried; the server's 403 is shown in words, and then the button is disabled
   // with the reason.
   await go(p, '#/allocations');
@@ -449,6 +605,17 @@ test('viewer key, role from whoami: write buttons are disabled before anything i
   await go(p, '#/nodes');
   await p.getByTestId('nodes-denied').getByText(/cannot cordon, uncordon or drain nodes; that needs an admin key/).waitFor();
   assert.equal(await p.getByTestId('cordon').isDisabled(), true);
+  // Known to be a viewer, the log pane does not even ask.
+  const held = await post(0, '/v1/allocations', { pool: 'demo', session_id: unique('viewer-logs'), wait_ms: 5000 });
+  try {
+    const asked = [];
+    p.on('request', (r) => r.url().includes('/logs') && asked.push(r.url()));
+    await go(p, `#/containers/${held.container_id}`);
+    await p.getByTestId('log-denied').waitFor({ timeout: 10000 });
+    assert.deepEqual(asked, []);
+  } finally {
+    await api(`/v1/allocations/${held.id}`, { method: 'DELETE' });
+  }
   await api(`/v1/keys/${viewer.id}`, { method: 'DELETE' });
   await p.context().close();
 });

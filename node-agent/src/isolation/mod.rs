@@ -210,6 +210,7 @@ impl Isolation {
                 ipv6,
                 ipv4,
                 port,
+                extra_ports: labels::extra_ports_of(&c.labels),
                 egress,
             });
         }

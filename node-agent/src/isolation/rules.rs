@@ -104,6 +104,8 @@ pub struct Member {
     pub ipv4: Option<Ipv4Addr>,
     /// Its service port.
     pub port: u16,
+    /// Its other named ports, open to the same sources as the service port.
+    pub extra_ports: Vec<u16>,
     /// Its egress policy.
     pub egress: Egress,
 }
@@ -289,17 +291,29 @@ pub fn script(s: &Settings, members: &[Member]) -> Result<String, RulesError> {
         if let Some(ip) = m.ipv6 {
             egress6.push(format!("{ip} : jump {chain}"));
             ports6.push(format!("{ip} . {}", m.port));
+            for p in &m.extra_ports {
+                ports6.push(format!("{ip} . {p}"));
+            }
         }
         if let Some(ip) = m.ipv4 {
             egress4.push(format!("{ip} : jump {chain}"));
             ports4.push(format!("{ip} . {}", m.port));
+            for p in &m.extra_ports {
+                ports4.push(format!("{ip} . {p}"));
+            }
         }
     }
     // Two containers never share an address; should Docker's view be stale, the first wins
     // rather than the whole transaction failing on a duplicate element.
-    for v in [&mut egress6, &mut egress4, &mut ports6, &mut ports4] {
+    for v in [&mut egress6, &mut egress4] {
         let mut seen = std::collections::HashSet::new();
         v.retain(|e| seen.insert(e.split(' ').next().unwrap_or_default().to_string()));
+    }
+    // A port set's element is the address and the port: a container's several ports are
+    // several elements, and only a repeated pair is dropped.
+    for v in [&mut ports6, &mut ports4] {
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|e| seen.insert(e.clone()));
     }
     let _ = writeln!(
         out,
@@ -392,6 +406,7 @@ mod tests {
             ipv6: Some(Ipv6Addr::new(0xfd36, 1, 0, 0, 0xabcd, 0, 0, n)),
             ipv4: Some(Ipv4Addr::new(172, 20, 0, n as u8)),
             port: 8080,
+            extra_ports: Vec::new(),
             egress,
         }
     }
@@ -519,6 +534,21 @@ mod tests {
                 "drop"
             ]
         );
+    }
+
+    #[test]
+    fn named_ports_open_like_the_service_port() {
+        let mut m = member(2, Egress::None);
+        m.extra_ports = vec![6080, 7000];
+        let s = script(&settings(), &[m]).unwrap();
+        for want in [
+            "fd36:1::abcd:0:0:2 . 8080",
+            "fd36:1::abcd:0:0:2 . 6080",
+            "fd36:1::abcd:0:0:2 . 7000",
+            "172.20.0.2 . 6080",
+        ] {
+            assert!(s.contains(want), "{want} in {s}");
+        }
     }
 
     #[test]

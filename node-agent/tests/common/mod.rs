@@ -493,6 +493,7 @@ pub fn demo_spec() -> CreateSpec {
         command: vec![],
         env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
         port: 8080,
+        extra_ports: Vec::new(),
         resources: ContainerResources {
             cpu_millis: 250,
             memory_mb: 64,

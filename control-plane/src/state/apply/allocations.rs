@@ -294,6 +294,8 @@ impl PoolState {
             settings: req
                 .with_settings
                 .then_some(warmpool_proto::session::SettingsState::Pending),
+            token_sha256: req.token_sha256.clone(),
+            access: None,
         };
         let mut body = EventBody::of_container(c);
         let waited = ctx.at.since(req.since).as_millis() as u64;

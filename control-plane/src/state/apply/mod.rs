@@ -121,6 +121,7 @@ impl PoolState {
                 tenant,
                 metadata,
                 with_settings,
+                token_sha256,
             } => {
                 let req = Pending {
                     allocation_id,
@@ -130,6 +131,7 @@ impl PoolState {
                     tenant,
                     metadata,
                     with_settings,
+                    token_sha256,
                     since: ctx.at,
                     // A little past the requester's own deadline, so its CancelWait lands
                     // first; this only matters when the requester is gone.

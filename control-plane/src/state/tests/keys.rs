@@ -21,6 +21,7 @@ fn tenants_quotas_and_idempotency_keys_are_their_own() {
             tenant: tenant.clone(),
             metadata: Default::default(),
             with_settings: false,
+            token_sha256: None,
         })
     };
     // The same key in two tenants: two allocations; in one tenant: a replay.
