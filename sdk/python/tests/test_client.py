@@ -171,3 +171,50 @@ def test_settings_and_metadata_at_claim(client: warmpool.Client, pool: str, sess
         assert secret not in str([a.raw for a in listed])
         out = sandbox.exec('echo "$MODE $API_TOKEN"')
         assert out.exit_code == 0 and out.stdout == f"sdk {secret}\n"
+
+
+def _new_key(base_url: str, admin: warmpool.Client, role: str, tenant: str) -> str:
+    import httpx
+
+    r = httpx.post(
+        f"{base_url}/v1/keys",
+        json={"name": unique(f"sdk-{role}"), "role": role, "tenant": tenant},
+        headers={"Authorization": f"Bearer {admin._token}"},
+        timeout=10,
+    )
+    assert r.status_code in (200, 201), r.text
+    return r.json()["token"]
+
+
+def test_another_tenant_gets_not_found_and_a_viewer_is_forbidden(
+    client: warmpool.Client, base_url: str, pool: str, session_id: str, openapi: dict
+):
+    tenant = unique("sdk-tenant")
+    other = warmpool.Client(base_url, token=_new_key(base_url, client, "user", tenant))
+    viewer = warmpool.Client(base_url, token=_new_key(base_url, client, "viewer", tenant))
+    try:
+        with client.allocate(pool, session_id=session_id, wait_ms=30_000) as sandbox:
+            # Someone else's allocation answers exactly like one that does not exist.
+            with pytest.raises(warmpool.NotFoundError):
+                other.get_allocation(sandbox.id)
+            with pytest.raises(warmpool.NotFoundError):
+                other.renew(sandbox.id)
+            with pytest.raises(warmpool.NotFoundError):
+                other.release(sandbox.id)
+            if warmpool._core.openapi_has(openapi, "/v1/allocations/{id}/exec", "post"):
+                with pytest.raises(warmpool.NotFoundError):
+                    other.exec(sandbox.id, "true")
+            assert sandbox.id not in [a.id for a in other.list_allocations()]
+            assert client.get_allocation(sandbox.id).active  # untouched
+
+            with pytest.raises(warmpool.PermissionDeniedError) as e:
+                viewer.allocate(pool, wait_ms=0)
+            assert e.value.status == 403 and e.value.code == "forbidden"
+
+            # The tenant's own allocation is its own.
+            with other.allocate(pool, session_id=unique("sdk-session"), wait_ms=30_000) as mine:
+                assert mine.tenant == tenant
+                assert other.get_allocation(mine.id).active
+    finally:
+        other.close()
+        viewer.close()

@@ -112,3 +112,12 @@ def test_a_timeout_is_also_the_builtin_timeout_error():
     e = warmpool.TimeoutError("http://m/v1/pools", 10.0)
     assert isinstance(e, builtins.TimeoutError) and isinstance(e, warmpool.WarmpoolError)
     assert "timed out after 10 s" in str(e)
+
+
+def test_a_ca_file_that_cannot_be_used_is_a_config_error(tmp_path):
+    with pytest.raises(warmpool.ConfigError):
+        warmpool.Client("https://127.0.0.1:1", token="t", ca_cert=tmp_path / "missing.pem")
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(warmpool.ConfigError):
+        warmpool.AsyncClient("https://127.0.0.1:1", token="t", ca_cert=bad)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import tarfile
 import threading
 import time
@@ -81,9 +82,11 @@ def test_logs_stream_a_printed_line(client: warmpool.Client, pool: str, session_
     with client.allocate(pool, session_id=session_id, wait_ms=30_000) as sandbox:
         def follow():
             try:
+                want = {warmpool.LogLine("stdout", marker), warmpool.LogLine("stderr", marker + "-err")}
                 for item in sandbox.logs(follow=True, tail=0):
                     seen.append((time.monotonic(), item))
-                    if isinstance(item, warmpool.LogLine) and item.line == marker + "-err":
+                    want.discard(item)
+                    if not want:  # both, in either order: stdout and stderr are separate pipes
                         return
                 failed.append("the stream ended")
             except Exception as e:  # noqa: BLE001 - reported by the assertion below
@@ -99,7 +102,10 @@ def test_logs_stream_a_printed_line(client: warmpool.Client, pool: str, session_
                 getattr(i, "line", None) == marker for _, i in seen
             )
 
-        wait_until(f"the follower to see the printed line (it has {seen!r})", printed_and_seen, timeout=15)
+        try:
+            wait_until("the follower to see the printed line", printed_and_seen, timeout=15)
+        except BaseException:
+            pytest.fail(f"the follower saw {seen!r}; {_docker_logs_say(sandbox.container_id, marker)}")
         t.join(timeout=10)
         assert not t.is_alive()
         lines = [i for _, i in seen]
@@ -111,6 +117,21 @@ def test_logs_stream_a_printed_line(client: warmpool.Client, pool: str, session_
         # Without follow: what is there now, then the stream ends by itself.
         past = [i.line for i in sandbox.logs(tail=50) if isinstance(i, warmpool.LogLine)]
         assert marker in past
+
+
+def _docker_logs_say(container_id: str, marker: str) -> str:
+    """For a failure message: whether Docker's own log of the container has the marker."""
+    try:
+        ids = subprocess.run(
+            ["docker", "ps", "-q", "--filter", f"label=io.warmpool.id={container_id}"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.split()
+        if not ids:
+            return "docker has no such container"
+        out = subprocess.run(["docker", "logs", ids[0]], capture_output=True, text=True, timeout=10)
+        return f"docker logs {ids[0]} has the line: {marker in out.stdout}, {out.stdout.count(marker)} times"
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"docker logs could not be read: {e}"
 
 
 def test_session_io_after_release_is_ended(client: warmpool.Client, pool: str, session_id: str, openapi: dict):
