@@ -175,8 +175,9 @@ fn token_of(req: &Request) -> Option<String> {
             .or_else(|| v.strip_prefix("bearer "));
         return bearer.map(|t| t.trim().to_string());
     }
-    // EventSource cannot send headers: the event stream also takes the key in the query.
-    if req.uri().path() == "/v1/events/stream" {
+    // EventSource and a browser's WebSocket cannot send headers: the event stream and a
+    // container's logs also take the key in the query.
+    if takes_query_token(req.uri().path()) {
         let query = req.uri().query().unwrap_or_default();
         return serde_urlencoded::from_str::<Vec<(String, String)>>(query)
             .ok()?
@@ -187,10 +188,19 @@ fn token_of(req: &Request) -> Option<String> {
     None
 }
 
+/// Whether `path` takes the key as `?access_token=` (for clients that cannot send headers).
+fn takes_query_token(path: &str) -> bool {
+    path == "/v1/events/stream"
+        || path
+            .strip_prefix("/v1/allocations/")
+            .is_some_and(|rest| rest.ends_with("/logs") && rest.matches('/').count() == 1)
+}
+
 /// Removes `access_token` from the event stream's query, so handlers never see a key and
 /// a client that always sends one works with auth off too.
 fn strip_query_token(req: &mut Request) {
-    if req.uri().path() != "/v1/events/stream" {
+    let path = req.uri().path().to_string();
+    if !takes_query_token(&path) {
         return;
     }
     let Some(query) = req.uri().query() else {
@@ -208,9 +218,9 @@ fn strip_query_token(req: &mut Request) {
         .collect();
     let query = serde_urlencoded::to_string(&kept).unwrap_or_default();
     let path_and_query = if query.is_empty() {
-        "/v1/events/stream".to_string()
+        path
     } else {
-        format!("/v1/events/stream?{query}")
+        format!("{path}?{query}")
     };
     if let Ok(pq) = path_and_query.parse() {
         let mut parts = req.uri().clone().into_parts();

@@ -676,3 +676,76 @@ async fn release_runs_pre_stop_then_sigterm_and_pool_secrets_are_redacted() {
     })
     .await;
 }
+
+/// A browser follows logs over a WebSocket, the key in the query: a line the container prints
+/// arrives within 1 s as `{"type":"log",...}`; another tenant's key is refused at the handshake
+/// (404, as for every other route of its allocation), and so is no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_over_a_websocket_with_the_key_in_the_query() {
+    use tokio_tungstenite::tungstenite::Message;
+    let f = Fleet::start(1, |_| {}).await;
+    let http = warmpool_tests::http_client();
+    let (acme, acme_token) = f.key(Role::User, "acme").await;
+    let (_, bolt_token) = f.key(Role::User, "bolt").await;
+    let a = acme
+        .allocate(&allocation(&f.pool, 10_000))
+        .await
+        .expect("allocate");
+    let ws_url = |token: Option<&str>| {
+        let base = f
+            .url(&a, "logs?follow=true&tail=0")
+            .replacen("http://", "ws://", 1);
+        match token {
+            Some(t) => format!("{base}&access_token={t}"),
+            None => base,
+        }
+    };
+    for (token, status) in [(Some(bolt_token.as_str()), 404), (None, 401)] {
+        match tokio_tungstenite::connect_async(ws_url(token)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), status, "{token:?}")
+            }
+            other => panic!("{token:?}: expected HTTP {status}, got {other:?}"),
+        }
+    }
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url(Some(&acme_token)))
+        .await
+        .expect("the WebSocket opens");
+    let marker = unique("ws-marker");
+    let printed = Instant::now();
+    let r = exec(
+        &http,
+        &f.url(&a, "exec"),
+        &acme_token,
+        &["sh", "-c", &format!("echo {marker} > /proc/1/fd/1")],
+    )
+    .await;
+    assert_eq!(r.exit_code, Some(0), "{r:?}");
+    let line = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("the socket stays open")
+            .expect("a message");
+        let Message::Text(text) = msg else { continue };
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        if v["type"] == "log" && v["line"] == marker.as_str() {
+            break v;
+        }
+    };
+    let took = printed.elapsed();
+    eprintln!("a printed line reached the WebSocket {took:?} after the exec was sent");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(line["stream"], "stdout");
+    // Released: the stream ends with an `end` message and the socket closes.
+    acme.release(a.id).await.expect("release");
+    let mut ended = false;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), socket.next()).await
+    {
+        if let Message::Text(text) = msg {
+            let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+            ended |= v["type"] == "end";
+        }
+    }
+    assert!(ended, "no end message after release");
+}

@@ -23,6 +23,8 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message as WsMessage, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -93,6 +95,7 @@ pub struct LogsQuery {
     params(("id" = AllocationId, Path, description = "Allocation id"), LogsQuery),
     responses(
         (status = 200, description = "text/event-stream of `log` events (data: LogLine), `dropped` events (data: LogsDropped) and a final `end`", content_type = "text/event-stream", body = LogLine),
+        (status = 101, description = "With `Upgrade: websocket`: the same items as JSON text messages (`{\"type\":\"log\",\"stream\":...,\"line\":...}`, `dropped`, `end`); the key may be given as `access_token` in the query"),
         (status = 400, description = "Malformed query (`bad_request`)", body = ErrorBody),
         (status = 404, description = "No such allocation, or another tenant's (`not_found`)", body = ErrorBody),
         (status = 410, description = "The allocation has ended (`ended`)", body = ErrorBody),
@@ -103,6 +106,7 @@ pub async fn logs(
     State(app): State<AppState>,
     scope: Scope,
     Path(id): Path<String>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
     if q.tail.is_some_and(|t| t > MAX_TAIL) {
@@ -124,7 +128,7 @@ pub async fn logs(
         .await
         .inspect_err(|_| count("logs", "refused"))?;
     count("logs", "opened");
-    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(16);
+    let (tx, mut rx) = mpsc::channel::<LogMessage>(16);
     let stop = app.shutdown.clone();
     tokio::spawn(async move {
         let mut lines: HashMap<OutputStream, LineSplitter> = HashMap::new();
@@ -137,33 +141,31 @@ pub async fn logs(
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ = tx.send(Ok(end_event(&format!("{e}")))).await;
+                    let _ = tx
+                        .send(LogMessage::End {
+                            reason: format!("{e}"),
+                        })
+                        .await;
                     return;
                 }
             };
             if chunk.dropped > 0 {
-                let ev = json_event(
-                    "dropped",
-                    &LogsDropped {
-                        dropped: chunk.dropped,
-                    },
-                );
-                if tx.send(Ok(ev)).await.is_err() {
+                let msg = LogMessage::Dropped {
+                    dropped: chunk.dropped,
+                };
+                if tx.send(msg).await.is_err() {
                     return;
                 }
             }
             for item in chunk.items {
                 let split = lines.entry(item.stream).or_default();
                 for line in split.push(&item.data) {
-                    let ev = json_event(
-                        "log",
-                        &LogLine {
-                            stream: item.stream,
-                            line,
-                        },
-                    );
+                    let msg = LogMessage::Log {
+                        stream: item.stream,
+                        line,
+                    };
                     // Waits while the client reads slowly: back-pressure up to the agent.
-                    if tx.send(Ok(ev)).await.is_err() {
+                    if tx.send(msg).await.is_err() {
                         return;
                     }
                 }
@@ -171,23 +173,76 @@ pub async fn logs(
             if let Some(end) = chunk.end {
                 for (s, mut split) in lines.drain() {
                     if let Some(line) = split.finish() {
-                        let _ = tx
-                            .send(Ok(json_event("log", &LogLine { stream: s, line })))
-                            .await;
+                        let _ = tx.send(LogMessage::Log { stream: s, line }).await;
                     }
                 }
-                let why = match end {
+                let reason = match end {
                     StreamEnd::Failed { message, .. } => message,
                     _ => "the container's output ended".into(),
                 };
-                let _ = tx.send(Ok(end_event(&why))).await;
+                let _ = tx.send(LogMessage::End { reason }).await;
                 return;
             }
         }
     });
-    Ok(Sse::new(ReceiverStream::new(rx))
+    // A browser's WebSocket: one JSON text message per item (`type` says which), closed after
+    // `end`; the key may come as `?access_token=` since a browser cannot send headers.
+    if let Ok(ws) = ws {
+        return Ok(ws.on_upgrade(move |mut socket| async move {
+            loop {
+                tokio::select! {
+                    msg = rx.recv() => {
+                        let Some(msg) = msg else { break };
+                        let end = matches!(msg, LogMessage::End { .. });
+                        let text = serde_json::to_string(&msg).unwrap_or_default();
+                        if socket.send(WsMessage::Text(text.into())).await.is_err() || end {
+                            break;
+                        }
+                    }
+                    // Whatever the client sends is ignored; its close (or loss) ends the stream.
+                    incoming = socket.recv() => match incoming {
+                        Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break,
+                        Some(Ok(_)) => {}
+                    },
+                }
+            }
+            let _ = socket.send(WsMessage::Close(None)).await;
+        }));
+    }
+    let events = ReceiverStream::new(rx).map(|msg| {
+        Ok::<_, Infallible>(match msg {
+            LogMessage::Log { stream, line } => json_event("log", &LogLine { stream, line }),
+            LogMessage::Dropped { dropped } => json_event("dropped", &LogsDropped { dropped }),
+            LogMessage::End { reason } => end_event(&reason),
+        })
+    });
+    Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+/// One item of a log stream, as a WebSocket text message (`{"type":"log",...}`); SSE sends
+/// the same as its events' names and data.
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum LogMessage {
+    /// A line the container printed.
+    Log {
+        /// stdout or stderr.
+        stream: OutputStream,
+        /// The line, without its newline.
+        line: String,
+    },
+    /// Lines left out over the rate cap since the last item.
+    Dropped {
+        /// How many.
+        dropped: u64,
+    },
+    /// The stream ended, and why.
+    End {
+        /// Why.
+        reason: String,
+    },
 }
 
 fn json_event<T: serde::Serialize>(name: &str, v: &T) -> Event {
