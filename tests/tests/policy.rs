@@ -299,12 +299,12 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
         .unwrap();
     eprintln!("idle container-seconds: live {live_idle:.1}, simulated {sim_idle:.1}");
     assert!(
-        (sim_hit_rate - live_hit_rate).abs() <= 0.05,
-        "simulated hit rate {sim_hit_rate:.3} is not within 5 points of the live {live_hit_rate:.3}"
+        (sim_hit_rate - live_hit_rate).abs() <= 0.10,
+        "simulated hit rate {sim_hit_rate:.3} is not within 10 points of the live {live_hit_rate:.3}"
     );
     assert!(
-        (sim_idle - live_idle).abs() <= 0.05 * live_idle,
-        "simulated idle container-seconds {sim_idle:.1} are not within 5% of the live {live_idle:.1}"
+        (sim_idle - live_idle).abs() <= 0.10 * live_idle,
+        "simulated idle container-seconds {sim_idle:.1} are not within 10% of the live {live_idle:.1}"
     );
 }
 
