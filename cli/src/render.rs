@@ -935,6 +935,7 @@ mod tests {
             settings: None,
             token_sha256: None,
             access: None,
+            cost: None,
         }
     }
 

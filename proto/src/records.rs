@@ -407,6 +407,19 @@ pub struct Allocation {
     /// tenant; never stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<Access>,
+    /// What it has cost so far (or cost, once released) at its pool's `price_per_hour`:
+    /// computed by the API when it answers, never stored; absent when the pool has no price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+}
+
+impl Allocation {
+    /// What it costs at `price_per_hour` from its creation to its release, or to `now` while
+    /// it runs.
+    pub fn cost_at(&self, price_per_hour: f64, now: crate::Timestamp) -> f64 {
+        let end = self.released_at.unwrap_or(now).max(self.created_at);
+        end.since(self.created_at).as_secs_f64() / 3600.0 * price_per_hour
+    }
 }
 
 /// How a session reaches its container through the gateway.

@@ -39,6 +39,13 @@ async fn usage_counts_container_time_per_pool_and_session_with_its_cost() {
     // Hold it for a measured while: that time is what is accounted.
     let held = Instant::now();
     tokio::time::sleep(Duration::from_millis(1000)).await;
+    // While it runs, the answer says what it has cost so far at the pool's price.
+    let running = c.client.get_allocation(a.id).await.unwrap();
+    let so_far = running.cost.expect("a cost: the pool has a price");
+    assert!(
+        so_far > 0.0 && so_far <= held.elapsed().as_secs_f64() * 0.001 + 0.0005,
+        "{so_far}"
+    );
     let released = c.client.release(a.id).await.unwrap();
     let held = held.elapsed().as_secs_f64();
 
@@ -75,6 +82,11 @@ async fn usage_counts_container_time_per_pool_and_session_with_its_cost() {
     );
     assert!((s.allocated_seconds - recorded).abs() < 0.01, "{s:?}");
     assert!(close(s.cost.unwrap(), s.allocated_seconds * 0.001), "{s:?}");
+    // Released, its answer says what it cost, as the usage report does.
+    assert!(
+        close(released.cost.unwrap(), recorded * 0.001),
+        "{released:?}"
+    );
 
     // Another session has used nothing; a malformed session id is a 400.
     let other = c

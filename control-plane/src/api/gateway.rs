@@ -99,14 +99,18 @@ fn hex(bytes: &[u8]) -> String {
 pub fn present(app: &AppState, mut a: Allocation, token: Option<String>) -> Allocation {
     a.token_sha256 = None;
     a.access = None;
+    let (ports, price) = app.cluster.shared().read(|s| {
+        let pool = s.pool(&a.pool);
+        (
+            pool.map(|p| p.spec.reachable_ports())
+                .unwrap_or_else(|| BTreeMap::from([(a.port.to_string(), a.port)])),
+            pool.and_then(|p| p.spec.price_per_hour),
+        )
+    });
+    a.cost = price.map(|p| a.cost_at(p, warmpool_proto::Timestamp::now()));
     if a.state != AllocationState::Active {
         return a;
     }
-    let ports = app.cluster.shared().read(|s| {
-        s.pool(&a.pool)
-            .map(|p| p.spec.reachable_ports())
-            .unwrap_or_else(|| BTreeMap::from([(a.port.to_string(), a.port)]))
-    });
     let mut access = app.gateway.access(a.id, &ports);
     access.token = token;
     if access != Access::default() {

@@ -296,6 +296,7 @@ impl PoolState {
                 .then_some(warmpool_proto::session::SettingsState::Pending),
             token_sha256: req.token_sha256.clone(),
             access: None,
+            cost: None,
         };
         let mut body = EventBody::of_container(c);
         let waited = ctx.at.since(req.since).as_millis() as u64;
