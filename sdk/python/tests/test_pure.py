@@ -121,3 +121,14 @@ def test_a_ca_file_that_cannot_be_used_is_a_config_error(tmp_path):
     bad.write_text("not a certificate\n")
     with pytest.raises(warmpool.ConfigError):
         warmpool.AsyncClient("https://127.0.0.1:1", token="t", ca_cert=bad)
+
+
+def test_an_allocation_reads_its_cost_and_keeps_fields_it_does_not_know():
+    from warmpool.models import Allocation
+
+    base = {"id": "a", "session_id": "s", "pool": "p", "container_id": "c", "node": "n",
+            "port": 8080, "state": "active"}
+    assert Allocation.from_json({**base, "cost": 0.25}).cost == 0.25
+    assert Allocation.from_json(base).cost is None
+    a = Allocation.from_json({**base, "from_a_newer_server": 1})
+    assert a.raw["from_a_newer_server"] == 1

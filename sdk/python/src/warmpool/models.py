@@ -106,6 +106,8 @@ class Allocation:
     metadata: Dict[str, str] = field(default_factory=dict)
     settings: Optional[str] = None
     access: Optional[Access] = None
+    #: What it has cost so far (or cost, once released) at its pool's price; None without one.
+    cost: Optional[float] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -136,6 +138,7 @@ class Allocation:
             metadata=_str_map(d.get("metadata")),
             settings=d.get("settings"),
             access=Access.from_json(access) if isinstance(access, dict) else None,
+            cost=float(d["cost"]) if isinstance(d.get("cost"), (int, float)) else None,
             raw=d,
         )
 
