@@ -2,7 +2,7 @@
 //! name runs a pool's containers with it when its agent says `--runtime <name>`; an agent
 //! asked for a runtime its dockerd does not know refuses to start, saying how to register it.
 //!
-//! The runtime registered here is runc under another name (`warmpool-rt`): Debian's crun 1.8
+//! The runtime registered here is runc behind a wrapper that notes its calls (`warmpool-rt`): Debian's crun 1.8
 //! refuses to start containers on this machine's hybrid cgroup layout (v1 controllers with an
 //! empty v2 hierarchy: "cgroups in hybrid mode not supported"), so what the test proves is that
 //! the option reaches dockerd and the container runs with the named runtime.
@@ -14,8 +14,27 @@ use warmpool_tests::{allocation, bin, wait_until, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_runtime_the_pool_runs_on_the_named_runtime() {
+    // The runtime is runc behind a wrapper that notes each container it is asked to create:
+    // the note, not dockerd's record of a setting, shows the container went through it.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let calls = dir.path().join("calls");
+    let wrapper = dir.path().join("warmpool-rt");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\nexec /usr/sbin/runc \"$@\"\n",
+            calls.display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let add = format!("warmpool-rt={}", wrapper.display());
     let c = HostCluster::start(&[HostSpec::new()
-        .dockerd_args(&["--add-runtime", "warmpool-rt=/usr/sbin/runc"])
+        .dockerd_args(&["--add-runtime", &add])
         .agent_args(&["--runtime", "warmpool-rt"])])
     .await;
     c.client
@@ -58,6 +77,13 @@ async fn with_runtime_the_pool_runs_on_the_named_runtime() {
         .docker_id;
     let runtime = h.docker(&["inspect", "-f", "{{.HostConfig.Runtime}}", &docker_id]);
     assert_eq!(runtime.trim(), "warmpool-rt");
+    let noted = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(
+        noted
+            .lines()
+            .any(|l| l.contains("create") && l.contains(docker_id.as_str())),
+        "the wrapper runtime never created {docker_id}: {noted}"
+    );
 }
 
 #[test]
