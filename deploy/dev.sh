@@ -8,6 +8,10 @@
 #                         (min_warm 3) and wait until it is warm
 #   deploy/dev.sh up --release   the same with release builds (what benchmarks measure;
 #                         WARMPOOL_RELEASE=1 does the same)
+#   deploy/dev.sh up --nats-cluster   NATS as a cluster of three servers joined by routes
+#                         (client ports 4222-4224, routes 6222-6224); every member and the
+#                         agent are given all three and move to another when theirs dies
+#                         (WARMPOOL_NATS_CLUSTER=1 does the same); the flags combine
 #   deploy/dev.sh down    stop what `up` started and remove the containers it made
 #   deploy/dev.sh status  what is running
 #   deploy/dev.sh test    install what is missing and run every test
@@ -18,11 +22,19 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DEV="$ROOT/.dev"
 RELEASE=${WARMPOOL_RELEASE:-0}
-[ "${2:-}" = "--release" ] && RELEASE=1
+NATS_CLUSTER=${WARMPOOL_NATS_CLUSTER:-0}
+for flag in "${@:2}"; do
+  case "$flag" in
+    --release) RELEASE=1 ;;
+    --nats-cluster) NATS_CLUSTER=1 ;;
+    *) echo "deploy/dev.sh: unknown flag $flag" >&2; exit 2 ;;
+  esac
+done
 if [ "$RELEASE" = 1 ]; then PROFILE=release; else PROFILE=debug; fi
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
 API_PORT=${WARMPOOL_DEV_API_PORT:-7070}
 NATS_PORT=${WARMPOOL_DEV_NATS_PORT:-4222}
+NATS_ROUTE_PORT=${WARMPOOL_DEV_NATS_ROUTE_PORT:-6222}
 GATEWAY_PORT=${WARMPOOL_DEV_GATEWAY_PORT:-8000}
 NODE_ID=${WARMPOOL_DEV_NODE:-local}
 PREFIX=${WARMPOOL_DEV_PREFIX:-fd36:1::/64}
@@ -202,7 +214,11 @@ up() {
   local natsdir="$DEV/nats"
   "$ROOT/deploy/nats-config.sh" --dir "$natsdir" --listen "127.0.0.1:$NATS_PORT" \
     --agent "$NODE_ID" --member 1 --member 2 --member 3 2>/dev/null
-  if ! running nats && (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; then
+  local nats_url="nats://127.0.0.1:$NATS_PORT"
+  if [ "$NATS_CLUSTER" = 1 ]; then
+    start_nats_cluster "$natsdir"
+    nats_url="nats://127.0.0.1:$NATS_PORT,nats://127.0.0.1:$((NATS_PORT + 1)),nats://127.0.0.1:$((NATS_PORT + 2))"
+  elif ! running nats && (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; then
     say "a NATS server already listens on 127.0.0.1:$NATS_PORT; using it (it must take the users in $natsdir/nats-server.conf)"
   else
     say "starting nats-server on 127.0.0.1:$NATS_PORT (a user per member and agent)"
@@ -219,7 +235,7 @@ up() {
       . "$natsdir/members/$m.env"
       set +a
       spawn "cp$m" "$BIN/warmpool-control-plane" --id "$m" "$role" --data-dir "$DEV/cp$m" \
-        --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "nats://127.0.0.1:$NATS_PORT" "${member_flags[@]}"
+        --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "$nats_url" "${member_flags[@]}"
     )
   done
   say "starting an agent (node $NODE_ID, containers on $PREFIX)"
@@ -228,7 +244,7 @@ up() {
     WARMPOOL_NATS_PASSWORD=$(head -n 1 "$natsdir/credentials/$NODE_ID.password")
     export WARMPOOL_NATS_PASSWORD
     spawn agent "$BIN/warmpool-agent" --node-id "$NODE_ID" --ipv6-prefix "$PREFIX" \
-      --nats-url "nats://127.0.0.1:$NATS_PORT"
+      --nats-url "$nats_url"
   )
   wait_http "http://127.0.0.1:$API_PORT/v1/whoami" "the control plane"
 
@@ -281,6 +297,31 @@ Warmpool is up: pool "demo" has $warm warm containers.
 MSG
 }
 
+# Three nats-servers (pid files nats, nats2, nats3), each with the users and permissions of
+# DIR/nats-server.conf, its own client port and a route to the other two.
+start_nats_cluster() { # dir
+  local dir=$1 i routes="" conf
+  for i in 0 1 2; do routes+="${routes:+, }nats://127.0.0.1:$((NATS_ROUTE_PORT + i))"; done
+  say "starting a NATS cluster: 3 servers on 127.0.0.1:$NATS_PORT-$((NATS_PORT + 2)), routes on :$NATS_ROUTE_PORT-$((NATS_ROUTE_PORT + 2))"
+  for i in 0 1 2; do
+    conf="$dir/nats-cluster-$i.conf"
+    {
+      grep -v '^listen:' "$dir/nats-server.conf"
+      echo "listen: \"127.0.0.1:$((NATS_PORT + i))\""
+      echo "server_name: \"warmpool-dev-nats-$((i + 1))\""
+      echo "cluster {"
+      echo "  name: \"warmpool-dev\""
+      echo "  listen: \"127.0.0.1:$((NATS_ROUTE_PORT + i))\""
+      echo "  routes: [$routes]"
+      echo "}"
+    } >"$conf"
+    chmod 600 "$conf"
+    local name=nats
+    [ "$i" = 0 ] || name="nats$((i + 1))"
+    spawn "$name" nats-server -c "$conf"
+  done
+}
+
 # Stops the process recorded in .dev/NAME.pid: SIGTERM, then SIGKILL after 5 s; returns once
 # it has exited (or says which pid would not go).
 stop_pid() { # name
@@ -302,7 +343,7 @@ down() {
   stop_pid gateway || failed=1
   stop_pid agent || failed=1
   for m in cp1 cp2 cp3; do stop_pid "$m" || failed=1; done
-  stop_pid nats || failed=1
+  for n in nats nats2 nats3; do stop_pid "$n" || failed=1; done
   if docker info >/dev/null 2>&1; then
     local ids
     ids=$(docker ps -aq --filter "label=io.warmpool.node=$NODE_ID")
@@ -356,7 +397,7 @@ down() {
 }
 
 status() {
-  for n in nats cp1 cp2 cp3 agent gateway; do
+  for n in nats nats2 nats3 cp1 cp2 cp3 agent gateway; do
     if running "$n"; then echo "$n: running (pid $(cat "$DEV/$n.pid"))"; fi
   done
 }
@@ -385,5 +426,5 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   test) run_tests ;;
-  *) echo "usage: deploy/dev.sh up [--release]|down|status|test" >&2; exit 2 ;;
+  *) echo "usage: deploy/dev.sh up [--release] [--nats-cluster]|down|status|test" >&2; exit 2 ;;
 esac

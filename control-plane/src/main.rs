@@ -18,7 +18,7 @@ struct Args {
     /// Raft id of this member (1, 2, 3, ...).
     #[arg(long, env = "WARMPOOL_MEMBER_ID")]
     id: u64,
-    /// NATS server URL.
+    /// NATS server URL; several, comma-separated, for a NATS cluster.
     #[arg(
         long,
         env = "WARMPOOL_NATS_URL",

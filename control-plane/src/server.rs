@@ -56,7 +56,9 @@ impl Default for RaftTuning {
 pub struct Config {
     /// Raft id of this member.
     pub id: MemberId,
-    /// NATS server URL.
+    /// NATS server URLs, comma-separated: one server, or several of one NATS cluster (the
+    /// client reconnects to another when its server goes away, and learns the rest of the
+    /// cluster from the server it reaches).
     pub nats_url: String,
     /// NATS user, if the server wants one.
     pub nats_user: Option<String>,
@@ -184,8 +186,9 @@ pub async fn run(
         }
         None => None,
     };
+    let servers = nats_servers(&config.nats_url).map_err(StartError::Nats)?;
     let nats = nats_opts
-        .connect(&config.nats_url)
+        .connect(servers)
         .await
         .map_err(|e| StartError::Nats(e.to_string()))?;
 
@@ -507,5 +510,32 @@ async fn bootstrap_admin_key(cluster: Cluster, token: String, stop: Cancellation
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+    }
+}
+
+/// The servers `--nats-url` names: one URL, or several separated by commas.
+pub fn nats_servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    urls.split(',')
+        .map(str::trim)
+        .map(|u| match u.parse::<async_nats::ServerAddr>() {
+            Ok(a) if !a.host().is_empty() => Ok(a),
+            Ok(_) => Err(format!("--nats-url {u:?}: no server address")),
+            Err(e) => Err(format!("--nats-url {u:?}: {e}")),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod nats_url_tests {
+    use super::nats_servers;
+
+    #[test]
+    fn one_or_several_comma_separated_urls() {
+        assert_eq!(nats_servers("nats://a:4222").unwrap().len(), 1);
+        let three = nats_servers("nats://a:4222, nats://b:4223,nats://[fd36::1]:4224").unwrap();
+        assert_eq!(three.len(), 3);
+        assert_eq!(three[1].port(), 4223);
+        assert!(nats_servers("nats://a:4222,").unwrap_err().contains("\"\""));
+        assert!(nats_servers("http://a:4222").is_err());
     }
 }

@@ -4,6 +4,8 @@
 # `deploy/dev.sh up`). Auth is off and members log warnings only: a benchmark on loopback.
 #
 #   deploy/bench/cluster.sh up      build (cargo build --release --bins), start, wait for voters
+#   deploy/bench/cluster.sh up --nats-cluster   the same on a NATS cluster of three servers
+#                                   joined by routes (ports 4322-4324, routes 6322-6324)
 #   deploy/bench/cluster.sh down    stop it and remove its containers and network
 #   deploy/bench/cluster.sh env     print POOLCTL_URL for it
 #
@@ -17,6 +19,9 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN="$TARGET/release"
 API_PORT=${WARMPOOL_BENCH_API_PORT:-7170}
 NATS_PORT=${WARMPOOL_BENCH_NATS_PORT:-4322}
+NATS_ROUTE_PORT=${WARMPOOL_BENCH_NATS_ROUTE_PORT:-6322}
+NATS_CLUSTER=0
+[ "${2:-}" = "--nats-cluster" ] && NATS_CLUSTER=1
 NODE_ID=${WARMPOOL_BENCH_NODE:-bench-local}
 PREFIX=${WARMPOOL_BENCH_PREFIX:-fd36:be::/64}
 LOG=${WARMPOOL_BENCH_LOG:-warn}
@@ -43,15 +48,25 @@ up() {
   (cd "$ROOT" && cargo build --release --bins --quiet)
   "$ROOT/deploy/demo-image/build.sh" >&2
   mkdir -p "$DIR"
-  spawn nats nats-server -a 127.0.0.1 -p "$NATS_PORT"
+  local nats_url="nats://127.0.0.1:$NATS_PORT"
+  if [ "$NATS_CLUSTER" = 1 ]; then
+    local i routes="nats://127.0.0.1:$NATS_ROUTE_PORT,nats://127.0.0.1:$((NATS_ROUTE_PORT + 1)),nats://127.0.0.1:$((NATS_ROUTE_PORT + 2))"
+    for i in 0 1 2; do
+      spawn "nats$i" nats-server -a 127.0.0.1 -p "$((NATS_PORT + i))" -n "bench-nats-$i" \
+        --cluster_name warmpool-bench --cluster "nats://127.0.0.1:$((NATS_ROUTE_PORT + i))" --routes "$routes"
+    done
+    nats_url="$nats_url,nats://127.0.0.1:$((NATS_PORT + 1)),nats://127.0.0.1:$((NATS_PORT + 2))"
+  else
+    spawn nats nats-server -a 127.0.0.1 -p "$NATS_PORT"
+  fi
   spawn cp1 "$BIN/warmpool-control-plane" --id 1 --bootstrap --insecure-no-auth --data-dir "$DIR/cp1" \
-    --api-addr "127.0.0.1:$API_PORT" --nats-url "nats://127.0.0.1:$NATS_PORT"
+    --api-addr "127.0.0.1:$API_PORT" --nats-url "$nats_url"
   for m in 2 3; do
     spawn "cp$m" "$BIN/warmpool-control-plane" --id "$m" --join --insecure-no-auth --data-dir "$DIR/cp$m" \
-      --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "nats://127.0.0.1:$NATS_PORT"
+      --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "$nats_url"
   done
   spawn agent "$BIN/warmpool-agent" --node-id "$NODE_ID" --ipv6-prefix "$PREFIX" \
-    --nats-url "nats://127.0.0.1:$NATS_PORT"
+    --nats-url "$nats_url"
   local voters=0
   for _ in $(seq 1 150); do
     voters=$(POOLCTL_URL=$(urls) "$BIN/poolctl" -o json cluster status 2>/dev/null |
@@ -76,7 +91,7 @@ stop_pid() {
 down() {
   stop_pid agent
   for m in cp1 cp2 cp3; do stop_pid "$m"; done
-  stop_pid nats
+  for n in nats nats0 nats1 nats2; do stop_pid "$n"; done
   local ids
   ids=$(docker ps -aq --filter "label=io.warmpool.node=$NODE_ID" 2>/dev/null || true)
   [ -n "$ids" ] && { docker rm -f $ids >/dev/null 2>&1 || true; }
@@ -88,5 +103,5 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   env) echo "export POOLCTL_URL=$(urls)" ;;
-  *) echo "usage: deploy/bench/cluster.sh up|down|env" >&2; exit 2 ;;
+  *) echo "usage: deploy/bench/cluster.sh up [--nats-cluster]|down|env" >&2; exit 2 ;;
 esac

@@ -224,6 +224,12 @@ impl RawConfig {
                     url: url.to_string(),
                     reason: e.to_string(),
                 })?;
+            if addr.host().is_empty() {
+                return Err(ConfigError::NatsUrl {
+                    url: url.to_string(),
+                    reason: "no server address".into(),
+                });
+            }
             nats_servers.push(addr);
         }
         let nats_auth = match (self.nats_user, self.nats_password) {
@@ -560,6 +566,11 @@ mod tests {
 
         let mut r = raw();
         r.nats_url = "http://x".into();
+        assert!(matches!(r.validate(None), Err(ConfigError::NatsUrl { .. })));
+
+        // A trailing comma names no server: refused, not a server with no address.
+        let mut r = raw();
+        r.nats_url = "nats://a:4222,".into();
         assert!(matches!(r.validate(None), Err(ConfigError::NatsUrl { .. })));
 
         let mut r = raw();

@@ -237,12 +237,29 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A nats-server on a free port.
-pub struct Nats {
+/// A free TCP port on `addr`.
+fn free_port_on(addr: IpAddr) -> u16 {
+    TcpListener::bind(SocketAddr::new(addr, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One nats-server process of a [`Nats`].
+struct NatsServer {
     child: Option<Child>,
-    /// Its port.
-    pub port: u16,
-    /// The address it listens on.
+    port: u16,
+    /// The port of its cluster routes and of its monitoring endpoint; both unused when the
+    /// server is alone.
+    route_port: u16,
+    monitor_port: u16,
+}
+
+/// A nats-server on a free port, or several joined into one NATS cluster by real routes
+/// ([`Nats::cluster`]).
+pub struct Nats {
+    servers: Vec<NatsServer>,
+    /// The address they listen on.
     pub addr: IpAddr,
     dir: PathBuf,
 }
@@ -256,50 +273,175 @@ impl Nats {
     /// Starts a server listening on `addr` only (e.g. the multi-host bridge address, which
     /// every network namespace can reach) and waits until it accepts connections.
     pub fn start_on(dir: &Path, addr: IpAddr) -> Nats {
-        let port = TcpListener::bind(SocketAddr::new(addr, 0))
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let mut n = Nats {
-            child: None,
-            port,
+        Nats::launch(dir, addr, 1)
+    }
+
+    /// Starts `n` servers on 127.0.0.1, each routed to every other (a full mesh, as a NATS
+    /// cluster runs in production), and waits until every route is up. [`Nats::url`] names
+    /// them all.
+    pub fn cluster(dir: &Path, n: usize) -> Nats {
+        assert!(n >= 2, "a cluster has at least two servers");
+        Nats::launch(dir, IpAddr::V4(Ipv4Addr::LOCALHOST), n)
+    }
+
+    fn launch(dir: &Path, addr: IpAddr, n: usize) -> Nats {
+        let servers = (0..n)
+            .map(|_| NatsServer {
+                child: None,
+                port: free_port_on(addr),
+                route_port: free_port_on(addr),
+                monitor_port: free_port_on(addr),
+            })
+            .collect();
+        let mut nats = Nats {
+            servers,
             addr,
             dir: dir.to_path_buf(),
         };
-        n.restart();
-        n
+        nats.restart();
+        nats
     }
 
-    /// Starts it again on the same port (after [`Nats::kill`]).
+    /// Starts every server that is not running again, on its old ports (after
+    /// [`Nats::kill`]), and waits until each accepts connections and, in a cluster, has its
+    /// routes to the others.
     pub fn restart(&mut self) {
-        let (log, _) = log_file(&self.dir, "nats");
-        let child = Command::new("nats-server")
-            .args(["-a", &self.addr.to_string(), "-p", &self.port.to_string()])
+        for i in 0..self.servers.len() {
+            if self.servers[i].child.is_none() {
+                self.restart_server(i);
+            }
+        }
+    }
+
+    /// Starts server `i` again (after [`Nats::kill_server`]) and waits until it accepts
+    /// connections and, in a cluster, has a route to every other running server.
+    pub fn restart_server(&mut self, i: usize) {
+        let clustered = self.servers.len() > 1;
+        let addr = self.addr.to_string();
+        let route = |port: u16| format!("nats://{}", SocketAddr::new(self.addr, port));
+        let routes: Vec<String> = self
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, s)| route(s.route_port))
+            .collect();
+        let s = &self.servers[i];
+        let name = if clustered {
+            format!("nats-{i}")
+        } else {
+            "nats".to_string()
+        };
+        let (log, _) = log_file(&self.dir, &name);
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-a", &addr, "-p", &s.port.to_string()]);
+        if clustered {
+            cmd.args(["-n", &name])
+                .args(["-m", &s.monitor_port.to_string()])
+                .args(["--cluster_name", "warmpool-test"])
+                .args(["--cluster", &route(s.route_port)])
+                .args(["--routes", &routes.join(",")]);
+        }
+        let child = cmd
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("nats-server is installed (deploy/dev.sh test installs it)");
-        self.child = Some(child);
+        self.servers[i].child = Some(child);
+        let port = self.servers[i].port;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect((self.addr, self.port)).is_err() {
+        while TcpStream::connect((self.addr, port)).is_err() {
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+        if clustered {
+            let want = self.running() - 1;
+            while self.routes(i) < want {
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server {i} did not route to its {want} peers"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 
-    /// `nats://<addr>:<port>` (`nats://[addr]:<port>` for IPv6).
+    /// How many of the servers run.
+    pub fn running(&self) -> usize {
+        self.servers.iter().filter(|s| s.child.is_some()).count()
+    }
+
+    /// `nats://<addr>:<port>` (`nats://[addr]:<port>` for IPv6); for a cluster, every
+    /// server's URL, comma-separated, as `--nats-url` takes them.
     pub fn url(&self) -> String {
-        format!("nats://{}", SocketAddr::new(self.addr, self.port))
+        (0..self.servers.len())
+            .map(|i| self.server_url(i))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
-    /// SIGKILLs the server.
+    /// Server `i`'s URL alone.
+    pub fn server_url(&self, i: usize) -> String {
+        format!(
+            "nats://{}",
+            SocketAddr::new(self.addr, self.servers[i].port)
+        )
+    }
+
+    /// SIGKILLs every server.
     pub fn kill(&mut self) {
-        stop_child(&mut self.child, "KILL");
+        for s in &mut self.servers {
+            stop_child(&mut s.child, "KILL");
+        }
     }
 
-    /// Its process id while it runs.
+    /// SIGKILLs server `i` alone.
+    pub fn kill_server(&mut self, i: usize) {
+        stop_child(&mut self.servers[i].child, "KILL");
+    }
+
+    /// The first server's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.servers[0].child.as_ref().map(Child::id)
+    }
+
+    /// The names of the clients connected to server `i` of a cluster (its `/connz`
+    /// monitoring page), e.g. `warmpool-control-plane-1` or `warmpool-agent <node>`.
+    pub fn client_names(&self, i: usize) -> Vec<String> {
+        let body = self.monitor(i, "/connz?limit=1000");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["connections"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How many routes server `i` of a cluster has up (0 when it does not answer).
+    fn routes(&self, i: usize) -> usize {
+        let body = self.monitor(i, "/routez");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["num_routes"].as_u64().unwrap_or(0) as usize
+    }
+
+    /// A plain HTTP/1.0 GET of server `i`'s monitoring endpoint; empty when it does not answer.
+    fn monitor(&self, i: usize, path: &str) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = TcpStream::connect((self.addr, self.servers[i].monitor_port)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if write!(s, "GET {path} HTTP/1.0\r\nHost: nats\r\n\r\n").is_err() {
+            return String::new();
+        }
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default()
     }
 }
 
@@ -701,6 +843,17 @@ impl TestCluster {
     pub async fn replicated(n: u64, extra_args: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let nats = Nats::start(dir.path());
+        Self::replicated_on(dir, nats, n, extra_args).await
+    }
+
+    /// [`TestCluster::replicated`] on a NATS (one server or a cluster) started in `dir`,
+    /// which the cluster then owns.
+    pub async fn replicated_on(
+        dir: tempfile::TempDir,
+        nats: Nats,
+        n: u64,
+        extra_args: &[&str],
+    ) -> TestCluster {
         let mut members = Vec::new();
         for id in 1..=n {
             let m = if id == 1 {
