@@ -207,6 +207,8 @@ pub struct Cluster {
     proposals: tokio::sync::mpsc::Sender<Proposal>,
     /// The commit index the log store last saved ([`crate::raft::LogStore::commit_index`]).
     commit_index: Arc<std::sync::atomic::AtomicU64>,
+    /// How long [`Cluster::write`] tries before it gives up.
+    write_deadline: Duration,
 }
 
 /// A write waiting to be proposed by [`propose_batches`], and where its answer goes.
@@ -233,6 +235,7 @@ impl Cluster {
         nats: async_nats::Client,
         commit_index: Arc<std::sync::atomic::AtomicU64>,
         max_queued: usize,
+        write_deadline: Duration,
     ) -> Self {
         let (proposals, queue) = tokio::sync::mpsc::channel(max_queued.max(1));
         tokio::spawn(propose_batches(id, raft.clone(), queue));
@@ -243,6 +246,7 @@ impl Cluster {
             nats,
             proposals,
             commit_index,
+            write_deadline,
         }
     }
 
@@ -279,9 +283,19 @@ impl Cluster {
     }
 
     /// Proposes `req` and answers what applying it returned, forwarding to the leader when
-    /// this member is not it and retrying across leader changes until [`WRITE_DEADLINE`].
+    /// this member is not it and retrying across leader changes until this member's write
+    /// deadline (`--write-timeout-ms`, [`WRITE_DEADLINE`] by default).
     pub async fn write(&self, req: Request) -> Result<Response, ClusterError> {
-        let deadline = Instant::now() + WRITE_DEADLINE;
+        self.write_within(req, self.write_deadline).await
+    }
+
+    /// [`Cluster::write`] with its own time limit.
+    pub async fn write_within(
+        &self,
+        req: Request,
+        limit: Duration,
+    ) -> Result<Response, ClusterError> {
+        let deadline = Instant::now() + limit;
         self.retry(deadline, |leader| {
             let req = req.clone();
             async move {

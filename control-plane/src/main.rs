@@ -64,6 +64,17 @@ struct Args {
     /// `overloaded` and Retry-After.
     #[arg(long, env = "WARMPOOL_MAX_QUEUED_WRITES", default_value_t = 10_000)]
     max_queued_writes: usize,
+    /// How long a write through the API waits to be committed before answering 503
+    /// `no_quorum` (it may still commit; see --abandon-grace-secs).
+    #[arg(long, env = "WARMPOOL_WRITE_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    write_timeout_ms: u64,
+    /// An allocation whose request went unanswered (it timed out, or the client hung up) and
+    /// committed anyway is released as `abandoned` unless its client asks again with the same
+    /// idempotency key within this many seconds.
+    #[arg(long, env = "WARMPOOL_ABANDON_GRACE_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    abandon_grace_secs: u64,
     /// Kept for older command lines: auth is on unless --insecure-no-auth.
     #[arg(
         long,
@@ -214,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
         raft: RaftTuning {
             snapshot_every: args.snapshot_every,
             max_queued_writes: args.max_queued_writes,
+            write_timeout: Duration::from_millis(args.write_timeout_ms),
             ..RaftTuning::default()
         },
         agent_timeout: Duration::from_secs(5),
@@ -226,6 +238,7 @@ async fn main() -> anyhow::Result<()> {
             args.gateway_url,
             args.gateway_domain,
         ),
+        abandon_grace: Duration::from_secs(args.abandon_grace_secs),
     };
 
     let shutdown = CancellationToken::new();

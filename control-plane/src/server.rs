@@ -37,6 +37,9 @@ pub struct RaftTuning {
     /// Writes waiting to be proposed at most; beyond it a write is refused at once (503
     /// `overloaded`, Retry-After) instead of queueing without bound.
     pub max_queued_writes: usize,
+    /// How long a write through the API waits to be committed before it answers 503 (the
+    /// write may still commit: see [`Config::abandon_grace`]).
+    pub write_timeout: Duration,
 }
 
 impl Default for RaftTuning {
@@ -47,6 +50,7 @@ impl Default for RaftTuning {
             snapshot_every: 5000,
             keep_behind_snapshot: 1000,
             max_queued_writes: 10_000,
+            write_timeout: crate::cluster::WRITE_DEADLINE,
         }
     }
 }
@@ -94,6 +98,10 @@ pub struct Config {
     pub nats_ca: Option<PathBuf>,
     /// Where the gateway is, for the URLs in allocation answers.
     pub gateway: crate::api::gateway::GatewayLinks,
+    /// How long the client of an allocation request that went unanswered (the write timed
+    /// out, or the client hung up) has to come back for it with its idempotency key before
+    /// the allocation, if the write committed after all, is released as `abandoned`.
+    pub abandon_grace: Duration,
 }
 
 /// Why a member could not start.
@@ -251,6 +259,7 @@ pub async fn run(
         nats.clone(),
         commit_index,
         t.max_queued_writes,
+        t.write_timeout,
     );
     tasks.spawn(
         cluster
@@ -294,6 +303,7 @@ pub async fn run(
         overcommit: config.leader.overcommit,
         sessions: crate::session::SessionClient::new(nats.clone()),
         gateway: config.gateway.clone(),
+        abandon_grace: config.abandon_grace,
     });
     let serve_stop = stop.clone();
     let router = api::router(app);

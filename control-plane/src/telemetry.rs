@@ -114,6 +114,11 @@ pub fn describe() {
         "warmpool_writes_refused_overloaded_total",
         "Writes refused at once (503) because this member's proposal queue was full"
     );
+    describe_counter!(
+        "warmpool_allocations_unanswered_total",
+        "Allocation requests whose client got no answer (timed out, or hung up), recorded so \
+         that what they made is released unless the client comes back for it"
+    );
     describe_histogram!(
         "warmpool_raft_proposal_requests",
         "Requests carried by one proposed Raft log entry (concurrent writes share one)"

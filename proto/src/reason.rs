@@ -31,6 +31,9 @@ pub enum ContainerEndReason {
     Lost,
     /// `drained`: its node's drain deadline passed while a session held it.
     Drained,
+    /// `abandoned`: the request that allocated it was never answered and its client did not
+    /// come back for it.
+    Abandoned,
     /// `unhealthy`: it failed its health check (retired, or its allocation ended for it).
     Unhealthy,
     /// `pool_deleted`: its pool was deleted.
@@ -86,6 +89,7 @@ impl ContainerEndReason {
             Idle => "idle",
             Lost => "lost",
             Drained => "drained",
+            Abandoned => "abandoned",
             Unhealthy => "unhealthy",
             PoolDeleted => "pool_deleted",
             SpecChanged => "spec_changed",
@@ -105,12 +109,13 @@ impl ContainerEndReason {
     }
 
     /// Every variant without data, for tests and documentation.
-    pub const FIXED: [ContainerEndReason; 19] = [
+    pub const FIXED: [ContainerEndReason; 20] = [
         ContainerEndReason::Client,
         ContainerEndReason::Expired,
         ContainerEndReason::Idle,
         ContainerEndReason::Lost,
         ContainerEndReason::Drained,
+        ContainerEndReason::Abandoned,
         ContainerEndReason::Unhealthy,
         ContainerEndReason::PoolDeleted,
         ContainerEndReason::SpecChanged,
@@ -218,6 +223,7 @@ impl From<ReleaseReason> for ContainerEndReason {
             ReleaseReason::Lost => ContainerEndReason::Lost,
             ReleaseReason::PoolDeleted => ContainerEndReason::PoolDeleted,
             ReleaseReason::Drained => ContainerEndReason::Drained,
+            ReleaseReason::Abandoned => ContainerEndReason::Abandoned,
         }
     }
 }
@@ -286,6 +292,7 @@ mod tests {
             ("idle", Idle),
             ("lost", Lost),
             ("drained", Drained),
+            ("abandoned", Abandoned),
             ("unhealthy", Unhealthy),
             ("pool_deleted", PoolDeleted),
             ("spec_changed", SpecChanged),
@@ -385,6 +392,7 @@ mod tests {
             ReleaseReason::Lost,
             ReleaseReason::PoolDeleted,
             ReleaseReason::Drained,
+            ReleaseReason::Abandoned,
         ] {
             assert_eq!(ContainerEndReason::from(r).to_string(), r.as_str());
         }

@@ -337,6 +337,9 @@ pub enum ReleaseReason {
     PoolDeleted,
     /// Its node was drained and the drain's deadline passed.
     Drained,
+    /// The request that made it was never answered (it timed out, or its client hung up),
+    /// and the client did not come back for it with the same idempotency key in time.
+    Abandoned,
 }
 
 impl ReleaseReason {
@@ -350,6 +353,7 @@ impl ReleaseReason {
             ReleaseReason::Lost => "lost",
             ReleaseReason::PoolDeleted => "pool_deleted",
             ReleaseReason::Drained => "drained",
+            ReleaseReason::Abandoned => "abandoned",
         }
     }
 }

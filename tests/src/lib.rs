@@ -503,6 +503,11 @@ impl Member {
         self
     }
 
+    /// Adds flags to the ones it starts with (from its next start on).
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.extra.extend(args.iter().map(|s| s.to_string()));
+    }
+
     /// Its wall clock `secs` ahead of the machine's (behind when negative), through
     /// libfaketime (Debian's `faketime`); its monotonic clock is left alone.
     pub fn with_clock_ahead(mut self, secs: i64) -> Self {

@@ -147,11 +147,14 @@ async fn claim(
     let shared = app.cluster.shared().clone();
     // Subscribe before writing, so a container granted right after the write is not missed.
     let mut applied = shared.subscribe();
+    // Until the client has its answer, an allocation this write may make is held by nobody.
+    let unanswered = Unanswered::new(app, &cmd);
     let queued = match app.cluster.write(Request::now(cmd)).await {
         Ok(Applied::Allocation {
             allocation,
             replayed,
         }) => {
+            unanswered.answered();
             record(
                 pool.as_str(),
                 if replayed { "replayed" } else { "warm" },
@@ -163,6 +166,7 @@ async fn claim(
         }
         Ok(Applied::Queued { allocation_id, .. }) => allocation_id,
         Ok(Applied::Rejected(r)) => {
+            unanswered.answered();
             record(
                 pool.as_str(),
                 match r.code {
@@ -178,6 +182,10 @@ async fn claim(
         Ok(other) => return Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
         Err(e) => {
             record(pool.as_str(), "unavailable", start);
+            if matches!(e, crate::cluster::ClusterError::Overloaded(_)) {
+                // Refused before it was proposed: nothing can come of it.
+                unanswered.answered();
+            }
             return Err(e.into());
         }
     };
@@ -188,6 +196,7 @@ async fn claim(
     loop {
         if let Some(a) = shared.read(|s| s.allocation(&queued).cloned()) {
             record(pool.as_str(), "waited", start);
+            unanswered.answered();
             return Ok((a, false, Some(token)));
         }
         if Instant::now() >= deadline {
@@ -205,9 +214,11 @@ async fn claim(
     {
         Applied::Allocation { allocation, .. } => {
             record(pool.as_str(), "waited", start);
+            unanswered.answered();
             Ok((allocation, false, Some(token)))
         }
         _ => {
+            unanswered.answered();
             record(pool.as_str(), "no_capacity", start);
             Err(ApiError::NoCapacity {
                 message: format!(
@@ -218,6 +229,87 @@ async fn claim(
             })
         }
     }
+}
+
+/// An allocation request whose client has no answer yet. Dropped without
+/// [`Unanswered::answered`] (the write's outcome is unknown because it timed out, or the
+/// client hung up and the handler was dropped mid-way), it proposes [`Command::Abandon`]: an
+/// allocation the write made after all is released unless the client asks again with its
+/// idempotency key within `--abandon-grace-secs`.
+struct Unanswered {
+    app: Option<AppState>,
+    /// The [`Command::Abandon`] to propose, its grace left to fill in.
+    abandon: Command,
+}
+
+impl Unanswered {
+    /// For an [`Command::Allocate`] about to be written.
+    fn new(app: &AppState, allocate: &Command) -> Self {
+        let (allocation_id, idempotency_key, tenant) = match allocate {
+            Command::Allocate {
+                allocation_id,
+                idempotency_key,
+                tenant,
+                ..
+            } => (*allocation_id, idempotency_key.clone(), tenant.clone()),
+            _ => unreachable!("Unanswered is made for allocations only"),
+        };
+        Unanswered {
+            app: Some(app.clone()),
+            abandon: Command::Abandon {
+                allocation_id,
+                grace_ms: app.abandon_grace.as_millis() as u64,
+                idempotency_key,
+                tenant,
+            },
+        }
+    }
+
+    /// The client has (or is being given) its answer, or nothing can come of the request.
+    fn answered(mut self) {
+        self.app = None;
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(app) = self.app.take() {
+            let cmd = std::mem::replace(&mut self.abandon, Command::ExpireWaits);
+            tokio::spawn(abandon(app, cmd));
+        }
+    }
+}
+
+/// Proposes `cmd`, a [`Command::Abandon`], retrying for about a minute; if no leader takes it
+/// by then, the allocation's lease still ends it.
+async fn abandon(app: AppState, cmd: Command) {
+    let Command::Abandon {
+        allocation_id: id,
+        grace_ms,
+        ..
+    } = cmd
+    else {
+        return;
+    };
+    for attempt in 0..6u32 {
+        let req = Request::now(cmd.clone());
+        match app
+            .cluster
+            .write_within(req, crate::cluster::WRITE_DEADLINE)
+            .await
+        {
+            Ok(_) => {
+                metrics::counter!("warmpool_allocations_unanswered_total").increment(1);
+                tracing::info!(allocation = %id, grace_ms, "allocation request went unanswered; released unless its client comes back");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(allocation = %id, error = %e, "could not record an unanswered allocation request; retrying");
+                tokio::time::sleep(Duration::from_secs(1 << attempt.min(3))).await;
+            }
+        }
+    }
+    tracing::warn!(allocation = %id, "gave up recording an unanswered allocation request; its lease will end it");
 }
 
 /// Decrements the waiting gauge when a waiting request ends, however it ends.

@@ -67,6 +67,8 @@ pub struct App {
     pub sessions: crate::session::SessionClient,
     /// Where the gateway is, for the URLs in allocation answers.
     pub gateway: gateway::GatewayLinks,
+    /// How long an unanswered allocation's client has to come back for it.
+    pub abandon_grace: std::time::Duration,
 }
 
 /// Handler state.

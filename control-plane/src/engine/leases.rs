@@ -1,5 +1,6 @@
 //! Ends what has run out: leases past their expiry, allocations on a draining node past its
-//! deadline, waits past their deadline, and sessions idle longer than their pool allows.
+//! deadline, allocations nobody came back for after their request went unanswered, waits past
+//! their deadline, and sessions idle longer than their pool allows.
 
 use tracing::info;
 use warmpool_proto::records::ReleaseReason;
@@ -29,6 +30,10 @@ pub(super) fn decide(e: &Engine, s: &PoolState, facts: &Facts, now: Now) -> Vec<
             s.overdue_drain_allocations(now.wall)
                 .into_iter()
                 .map(|id| (id, ReleaseReason::Drained)),
+        )
+        .chain(
+            s.abandoned_allocations(now.wall)
+                .map(|id| (id, ReleaseReason::Abandoned)),
         )
         .chain(
             idle(e, s, facts, now)

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use warmpool_proto::agent::{
     AgentCommand, AgentReply, Heartbeat, Inventory, InventoryEntry, ObservedStatus, Usage,
 };
-use warmpool_proto::records::{ReleaseReason, Resources};
+use warmpool_proto::records::{AllocationState, ReleaseReason, Resources};
 use warmpool_proto::{
     AllocationId, ContainerId, ContainerState, Health, NodeId, PoolName, PoolSpec, SessionId,
     Timestamp,
@@ -640,4 +640,111 @@ fn demand_grows_the_pool_and_the_growth_is_written() {
         wanted > 2,
         "the scaler asked for more than the floor: {wanted}"
     );
+}
+
+#[test]
+fn an_unanswered_allocation_is_released_after_the_grace_unless_its_client_comes_back() {
+    let mut w = World::new();
+    let n = w.node("n1");
+    let pool = w.pool("demo", 4, |_| {});
+    let mut e = w.engine();
+    w.step(&mut e);
+    w.all_warm(&mut e, &n);
+    let allocate = |w: &mut World, id: AllocationId, key: &str| {
+        w.apply(Command::Allocate {
+            allocation_id: id,
+            pool: pool.clone(),
+            session: SessionId::new("s").unwrap(),
+            lease_ms: 600_000,
+            idempotency_key: Some(key.to_string()),
+            wait_ms: 0,
+            tenant: Default::default(),
+            metadata: Default::default(),
+            with_settings: false,
+            token_sha256: None,
+        })
+    };
+    let abandon = |w: &mut World, id: AllocationId, key: &str| {
+        w.apply(Command::Abandon {
+            allocation_id: id,
+            grace_ms: 10_000,
+            idempotency_key: Some(key.to_string()),
+            tenant: Default::default(),
+        })
+    };
+    // Nobody came back for `gone`. `back` was asked for again after its abandonment, `early`
+    // before it (the order two members' writes may land in). `again` was asked for again,
+    // and that request went unanswered too.
+    let [gone, back, early, again] = [(); 4].map(|_| AllocationId::new());
+    for (id, key) in [
+        (gone, "k-gone"),
+        (back, "k-back"),
+        (early, "k-early"),
+        (again, "k-again"),
+    ] {
+        assert!(matches!(
+            allocate(&mut w, id, key),
+            Response::Allocation { .. }
+        ));
+    }
+    abandon(&mut w, gone, "k-gone");
+    abandon(&mut w, back, "k-back");
+    let replay = allocate(&mut w, AllocationId::new(), "k-back");
+    assert!(
+        matches!(&replay, Response::Allocation { allocation, replayed: true } if allocation.id == back),
+        "{replay:?}"
+    );
+    allocate(&mut w, AllocationId::new(), "k-early");
+    abandon(&mut w, early, "k-early");
+    abandon(&mut w, again, "k-again");
+    let lost_replay = AllocationId::new();
+    allocate(&mut w, lost_replay, "k-again");
+    abandon(&mut w, lost_replay, "k-again");
+    // An older request's abandonment, landing after a newer claim, changes nothing.
+    abandon(&mut w, back, "k-back");
+    // An abandonment that lands before its allocate: the allocate is refused when applied.
+    let late = AllocationId::new();
+    abandon(&mut w, late, "k-late");
+    assert!(matches!(
+        allocate(&mut w, late, "k-late"),
+        Response::Rejected(_)
+    ));
+    assert!(w.state.allocation(&late).is_none());
+
+    w.advance(9.0);
+    assert_eq!(e.decide(Duty::Leases, &w.state, &w.facts, w.now()), vec![]);
+    w.advance(2.0);
+    let effects = e.decide(Duty::Leases, &w.state, &w.facts, w.now());
+    let mut released: Vec<_> = effects
+        .iter()
+        .map(|e| match e {
+            Effect::Propose {
+                cmd:
+                    Command::Release {
+                        allocation_id,
+                        reason: ReleaseReason::Abandoned,
+                    },
+                ..
+            } => *allocation_id,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    released.sort();
+    let mut want = vec![gone, again];
+    want.sort();
+    assert_eq!(released, want);
+    w.carry_out(&mut e, effects);
+    for id in [gone, again] {
+        assert_eq!(
+            w.state.allocation(&id).unwrap().release_reason,
+            Some(ReleaseReason::Abandoned)
+        );
+    }
+    for id in [back, early] {
+        assert_eq!(
+            w.state.allocation(&id).unwrap().state,
+            AllocationState::Active
+        );
+    }
+    assert_eq!(e.decide(Duty::Leases, &w.state, &w.facts, w.now()), vec![]);
 }

@@ -169,6 +169,24 @@ pub enum Command {
     },
     /// Drops waiting allocations whose time is up (their requester is gone).
     ExpireWaits,
+    /// The request that proposed `Allocate { allocation_id }` got no answer to its client (the
+    /// write timed out, or the client hung up), so the allocation, if the write committed,
+    /// is held by nobody. Unless the client comes back for it with its idempotency key within
+    /// `grace_ms`, the leader releases it (`abandoned`); if the allocate has not been applied
+    /// yet, it is refused when it is.
+    Abandon {
+        /// The allocation the unanswered request proposed.
+        allocation_id: AllocationId,
+        /// How long the client has to come back for it.
+        grace_ms: u64,
+        /// The request's idempotency key and tenant: when the request was a replay (it asked
+        /// again for an allocation made before), that allocation is the one abandoned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+        /// The tenant the request was for.
+        #[serde(default)]
+        tenant: warmpool_proto::TenantId,
+    },
     /// Several requests in one log entry, applied in order as if each were an entry of its
     /// own; answered with [`Response::Batch`]. The leader groups concurrent writes so that
     /// they share one append, one replication round and one flush. Not nested.

@@ -259,6 +259,21 @@ fn retally(tallies: &mut Tallies, c: &Container, add: bool) {
     }
 }
 
+/// Where an allocation whose request went unanswered stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Abandonment {
+    /// Released as `abandoned` at this time unless its client comes back first.
+    ReleaseAt(Timestamp),
+    /// Its client came back for it by idempotency key, with the request that proposed this
+    /// allocation id: only that request's own abandonment (it went unanswered too) makes the
+    /// allocation abandoned again.
+    ClaimedBack(AllocationId),
+    /// The abandonment came before the allocate: the allocate is refused when applied.
+    /// Kept from this time for an hour.
+    NeverMade(Timestamp),
+}
+
 /// An allocation waiting in its pool's queue.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
@@ -327,6 +342,12 @@ pub struct PoolState {
     /// Nodes whose creates keep failing (so the leader avoids them for a while), and why.
     #[serde(default)]
     node_conditions: BTreeMap<NodeId, Condition>,
+    /// Allocations whose request went unanswered ([`Command::Abandon`]), and allocations
+    /// whose client came back for them by idempotency key (so an abandonment applied later
+    /// does not count). Entries go when their allocation ends; those for allocations never
+    /// made are dropped an hour after.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    abandoned: BTreeMap<AllocationId, Abandonment>,
     /// Allocation requests ever made per pool (served, queued or refused; replays excluded):
     /// the demand the scaler measures.
     arrivals: BTreeMap<PoolName, u64>,
@@ -557,6 +578,21 @@ impl PoolState {
     pub fn expired_allocations(&self, now: Timestamp) -> impl Iterator<Item = &Allocation> {
         self.active_allocations()
             .take_while(move |a| a.expires_at <= now)
+    }
+
+    /// Active allocations whose request went unanswered and whose client did not come back
+    /// for them by `now`: the leader releases them with reason `abandoned`.
+    pub fn abandoned_allocations(&self, now: Timestamp) -> impl Iterator<Item = AllocationId> + '_ {
+        self.abandoned
+            .iter()
+            .filter_map(move |(id, mark)| match mark {
+                Abandonment::ReleaseAt(t) if *t <= now => self
+                    .allocations
+                    .get(id)
+                    .filter(|a| a.state == warmpool_proto::records::AllocationState::Active)
+                    .map(|a| a.id),
+                _ => None,
+            })
     }
 
     /// Active allocations on draining nodes whose drain deadline is past: the leader releases

@@ -11,7 +11,7 @@ use warmpool_proto::{
 
 use super::{Ctx, EventBody};
 use crate::state::{
-    scoped_key, touch, Pending, PoolState, RejectCode, Rejection, Response,
+    scoped_key, touch, Abandonment, Pending, PoolState, RejectCode, Rejection, Response,
     RELEASED_ALLOCATION_RETENTION,
 };
 
@@ -48,6 +48,13 @@ impl PoolState {
         may_wait: bool,
     ) -> Response {
         let id = req.allocation_id;
+        if let Some(Abandonment::NeverMade(_)) = self.abandoned.get(&id) {
+            // Its requester gave up before this entry was applied: nobody would hold it.
+            return Response::rejected(
+                RejectCode::Conflict,
+                "the request for this allocation was abandoned before it was applied",
+            );
+        }
         if let Some(key) = &req.idempotency_key {
             if let Some(&known) = self.idempotency.get(&scoped_key(&req.tenant, key)) {
                 let known_pool = self
@@ -60,6 +67,15 @@ impl PoolState {
                         RejectCode::Conflict,
                         format!("idempotency key {key:?} was used for another pool"),
                     );
+                }
+                // The client came back for it: an abandonment of the first request, applied
+                // before or after this, no longer releases it.
+                if self
+                    .allocations
+                    .get(&known)
+                    .is_some_and(|a| a.state == AllocationState::Active)
+                {
+                    self.abandoned.insert(known, Abandonment::ClaimedBack(id));
                 }
                 return self.answer_known(known);
             }
@@ -216,6 +232,52 @@ impl PoolState {
         )
     }
 
+    /// [`Command::Abandon`]: a waiting allocation leaves its queue; an active one is released
+    /// after `grace_ms` unless its client comes back for it; one not made yet is refused when
+    /// its allocate is applied. When the unanswered request was a replay (its key names an
+    /// allocation made before), that allocation is abandoned again, if this request was the
+    /// latest to claim it.
+    pub(super) fn abandon(
+        &mut self,
+        ctx: Ctx,
+        id: AllocationId,
+        grace_ms: u64,
+        idempotency_key: Option<String>,
+        tenant: warmpool_proto::TenantId,
+    ) -> Response {
+        // Marks of allocations never made are kept an hour: by then any entry proposed for
+        // them has long been applied or dropped.
+        let cutoff = Timestamp(ctx.at.0.saturating_sub(3_600_000));
+        self.abandoned
+            .retain(|_, m| !matches!(m, Abandonment::NeverMade(t) if *t < cutoff));
+        let release_at = Abandonment::ReleaseAt(ctx.at.plus_millis(grace_ms));
+        if let Some(a) = self.allocations.get(&id) {
+            if a.state == AllocationState::Active {
+                // A client that already came back with another request keeps it.
+                self.abandoned.entry(id).or_insert(release_at);
+            }
+            return Response::Ok;
+        }
+        if let Some(pool) = self.queue_of(&id) {
+            if let Some(i) = self.pending[&pool]
+                .iter()
+                .position(|p| p.allocation_id == id)
+            {
+                self.drop_waiter(&pool, i);
+            }
+            return Response::Ok;
+        }
+        let replayed =
+            idempotency_key.and_then(|k| self.idempotency.get(&scoped_key(&tenant, &k)).copied());
+        if let Some(known) = replayed {
+            if self.abandoned.get(&known) == Some(&Abandonment::ClaimedBack(id)) {
+                self.abandoned.insert(known, release_at);
+            }
+        }
+        self.abandoned.insert(id, Abandonment::NeverMade(ctx.at));
+        Response::Ok
+    }
+
     pub(super) fn expire_waits(&mut self, now: Timestamp) {
         let pools: Vec<PoolName> = self.pending().map(|(p, _)| p.clone()).collect();
         for pool in pools {
@@ -350,6 +412,7 @@ impl PoolState {
         }
         a.state = AllocationState::Released;
         a.released_at = Some(ctx.at);
+        self.abandoned.remove(&id);
         let key = (a.expires_at, id);
         a.release_reason = Some(reason);
         let held = ctx.at.since(a.created_at).as_millis() as u64;

@@ -140,6 +140,12 @@ impl PoolState {
                 self.allocate(ctx, pool, req, wait_ms > 0)
             }
             Command::CancelWait { allocation_id } => self.cancel_wait(allocation_id),
+            Command::Abandon {
+                allocation_id,
+                grace_ms,
+                idempotency_key,
+                tenant,
+            } => self.abandon(ctx, allocation_id, grace_ms, idempotency_key, tenant),
             // Session settings (issue 16): only the outcome is replicated, never the values.
             Command::SettingsDelivered {
                 allocation_id,

@@ -295,3 +295,30 @@ fn waiters_whose_requester_vanished_expire() {
     );
     assert_eq!(h.state.pool_counts(&p).warm, 1);
 }
+
+#[test]
+fn a_waiter_whose_client_hung_up_leaves_the_queue_at_once() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 0);
+    let (hung_up, _) = wait_for(&mut h, &p, Some("k1"), 60_000);
+    let (stays, _) = wait_for(&mut h, &p, None, 60_000);
+    let r = h.apply(Command::Abandon {
+        allocation_id: hung_up,
+        grace_ms: 30_000,
+        idempotency_key: Some("k1".into()),
+        tenant: Default::default(),
+    });
+    assert_eq!(r, Response::Ok);
+    assert_eq!(
+        h.state.waiting(&p),
+        1,
+        "gone from the queue, long before its deadline"
+    );
+    h.warm(&p, &n, 1);
+    assert!(h.state.allocation(&hung_up).is_none(), "never served");
+    assert!(
+        h.state.allocation(&stays).is_some(),
+        "the next waiter got the container"
+    );
+}

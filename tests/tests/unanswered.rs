@@ -1,0 +1,173 @@
+//! Writes the client gave up on. A member that gives up on writes at once
+//! (`--write-timeout-ms 1`) answers every allocation 503 although the allocation commits: the
+//! client has no answer and the cluster has an allocation nobody holds. A client that asks
+//! again with the same idempotency key (here through another member) gets that same
+//! allocation and keeps it; one that never returns leaves no active allocation once
+//! `--abandon-grace-secs` has passed: it is released as `abandoned`.
+
+use std::time::Duration;
+
+use poolctl::{AllocationQuery, ClientError};
+use warmpool_proto::api::ErrorCode;
+use warmpool_proto::records::{AllocationState, ReleaseReason};
+use warmpool_proto::Allocation;
+use warmpool_tests::sim_agent::SimAgent;
+use warmpool_tests::{unique, wait_until, TestCluster};
+
+const GRACE_SECS: u64 = 3;
+
+/// The allocation made under `key`, once some member has applied it.
+async fn made_with_key(client: &poolctl::Client, pool: &str, key: &str) -> Allocation {
+    wait_until(
+        Duration::from_secs(10),
+        "the unanswered allocation to commit",
+        || async move {
+            let all = client
+                .list_allocations(&AllocationQuery {
+                    pool: Some(pool.to_string()),
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            all.into_iter()
+                .find(|a| a.idempotency_key.as_deref() == Some(key))
+        },
+    )
+    .await
+}
+
+fn is_write_timeout(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Api {
+            status: 503,
+            code: ErrorCode::NoQuorum,
+            ..
+        }
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_allocation_is_kept_for_a_returning_client_and_released_otherwise() {
+    let grace = GRACE_SECS.to_string();
+    let mut c = TestCluster::replicated(3, &["--abandon-grace-secs", &grace]).await;
+    let _agent = SimAgent::start(
+        &c.nats.url(),
+        &unique("sim"),
+        11,
+        Duration::from_millis(300),
+    )
+    .await;
+    let pool = unique("unans").replace('-', "");
+    let mut spec = TestCluster::demo_spec(&pool, 4);
+    spec.max_total = 1_000;
+    c.client.create_pool(&spec).await.expect("create pool");
+    c.wait_warm(&pool, 4, Duration::from_secs(30)).await;
+
+    // A follower that gives up on every write at once; the leader still commits them.
+    let view = c.client.cluster().await.expect("cluster");
+    let leader = view.leader.expect("a leader");
+    let slow = c.members.iter().position(|m| m.id != leader).unwrap();
+    let fast = c
+        .members
+        .iter()
+        .position(|m| m.id != leader && m.id != c.members[slow].id)
+        .unwrap();
+    c.members[slow].kill();
+    c.members[slow].add_args(&["--write-timeout-ms", "1"]);
+    c.members[slow].start();
+    let slow_client = c.client_of(slow);
+    wait_until(Duration::from_secs(30), "the slow member to serve", || {
+        let slow_client = slow_client.clone();
+        async move { slow_client.cluster().await.ok()?.leader }
+    })
+    .await;
+    let fast_client = c.client_of(fast);
+
+    // 1. The client comes back, through another member, with its key.
+    let back_key = unique("back");
+    let mut req = warmpool_tests::allocation(&pool, 0);
+    req.idempotency_key = Some(back_key.clone());
+    let err = slow_client
+        .allocate(&req)
+        .await
+        .expect_err("the write times out");
+    assert!(is_write_timeout(&err), "{err:?}");
+    let made = made_with_key(&c.client, &pool, &back_key).await;
+    let again = fast_client.allocate(&req).await.expect("asked again");
+    assert_eq!(again.id, made.id, "the same allocation, not a second one");
+    assert_eq!(again.container_id, made.container_id);
+
+    // 2. Clients that never come back: with a key, and without one.
+    let gone_key = unique("gone");
+    let mut req = warmpool_tests::allocation(&pool, 0);
+    req.idempotency_key = Some(gone_key.clone());
+    let err = slow_client
+        .allocate(&req)
+        .await
+        .expect_err("the write times out");
+    assert!(is_write_timeout(&err), "{err:?}");
+    let gone = made_with_key(&c.client, &pool, &gone_key).await;
+    assert_eq!(gone.state, AllocationState::Active);
+    let before: Vec<_> = c
+        .client
+        .list_allocations(&AllocationQuery {
+            pool: Some(pool.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    let err = slow_client
+        .allocate(&warmpool_tests::allocation(&pool, 0))
+        .await
+        .expect_err("the write times out");
+    assert!(is_write_timeout(&err), "{err:?}");
+    let keyless = wait_until(Duration::from_secs(10), "the keyless allocation", || {
+        let (client, pool, before) = (c.client.clone(), pool.clone(), before.clone());
+        async move {
+            let all = client
+                .list_allocations(&AllocationQuery {
+                    pool: Some(pool),
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            all.into_iter().find(|a| !before.contains(&a.id))
+        }
+    })
+    .await;
+
+    // Both are released as abandoned once the grace has passed (and not long after).
+    for id in [gone.id, keyless.id] {
+        let ended = wait_until(
+            Duration::from_secs(GRACE_SECS + 10),
+            "the abandoned allocation to be released",
+            || {
+                let client = c.client.clone();
+                async move {
+                    let a = client.get_allocation(id).await.ok()?;
+                    (a.state == AllocationState::Released).then_some(a)
+                }
+            },
+        )
+        .await;
+        assert_eq!(ended.release_reason, Some(ReleaseReason::Abandoned), "{id}");
+        let held = ended.released_at.unwrap().since(ended.created_at);
+        assert!(
+            held >= Duration::from_secs(GRACE_SECS),
+            "{id} released after {held:?}, before the grace"
+        );
+    }
+    // The one its client came back for is still held, well past its own grace.
+    let kept = c.client.get_allocation(made.id).await.expect("get");
+    assert_eq!(kept.state, AllocationState::Active, "{kept:?}");
+    // And asking again for the released one answers it, released: the key still means it.
+    let mut req = warmpool_tests::allocation(&pool, 0);
+    req.idempotency_key = Some(gone_key);
+    let replay = fast_client.allocate(&req).await.expect("replay");
+    assert_eq!(replay.id, gone.id);
+    assert_eq!(replay.state, AllocationState::Released);
+}
