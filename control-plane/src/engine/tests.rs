@@ -748,3 +748,49 @@ fn an_unanswered_allocation_is_released_after_the_grace_unless_its_client_comes_
     }
     assert_eq!(e.decide(Duty::Leases, &w.state, &w.facts, w.now()), vec![]);
 }
+
+#[test]
+fn the_record_of_commands_in_flight_stays_bounded_over_many_cycles() {
+    let mut w = World::new();
+    let n = w.node("n1");
+    let pool = w.pool("demo", 2, |_| {});
+    let mut e = w.engine();
+    w.step(&mut e);
+    w.all_warm(&mut e, &n);
+    let mut answered = w.sent.len();
+    for cycle in 0..300 {
+        let a = w.allocate(&pool);
+        w.apply(Command::Release {
+            allocation_id: a,
+            reason: ReleaseReason::Client,
+        });
+        w.step(&mut e);
+        // The agent answers every destroy sent since: one in three is lost on the way (the
+        // request times out) and sent again later.
+        let sent: Vec<_> = w.sent[answered..].to_vec();
+        answered = w.sent.len();
+        for (i, (node, cmd)) in sent.into_iter().enumerate() {
+            let AgentCommand::Destroy { id, .. } = cmd else {
+                continue;
+            };
+            let reply = if (cycle + i) % 3 == 0 {
+                Err(AgentError::Timeout(node.clone(), Duration::from_secs(1)))
+            } else {
+                Ok(AgentReply::Destroyed { existed: true })
+            };
+            let effects = e.on_reply(&w.state, &node, Sent::Destroy(id), reply);
+            w.carry_out(&mut e, effects);
+        }
+        w.advance(1.0);
+        // The agent's inventory: what still runs, the replacement made warm.
+        w.all_warm(&mut e, &n);
+        assert!(
+            e.inflight.creates.len() <= 2 && e.inflight.destroys.len() <= 2,
+            "cycle {cycle}: {} creates and {} destroys in flight",
+            e.inflight.creates.len(),
+            e.inflight.destroys.len()
+        );
+    }
+    w.all_warm(&mut e, &n);
+    assert_eq!(w.state.pool_counts(&pool).warm, 2, "the pool kept its size");
+}
