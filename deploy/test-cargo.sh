@@ -16,7 +16,7 @@ JOBS="${WARMPOOL_TEST_JOBS:-3}"
 # Run alone, after the rest: their assertions compare timings taken on this host.
 ALONE=(policy benchmarks)
 # The longest binaries start first, so the last ones to finish are short.
-FIRST=(multi_host cluster single_host agent nats_outage dockerd_restart isolation)
+FIRST=(multi_host chaos cluster single_host agent nats_outage dockerd_restart isolation)
 
 LOGS="$(mktemp -d "${TMPDIR:-/tmp}/warmpool-tests.XXXXXX")"
 LIST="$LOGS/binaries"

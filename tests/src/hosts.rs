@@ -939,19 +939,41 @@ impl HostCluster {
     /// routes between every pair, and starts the agents the specs ask for; returns once every
     /// such agent's node is `ready`.
     pub async fn start(specs: &[HostSpec]) -> HostCluster {
+        HostCluster::start_with(specs, 1, 1).await
+    }
+
+    /// [`HostCluster::start`] with `members` control-plane members (all voters before the
+    /// hosts start) and NATS as a cluster of `nats_servers` servers when more than one.
+    pub async fn start_with(specs: &[HostSpec], members: u64, nats_servers: usize) -> HostCluster {
         assert!(specs.len() <= 26, "at most 26 hosts");
         ensure_demo_image();
         sweep_stale();
         let dir = tempfile::tempdir().expect("temp dir");
         let tag = crate::unique("x")[2..].to_string();
         let transit = Transit::create(&tag, dir.path());
-        let nats = Nats::start_on(dir.path(), IpAddr::V6(transit.root_addr()));
-        let mut member = Member::new(1, &nats.url(), dir.path(), true)
-            .with_args(&["--node-timeout-secs", &NODE_TIMEOUT_SECS.to_string()]);
-        member.start();
-        let client = Client::new(vec![member.url()], None).expect("client");
+        let root = IpAddr::V6(transit.root_addr());
+        let nats = if nats_servers > 1 {
+            Nats::cluster_on(dir.path(), root, nats_servers)
+        } else {
+            Nats::start_on(dir.path(), root)
+        };
+        let timeout = NODE_TIMEOUT_SECS.to_string();
+        let started: Vec<Member> = (1..=members.max(1))
+            .map(|id| {
+                let m = if id == 1 {
+                    Member::new(1, &nats.url(), dir.path(), true)
+                } else {
+                    Member::joining(id, &nats.url(), dir.path())
+                };
+                let mut m = m.with_args(&["--node-timeout-secs", &timeout]);
+                m.start();
+                m
+            })
+            .collect();
+        let client = Client::new(started.iter().map(Member::url).collect(), None).expect("client");
+        let voters = started.len();
         let mut c = HostCluster {
-            members: vec![member],
+            members: started,
             hosts: Vec::new(),
             transit,
             nats,
@@ -979,6 +1001,20 @@ impl HostCluster {
             import_demo_image(h);
         }
         c.wait_ready().await;
+        let client = c.client.clone();
+        wait_until(
+            Duration::from_secs(60),
+            "every member to be a voter",
+            || {
+                let client = client.clone();
+                async move {
+                    let view = client.cluster().await.ok()?;
+                    (view.members.iter().filter(|m| m.role == "voter").count() == voters)
+                        .then_some(())
+                }
+            },
+        )
+        .await;
         for (h, spec) in c.hosts.iter_mut().zip(specs) {
             if spec.agent {
                 h.start_agent();

@@ -284,6 +284,12 @@ impl Nats {
         Nats::launch(dir, IpAddr::V4(Ipv4Addr::LOCALHOST), n)
     }
 
+    /// [`Nats::cluster`] listening on `addr` (e.g. the multi-host bridge address).
+    pub fn cluster_on(dir: &Path, addr: IpAddr, n: usize) -> Nats {
+        assert!(n >= 2, "a cluster has at least two servers");
+        Nats::launch(dir, addr, n)
+    }
+
     fn launch(dir: &Path, addr: IpAddr, n: usize) -> Nats {
         let servers = (0..n)
             .map(|_| NatsServer {
@@ -511,6 +517,16 @@ impl Member {
     /// Its wall clock `secs` ahead of the machine's (behind when negative), through
     /// libfaketime (Debian's `faketime`); its monotonic clock is left alone.
     pub fn with_clock_ahead(mut self, secs: i64) -> Self {
+        self.set_clock_ahead(secs);
+        self
+    }
+
+    /// [`Member::with_clock_ahead`] for its next start; 0 gives it the machine's clock again.
+    pub fn set_clock_ahead(&mut self, secs: i64) {
+        if secs == 0 {
+            self.env.clear();
+            return;
+        }
         let lib = [
             "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
             "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
@@ -523,7 +539,6 @@ impl Member {
             ("FAKETIME".into(), format!("{secs:+}s")),
             ("DONT_FAKE_MONOTONIC".into(), "1".into()),
         ];
-        self
     }
 
     /// `RUST_LOG` for later starts (benchmarks use `warn`: an `info` line per request costs
