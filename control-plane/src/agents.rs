@@ -239,8 +239,17 @@ impl Fleet {
                 }
                 inner.gone.push((node, id, reason));
             }
-            Fact::CreateFailed { id, error, .. } => {
-                let reason = ContainerEndReason::CreateFailed { message: error };
+            Fact::CreateFailed {
+                id,
+                error,
+                runtime_unavailable,
+                ..
+            } => {
+                let reason = if runtime_unavailable {
+                    ContainerEndReason::RuntimeUnavailable
+                } else {
+                    ContainerEndReason::CreateFailed { message: error }
+                };
                 inner.gone.push((node, id, reason));
             }
         }

@@ -256,12 +256,19 @@ async fn run_create(shared: &Arc<Shared>, guard: CreateGuard, spec: &CreateSpec)
             }
         }
         Err(e) => {
-            warn!(container = %spec.id, pool = %spec.pool, error = %e, "create failed");
+            // A create cut off by dockerd going away (a restart, a hang) is not the
+            // container's fault nor the node's: say so, so that the control plane does not
+            // back the node off for it, and have the outage noticed at once.
+            let runtime_unavailable = !crate::runtime::answers(shared).await;
+            if runtime_unavailable {
+                shared.runtime.check_soon();
+            }
+            warn!(container = %spec.id, pool = %spec.pool, error = %e, runtime_unavailable, "create failed");
             // Leave nothing behind: whatever part of the container exists goes.
             if let Err(e) = shared.driver.remove(&container_name(&spec.id)).await {
                 warn!(container = %spec.id, error = %e, "removing the failed container failed; the resync will retry");
             }
-            shared.inventory.fail_create(guard, e);
+            shared.inventory.fail_create(guard, e, runtime_unavailable);
         }
     }
 }

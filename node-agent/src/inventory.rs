@@ -304,14 +304,16 @@ impl Inventory {
         self.insert_locked(&mut inner, obs, labels)
     }
 
-    /// Ends a failed create: reports it (unless the id was destroyed meanwhile).
-    pub fn fail_create(&self, guard: CreateGuard, error: String) {
+    /// Ends a failed create: reports it (unless the id was destroyed meanwhile), saying
+    /// whether dockerd had stopped answering.
+    pub fn fail_create(&self, guard: CreateGuard, error: String, runtime_unavailable: bool) {
         let mut inner = self.lock();
         inner.creating.remove(&guard.id);
         if !inner.tombstoned(&guard.id) {
             self.outbox.send(Outgoing::CreateFailed {
                 id: guard.id,
                 error,
+                runtime_unavailable,
             });
         }
     }

@@ -42,6 +42,8 @@ pub enum Outgoing {
         id: ContainerId,
         /// Docker's error.
         error: String,
+        /// Whether dockerd stopped answering meanwhile.
+        runtime_unavailable: bool,
     },
     /// A heartbeat (its `seq` is overwritten).
     Heartbeat(Box<Heartbeat>),
@@ -147,13 +149,18 @@ async fn send_one(
                 reason,
             }),
         ),
-        Outgoing::CreateFailed { id, error } => (
+        Outgoing::CreateFailed {
+            id,
+            error,
+            runtime_unavailable,
+        } => (
             facts,
             serde_json::to_vec(&Fact::CreateFailed {
                 node,
                 seq,
                 id,
                 error,
+                runtime_unavailable,
             }),
         ),
         Outgoing::Heartbeat(mut hb) => {

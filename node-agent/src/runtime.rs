@@ -115,6 +115,14 @@ impl Runtime {
     }
 }
 
+/// Whether dockerd answers a ping now (within the ping timeout).
+pub async fn answers(shared: &Shared) -> bool {
+    matches!(
+        tokio::time::timeout(PING_TIMEOUT, shared.driver.ping()).await,
+        Ok(Ok(()))
+    )
+}
+
 /// Pings dockerd every heartbeat interval, and when asked ([`Runtime::check_soon`]), until
 /// `cancel`.
 pub async fn watch(shared: Arc<Shared>, cancel: CancellationToken) {

@@ -239,6 +239,10 @@ pub enum Fact {
         id: ContainerId,
         /// Docker's error.
         error: String,
+        /// dockerd stopped answering while it ran: the failure says nothing about the
+        /// container or the node's ability to make one, so it is not held against either.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        runtime_unavailable: bool,
     },
 }
 

@@ -34,6 +34,9 @@ pub enum ContainerEndReason {
     /// `abandoned`: the request that allocated it was never answered and its client did not
     /// come back for it.
     Abandoned,
+    /// `runtime_unavailable`: its create was cut off by the node's dockerd going away (a
+    /// restart, a hang); not a create failure, so neither its pool nor its node is backed off.
+    RuntimeUnavailable,
     /// `unhealthy`: it failed its health check (retired, or its allocation ended for it).
     Unhealthy,
     /// `pool_deleted`: its pool was deleted.
@@ -90,6 +93,7 @@ impl ContainerEndReason {
             Lost => "lost",
             Drained => "drained",
             Abandoned => "abandoned",
+            RuntimeUnavailable => "runtime_unavailable",
             Unhealthy => "unhealthy",
             PoolDeleted => "pool_deleted",
             SpecChanged => "spec_changed",
@@ -109,13 +113,14 @@ impl ContainerEndReason {
     }
 
     /// Every variant without data, for tests and documentation.
-    pub const FIXED: [ContainerEndReason; 20] = [
+    pub const FIXED: [ContainerEndReason; 21] = [
         ContainerEndReason::Client,
         ContainerEndReason::Expired,
         ContainerEndReason::Idle,
         ContainerEndReason::Lost,
         ContainerEndReason::Drained,
         ContainerEndReason::Abandoned,
+        ContainerEndReason::RuntimeUnavailable,
         ContainerEndReason::Unhealthy,
         ContainerEndReason::PoolDeleted,
         ContainerEndReason::SpecChanged,
@@ -293,6 +298,7 @@ mod tests {
             ("lost", Lost),
             ("drained", Drained),
             ("abandoned", Abandoned),
+            ("runtime_unavailable", RuntimeUnavailable),
             ("unhealthy", Unhealthy),
             ("pool_deleted", PoolDeleted),
             ("spec_changed", SpecChanged),

@@ -230,4 +230,54 @@ async fn an_allocation_and_warm_containers_survive_a_dockerd_restart() {
     assert!(before
         .iter()
         .any(|(id, _)| *id == again.container_id.to_string()));
+    // And the dockerd that came back makes new containers: releasing both allocations has
+    // them destroyed and replaced, and the replacements become warm without a failed create.
+    let seq = events_last_seq(&c.client).await;
+    for id in [again.id, a.id] {
+        c.client.release(id).await.expect("release");
+    }
+    wait_until(Duration::from_secs(60), "replacements warm", || {
+        let client = c.client.clone();
+        async move {
+            let s = client.status().await.ok()?;
+            let p = s.pools.first()?;
+            (p.counts.warm >= 3 && p.counts.creating == 0 && p.counts.allocated == 0).then_some(())
+        }
+    })
+    .await;
+    let failed: Vec<_> = c
+        .client
+        .events(&EventQuery {
+            after: Some(seq),
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| matches!(e.kind, EventKind::ContainerFailed | EventKind::NodeBackoff))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "creates failed after dockerd came back: {failed:#?}\n{}",
+        c.hosts[0].agent_log_tail(60)
+    );
+}
+
+async fn events_last_seq(client: &poolctl::Client) -> u64 {
+    let mut cursor = 0;
+    loop {
+        let page = client
+            .events(&EventQuery {
+                after: Some(cursor),
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await
+            .expect("events");
+        match page.last() {
+            Some(e) => cursor = e.seq,
+            None => return cursor,
+        }
+    }
 }
