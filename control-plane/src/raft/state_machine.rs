@@ -168,7 +168,7 @@ impl StateMachineStore {
 
 /// A state as snapshot bytes: its JSON, gzip-compressed (a fleet's records compress about
 /// tenfold, and the bytes are written to sled and sent to members that fall behind).
-fn encode_snapshot(state: &PoolState) -> std::io::Result<Vec<u8>> {
+pub(crate) fn encode_snapshot(state: &PoolState) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     serde_json::to_writer(&mut gz, state)?;

@@ -6,6 +6,7 @@ mod keys;
 mod log;
 mod nodes;
 mod pools;
+mod size;
 
 use std::collections::BTreeMap;
 
