@@ -385,21 +385,33 @@ fn allocation_state(a: &Allocation) -> String {
         (AllocationState::Active, _) => "active".into(),
         (AllocationState::Released, Some(r)) => format!("released({})", r.as_str()),
         (AllocationState::Released, None) => "released".into(),
+        (AllocationState::Pending, _) => "pending".into(),
+        (AllocationState::Cancelled, _) => "cancelled".into(),
     }
 }
 
 /// `poolctl alloc|release|renew`: everything needed to use the container, full ids.
 pub fn allocation_detail(a: &Allocation, style: Style) -> String {
+    let granted = !a.container_id.is_nil();
     let mut rows = vec![
         ("allocation", a.id.to_string()),
         ("session", a.session_id.to_string()),
         ("pool", a.pool.to_string()),
-        ("container", a.container_id.to_string()),
-        ("node", a.node.to_string()),
-        ("url", opt(&a.url)),
-        ("state", allocation_state(a)),
-        ("expires", when(style.now, a.expires_at)),
     ];
+    if granted {
+        rows.extend([
+            ("container", a.container_id.to_string()),
+            ("node", a.node.to_string()),
+            ("url", opt(&a.url)),
+        ]);
+    }
+    rows.push(("state", allocation_state(a)));
+    if granted {
+        rows.push(("expires", when(style.now, a.expires_at)));
+    }
+    if let Some(cost) = a.cost {
+        rows.push(("cost", format!("{cost:.4}")));
+    }
     if let Some(max) = a.max_expires_at {
         rows.push(("max expiry", when(style.now, max)));
     }
@@ -438,13 +450,21 @@ pub fn allocations_table(list: &[Allocation], style: Style) -> String {
             short_id(a.id, style.wide),
             a.session_id.to_string(),
             a.pool.to_string(),
-            short_id(a.container_id, style.wide),
-            a.node.to_string(),
+            if a.container_id.is_nil() {
+                "-".into()
+            } else {
+                short_id(a.container_id, style.wide)
+            },
+            if a.node.is_unassigned() {
+                "-".into()
+            } else {
+                a.node.to_string()
+            },
             opt(&a.url),
             allocation_state(a),
             match a.state {
                 AllocationState::Active => relative(style.now, a.expires_at),
-                AllocationState::Released => "-".into(),
+                _ => "-".into(),
             },
         ]);
     }
@@ -936,6 +956,7 @@ mod tests {
             token_sha256: None,
             access: None,
             cost: None,
+            location: None,
         }
     }
 
