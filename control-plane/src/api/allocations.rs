@@ -503,7 +503,7 @@ pub async fn release(
         (status = 200, description = "Renewed", body = Allocation),
         (status = 400, description = "Malformed body or lease out of range (`bad_request`)", body = ErrorBody),
         (status = 404, description = "No such allocation (`not_found`)", body = ErrorBody),
-        (status = 409, description = "Released, or at its lifetime cap (`conflict`)", body = ErrorBody),
+        (status = 409, description = "Released, pending (its lease starts at the grant), or at its lifetime cap (`conflict`)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds"))),
@@ -516,7 +516,7 @@ pub async fn renew(
     OptionalJson(body): OptionalJson<RenewAllocation>,
 ) -> Result<Json<Allocation>, ApiError> {
     let id = parse_id(&id)?;
-    let a = visible(&app, &scope, &HeaderMap::new(), id).await?;
+    let a = visible_or_pending(&app, &scope, &HeaderMap::new(), id).await?;
     let secs = match body.lease_seconds {
         Some(s) => s,
         None => app
