@@ -339,6 +339,31 @@ mod tests {
     }
 
     #[test]
+    fn an_allocation_may_be_pending_and_asked_for_asynchronously_in_a_location() {
+        let doc: serde_json::Value = serde_json::from_str(document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let states = schemas["AllocationState"].to_string();
+        for word in ["pending", "active", "released", "cancelled"] {
+            assert!(states.contains(word), "{word} not in {states}");
+        }
+        let required = schemas["Allocation"]["required"].to_string();
+        for absent_while_pending in ["container_id", "node", "expires_at"] {
+            assert!(
+                !required.contains(&format!("\"{absent_while_pending}\"")),
+                "{absent_while_pending} is required: {required}"
+            );
+        }
+        let create = &schemas["CreateAllocation"]["properties"];
+        for field in ["async", "location", "max_lifetime_secs"] {
+            assert!(create[field].is_object(), "{field} missing: {create}");
+        }
+        let codes = schemas["ErrorCode"].to_string();
+        assert!(codes.contains("no_matching_node"), "{codes}");
+        let post = doc["paths"]["/v1/allocations"]["post"]["responses"].to_string();
+        assert!(post.contains("\"202\""), "{post}");
+    }
+
+    #[test]
     fn the_document_lists_exactly_the_routes_the_router_serves() {
         let doc: serde_json::Value = serde_json::from_str(document()).unwrap();
         let mut documented = BTreeSet::new();
