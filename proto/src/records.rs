@@ -374,11 +374,17 @@ pub struct Allocation {
     /// The pool it came from.
     pub pool: PoolName,
     /// The container (absent while `pending`).
-    #[serde(default = "ContainerId::nil", skip_serializing_if = "ContainerId::is_nil")]
+    #[serde(
+        default = "ContainerId::nil",
+        skip_serializing_if = "ContainerId::is_nil"
+    )]
     #[cfg_attr(feature = "openapi", schema(required = false))]
     pub container_id: ContainerId,
     /// The node the container runs on (absent while `pending`).
-    #[serde(default = "NodeId::unassigned", skip_serializing_if = "NodeId::is_unassigned")]
+    #[serde(
+        default = "NodeId::unassigned",
+        skip_serializing_if = "NodeId::is_unassigned"
+    )]
     #[cfg_attr(feature = "openapi", schema(required = false))]
     pub node: NodeId,
     /// The container's address.

@@ -116,8 +116,7 @@ fn pool_name(prefix: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_alloc_on_an_empty_pool_answers_202_at_once_and_becomes_active_with_both_events()
-{
+async fn async_alloc_on_an_empty_pool_answers_202_at_once_and_becomes_active_with_both_events() {
     let f = Fleet::start(&[&[]]).await;
     let pool = pool_name("async");
     let mut spec = TestCluster::demo_spec(&pool, 0);
@@ -151,14 +150,20 @@ async fn async_alloc_on_an_empty_pool_answers_202_at_once_and_becomes_active_wit
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert!(took <= Duration::from_millis(50), "answered in {took:?}");
     assert_eq!(body["state"], "pending", "{body}");
-    assert!(body.get("container_id").is_none() && body.get("node").is_none(), "{body}");
+    assert!(
+        body.get("container_id").is_none() && body.get("node").is_none(),
+        "{body}"
+    );
     let id = body["id"].as_str().expect("id").to_string();
     assert_eq!(
         headers.get("location").and_then(|v| v.to_str().ok()),
         Some(format!("/v1/allocations/{id}").as_str())
     );
     let token = body["access"]["token"].as_str().map(str::to_string);
-    assert!(token.is_some(), "the token is answered with the pending allocation: {body}");
+    assert!(
+        token.is_some(),
+        "the token is answered with the pending allocation: {body}"
+    );
     // Lists show it (pending, or active already if the fleet was that quick).
     let listed: Vec<Allocation> = http_client()
         .get(f.url(&format!("/v1/allocations?pool={pool}")))
@@ -171,17 +176,24 @@ async fn async_alloc_on_an_empty_pool_answers_202_at_once_and_becomes_active_wit
     assert!(listed.iter().any(|a| a.id.to_string() == id), "{listed:?}");
 
     // It becomes active once the pool has a warm container for it.
-    let active = wait_until(Duration::from_secs(60), "the allocation to be active", || {
-        let f = &f;
-        let id = id.clone();
-        async move {
-            let (s, a) = f.get(&id).await;
-            (s == StatusCode::OK && a["state"] == "active").then_some(a)
-        }
-    })
+    let active = wait_until(
+        Duration::from_secs(60),
+        "the allocation to be active",
+        || {
+            let f = &f;
+            let id = id.clone();
+            async move {
+                let (s, a) = f.get(&id).await;
+                (s == StatusCode::OK && a["state"] == "active").then_some(a)
+            }
+        },
+    )
     .await;
     let a: Allocation = serde_json::from_value(active.clone()).expect("allocation");
-    assert!(!a.container_id.is_nil() && !a.node.is_unassigned(), "{active}");
+    assert!(
+        !a.container_id.is_nil() && !a.node.is_unassigned(),
+        "{active}"
+    );
     assert!(a.url.is_some());
     assert_eq!(
         a.max_expires_at,
@@ -247,7 +259,10 @@ async fn async_alloc_pending_is_retried_by_its_key_and_cancelled_by_delete() {
         Some("true")
     );
     let (status, got) = f.get(&id).await;
-    assert_eq!((status, got["state"].as_str()), (StatusCode::OK, Some("pending")));
+    assert_eq!(
+        (status, got["state"].as_str()),
+        (StatusCode::OK, Some("pending"))
+    );
     let pending: Vec<Value> = http_client()
         .get(f.url("/v1/allocations?state=pending"))
         .send()
@@ -256,7 +271,10 @@ async fn async_alloc_pending_is_retried_by_its_key_and_cancelled_by_delete() {
         .json()
         .await
         .expect("list body");
-    assert!(pending.iter().any(|a| a["id"] == first["id"]), "{pending:?}");
+    assert!(
+        pending.iter().any(|a| a["id"] == first["id"]),
+        "{pending:?}"
+    );
     // Renewing it is a conflict: its lease has not started.
     let r = http
         .post(f.url(&format!("/v1/allocations/{id}/renew")))
@@ -304,22 +322,27 @@ async fn async_alloc_location_eu_is_served_only_from_eu_or_refused() {
     let client = f.client.clone();
     let p = pool.clone();
     // Both nodes hold warm containers (the pool spreads).
-    wait_until(Duration::from_secs(60), "warm containers on both nodes", || {
-        let client = client.clone();
-        let p = p.clone();
-        async move {
-            let cs = client
-                .list_containers(&warmpool_proto::api::ContainerQuery {
-                    pool: Some(p),
-                    state: Some("warm".into()),
-                    ..Default::default()
-                })
-                .await
-                .ok()?;
-            let nodes: std::collections::BTreeSet<_> = cs.iter().map(|c| c.node.clone()).collect();
-            (nodes.len() == 2).then_some(())
-        }
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "warm containers on both nodes",
+        || {
+            let client = client.clone();
+            let p = p.clone();
+            async move {
+                let cs = client
+                    .list_containers(&warmpool_proto::api::ContainerQuery {
+                        pool: Some(p),
+                        state: Some("warm".into()),
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
+                let nodes: std::collections::BTreeSet<_> =
+                    cs.iter().map(|c| c.node.clone()).collect();
+                (nodes.len() == 2).then_some(())
+            }
+        },
+    )
     .await;
     let http = http_client();
     // Three in a row from eu: the first from its warm container, the others wait for eu
@@ -349,14 +372,18 @@ async fn async_alloc_location_eu_is_served_only_from_eu_or_refused() {
         "{body}"
     );
     let id = body["id"].as_str().expect("id").to_string();
-    let active = wait_until(Duration::from_secs(60), "the async one to be active", || {
-        let f = &f;
-        let id = id.clone();
-        async move {
-            let (_, a) = f.get(&id).await;
-            (a["state"] == "active").then_some(a)
-        }
-    })
+    let active = wait_until(
+        Duration::from_secs(60),
+        "the async one to be active",
+        || {
+            let f = &f;
+            let id = id.clone();
+            async move {
+                let (_, a) = f.get(&id).await;
+                (a["state"] == "active").then_some(a)
+            }
+        },
+    )
     .await;
     assert_eq!(active["node"], eu, "only eu serves it: {active}");
 
@@ -370,14 +397,20 @@ async fn async_alloc_location_eu_is_served_only_from_eu_or_refused() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["code"], "no_matching_node");
     assert!(
-        body["error"]["message"].as_str().unwrap_or("").contains("ap"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ap"),
         "{body}"
     );
     assert!(took < Duration::from_secs(2), "refused at once: {took:?}");
 
     // eu drained: its warm containers are not offered and it makes none, so eu is refused.
     f.client
-        .node_action(&NodeId::new(eu.clone()).expect("node id"), NodeAction::Drain)
+        .node_action(
+            &NodeId::new(eu.clone()).expect("node id"),
+            NodeAction::Drain,
+        )
         .await
         .expect("drain");
     let (status, body, _, _) = post(

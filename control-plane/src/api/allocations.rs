@@ -83,7 +83,8 @@ pub async fn create(
         && (!req.env.is_empty() || !req.secrets.is_empty() || req.wait_for.is_some())
     {
         return Err(ApiError::BadRequest(
-            "async cannot carry env, secrets or wait_for: give them once the allocation is active".into(),
+            "async cannot carry env, secrets or wait_for: give them once the allocation is active"
+                .into(),
         ));
     }
     if let Some(location) = &req.location {
@@ -187,14 +188,21 @@ async fn claim(
             let token = (!replayed).then_some(token);
             return Ok((allocation, replayed, token));
         }
-        Ok(Applied::Queued { allocation_id: queued, .. }) if req.asynchronous => {
+        Ok(Applied::Queued {
+            allocation_id: queued,
+            ..
+        }) if req.asynchronous => {
             // Answered at once: the allocation is pending in the replicated queue, and is
             // granted there when a container is warm for it.
             let a = shared
                 .read(|s| s.allocation_or_pending(&queued))
                 .ok_or_else(|| ApiError::Internal(format!("allocation {queued} vanished")))?;
             let replayed = queued != allocation_id;
-            record(pool.as_str(), if replayed { "replayed" } else { "pending" }, start);
+            record(
+                pool.as_str(),
+                if replayed { "replayed" } else { "pending" },
+                start,
+            );
             let token = (!replayed).then_some(token);
             return Ok((a, replayed, token));
         }
@@ -270,7 +278,9 @@ impl Drop for WaitGauge {
 /// A request's `max_lifetime_secs` against its pool's: 1 and up, and no longer than the pool's.
 fn check_lifetime(asked: u64, pool: Option<u64>, name: &str) -> Result<(), ApiError> {
     if asked == 0 {
-        return Err(ApiError::BadRequest("max_lifetime_secs must be at least 1".into()));
+        return Err(ApiError::BadRequest(
+            "max_lifetime_secs must be at least 1".into(),
+        ));
     }
     match pool {
         Some(cap) if asked > cap => Err(ApiError::BadRequest(format!(

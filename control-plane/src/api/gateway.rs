@@ -107,7 +107,10 @@ pub fn present(app: &AppState, mut a: Allocation, token: Option<String>) -> Allo
             pool.and_then(|p| p.spec.price_per_hour),
         )
     });
-    if !matches!(a.state, AllocationState::Pending | AllocationState::Cancelled) {
+    if !matches!(
+        a.state,
+        AllocationState::Pending | AllocationState::Cancelled
+    ) {
         a.cost = price.map(|p| a.cost_at(p, warmpool_proto::Timestamp::now()));
     }
     // A pending allocation's routes are known already (they go by its id): its token is

@@ -11,11 +11,11 @@ use warmpool_proto::{
 
 use super::{Ctx, EventBody};
 use crate::placement::location_rank;
-use warmpool_proto::api::Location;
 use crate::state::{
     scoped_key, touch, Pending, PoolState, RejectCode, Rejection, Response,
     RELEASED_ALLOCATION_RETENTION,
 };
+use warmpool_proto::api::Location;
 
 impl PoolState {
     /// The container an allocation from `pool` would get: the longest-warm container of the
@@ -429,7 +429,9 @@ impl PoolState {
                 let index = self.pending[&pool]
                     .iter()
                     .position(|p| p.allocation_id == id);
-                if let Some(a) = index.and_then(|i| self.cancel_pending(ctx, &pool, i, reason.as_str())) {
+                if let Some(a) =
+                    index.and_then(|i| self.cancel_pending(ctx, &pool, i, reason.as_str()))
+                {
                     return Response::Allocation {
                         allocation: a,
                         replayed: false,
@@ -500,7 +502,7 @@ impl PoolState {
     }
 
     pub(super) fn renew(&mut self, ctx: Ctx, id: AllocationId, lease_ms: u64) -> Response {
-        if self.allocations.get(&id).is_none() && self.queue_of(&id).is_some() {
+        if !self.allocations.contains_key(&id) && self.queue_of(&id).is_some() {
             return Response::rejected(
                 RejectCode::Conflict,
                 format!("allocation {id} is pending: its lease starts when it is granted"),

@@ -8,7 +8,10 @@ fn labelled(h: &mut Harness, name: &str, region: &str) -> NodeId {
     let node = NodeId::new(name).unwrap();
     h.apply(Command::NodeJoin {
         node: node.clone(),
-        ipv6_prefix: format!("fd36:{:x}::/64", name.bytes().map(usize::from).sum::<usize>()),
+        ipv6_prefix: format!(
+            "fd36:{:x}::/64",
+            name.bytes().map(usize::from).sum::<usize>()
+        ),
         labels: BTreeMap::from([("region".to_string(), region.to_string())]),
         capacity: Resources {
             cpu_millis: 2000,
@@ -212,7 +215,10 @@ fn a_located_allocation_is_served_only_from_a_matching_node() {
             ..Default::default()
         },
     );
-    assert!(matches!(r, Response::Queued { .. }), "us is warm, not eu: {r:?}");
+    assert!(
+        matches!(r, Response::Queued { .. }),
+        "us is warm, not eu: {r:?}"
+    );
     // A request with no location behind it takes the us container: no one ahead wanted it.
     let (plain, r) = ask(&mut h, &p, Ask::default());
     assert_eq!(allocation(r).0.node, us);
@@ -240,7 +246,11 @@ fn a_preference_order_takes_the_first_place_with_a_warm_container() {
         ..Default::default()
     };
     let (_, r) = ask(&mut h, &p, pref());
-    assert_eq!(allocation(r).0.node, eu, "eu first, though us was warm longer");
+    assert_eq!(
+        allocation(r).0.node,
+        eu,
+        "eu first, though us was warm longer"
+    );
     let (_, r) = ask(&mut h, &p, pref());
     assert_eq!(allocation(r).0.node, us, "then us");
 }
@@ -299,7 +309,11 @@ fn a_request_lifetime_caps_the_allocation_below_its_pool() {
     );
     let a = allocation(r).0;
     assert_eq!(a.max_expires_at, Some(a.created_at.plus_millis(30_000)));
-    assert_eq!(a.expires_at, a.created_at.plus_millis(30_000), "lease 60 s, capped");
+    assert_eq!(
+        a.expires_at,
+        a.created_at.plus_millis(30_000),
+        "lease 60 s, capped"
+    );
 }
 
 #[test]
