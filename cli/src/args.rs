@@ -764,6 +764,45 @@ mod tests {
     }
 
     #[test]
+    fn alloc_async_wait_location_and_lifetime() {
+        use warmpool_proto::api::LocationValue;
+        let cli = parse(&[
+            "alloc",
+            "demo",
+            "--async",
+            "--wait",
+            "--location",
+            "region=eu,us",
+            "--location",
+            "zone=a",
+            "--max-lifetime-secs",
+            "60",
+        ])
+        .unwrap();
+        let Command::Alloc(a) = cli.command else {
+            panic!("not alloc")
+        };
+        assert!(a.asynchronous && a.wait);
+        assert_eq!(
+            a.location,
+            vec![
+                (
+                    "region".to_string(),
+                    LocationValue::Prefer(vec!["eu".into(), "us".into()])
+                ),
+                ("zone".to_string(), LocationValue::One("a".into())),
+            ]
+        );
+        assert_eq!(a.max_lifetime_secs, Some(60));
+        assert!(
+            parse(&["alloc", "demo", "--wait"]).is_err(),
+            "--wait needs --async"
+        );
+        assert!(parse(&["alloc", "demo", "--location", "region"]).is_err());
+        assert!(parse(&["alloc", "demo", "--location", "region=eu,"]).is_err());
+    }
+
+    #[test]
     fn global_flags_anywhere_and_url_lists() {
         let cli = parse(&["status", "--url", "http://a:1,http://b:2", "-o", "json"]).unwrap();
         assert_eq!(cli.url, vec!["http://a:1", "http://b:2"]);

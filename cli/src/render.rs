@@ -976,6 +976,31 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_allocation_shows_no_container_node_or_expiry() {
+        let mut pending = allocation();
+        pending.state = AllocationState::Pending;
+        pending.container_id = ContainerId::nil();
+        pending.node = NodeId::unassigned();
+        pending.ipv6 = None;
+        pending.url = None;
+        assert_eq!(
+            allocation_detail(&pending, style()),
+            "allocation:  01920000-0000-7000-8000-0000000000a1\n\
+             session:     s-1\n\
+             pool:        demo\n\
+             state:       pending\n"
+        );
+        let table = allocations_table(&[pending], style());
+        let row = table.lines().nth(1).unwrap();
+        assert!(row.contains("pending"), "{row}");
+        assert_eq!(
+            row.split_whitespace().nth(3),
+            Some("-"),
+            "no container: {row}"
+        );
+    }
+
+    #[test]
     fn allocations_table_short_ids_and_released_state() {
         let mut released = allocation();
         released.state = AllocationState::Released;

@@ -12,9 +12,11 @@ use futures::StreamExt;
 use poolctl::{Client, NodeAction};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use warmpool_proto::records::AllocationState;
 use warmpool_proto::{Allocation, Event, EventKind, NodeId, PoolSpec};
 use warmpool_tests::{
-    ensure_demo_image, http_client, unique, wait_until, Agent, Member, Nats, TestCluster,
+    ensure_demo_image, http_client, run_poolctl, unique, wait_until, Agent, Member, Nats,
+    TestCluster,
 };
 
 /// A member and real agents, one per label set given; stopped and cleaned up on drop
@@ -464,4 +466,36 @@ async fn async_alloc_bad_lifetime_and_location_are_400() {
             .contains("longer than pool"),
         "{status} {body}"
     );
+
+    // poolctl: --async --wait answers once the pending allocation is active; a bad location
+    // is refused by poolctl itself.
+    let url = f.member.url();
+    let (code, out, err) = run_poolctl(
+        &url,
+        None,
+        &[
+            "-o",
+            "json",
+            "alloc",
+            &pool,
+            "--async",
+            "--wait",
+            "--max-lifetime-secs",
+            "30",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let a: Allocation = serde_json::from_str(&out).expect("allocation json");
+    assert_eq!(a.state, AllocationState::Active, "{out}");
+    assert!(!a.container_id.is_nil());
+    let (code, _, err) = run_poolctl(&url, None, &["alloc", &pool, "--location", "region"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run_poolctl(
+        &url,
+        None,
+        &["alloc", &pool, "--location", "region=ap", "--async"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("no_matching_node"), "{err}");
+    f.client.release(a.id).await.expect("release");
 }
