@@ -645,6 +645,63 @@ mod tests {
     use super::*;
 
     #[test]
+    fn async_location_and_lifetime_on_the_wire() {
+        let req: CreateAllocation = serde_json::from_str(
+            r#"{"pool":"demo","async":true,"location":{"region":["eu","us"],"zone":"a"},"max_lifetime_secs":60}"#,
+        )
+        .unwrap();
+        assert!(req.asynchronous);
+        let loc = req.location.clone().unwrap();
+        assert_eq!(loc["region"].choices(), ["eu", "us"]);
+        assert_eq!(loc["zone"], LocationValue::One("a".into()));
+        assert_eq!(req.max_lifetime_secs, Some(60));
+        assert!(check_location(&loc).is_ok());
+        // Not sent when not asked for, so an older server takes the request.
+        let plain: CreateAllocation = serde_json::from_str(r#"{"pool":"demo"}"#).unwrap();
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(
+            !json.contains("async") && !json.contains("location"),
+            "{json}"
+        );
+        for bad in [
+            r#"{}"#,
+            r#"{"region":[]}"#,
+            r#"{"region":""}"#,
+            r#"{"":"eu"}"#,
+            r#"{"region":["eu",""]}"#,
+        ] {
+            let loc: Location = serde_json::from_str(bad).unwrap();
+            assert!(check_location(&loc).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<Location>(r#"{"region":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_pending_allocation_leaves_out_what_it_does_not_have_yet() {
+        let a: crate::Allocation = serde_json::from_value(serde_json::json!({
+            "id": crate::AllocationId::new(),
+            "session_id": "s",
+            "pool": "demo",
+            "ipv6": null,
+            "port": 0,
+            "url": null,
+            "created_at": "2026-01-01T00:00:00.000Z",
+            "max_expires_at": null,
+            "idempotency_key": null,
+            "state": "pending",
+            "released_at": null,
+            "release_reason": null,
+        }))
+        .unwrap();
+        assert!(a.container_id.is_nil() && a.node.is_unassigned() && a.expires_at.is_zero());
+        let back = serde_json::to_value(&a).unwrap();
+        for absent in ["container_id", "node", "expires_at"] {
+            assert!(back.get(absent).is_none(), "{absent} in {back}");
+        }
+        assert_eq!(back["state"], "pending");
+    }
+
+    #[test]
     fn allocation_request_minimal_and_strict() {
         let req: CreateAllocation = serde_json::from_str(r#"{"pool":"demo"}"#).unwrap();
         assert_eq!(req.pool.as_str(), "demo");
@@ -694,6 +751,7 @@ mod tests {
             (ErrorCode::OverQuota, "over_quota", 429),
             (ErrorCode::RateLimited, "rate_limited", 429),
             (ErrorCode::NoCapacity, "no_capacity", 503),
+            (ErrorCode::NoMatchingNode, "no_matching_node", 409),
             (ErrorCode::NoQuorum, "no_quorum", 503),
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), name);
