@@ -176,6 +176,7 @@ impl PoolState {
             detail: Some(serde_json::json!({
                 "async": req.asynchronous,
                 "location": req.location,
+                "tenant": req.tenant,
             })),
             ..Default::default()
         };
@@ -273,6 +274,7 @@ impl PoolState {
             pool: Some(pool.clone()),
             session: Some(gone.session),
             allocation: Some(gone.allocation_id),
+            detail: Some(serde_json::json!({ "tenant": gone.tenant })),
             ..Default::default()
         }
         .reason(reason);

@@ -340,3 +340,39 @@ fn a_pending_allocation_stored_before_these_fields_loads() {
     let p: Pending = serde_json::from_value(old).unwrap();
     assert!(!p.asynchronous && p.location.is_none() && p.max_lifetime_secs.is_none());
 }
+
+#[test]
+fn a_tenant_sees_the_events_of_its_pending_and_cancelled_allocations_and_no_one_elses() {
+    let mut h = Harness::new();
+    let p = h.pool("demo", 0);
+    let acme = TenantId::new("acme").unwrap();
+    let (id, _) = ask(
+        &mut h,
+        &p,
+        Ask {
+            tenant: acme.clone(),
+            ..Default::default()
+        },
+    );
+    h.apply(Command::Release {
+        allocation_id: id,
+        reason: ReleaseReason::Client,
+    });
+    let seen_by = |tenant: &str| -> Vec<EventKind> {
+        let filter = EventFilter {
+            tenant: Some(TenantId::new(tenant).unwrap()),
+            ..Default::default()
+        };
+        h.state
+            .events(None, None, 1000, &filter)
+            .iter()
+            .filter(|e| e.allocation == Some(id))
+            .map(|e| e.kind)
+            .collect()
+    };
+    assert_eq!(
+        seen_by("acme"),
+        [EventKind::AllocationPending, EventKind::AllocationCancelled]
+    );
+    assert!(seen_by("bolt").is_empty());
+}
