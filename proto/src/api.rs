@@ -194,6 +194,7 @@ pub struct CreateAllocation {
     /// order of preference: `{"region": ["eu", "us"]}` takes a warm container in `eu` if there
     /// is one, else in `us`, and has new ones made in the first that can host the pool.
     /// Refused at once (`409 no_matching_node`) when no ready node matches.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<std::collections::HashMap<String, crate::api::LocationValue>>))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
     /// Caps this allocation's lifetime (renewals included) below its pool's

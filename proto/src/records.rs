@@ -431,6 +431,7 @@ pub struct Allocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<f64>,
     /// The node labels asked for at claim (`location`), if any.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<std::collections::HashMap<String, crate::api::LocationValue>>))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<crate::api::Location>,
 }

@@ -359,6 +359,19 @@ mod tests {
         }
         let codes = schemas["ErrorCode"].to_string();
         assert!(codes.contains("no_matching_node"), "{codes}");
+        // A location value is one value or a preference list; its schema is in the document.
+        let location = create["location"].to_string();
+        if let Some(r) = location
+            .split("#/components/schemas/")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+        {
+            assert!(schemas[r].is_object(), "{r} referenced but not defined");
+        }
+        assert!(
+            location.contains("array") || schemas["LocationValue"].to_string().contains("array"),
+            "{location}"
+        );
         let post = doc["paths"]["/v1/allocations"]["post"]["responses"].to_string();
         assert!(post.contains("\"202\""), "{post}");
     }
