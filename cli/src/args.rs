@@ -406,6 +406,34 @@ pub struct AllocArgs {
     /// Answer only once env and secrets are in the container.
     #[arg(long)]
     pub wait_for_settings: bool,
+    /// Answer at once: the allocation is `pending` until a container is warm for it.
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+    /// With --async: then wait until the allocation is active (or cancelled), however long.
+    #[arg(long, requires = "asynchronous")]
+    pub wait: bool,
+    /// A node label the container's node must carry, `KEY=VALUE`; `KEY=V1,V2` is an order of
+    /// preference (repeatable, every key must match).
+    #[arg(long = "location", value_name = "KEY=VALUE[,VALUE]", value_parser = parse_location)]
+    pub location: Vec<(String, warmpool_proto::api::LocationValue)>,
+    /// Caps this allocation's lifetime (no longer than its pool's `max_lifetime_secs`).
+    #[arg(long, value_name = "SECS")]
+    pub max_lifetime_secs: Option<u64>,
+}
+
+/// `KEY=VALUE` or `KEY=V1,V2,...` (an order of preference).
+fn parse_location(s: &str) -> Result<(String, warmpool_proto::api::LocationValue), String> {
+    use warmpool_proto::api::LocationValue;
+    let (k, v) = parse_pair(s)?;
+    let values: Vec<String> = v.split(',').map(str::to_string).collect();
+    if values.iter().any(String::is_empty) {
+        return Err(format!("{s:?}: empty value"));
+    }
+    let value = match values.as_slice() {
+        [one] => LocationValue::One(one.clone()),
+        _ => LocationValue::Prefer(values),
+    };
+    Ok((k, value))
 }
 
 fn parse_concurrency(s: &str) -> Result<usize, String> {
@@ -733,6 +761,45 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn alloc_async_wait_location_and_lifetime() {
+        use warmpool_proto::api::LocationValue;
+        let cli = parse(&[
+            "alloc",
+            "demo",
+            "--async",
+            "--wait",
+            "--location",
+            "region=eu,us",
+            "--location",
+            "zone=a",
+            "--max-lifetime-secs",
+            "60",
+        ])
+        .unwrap();
+        let Command::Alloc(a) = cli.command else {
+            panic!("not alloc")
+        };
+        assert!(a.asynchronous && a.wait);
+        assert_eq!(
+            a.location,
+            vec![
+                (
+                    "region".to_string(),
+                    LocationValue::Prefer(vec!["eu".into(), "us".into()])
+                ),
+                ("zone".to_string(), LocationValue::One("a".into())),
+            ]
+        );
+        assert_eq!(a.max_lifetime_secs, Some(60));
+        assert!(
+            parse(&["alloc", "demo", "--wait"]).is_err(),
+            "--wait needs --async"
+        );
+        assert!(parse(&["alloc", "demo", "--location", "region"]).is_err());
+        assert!(parse(&["alloc", "demo", "--location", "region=eu,"]).is_err());
     }
 
     #[test]

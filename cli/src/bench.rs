@@ -503,6 +503,9 @@ fn alloc_request(pool: &PoolName, wait_ms: u64) -> CreateAllocation {
         secrets: Default::default(),
         metadata: Default::default(),
         wait_for: None,
+        asynchronous: false,
+        location: None,
+        max_lifetime_secs: None,
     }
 }
 

@@ -421,6 +421,32 @@ impl Client {
             .await
     }
 
+    /// Polls a pending allocation until it is no longer pending (active, or cancelled), with
+    /// no deadline: an asynchronous allocation waits as long as the fleet needs. The access
+    /// token answered when it was made is kept (later answers do not carry it).
+    pub async fn wait_active(&self, mut a: Allocation) -> Result<Allocation, ClientError> {
+        use warmpool_proto::records::AllocationState;
+        let token = a.access.as_ref().and_then(|x| x.token.clone());
+        let mut pause = Duration::from_millis(50);
+        while a.state == AllocationState::Pending {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+            a = match self.get_allocation(a.id).await {
+                Ok(now) => now,
+                Err(ClientError::Api { status: 404, .. }) => {
+                    let mut gone = a;
+                    gone.state = AllocationState::Cancelled;
+                    return Ok(gone);
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        if let (Some(t), Some(access)) = (token, a.access.as_mut()) {
+            access.token.get_or_insert(t);
+        }
+        Ok(a)
+    }
+
     /// `GET /v1/allocations/{id}`.
     pub async fn get_allocation(&self, id: AllocationId) -> Result<Allocation, ClientError> {
         self.fetch(Call::get(&["v1", "allocations", &id.to_string()]))

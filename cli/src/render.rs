@@ -385,21 +385,33 @@ fn allocation_state(a: &Allocation) -> String {
         (AllocationState::Active, _) => "active".into(),
         (AllocationState::Released, Some(r)) => format!("released({})", r.as_str()),
         (AllocationState::Released, None) => "released".into(),
+        (AllocationState::Pending, _) => "pending".into(),
+        (AllocationState::Cancelled, _) => "cancelled".into(),
     }
 }
 
 /// `poolctl alloc|release|renew`: everything needed to use the container, full ids.
 pub fn allocation_detail(a: &Allocation, style: Style) -> String {
+    let granted = !a.container_id.is_nil();
     let mut rows = vec![
         ("allocation", a.id.to_string()),
         ("session", a.session_id.to_string()),
         ("pool", a.pool.to_string()),
-        ("container", a.container_id.to_string()),
-        ("node", a.node.to_string()),
-        ("url", opt(&a.url)),
-        ("state", allocation_state(a)),
-        ("expires", when(style.now, a.expires_at)),
     ];
+    if granted {
+        rows.extend([
+            ("container", a.container_id.to_string()),
+            ("node", a.node.to_string()),
+            ("url", opt(&a.url)),
+        ]);
+    }
+    rows.push(("state", allocation_state(a)));
+    if granted {
+        rows.push(("expires", when(style.now, a.expires_at)));
+    }
+    if let Some(cost) = a.cost {
+        rows.push(("cost", format!("{cost:.4}")));
+    }
     if let Some(max) = a.max_expires_at {
         rows.push(("max expiry", when(style.now, max)));
     }
@@ -438,13 +450,21 @@ pub fn allocations_table(list: &[Allocation], style: Style) -> String {
             short_id(a.id, style.wide),
             a.session_id.to_string(),
             a.pool.to_string(),
-            short_id(a.container_id, style.wide),
-            a.node.to_string(),
+            if a.container_id.is_nil() {
+                "-".into()
+            } else {
+                short_id(a.container_id, style.wide)
+            },
+            if a.node.is_unassigned() {
+                "-".into()
+            } else {
+                a.node.to_string()
+            },
             opt(&a.url),
             allocation_state(a),
             match a.state {
                 AllocationState::Active => relative(style.now, a.expires_at),
-                AllocationState::Released => "-".into(),
+                _ => "-".into(),
             },
         ]);
     }
@@ -936,6 +956,7 @@ mod tests {
             token_sha256: None,
             access: None,
             cost: None,
+            location: None,
         }
     }
 
@@ -951,6 +972,31 @@ mod tests {
              url:         http://[fd36:1::5]:8080\n\
              state:       active\n\
              expires:     2026-09-21T14:23:20.000Z (in 10m)\n"
+        );
+    }
+
+    #[test]
+    fn a_pending_allocation_shows_no_container_node_or_expiry() {
+        let mut pending = allocation();
+        pending.state = AllocationState::Pending;
+        pending.container_id = ContainerId::nil();
+        pending.node = NodeId::unassigned();
+        pending.ipv6 = None;
+        pending.url = None;
+        assert_eq!(
+            allocation_detail(&pending, style()),
+            "allocation:  01920000-0000-7000-8000-0000000000a1\n\
+             session:     s-1\n\
+             pool:        demo\n\
+             state:       pending\n"
+        );
+        let table = allocations_table(&[pending], style());
+        let row = table.lines().nth(1).unwrap();
+        assert!(row.contains("pending"), "{row}");
+        assert_eq!(
+            row.split_whitespace().nth(3),
+            Some("-"),
+            "no container: {row}"
         );
     }
 

@@ -204,8 +204,13 @@ async fn dispatch(
         Command::Pool(cmd) => pool(cmd, client, p).await,
         Command::Status => p.show(&client.status().await?, |s, _| render::status_view(s)),
         Command::Alloc(a) => {
+            let wait = a.wait;
             let req = alloc_request(a);
-            p.show(&client.allocate(&req).await?, render::allocation_detail)
+            let mut got = client.allocate(&req).await?;
+            if wait {
+                got = client.wait_active(got).await?;
+            }
+            p.show(&got, render::allocation_detail)
         }
         Command::Release { id } => p.show(&client.release(id).await?, render::allocation_detail),
         Command::Renew { id, lease_seconds } => {
@@ -474,6 +479,9 @@ pub fn alloc_request(a: AllocArgs) -> CreateAllocation {
         wait_for: a
             .wait_for_settings
             .then_some(warmpool_proto::api::WaitFor::Settings),
+        asynchronous: a.asynchronous,
+        location: (!a.location.is_empty()).then(|| a.location.into_iter().collect()),
+        max_lifetime_secs: a.max_lifetime_secs,
     }
 }
 

@@ -18,6 +18,8 @@ use warmpool_proto::{
 
 use warmpool_policy::rules::{self, Pacing, PoolCounts, Resize};
 
+use warmpool_proto::api::Location;
+
 use crate::placement::{self, NodeLoad, Overcommit};
 use crate::state::PoolState;
 
@@ -102,8 +104,15 @@ fn plan_pool(
     // (being made, or unhealthy), which nothing is waiting for.
     let (mut stale_warm, mut stale_other) = (0, 0);
     let mut per_node: HashMap<&NodeId, u32> = HashMap::new();
+    // Warm (offered) and being made, of the current generation, per node: what allocations
+    // asking for a location may get there.
+    let mut supply_on: HashMap<&NodeId, usize> = HashMap::new();
     for (node, gens) in state.tallies_of(name) {
         let offers = offering.contains(node);
+        if let Some(t) = gens.get(&current) {
+            let warm = if offers { t.warm() } else { 0 };
+            supply_on.insert(node, (warm + t.creating()) as usize);
+        }
         let mut on_node = 0;
         for (generation, t) in gens {
             live += (t.creating() + t.warm_any() + t.allocated()) as usize;
@@ -129,8 +138,11 @@ fn plan_pool(
             && !matches!(c.health, Health::Unhealthy { .. })
     };
 
-    // Waiting allocations are demand the pool must meet now, on top of its warm target.
-    let wanted = state.wanted(pool) as usize + state.waiting(name);
+    // Waiting allocations are demand the pool must meet now, on top of its warm target; those
+    // asking for a location are met on matching nodes (below), the rest anywhere.
+    let located = located_demand(state, name);
+    let located_waiting: usize = located.iter().map(|(_, n)| n).sum();
+    let wanted = state.wanted(pool) as usize + state.waiting(name) - located_waiting;
     let supply = warm_current + creating;
 
     // A rolling update. Containers of an older generation are never handed out, but the warm
@@ -182,12 +194,48 @@ fn plan_pool(
         });
     }
 
+    let mut pool_loads = loads.to_vec();
+    for l in &mut pool_loads {
+        l.pool_count = per_node.get(&l.id).copied().unwrap_or(0);
+    }
+    let mut room = (spec.max_total as usize).saturating_sub(live);
+    for (location, count) in located {
+        let supply: usize = pool_loads
+            .iter()
+            .filter(|l| placement::location_rank(&l.labels, location).is_some())
+            .map(|l| supply_on.get(&l.id).copied().unwrap_or(0))
+            .sum();
+        let n = count.saturating_sub(supply).min(batch).min(room);
+        if n == 0 {
+            continue;
+        }
+        let (nodes, why) = placement::place_located(pool_loads.clone(), spec, n, over, location);
+        room -= nodes.len();
+        if !nodes.is_empty() {
+            for l in &mut pool_loads {
+                l.pool_count += nodes.iter().filter(|n| **n == l.id).count() as u32;
+            }
+            out.push(Decision::Create {
+                pool: name.clone(),
+                generation: pool.generation,
+                nodes,
+            });
+        }
+        if let Some(why) = why {
+            out.push(Decision::Stuck {
+                pool: name.clone(),
+                reason: format!("for location {location:?}: {why}"),
+            });
+        }
+    }
+
     let counts = PoolCounts {
         wanted: wanted as u32,
         waiting: 0, // already in `wanted`
         warm: warm_current as u32,
         creating: creating as u32,
-        live: live as u32,
+        // Containers just planned for located waiters count against `max_total` too.
+        live: (live + (spec.max_total as usize).saturating_sub(live) - room) as u32,
     };
     let pacing = Pacing::of(spec);
     let n = match rules::resize(
@@ -226,10 +274,6 @@ fn plan_pool(
         }
         Resize::Create(n) => n as usize,
     };
-    let mut pool_loads = loads.to_vec();
-    for l in &mut pool_loads {
-        l.pool_count = per_node.get(&l.id).copied().unwrap_or(0);
-    }
     let (nodes, why) = placement::place(pool_loads, spec, n, over);
     if !nodes.is_empty() {
         out.push(Decision::Create {
@@ -249,6 +293,24 @@ fn plan_pool(
             reason,
         });
     }
+}
+
+/// Waiting allocations of `pool` that ask for a location, counted per location (in the order
+/// their first waiter came).
+fn located_demand<'a>(state: &'a PoolState, pool: &PoolName) -> Vec<(&'a Location, usize)> {
+    let mut out: Vec<(&Location, usize)> = Vec::new();
+    let waiters = state
+        .pending()
+        .filter(|(p, _)| *p == pool)
+        .flat_map(|(_, q)| q.iter());
+    for w in waiters {
+        let Some(loc) = &w.location else { continue };
+        match out.iter_mut().find(|(l, _)| *l == loc) {
+            Some((_, n)) => *n += 1,
+            None => out.push((loc, 1)),
+        }
+    }
+    out
 }
 
 /// What the live containers on each node reserve (releasing ones included): their pools'
@@ -446,6 +508,57 @@ mod tests {
     }
 
     #[test]
+    fn a_located_waiter_has_a_container_made_on_a_matching_node() {
+        use warmpool_proto::api::LocationValue;
+        let mut w = World::new(&[]);
+        for (n, region) in [("us1", "us"), ("eu1", "eu")] {
+            w.apply(Command::NodeJoin {
+                node: NodeId::new(n).unwrap(),
+                ipv6_prefix: format!("fd36:{:x}::/64", n.bytes().map(u32::from).sum::<u32>()),
+                labels: BTreeMap::from([("region".to_string(), region.to_string())]),
+                capacity: Resources {
+                    cpu_millis: 2000,
+                    memory_mb: 8192,
+                },
+                agent_version: "t".into(),
+            });
+        }
+        let p = w.pool(0, 4);
+        let eu = BTreeMap::from([("region".to_string(), LocationValue::One("eu".into()))]);
+        w.apply(Command::Allocate {
+            allocation_id: AllocationId::new(),
+            pool: p.clone(),
+            session: SessionId::new("s").unwrap(),
+            lease_ms: 60_000,
+            idempotency_key: None,
+            wait_ms: 0,
+            tenant: Default::default(),
+            metadata: Default::default(),
+            with_settings: false,
+            token_sha256: None,
+            asynchronous: true,
+            location: Some(eu),
+            max_lifetime_secs: None,
+        });
+        let d = w.decide();
+        assert_eq!(
+            d,
+            vec![Decision::Create {
+                pool: p.clone(),
+                generation: 1,
+                nodes: vec![NodeId::new("eu1").unwrap()],
+            }],
+            "one container, in eu, for the one waiter"
+        );
+        let planned = w.plan_creates(&d);
+        assert!(w.decide().is_empty(), "the one being made covers it");
+        w.warm_up(planned);
+        assert_eq!(w.state.waiting(&p), 0, "granted once warm");
+        let a = w.state.allocations().next().unwrap();
+        assert_eq!(a.node.as_str(), "eu1");
+    }
+
+    #[test]
     fn creating_containers_count_as_supply() {
         let mut w = World::new(&["a"]);
         let p = w.pool(3, 4);
@@ -483,6 +596,9 @@ mod tests {
             metadata: Default::default(),
             with_settings: false,
             token_sha256: None,
+            asynchronous: false,
+            location: None,
+            max_lifetime_secs: None,
         });
         assert_eq!(created(&w.decide()), 1);
     }
@@ -508,6 +624,9 @@ mod tests {
                 metadata: Default::default(),
                 with_settings: false,
                 token_sha256: None,
+                asynchronous: false,
+                location: None,
+                max_lifetime_secs: None,
             });
         }
         let d = w.decide();
@@ -979,6 +1098,9 @@ mod tests {
                             metadata: Default::default(),
                             with_settings: false,
                             token_sha256: None,
+                            asynchronous: false,
+                            location: None,
+                            max_lifetime_secs: None,
                         });
                         allocations.extend(w.state.active_allocations().map(|a| a.id).last());
                     }

@@ -288,6 +288,9 @@ mod tests {
                     metadata: Default::default(),
                     with_settings: false,
                     token_sha256: None,
+                    asynchronous: false,
+                    location: None,
+                    max_lifetime_secs: None,
                 });
             }
             assert_eq!(
@@ -329,6 +332,9 @@ mod tests {
             metadata: Default::default(),
             with_settings: false,
             token_sha256: None,
+            asynchronous: false,
+            location: None,
+            max_lifetime_secs: None,
         }
     }
 

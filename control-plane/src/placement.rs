@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use warmpool_proto::api::Location;
 use warmpool_proto::records::{NodeStatus, Resources};
 use warmpool_proto::{NodeId, PoolSpec};
 
@@ -109,6 +110,53 @@ pub fn eligible(node: &NodeLoad, spec: &PoolSpec, over: Overcommit) -> Result<()
         return Err(Ineligible::Full(node.id.clone(), short));
     }
     Ok(())
+}
+
+/// How well a node's `labels` meet an allocation's `location`: for each label the location
+/// names (in name order), the position of the node's value among the accepted ones; `None`
+/// when the node lacks one. Lower is better, compared in order, so `{"region": ["eu", "us"]}`
+/// ranks an `eu` node `[0]`, a `us` node `[1]`, and any other node not at all.
+pub fn location_rank(labels: &BTreeMap<String, String>, location: &Location) -> Option<Vec<usize>> {
+    location
+        .iter()
+        .map(|(k, want)| {
+            let have = labels.get(k)?;
+            want.choices().iter().position(|v| v == have)
+        })
+        .collect()
+}
+
+/// Picks nodes for up to `n` new containers of `spec` for allocations asking for `location`:
+/// only nodes that match it, and of those only the most preferred rank that has an eligible
+/// node (`eu` nodes while one can take the container, `us` ones only when none can).
+pub fn place_located(
+    nodes: Vec<NodeLoad>,
+    spec: &PoolSpec,
+    n: usize,
+    over: Overcommit,
+    location: &Location,
+) -> (Vec<NodeId>, Option<Ineligible>) {
+    let ranked: Vec<(Vec<usize>, NodeLoad)> = nodes
+        .into_iter()
+        .filter_map(|l| location_rank(&l.labels, location).map(|r| (r, l)))
+        .collect();
+    let best = ranked
+        .iter()
+        .filter(|(_, l)| eligible(l, spec, over).is_ok())
+        .map(|(r, _)| r.clone())
+        .min();
+    let why = ranked
+        .iter()
+        .find_map(|(_, l)| eligible(l, spec, over).err());
+    let Some(best) = best else {
+        return (Vec::new(), why);
+    };
+    let chosen = ranked
+        .into_iter()
+        .filter(|(r, _)| *r == best)
+        .map(|(_, l)| l)
+        .collect();
+    place(chosen, spec, n, over)
 }
 
 /// Picks nodes for up to `n` new containers of `spec`, one entry per container. Fewer (even
@@ -231,6 +279,77 @@ mod tests {
         );
         assert!(got.is_empty());
         assert_eq!(why, Some(Ineligible::MemoryPressure(hot.id, 95.0)));
+    }
+
+    fn located(pairs: &[(&str, &[&str])]) -> Location {
+        use warmpool_proto::api::LocationValue;
+        pairs
+            .iter()
+            .map(|(k, vs)| {
+                let v = match vs {
+                    [one] => LocationValue::One(one.to_string()),
+                    many => LocationValue::Prefer(many.iter().map(|v| v.to_string()).collect()),
+                };
+                (k.to_string(), v)
+            })
+            .collect()
+    }
+
+    fn labelled(id: &str, labels: &[(&str, &str)]) -> NodeLoad {
+        let mut n = node(id);
+        n.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        n
+    }
+
+    #[test]
+    fn location_rank_follows_the_order_of_preference() {
+        let eu = located(&[("region", &["eu"])]);
+        let pref = located(&[("region", &["eu", "us"])]);
+        let l = |r: &str| labelled("x", &[("region", r), ("zone", "a")]).labels;
+        assert_eq!(location_rank(&l("eu"), &eu), Some(vec![0]));
+        assert_eq!(location_rank(&l("us"), &eu), None);
+        assert_eq!(location_rank(&l("us"), &pref), Some(vec![1]));
+        assert_eq!(location_rank(&l("ap"), &pref), None);
+        assert_eq!(location_rank(&BTreeMap::new(), &eu), None);
+        // Every label must match; earlier label names weigh more.
+        let both = located(&[("region", &["eu", "us"]), ("zone", &["b", "a"])]);
+        assert_eq!(location_rank(&l("us"), &both), Some(vec![1, 1]));
+        assert!(location_rank(&l("eu"), &both) < location_rank(&l("us"), &both));
+    }
+
+    #[test]
+    fn located_creates_go_to_the_most_preferred_place_that_can_take_them() {
+        let pref = located(&[("region", &["eu", "us"])]);
+        let eu = labelled("eu1", &[("region", "eu")]);
+        let us = labelled("us1", &[("region", "us")]);
+        let ap = labelled("ap1", &[("region", "ap")]);
+        let nodes = vec![ap.clone(), us.clone(), eu.clone()];
+        let (got, _) = place_located(nodes.clone(), &spec(), 2, Overcommit::default(), &pref);
+        assert_eq!(ids(&got), ["eu1", "eu1"]);
+        // eu cannot take any: us is next.
+        let mut hot = eu.clone();
+        hot.memory_fraction = Some(0.99);
+        let (got, _) = place_located(
+            vec![ap.clone(), us.clone(), hot.clone()],
+            &spec(),
+            1,
+            Overcommit::default(),
+            &pref,
+        );
+        assert_eq!(ids(&got), ["us1"]);
+        // Only eu asked for, and it cannot: nothing, with why.
+        let (got, why) = place_located(
+            vec![ap, us, hot.clone()],
+            &spec(),
+            1,
+            Overcommit::default(),
+            &located(&[("region", &["eu"])]),
+        );
+        assert!(got.is_empty());
+        assert_eq!(why, Some(Ineligible::MemoryPressure(hot.id, 99.0)));
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub enum ErrorCode {
     RateLimited,
     /// 503: no warm container came free in time.
     NoCapacity,
+    /// 409: no ready node carries the labels the allocation's `location` asks for (with the
+    /// pool's own constraints), so none could ever serve it.
+    NoMatchingNode,
     /// 503: no quorum or no leader: another member may do better.
     NoQuorum,
     /// 503: the leader has as many writes waiting as it queues; try again after Retry-After.
@@ -90,6 +93,7 @@ impl ErrorCode {
             ErrorCode::OverQuota => "over_quota",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NoCapacity => "no_capacity",
+            ErrorCode::NoMatchingNode => "no_matching_node",
             ErrorCode::NoQuorum => "no_quorum",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Internal => "internal",
@@ -108,7 +112,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::Conflict => 409,
+            ErrorCode::Conflict | ErrorCode::NoMatchingNode => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::Ended => 410,
@@ -180,6 +184,76 @@ pub struct CreateAllocation {
     /// get there); otherwise the answer says `settings: pending` and they follow at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for: Option<WaitFor>,
+    /// Answer at once: `202` with the allocation `pending` when no matching container is warm
+    /// (`201` as usual when one is). It is granted when one is, however long that takes (no
+    /// `wait_ms` cap); `GET /v1/allocations/{id}` and the event stream show it become
+    /// `active`, and `DELETE` cancels it. Not with `env`, `secrets` or `wait_for`.
+    #[serde(default, rename = "async", skip_serializing_if = "std::ops::Not::not")]
+    pub asynchronous: bool,
+    /// Node labels the container's node must carry, e.g. `{"region": "eu"}`. A list is an
+    /// order of preference: `{"region": ["eu", "us"]}` takes a warm container in `eu` if there
+    /// is one, else in `us`, and has new ones made in the first that can host the pool.
+    /// Refused at once (`409 no_matching_node`) when no ready node matches.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<std::collections::HashMap<String, crate::api::LocationValue>>))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    /// Caps this allocation's lifetime (renewals included) below its pool's
+    /// `max_lifetime_secs`; longer than the pool's is refused (`400`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub max_lifetime_secs: Option<u64>,
+}
+
+/// Node labels an allocation asks for: every key must match; a list value is an order of
+/// preference (the first value a node has with a warm container wins).
+pub type Location = BTreeMap<String, LocationValue>;
+
+/// One label's wanted value: a value, or values in order of preference.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum LocationValue {
+    /// Exactly this value.
+    One(String),
+    /// Any of these, the earlier preferred.
+    Prefer(Vec<String>),
+}
+
+impl LocationValue {
+    /// The accepted values, most preferred first.
+    pub fn choices(&self) -> &[String] {
+        match self {
+            LocationValue::One(v) => std::slice::from_ref(v),
+            LocationValue::Prefer(vs) => vs,
+        }
+    }
+}
+
+/// Most keys in a location, and most values in one preference list.
+pub const MAX_LOCATION_ENTRIES: usize = 16;
+
+/// Checks a request's `location`: 1..=16 keys, none empty, each with 1..=16 non-empty values.
+pub fn check_location(location: &Location) -> Result<(), String> {
+    if location.is_empty() || location.len() > MAX_LOCATION_ENTRIES {
+        return Err(format!(
+            "location must name 1..={MAX_LOCATION_ENTRIES} labels"
+        ));
+    }
+    for (k, v) in location {
+        if k.is_empty() {
+            return Err("location has an empty label name".into());
+        }
+        let choices = v.choices();
+        if choices.is_empty() || choices.len() > MAX_LOCATION_ENTRIES {
+            return Err(format!(
+                "location {k:?} must give 1..={MAX_LOCATION_ENTRIES} values"
+            ));
+        }
+        if choices.iter().any(String::is_empty) {
+            return Err(format!("location {k:?} has an empty value"));
+        }
+    }
+    Ok(())
 }
 
 /// What an allocation's answer waits for besides the grant.
@@ -572,6 +646,63 @@ mod tests {
     use super::*;
 
     #[test]
+    fn async_location_and_lifetime_on_the_wire() {
+        let req: CreateAllocation = serde_json::from_str(
+            r#"{"pool":"demo","async":true,"location":{"region":["eu","us"],"zone":"a"},"max_lifetime_secs":60}"#,
+        )
+        .unwrap();
+        assert!(req.asynchronous);
+        let loc = req.location.clone().unwrap();
+        assert_eq!(loc["region"].choices(), ["eu", "us"]);
+        assert_eq!(loc["zone"], LocationValue::One("a".into()));
+        assert_eq!(req.max_lifetime_secs, Some(60));
+        assert!(check_location(&loc).is_ok());
+        // Not sent when not asked for, so an older server takes the request.
+        let plain: CreateAllocation = serde_json::from_str(r#"{"pool":"demo"}"#).unwrap();
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(
+            !json.contains("async") && !json.contains("location"),
+            "{json}"
+        );
+        for bad in [
+            r#"{}"#,
+            r#"{"region":[]}"#,
+            r#"{"region":""}"#,
+            r#"{"":"eu"}"#,
+            r#"{"region":["eu",""]}"#,
+        ] {
+            let loc: Location = serde_json::from_str(bad).unwrap();
+            assert!(check_location(&loc).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<Location>(r#"{"region":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_pending_allocation_leaves_out_what_it_does_not_have_yet() {
+        let a: crate::Allocation = serde_json::from_value(serde_json::json!({
+            "id": crate::AllocationId::new(),
+            "session_id": "s",
+            "pool": "demo",
+            "ipv6": null,
+            "port": 0,
+            "url": null,
+            "created_at": "2026-01-01T00:00:00.000Z",
+            "max_expires_at": null,
+            "idempotency_key": null,
+            "state": "pending",
+            "released_at": null,
+            "release_reason": null,
+        }))
+        .unwrap();
+        assert!(a.container_id.is_nil() && a.node.is_unassigned() && a.expires_at.is_zero());
+        let back = serde_json::to_value(&a).unwrap();
+        for absent in ["container_id", "node", "expires_at"] {
+            assert!(back.get(absent).is_none(), "{absent} in {back}");
+        }
+        assert_eq!(back["state"], "pending");
+    }
+
+    #[test]
     fn allocation_request_minimal_and_strict() {
         let req: CreateAllocation = serde_json::from_str(r#"{"pool":"demo"}"#).unwrap();
         assert_eq!(req.pool.as_str(), "demo");
@@ -589,6 +720,9 @@ mod tests {
             secrets: Default::default(),
             metadata: Default::default(),
             wait_for: None,
+            asynchronous: false,
+            location: None,
+            max_lifetime_secs: None,
         };
         let json = serde_json::to_string(&full).unwrap();
         assert_eq!(
@@ -618,6 +752,7 @@ mod tests {
             (ErrorCode::OverQuota, "over_quota", 429),
             (ErrorCode::RateLimited, "rate_limited", 429),
             (ErrorCode::NoCapacity, "no_capacity", 503),
+            (ErrorCode::NoMatchingNode, "no_matching_node", 409),
             (ErrorCode::NoQuorum, "no_quorum", 503),
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), name);

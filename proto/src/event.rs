@@ -64,6 +64,11 @@ event_kinds! {
     ContainerTerminated => "container_terminated",
     /// A container never became warm.
     ContainerFailed => "container_failed",
+    /// An allocation is pending: asked for, waiting for a warm container (the step before
+    /// `container_allocated`, which names the same allocation when it is granted).
+    AllocationPending => "allocation_pending",
+    /// A pending allocation was cancelled before it was granted.
+    AllocationCancelled => "allocation_cancelled",
     /// An allocation's lease was extended.
     AllocationRenewed => "allocation_renewed",
     /// An allocated container was lost; its session must find another.

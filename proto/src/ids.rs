@@ -39,6 +39,19 @@ macro_rules! uuid_id {
             }
         }
 
+        impl $name {
+            /// The all-zero id: stands for "none yet" where a record has no id to give
+            /// (never made by [`Self::new`]).
+            pub fn nil() -> Self {
+                $name(Uuid::nil())
+            }
+
+            /// Whether this is [`Self::nil`].
+            pub fn is_nil(&self) -> bool {
+                self.0.is_nil()
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 self.0.fmt(f)
@@ -167,6 +180,19 @@ string_id!(
     "1 to 64 ASCII letters, digits, '-' or '_'",
     "^[A-Za-z0-9_-]{1,64}$"
 );
+impl NodeId {
+    /// Stands for "no node yet" (a pending allocation's): empty, so never a valid node id,
+    /// and never sent on the wire (the field is left out instead).
+    pub fn unassigned() -> Self {
+        NodeId(String::new())
+    }
+
+    /// Whether this is [`NodeId::unassigned`].
+    pub fn is_unassigned(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 string_id!(
     /// A pool's name: lowercase letters, digits and `-`, starting with a letter.
     PoolName,

@@ -312,10 +312,16 @@ impl UnreachableReason {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AllocationState {
+    /// Asked for (`async: true`, or while a request waits) and not granted yet: no container,
+    /// node or lease so far. Granted when a matching container is warm.
+    Pending,
     /// The session holds the container.
     Active,
     /// Over; the container is being or has been destroyed.
     Released,
+    /// Cancelled while pending (`DELETE`, or its pool was deleted): it never held a container.
+    /// Answered by the cancel; the record is not kept.
+    Cancelled,
 }
 
 /// Why an allocation ended.
@@ -371,9 +377,19 @@ pub struct Allocation {
     pub tenant: crate::ids::TenantId,
     /// The pool it came from.
     pub pool: PoolName,
-    /// The container.
+    /// The container (absent while `pending`).
+    #[serde(
+        default = "ContainerId::nil",
+        skip_serializing_if = "ContainerId::is_nil"
+    )]
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub container_id: ContainerId,
-    /// The node the container runs on.
+    /// The node the container runs on (absent while `pending`).
+    #[serde(
+        default = "NodeId::unassigned",
+        skip_serializing_if = "NodeId::is_unassigned"
+    )]
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub node: NodeId,
     /// The container's address.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Ipv6))]
@@ -384,13 +400,16 @@ pub struct Allocation {
     pub url: Option<String>,
     /// When it was made.
     pub created_at: Timestamp,
-    /// When its lease runs out unless renewed.
+    /// When its lease runs out unless renewed (absent while `pending`: the lease starts at
+    /// the grant).
+    #[serde(default, skip_serializing_if = "Timestamp::is_zero")]
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub expires_at: Timestamp,
     /// The latest `expires_at` renewals may reach (`max_lifetime_secs`).
     pub max_expires_at: Option<Timestamp>,
     /// The caller's key that makes retries safe.
     pub idempotency_key: Option<String>,
-    /// Active or released.
+    /// Pending, active, released (or cancelled, in the answer to a cancel).
     pub state: AllocationState,
     /// When it was released.
     pub released_at: Option<Timestamp>,
@@ -415,6 +434,10 @@ pub struct Allocation {
     /// computed by the API when it answers, never stored; absent when the pool has no price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<f64>,
+    /// The node labels asked for at claim (`location`), if any.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<std::collections::HashMap<String, crate::api::LocationValue>>))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<crate::api::Location>,
 }
 
 impl Allocation {

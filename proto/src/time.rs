@@ -14,6 +14,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
+    /// Whether this is the epoch itself (stands for "not set" where a time is optional on
+    /// the wire).
+    pub fn is_zero(&self) -> bool {
+        self.0 == 0
+    }
+
     /// The current wall-clock time.
     pub fn now() -> Self {
         let ms = SystemTime::now()

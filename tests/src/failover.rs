@@ -97,6 +97,9 @@ pub async fn run(
                     secrets: Default::default(),
                     metadata: Default::default(),
                     wait_for: None,
+                    asynchronous: false,
+                    location: None,
+                    max_lifetime_secs: None,
                 };
                 let a = loop {
                     match client.allocate(&req).await {

@@ -643,6 +643,9 @@ pub fn allocation(pool: &str, wait_ms: u64) -> warmpool_proto::api::CreateAlloca
         secrets: Default::default(),
         metadata: Default::default(),
         wait_for: None,
+        asynchronous: false,
+        location: None,
+        max_lifetime_secs: None,
     }
 }
 

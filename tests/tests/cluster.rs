@@ -53,6 +53,9 @@ fn alloc(pool: &str, key: Option<String>) -> CreateAllocation {
         secrets: Default::default(),
         metadata: Default::default(),
         wait_for: None,
+        asynchronous: false,
+        location: None,
+        max_lifetime_secs: None,
     }
 }
 

@@ -438,6 +438,9 @@ fn alloc(pool: &str, wait_ms: u64, key: Option<&str>) -> CreateAllocation {
         secrets: Default::default(),
         metadata: Default::default(),
         wait_for: None,
+        asynchronous: false,
+        location: None,
+        max_lifetime_secs: None,
     }
 }
 

@@ -621,6 +621,9 @@ async fn draining_a_host_moves_its_warm_containers_and_uncordon_lets_it_take_new
             secrets: Default::default(),
             metadata: Default::default(),
             wait_for: None,
+            asynchronous: false,
+            location: None,
+            max_lifetime_secs: None,
         })
         .await
         .expect("allocate");

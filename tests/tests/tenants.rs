@@ -358,3 +358,34 @@ async fn an_event_stream_ends_when_its_key_is_revoked() {
     .await;
     assert!(ended.is_ok(), "the stream outlived its key by 10 s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenant_gets_404_for_a_pending_allocation_and_lists_hide_it() {
+    let f = Fleet::start(0).await;
+    // A pool no node may host: what is asked of it stays pending.
+    let mut spec = TestCluster::demo_spec("stuck", 0);
+    spec.constraints.insert("region".into(), "mars".into());
+    f.admin.create_pool(&spec).await.expect("create pool");
+    let (a, b) = (
+        f.key(Role::User, "acme").await,
+        f.key(Role::User, "bolt").await,
+    );
+    let mut req = allocation("stuck", 0);
+    req.asynchronous = true;
+    let pending: Allocation = a.allocate(&req).await.expect("A asks");
+    assert_eq!(pending.state, AllocationState::Pending);
+    assert_eq!(pending.tenant.as_str(), "acme");
+    let e = b.get_allocation(pending.id).await.expect_err("B reads A's");
+    assert_eq!(status_of(&e), Some(404), "{e}");
+    let e = b.release(pending.id).await.expect_err("B cancels A's");
+    assert_eq!(status_of(&e), Some(404), "{e}");
+    let q = poolctl::AllocationQuery {
+        state: Some("pending".into()),
+        ..Default::default()
+    };
+    assert!(b.list_allocations(&q).await.expect("B lists").is_empty());
+    let seen = a.list_allocations(&q).await.expect("A lists");
+    assert_eq!(seen.iter().map(|x| x.id).collect::<Vec<_>>(), [pending.id]);
+    let cancelled = a.release(pending.id).await.expect("A cancels");
+    assert_eq!(cancelled.state, AllocationState::Cancelled);
+}

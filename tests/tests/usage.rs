@@ -33,6 +33,9 @@ async fn usage_counts_container_time_per_pool_and_session_with_its_cost() {
             secrets: Default::default(),
             metadata: Default::default(),
             wait_for: None,
+            asynchronous: false,
+            location: None,
+            max_lifetime_secs: None,
         })
         .await
         .unwrap();

@@ -46,8 +46,9 @@ fn record(pool: &str, outcome: &'static str, start: Instant) {
 }
 
 /// Hands out a warm container of the pool: one Raft write, no Docker call. When none is warm,
-/// waits up to `wait_ms` in the pool's queue. The same `idempotency_key` always answers the
-/// same allocation.
+/// waits up to `wait_ms` in the pool's queue, or with `async: true` answers `202` at once with
+/// the allocation `pending` in that queue. `location` limits it to matching nodes. The same
+/// `idempotency_key` always answers the same allocation.
 #[utoipa::path(
     post, path = "/v1/allocations", tag = "allocations", request_body = CreateAllocation,
     responses(
@@ -56,10 +57,15 @@ fn record(pool: &str, outcome: &'static str, start: Instant) {
                 ("Location" = String, description = "`/v1/allocations/<id>`"),
                 ("Idempotent-Replayed" = String, description = "`true` when the key's earlier allocation is answered"),
             )),
-        (status = 400, description = "Malformed or out-of-range request (`bad_request`)", body = ErrorBody),
+        (status = 202, description = "`async: true` and no matching container warm: the allocation is `pending` (or the pending one this idempotency key already made); poll `Location` or watch the event stream for `container_allocated`", body = Allocation,
+            headers(
+                ("Location" = String, description = "`/v1/allocations/<id>`"),
+                ("Idempotent-Replayed" = String, description = "`true` when the key's earlier allocation is answered"),
+            )),
+        (status = 400, description = "Malformed or out-of-range request, or `max_lifetime_secs` longer than the pool's (`bad_request`)", body = ErrorBody),
         (status = 404, description = "No such pool (`not_found`)", body = ErrorBody),
         (status = 403, description = "A user key named another tenant (`forbidden`)", body = ErrorBody),
-        (status = 409, description = "The idempotency key was used for another request (`conflict`)", body = ErrorBody),
+        (status = 409, description = "The idempotency key was used for another request (`conflict`), or no ready node matches `location` (`no_matching_node`)", body = ErrorBody),
         (status = 429, description = "The tenant holds its `max_allocations` (`over_quota`) or asks faster than its `allocations_per_minute` (`rate_limited`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds"))),
         (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
@@ -73,12 +79,26 @@ pub async fn create(
     ApiJson(mut req): ApiJson<CreateAllocation>,
 ) -> Result<Response, ApiError> {
     warmpool_proto::session::check_metadata(&req.metadata).map_err(ApiError::BadRequest)?;
+    if req.asynchronous
+        && (!req.env.is_empty() || !req.secrets.is_empty() || req.wait_for.is_some())
+    {
+        return Err(ApiError::BadRequest(
+            "async cannot carry env, secrets or wait_for: give them once the allocation is active"
+                .into(),
+        ));
+    }
+    if let Some(location) = &req.location {
+        warmpool_proto::api::check_location(location).map_err(ApiError::BadRequest)?;
+    }
     warmpool_proto::session::check_settings(&req.env, &req.secrets)
         .map_err(ApiError::BadRequest)?;
     // The values leave the request here: only the answering member ever holds them, on their
     // way to the container's agent.
     let settings = crate::api::settings::Settings::take(&mut req);
     let (allocation, replayed, token) = claim(&app, &scope, req, settings.is_some()).await?;
+    if allocation.state == AllocationState::Pending {
+        return Ok(pending(&app, allocation, replayed, token));
+    }
     let allocation = match settings {
         Some(s) => s.deliver(&app, allocation).await,
         None => allocation,
@@ -117,12 +137,16 @@ async fn claim(
         }
     }
     let pool = req.pool.clone();
-    let default_lease = read_fresh(app, &HeaderMap::new(), |s| {
-        s.pool(&pool).map(|p| p.spec.lease_seconds)
+    let (default_lease, pool_lifetime) = read_fresh(app, &HeaderMap::new(), |s| {
+        s.pool(&pool)
+            .map(|p| (p.spec.lease_seconds, p.spec.max_lifetime_secs))
     })
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("no pool named {:?}", pool.as_str())))?;
     let lease_ms = lease_ms(req.lease_seconds.unwrap_or(default_lease))?;
+    if let Some(asked) = req.max_lifetime_secs {
+        check_lifetime(asked, pool_lifetime, pool.as_str())?;
+    }
     let session = match req.session_id {
         Some(s) => s,
         None => SessionId::new(format!("s-{}", uuid::Uuid::now_v7()))
@@ -142,6 +166,9 @@ async fn claim(
         metadata: req.metadata.clone(),
         with_settings,
         token_sha256: Some(token_sha256),
+        asynchronous: req.asynchronous,
+        location: req.location.clone(),
+        max_lifetime_secs: req.max_lifetime_secs,
     };
     let deadline = start + Duration::from_millis(wait_ms);
     let shared = app.cluster.shared().clone();
@@ -164,6 +191,24 @@ async fn claim(
             let token = (!replayed).then_some(token);
             return Ok((allocation, replayed, token));
         }
+        Ok(Applied::Queued {
+            allocation_id: queued,
+            ..
+        }) if req.asynchronous => {
+            // Answered at once: the allocation is pending in the replicated queue, and is
+            // granted there when a container is warm for it.
+            let a = shared
+                .read(|s| s.allocation_or_pending(&queued))
+                .ok_or_else(|| ApiError::Internal(format!("allocation {queued} vanished")))?;
+            let replayed = queued != allocation_id;
+            record(
+                pool.as_str(),
+                if replayed { "replayed" } else { "pending" },
+                start,
+            );
+            let token = (!replayed).then_some(token);
+            return Ok((a, replayed, token));
+        }
         Ok(Applied::Queued { allocation_id, .. }) => allocation_id,
         Ok(Applied::Rejected(r)) => {
             unanswered.answered();
@@ -173,6 +218,7 @@ async fn claim(
                     RejectCode::NoCapacity => "no_capacity",
                     RejectCode::OverQuota => "over_quota",
                     RejectCode::RateLimited => "rate_limited",
+                    RejectCode::NoMatchingNode => "no_matching_node",
                     _ => "refused",
                 },
                 start,
@@ -321,6 +367,38 @@ impl Drop for WaitGauge {
     }
 }
 
+/// A request's `max_lifetime_secs` against its pool's: 1 and up, and no longer than the pool's.
+fn check_lifetime(asked: u64, pool: Option<u64>, name: &str) -> Result<(), ApiError> {
+    if asked == 0 {
+        return Err(ApiError::BadRequest(
+            "max_lifetime_secs must be at least 1".into(),
+        ));
+    }
+    match pool {
+        Some(cap) if asked > cap => Err(ApiError::BadRequest(format!(
+            "max_lifetime_secs {asked} is longer than pool {name:?} allows ({cap})"
+        ))),
+        None if asked > MAX_LEASE_SECONDS => Err(ApiError::BadRequest(format!(
+            "max_lifetime_secs must be at most {MAX_LEASE_SECONDS}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `202 Accepted` with a pending allocation.
+fn pending(app: &AppState, a: Allocation, replayed: bool, token: Option<String>) -> Response {
+    let a = present(app, a, token);
+    let mut resp = (StatusCode::ACCEPTED, Json(&a)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/allocations/{}", a.id)) {
+        resp.headers_mut().insert("location", v);
+    }
+    if replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
 fn allocated(app: &AppState, a: Allocation, replayed: bool, token: Option<String>) -> Response {
     let a = present(app, a, token);
     let mut resp = (StatusCode::CREATED, Json(&a)).into_response();
@@ -354,7 +432,7 @@ pub struct ListQuery {
     metadata: (),
 }
 
-/// Allocations on record (active, and released ones not yet forgotten).
+/// Allocations on record (pending first, then active, and released ones not yet forgotten).
 #[utoipa::path(
     get, path = "/v1/allocations", tag = "allocations", params(ListQuery, Consistency),
     responses(
@@ -373,11 +451,12 @@ pub async fn list(
     let (q, metadata) = split_metadata_query(raw.as_deref().unwrap_or_default())?;
     let state = match q.state.as_deref() {
         None => None,
+        Some("pending") => Some(AllocationState::Pending),
         Some("active") => Some(AllocationState::Active),
         Some("released") => Some(AllocationState::Released),
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
-                "unknown allocation state {other:?}: active or released"
+                "unknown allocation state {other:?}: pending, active or released"
             )))
         }
     };
@@ -386,7 +465,8 @@ pub async fn list(
         app.cluster
             .shared()
             .read(|s| {
-                s.allocations()
+                s.pending_allocations()
+                    .chain(s.allocations().cloned())
                     .filter(|a| scope.sees(&a.tenant))
                     .filter(|a| q.pool.as_deref().is_none_or(|p| a.pool.as_str() == p))
                     .filter(|a| {
@@ -400,7 +480,6 @@ pub async fn list(
                             .iter()
                             .all(|(k, v)| a.metadata.get(k).is_some_and(|have| have == v))
                     })
-                    .cloned()
                     .collect::<Vec<_>>()
             })
             .into_iter()
@@ -445,8 +524,21 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Allocation>, ApiError> {
     let id = parse_id(&id)?;
-    let a = visible(&app, &scope, &headers, id).await?;
+    let a = visible_or_pending(&app, &scope, &headers, id).await?;
     Ok(Json(present(&app, a, None)))
+}
+
+/// Like [`visible`], and a pending allocation too (state `pending`: no container yet).
+pub(super) async fn visible_or_pending(
+    app: &AppState,
+    scope: &Scope,
+    headers: &HeaderMap,
+    id: AllocationId,
+) -> Result<Allocation, ApiError> {
+    read_fresh(app, headers, |s| s.allocation_or_pending(&id))
+        .await?
+        .filter(|a| scope.sees(&a.tenant))
+        .ok_or_else(|| ApiError::NotFound(format!("no allocation {id}")))
 }
 
 /// The allocation `id`, if `scope` may see it; another tenant's answers 404 as a missing one
@@ -473,12 +565,13 @@ async fn write_allocation(app: &AppState, cmd: Command) -> Result<Json<Allocatio
 
 /// Releases an allocation: its container is destroyed (never reused) and replaced. The
 /// allocation stays on record (`GET` answers it, `state: released`, with its reason), and
-/// releasing it again answers it as it is.
+/// releasing it again answers it as it is. A pending allocation is cancelled: answered with
+/// `state: cancelled`, and gone from the record.
 #[utoipa::path(
     delete, path = "/v1/allocations/{id}", tag = "allocations",
     params(("id" = AllocationId, Path, description = "Allocation id")),
     responses(
-        (status = 200, description = "Released", body = Allocation),
+        (status = 200, description = "Released (or, if it was pending, cancelled)", body = Allocation),
         (status = 404, description = "No such allocation (`not_found`)", body = ErrorBody),
         (status = 409, description = "Its state forbids it (`conflict`)", body = ErrorBody),
         (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
@@ -492,7 +585,7 @@ pub async fn release(
 ) -> Result<Json<Allocation>, ApiError> {
     let id = parse_id(&id)?;
     // An allocation's tenant never changes, so checking it before the write is enough.
-    visible(&app, &scope, &HeaderMap::new(), id).await?;
+    visible_or_pending(&app, &scope, &HeaderMap::new(), id).await?;
     write_allocation(
         &app,
         Command::Release {
@@ -512,7 +605,7 @@ pub async fn release(
         (status = 200, description = "Renewed", body = Allocation),
         (status = 400, description = "Malformed body or lease out of range (`bad_request`)", body = ErrorBody),
         (status = 404, description = "No such allocation (`not_found`)", body = ErrorBody),
-        (status = 409, description = "Released, or at its lifetime cap (`conflict`)", body = ErrorBody),
+        (status = 409, description = "Released, pending (its lease starts at the grant), or at its lifetime cap (`conflict`)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds"))),
@@ -525,7 +618,7 @@ pub async fn renew(
     OptionalJson(body): OptionalJson<RenewAllocation>,
 ) -> Result<Json<Allocation>, ApiError> {
     let id = parse_id(&id)?;
-    let a = visible(&app, &scope, &HeaderMap::new(), id).await?;
+    let a = visible_or_pending(&app, &scope, &HeaderMap::new(), id).await?;
     let secs = match body.lease_seconds {
         Some(s) => s,
         None => app

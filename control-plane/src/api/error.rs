@@ -35,6 +35,9 @@ pub enum ApiError {
     /// 415: not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 409: no ready node matches the allocation's `location`.
+    #[error("{0}")]
+    NoMatchingNode(String),
     /// 503 with Retry-After: no warm container came free in time.
     #[error("{message}")]
     NoCapacity {
@@ -83,6 +86,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             ApiError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
             ApiError::NoCapacity { .. } => ErrorCode::NoCapacity,
+            ApiError::NoMatchingNode(_) => ErrorCode::NoMatchingNode,
             ApiError::TooManyRequests { code, .. } => *code,
             ApiError::NoQuorum(_) => ErrorCode::NoQuorum,
             ApiError::Overloaded(_) => ErrorCode::Overloaded,
@@ -127,6 +131,7 @@ impl From<Rejection> for ApiError {
             RejectCode::NotFound => ApiError::NotFound(r.message),
             RejectCode::Conflict => ApiError::Conflict(r.message),
             RejectCode::Invalid => ApiError::BadRequest(r.message),
+            RejectCode::NoMatchingNode => ApiError::NoMatchingNode(r.message),
             RejectCode::NoCapacity => ApiError::NoCapacity {
                 message: r.message,
                 retry_after: 1,
@@ -195,6 +200,7 @@ mod tests {
             ApiError::Conflict(m()),
             ApiError::PayloadTooLarge(m()),
             ApiError::UnsupportedMediaType(m()),
+            ApiError::NoMatchingNode(m()),
             ApiError::NoCapacity {
                 message: m(),
                 retry_after: 1,

@@ -107,8 +107,15 @@ pub fn present(app: &AppState, mut a: Allocation, token: Option<String>) -> Allo
             pool.and_then(|p| p.spec.price_per_hour),
         )
     });
-    a.cost = price.map(|p| a.cost_at(p, warmpool_proto::Timestamp::now()));
-    if a.state != AllocationState::Active {
+    if !matches!(
+        a.state,
+        AllocationState::Pending | AllocationState::Cancelled
+    ) {
+        a.cost = price.map(|p| a.cost_at(p, warmpool_proto::Timestamp::now()));
+    }
+    // A pending allocation's routes are known already (they go by its id): its token is
+    // answered once, by the request that made it, and works once it is active.
+    if !matches!(a.state, AllocationState::Active | AllocationState::Pending) {
         return a;
     }
     let mut access = app.gateway.access(a.id, &ports);

@@ -339,6 +339,44 @@ mod tests {
     }
 
     #[test]
+    fn an_allocation_may_be_pending_and_asked_for_asynchronously_in_a_location() {
+        let doc: serde_json::Value = serde_json::from_str(document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let states = schemas["AllocationState"].to_string();
+        for word in ["pending", "active", "released", "cancelled"] {
+            assert!(states.contains(word), "{word} not in {states}");
+        }
+        let required = schemas["Allocation"]["required"].to_string();
+        for absent_while_pending in ["container_id", "node", "expires_at"] {
+            assert!(
+                !required.contains(&format!("\"{absent_while_pending}\"")),
+                "{absent_while_pending} is required: {required}"
+            );
+        }
+        let create = &schemas["CreateAllocation"]["properties"];
+        for field in ["async", "location", "max_lifetime_secs"] {
+            assert!(create[field].is_object(), "{field} missing: {create}");
+        }
+        let codes = schemas["ErrorCode"].to_string();
+        assert!(codes.contains("no_matching_node"), "{codes}");
+        // A location value is one value or a preference list; its schema is in the document.
+        let location = create["location"].to_string();
+        if let Some(r) = location
+            .split("#/components/schemas/")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+        {
+            assert!(schemas[r].is_object(), "{r} referenced but not defined");
+        }
+        assert!(
+            location.contains("array") || schemas["LocationValue"].to_string().contains("array"),
+            "{location}"
+        );
+        let post = doc["paths"]["/v1/allocations"]["post"]["responses"].to_string();
+        assert!(post.contains("\"202\""), "{post}");
+    }
+
+    #[test]
     fn the_document_lists_exactly_the_routes_the_router_serves() {
         let doc: serde_json::Value = serde_json::from_str(document()).unwrap();
         let mut documented = BTreeSet::new();

@@ -252,6 +252,9 @@ impl World {
             metadata: Default::default(),
             with_settings: false,
             token_sha256: None,
+            asynchronous: false,
+            location: None,
+            max_lifetime_secs: None,
         });
         assert!(matches!(r, Response::Allocation { .. }), "{r:?}");
         allocation_id
@@ -631,6 +634,9 @@ fn demand_grows_the_pool_and_the_growth_is_written() {
             metadata: Default::default(),
             with_settings: false,
             token_sha256: None,
+            asynchronous: false,
+            location: None,
+            max_lifetime_secs: None,
         });
         let effects = e.decide(Duty::Scale, &w.state, &w.facts, w.now());
         w.carry_out(&mut e, effects);

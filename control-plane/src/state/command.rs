@@ -134,6 +134,16 @@ pub enum Command {
         /// never enters the log).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token_sha256: Option<String>,
+        /// The requester does not wait: the allocation stays queued (`pending`) until a
+        /// container is warm for it, with no deadline, or until it is cancelled.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        asynchronous: bool,
+        /// Node labels the container's node must carry (a list: in order of preference).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        location: Option<warmpool_proto::api::Location>,
+        /// Caps the allocation's lifetime below its pool's `max_lifetime_secs`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_lifetime_secs: Option<u64>,
     },
     /// Where an allocation's settings given at claim stand, after the member that took the
     /// claim delivered them (or failed to).
@@ -360,6 +370,8 @@ pub enum RejectCode {
     OverQuota,
     /// The tenant asked faster than its `allocations_per_minute`; see `retry_after_ms`.
     RateLimited,
+    /// No ready node carries the labels the allocation's `location` asks for.
+    NoMatchingNode,
 }
 
 impl Response {

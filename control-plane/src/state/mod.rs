@@ -301,6 +301,46 @@ pub struct Pending {
     pub since: Timestamp,
     /// After this it is dropped unserved.
     pub deadline: Timestamp,
+    /// Asked for with `async: true`: no requester waits on it, no deadline ends it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub asynchronous: bool,
+    /// Node labels the container's node must carry (a list: in order of preference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<warmpool_proto::api::Location>,
+    /// The allocation's own lifetime cap, in seconds (within its pool's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime_secs: Option<u64>,
+}
+
+impl Pending {
+    /// How the API shows it: an allocation of `pool` in state `pending`, with no container,
+    /// node or lease yet.
+    pub fn to_allocation(&self, pool: &PoolName) -> Allocation {
+        Allocation {
+            id: self.allocation_id,
+            session_id: self.session.clone(),
+            tenant: self.tenant.clone(),
+            pool: pool.clone(),
+            container_id: ContainerId::nil(),
+            node: NodeId::unassigned(),
+            ipv6: None,
+            port: 0,
+            url: None,
+            created_at: self.since,
+            expires_at: Timestamp::default(),
+            max_expires_at: None,
+            idempotency_key: self.idempotency_key.clone(),
+            state: warmpool_proto::records::AllocationState::Pending,
+            released_at: None,
+            release_reason: None,
+            metadata: self.metadata.clone(),
+            settings: None,
+            token_sha256: self.token_sha256.clone(),
+            access: None,
+            cost: None,
+            location: self.location.clone(),
+        }
+    }
 }
 
 /// Everything the control plane agrees on.
@@ -658,7 +698,7 @@ impl PoolState {
 
     /// Whether `pool` has a container an allocation could take right now.
     pub fn has_allocatable(&self, pool: &PoolName) -> bool {
-        self.pick_warm(pool).is_some()
+        self.pick_warm(pool, None).is_some()
     }
 
     /// Why `pool` is not growing as it should, if it is not.
@@ -699,6 +739,30 @@ impl PoolState {
     /// Every waiting allocation, per pool.
     pub fn pending(&self) -> impl Iterator<Item = (&PoolName, &VecDeque<Pending>)> {
         self.pending.iter().filter(|(_, q)| !q.is_empty())
+    }
+
+    /// A waiting allocation, shown as an allocation in state `pending`.
+    pub fn pending_allocation(&self, id: &AllocationId) -> Option<Allocation> {
+        self.pending.iter().find_map(|(pool, q)| {
+            q.iter()
+                .find(|p| &p.allocation_id == id)
+                .map(|p| p.to_allocation(pool))
+        })
+    }
+
+    /// An allocation by id, granted or pending.
+    pub fn allocation_or_pending(&self, id: &AllocationId) -> Option<Allocation> {
+        self.allocation(id)
+            .cloned()
+            .or_else(|| self.pending_allocation(id))
+    }
+
+    /// Every waiting allocation, shown as allocations in state `pending`, oldest first per
+    /// pool.
+    pub fn pending_allocations(&self) -> impl Iterator<Item = Allocation> + '_ {
+        self.pending
+            .iter()
+            .flat_map(|(pool, q)| q.iter().map(move |p| p.to_allocation(pool)))
     }
 
     /// Whether `id` is waiting in a queue.

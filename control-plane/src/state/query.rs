@@ -159,7 +159,16 @@ impl PoolState {
             return false;
         }
         match (&e.allocation, &e.session) {
-            (Some(a), _) => self.allocations.get(a).is_some_and(|a| &a.tenant == tenant),
+            (Some(a), _) => match self.allocations.get(a) {
+                Some(a) => &a.tenant == tenant,
+                // A pending or cancelled allocation has no record: its events carry its tenant.
+                None => e
+                    .detail
+                    .as_ref()
+                    .and_then(|d| d.get("tenant"))
+                    .and_then(|t| t.as_str())
+                    .is_some_and(|t| t == tenant.as_str()),
+            },
             // A session is an allocation's; without one to tell whose, it is not shown.
             (None, Some(_)) => false,
             (None, None) => true,

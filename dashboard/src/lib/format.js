@@ -118,3 +118,45 @@ export function hostPort(ipv6, port) {
 export function kindLabel(kind) {
   return String(kind ?? '').replaceAll('_', ' ');
 }
+
+/**
+ * What an allocation has cost by `now`: its running time at the pool's `pricePerHour` when
+ * that is known (so it ticks with the clock), else the `cost` the API answered (computed when
+ * it answered); null for a pending allocation, or when neither is known. Pure.
+ */
+export function runningCost(a, now, pricePerHour) {
+  if (!a || a.state === 'pending' || a.state === 'cancelled') return null;
+  const start = ms(a.created_at);
+  if (typeof pricePerHour === 'number' && Number.isFinite(pricePerHour) && !Number.isNaN(start)) {
+    const end = a.released_at ? ms(a.released_at) : now;
+    return (Math.max(0, end - start) / 3_600_000) * pricePerHour;
+  }
+  return typeof a.cost === 'number' ? a.cost : null;
+}
+
+/** A cost in the pool's price unit: `0.0123` (4 decimals under 1, 2 above); `—` when unknown. */
+export function formatCost(cost) {
+  if (cost === null || cost === undefined || Number.isNaN(cost)) return '—';
+  return cost < 1 ? cost.toFixed(4) : cost.toFixed(2);
+}
+
+/**
+ * `region=eu, zone=a,b` as an allocation's `location`: `{region: 'eu', zone: ['a', 'b']}`
+ * (a list is an order of preference). Empty text is no location (null); bad text throws an
+ * Error that says what is wrong. Pure.
+ */
+export function parseLocation(text) {
+  const t = (text ?? '').trim();
+  if (!t) return null;
+  const out = {};
+  for (const part of t.split(/\s+|;/).filter(Boolean)) {
+    const eq = part.indexOf('=');
+    if (eq <= 0) throw new Error(`"${part}" is not label=value`);
+    const key = part.slice(0, eq);
+    const values = part.slice(eq + 1).split(',');
+    if (values.some((v) => !v)) throw new Error(`"${part}" has an empty value`);
+    if (key in out) throw new Error(`label "${key}" is given twice`);
+    out[key] = values.length === 1 ? values[0] : values;
+  }
+  return out;
+}

@@ -25,6 +25,8 @@ export const EVENT_KINDS = [
   'container_restarted',
   'container_terminated',
   'container_failed',
+  'allocation_pending',
+  'allocation_cancelled',
   'allocation_renewed',
   'allocation_lost',
   'node_joined',

@@ -115,7 +115,12 @@ const fetchers = {
     app.containers = indexById(list);
   },
   async allocations() {
-    app.allocations = await api.get('/v1/allocations', { query: { state: 'active' } });
+    // Pending ones (async, waiting for a warm container) first, then the active ones.
+    const [pending, active] = await Promise.all([
+      api.get('/v1/allocations', { query: { state: 'pending' } }),
+      api.get('/v1/allocations', { query: { state: 'active' } }),
+    ]);
+    app.allocations = [...pending, ...active];
   },
   // The key's role. `GET /v1/whoami` says it outright. A member too old to offer it answers
   // 404, and then `GET /v1/keys`, which is admin-only, tells admin (200) from the rest (403:
@@ -410,8 +415,10 @@ export function roleLabel() {
  * `POST /v1/allocations`. Returns `{ok: true, allocation, ms}` or `{ok: false, error, message}`.
  * The browser-side round trip is recorded for the latency chart.
  */
-export async function allocate({ pool, session_id, lease_seconds, wait_ms, idempotency_key }) {
+export async function allocate({ pool, session_id, lease_seconds, wait_ms, idempotency_key, asynchronous, location }) {
   const body = { pool };
+  if (asynchronous) body.async = true;
+  if (location) body.location = location;
   if (session_id) body.session_id = session_id;
   if (lease_seconds) body.lease_seconds = lease_seconds;
   if (wait_ms !== undefined && wait_ms !== null && wait_ms !== '') body.wait_ms = wait_ms;

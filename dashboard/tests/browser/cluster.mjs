@@ -293,7 +293,7 @@ export class Cluster {
   }
 
   /** Creates a pool of the demo image with a fast health check. */
-  async createPool(name, { minWarm = 1, maxTotal = 100, leaseSeconds = 600 } = {}) {
+  async createPool(name, { minWarm = 1, maxTotal = 100, leaseSeconds = 600, pricePerHour, constraints } = {}) {
     const spec = {
       name,
       image: DEMO_IMAGE,
@@ -302,6 +302,8 @@ export class Cluster {
       lease_seconds: leaseSeconds,
       health: { probe: { kind: 'http', path: '/healthz' }, interval_ms: 300 },
     };
+    if (pricePerHour !== undefined) spec.price_per_hour = pricePerHour;
+    if (constraints) spec.constraints = constraints;
     return this.json(this.members[0].url, '/v1/pools', {
       method: 'POST',
       headers: { 'content-type': 'application/json' },

@@ -76,8 +76,10 @@ before(async () => {
   process.once('exit', bye);
   try {
     await cluster.start({ auth: true });
-    await cluster.createPool('demo', { minWarm: 2, maxTotal: 8 });
+    await cluster.createPool('demo', { minWarm: 2, maxTotal: 8, pricePerHour: 0.5 });
     await cluster.createPool('tiny', { minWarm: 1, maxTotal: 1 });
+    // No node carries its label: what is asked of it stays pending.
+    await cluster.createPool('later', { minWarm: 0, maxTotal: 2, constraints: { region: 'mars' } });
     await cluster.waitWarm('demo', 2);
     await cluster.waitWarm('tiny', 1);
   } catch (e) {
@@ -141,8 +143,10 @@ test('allocate from the UI: the container appears with its IPv6 address', async 
   const allocationId = (await page.getByTestId('allocation-id').textContent()).trim();
   allocation = await api(`/v1/allocations/${allocationId}`);
   assert.equal(allocation.session_id, 'browser-session-1');
-  // It is listed with a lease countdown.
-  await page.locator(`[data-allocation="${allocationId}"]`).getByText(/^\d+:\d\d$/).waitFor();
+  // It is listed with a lease countdown, and its cost so far beside it (the pool has a price).
+  const listed = page.locator(`[data-allocation="${allocationId}"]`);
+  await listed.getByText(/^\d+:\d\d$/).waitFor();
+  await listed.getByTestId('allocation-cost').getByText(/^· 0\.\d{4}$/).waitFor();
 
   // The containers view shows it allocated, with the same address.
   await go(page, '#/containers?state=allocated');
@@ -155,6 +159,32 @@ test('allocate from the UI: the container appears with its IPv6 address', async 
   await page.getByTestId('detail-ipv6').getByText(ipv6).waitFor();
   await page.getByTestId('container-events').locator('li[data-kind="container_allocated"]').waitFor();
   await shot(page, 'container-detail-desktop');
+});
+
+test('async allocation from the UI: shown pending, cancelled from its row', async () => {
+  await go(page, '#/allocations');
+  const form = page.getByTestId('allocate-form');
+  await form.getByLabel('Pool').fill('later');
+  await form.getByLabel('Session id').fill('browser-async-1');
+  await page.getByTestId('allocate-async').check();
+  await page.getByTestId('allocate-button').click();
+  await page.getByTestId('allocate-pending').waitFor();
+  const id = (await page.getByTestId('allocate-pending').getByTestId('allocation-id').textContent()).trim();
+  assert.equal((await api(`/v1/allocations/${id}`)).state, 'pending');
+  const row = page.locator(`tr[data-allocation="${id}"]`);
+  await row.waitFor();
+  assert.equal(await row.getAttribute('data-state'), 'pending');
+  await row.getByText('pending', { exact: true }).waitFor();
+  await page.getByTestId('allocations-summary').getByText(/1 pending/).waitFor();
+  await row.getByRole('button', { name: 'Cancel' }).click();
+  await waitFor('the cancelled one to leave the list', async () => (await row.count()) === 0, 5000);
+  await page.getByTestId('release-result').getByText(/^Cancelled /).waitFor();
+  // A bad location is explained before anything is sent.
+  await form.getByLabel('Location').fill('region');
+  await page.getByTestId('allocate-button').click();
+  await page.getByText(/Location: "region" is not label=value/).waitFor();
+  await form.getByLabel('Location').fill('');
+  await page.getByTestId('allocate-async').uncheck();
 });
 
 test('release from the UI: the container_released event shows in the live event log', async () => {

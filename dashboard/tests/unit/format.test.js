@@ -11,6 +11,9 @@ import {
   hostPort,
   kindLabel,
   ms,
+  runningCost,
+  formatCost,
+  parseLocation,
 } from '../../src/lib/format.js';
 
 describe('formatCountdown', () => {
@@ -98,5 +101,46 @@ describe('ids and labels', () => {
   });
   it('turns a kind into words', () => {
     expect(kindLabel('container_released')).toBe('container released');
+  });
+});
+
+describe('runningCost', () => {
+  const created = '2026-01-01T00:00:00.000Z';
+  const t0 = Date.parse(created);
+  it('ticks with the clock at the pool price', () => {
+    const a = { state: 'active', created_at: created, cost: 0.1 };
+    expect(runningCost(a, t0 + 3_600_000, 0.5)).toBeCloseTo(0.5);
+    expect(runningCost(a, t0 + 1_800_000, 0.5)).toBeCloseTo(0.25);
+  });
+  it('stops at the release, and falls back to the answered cost without a price', () => {
+    const a = { state: 'released', created_at: created, released_at: '2026-01-01T00:30:00.000Z', cost: 0.3 };
+    expect(runningCost(a, t0 + 10 * 3_600_000, 2)).toBeCloseTo(1);
+    expect(runningCost(a, t0, undefined)).toBe(0.3);
+    expect(runningCost({ state: 'active', created_at: created }, t0, undefined)).toBeNull();
+  });
+  it('is nothing for a pending allocation', () => {
+    expect(runningCost({ state: 'pending', created_at: created, cost: 0 }, t0 + 1000, 1)).toBeNull();
+  });
+});
+
+describe('formatCost', () => {
+  it('shows 4 decimals under 1, 2 above, a dash when unknown', () => {
+    expect(formatCost(0.012345)).toBe('0.0123');
+    expect(formatCost(12.345)).toBe('12.35');
+    expect(formatCost(0)).toBe('0.0000');
+    expect(formatCost(null)).toBe('—');
+  });
+});
+
+describe('parseLocation', () => {
+  it('reads label=value pairs, a list being an order of preference', () => {
+    expect(parseLocation('')).toBeNull();
+    expect(parseLocation('region=eu')).toEqual({ region: 'eu' });
+    expect(parseLocation(' region=eu,us  zone=a ')).toEqual({ region: ['eu', 'us'], zone: 'a' });
+  });
+  it('says what is wrong with bad text', () => {
+    expect(() => parseLocation('region')).toThrow(/not label=value/);
+    expect(() => parseLocation('region=eu,')).toThrow(/empty value/);
+    expect(() => parseLocation('region=eu region=us')).toThrow(/twice/);
   });
 });

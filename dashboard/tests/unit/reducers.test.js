@@ -137,6 +137,9 @@ describe('adjustStatus', () => {
 describe('affectedResources', () => {
   it('names what each kind of event makes stale', () => {
     expect([...affectedResources({ kind: 'container_allocated' })].sort()).toEqual(['allocations', 'containers', 'nodes', 'status']);
+    // A pending allocation appearing or cancelled refreshes the allocations list.
+    expect(affectedResources({ kind: 'allocation_pending' }).has('allocations')).toBe(true);
+    expect(affectedResources({ kind: 'allocation_cancelled' }).has('allocations')).toBe(true);
     expect([...affectedResources({ kind: 'allocation_renewed' })]).toContain('allocations');
     expect([...affectedResources({ kind: 'pool_scaled' })].sort()).toEqual(['pools', 'status']);
     expect([...affectedResources({ kind: 'node_drained' })].sort()).toEqual(['nodes', 'status']);

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 import warmpool
-from conftest import container_answers, require_route, unique, wait_until
+from conftest import DEADLINE, container_answers, require_route, unique, wait_until
 
 
 def test_finds_its_key_in_the_token_file_and_lists_pools(client: warmpool.Client, pool: str):
@@ -218,3 +218,48 @@ def test_another_tenant_gets_not_found_and_a_viewer_is_forbidden(
     finally:
         other.close()
         viewer.close()
+
+
+def test_async_allocation_is_pending_then_active_cancellable_and_located(client: warmpool.Client, base_url: str):
+    # Pools made and removed here with raw admin calls: one empty (an async allocation makes it
+    # grow), one no node may host (what is asked of it stays pending).
+    import httpx
+
+    h = {"Authorization": f"Bearer {client._token}"}
+    empty, stuck = unique("sdk-async"), unique("sdk-mars")
+    for name, extra in ((empty, {}), (stuck, {"constraints": {"region": "mars"}})):
+        spec = {"name": name, "image": "warmpool-demo:latest", "min_warm": 0, "max_lifetime_secs": 600, **extra}
+        spec["health"] = {"probe": {"kind": "http", "path": "/healthz"}, "interval_ms": 300}
+        r = httpx.post(f"{base_url}/v1/pools", json=spec, headers=h, timeout=10)
+        assert r.status_code == 201, r.text
+    try:
+        sandbox = client.allocate(empty, asynchronous=True, max_lifetime_secs=300)
+        assert sandbox.pending or sandbox.active
+        if sandbox.pending:
+            assert sandbox.container_id == "" and sandbox.node == ""
+            assert client.get_allocation(sandbox.id).state in ("pending", "active")
+        a = sandbox.wait_active(timeout=DEADLINE)
+        assert a.active and a.container_id and a.node and a.url
+        assert sandbox.access and sandbox.access.token, "the token answered at the request is kept"
+        assert container_answers(a.url)
+        sandbox.release()
+
+        waiting = client.allocate(stuck, asynchronous=True, idempotency_key=unique("k"))
+        assert waiting.pending
+        again = client.allocate(stuck, asynchronous=True, idempotency_key=waiting.idempotency_key)
+        assert again.id == waiting.id
+        assert [x.id for x in client.list_allocations(pool=stuck, state="pending")] == [waiting.id]
+        with pytest.raises(warmpool.TimeoutError):
+            client.wait_active(waiting.id, timeout=0.3)
+        assert waiting.release().state == "cancelled"
+        with pytest.raises(warmpool.NotFoundError):
+            client.get_allocation(waiting.id)
+
+        with pytest.raises(warmpool.NoMatchingNodeError) as e:
+            client.allocate(empty, asynchronous=True, location={"region": ["ap", "sa"]})
+        assert e.value.status == 409 and e.value.code == "no_matching_node"
+        with pytest.raises(warmpool.BadRequestError):
+            client.allocate(empty, asynchronous=True, max_lifetime_secs=601)
+    finally:
+        for name in (empty, stuck):
+            httpx.delete(f"{base_url}/v1/pools/{name}", headers=h, timeout=10)

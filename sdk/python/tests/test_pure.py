@@ -132,3 +132,24 @@ def test_an_allocation_reads_its_cost_and_keeps_fields_it_does_not_know():
     assert Allocation.from_json(base).cost is None
     a = Allocation.from_json({**base, "from_a_newer_server": 1})
     assert a.raw["from_a_newer_server"] == 1
+
+
+def test_async_location_and_lifetime_go_in_the_body_only_when_given():
+    from warmpool.models import Allocation
+
+    kw = dict(
+        session_id=None, lease_seconds=None, wait_ms=None, idempotency_key=None, env=None, secrets=None,
+        metadata=None, wait_for_settings=False, tenant=None, request_timeout=10.0,
+    )
+    plain = _core.allocate_call("p", **kw).json
+    assert "async" not in plain and "location" not in plain and "max_lifetime_secs" not in plain
+    c = _core.allocate_call(
+        "p", asynchronous=True, location={"region": ("eu", "us"), "zone": "a"}, max_lifetime_secs=60, **kw
+    ).json
+    assert c["async"] is True and c["max_lifetime_secs"] == 60
+    assert c["location"] == {"region": ["eu", "us"], "zone": "a"}
+    # A pending allocation has no container, node or port yet.
+    p = Allocation.from_json({"id": "a", "session_id": "s", "pool": "p", "state": "pending", "location": {"region": "eu"}})
+    assert p.pending and not p.active and p.container_id == "" and p.port == 0
+    assert p.location == {"region": "eu"}
+    assert issubclass(warmpool.NoMatchingNodeError, warmpool.ConflictError)

@@ -10,31 +10,68 @@ use warmpool_proto::{
 };
 
 use super::{Ctx, EventBody};
+use crate::placement::location_rank;
 use crate::state::{
     scoped_key, touch, Abandonment, Pending, PoolState, RejectCode, Rejection, Response,
     RELEASED_ALLOCATION_RETENTION,
 };
+use warmpool_proto::api::Location;
 
 impl PoolState {
     /// The container an allocation from `pool` would get: the longest-warm container of the
-    /// pool's current generation that is healthy, on a node that is up and not draining.
-    pub(in crate::state) fn pick_warm(&self, pool: &PoolName) -> Option<ContainerId> {
+    /// pool's current generation that is healthy, on a node that is up and not draining; with
+    /// a `location`, only on a node that matches it, the most preferred place first (then the
+    /// longest warm there).
+    pub(in crate::state) fn pick_warm(
+        &self,
+        pool: &PoolName,
+        location: Option<&Location>,
+    ) -> Option<ContainerId> {
         let generation = self.pools.get(pool)?.generation;
-        self.warm_index
-            .get(pool)?
-            .iter()
-            .map(|(_, id)| *id)
-            .find(|id| {
-                let Some(c) = self.containers.get(id) else {
-                    return false;
-                };
-                c.state == ContainerState::Warm
-                    && c.generation == generation
-                    && c.health == Health::Healthy
-                    && self.nodes.get(&c.node).is_some_and(|n| {
-                        matches!(n.status, NodeStatus::Ready | NodeStatus::Cordoned)
-                            && n.unreachable.is_none()
-                    })
+        let mut offered = self.warm_index.get(pool)?.iter().filter_map(|(_, id)| {
+            let c = self.containers.get(id)?;
+            let node = self.nodes.get(&c.node)?;
+            let ok = c.state == ContainerState::Warm
+                && c.generation == generation
+                && c.health == Health::Healthy
+                && matches!(node.status, NodeStatus::Ready | NodeStatus::Cordoned)
+                && node.unreachable.is_none();
+            ok.then_some((*id, node))
+        });
+        let Some(location) = location else {
+            return offered.next().map(|(id, _)| id);
+        };
+        let mut best: Option<(Vec<usize>, ContainerId)> = None;
+        for (id, node) in offered {
+            let Some(rank) = location_rank(&node.labels, location) else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(b, _)| rank < *b) {
+                let top = rank.iter().all(|r| *r == 0);
+                best = Some((rank, id));
+                if top {
+                    break;
+                }
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    /// Whether some ready node carries the labels `location` asks for and the pool's own
+    /// constraints, so that an allocation asking for it can be served (now or once a
+    /// container is made there).
+    fn location_servable(&self, pool: &PoolName, location: &Location) -> bool {
+        let Some(p) = self.pools.get(pool) else {
+            return false;
+        };
+        self.pick_warm(pool, Some(location)).is_some()
+            || self.nodes.values().any(|n| {
+                n.status == NodeStatus::Ready
+                    && location_rank(&n.labels, location).is_some()
+                    && p.spec
+                        .constraints
+                        .iter()
+                        .all(|(k, v)| n.labels.get(k) == Some(v))
             })
     }
 
@@ -87,6 +124,18 @@ impl PoolState {
         if !self.pools.contains_key(&pool) {
             return Response::rejected(RejectCode::NotFound, format!("no pool named {pool:?}"));
         }
+        if let Some(location) = &req.location {
+            if !self.location_servable(&pool, location) {
+                return Response::rejected(
+                    RejectCode::NoMatchingNode,
+                    format!(
+                        "no ready node of pool {:?} matches location {}: none has a warm container there and none can make one",
+                        pool.as_str(),
+                        serde_json::to_string(location).unwrap_or_default()
+                    ),
+                );
+            }
+        }
         // Quotas are checked here, in log order, so that concurrent requests through any
         // member can never together exceed them. A refusal changes nothing.
         if let Some(t) = self.tenants.get(&req.tenant) {
@@ -117,15 +166,15 @@ impl PoolState {
             self.tenants.insert(req.tenant.clone(), t);
         }
         *self.arrivals.entry(pool.clone()).or_default() += 1;
-        let queue_empty = self.waiting(&pool) == 0;
-        if queue_empty {
-            if let Some(cid) = self.pick_warm(&pool) {
-                let allocation = self.grant(ctx, &pool, req, cid);
-                return Response::Allocation {
-                    allocation,
-                    replayed: false,
-                };
-            }
+        // Every earlier waiter was offered every warm container after the last command (see
+        // `serve_waiters`), so a container this request can take is one none of them can:
+        // taking it serves no one ahead of an earlier waiter.
+        if let Some(cid) = self.pick_warm(&pool, req.location.as_ref()) {
+            let allocation = self.grant(ctx, &pool, req, cid);
+            return Response::Allocation {
+                allocation,
+                replayed: false,
+            };
         }
         if !may_wait {
             return Response::rejected(
@@ -136,11 +185,24 @@ impl PoolState {
         if let Some(key) = &req.idempotency_key {
             self.idempotency.insert(scoped_key(&req.tenant, key), id);
         }
+        let body = EventBody {
+            pool: Some(pool.clone()),
+            session: Some(req.session.clone()),
+            allocation: Some(id),
+            detail: Some(serde_json::json!({
+                "async": req.asynchronous,
+                "location": req.location,
+                "tenant": req.tenant,
+            })),
+            ..Default::default()
+        };
         let queue = self.pending.entry(pool).or_default();
         queue.push_back(req);
+        let position = queue.len() - 1;
+        self.emit(ctx, EventKind::AllocationPending, body);
         Response::Queued {
             allocation_id: id,
-            position: queue.len() - 1,
+            position,
         }
     }
 
@@ -176,20 +238,31 @@ impl PoolState {
         )
     }
 
-    /// Hands queued allocations the containers that became free, oldest waiter first, and
-    /// drops waiters whose time is up.
+    /// Hands queued allocations the containers that became free, oldest waiter first (each
+    /// the first container it can take: one on a node its location matches), and drops
+    /// waiters whose time is up.
     pub(super) fn serve_waiters(&mut self, ctx: Ctx) {
         let pools: Vec<PoolName> = self.pending().map(|(p, _)| p.clone()).collect();
         for pool in pools {
-            while let Some(head) = self.pending.get(&pool).and_then(|q| q.front()) {
-                if head.deadline < ctx.at {
-                    self.drop_waiter(&pool, 0);
+            let mut i = 0;
+            while let Some(waiter) = self.pending.get(&pool).and_then(|q| q.get(i)) {
+                if waiter.deadline < ctx.at {
+                    self.drop_waiter(&pool, i);
                     continue;
                 }
-                let Some(cid) = self.pick_warm(&pool) else {
+                let location = waiter.location.clone();
+                // Nothing warm at all: no one behind can be served either.
+                if location.is_some() && self.pick_warm(&pool, None).is_none() {
                     break;
+                }
+                let Some(cid) = self.pick_warm(&pool, location.as_ref()) else {
+                    if location.is_none() {
+                        break;
+                    }
+                    i += 1;
+                    continue;
                 };
-                let Some(req) = self.pending.get_mut(&pool).and_then(VecDeque::pop_front) else {
+                let Some(req) = self.pending.get_mut(&pool).and_then(|q| q.remove(i)) else {
                     break;
                 };
                 self.grant(ctx, &pool, req, cid);
@@ -198,6 +271,31 @@ impl PoolState {
                 self.pending.remove(&pool);
             }
         }
+    }
+
+    /// Cancels the waiting allocation at `index` of `pool`'s queue, answering it as it was
+    /// (state `cancelled`).
+    pub(super) fn cancel_pending(
+        &mut self,
+        ctx: Ctx,
+        pool: &PoolName,
+        index: usize,
+        reason: &str,
+    ) -> Option<Allocation> {
+        let gone = self.drop_waiter(pool, index)?;
+        let mut a = gone.to_allocation(pool);
+        a.state = AllocationState::Cancelled;
+        a.released_at = Some(ctx.at);
+        let body = EventBody {
+            pool: Some(pool.clone()),
+            session: Some(gone.session),
+            allocation: Some(gone.allocation_id),
+            detail: Some(serde_json::json!({ "tenant": gone.tenant })),
+            ..Default::default()
+        }
+        .reason(reason);
+        self.emit(ctx, EventKind::AllocationCancelled, body);
+        Some(a)
     }
 
     pub(super) fn drop_waiter(&mut self, pool: &PoolName, index: usize) -> Option<Pending> {
@@ -319,7 +417,12 @@ impl PoolState {
         req: Pending,
         cid: ContainerId,
     ) -> Allocation {
-        let max_lifetime = self.pools.get(pool).and_then(|p| p.spec.max_lifetime_secs);
+        let pool_cap = self.pools.get(pool).and_then(|p| p.spec.max_lifetime_secs);
+        // The request's own cap, never past the pool's (the API refuses a longer one).
+        let max_lifetime = match (pool_cap, req.max_lifetime_secs) {
+            (Some(p), Some(r)) => Some(p.min(r)),
+            (p, r) => p.or(r),
+        };
         let max_expires_at = max_lifetime.map(|s| ctx.at.plus_millis(s.saturating_mul(1000)));
         let expires_at = match max_expires_at {
             Some(cap) => ctx.at.plus_millis(req.lease_ms).min(cap),
@@ -359,6 +462,7 @@ impl PoolState {
             token_sha256: req.token_sha256.clone(),
             access: None,
             cost: None,
+            location: req.location,
         };
         let mut body = EventBody::of_container(c);
         let waited = ctx.at.since(req.since).as_millis() as u64;
@@ -384,6 +488,20 @@ impl PoolState {
         reason: ReleaseReason,
     ) -> Response {
         let Some(a) = self.allocations.get(&id) else {
+            // A pending one is cancelled.
+            if let Some(pool) = self.queue_of(&id) {
+                let index = self.pending[&pool]
+                    .iter()
+                    .position(|p| p.allocation_id == id);
+                if let Some(a) =
+                    index.and_then(|i| self.cancel_pending(ctx, &pool, i, reason.as_str()))
+                {
+                    return Response::Allocation {
+                        allocation: a,
+                        replayed: false,
+                    };
+                }
+            }
             return Response::rejected(RejectCode::NotFound, format!("no allocation {id}"));
         };
         if a.state == AllocationState::Active {
@@ -449,6 +567,12 @@ impl PoolState {
     }
 
     pub(super) fn renew(&mut self, ctx: Ctx, id: AllocationId, lease_ms: u64) -> Response {
+        if !self.allocations.contains_key(&id) && self.queue_of(&id).is_some() {
+            return Response::rejected(
+                RejectCode::Conflict,
+                format!("allocation {id} is pending: its lease starts when it is granted"),
+            );
+        }
         let Some(a) = self.allocations.get_mut(&id).map(Arc::make_mut) else {
             return Response::rejected(RejectCode::NotFound, format!("no allocation {id}"));
         };

@@ -122,6 +122,9 @@ impl PoolState {
                 metadata,
                 with_settings,
                 token_sha256,
+                asynchronous,
+                location,
+                max_lifetime_secs,
             } => {
                 let req = Pending {
                     allocation_id,
@@ -135,9 +138,18 @@ impl PoolState {
                     since: ctx.at,
                     // A little past the requester's own deadline, so its CancelWait lands
                     // first; this only matters when the requester is gone.
-                    deadline: ctx.at.plus_millis(wait_ms + WAIT_GRACE_MS),
+                    // An asynchronous one has no requester waiting: it stays until granted
+                    // or cancelled.
+                    deadline: if asynchronous {
+                        Timestamp(u64::MAX)
+                    } else {
+                        ctx.at.plus_millis(wait_ms + WAIT_GRACE_MS)
+                    },
+                    asynchronous,
+                    location,
+                    max_lifetime_secs,
                 };
-                self.allocate(ctx, pool, req, wait_ms > 0)
+                self.allocate(ctx, pool, req, wait_ms > 0 || asynchronous)
             }
             Command::CancelWait { allocation_id } => self.cancel_wait(allocation_id),
             Command::Abandon {

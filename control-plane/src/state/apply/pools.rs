@@ -79,6 +79,11 @@ impl PoolState {
         }
         self.wanted.remove(name);
         self.conditions.remove(name);
+        // Waiting allocations can never be served now.
+        while self.pending.get(name).is_some_and(|q| !q.is_empty()) {
+            self.cancel_pending(ctx, name, 0, "pool_deleted");
+        }
+        self.pending.remove(name);
         let live: Vec<(ContainerId, Option<AllocationId>)> = self
             .containers_of(name)
             .filter(|c| c.state.is_live())

@@ -80,6 +80,9 @@ fn a_retried_allocate_proposal_is_answered_not_doubled() {
         metadata: Default::default(),
         with_settings: false,
         token_sha256: None,
+        asynchronous: false,
+        location: None,
+        max_lifetime_secs: None,
     };
     let (a, _) = allocation(h.apply(cmd.clone()));
     let (b, replayed) = allocation(h.apply(cmd));
@@ -185,6 +188,9 @@ fn wait_for(
         metadata: Default::default(),
         with_settings: false,
         token_sha256: None,
+        asynchronous: false,
+        location: None,
+        max_lifetime_secs: None,
     });
     (id, r)
 }

@@ -22,6 +22,9 @@ fn tenants_quotas_and_idempotency_keys_are_their_own() {
             metadata: Default::default(),
             with_settings: false,
             token_sha256: None,
+            asynchronous: false,
+            location: None,
+            max_lifetime_secs: None,
         })
     };
     // The same key in two tenants: two allocations; in one tenant: a replay.

@@ -42,6 +42,9 @@ fn snapshot_round_trip_restores_indexes_and_replay_is_deterministic() {
                 metadata: Default::default(),
                 with_settings: false,
                 token_sha256: None,
+                asynchronous: false,
+                location: None,
+                max_lifetime_secs: None,
             },
         },
     );
@@ -83,6 +86,9 @@ fn a_batch_applies_its_requests_in_order_like_separate_entries() {
         metadata: Default::default(),
         with_settings: false,
         token_sha256: None,
+        asynchronous: false,
+        location: None,
+        max_lifetime_secs: None,
     };
     let mut h = Harness::new();
     let n = h.node("n1");

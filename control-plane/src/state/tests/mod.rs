@@ -5,6 +5,7 @@ mod containers;
 mod keys;
 mod log;
 mod nodes;
+mod pending;
 mod pools;
 mod size;
 
@@ -149,6 +150,9 @@ impl Harness {
             metadata: Default::default(),
             with_settings: false,
             token_sha256: None,
+            asynchronous: false,
+            location: None,
+            max_lifetime_secs: None,
         })
     }
 

@@ -36,6 +36,8 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 TIMEOUT_MARGIN = 10.0
 #: A stream (logs) that delivers nothing, not even a keep-alive, for this long is dead.
 DEFAULT_STREAM_IDLE_TIMEOUT = 60.0
+#: First and longest pause between reads while waiting for a pending allocation.
+PENDING_POLL = (0.05, 1.0)
 #: Longest ``wait_ms`` the API takes.
 MAX_WAIT_MS = 60_000
 #: Error codes after which another member may do better (nothing was committed).
@@ -166,6 +168,9 @@ def allocate_call(
     wait_for_settings: bool,
     tenant: Optional[str],
     request_timeout: float,
+    asynchronous: bool = False,
+    location: Optional[Mapping[str, Union[str, Sequence[str]]]] = None,
+    max_lifetime_secs: Optional[int] = None,
 ) -> Call:
     body: Dict[str, Any] = {"pool": pool, "idempotency_key": idempotency_key or str(uuid.uuid4())}
     for k, v in (
@@ -182,6 +187,15 @@ def allocate_call(
             body[k] = {str(a): str(b) for a, b in m.items()}
     if wait_for_settings:
         body["wait_for"] = "settings"
+    # Sent only when given, so a server without them still takes the rest.
+    if asynchronous:
+        body["async"] = True
+    if location:
+        body["location"] = {
+            str(k): (str(v) if isinstance(v, str) else [str(x) for x in v]) for k, v in location.items()
+        }
+    if max_lifetime_secs is not None:
+        body["max_lifetime_secs"] = max_lifetime_secs
     wait = min(wait_ms if wait_ms is not None else MAX_WAIT_MS, MAX_WAIT_MS) / 1000.0
     return Call(
         "POST",

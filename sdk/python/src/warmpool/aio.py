@@ -133,6 +133,9 @@ class AsyncClient:
         metadata: Optional[Mapping[str, str]] = None,
         wait_for_settings: bool = False,
         tenant: Optional[str] = None,
+        asynchronous: bool = False,
+        location: Optional[Mapping[str, Union[str, Sequence[str]]]] = None,
+        max_lifetime_secs: Optional[int] = None,
     ) -> "_Allocating":
         """As :meth:`warmpool.Client.allocate`. ``await client.allocate(...)`` gives an
         :class:`AsyncSandbox`; ``async with client.allocate(...) as sandbox:`` also releases
@@ -149,6 +152,9 @@ class AsyncClient:
             wait_for_settings=wait_for_settings,
             tenant=tenant,
             request_timeout=self.request_timeout,
+            asynchronous=asynchronous,
+            location=location,
+            max_lifetime_secs=max_lifetime_secs,
         )
         return _Allocating(self, call)
 
@@ -173,6 +179,26 @@ class AsyncClient:
         params += [(f"metadata.{k}", str(v)) for k, v in (metadata or {}).items()]
         items = await self._json(Call("GET", "/v1/allocations", params=params, retry_on_transport=True))
         return [Allocation.from_json(a) for a in items]
+
+    async def wait_active(self, allocation: AllocationRef, timeout: Optional[float] = None) -> Allocation:
+        """As :meth:`warmpool.Client.wait_active`."""
+        import asyncio
+        import time
+
+        aid = _core.allocation_id(allocation)
+        start = time.monotonic()
+        pause, longest = _core.PENDING_POLL
+        while True:
+            try:
+                a = await self.get_allocation(aid)
+            except NotFoundError:
+                return Allocation.from_json({"id": aid, "session_id": "", "pool": "", "state": "cancelled"})
+            if a.state != "pending":
+                return a
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise TimeoutError(_core.path("v1", "allocations", aid), timeout)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, longest)
 
     async def renew(self, allocation: AllocationRef, lease_seconds: Optional[int] = None) -> Allocation:
         body = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
@@ -424,6 +450,10 @@ class AsyncSandbox:
                 raise
             if hasattr(exc, "add_note"):
                 exc.add_note(f"releasing allocation {self.allocation.id} failed too: {e}")
+
+    async def wait_active(self, timeout: Optional[float] = None) -> Allocation:
+        self.allocation = self._keep_access(await self.client.wait_active(self.allocation.id, timeout))
+        return self.allocation
 
     async def refresh(self) -> Allocation:
         self.allocation = self._keep_access(await self.client.get_allocation(self.allocation.id))

@@ -130,6 +130,9 @@ class Client:
         metadata: Optional[Mapping[str, str]] = None,
         wait_for_settings: bool = False,
         tenant: Optional[str] = None,
+        asynchronous: bool = False,
+        location: Optional[Mapping[str, Union[str, Sequence[str]]]] = None,
+        max_lifetime_secs: Optional[int] = None,
     ) -> "Sandbox":
         """``POST /v1/allocations``: a warm container of ``pool`` for a session.
 
@@ -141,6 +144,14 @@ class Client:
         ``secrets`` reach the container after the grant (``/run/warmpool/env`` and every
         exec) and are never answered back; ``metadata`` is stored and filterable;
         ``wait_for_settings`` answers once env and secrets are in place.
+
+        ``asynchronous=True`` answers at once: when no container is warm the allocation is
+        ``pending`` (``sandbox.pending``) and granted when one is, however long that takes;
+        :meth:`wait_active` (or ``sandbox.wait_active()``) waits for it, ``release`` cancels
+        it. ``location`` names node labels the container's node must carry (a list value is
+        an order of preference: ``{"region": ["eu", "us"]}``); refused with
+        :class:`NoMatchingNodeError` when no ready node matches. ``max_lifetime_secs`` caps
+        this allocation's lifetime (no longer than its pool's).
         """
         call = _core.allocate_call(
             pool,
@@ -154,6 +165,9 @@ class Client:
             wait_for_settings=wait_for_settings,
             tenant=tenant,
             request_timeout=self.request_timeout,
+            asynchronous=asynchronous,
+            location=location,
+            max_lifetime_secs=max_lifetime_secs,
         )
         return Sandbox(self, Allocation.from_json(self._json(call)))
 
@@ -161,6 +175,28 @@ class Client:
         """``GET /v1/allocations/{id}``."""
         p = _core.path("v1", "allocations", _core.allocation_id(allocation))
         return Allocation.from_json(self._json(Call("GET", p, retry_on_transport=True)))
+
+    def wait_active(self, allocation: AllocationRef, timeout: Optional[float] = None) -> Allocation:
+        """Reads a pending allocation until it is no longer ``pending`` (``active``, or
+        ``cancelled`` if it was cancelled meanwhile); :class:`TimeoutError` after ``timeout``
+        seconds when given (the allocation stays pending)."""
+        import time
+
+        aid = _core.allocation_id(allocation)
+        start = time.monotonic()
+        pause, longest = _core.PENDING_POLL
+        while True:
+            try:
+                a = self.get_allocation(aid)
+            except NotFoundError:
+                # Cancelled: a pending allocation leaves no record.
+                return Allocation.from_json({"id": aid, "session_id": "", "pool": "", "state": "cancelled"})
+            if a.state != "pending":
+                return a
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise TimeoutError(_core.path("v1", "allocations", aid), timeout)
+            time.sleep(pause)
+            pause = min(pause * 2, longest)
 
     def list_allocations(
         self,
@@ -429,6 +465,11 @@ class Sandbox:
                 raise
             if hasattr(exc, "add_note"):
                 exc.add_note(f"releasing allocation {self.allocation.id} failed too: {e}")
+
+    def wait_active(self, timeout: Optional[float] = None) -> Allocation:
+        """Waits until a pending allocation is active (see :meth:`Client.wait_active`)."""
+        self.allocation = self._keep_access(self.client.wait_active(self.allocation.id, timeout))
+        return self.allocation
 
     def refresh(self) -> Allocation:
         """Reads the allocation again."""

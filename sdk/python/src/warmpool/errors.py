@@ -32,6 +32,7 @@ __all__ = [
     "NotFoundError",
     "MethodNotAllowedError",
     "ConflictError",
+    "NoMatchingNodeError",
     "EndedError",
     "PayloadTooLargeError",
     "UnsupportedMediaTypeError",
@@ -164,6 +165,13 @@ class ConflictError(APIError):
     error_code = "conflict"
 
 
+class NoMatchingNodeError(ConflictError):
+    """409 ``no_matching_node``: no ready node carries the labels the allocation's
+    ``location`` asks for, so none could ever serve it."""
+
+    error_code = "no_matching_node"
+
+
 class EndedError(APIError):
     """410 ``ended``: the allocation has ended, and its container's logs, exec and files too."""
 
@@ -247,6 +255,7 @@ _BY_CODE: Dict[str, Type[APIError]] = {
         NotFoundError,
         MethodNotAllowedError,
         ConflictError,
+        NoMatchingNodeError,
         EndedError,
         PayloadTooLargeError,
         UnsupportedMediaTypeError,

@@ -108,12 +108,19 @@ class Allocation:
     access: Optional[Access] = None
     #: What it has cost so far (or cost, once released) at its pool's price; None without one.
     cost: Optional[float] = None
+    #: Node labels asked for at claim (``location``), if any.
+    location: Optional[Dict[str, Any]] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def active(self) -> bool:
         """Whether the session still holds the container."""
         return self.state == "active"
+
+    @property
+    def pending(self) -> bool:
+        """Whether it waits for a warm container (``async``): no container, node or lease yet."""
+        return self.state == "pending"
 
     @classmethod
     def from_json(cls, d: Dict[str, Any]) -> "Allocation":
@@ -122,10 +129,11 @@ class Allocation:
             id=str(d["id"]),
             session_id=str(d["session_id"]),
             pool=str(d["pool"]),
-            container_id=str(d["container_id"]),
-            node=str(d["node"]),
+            # Absent while pending.
+            container_id=str(d.get("container_id") or ""),
+            node=str(d.get("node") or ""),
             ipv6=d.get("ipv6"),
-            port=int(d["port"]),
+            port=int(d.get("port") or 0),
             url=d.get("url"),
             created_at=parse_time(d.get("created_at")),
             expires_at=parse_time(d.get("expires_at")),
@@ -139,6 +147,7 @@ class Allocation:
             settings=d.get("settings"),
             access=Access.from_json(access) if isinstance(access, dict) else None,
             cost=float(d["cost"]) if isinstance(d.get("cost"), (int, float)) else None,
+            location=d.get("location") if isinstance(d.get("location"), dict) else None,
             raw=d,
         )
 
