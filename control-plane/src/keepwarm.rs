@@ -482,6 +482,7 @@ mod tests {
             tenant: Default::default(),
             metadata: Default::default(),
             with_settings: false,
+            workspace: None,
             token_sha256: None,
         });
         assert_eq!(created(&w.decide()), 1);
@@ -507,6 +508,7 @@ mod tests {
                 tenant: Default::default(),
                 metadata: Default::default(),
                 with_settings: false,
+                workspace: None,
                 token_sha256: None,
             });
         }
@@ -978,6 +980,7 @@ mod tests {
                             tenant: Default::default(),
                             metadata: Default::default(),
                             with_settings: false,
+                            workspace: None,
                             token_sha256: None,
                         });
                         allocations.extend(w.state.active_allocations().map(|a| a.id).last());

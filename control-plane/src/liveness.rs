@@ -287,6 +287,7 @@ mod tests {
                     tenant: Default::default(),
                     metadata: Default::default(),
                     with_settings: false,
+                    workspace: None,
                     token_sha256: None,
                 });
             }
@@ -328,6 +329,7 @@ mod tests {
             tenant: Default::default(),
             metadata: Default::default(),
             with_settings: false,
+            workspace: None,
             token_sha256: None,
         }
     }

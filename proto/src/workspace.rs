@@ -280,6 +280,18 @@ pub struct WorkspaceView {
     pub saved_at: Timestamp,
 }
 
+/// `GET /v1/workspaces` and `/v1/workspaces/{id}` query.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceQuery {
+    /// The tenant (admins: any, every tenant's when absent from a list and `default` for
+    /// one workspace; other keys: their own only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(value_type = Option<String>))]
+    pub tenant: Option<crate::TenantId>,
+}
+
 impl WorkspaceView {
     /// The view of a committed manifest.
     pub fn of(key: &WorkspaceKey, m: &Manifest) -> WorkspaceView {

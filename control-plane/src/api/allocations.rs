@@ -78,9 +78,14 @@ pub async fn create(
     // The values leave the request here: only the answering member ever holds them, on their
     // way to the container's agent.
     let settings = crate::api::settings::Settings::take(&mut req);
+    let restore = crate::api::workspaces::Restore::check(&app, &req).await?;
     let (allocation, replayed, token) = claim(&app, &scope, req, settings.is_some()).await?;
     let allocation = match settings {
         Some(s) => s.deliver(&app, allocation).await,
+        None => allocation,
+    };
+    let allocation = match restore {
+        Some(r) => r.deliver(&app, allocation).await,
         None => allocation,
     };
     Ok(allocated(&app, allocation, replayed, token))
@@ -141,6 +146,7 @@ async fn claim(
         tenant,
         metadata: req.metadata.clone(),
         with_settings,
+        workspace: req.workspace.clone(),
         token_sha256: Some(token_sha256),
     };
     let deadline = start + Duration::from_millis(wait_ms);

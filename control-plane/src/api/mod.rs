@@ -19,6 +19,7 @@ mod pools;
 mod session;
 mod settings;
 mod tenants;
+mod workspaces;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,6 +68,8 @@ pub struct App {
     pub sessions: crate::session::SessionClient,
     /// Where the gateway is, for the URLs in allocation answers.
     pub gateway: gateway::GatewayLinks,
+    /// The workspace store (listing, deleting; the agents save and restore).
+    pub workspaces: warmpool_workspace_store::Store,
 }
 
 /// Handler state.
@@ -119,6 +122,11 @@ pub fn router(app: AppState) -> Router {
         .route(
             "/v1/tenants/{name}",
             get(tenants::get).put(tenants::put).delete(tenants::delete),
+        )
+        .route("/v1/workspaces", get(workspaces::list))
+        .route(
+            "/v1/workspaces/{id}",
+            get(workspaces::get).delete(workspaces::delete),
         )
         .route("/v1/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(metrics))

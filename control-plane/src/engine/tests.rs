@@ -251,6 +251,7 @@ impl World {
             tenant: Default::default(),
             metadata: Default::default(),
             with_settings: false,
+            workspace: None,
             token_sha256: None,
         });
         assert!(matches!(r, Response::Allocation { .. }), "{r:?}");
@@ -630,6 +631,7 @@ fn demand_grows_the_pool_and_the_growth_is_written() {
             tenant: Default::default(),
             metadata: Default::default(),
             with_settings: false,
+            workspace: None,
             token_sha256: None,
         });
         let effects = e.decide(Duty::Scale, &w.state, &w.facts, w.now());

@@ -79,6 +79,7 @@ fn a_retried_allocate_proposal_is_answered_not_doubled() {
         tenant: Default::default(),
         metadata: Default::default(),
         with_settings: false,
+        workspace: None,
         token_sha256: None,
     };
     let (a, _) = allocation(h.apply(cmd.clone()));
@@ -184,6 +185,7 @@ fn wait_for(
         tenant: Default::default(),
         metadata: Default::default(),
         with_settings: false,
+        workspace: None,
         token_sha256: None,
     });
     (id, r)

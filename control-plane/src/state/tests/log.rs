@@ -41,6 +41,7 @@ fn snapshot_round_trip_restores_indexes_and_replay_is_deterministic() {
                 tenant: Default::default(),
                 metadata: Default::default(),
                 with_settings: false,
+                workspace: None,
                 token_sha256: None,
             },
         },
@@ -82,6 +83,7 @@ fn a_batch_applies_its_requests_in_order_like_separate_entries() {
         tenant: Default::default(),
         metadata: Default::default(),
         with_settings: false,
+        workspace: None,
         token_sha256: None,
     };
     let mut h = Harness::new();

@@ -147,6 +147,7 @@ impl Harness {
             tenant: Default::default(),
             metadata: Default::default(),
             with_settings: false,
+            workspace: None,
             token_sha256: None,
         })
     }
