@@ -503,6 +503,7 @@ fn alloc_request(pool: &PoolName, wait_ms: u64) -> CreateAllocation {
         secrets: Default::default(),
         metadata: Default::default(),
         wait_for: None,
+        workspace: None,
     }
 }
 

@@ -472,7 +472,12 @@ impl Driver {
     }
 
     /// Unpacks `tar` into directory `path` of the container (Docker's archive API).
-    pub async fn upload_archive(&self, id: &str, path: &str, tar: Vec<u8>) -> Result<(), DockerError> {
+    pub async fn upload_archive(
+        &self,
+        id: &str,
+        path: &str,
+        tar: Vec<u8>,
+    ) -> Result<(), DockerError> {
         let opts = bollard::query_parameters::UploadToContainerOptions {
             path: path.to_string(),
             ..Default::default()

@@ -170,7 +170,12 @@ async fn sync_loop(shared: &Arc<Shared>, id: ContainerId, bound: Arc<Bound>, eve
         let Some(docker_id) = shared.inventory.docker_id_of(&id) else {
             return;
         };
-        log_save(&id, &bound, save(shared, &docker_id, &bound, id).await, "sync");
+        log_save(
+            &id,
+            &bound,
+            save(shared, &docker_id, &bound, id).await,
+            "sync",
+        );
         drop(finished);
     }
 }
@@ -184,7 +189,12 @@ pub async fn finish(shared: &Arc<Shared>, id: ContainerId, docker_id: &str) {
     bound.stop.cancel();
     let mut finished = bound.finished.lock().await;
     if !*finished {
-        log_save(&id, &bound, save(shared, docker_id, &bound, id).await, "final");
+        log_save(
+            &id,
+            &bound,
+            save(shared, docker_id, &bound, id).await,
+            "final",
+        );
         *finished = true;
     }
     drop(finished);
@@ -231,7 +241,13 @@ async fn save(
         .map_err(|e| StoreError::Archive(e.to_string()))??;
     let key = &b.binding.key;
     let others = match b.binding.tenant_max_bytes {
-        Some(_) => shared.workspaces.store.tenant_bytes(&key.tenant, &key.workspace).await?,
+        Some(_) => {
+            shared
+                .workspaces
+                .store
+                .tenant_bytes(&key.tenant, &key.workspace)
+                .await?
+        }
         None => 0,
     };
     // The content's size is the tar's, less its end blocks: close enough against a cap
@@ -245,6 +261,10 @@ async fn save(
     ) {
         return Ok(SaveOutcome::Refused(why));
     }
-    let m = shared.workspaces.store.save(key, &archive, Some(id)).await?;
+    let m = shared
+        .workspaces
+        .store
+        .save(key, &archive, Some(id))
+        .await?;
     Ok(SaveOutcome::Saved(m.version))
 }

@@ -184,7 +184,14 @@ pub struct CreateAllocation {
     /// restore into the container at the pool's `workspace.path`; synced while allocated and
     /// saved once more before the container goes. The pool must declare a `workspace`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 64,
+            pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+        )
+    )]
     pub workspace: Option<String>,
 }
 

@@ -97,6 +97,7 @@ pub async fn run(
                     secrets: Default::default(),
                     metadata: Default::default(),
                     wait_for: None,
+                    workspace: None,
                 };
                 let a = loop {
                     match client.allocate(&req).await {

@@ -939,6 +939,11 @@ impl HostCluster {
     /// routes between every pair, and starts the agents the specs ask for; returns once every
     /// such agent's node is `ready`.
     pub async fn start(specs: &[HostSpec]) -> HostCluster {
+        HostCluster::start_with_member_args(specs, &[]).await
+    }
+
+    /// [`HostCluster::start`], with extra flags for the control-plane member.
+    pub async fn start_with_member_args(specs: &[HostSpec], member_args: &[&str]) -> HostCluster {
         assert!(specs.len() <= 26, "at most 26 hosts");
         ensure_demo_image();
         sweep_stale();
@@ -946,8 +951,10 @@ impl HostCluster {
         let tag = crate::unique("x")[2..].to_string();
         let transit = Transit::create(&tag, dir.path());
         let nats = Nats::start_on(dir.path(), IpAddr::V6(transit.root_addr()));
-        let mut member = Member::new(1, &nats.url(), dir.path(), true)
-            .with_args(&["--node-timeout-secs", &NODE_TIMEOUT_SECS.to_string()]);
+        let timeout = NODE_TIMEOUT_SECS.to_string();
+        let mut args = vec!["--node-timeout-secs", timeout.as_str()];
+        args.extend_from_slice(member_args);
+        let mut member = Member::new(1, &nats.url(), dir.path(), true).with_args(&args);
         member.start();
         let client = Client::new(vec![member.url()], None).expect("client");
         let mut c = HostCluster {

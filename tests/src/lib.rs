@@ -481,6 +481,7 @@ pub fn allocation(pool: &str, wait_ms: u64) -> warmpool_proto::api::CreateAlloca
         secrets: Default::default(),
         metadata: Default::default(),
         wait_for: None,
+        workspace: None,
     }
 }
 

@@ -292,7 +292,11 @@ impl Store {
         Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
     }
 
-    async fn sweep(&self, key: &WorkspaceKey, current: Option<&Manifest>) -> Result<(), StoreError> {
+    async fn sweep(
+        &self,
+        key: &WorkspaceKey,
+        current: Option<&Manifest>,
+    ) -> Result<(), StoreError> {
         let listed = self.versions(key).await?;
         for k in orphans(&listed, key, current, None) {
             match self.inner.delete(&ObjectPath::from(k.as_str())).await {
@@ -431,10 +435,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert!(matches!(
-            s.load(&k).await,
-            Err(StoreError::Corrupt { .. })
-        ));
+        assert!(matches!(s.load(&k).await, Err(StoreError::Corrupt { .. })));
         assert!(s.delete(&k).await.unwrap());
         assert!(!s.delete(&k).await.unwrap());
         assert!(s.versions(&k).await.unwrap().is_empty());

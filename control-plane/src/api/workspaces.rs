@@ -38,7 +38,10 @@ pub struct Restore {
 impl Restore {
     /// Checks the workspace `req` names against its pool (which must declare one); `None`
     /// when it names none. A pool that does not exist is left to the claim (404).
-    pub async fn check(app: &AppState, req: &CreateAllocation) -> Result<Option<Restore>, ApiError> {
+    pub async fn check(
+        app: &AppState,
+        req: &CreateAllocation,
+    ) -> Result<Option<Restore>, ApiError> {
         let Some(id) = &req.workspace else {
             return Ok(None);
         };
@@ -86,7 +89,9 @@ fn binding(app: &AppState, a: &Allocation) -> Option<WorkspaceBinding> {
     let key = WorkspaceKey::new(a.tenant.clone(), id).ok()?;
     app.cluster.shared().read(|s| {
         let spec = s.pool(&a.pool)?.spec.workspace.clone()?;
-        let tenant_max_bytes = s.tenant(&a.tenant).and_then(|t| t.quota.workspace_max_bytes);
+        let tenant_max_bytes = s
+            .tenant(&a.tenant)
+            .and_then(|t| t.quota.workspace_max_bytes);
         Some(WorkspaceBinding {
             key: key.clone(),
             spec,
@@ -260,8 +265,14 @@ mod tests {
             tenant_of(&own, Some(other.clone()), "w"),
             Err(ApiError::NotFound(_))
         ));
-        assert_eq!(tenant_of(&Scope::All, Some(other.clone()), "w").unwrap(), other);
-        assert_eq!(tenant_of(&Scope::All, None, "w").unwrap(), TenantId::default());
+        assert_eq!(
+            tenant_of(&Scope::All, Some(other.clone()), "w").unwrap(),
+            other
+        );
+        assert_eq!(
+            tenant_of(&Scope::All, None, "w").unwrap(),
+            TenantId::default()
+        );
         assert!(matches!(
             key_of(&own, WorkspaceQuery::default(), "../x"),
             Err(ApiError::NotFound(_))
