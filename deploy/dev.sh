@@ -59,6 +59,17 @@ install_prereqs() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
   fi
   command -v cargo >/dev/null || die "cargo is missing: install Rust 1.85 or newer (https://rustup.rs), then run this again"
+  install_moto
+}
+
+# The workspace tests' S3-protocol server: moto's, in a virtualenv kept in the cache (made
+# once; tests/tests/workspaces.rs finds it there).
+MOTO_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/warmpool/moto"
+install_moto() {
+  [ -x "$MOTO_VENV/bin/moto_server" ] && return 0
+  say "installing moto's S3 server into $MOTO_VENV (for the workspace tests)"
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q 'moto[server]' >/dev/null
 }
 
 DOCKER_PIDFILE=/var/run/docker.pid

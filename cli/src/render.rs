@@ -970,6 +970,7 @@ mod tests {
             release_reason: None,
             metadata: Default::default(),
             settings: None,
+            workspace: None,
             token_sha256: None,
             access: None,
             cost: None,

@@ -53,6 +53,7 @@ fn alloc(pool: &str, key: Option<String>) -> CreateAllocation {
         secrets: Default::default(),
         metadata: Default::default(),
         wait_for: None,
+        workspace: None,
     }
 }
 

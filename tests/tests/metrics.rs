@@ -438,6 +438,7 @@ fn alloc(pool: &str, wait_ms: u64, key: Option<&str>) -> CreateAllocation {
         secrets: Default::default(),
         metadata: Default::default(),
         wait_for: None,
+        workspace: None,
     }
 }
 

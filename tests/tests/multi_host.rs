@@ -621,6 +621,7 @@ async fn draining_a_host_moves_its_warm_containers_and_uncordon_lets_it_take_new
             secrets: Default::default(),
             metadata: Default::default(),
             wait_for: None,
+            workspace: None,
         })
         .await
         .expect("allocate");

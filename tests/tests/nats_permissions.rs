@@ -410,6 +410,7 @@ async fn a_control_plane_and_an_agent_with_their_own_users_run_a_pool() {
             secrets: Default::default(),
             metadata: Default::default(),
             wait_for: None,
+            workspace: None,
         })
         .await
         .expect("allocate");

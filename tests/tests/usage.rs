@@ -33,6 +33,7 @@ async fn usage_counts_container_time_per_pool_and_session_with_its_cost() {
             secrets: Default::default(),
             metadata: Default::default(),
             wait_for: None,
+            workspace: None,
         })
         .await
         .unwrap();

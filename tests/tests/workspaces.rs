@@ -167,6 +167,9 @@ async fn start_agent(c: &mut HostCluster, name: &str, store: &[String], env: &[(
     .await;
 }
 
+/// The agents' store flags, given the transit network's root address.
+type AgentStore = Box<dyn Fn(&str) -> Vec<String>>;
+
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Local,
@@ -176,11 +179,7 @@ enum Kind {
 async fn scenario(kind: Kind) {
     let dir = tempfile::tempdir().expect("temp dir");
     let bucket = unique("ws").replace('_', "-").to_lowercase();
-    let (moto, member_store, agent_store_of): (
-        Option<Moto>,
-        Vec<String>,
-        Box<dyn Fn(&str) -> Vec<String>>,
-    ) = match kind {
+    let (moto, member_store, agent_store_of): (Option<Moto>, Vec<String>, AgentStore) = match kind {
         Kind::Local => {
             let url = format!("file://{}", dir.path().join("store").display());
             let args = vec!["--workspace-store".to_string(), url];
