@@ -230,7 +230,8 @@ up() {
       . "$natsdir/members/$m.env"
       set +a
       spawn "cp$m" "$BIN/warmpool-control-plane" --id "$m" "$role" --data-dir "$DEV/cp$m" \
-        --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "nats://127.0.0.1:$NATS_PORT" "${member_flags[@]}"
+        --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "nats://127.0.0.1:$NATS_PORT" \
+        --workspace-store "file://$DEV/workspaces" "${member_flags[@]}"
     )
   done
   say "starting an agent (node $NODE_ID, containers on $PREFIX)"
@@ -239,7 +240,7 @@ up() {
     WARMPOOL_NATS_PASSWORD=$(head -n 1 "$natsdir/credentials/$NODE_ID.password")
     export WARMPOOL_NATS_PASSWORD
     spawn agent "$BIN/warmpool-agent" --node-id "$NODE_ID" --ipv6-prefix "$PREFIX" \
-      --nats-url "nats://127.0.0.1:$NATS_PORT"
+      --nats-url "nats://127.0.0.1:$NATS_PORT" --workspace-store "file://$DEV/workspaces"
   )
   wait_http "http://127.0.0.1:$API_PORT/v1/whoami" "the control plane"
 
