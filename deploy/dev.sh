@@ -71,6 +71,17 @@ install_prereqs() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
   fi
   command -v cargo >/dev/null || die "cargo is missing: install Rust 1.85 or newer (https://rustup.rs), then run this again"
+  install_moto
+}
+
+# The workspace tests' S3-protocol server: moto's, in a virtualenv kept in the cache (made
+# once; tests/tests/workspaces.rs finds it there).
+MOTO_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/warmpool/moto"
+install_moto() {
+  [ -x "$MOTO_VENV/bin/moto_server" ] && return 0
+  say "installing moto's S3 server into $MOTO_VENV (for the workspace tests)"
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q 'moto[server]' >/dev/null
 }
 
 DOCKER_PIDFILE=/var/run/docker.pid
@@ -235,7 +246,8 @@ up() {
       . "$natsdir/members/$m.env"
       set +a
       spawn "cp$m" "$BIN/warmpool-control-plane" --id "$m" "$role" --data-dir "$DEV/cp$m" \
-        --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "$nats_url" "${member_flags[@]}"
+        --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "$nats_url" \
+        --workspace-store "file://$DEV/workspaces" "${member_flags[@]}"
     )
   done
   say "starting an agent (node $NODE_ID, containers on $PREFIX)"
@@ -244,7 +256,7 @@ up() {
     WARMPOOL_NATS_PASSWORD=$(head -n 1 "$natsdir/credentials/$NODE_ID.password")
     export WARMPOOL_NATS_PASSWORD
     spawn agent "$BIN/warmpool-agent" --node-id "$NODE_ID" --ipv6-prefix "$PREFIX" \
-      --nats-url "$nats_url"
+      --nats-url "$nats_url" --workspace-store "file://$DEV/workspaces"
   )
   wait_http "http://127.0.0.1:$API_PORT/v1/whoami" "the control plane"
 

@@ -153,6 +153,9 @@ pub enum Command {
     /// Tenants' limits: concurrent allocations and allocation rate.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Saved workspaces: list, show, delete (a tenant's key: its own).
+    #[command(subcommand)]
+    Workspace(WorkspaceCommand),
     /// The key this command sends, and what its role may do.
     Whoami,
     /// Replay a pool's recorded demand against a proposed policy, next to its current one.
@@ -404,7 +407,7 @@ pub struct AllocArgs {
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_pair)]
     pub metadata: Vec<(String, String)>,
     /// Answer only once env and secrets are in the container.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wait_for_workspace")]
     pub wait_for_settings: bool,
     /// Answer at once: the allocation is `pending` until a container is warm for it.
     #[arg(long = "async")]
@@ -419,6 +422,13 @@ pub struct AllocArgs {
     /// Caps this allocation's lifetime (no longer than its pool's `max_lifetime_secs`).
     #[arg(long, value_name = "SECS")]
     pub max_lifetime_secs: Option<u64>,
+    /// A workspace of the tenant's to restore into the container at the pool's
+    /// `workspace.path` (saved again when the allocation ends).
+    #[arg(long, value_name = "ID")]
+    pub workspace: Option<String>,
+    /// Answer only once the workspace is restored (or failed to be).
+    #[arg(long, requires = "workspace")]
+    pub wait_for_workspace: bool,
 }
 
 /// `KEY=VALUE` or `KEY=V1,V2,...` (an order of preference).
@@ -696,11 +706,41 @@ pub enum TenantCommand {
         /// Requests allowed at once above the average (`--per-minute` when absent).
         #[arg(long, value_name = "N", requires = "per_minute")]
         burst: Option<u32>,
+        /// Most bytes the tenant's saved workspaces may take together.
+        #[arg(long, value_name = "BYTES")]
+        workspace_max_bytes: Option<u64>,
     },
     /// Remove a tenant's limits (admin only).
     Delete {
         /// The tenant.
         name: TenantId,
+    },
+}
+
+/// `poolctl workspace ...`.
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceCommand {
+    /// Saved workspaces (an admin key: every tenant's, or `--tenant`'s).
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<TenantId>,
+    },
+    /// One workspace's current version.
+    Show {
+        /// The workspace id.
+        id: String,
+        /// Its tenant (admin keys; `default` when absent).
+        #[arg(long)]
+        tenant: Option<TenantId>,
+    },
+    /// Delete a workspace and every version of it.
+    Delete {
+        /// The workspace id.
+        id: String,
+        /// Its tenant (admin keys; `default` when absent).
+        #[arg(long)]
+        tenant: Option<TenantId>,
     },
 }
 

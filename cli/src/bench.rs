@@ -506,6 +506,7 @@ fn alloc_request(pool: &PoolName, wait_ms: u64) -> CreateAllocation {
         asynchronous: false,
         location: None,
         max_lifetime_secs: None,
+        workspace: None,
     }
 }
 

@@ -688,6 +688,34 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/workspaces`: saved workspaces (a tenant's key: its own).
+    pub async fn list_workspaces(
+        &self,
+        q: &warmpool_proto::workspace::WorkspaceQuery,
+    ) -> Result<Vec<warmpool_proto::workspace::WorkspaceView>, ClientError> {
+        self.fetch(Call::get(&["v1", "workspaces"]).query(q)?).await
+    }
+
+    /// `GET /v1/workspaces/{id}`: one workspace's current version.
+    pub async fn get_workspace(
+        &self,
+        id: &str,
+        q: &warmpool_proto::workspace::WorkspaceQuery,
+    ) -> Result<warmpool_proto::workspace::WorkspaceView, ClientError> {
+        self.fetch(Call::get(&["v1", "workspaces", id]).query(q)?)
+            .await
+    }
+
+    /// `DELETE /v1/workspaces/{id}`: deletes a workspace and its versions.
+    pub async fn delete_workspace(
+        &self,
+        id: &str,
+        q: &warmpool_proto::workspace::WorkspaceQuery,
+    ) -> Result<warmpool_proto::workspace::WorkspaceView, ClientError> {
+        self.fetch(Call::new(Method::DELETE, &["v1", "workspaces", id]).query(q)?)
+            .await
+    }
+
     /// `DELETE /v1/tenants/{name}`: removes a tenant's limits. Admin only.
     pub async fn delete_tenant(&self, name: &TenantId) -> Result<TenantView, ClientError> {
         self.fetch(Call::new(Method::DELETE, &["v1", "tenants", name.as_str()]))

@@ -843,6 +843,37 @@ pub fn tenants_table(list: &[TenantView]) -> String {
     t.render()
 }
 
+/// One saved workspace.
+pub fn workspace(w: &warmpool_proto::workspace::WorkspaceView) -> String {
+    kv_block(&[
+        ("workspace", w.id.clone()),
+        ("tenant", w.tenant.to_string()),
+        ("version", w.version.clone()),
+        ("stored bytes", w.size.to_string()),
+        ("content bytes", w.content_bytes.to_string()),
+        ("sha256", w.sha256.clone()),
+        ("saved at", w.saved_at.to_string()),
+    ])
+}
+
+/// Saved workspaces, one a line.
+pub fn workspaces_table(l: &[warmpool_proto::workspace::WorkspaceView]) -> String {
+    let mut out = format!(
+        "{:<16} {:<32} {:>12} {:<24}\n",
+        "TENANT", "WORKSPACE", "BYTES", "SAVED"
+    );
+    for w in l {
+        out.push_str(&format!(
+            "{:<16} {:<32} {:>12} {:<24}\n",
+            w.tenant.to_string(),
+            w.id,
+            w.size,
+            w.saved_at.to_string()
+        ));
+    }
+    out
+}
+
 /// `poolctl tenant show|set|delete`.
 pub fn tenant(v: &TenantView) -> String {
     kv_block(&[
@@ -853,6 +884,12 @@ pub fn tenant(v: &TenantView) -> String {
         (
             "burst",
             limit(v.quota.burst.or(v.quota.allocations_per_minute)),
+        ),
+        (
+            "workspace bytes",
+            v.quota
+                .workspace_max_bytes
+                .map_or_else(|| "none".to_string(), |b| b.to_string()),
         ),
     ])
 }
@@ -953,6 +990,7 @@ mod tests {
             release_reason: None,
             metadata: Default::default(),
             settings: None,
+            workspace: None,
             token_sha256: None,
             access: None,
             cost: None,

@@ -294,11 +294,13 @@ async fn dispatch(
                 max_allocations,
                 per_minute,
                 burst,
+                workspace_max_bytes,
             } => {
                 let quota = TenantQuota {
                     max_allocations,
                     allocations_per_minute: per_minute,
                     burst,
+                    workspace_max_bytes,
                 };
                 p.show(&client.put_tenant(&name, &quota).await?, |t, _| {
                     render::tenant(t)
@@ -309,6 +311,28 @@ async fn dispatch(
                     render::tenant(t)
                 }),
         },
+        Command::Workspace(cmd) => {
+            use crate::args::WorkspaceCommand;
+            use warmpool_proto::workspace::WorkspaceQuery;
+            match cmd {
+                WorkspaceCommand::List { tenant } => p.show(
+                    &client.list_workspaces(&WorkspaceQuery { tenant }).await?,
+                    |l, _| render::workspaces_table(l),
+                ),
+                WorkspaceCommand::Show { id, tenant } => p.show(
+                    &client
+                        .get_workspace(&id, &WorkspaceQuery { tenant })
+                        .await?,
+                    |w, _| render::workspace(w),
+                ),
+                WorkspaceCommand::Delete { id, tenant } => p.show(
+                    &client
+                        .delete_workspace(&id, &WorkspaceQuery { tenant })
+                        .await?,
+                    |w, _| render::workspace(w),
+                ),
+            }
+        }
         Command::Whoami => p.show(&client.whoami().await?, |w, _| render::whoami(w)),
         Command::Simulate(a) => simulate_command(a, client, p).await,
         Command::Bench(b) => {
@@ -476,9 +500,13 @@ pub fn alloc_request(a: AllocArgs) -> CreateAllocation {
         env: a.env.into_iter().collect(),
         secrets: a.secrets.into_iter().collect(),
         metadata: a.metadata.into_iter().collect(),
-        wait_for: a
-            .wait_for_settings
-            .then_some(warmpool_proto::api::WaitFor::Settings),
+        wait_for: if a.wait_for_workspace {
+            Some(warmpool_proto::api::WaitFor::Workspace)
+        } else {
+            a.wait_for_settings
+                .then_some(warmpool_proto::api::WaitFor::Settings)
+        },
+        workspace: a.workspace,
         asynchronous: a.asynchronous,
         location: (!a.location.is_empty()).then(|| a.location.into_iter().collect()),
         max_lifetime_secs: a.max_lifetime_secs,

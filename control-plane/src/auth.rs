@@ -153,6 +153,10 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     if path == "/v1/allocations" || path.starts_with("/v1/allocations/") {
         return Some(Role::User);
     }
+    // A tenant's workspaces are its users' to delete.
+    if path.starts_with("/v1/workspaces/") {
+        return Some(Role::User);
+    }
     Some(Role::Admin)
 }
 

@@ -103,6 +103,15 @@ struct Args {
     /// The gateway's domain: allocation answers carry `{allocation}-{port}.{domain}` too.
     #[arg(long, env = "WARMPOOL_GATEWAY_DOMAIN")]
     gateway_domain: Option<String>,
+    /// Where workspaces are kept, as the agents are told: `file:///dir` (made when missing;
+    /// it must be the agents' directory, e.g. shared storage) or `s3://bucket[/prefix]`.
+    #[arg(long, env = "WARMPOOL_WORKSPACE_STORE", default_value = warmpool_workspace_store::DEFAULT_URL)]
+    workspace_store: String,
+    /// Options of an S3 workspace store: a JSON object of object_store's S3 keys
+    /// (`aws_endpoint`, `aws_access_key_id`, `aws_secret_access_key`, `aws_region`,
+    /// `aws_allow_http`, ...).
+    #[arg(long, env = "WARMPOOL_WORKSPACE_STORE_CONFIG")]
+    workspace_store_config: Option<PathBuf>,
     /// Connect to NATS over TLS, trusting this CA certificate (PEM) besides the system's.
     #[arg(long, env = "WARMPOOL_NATS_CA")]
     nats_ca: Option<PathBuf>,
@@ -239,6 +248,8 @@ async fn main() -> anyhow::Result<()> {
             args.gateway_domain,
         ),
         abandon_grace: Duration::from_secs(args.abandon_grace_secs),
+        workspace_store: args.workspace_store,
+        workspace_store_config: args.workspace_store_config,
     };
 
     let shutdown = CancellationToken::new();

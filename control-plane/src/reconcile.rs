@@ -201,6 +201,7 @@ pub fn create_spec_for(
         egress: s.egress.clone(),
         stop_grace_secs: s.stop_grace_secs,
         pre_stop: s.pre_stop.clone(),
+        workspace_path: s.workspace.as_ref().map(|w| w.path.clone()),
     })
 }
 

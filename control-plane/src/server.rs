@@ -102,11 +102,19 @@ pub struct Config {
     /// out, or the client hung up) has to come back for it with its idempotency key before
     /// the allocation, if the write committed after all, is released as `abandoned`.
     pub abandon_grace: Duration,
+    /// Where workspaces are kept (`file:///dir` or `s3://bucket`): the agents save and
+    /// restore them there; this member lists and deletes them.
+    pub workspace_store: String,
+    /// Options of an S3 workspace store (a JSON object of `object_store`'s S3 keys).
+    pub workspace_store_config: Option<PathBuf>,
 }
 
 /// Why a member could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The workspace store cannot be opened.
+    #[error(transparent)]
+    WorkspaceStore(#[from] warmpool_workspace_store::StoreError),
     /// The data directory could not be opened.
     #[error("cannot open data directory {0}: {1}")]
     Storage(PathBuf, String),
@@ -141,6 +149,10 @@ pub async fn run(
     {
         return Err(StartError::AdminKey);
     }
+    let workspaces = warmpool_workspace_store::Store::open(
+        &config.workspace_store,
+        config.workspace_store_config.as_deref(),
+    )?;
     let dir = config.data_dir.join("raft");
     let db = sled::Config::new()
         .path(&dir)
@@ -304,6 +316,7 @@ pub async fn run(
         sessions: crate::session::SessionClient::new(nats.clone()),
         gateway: config.gateway.clone(),
         abandon_grace: config.abandon_grace,
+        workspaces,
     });
     let serve_stop = stop.clone();
     let router = api::router(app);

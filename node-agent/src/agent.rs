@@ -47,6 +47,8 @@ pub struct Shared {
     pub isolation: Isolation,
     /// Open log, exec and file streams, and the settings given at claim.
     pub sessions: crate::session::Sessions,
+    /// The workspace store and the containers' workspaces.
+    pub workspaces: crate::workspace::Workspaces,
 }
 
 /// See [`crate::run`].
@@ -110,6 +112,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // NATS connects (and reconnects) in the background, forever: an outage delays facts and
     // commands, it never stops the agent.
     let nats = connect_nats(&config).await?;
+    let store = warmpool_workspace_store::Store::open(
+        &config.workspace_store,
+        config.workspace_store_config.as_deref(),
+    )?;
+    info!(store = store.url(), "workspaces are kept in this store");
 
     let (outbox, outbox_rx) = outbox::outbox();
     let background = CancellationToken::new();
@@ -130,6 +137,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         runtime: Default::default(),
         isolation,
         sessions: Default::default(),
+        workspaces: crate::workspace::Workspaces::new(store),
     });
     crate::telemetry::runtime_available(true);
 

@@ -326,6 +326,9 @@ async fn destroy(
     let mut result = Ok(());
     if let Some(docker_id) = &docker_id {
         crate::session::stop_gracefully(shared, id, docker_id).await;
+        // After the stop (the session's processes are done writing), before the removal
+        // (which takes the workspace's volume with it).
+        crate::workspace::finish(shared, id, docker_id).await;
     }
     if let Some(docker_id) = &docker_id {
         match shared.driver.remove(docker_id).await {
@@ -417,6 +420,7 @@ mod tests {
             egress: Default::default(),
             stop_grace_secs: 0,
             pre_stop: vec![],
+            workspace_path: None,
         };
         check_spec(&good).unwrap();
         let mut s = good.clone();

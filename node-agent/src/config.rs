@@ -58,6 +58,10 @@ pub struct RawConfig {
     /// The fleet's prefixes, closed to every container; empty means the default (see
     /// [`Config::fleet_prefixes`]).
     pub fleet_prefixes: Vec<String>,
+    /// Where workspaces are kept: `file:///dir` or `s3://bucket[/prefix]`.
+    pub workspace_store: String,
+    /// Options of an S3 store (a JSON object of `object_store`'s S3 keys).
+    pub workspace_store_config: Option<std::path::PathBuf>,
 }
 
 impl Default for RawConfig {
@@ -84,6 +88,8 @@ impl Default for RawConfig {
             isolation: true,
             ingress_from: Vec::new(),
             fleet_prefixes: Vec::new(),
+            workspace_store: warmpool_workspace_store::DEFAULT_URL.into(),
+            workspace_store_config: None,
         }
     }
 }
@@ -134,6 +140,10 @@ pub struct Config {
     /// The node's own /64, its network's IPv4 subnet, loopback and link-local are closed on
     /// top of these.
     pub fleet_prefixes: Vec<IpPrefix>,
+    /// Where workspaces are kept (opened at start).
+    pub workspace_store: String,
+    /// Options of an S3 store.
+    pub workspace_store_config: Option<std::path::PathBuf>,
 }
 
 /// A configuration value that does not make sense.
@@ -354,6 +364,8 @@ impl RawConfig {
             isolation: self.isolation,
             ingress_from,
             fleet_prefixes,
+            workspace_store: self.workspace_store,
+            workspace_store_config: self.workspace_store_config,
         })
     }
 }

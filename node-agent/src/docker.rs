@@ -350,6 +350,16 @@ impl Driver {
                         )))
                         .collect(),
                 ),
+                // The pool's workspace: an anonymous volume of its own (writable with a
+                // read-only root filesystem, readable by Docker's archive API even once the
+                // container stopped), removed with the container.
+                mounts: spec.workspace_path.as_ref().map(|p| {
+                    vec![bollard::models::Mount {
+                        target: Some(p.clone()),
+                        typ: Some(bollard::models::MountType::VOLUME),
+                        ..Default::default()
+                    }]
+                }),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::NO),
                     maximum_retry_count: None,
@@ -434,6 +444,51 @@ impl Driver {
         )
         .await
         .map_err(DockerError::api("start container"))
+    }
+
+    /// A tar of `path` in the container (Docker's archive API: entries named after the path's
+    /// last component), at most `max_bytes`; `Ok(None)` when the tar would be larger.
+    pub async fn download_archive(
+        &self,
+        id: &str,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<u8>>, DockerError> {
+        use futures::StreamExt;
+        let opts = bollard::query_parameters::DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
+        let mut stream = self.docker.download_from_container(id, Some(opts));
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(DockerError::api("download archive"))?;
+            out.extend_from_slice(&chunk);
+            // A tar's end is two 512-byte blocks of zeros and padding: allow for them.
+            if out.len() as u64 > max_bytes.saturating_add(16 * 1024) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Unpacks `tar` into directory `path` of the container (Docker's archive API).
+    pub async fn upload_archive(
+        &self,
+        id: &str,
+        path: &str,
+        tar: Vec<u8>,
+    ) -> Result<(), DockerError> {
+        let opts = bollard::query_parameters::UploadToContainerOptions {
+            path: path.to_string(),
+            ..Default::default()
+        };
+        timed(
+            "upload archive",
+            self.docker
+                .upload_to_container(id, Some(opts), bollard::body_full(tar.into())),
+        )
+        .await
+        .map_err(DockerError::api("upload archive"))
     }
 
     /// Force-removes a container (and its anonymous volumes). `Ok(false)` if there was none.

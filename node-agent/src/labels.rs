@@ -196,6 +196,7 @@ mod tests {
             egress: Default::default(),
             stop_grace_secs: 0,
             pre_stop: vec![],
+            workspace_path: None,
         }
     }
 

@@ -45,6 +45,7 @@ mod resync;
 mod runtime;
 mod session;
 mod telemetry;
+mod workspace;
 
 use std::future::Future;
 
@@ -58,6 +59,9 @@ pub enum Error {
     /// Docker failed at start-up (connect, adopt).
     #[error(transparent)]
     Docker(#[from] DockerError),
+    /// The workspace store cannot be opened.
+    #[error(transparent)]
+    WorkspaceStore(#[from] warmpool_workspace_store::StoreError),
     /// The node's network could not be made ready.
     #[error(transparent)]
     Network(#[from] NetworkError),

@@ -100,6 +100,14 @@ struct Args {
         value_name = "PREFIX"
     )]
     fleet_prefixes: Vec<String>,
+    /// Where workspaces are kept: `file:///dir` (made when missing) or `s3://bucket[/prefix]`.
+    #[arg(long, env = "WARMPOOL_WORKSPACE_STORE", default_value = warmpool_workspace_store::DEFAULT_URL)]
+    workspace_store: String,
+    /// Options of an S3 workspace store: a JSON object of object_store's S3 keys
+    /// (`aws_endpoint`, `aws_access_key_id`, `aws_secret_access_key`, `aws_region`,
+    /// `aws_allow_http`, ...).
+    #[arg(long, env = "WARMPOOL_WORKSPACE_STORE_CONFIG")]
+    workspace_store_config: Option<std::path::PathBuf>,
     /// Run without network isolation (no nftables rules): containers then reach each other,
     /// the host and the fleet. For hosts without nftables only; the agent warns at start.
     #[arg(long, env = "WARMPOOL_NO_ISOLATION")]
@@ -137,6 +145,8 @@ impl Args {
             isolation: !self.no_isolation,
             ingress_from: self.ingress_from,
             fleet_prefixes: self.fleet_prefixes,
+            workspace_store: self.workspace_store,
+            workspace_store_config: self.workspace_store_config,
         }
     }
 }

@@ -337,6 +337,9 @@ async fn execute(shared: &Arc<Shared>, req: SessionRequest) -> SessionReply {
         SessionRequest::ApplySettings { container, env } => {
             apply_settings(shared, container, env).await
         }
+        SessionRequest::RestoreWorkspace { container, binding } => {
+            crate::workspace::restore(shared, container, binding).await
+        }
     }
 }
 

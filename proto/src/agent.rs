@@ -293,6 +293,9 @@ pub struct CreateSpec {
     /// Run in the container before it is stopped.
     #[serde(default)]
     pub pre_stop: Vec<String>,
+    /// The pool's workspace path: a volume of its own there (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_path: Option<String>,
 }
 
 /// A command from the leader to an agent (`pool.v1.node.<node>.cmd`, request/reply).
@@ -402,6 +405,7 @@ mod tests {
                 egress: Default::default(),
                 stop_grace_secs: 0,
                 pre_stop: vec![],
+                workspace_path: None,
             }),
         ];
         for c in cmds {

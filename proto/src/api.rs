@@ -202,6 +202,19 @@ pub struct CreateAllocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_lifetime_secs: Option<u64>,
+    /// A workspace of the tenant's (an id of its choosing: 1..=64 of `[A-Za-z0-9._-]`) to
+    /// restore into the container at the pool's `workspace.path`; synced while allocated and
+    /// saved once more before the container goes. The pool must declare a `workspace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 64,
+            pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+        )
+    )]
+    pub workspace: Option<String>,
 }
 
 /// Node labels an allocation asks for: every key must match; a list value is an order of
@@ -263,6 +276,8 @@ pub fn check_location(location: &Location) -> Result<(), String> {
 pub enum WaitFor {
     /// The settings given at claim are in place.
     Settings,
+    /// The workspace is restored into the container (or failed to be).
+    Workspace,
 }
 
 /// Longest `wait_ms` an allocation may ask for.
@@ -723,6 +738,7 @@ mod tests {
             asynchronous: false,
             location: None,
             max_lifetime_secs: None,
+            workspace: None,
         };
         let json = serde_json::to_string(&full).unwrap();
         assert_eq!(
@@ -896,6 +912,11 @@ pub struct TenantQuota {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub burst: Option<u32>,
+    /// Most bytes the tenant's saved workspaces may take in the store together (compressed);
+    /// a save that would pass it is refused and the previous version stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub workspace_max_bytes: Option<u64>,
 }
 
 /// `GET /v1/tenants/{name}`: a tenant's limits and use.

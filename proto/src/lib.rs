@@ -16,6 +16,7 @@
 //! - [`api`]: REST request and response bodies.
 //! - [`session`]: logs, exec, files and settings of an allocated container: REST bodies and
 //!   the member ↔ agent protocol.
+//! - [`workspace`]: workspaces that outlive their container: keys, manifest, commit rules.
 #![warn(missing_docs)]
 
 pub mod agent;
@@ -29,6 +30,7 @@ pub mod records;
 pub mod session;
 pub mod subjects;
 pub mod time;
+pub mod workspace;
 
 #[cfg(feature = "openapi")]
 mod openapi;

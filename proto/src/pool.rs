@@ -108,6 +108,10 @@ pub struct PoolSpec {
     /// `stop_grace_secs` (at least 1 s). Empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pre_stop: Vec<String>,
+    /// A directory that outlives the container: restored into it for an allocation that
+    /// names a `workspace`, synced every `sync_secs`, saved before the container goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<crate::workspace::PoolWorkspace>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -612,6 +616,7 @@ impl PoolSpec {
             secrets: BTreeMap::new(),
             stop_grace_secs: 0,
             pre_stop: Vec::new(),
+            workspace: None,
         }
     }
 
@@ -640,6 +645,9 @@ impl PoolSpec {
         }
         if self.pre_stop.first().is_some_and(|c| c.is_empty()) {
             return Err(SpecError("pre_stop must name a program first".into()));
+        }
+        if let Some(ws) = &self.workspace {
+            ws.validate().map_err(SpecError)?;
         }
         over("max_warm", self.max_warm.unwrap_or(0).into(), 100_000)?;
         // An allocation may ask for at most this lease; a longer default would make every

@@ -421,6 +421,9 @@ pub struct Allocation {
     /// Where the env and secrets given at claim stand; absent when none were given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<crate::session::SettingsState>,
+    /// The workspace it named and where its restore stands; absent when it named none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<crate::workspace::AllocationWorkspace>,
     /// SHA-256 (hex) of its access token for the gateway. Kept in the replicated state in
     /// place of the token, as API keys are; the API never answers it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

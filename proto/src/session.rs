@@ -445,6 +445,17 @@ pub enum SessionRequest {
         /// Every variable, env and secrets merged (secrets win).
         env: BTreeMap<String, String>,
     },
+    /// Restore a workspace into the container at its pool's path (the saved version, or
+    /// nothing for a new one), then sync it at the pool's interval and save it once more
+    /// before the container is removed. Answered [`SessionReply::WorkspaceRestored`]. Repeated
+    /// for a container that has the same workspace already: answered as restored again,
+    /// without a second restore.
+    RestoreWorkspace {
+        /// The container.
+        container: ContainerId,
+        /// Which workspace, the pool's declaration, the tenant's cap.
+        binding: crate::workspace::WorkspaceBinding,
+    },
 }
 
 impl SessionRequest {
@@ -459,6 +470,7 @@ impl SessionRequest {
             SessionRequest::Pull { .. } => "pull",
             SessionRequest::Close { .. } => "close",
             SessionRequest::ApplySettings { .. } => "apply_settings",
+            SessionRequest::RestoreWorkspace { .. } => "restore_workspace",
         }
     }
 }
@@ -544,6 +556,11 @@ pub enum SessionReply {
     Closed,
     /// Settings in place.
     Applied,
+    /// The workspace is in the container.
+    WorkspaceRestored {
+        /// The version restored; absent for a workspace never saved (it starts empty).
+        version: Option<String>,
+    },
     /// The request failed.
     Error {
         /// Why.

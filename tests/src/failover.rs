@@ -100,6 +100,7 @@ pub async fn run(
                     asynchronous: false,
                     location: None,
                     max_lifetime_secs: None,
+                    workspace: None,
                 };
                 let a = loop {
                     match client.allocate(&req).await {

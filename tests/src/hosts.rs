@@ -939,12 +939,26 @@ impl HostCluster {
     /// routes between every pair, and starts the agents the specs ask for; returns once every
     /// such agent's node is `ready`.
     pub async fn start(specs: &[HostSpec]) -> HostCluster {
-        HostCluster::start_with(specs, 1, 1).await
+        HostCluster::start_full(specs, 1, 1, &[]).await
+    }
+
+    /// [`HostCluster::start`], with extra flags for the control-plane member.
+    pub async fn start_with_member_args(specs: &[HostSpec], member_args: &[&str]) -> HostCluster {
+        HostCluster::start_full(specs, 1, 1, member_args).await
     }
 
     /// [`HostCluster::start`] with `members` control-plane members (all voters before the
     /// hosts start) and NATS as a cluster of `nats_servers` servers when more than one.
     pub async fn start_with(specs: &[HostSpec], members: u64, nats_servers: usize) -> HostCluster {
+        HostCluster::start_full(specs, members, nats_servers, &[]).await
+    }
+
+    async fn start_full(
+        specs: &[HostSpec],
+        members: u64,
+        nats_servers: usize,
+        member_args: &[&str],
+    ) -> HostCluster {
         assert!(specs.len() <= 26, "at most 26 hosts");
         ensure_demo_image();
         sweep_stale();
@@ -965,7 +979,9 @@ impl HostCluster {
                 } else {
                     Member::joining(id, &nats.url(), dir.path())
                 };
-                let mut m = m.with_args(&["--node-timeout-secs", &timeout]);
+                let mut args = vec!["--node-timeout-secs", timeout.as_str()];
+                args.extend_from_slice(member_args);
+                let mut m = m.with_args(&args);
                 m.start();
                 m
             })

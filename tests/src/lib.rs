@@ -646,6 +646,7 @@ pub fn allocation(pool: &str, wait_ms: u64) -> warmpool_proto::api::CreateAlloca
         asynchronous: false,
         location: None,
         max_lifetime_secs: None,
+        workspace: None,
     }
 }
 

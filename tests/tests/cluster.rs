@@ -56,6 +56,7 @@ fn alloc(pool: &str, key: Option<String>) -> CreateAllocation {
         asynchronous: false,
         location: None,
         max_lifetime_secs: None,
+        workspace: None,
     }
 }
 

@@ -313,6 +313,7 @@ async fn write_fixture() {
                 max_allocations: Some(5),
                 allocations_per_minute: Some(600),
                 burst: Some(20),
+                workspace_max_bytes: None,
             },
         )
         .await

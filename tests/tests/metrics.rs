@@ -441,6 +441,7 @@ fn alloc(pool: &str, wait_ms: u64, key: Option<&str>) -> CreateAllocation {
         asynchronous: false,
         location: None,
         max_lifetime_secs: None,
+        workspace: None,
     }
 }
 

@@ -624,6 +624,7 @@ async fn draining_a_host_moves_its_warm_containers_and_uncordon_lets_it_take_new
             asynchronous: false,
             location: None,
             max_lifetime_secs: None,
+            workspace: None,
         })
         .await
         .expect("allocate");

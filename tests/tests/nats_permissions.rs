@@ -413,6 +413,7 @@ async fn a_control_plane_and_an_agent_with_their_own_users_run_a_pool() {
             asynchronous: false,
             location: None,
             max_lifetime_secs: None,
+            workspace: None,
         })
         .await
         .expect("allocate");

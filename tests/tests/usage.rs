@@ -36,6 +36,7 @@ async fn usage_counts_container_time_per_pool_and_session_with_its_cost() {
             asynchronous: false,
             location: None,
             max_lifetime_secs: None,
+            workspace: None,
         })
         .await
         .unwrap();

@@ -80,10 +80,13 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     warmpool_proto::session::check_metadata(&req.metadata).map_err(ApiError::BadRequest)?;
     if req.asynchronous
-        && (!req.env.is_empty() || !req.secrets.is_empty() || req.wait_for.is_some())
+        && (!req.env.is_empty()
+            || !req.secrets.is_empty()
+            || req.wait_for.is_some()
+            || req.workspace.is_some())
     {
         return Err(ApiError::BadRequest(
-            "async cannot carry env, secrets or wait_for: give them once the allocation is active"
+            "async cannot carry env, secrets, a workspace or wait_for: give env and secrets once the allocation is active; a workspace needs a synchronous allocation"
                 .into(),
         ));
     }
@@ -95,12 +98,17 @@ pub async fn create(
     // The values leave the request here: only the answering member ever holds them, on their
     // way to the container's agent.
     let settings = crate::api::settings::Settings::take(&mut req);
+    let restore = crate::api::workspaces::Restore::check(&app, &req).await?;
     let (allocation, replayed, token) = claim(&app, &scope, req, settings.is_some()).await?;
     if allocation.state == AllocationState::Pending {
         return Ok(pending(&app, allocation, replayed, token));
     }
     let allocation = match settings {
         Some(s) => s.deliver(&app, allocation).await,
+        None => allocation,
+    };
+    let allocation = match restore {
+        Some(r) => r.deliver(&app, allocation).await,
         None => allocation,
     };
     Ok(allocated(&app, allocation, replayed, token))
@@ -165,6 +173,7 @@ async fn claim(
         tenant,
         metadata: req.metadata.clone(),
         with_settings,
+        workspace: req.workspace.clone(),
         token_sha256: Some(token_sha256),
         asynchronous: req.asynchronous,
         location: req.location.clone(),
@@ -197,6 +206,7 @@ async fn claim(
         }) if req.asynchronous => {
             // Answered at once: the allocation is pending in the replicated queue, and is
             // granted there when a container is warm for it.
+            unanswered.answered();
             let a = shared
                 .read(|s| s.allocation_or_pending(&queued))
                 .ok_or_else(|| ApiError::Internal(format!("allocation {queued} vanished")))?;

@@ -19,6 +19,7 @@ mod pools;
 mod session;
 mod settings;
 mod tenants;
+mod workspaces;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,6 +70,8 @@ pub struct App {
     pub gateway: gateway::GatewayLinks,
     /// How long an unanswered allocation's client has to come back for it.
     pub abandon_grace: std::time::Duration,
+    /// The workspace store (listing, deleting; the agents save and restore).
+    pub workspaces: warmpool_workspace_store::Store,
 }
 
 /// Handler state.
@@ -121,6 +124,11 @@ pub fn router(app: AppState) -> Router {
         .route(
             "/v1/tenants/{name}",
             get(tenants::get).put(tenants::put).delete(tenants::delete),
+        )
+        .route("/v1/workspaces", get(workspaces::list))
+        .route(
+            "/v1/workspaces/{id}",
+            get(workspaces::get).delete(workspaces::delete),
         )
         .route("/v1/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(metrics))

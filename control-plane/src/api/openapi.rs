@@ -20,7 +20,7 @@ use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr};
 use utoipa::{IntoParams, Modify, OpenApi};
 use warmpool_proto::api::Role;
 
-use super::{allocations, cluster, events, fleet, keys, pools, session, tenants};
+use super::{allocations, cluster, events, fleet, keys, pools, session, tenants, workspaces};
 
 /// The document.
 #[derive(OpenApi)]
@@ -69,6 +69,9 @@ use super::{allocations, cluster, events, fleet, keys, pools, session, tenants};
         tenants::get,
         tenants::put,
         tenants::delete,
+        workspaces::list,
+        workspaces::get,
+        workspaces::delete,
         super::metrics,
         openapi_json,
     ),
@@ -89,6 +92,7 @@ use super::{allocations, cluster, events, fleet, keys, pools, session, tenants};
         (name = "cluster", description = "Raft state and membership"),
         (name = "keys", description = "API keys (admin only)"),
         (name = "tenants", description = "Tenants' limits: concurrent allocations and rate"),
+        (name = "workspaces", description = "Saved workspaces (a tenant's key sees its own)"),
         (name = "meta", description = "Metrics and this document"),
     )
 )]

@@ -251,6 +251,7 @@ impl World {
             tenant: Default::default(),
             metadata: Default::default(),
             with_settings: false,
+            workspace: None,
             token_sha256: None,
             asynchronous: false,
             location: None,
@@ -633,6 +634,7 @@ fn demand_grows_the_pool_and_the_growth_is_written() {
             tenant: Default::default(),
             metadata: Default::default(),
             with_settings: false,
+            workspace: None,
             token_sha256: None,
             asynchronous: false,
             location: None,
@@ -668,6 +670,10 @@ fn an_unanswered_allocation_is_released_after_the_grace_unless_its_client_comes_
             metadata: Default::default(),
             with_settings: false,
             token_sha256: None,
+            workspace: None,
+            asynchronous: false,
+            location: None,
+            max_lifetime_secs: None,
         })
     };
     let abandon = |w: &mut World, id: AllocationId, key: &str| {

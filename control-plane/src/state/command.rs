@@ -130,6 +130,10 @@ pub enum Command {
         /// agent; their values are never in the log).
         #[serde(default)]
         with_settings: bool,
+        /// The workspace the allocation named (restored by the answering member's request to
+        /// the agent; the allocation says `restoring` until it reports).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workspace: Option<String>,
         /// SHA-256 (hex) of the gateway access token the proposer made (the token itself
         /// never enters the log).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +156,14 @@ pub enum Command {
         allocation_id: AllocationId,
         /// Applied or failed.
         state: warmpool_proto::session::SettingsState,
+    },
+    /// Where an allocation's workspace restore stands, after the member that took the claim
+    /// asked the agent for it.
+    WorkspaceRestored {
+        /// The allocation.
+        allocation_id: AllocationId,
+        /// Restored or failed.
+        state: warmpool_proto::workspace::WorkspaceState,
     },
     /// Set a tenant's limits (replacing what it had; the rate bucket starts full).
     PutTenant {

@@ -294,6 +294,9 @@ pub struct Pending {
     /// Env or secrets were given at claim (their values never enter the state).
     #[serde(default)]
     pub with_settings: bool,
+    /// The workspace it named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
     /// SHA-256 (hex) of its gateway access token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_sha256: Option<String>,
@@ -335,6 +338,7 @@ impl Pending {
             release_reason: None,
             metadata: self.metadata.clone(),
             settings: None,
+            workspace: None,
             token_sha256: self.token_sha256.clone(),
             access: None,
             cost: None,

@@ -517,6 +517,7 @@ pub fn demo_spec() -> CreateSpec {
         egress: Default::default(),
         stop_grace_secs: 0,
         pre_stop: vec![],
+        workspace_path: None,
     }
 }
 

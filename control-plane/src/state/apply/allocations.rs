@@ -409,6 +409,32 @@ impl PoolState {
         }
     }
 
+    /// Records where an allocation's workspace restore stands. Only an active allocation
+    /// that named a workspace changes, and only from `restoring`.
+    pub(super) fn workspace_restored(
+        &mut self,
+        id: AllocationId,
+        state: warmpool_proto::workspace::WorkspaceState,
+    ) -> Response {
+        use warmpool_proto::workspace::WorkspaceState;
+        let Some(a) = self.allocations.get_mut(&id) else {
+            return Response::rejected(RejectCode::NotFound, format!("no allocation {id}"));
+        };
+        if a.workspace
+            .as_ref()
+            .is_some_and(|w| w.state == WorkspaceState::Restoring)
+            && state != WorkspaceState::Restoring
+        {
+            if let Some(w) = Arc::make_mut(a).workspace.as_mut() {
+                w.state = state;
+            }
+        }
+        Response::Allocation {
+            allocation: (**a).clone(),
+            replayed: false,
+        }
+    }
+
     /// Hands container `cid` to the request.
     pub(super) fn grant(
         &mut self,
@@ -459,6 +485,12 @@ impl PoolState {
             settings: req
                 .with_settings
                 .then_some(warmpool_proto::session::SettingsState::Pending),
+            workspace: req.workspace.clone().map(|id| {
+                warmpool_proto::workspace::AllocationWorkspace {
+                    id,
+                    state: warmpool_proto::workspace::WorkspaceState::Restoring,
+                }
+            }),
             token_sha256: req.token_sha256.clone(),
             access: None,
             cost: None,

@@ -121,6 +121,7 @@ impl PoolState {
                 tenant,
                 metadata,
                 with_settings,
+                workspace,
                 token_sha256,
                 asynchronous,
                 location,
@@ -134,6 +135,7 @@ impl PoolState {
                     tenant,
                     metadata,
                     with_settings,
+                    workspace,
                     token_sha256,
                     since: ctx.at,
                     // A little past the requester's own deadline, so its CancelWait lands
@@ -163,6 +165,10 @@ impl PoolState {
                 allocation_id,
                 state,
             } => self.settings_delivered(allocation_id, state),
+            Command::WorkspaceRestored {
+                allocation_id,
+                state,
+            } => self.workspace_restored(allocation_id, state),
             Command::PutTenant { tenant, quota } => self.put_tenant(tenant, quota),
             Command::DeleteTenant { tenant } => self.delete_tenant(&tenant),
             Command::Batch { .. } => {

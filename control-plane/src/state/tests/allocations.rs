@@ -79,6 +79,7 @@ fn a_retried_allocate_proposal_is_answered_not_doubled() {
         tenant: Default::default(),
         metadata: Default::default(),
         with_settings: false,
+        workspace: None,
         token_sha256: None,
         asynchronous: false,
         location: None,
@@ -89,6 +90,55 @@ fn a_retried_allocate_proposal_is_answered_not_doubled() {
     assert!(replayed);
     assert_eq!(a.id, b.id);
     assert_eq!(h.state.pool_counts(&p).allocated, 1);
+}
+
+#[test]
+fn a_workspace_is_restoring_until_the_member_reports_and_then_stays() {
+    use warmpool_proto::workspace::WorkspaceState;
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 1);
+    h.warm(&p, &n, 1);
+    let (a, _) = allocation(h.apply(Command::Allocate {
+        allocation_id: AllocationId::new(),
+        pool: p.clone(),
+        session: SessionId::new("s").unwrap(),
+        lease_ms: 1000,
+        idempotency_key: None,
+        wait_ms: 0,
+        tenant: Default::default(),
+        metadata: Default::default(),
+        with_settings: false,
+        workspace: Some("proj-1".into()),
+        token_sha256: None,
+        asynchronous: false,
+        location: None,
+        max_lifetime_secs: None,
+    }));
+    let w = a.workspace.clone().unwrap();
+    assert_eq!(
+        (w.id.as_str(), w.state),
+        ("proj-1", WorkspaceState::Restoring)
+    );
+    let restored = |h: &mut Harness, state| {
+        allocation(h.apply(Command::WorkspaceRestored {
+            allocation_id: a.id,
+            state,
+        }))
+        .0
+        .workspace
+        .unwrap()
+        .state
+    };
+    assert_eq!(
+        restored(&mut h, WorkspaceState::Restored),
+        WorkspaceState::Restored
+    );
+    // A late report (a retry's) changes nothing.
+    assert_eq!(
+        restored(&mut h, WorkspaceState::Failed),
+        WorkspaceState::Restored
+    );
 }
 
 #[test]
@@ -187,6 +237,7 @@ fn wait_for(
         tenant: Default::default(),
         metadata: Default::default(),
         with_settings: false,
+        workspace: None,
         token_sha256: None,
         asynchronous: false,
         location: None,

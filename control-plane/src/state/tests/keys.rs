@@ -21,6 +21,7 @@ fn tenants_quotas_and_idempotency_keys_are_their_own() {
             tenant: tenant.clone(),
             metadata: Default::default(),
             with_settings: false,
+            workspace: None,
             token_sha256: None,
             asynchronous: false,
             location: None,

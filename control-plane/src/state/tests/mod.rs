@@ -149,6 +149,7 @@ impl Harness {
             tenant: Default::default(),
             metadata: Default::default(),
             with_settings: false,
+            workspace: None,
             token_sha256: None,
             asynchronous: false,
             location: None,

@@ -63,6 +63,7 @@ fn ask(h: &mut Harness, pool: &PoolName, a: Ask) -> (AllocationId, Response) {
         metadata: Default::default(),
         with_settings: false,
         token_sha256: None,
+        workspace: None,
         asynchronous: a.asynchronous,
         location: a.location,
         max_lifetime_secs: a.max_lifetime_secs,

@@ -18,7 +18,11 @@ fn entry(s: &PoolState, id: ContainerId, n: u32) -> InventoryEntry {
         pool: c.pool.clone(),
         generation: c.generation,
         docker_id: format!("{:064x}", u128::from(n) * 0x9e37_79b9_7f4a_7c15),
-        ipv6: Some(format!("fd36:1:2:3:{:x}:{:x}:9a2e:dbac", n >> 16, n & 0xffff).parse().unwrap()),
+        ipv6: Some(
+            format!("fd36:1:2:3:{:x}:{:x}:9a2e:dbac", n >> 16, n & 0xffff)
+                .parse()
+                .unwrap(),
+        ),
         status: ObservedStatus::Running,
         health: Health::Healthy,
         exit_code: None,
@@ -64,7 +68,11 @@ fn snapshot_size_at_a_thousand_nodes_of_a_hundred_containers() {
             },
         );
         assert!(!matches!(joined, Response::Rejected(_)), "{joined:?}");
-        let here = if k + 1 == nodes { per_node - 1 } else { per_node };
+        let here = if k + 1 == nodes {
+            per_node - 1
+        } else {
+            per_node
+        };
         let ids: Vec<ContainerId> = (0..here).map(|_| ContainerId::new()).collect();
         let planned = apply(
             &mut s,
@@ -107,6 +115,10 @@ fn snapshot_size_at_a_thousand_nodes_of_a_hundred_containers() {
                 metadata: Default::default(),
                 with_settings: false,
                 token_sha256: Some("ab".repeat(32)),
+                workspace: None,
+                asynchronous: false,
+                location: None,
+                max_lifetime_secs: None,
             },
         );
         let Response::Allocation { allocation, .. } = r else {
