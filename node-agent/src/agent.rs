@@ -47,6 +47,8 @@ pub struct Shared {
     pub isolation: Isolation,
     /// Open log, exec and file streams, and the settings given at claim.
     pub sessions: crate::session::Sessions,
+    /// Image pulls: what each image's last pull did, one pull per image at a time.
+    pub images: crate::images::Images,
 }
 
 /// See [`crate::run`].
@@ -107,6 +109,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // covered by its own rules) from here on.
     let isolation = Isolation::start(&config, &docker, &driver).await?;
 
+    // Registry credentials: a file that does not read is a configuration error.
+    let registry_auth = match &config.registry_auth {
+        Some(path) => {
+            let auth = crate::images::RegistryAuth::load(path)
+                .map_err(|reason| Error::RegistryAuth {
+                    path: path.display().to_string(),
+                    reason,
+                })?;
+            info!(registries = ?auth, "registry credentials read");
+            auth
+        }
+        None => Default::default(),
+    };
+
     // NATS connects (and reconnects) in the background, forever: an outage delays facts and
     // commands, it never stops the agent.
     let nats = connect_nats(&config).await?;
@@ -130,6 +146,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         runtime: Default::default(),
         isolation,
         sessions: Default::default(),
+        images: crate::images::Images::new(registry_auth, background.child_token()),
     });
     crate::telemetry::runtime_available(true);
 
@@ -174,6 +191,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
     loops.spawn(resync::run(shared.clone(), background.clone()));
     loops.spawn(heartbeat::run(shared.clone(), background.clone()));
+    loops.spawn(crate::images::run(shared.clone(), background.clone()));
     loops.spawn(crate::runtime::watch(shared.clone(), background.clone()));
     loops.spawn(isolation::run(shared.clone(), background.clone()));
     activity::spawn(&shared, background.clone());
