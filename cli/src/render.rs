@@ -247,7 +247,10 @@ fn image_cell(p: &PoolView) -> String {
 fn image_lines(p: &PoolView) -> String {
     use warmpool_proto::agent::ImageState;
     if p.images.is_empty() {
-        return format!("ready on every node that runs it (pull: {})", p.pool.spec.pull.as_str());
+        return format!(
+            "ready on every node that runs it (pull: {})",
+            p.pool.spec.pull.as_str()
+        );
     }
     p.images
         .iter()

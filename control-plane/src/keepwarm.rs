@@ -749,7 +749,7 @@ mod tests {
                     memory_fraction: Some(0.2),
                     reserved: reserved.get(&n.id).copied().unwrap_or_default(),
                     pool_count: 0,
-            failed_images: Default::default(),
+                    failed_images: Default::default(),
                 })
                 .collect()
         }

@@ -112,8 +112,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Registry credentials: a file that does not read is a configuration error.
     let registry_auth = match &config.registry_auth {
         Some(path) => {
-            let auth = crate::images::RegistryAuth::load(path)
-                .map_err(|reason| Error::RegistryAuth {
+            let auth =
+                crate::images::RegistryAuth::load(path).map_err(|reason| Error::RegistryAuth {
                     path: path.display().to_string(),
                     reason,
                 })?;

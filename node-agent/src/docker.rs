@@ -415,7 +415,9 @@ impl Driver {
         while let Some(item) = stream.next().await {
             match item {
                 Ok(_) => {}
-                Err(BollardError::DockerResponseServerError { message, .. }) => return Err(message),
+                Err(BollardError::DockerResponseServerError { message, .. }) => {
+                    return Err(message)
+                }
                 Err(BollardError::DockerStreamError { error }) => return Err(error),
                 Err(e) => return Err(e.to_string()),
             }

@@ -84,13 +84,7 @@ pub enum Step {
 }
 
 /// The decision for one create (pure): `present` is whether Docker has the image now.
-pub fn decide(
-    image: &str,
-    policy: PullPolicy,
-    present: bool,
-    have: &Have,
-    now: Instant,
-) -> Step {
+pub fn decide(image: &str, policy: PullPolicy, present: bool, have: &Have, now: Instant) -> Step {
     if *have == Have::Pulling {
         return Step::Wait;
     }
@@ -122,9 +116,7 @@ pub fn decide(
 /// Wait before the next pull after `attempts` failures in a row (at least 1).
 pub fn retry_delay(attempts: u32) -> Duration {
     let doublings = attempts.saturating_sub(1).min(16);
-    RETRY_FIRST
-        .saturating_mul(1u32 << doublings)
-        .min(RETRY_MAX)
+    RETRY_FIRST.saturating_mul(1u32 << doublings).min(RETRY_MAX)
 }
 
 /// The reason code for Docker's (or the registry's) error message.
@@ -133,8 +125,12 @@ pub fn classify(message: &str) -> ImagePullError {
     let any = |words: &[&str]| words.iter().any(|w| m.contains(w));
     if any(&["invalid reference format", "invalid reference"]) {
         ImagePullError::InvalidReference
-    } else if any(&["repository does not exist", "manifest unknown", "not found", "name unknown"])
-    {
+    } else if any(&[
+        "repository does not exist",
+        "manifest unknown",
+        "not found",
+        "name unknown",
+    ]) {
         ImagePullError::NotFound
     } else if any(&[
         "unauthorized",
@@ -168,9 +164,7 @@ pub fn classify(message: &str) -> ImagePullError {
 /// (holds a `.` or a `:`, or is `localhost`), else Docker Hub (`docker.io`).
 pub fn registry_host(image: &str) -> &str {
     match image.split_once('/') {
-        Some((first, _))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
-        {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
             first
         }
         _ => "docker.io",
@@ -223,7 +217,9 @@ impl RegistryAuth {
             None => value,
         };
         let entries: BTreeMap<String, Entry> = serde_json::from_value(map).map_err(|e| {
-            format!("expected {{\"auths\": {{host: {{\"auth\" or \"username\"+\"password\"}}}}}}: {e}")
+            format!(
+                "expected {{\"auths\": {{host: {{\"auth\" or \"username\"+\"password\"}}}}}}: {e}"
+            )
         })?;
         let mut by_host = BTreeMap::new();
         for (host, e) in entries {
@@ -241,9 +237,9 @@ impl RegistryAuth {
                         .map_err(|_| format!("{host}: \"auth\" is not base64"))?;
                     let s = String::from_utf8(raw)
                         .map_err(|_| format!("{host}: \"auth\" is not UTF-8"))?;
-                    let (u, p) = s
-                        .split_once(':')
-                        .ok_or_else(|| format!("{host}: \"auth\" is not base64 of user:password"))?;
+                    let (u, p) = s.split_once(':').ok_or_else(|| {
+                        format!("{host}: \"auth\" is not base64 of user:password")
+                    })?;
                     (u.to_string(), p.to_string())
                 }
                 _ => {
@@ -279,6 +275,11 @@ impl RegistryAuth {
     /// How many registries it has credentials for.
     pub fn len(&self) -> usize {
         self.by_host.len()
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(&self) -> bool {
+        self.by_host.is_empty()
     }
 }
 
@@ -479,7 +480,9 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
                 i.have == Have::Pulling || now.saturating_duration_since(i.wanted_at) < WANTED_FOR
             });
             map.iter()
-                .filter(|(_, i)| matches!(&i.have, Have::Failed { retry_at, .. } if *retry_at <= now))
+                .filter(
+                    |(_, i)| matches!(&i.have, Have::Failed { retry_at, .. } if *retry_at <= now),
+                )
                 .map(|(image, i)| (image.clone(), i.policy))
                 .collect()
         };
@@ -549,7 +552,10 @@ mod tests {
         let p = PullPolicy::Always;
         assert_eq!(decide("a", p, true, &Have::Unknown, now), Step::Pull);
         let fresh = Have::Pulled { at: now };
-        assert_eq!(decide("a", p, true, &fresh, now + Duration::from_secs(5)), Step::Use);
+        assert_eq!(
+            decide("a", p, true, &fresh, now + Duration::from_secs(5)),
+            Step::Use
+        );
         assert_eq!(decide("a", p, true, &fresh, now + ALWAYS_FRESH), Step::Pull);
         // Removed behind the agent's back: pulled again.
         assert_eq!(decide("a", p, false, &fresh, now), Step::Pull);
@@ -609,7 +615,10 @@ mod tests {
         assert_eq!(registry_host("busybox"), "docker.io");
         assert_eq!(registry_host("library/busybox:1"), "docker.io");
         assert_eq!(registry_host("10.1.2.1:5000/app:1"), "10.1.2.1:5000");
-        assert_eq!(registry_host("registry.example/team/app"), "registry.example");
+        assert_eq!(
+            registry_host("registry.example/team/app"),
+            "registry.example"
+        );
         assert_eq!(registry_host("localhost/app"), "localhost");
         assert_eq!(with_tag("app"), "app:latest");
         assert_eq!(with_tag("10.1.2.1:5000/app"), "10.1.2.1:5000/app:latest");
@@ -631,7 +640,10 @@ mod tests {
         assert_eq!(a.for_image("other.example/app"), None);
         let plain = r#"{"10.1.2.1:5000": {"username": "u", "password": "p"}}"#;
         let a = RegistryAuth::parse(plain).unwrap();
-        assert_eq!(a.for_image("10.1.2.1:5000/app"), Some(("10.1.2.1:5000", "u", "p")));
+        assert_eq!(
+            a.for_image("10.1.2.1:5000/app"),
+            Some(("10.1.2.1:5000", "u", "p"))
+        );
         // Passwords never reach a log.
         assert_eq!(format!("{a:?}"), r#"["10.1.2.1:5000"]"#);
         for bad in [

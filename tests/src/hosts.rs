@@ -1019,7 +1019,13 @@ impl HostCluster {
     pub fn add_ipv4(&self, net: [u8; 3]) -> std::net::Ipv4Addr {
         let [a, b, c] = net;
         let root = std::net::Ipv4Addr::new(a, b, c, 1);
-        ip(&["addr", "add", &format!("{root}/24"), "dev", &self.transit.bridge]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{root}/24"),
+            "dev",
+            &self.transit.bridge,
+        ]);
         for (i, h) in self.hosts.iter().enumerate() {
             let addr = format!("{a}.{b}.{c}.{}/24", 10 + i);
             ip(&["-n", &h.netns, "addr", "add", &addr, "dev", "eth0"]);

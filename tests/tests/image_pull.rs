@@ -62,7 +62,10 @@ impl Registry {
             .expect("start docker-registry (apt-get install docker-registry; deploy/dev.sh deps)");
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect_timeout(&listen.into(), Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not listen on {listen}");
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on {listen}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Registry {
@@ -151,7 +154,9 @@ async fn cluster_with_registry(
     // Only the registry has it now.
     for h in &c.hosts {
         h.docker(&["rmi", DEMO_IMAGE]);
-        assert!(h.try_docker(&["image", "inspect", &format!("{repo}:1")]).is_err());
+        assert!(h
+            .try_docker(&["image", "inspect", &format!("{repo}:1")])
+            .is_err());
     }
     (c, registry, repo, files)
 }
@@ -195,7 +200,10 @@ async fn an_image_only_in_the_registry_comes_up_warm_on_two_hosts_and_a_rollout_
             .filter(|(_, _, s)| *s == ContainerState::Warm)
             .map(|(n, _, _)| n.clone())
             .collect();
-        let warm = l.iter().filter(|(_, _, s)| *s == ContainerState::Warm).count();
+        let warm = l
+            .iter()
+            .filter(|(_, _, s)| *s == ContainerState::Warm)
+            .count();
         if warm == 4 && warm_nodes == nodes {
             Ok(())
         } else {
@@ -223,25 +231,39 @@ async fn an_image_only_in_the_registry_comes_up_warm_on_two_hosts_and_a_rollout_
     c.client.put_pool(&s2).await.expect("update pool");
     let fewest = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let fewest = &fewest;
-    eventually(WARM, "4 warm containers of generation 2 and none older", || async {
-        let l = live(&c, &pool).await?;
-        let warm = l.iter().filter(|(_, _, s)| *s == ContainerState::Warm).count();
-        fewest.fetch_min(warm, std::sync::atomic::Ordering::SeqCst);
-        let new = l
-            .iter()
-            .filter(|(_, g, s)| *g == 2 && *s == ContainerState::Warm)
-            .count();
-        if new == 4 && l.len() == 4 {
-            Ok(())
-        } else {
-            Err(format!("{l:?}"))
-        }
-    })
+    eventually(
+        WARM,
+        "4 warm containers of generation 2 and none older",
+        || async {
+            let l = live(&c, &pool).await?;
+            let warm = l
+                .iter()
+                .filter(|(_, _, s)| *s == ContainerState::Warm)
+                .count();
+            fewest.fetch_min(warm, std::sync::atomic::Ordering::SeqCst);
+            let new = l
+                .iter()
+                .filter(|(_, g, s)| *g == 2 && *s == ContainerState::Warm)
+                .count();
+            if new == 4 && l.len() == 4 {
+                Ok(())
+            } else {
+                Err(format!("{l:?}"))
+            }
+        },
+    )
     .await;
     let fewest = fewest.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(fewest >= 4, "warm containers dropped to {fewest} during the rollout");
+    assert!(
+        fewest >= 4,
+        "warm containers dropped to {fewest} during the rollout"
+    );
     for h in &c.hosts {
-        assert!(h.try_docker(&["image", "inspect", &v2]).is_ok(), "host {} has no {v2}", h.name);
+        assert!(
+            h.try_docker(&["image", "inspect", &v2]).is_ok(),
+            "host {} has no {v2}",
+            h.name
+        );
         let log = h.agent_log_tail(400);
         assert!(
             log.contains("image pulled") && log.contains(&v2),
@@ -321,7 +343,10 @@ async fn a_bad_image_or_missing_credentials_give_a_clear_error_and_no_crash_loop
     // A measurement window, not a wait for a condition.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let after = failures().await;
-    assert_eq!(before, after, "creates went on failing: {before} then {after}");
+    assert_eq!(
+        before, after,
+        "creates went on failing: {before} then {after}"
+    );
     for h in &c.hosts {
         // The only pool so far is the bad one.
         let made = h.warmpool_containers();
@@ -349,10 +374,20 @@ async fn a_bad_image_or_missing_credentials_give_a_clear_error_and_no_crash_loop
         }
     })
     .await;
-    let v = c.client.get_pool(&PoolName::new(&good).unwrap()).await.unwrap();
+    let v = c
+        .client
+        .get_pool(&PoolName::new(&good).unwrap())
+        .await
+        .unwrap();
     assert!(
         v.images.iter().any(|i| i.node.as_str() == b
-            && matches!(i.state, ImageState::Failed { reason: ImagePullError::Unauthorized, .. })),
+            && matches!(
+                i.state,
+                ImageState::Failed {
+                    reason: ImagePullError::Unauthorized,
+                    ..
+                }
+            )),
         "{:?}",
         v.images
     );
