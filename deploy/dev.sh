@@ -62,6 +62,8 @@ install_prereqs() {
   command -v iptables >/dev/null || pkgs+=(iptables)
   command -v nft >/dev/null || pkgs+=(nftables)
   dpkg -s faketime >/dev/null 2>&1 || pkgs+=(faketime)
+  # tests/tests/image_pull.rs runs a real registry (Docker's distribution 2.8).
+  command -v docker-registry >/dev/null || pkgs+=(docker-registry)
   command -v python3 >/dev/null || pkgs+=(python3)
   # The API fuzz run (`test`) installs schemathesis into a virtualenv.
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || pkgs+=(python3-venv)

@@ -208,7 +208,7 @@ pub fn pools_table(pools: &[PoolView]) -> String {
         let s = &p.pool.spec;
         t.row(vec![
             s.name.to_string(),
-            s.image.clone(),
+            image_cell(p),
             p.pool.generation.to_string(),
             p.counts.warm.to_string(),
             p.wanted.to_string(),
@@ -223,6 +223,53 @@ pub fn pools_table(pools: &[PoolView]) -> String {
     t.render()
 }
 
+/// The pool's image, with where it is being pulled or failed: `app:2 (pulling on 1 node)`.
+fn image_cell(p: &PoolView) -> String {
+    use warmpool_proto::agent::ImageState;
+    let image = &p.pool.spec.image;
+    let pulling = p
+        .images
+        .iter()
+        .filter(|i| matches!(i.state, ImageState::Pulling { .. }))
+        .count();
+    let failed = p.images.len() - pulling;
+    let nodes = |n: usize| if n == 1 { "node" } else { "nodes" };
+    match (pulling, failed) {
+        (0, 0) => image.clone(),
+        (n, 0) => format!("{image} (pulling on {n} {})", nodes(n)),
+        (0, f) => format!("{image} (pull failed on {f} {})", nodes(f)),
+        (n, f) => format!("{image} (pulling on {n}, pull failed on {f})"),
+    }
+}
+
+/// One line per node where the pool's image is not ready:
+/// `n1 pulling since …`, `n2 failed (not_found): …, retry at …`.
+fn image_lines(p: &PoolView) -> String {
+    use warmpool_proto::agent::ImageState;
+    if p.images.is_empty() {
+        return format!(
+            "ready on every node that runs it (pull: {})",
+            p.pool.spec.pull.as_str()
+        );
+    }
+    p.images
+        .iter()
+        .map(|i| match &i.state {
+            ImageState::Pulling { since } => format!("{} pulling since {}", i.node, since),
+            ImageState::Failed {
+                reason,
+                message,
+                attempts,
+                retry_at,
+            } => format!(
+                "{} failed ({reason}, {attempts} attempts, retry at {retry_at}): {message}",
+                i.node
+            ),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// `poolctl pool show|create|update`.
 pub fn pool_detail(p: &PoolView, style: Style) -> String {
     let s = &p.pool.spec;
@@ -234,6 +281,7 @@ pub fn pool_detail(p: &PoolView, style: Style) -> String {
     kv_block(&[
         ("name", s.name.to_string()),
         ("image", s.image.clone()),
+        ("pull", image_lines(p)),
         (
             "command",
             if s.command.is_empty() {
@@ -1140,6 +1188,7 @@ mod tests {
                 outdated: 0,
             },
             wanted: 3,
+            images: vec![],
         };
         assert_eq!(
             pools_table(std::slice::from_ref(&view)),

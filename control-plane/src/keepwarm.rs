@@ -197,6 +197,11 @@ fn plan_pool(
     let mut pool_loads = loads.to_vec();
     for l in &mut pool_loads {
         l.pool_count = per_node.get(&l.id).copied().unwrap_or(0);
+        // Its agent cannot pull the pool's image now: creates there would only fail (it
+        // retries the pull on its own, and the node takes the pool again once it works).
+        if l.failed_images.contains(&spec.image) && l.status == NodeStatus::Ready {
+            l.status = NodeStatus::Cordoned;
+        }
     }
     let mut room = (spec.max_total as usize).saturating_sub(live);
     for (location, count) in located {
@@ -350,6 +355,7 @@ pub fn node_loads(
             memory_fraction: memory_fraction(&n.id),
             reserved: reserved.get(&n.id).copied().unwrap_or_default(),
             pool_count: 0,
+            failed_images: Default::default(),
         })
         .collect()
 }
@@ -865,6 +871,7 @@ mod tests {
                     memory_fraction: Some(0.2),
                     reserved: reserved.get(&n.id).copied().unwrap_or_default(),
                     pool_count: 0,
+                    failed_images: Default::default(),
                 })
                 .collect()
         }

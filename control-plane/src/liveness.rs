@@ -186,6 +186,7 @@ mod tests {
             inventory_digest: 0,
             create_slots: None,
             runtime_unavailable: None,
+            images: Vec::new(),
         }
     }
 

@@ -33,6 +33,9 @@ pub struct NodeLoad {
     pub reserved: Resources,
     /// Live containers of the pool being placed.
     pub pool_count: u32,
+    /// Images its agent last said it cannot pull (it is waiting to retry): no container of a
+    /// pool with one of these images is placed on it until they clear.
+    pub failed_images: std::collections::BTreeSet<String>,
 }
 
 /// How far reservations may exceed capacity: warm containers are mostly idle.
@@ -219,6 +222,7 @@ mod tests {
             memory_fraction: Some(0.3),
             reserved: Resources::default(),
             pool_count: 0,
+            failed_images: Default::default(),
         }
     }
 

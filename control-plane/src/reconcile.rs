@@ -191,6 +191,7 @@ pub fn create_spec_for(
         pool: pool.clone(),
         generation,
         image: s.image.clone(),
+        pull: s.pull,
         command: s.command.clone(),
         env: s.container_env(),
         port: s.port,

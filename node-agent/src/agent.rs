@@ -49,6 +49,8 @@ pub struct Shared {
     pub sessions: crate::session::Sessions,
     /// The workspace store and the containers' workspaces.
     pub workspaces: crate::workspace::Workspaces,
+    /// Image pulls: what each image's last pull did, one pull per image at a time.
+    pub images: crate::images::Images,
 }
 
 /// See [`crate::run`].
@@ -109,6 +111,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // covered by its own rules) from here on.
     let isolation = Isolation::start(&config, &docker, &driver).await?;
 
+    // Registry credentials: a file that does not read is a configuration error.
+    let registry_auth = match &config.registry_auth {
+        Some(path) => {
+            let auth =
+                crate::images::RegistryAuth::load(path).map_err(|reason| Error::RegistryAuth {
+                    path: path.display().to_string(),
+                    reason,
+                })?;
+            info!(registries = ?auth, "registry credentials read");
+            auth
+        }
+        None => Default::default(),
+    };
+
     // NATS connects (and reconnects) in the background, forever: an outage delays facts and
     // commands, it never stops the agent.
     let nats = connect_nats(&config).await?;
@@ -138,6 +154,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         isolation,
         sessions: Default::default(),
         workspaces: crate::workspace::Workspaces::new(store),
+        images: crate::images::Images::new(registry_auth, background.child_token()),
     });
     crate::telemetry::runtime_available(true);
 
@@ -182,6 +199,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
     loops.spawn(resync::run(shared.clone(), background.clone()));
     loops.spawn(heartbeat::run(shared.clone(), background.clone()));
+    loops.spawn(crate::images::run(shared.clone(), background.clone()));
     loops.spawn(crate::runtime::watch(shared.clone(), background.clone()));
     loops.spawn(isolation::run(shared.clone(), background.clone()));
     activity::spawn(&shared, background.clone());

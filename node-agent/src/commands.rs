@@ -211,6 +211,29 @@ fn create(shared: &Arc<Shared>, spec: CreateSpec, cancel: CancellationToken) -> 
     };
     let shared2 = shared.clone();
     shared.tasks.spawn(async move {
+        // The image first, outside the create slots: a pull (or the wait for one another
+        // create started) holds up only the creates of its image. A destroy of this id or
+        // shutdown drops the create; the pull itself goes on for the next one.
+        let image = tokio::select! {
+            r = crate::images::ensure(&shared2, &spec.image, &spec.pool, spec.pull) => r,
+            _ = cancel.cancelled() => {
+                shared2.inventory.abandon_create(guard);
+                return;
+            }
+            _ = guard.destroyed().cancelled() => {
+                shared2.inventory.abandon_create(guard);
+                return;
+            }
+        };
+        if let Err((reason, message)) = image {
+            warn!(container = %spec.id, pool = %spec.pool, image = %spec.image, %reason, error = %message, "create failed: the image is not here");
+            shared2.inventory.fail_create(
+                guard,
+                format!("image {} could not be pulled ({reason}): {message}", spec.image),
+                false,
+            );
+            return;
+        }
         // Wait for a create slot; at shutdown, or when a destroy of this id arrives, a queued
         // create is dropped without ever being started.
         let permit = tokio::select! {
@@ -410,6 +433,7 @@ mod tests {
             pool: PoolName::new("demo").unwrap(),
             generation: 1,
             image: "warmpool-demo:latest".into(),
+            pull: Default::default(),
             command: vec![],
             env: BTreeMap::new(),
             port: 8080,

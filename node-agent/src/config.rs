@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub nats_password: Option<String>,
     /// CA certificate (PEM) for NATS over TLS; TLS is then required.
     pub nats_ca: Option<std::path::PathBuf>,
+    /// Registry credentials for image pulls (JSON; see [`crate::images::RegistryAuth`]).
+    pub registry_auth: Option<std::path::PathBuf>,
     /// Docker daemon address (`unix:///path`).
     pub docker_host: String,
     /// The container /64 of this host, e.g. `fd36:1::/64`.
@@ -72,6 +74,7 @@ impl Default for RawConfig {
             nats_user: None,
             nats_password: None,
             nats_ca: None,
+            registry_auth: None,
             docker_host: "unix:///var/run/docker.sock".into(),
             ipv6_prefix: String::new(),
             network: None,
@@ -105,6 +108,8 @@ pub struct Config {
     pub nats_auth: Option<(String, String)>,
     /// CA certificate (PEM) for NATS over TLS; TLS is then required.
     pub nats_ca: Option<std::path::PathBuf>,
+    /// Registry credentials file, read at start.
+    pub registry_auth: Option<std::path::PathBuf>,
     /// Path of the Docker daemon's unix socket.
     pub docker_socket: String,
     /// The container /64.
@@ -348,6 +353,7 @@ impl RawConfig {
             nats_servers,
             nats_auth,
             nats_ca: self.nats_ca,
+            registry_auth: self.registry_auth,
             docker_socket,
             ipv6_prefix,
             network,

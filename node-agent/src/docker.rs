@@ -393,6 +393,48 @@ impl Driver {
         .map_err(DockerError::api("create container"))
     }
 
+    /// Whether dockerd has `image` (by reference or id).
+    pub async fn image_present(&self, image: &str) -> Result<bool, DockerError> {
+        match timed("inspect image", self.docker.inspect_image(image)).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 404) => Ok(false),
+            // A reference Docker cannot parse is not there either; the pull says why.
+            Err(e) if is_status(&e, 400) => Ok(false),
+            Err(e) => Err(DockerError::api("inspect image")(e)),
+        }
+    }
+
+    /// Pulls `reference` (tagged or by digest) with `creds` (registry host, user, password)
+    /// if given. `Err` is Docker's (or the registry's) message, without bollard's framing.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        creds: Option<(&str, &str, &str)>,
+    ) -> Result<(), String> {
+        use futures::StreamExt;
+        let opts = bollard::query_parameters::CreateImageOptionsBuilder::new()
+            .from_image(reference)
+            .build();
+        let creds = creds.map(|(host, user, password)| bollard::auth::DockerCredentials {
+            username: Some(user.to_string()),
+            password: Some(password.to_string()),
+            serveraddress: Some(host.to_string()),
+            ..Default::default()
+        });
+        let mut stream = self.docker.create_image(Some(opts), None, creds);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => {}
+                Err(BollardError::DockerResponseServerError { message, .. }) => {
+                    return Err(message)
+                }
+                Err(BollardError::DockerStreamError { error }) => return Err(error),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
     /// Whether dockerd answers (`GET /_ping`).
     pub async fn ping(&self) -> Result<(), DockerError> {
         timed("ping", self.docker.ping())

@@ -42,6 +42,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             inventory_digest: inventory_digest(&entries),
             create_slots: Some(u32::try_from(config.max_concurrent_creates).unwrap_or(u32::MAX)),
             runtime_unavailable: shared.runtime.outage(),
+            images: shared.images.report(),
         };
         shared.outbox.send(Outgoing::Heartbeat(Box::new(hb)));
     }

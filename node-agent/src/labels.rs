@@ -181,6 +181,7 @@ mod tests {
             pool: PoolName::new("demo").unwrap(),
             generation: 7,
             image: "warmpool-demo:latest".into(),
+            pull: Default::default(),
             command: vec![],
             env: BTreeMap::new(),
             port: 8080,

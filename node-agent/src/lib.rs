@@ -20,6 +20,7 @@
 //! - `events`: the Docker event watcher; `resync`: level-triggered repair and adoption.
 //! - `runtime`: whether dockerd answers; the agent rides out its restarts.
 //! - `session`: logs, exec, files and settings of allocated containers (pulled streams).
+//! - [`images`]: image pulls before a pool's first container (policy, credentials, backoff).
 //! - `commands`: the NATS command handler; `heartbeat`; `outbox`: ordered publishing.
 //! - `host`: capacity and load from `/proc`.
 //! - `telemetry`: Prometheus metrics and the tiny `/metrics` listener (`--metrics-addr`).
@@ -35,6 +36,7 @@ mod events;
 mod health;
 mod heartbeat;
 pub mod host;
+pub mod images;
 mod inventory;
 pub mod isolation;
 mod labels;
@@ -74,6 +76,14 @@ pub enum Error {
     /// The metrics address could not be bound.
     #[error("--metrics-addr {0}: {1}")]
     Metrics(std::net::SocketAddr, std::io::Error),
+    /// The registry credentials file does not read.
+    #[error("--registry-auth {path}: {reason}")]
+    RegistryAuth {
+        /// The file.
+        path: String,
+        /// Why it does not read.
+        reason: String,
+    },
     /// dockerd does not know the container runtime asked for.
     #[error("--runtime {0}: dockerd does not know this runtime (it knows: {1}); register it, e.g. `dockerd --add-runtime {0}=/usr/bin/{0}` or \"runtimes\" in daemon.json, and reload dockerd")]
     UnknownRuntime(String, String),

@@ -33,6 +33,11 @@ struct Args {
     /// Connect to NATS over TLS, trusting this CA certificate (PEM) besides the system's.
     #[arg(long, env = "WARMPOOL_NATS_CA")]
     nats_ca: Option<std::path::PathBuf>,
+    /// Registry credentials for image pulls: a JSON file, either Docker's config.json
+    /// (`{"auths": {"registry.example:5000": {"auth": "<base64 user:password>"}}}`) or
+    /// `{"registry.example:5000": {"username": "...", "password": "..."}}`. Read at start.
+    #[arg(long, env = "WARMPOOL_REGISTRY_AUTH", value_name = "FILE")]
+    registry_auth: Option<std::path::PathBuf>,
     /// Docker daemon socket.
     #[arg(
         long,
@@ -129,6 +134,7 @@ impl Args {
             nats_user: self.nats_user,
             nats_password: self.nats_password,
             nats_ca: self.nats_ca,
+            registry_auth: self.registry_auth,
             docker_host: self.docker_host,
             ipv6_prefix: self.ipv6_prefix,
             network: self.network,

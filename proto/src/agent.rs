@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::egress::Egress;
 use crate::ids::{ContainerId, NodeId, PoolName};
-use crate::pool::{ContainerResources, HealthCheck, Security};
+use crate::pool::{ContainerResources, HealthCheck, PullPolicy, Security};
 use crate::records::{Health, Resources};
 use crate::time::Timestamp;
 
@@ -52,6 +52,85 @@ pub struct Heartbeat {
     /// the node until this clears. Absent from older agents and while the runtime answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_unavailable: Option<RuntimeOutage>,
+    /// Images the agent is pulling or cannot pull, with the pools that want them (an image
+    /// that is there is not listed). Absent from older agents and while every image is there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageStatus>,
+}
+
+/// An image a node's agent does not have ready for the pools that want it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ImageStatus {
+    /// The image reference, as the pool spec gives it.
+    pub image: String,
+    /// The pools whose creates asked for it on this node.
+    pub pools: Vec<PoolName>,
+    /// Where its pull is.
+    pub state: ImageState,
+}
+
+/// Where a node's pull of an image is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ImageState {
+    /// Being pulled; creates of its pools wait for it (old containers keep serving).
+    Pulling {
+        /// When the pull started (agent's clock).
+        since: Timestamp,
+    },
+    /// The image could not be pulled (or, with pull policy `never`, is not there). No
+    /// container of its pools is made on the node until a retry succeeds.
+    Failed {
+        /// Why, as a code.
+        reason: ImagePullError,
+        /// The registry's (or Docker's) own words.
+        message: String,
+        /// Failed pulls in a row.
+        attempts: u32,
+        /// When the agent tries again (agent's clock).
+        retry_at: Timestamp,
+    },
+}
+
+/// Why an image could not be had on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ImagePullError {
+    /// The reference does not parse (`invalid reference format`).
+    InvalidReference,
+    /// The registry has no such repository or tag.
+    NotFound,
+    /// The registry refused the credentials, or wants some and none were given.
+    Unauthorized,
+    /// The registry could not be reached (name, connection, TLS).
+    Unreachable,
+    /// Pull policy `never`, and the image is not on the node.
+    NotPresent,
+    /// Anything else Docker said.
+    Other,
+}
+
+impl ImagePullError {
+    /// The wire form.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ImagePullError::InvalidReference => "invalid_reference",
+            ImagePullError::NotFound => "not_found",
+            ImagePullError::Unauthorized => "unauthorized",
+            ImagePullError::Unreachable => "unreachable",
+            ImagePullError::NotPresent => "not_present",
+            ImagePullError::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for ImagePullError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The agent's container runtime does not answer.
@@ -268,6 +347,9 @@ pub struct CreateSpec {
     pub generation: u64,
     /// Docker image.
     pub image: String,
+    /// When to pull it (absent from an older control plane: `if_not_present`).
+    #[serde(default)]
+    pub pull: PullPolicy,
     /// Command; empty means the image's.
     pub command: Vec<String>,
     /// Environment.
@@ -395,6 +477,7 @@ mod tests {
                 pool: PoolName::new("demo").unwrap(),
                 generation: 2,
                 image: "warmpool-demo:latest".into(),
+                pull: PullPolicy::Always,
                 command: vec![],
                 env: BTreeMap::new(),
                 port: 8080,
@@ -469,9 +552,30 @@ mod tests {
             inventory_digest: 77,
             create_slots: Some(4),
             runtime_unavailable: None,
+            images: vec![ImageStatus {
+                image: "registry.example:5000/app:1".into(),
+                pools: vec![PoolName::new("demo").unwrap()],
+                state: ImageState::Failed {
+                    reason: ImagePullError::NotFound,
+                    message: "manifest unknown".into(),
+                    attempts: 2,
+                    retry_at: Timestamp(99),
+                },
+            }],
         };
         let json = serde_json::to_vec(&hb).unwrap();
         assert_eq!(serde_json::from_slice::<Heartbeat>(&json).unwrap(), hb);
+        let text = String::from_utf8(json).unwrap();
+        assert!(
+            text.contains(r#""state":"failed","reason":"not_found""#),
+            "{text}"
+        );
+        // An older agent's heartbeat (no images) and an older control plane's create (no
+        // pull policy) still read.
+        let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        old.as_object_mut().unwrap().remove("images");
+        let old: Heartbeat = serde_json::from_value(old).unwrap();
+        assert!(old.images.is_empty());
         assert!((hb.usage.memory_fraction() - 0.25).abs() < 1e-9);
     }
 }

@@ -410,6 +410,23 @@ pub struct PoolView {
     pub counts: Counts,
     /// Warm containers the pool is aiming for.
     pub wanted: u32,
+    /// Nodes where the pool's image is being pulled or cannot be pulled, as the answering
+    /// member last heard from their agents (empty when the image is ready everywhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<NodeImage>,
+}
+
+/// A pool's image on one node, in [`PoolView::images`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeImage {
+    /// The node.
+    pub node: NodeId,
+    /// The image.
+    pub image: String,
+    /// `pulling`, or `failed` with a reason code and the registry's message.
+    #[serde(flatten)]
+    pub state: crate::agent::ImageState,
 }
 
 /// A node in `GET /v1/nodes`: the replicated record and what the answering member has heard.

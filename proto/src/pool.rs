@@ -17,9 +17,17 @@ use crate::ids::PoolName;
 pub struct PoolSpec {
     /// The pool's name, unique in the cluster.
     pub name: PoolName,
-    /// Docker image reference. It must already be present on every node (no pulls).
+    /// Docker image reference. Each node's agent pulls it before the pool's first container
+    /// there (see `pull`), with the registry credentials given to the agent
+    /// (`--registry-auth`); the pool shows as `pulling` on a node until the image is there.
     #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = "\\S"))]
     pub image: String,
+    /// When the agents pull `image`: `if_not_present` (the default, and every pool stored
+    /// before pulls existed: an image already on the node is used as is), `always` (pulled
+    /// again before a create when the node's last pull of it is over a minute old), or
+    /// `never` (the image must already be on every node).
+    #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
+    pub pull: PullPolicy,
     /// Command and arguments; empty means the image's own command.
     #[serde(default)]
     pub command: Vec<String>,
@@ -112,6 +120,37 @@ pub struct PoolSpec {
     /// names a `workspace`, synced every `sync_secs`, saved before the container goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<crate::workspace::PoolWorkspace>,
+}
+
+/// When a node's agent pulls a pool's image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Pulled only when the node does not have it.
+    #[default]
+    IfNotPresent,
+    /// Pulled again before a create when the node's last pull is over a minute old (a moved
+    /// tag is picked up); a failed pull fails the create even if an older copy is there.
+    Always,
+    /// Never pulled: the image must already be on the node.
+    Never,
+}
+
+impl PullPolicy {
+    /// Whether this is the default (not written out, so older readers keep reading specs).
+    pub fn is_default(&self) -> bool {
+        *self == PullPolicy::IfNotPresent
+    }
+
+    /// The wire form.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PullPolicy::IfNotPresent => "if_not_present",
+            PullPolicy::Always => "always",
+            PullPolicy::Never => "never",
+        }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -595,6 +634,7 @@ impl PoolSpec {
         PoolSpec {
             name,
             image: image.into(),
+            pull: PullPolicy::default(),
             command: Vec::new(),
             port: defaults::port(),
             ports: BTreeMap::new(),

@@ -1063,6 +1063,28 @@ impl HostCluster {
         self.transit.root_addr()
     }
 
+    /// Gives the transit bridge an IPv4 /24 too (`net`: its first three octets): the root
+    /// side gets `.1`, the hosts `.10`, `.11`, ... in order. For a service the hosts'
+    /// dockerds must reach by an IPv4 literal (dockerd 20.10 takes no IPv6 address in an image
+    /// reference), such as a test registry. Returns the root side's address. Goes with the
+    /// bridge and the namespaces.
+    pub fn add_ipv4(&self, net: [u8; 3]) -> std::net::Ipv4Addr {
+        let [a, b, c] = net;
+        let root = std::net::Ipv4Addr::new(a, b, c, 1);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{root}/24"),
+            "dev",
+            &self.transit.bridge,
+        ]);
+        for (i, h) in self.hosts.iter().enumerate() {
+            let addr = format!("{a}.{b}.{c}.{}/24", 10 + i);
+            ip(&["-n", &h.netns, "addr", "add", &addr, "dev", "eth0"]);
+        }
+        root
+    }
+
     /// An address outside the fleet (in a random /64 of 2001:db8::/32, the documentation
     /// range, so never fd36::/16 nor any real network), on the root side of the bridge, and
     /// routed from every host: a stand-in for a service on the internet that a pool's egress

@@ -165,6 +165,7 @@ impl SimAgent {
                             inventory_digest: digest,
                             create_slots: None,
                             runtime_unavailable: None,
+                            images: Vec::new(),
                         }
                     };
                     let _ = client

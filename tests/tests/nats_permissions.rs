@@ -192,6 +192,7 @@ fn heartbeat(node: &NodeId) -> Vec<u8> {
         inventory_digest: 0,
         create_slots: None,
         runtime_unavailable: None,
+        images: Vec::new(),
     })
     .expect("json")
 }

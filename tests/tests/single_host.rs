@@ -512,6 +512,7 @@ async fn bad_input_answers_clearly_and_changes_nothing() {
         inventory_digest: 0,
         create_slots: None,
         runtime_unavailable: None,
+        images: Vec::new(),
     };
     nats.publish(
         warmpool_proto::subjects::heartbeat(&big),

@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use warmpool_proto::api::{ErrorBody, PoolView};
+use warmpool_proto::api::{ErrorBody, NodeImage, PoolView};
 use warmpool_proto::records::Pool;
 use warmpool_proto::{PoolName, PoolSpec};
 
@@ -20,8 +20,35 @@ fn view(s: &PoolState, mut pool: Pool) -> PoolView {
     PoolView {
         counts: s.pool_counts(&pool.spec.name),
         wanted: s.wanted(&pool),
+        images: Vec::new(),
         pool,
     }
+}
+
+/// `views` with the nodes where each pool's image is being pulled or failed, from the last
+/// heartbeat of every agent this member hears (soft: not in the replicated state).
+fn with_images(app: &AppState, mut views: Vec<PoolView>) -> Vec<PoolView> {
+    let nodes = app.fleet.nodes();
+    for v in &mut views {
+        let spec = &v.pool.spec;
+        let mut images: Vec<NodeImage> = nodes
+            .iter()
+            .flat_map(|(node, soft)| {
+                soft.heartbeat
+                    .images
+                    .iter()
+                    .filter(|i| i.image == spec.image && i.pools.contains(&spec.name))
+                    .map(move |i| NodeImage {
+                        node: node.clone(),
+                        image: i.image.clone(),
+                        state: i.state.clone(),
+                    })
+            })
+            .collect();
+        images.sort_by(|a, b| a.node.cmp(&b.node));
+        v.images = images;
+    }
+    views
 }
 
 fn parse_name(name: &str) -> Result<PoolName, ApiError> {
@@ -42,11 +69,11 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Vec<PoolView>>, ApiError> {
     barrier_if_asked(&app, &headers).await?;
-    Ok(Json(
-        app.cluster
-            .shared()
-            .read(|s| s.pools().map(|p| view(s, p.clone())).collect()),
-    ))
+    let views = app
+        .cluster
+        .shared()
+        .read(|s| s.pools().map(|p| view(s, p.clone())).collect());
+    Ok(Json(with_images(&app, views)))
 }
 
 /// One pool.
@@ -70,6 +97,7 @@ pub async fn get(
         s.pool(&name).map(|p| view(s, p.clone()))
     })
     .await?
+    .and_then(|v| with_images(&app, vec![v]).pop())
     .map(Json)
     .ok_or_else(|| ApiError::NotFound(format!("no pool named {:?}", name.as_str())))
 }

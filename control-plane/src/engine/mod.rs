@@ -121,6 +121,18 @@ impl Facts {
             .is_some_and(|n| n.heartbeat.runtime_unavailable.is_some())
     }
 
+    /// Images `node`'s agent last said it cannot pull (and retries on its own).
+    pub fn failed_images(&self, node: &NodeId) -> std::collections::BTreeSet<String> {
+        self.nodes.get(node).map_or_else(Default::default, |n| {
+            n.heartbeat
+                .images
+                .iter()
+                .filter(|i| matches!(i.state, warmpool_proto::agent::ImageState::Failed { .. }))
+                .map(|i| i.image.clone())
+                .collect()
+        })
+    }
+
     /// Memory use of `node` from its last heartbeat.
     pub fn memory_fraction(&self, node: &NodeId) -> Option<f64> {
         self.nodes

@@ -61,6 +61,7 @@ fn heartbeat(node: &NodeId) -> Heartbeat {
         inventory_digest: 0,
         create_slots: None,
         runtime_unavailable: None,
+        images: Vec::new(),
     }
 }
 

@@ -14,6 +14,9 @@ use crate::state::{Command, PoolState};
 
 pub(super) fn keep_warm(e: &mut Engine, s: &PoolState, facts: &Facts, now: Now) -> Vec<Effect> {
     let mut loads = keepwarm::node_loads(s, |n| facts.memory_fraction(n));
+    for l in loads.iter_mut() {
+        l.failed_images = facts.failed_images(&l.id);
+    }
     for l in loads.iter_mut().filter(|l| {
         facts.suspicion(&l.id, now.mono).is_some() || e.failures.node_avoided(&l.id, now.mono)
     }) {

@@ -490,6 +490,7 @@ pub fn demo_spec() -> CreateSpec {
         pool: PoolName::new("demo").expect("pool name"),
         generation: 1,
         image: IMAGE.into(),
+        pull: Default::default(),
         command: vec![],
         env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
         port: 8080,
