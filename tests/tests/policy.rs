@@ -616,8 +616,11 @@ async fn an_image_change_rolls_out_while_allocations_keep_succeeding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_that_keep_failing_back_off_and_say_why_instead_of_churning() {
     let c = TestCluster::single().await;
+    // The image is there but its command is not: every start fails. (A missing image no
+    // longer makes creates fail: the agent's pull fails first and the pool takes no creates
+    // there at all, tests/image_pull.)
     let broken = PoolSpec {
-        image: "warmpool-no-such-image:1".into(),
+        command: vec!["/no/such/binary".into()],
         ..TestCluster::demo_spec("broken", 2)
     };
     c.client.create_pool(&broken).await.unwrap();
