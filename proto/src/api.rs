@@ -931,8 +931,8 @@ pub struct TenantQuota {
     pub burst: Option<u32>,
     /// Most bytes the tenant's saved workspaces may take in the store together (compressed);
     /// a save that would pass it is refused and the previous version stays.
+    /// 0: no workspace may be saved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub workspace_max_bytes: Option<u64>,
 }
 

@@ -206,6 +206,7 @@ pub async fn list(
     params(("id" = String, Path, description = "Workspace id"), WorkspaceQuery),
     responses(
         (status = 200, description = "The workspace's current version", body = WorkspaceView),
+        (status = 400, description = "A malformed id or query, e.g. an invalid `tenant` (`bad_request`)", body = ErrorBody),
         (status = 404, description = "Never saved, or another tenant's (`not_found`)", body = ErrorBody),
         (status = 500, description = "The workspace store failed (`internal`)", body = ErrorBody),
     )
@@ -230,6 +231,7 @@ pub async fn get(
     params(("id" = String, Path, description = "Workspace id"), WorkspaceQuery),
     responses(
         (status = 200, description = "Deleted; its last version as it was", body = WorkspaceView),
+        (status = 400, description = "A malformed id or query, e.g. an invalid `tenant` (`bad_request`)", body = ErrorBody),
         (status = 403, description = "A viewer key (`forbidden`)", body = ErrorBody),
         (status = 404, description = "Never saved, or another tenant's (`not_found`)", body = ErrorBody),
         (status = 500, description = "The workspace store failed (`internal`)", body = ErrorBody),
