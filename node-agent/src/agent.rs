@@ -134,6 +134,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )?;
     info!(store = store.url(), "workspaces are kept in this store");
 
+    let bindings_dir = config.state_dir.join("workspaces");
     let (outbox, outbox_rx) = outbox::outbox();
     let background = CancellationToken::new();
     let shared = Arc::new(Shared {
@@ -153,7 +154,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         runtime: Default::default(),
         isolation,
         sessions: Default::default(),
-        workspaces: crate::workspace::Workspaces::new(store),
+        workspaces: crate::workspace::Workspaces::new(store, bindings_dir),
         images: crate::images::Images::new(registry_auth, background.child_token()),
     });
     crate::telemetry::runtime_available(true);
@@ -181,6 +182,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         removed = report.removed,
         "adopted existing containers"
     );
+    let rebound = crate::workspace::readopt(&shared);
+    if rebound > 0 {
+        info!(
+            rebound,
+            "workspaces of re-adopted containers are synced and saved again"
+        );
+    }
     let sub = nats
         .subscribe(subjects::cmd(&node))
         .await

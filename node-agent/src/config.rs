@@ -12,6 +12,9 @@ use async_nats::ServerAddr;
 use warmpool_proto::ids::IdError;
 use warmpool_proto::{IpPrefix, NodeId};
 
+/// The default `--state-dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/warmpool/agent";
+
 /// The configuration as given, before validation. Every field mirrors one flag of the binary.
 #[derive(Clone, Debug)]
 pub struct RawConfig {
@@ -64,6 +67,9 @@ pub struct RawConfig {
     pub workspace_store: String,
     /// Options of an S3 store (a JSON object of `object_store`'s S3 keys).
     pub workspace_store_config: Option<std::path::PathBuf>,
+    /// Where the agent keeps what must outlive its process (the containers' workspace
+    /// bindings), under a directory per node.
+    pub state_dir: std::path::PathBuf,
 }
 
 impl Default for RawConfig {
@@ -93,6 +99,7 @@ impl Default for RawConfig {
             fleet_prefixes: Vec::new(),
             workspace_store: warmpool_workspace_store::DEFAULT_URL.into(),
             workspace_store_config: None,
+            state_dir: DEFAULT_STATE_DIR.into(),
         }
     }
 }
@@ -149,6 +156,8 @@ pub struct Config {
     pub workspace_store: String,
     /// Options of an S3 store.
     pub workspace_store_config: Option<std::path::PathBuf>,
+    /// This node's own state directory (`<--state-dir>/<node>`).
+    pub state_dir: std::path::PathBuf,
 }
 
 /// A configuration value that does not make sense.
@@ -348,6 +357,7 @@ impl RawConfig {
             ));
         }
 
+        let state_dir = self.state_dir.join(node_id.as_str());
         Ok(Config {
             node_id,
             nats_servers,
@@ -372,6 +382,7 @@ impl RawConfig {
             fleet_prefixes,
             workspace_store: self.workspace_store,
             workspace_store_config: self.workspace_store_config,
+            state_dir,
         })
     }
 }

@@ -113,6 +113,10 @@ struct Args {
     /// `aws_allow_http`, ...).
     #[arg(long, env = "WARMPOOL_WORKSPACE_STORE_CONFIG")]
     workspace_store_config: Option<std::path::PathBuf>,
+    /// Where the agent keeps what must outlive its process (which workspace each container
+    /// holds, so a restarted agent goes on syncing and saving them), in a directory per node.
+    #[arg(long, env = "WARMPOOL_AGENT_STATE_DIR", default_value = warmpool_agent::config::DEFAULT_STATE_DIR)]
+    state_dir: std::path::PathBuf,
     /// Run without network isolation (no nftables rules): containers then reach each other,
     /// the host and the fleet. For hosts without nftables only; the agent warns at start.
     #[arg(long, env = "WARMPOOL_NO_ISOLATION")]
@@ -153,6 +157,7 @@ impl Args {
             fleet_prefixes: self.fleet_prefixes,
             workspace_store: self.workspace_store,
             workspace_store_config: self.workspace_store_config,
+            state_dir: self.state_dir,
         }
     }
 }

@@ -39,9 +39,14 @@ struct Bound {
 }
 
 /// The store and the bindings. `std::sync::Mutex`: nothing awaits under it.
+///
+/// Each binding is also written to a file of its own in `dir` (`<container>.json`, gone with
+/// the final save), so that a restarted agent goes on syncing and saving the workspaces of the
+/// containers it re-adopts: [`readopt`].
 pub struct Workspaces {
     store: Store,
     bound: Mutex<HashMap<ContainerId, Arc<Bound>>>,
+    dir: std::path::PathBuf,
 }
 
 /// How a save ended.
@@ -69,12 +74,35 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Workspaces {
-    /// Over `store`, with no bindings.
-    pub fn new(store: Store) -> Workspaces {
+    /// Over `store`, with no bindings yet; bindings are kept in `dir` too.
+    pub fn new(store: Store, dir: std::path::PathBuf) -> Workspaces {
         Workspaces {
             store,
             bound: Mutex::new(HashMap::new()),
+            dir,
         }
+    }
+
+    fn file(&self, id: &ContainerId) -> std::path::PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// Writes `id`'s binding to its file (a temporary file renamed over it). A failure is
+    /// logged: the binding still holds while this process lives.
+    fn persist(&self, id: &ContainerId, binding: &WorkspaceBinding) {
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&self.dir)?;
+            let tmp = self.dir.join(format!(".{id}.json.tmp"));
+            std::fs::write(&tmp, serde_json::to_vec(binding)?)?;
+            std::fs::rename(&tmp, self.file(id))
+        };
+        if let Err(e) = write() {
+            warn!(container = %id, dir = %self.dir.display(), error = %e, "could not keep the workspace binding on disk; a restart of this agent would forget it");
+        }
+    }
+
+    fn forget(&self, id: &ContainerId) {
+        let _ = std::fs::remove_file(self.file(id));
     }
 
     fn get(&self, id: &ContainerId) -> Option<Arc<Bound>> {
@@ -141,20 +169,62 @@ pub async fn restore(
     metrics::counter!("warmpool_agent_workspace_restores_total", "outcome" => "restored")
         .increment(1);
     info!(%container, workspace = %binding.key.prefix(), version = ?version, took_ms = started.elapsed().as_millis() as u64, "workspace restored");
+    ws.persist(&container, &binding);
+    bind(shared, container, binding);
+    SessionReply::WorkspaceRestored { version }
+}
+
+/// Holds `binding` for `container` and starts its sync loop.
+fn bind(shared: &Arc<Shared>, container: ContainerId, binding: WorkspaceBinding) {
     let sync = binding.spec.sync_secs;
     let bound = Arc::new(Bound {
         binding,
         finished: tokio::sync::Mutex::new(false),
         stop: CancellationToken::new(),
     });
-    lock(&ws.bound).insert(container, bound.clone());
+    lock(&shared.workspaces.bound).insert(container, bound.clone());
     if sync > 0 {
         let shared2 = shared.clone();
         shared.tasks.spawn(async move {
             sync_loop(&shared2, container, bound, Duration::from_secs(sync)).await;
         });
     }
-    SessionReply::WorkspaceRestored { version }
+}
+
+/// After a restart, once the containers are re-adopted: takes back the binding of every
+/// container still here (its workspace is synced and saved again, never restored over what
+/// the session wrote) and drops the files of the others. Answers how many were taken back.
+pub fn readopt(shared: &Arc<Shared>) -> usize {
+    let ws = &shared.workspaces;
+    let Ok(entries) = std::fs::read_dir(&ws.dir) else {
+        return 0;
+    };
+    let mut taken = 0;
+    for e in entries.filter_map(Result::ok) {
+        let path = e.path();
+        let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| n.parse::<ContainerId>().ok())
+        else {
+            // A temporary file of a write that did not finish, or a stranger.
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        let binding = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<WorkspaceBinding>(&b).ok());
+        match binding {
+            Some(b) if shared.inventory.docker_id_of(&id).is_some() && ws.get(&id).is_none() => {
+                info!(container = %id, workspace = %b.key.prefix(), "workspace binding taken back after a restart");
+                bind(shared, id, b);
+                taken += 1;
+            }
+            _ => ws.forget(&id),
+        }
+    }
+    taken
 }
 
 async fn sync_loop(shared: &Arc<Shared>, id: ContainerId, bound: Arc<Bound>, every: Duration) {
@@ -199,6 +269,7 @@ pub async fn finish(shared: &Arc<Shared>, id: ContainerId, docker_id: &str) {
     }
     drop(finished);
     lock(&shared.workspaces.bound).remove(&id);
+    shared.workspaces.forget(&id);
 }
 
 fn log_save(id: &ContainerId, b: &Bound, r: Result<SaveOutcome, SaveError>, kind: &'static str) {

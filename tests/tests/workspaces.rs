@@ -357,3 +357,81 @@ async fn workspace_moves_between_nodes_and_survives_a_killed_save_with_the_local
 async fn workspace_moves_between_nodes_and_survives_a_killed_save_with_an_s3_server() {
     scenario(Kind::S3).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_goes_on_saving_the_workspace_of_its_container() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("file://{}", dir.path().join("store").display());
+    let agent_args = vec![
+        "--workspace-store".to_string(),
+        url.clone(),
+        "--state-dir".to_string(),
+        dir.path().join("agent-state").display().to_string(),
+    ];
+    let specs = vec![HostSpec::new().labels(&["side=a"]).without_agent()];
+    let mut c = HostCluster::start_with_member_args(&specs, &["--workspace-store", &url]).await;
+    start_agent(&mut c, "a", &agent_args, &[]).await;
+    let p = unique("wsr");
+    c.client.create_pool(&pool(&p, "a")).await.expect("pool");
+    wait_warm(&c, &p).await;
+    let ws = unique("keep").replace('_', "-");
+    let a1 = allocate(&c, &p, &ws).await;
+    sh(&c, &a1, &format!("echo before > {PATH}/f")).await;
+
+    // The agent dies (SIGKILL) and comes back: it re-adopts the container, and with it the
+    // container's workspace, which it has never restored over what the session wrote.
+    c.host_mut("a").kill_agent();
+    start_agent(&mut c, "a", &agent_args, &[]).await;
+    let script = format!("echo after >> {PATH}/f");
+    eventually(Duration::from_secs(30), "exec after the restart", || {
+        let (client, id, script) = (c.client.clone(), a1.id, script.clone());
+        async move {
+            let req = ExecRequest {
+                command: vec!["sh".into(), "-c".into(), script],
+                ..Default::default()
+            };
+            match client.exec(id, &req).await {
+                Ok(r) if r.exit_code == Some(0) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    c.client.release(a1.id).await.expect("release");
+    let q = WorkspaceQuery::default();
+    eventually(Duration::from_secs(60), "the save at release", || {
+        let (client, ws, q) = (c.client.clone(), ws.clone(), q.clone());
+        async move {
+            client
+                .get_workspace(&ws, &q)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    wait_warm(&c, &p).await;
+    let a2 = allocate(&c, &p, &ws).await;
+    assert_eq!(
+        sh(&c, &a2, &format!("cat {PATH}/f")).await,
+        "before\nafter\n",
+        "what was written before and after the agent's restart was saved"
+    );
+    // Saved and done: no binding is left on disk for a container that is gone.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("agent-state"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|node| {
+            std::fs::read_dir(node.path().join("workspaces"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| {
+            !n.to_string_lossy()
+                .starts_with(&a2.container_id.to_string())
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
