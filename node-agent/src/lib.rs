@@ -39,7 +39,7 @@ pub mod host;
 pub mod images;
 mod inventory;
 pub mod isolation;
-mod labels;
+pub mod labels;
 mod network;
 mod outbox;
 mod prober;

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use warmpool_proto::ContainerId;
 
 use crate::agent::Shared;
-use crate::docker::{container_name, DockerError, Listed};
+use crate::docker::{container_name, DockerError, DockerState, Listed};
 use crate::inventory::Upsert;
 use crate::{labels, prober};
 
@@ -61,6 +61,14 @@ pub async fn resync(shared: &Arc<Shared>) -> Result<Report, DockerError> {
             }
         }
         let c = &copies[0];
+        // Created and never started, and no create of it under way here: a create cut off
+        // (the agent died between Docker's create and start). It goes; the control plane,
+        // still waiting for it, sends the create again.
+        if c.state == DockerState::Created && shared.inventory.docker_id_of(&id).is_none() {
+            warn!(container = %id, docker_id = c.docker_id, "removing a container whose create was cut off before it started");
+            remove(shared, &c.docker_id, &mut report).await;
+            continue;
+        }
         if !shared.inventory.needs_inspect(&id, &c.docker_id, c.state) {
             continue;
         }

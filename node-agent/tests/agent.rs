@@ -320,7 +320,21 @@ async fn a_killed_agent_readopts_its_containers_and_removes_garbage() -> Result<
         &format!("io.warmpool.id={}", a.id),
         IMAGE,
     ])?;
-    assert_eq!(node.docker_containers()?.len(), 4);
+    // And a container whose create was cut off: made by Docker with every label of a real
+    // create, never started (the agent died between create and start).
+    let cut = demo_spec();
+    let mut args = vec![
+        "create".to_string(),
+        "--network".to_string(),
+        node.network.clone(),
+    ];
+    for (k, v) in warmpool_agent::labels::for_spec(&node.id, &cut) {
+        args.push("--label".into());
+        args.push(format!("{k}={v}"));
+    }
+    args.push(IMAGE.into());
+    let cut_off = docker(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    assert_eq!(node.docker_containers()?.len(), 5);
 
     let mut facts = ctl.facts().await?;
     let _agent = AgentProc::start(&node, &nats.url, &[])?;
@@ -341,6 +355,10 @@ async fn a_killed_agent_readopts_its_containers_and_removes_garbage() -> Result<
     want.sort();
     assert_eq!(node.docker_ids()?, want, "no duplicates, no orphans");
     assert!(!node.docker_containers()?.contains(&dup));
+    assert!(
+        !node.docker_containers()?.contains(&cut_off),
+        "a create cut off before its start is removed, not adopted as starting for ever"
+    );
     // Adopted containers are reported, and probed again.
     for id in [a.id, b.id] {
         facts.wait("healthy after adoption", T, healthy(id)).await?;
