@@ -61,13 +61,21 @@ pub async fn resync(shared: &Arc<Shared>) -> Result<Report, DockerError> {
             }
         }
         let c = &copies[0];
-        // Created and never started, and no create of it under way here: a create cut off
-        // (the agent died between Docker's create and start). It goes; the control plane,
-        // still waiting for it, sends the create again.
+        // Created and never started (its restart policy is `no`), and no create of it under
+        // way here: a create cut off between Docker's create and start (the agent died). The
+        // start is finished here, so it is adopted running rather than as starting for ever;
+        // one that will not start goes, and the control plane sends its create again.
         if c.state == DockerState::Created && shared.inventory.docker_id_of(&id).is_none() {
-            warn!(container = %id, docker_id = c.docker_id, "removing a container whose create was cut off before it started");
-            remove(shared, &c.docker_id, &mut report).await;
-            continue;
+            match shared.driver.start(&c.docker_id).await {
+                Ok(()) => {
+                    info!(container = %id, docker_id = c.docker_id, "started a container whose create was cut off before its start")
+                }
+                Err(e) => {
+                    warn!(container = %id, docker_id = c.docker_id, error = %e, "removing a container whose create was cut off and which does not start");
+                    remove(shared, &c.docker_id, &mut report).await;
+                    continue;
+                }
+            }
         }
         if !shared.inventory.needs_inspect(&id, &c.docker_id, c.state) {
             continue;
