@@ -152,6 +152,26 @@ pub fn docker_containers_of(node: &str) -> Vec<String> {
     ids
 }
 
+/// Every event after `seq`, oldest first, page by page.
+pub async fn events_after(client: &Client, seq: u64) -> Vec<warmpool_proto::Event> {
+    let mut all = Vec::new();
+    let mut cursor = seq;
+    loop {
+        let page = client
+            .events(&warmpool_proto::api::EventQuery {
+                after: Some(cursor),
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await
+            .expect("events");
+        let Some(last) = page.last() else { break };
+        cursor = last.seq;
+        all.extend(page);
+    }
+    all
+}
+
 /// Polls `f` every 50 ms until it yields `Some`, or panics after `timeout` naming `what`.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where

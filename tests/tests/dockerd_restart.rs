@@ -232,7 +232,10 @@ async fn an_allocation_and_warm_containers_survive_a_dockerd_restart() {
         .any(|(id, _)| *id == again.container_id.to_string()));
     // And the dockerd that came back makes new containers: releasing both allocations has
     // them destroyed and replaced, and the replacements become warm without a failed create.
-    let seq = events_last_seq(&c.client).await;
+    let seq = warmpool_tests::events_after(&c.client, last_seq)
+        .await
+        .last()
+        .map_or(last_seq, |e| e.seq);
     for id in [again.id, a.id] {
         c.client.release(id).await.expect("release");
     }
@@ -262,22 +265,4 @@ async fn an_allocation_and_warm_containers_survive_a_dockerd_restart() {
         "creates failed after dockerd came back: {failed:#?}\n{}",
         c.hosts[0].agent_log_tail(60)
     );
-}
-
-async fn events_last_seq(client: &poolctl::Client) -> u64 {
-    let mut cursor = 0;
-    loop {
-        let page = client
-            .events(&EventQuery {
-                after: Some(cursor),
-                limit: Some(1000),
-                ..Default::default()
-            })
-            .await
-            .expect("events");
-        match page.last() {
-            Some(e) => cursor = e.seq,
-            None => return cursor,
-        }
-    }
 }

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use poolctl::Client;
-use warmpool_proto::api::EventQuery;
 use warmpool_proto::records::AllocationState;
 use warmpool_proto::{AllocationId, ContainerId, EventKind};
 use warmpool_tests::{unique, wait_until, Agent, Nats, TestCluster};
@@ -27,26 +26,6 @@ struct Op {
     /// When each failed attempt was made, and what it answered.
     failures: Vec<(Instant, String)>,
     answer: Option<(AllocationId, ContainerId)>,
-}
-
-/// Every event after `seq`, oldest first.
-async fn events_after(client: &Client, seq: u64) -> Vec<warmpool_proto::Event> {
-    let mut all = Vec::new();
-    let mut cursor = seq;
-    loop {
-        let page = client
-            .events(&EventQuery {
-                after: Some(cursor),
-                limit: Some(1000),
-                ..Default::default()
-            })
-            .await
-            .expect("events");
-        let Some(last) = page.last() else { break };
-        cursor = last.seq;
-        all.extend(page);
-    }
-    all
 }
 
 /// The index of the NATS server that `client` (a connection name) is connected to.
@@ -92,7 +71,10 @@ async fn losing_one_nats_server_of_three_under_load_keeps_allocations_working() 
     spec.max_warm = Some(6);
     c.client.create_pool(&spec).await.expect("create pool");
     c.wait_warm(&pool, 4, Duration::from_secs(90)).await;
-    let first_seq = events_after(&c.client, 0).await.last().map_or(0, |e| e.seq);
+    let first_seq = warmpool_tests::events_after(&c.client, 0)
+        .await
+        .last()
+        .map_or(0, |e| e.seq);
 
     // Two clients allocate and release in a loop, each retrying an allocation with its key
     // until it is answered.
@@ -242,7 +224,7 @@ async fn losing_one_nats_server_of_three_under_load_keeps_allocations_working() 
         );
     }
     // The node never looked down: losing one NATS server is not losing the node.
-    let events = events_after(&c.client, first_seq).await;
+    let events = warmpool_tests::events_after(&c.client, first_seq).await;
     let bad: Vec<_> = events
         .iter()
         .filter(|e| {

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use warmpool_proto::api::EventQuery;
 use warmpool_proto::records::{AllocationState, NodeStatus};
 use warmpool_proto::{ContainerState, EventKind};
 use warmpool_tests::{http_get, wait_until, Agent, TestCluster};
@@ -28,29 +27,6 @@ fn running_docker_ids(node: &str) -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once(' '))
         .map(|(id, docker)| (id.to_string(), docker.to_string()))
         .collect()
-}
-
-/// Every event after `seq`, oldest first.
-async fn events_after(
-    client: &warmpool_tests::poolctl::Client,
-    seq: u64,
-) -> Vec<warmpool_proto::Event> {
-    let mut all = Vec::new();
-    let mut cursor = seq;
-    loop {
-        let page = client
-            .events(&EventQuery {
-                after: Some(cursor),
-                limit: Some(1000),
-                ..Default::default()
-            })
-            .await
-            .expect("events");
-        let Some(last) = page.last() else { break };
-        cursor = last.seq;
-        all.extend(page);
-    }
-    all
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +74,10 @@ async fn a_nats_outage_ends_no_session_and_destroys_no_container() {
     let before: BTreeMap<String, String> =
         nodes.iter().flat_map(|n| running_docker_ids(n)).collect();
     assert!(before.contains_key(&a.container_id.to_string()));
-    let last_seq = events_after(&c.client, 0).await.last().map_or(0, |e| e.seq);
+    let last_seq = warmpool_tests::events_after(&c.client, 0)
+        .await
+        .last()
+        .map_or(0, |e| e.seq);
 
     // The outage. The container is asked every half second that it still answers: the data
     // path never needed NATS.
@@ -153,7 +132,7 @@ async fn a_nats_outage_ends_no_session_and_destroys_no_container() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    let after = events_after(&c.client, last_seq).await;
+    let after = warmpool_tests::events_after(&c.client, last_seq).await;
     let bad: Vec<_> = after
         .iter()
         .filter(|e| {

@@ -170,7 +170,7 @@ async fn claim(
         lease_ms,
         idempotency_key: req.idempotency_key.clone(),
         wait_ms,
-        tenant,
+        tenant: tenant.clone(),
         metadata: req.metadata.clone(),
         with_settings,
         workspace: req.workspace.clone(),
@@ -184,7 +184,7 @@ async fn claim(
     // Subscribe before writing, so a container granted right after the write is not missed.
     let mut applied = shared.subscribe();
     // Until the client has its answer, an allocation this write may make is held by nobody.
-    let unanswered = Unanswered::new(app, &cmd);
+    let unanswered = Unanswered::new(app, allocation_id, req.idempotency_key.clone(), tenant);
     let queued = match app.cluster.write(Request::now(cmd)).await {
         Ok(Applied::Allocation {
             allocation,
@@ -299,17 +299,14 @@ struct Unanswered {
 }
 
 impl Unanswered {
-    /// For an [`Command::Allocate`] about to be written.
-    fn new(app: &AppState, allocate: &Command) -> Self {
-        let (allocation_id, idempotency_key, tenant) = match allocate {
-            Command::Allocate {
-                allocation_id,
-                idempotency_key,
-                tenant,
-                ..
-            } => (*allocation_id, idempotency_key.clone(), tenant.clone()),
-            _ => unreachable!("Unanswered is made for allocations only"),
-        };
+    /// For the allocate request `allocation_id` (asked under `idempotency_key`, for
+    /// `tenant`) about to be written.
+    fn new(
+        app: &AppState,
+        allocation_id: AllocationId,
+        idempotency_key: Option<String>,
+        tenant: warmpool_proto::TenantId,
+    ) -> Self {
         Unanswered {
             app: Some(app.clone()),
             abandon: Command::Abandon {
