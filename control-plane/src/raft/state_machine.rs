@@ -170,10 +170,12 @@ impl StateMachineStore {
 /// tenfold, and the bytes are written to sled and sent to members that fall behind).
 pub(crate) fn encode_snapshot(state: &PoolState) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    serde_json::to_writer(&mut gz, state)?;
-    gz.flush()?;
-    gz.finish()
+    // serde_json writes token by token; the buffer hands the encoder large blocks.
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, gz);
+    serde_json::to_writer(&mut out, state)?;
+    out.flush()?;
+    out.into_inner().map_err(|e| e.into_error())?.finish()
 }
 
 /// The state in snapshot bytes: gzip-compressed JSON, or plain JSON as versions before

@@ -187,6 +187,12 @@ impl Tally {
         self.counts[2][0] + self.counts[2][1]
     }
 
+    /// Live containers that count against a pool's `max_total`: releasing ones are on their
+    /// way out and do not block replacements.
+    pub fn counted(&self) -> u32 {
+        self.creating() + self.warm_any() + self.allocated()
+    }
+
     /// Every live container (releasing ones included).
     pub fn live(&self) -> u32 {
         self.counts.iter().flatten().sum()

@@ -104,14 +104,10 @@ impl PoolState {
     /// Live containers of a pool that count against `max_total` (releasing ones are on their
     /// way out and do not block replacements).
     pub(in crate::state) fn live_count(&self, pool: &PoolName) -> usize {
-        self.containers_of(pool)
-            .filter(|c| {
-                matches!(
-                    c.state,
-                    ContainerState::Creating | ContainerState::Warm | ContainerState::Allocated
-                )
-            })
-            .count()
+        self.tallies_of(pool)
+            .flat_map(|(_, gens)| gens.values())
+            .map(|t| t.counted() as usize)
+            .sum()
     }
 
     pub(super) fn observe(&mut self, ctx: Ctx, node: &NodeId, entry: InventoryEntry) {
