@@ -57,6 +57,17 @@ struct Args {
     /// Reservation overcommit for CPU when placing containers.
     #[arg(long, env = "WARMPOOL_CPU_OVERCOMMIT", default_value_t = 8.0)]
     cpu_overcommit: f64,
+    /// Raft: the leader's heartbeat interval to the other members, ms.
+    #[arg(long, env = "WARMPOOL_RAFT_HEARTBEAT_MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    raft_heartbeat_ms: u64,
+    /// Raft: the election timeout range, `MIN,MAX` ms. A member stands for election once it
+    /// has heard no leader for MAX (the leader's lease) plus a random MIN..MAX, so a leader's
+    /// death costs MAX + MIN..MAX before writes resume. MIN must exceed the heartbeat interval
+    /// well (3x at least: a lost heartbeat or two must not start an election).
+    #[arg(long, env = "WARMPOOL_RAFT_ELECTION_MS", default_value = "200,400",
+          value_parser = parse_election_ms)]
+    raft_election_ms: (u64, u64),
     /// Raft: take a snapshot after this many log entries.
     #[arg(long, env = "WARMPOOL_SNAPSHOT_EVERY", default_value_t = 5000)]
     snapshot_every: u64,
@@ -129,6 +140,25 @@ struct Args {
         default_value = "info,openraft=warn,sled=warn,async_nats=warn"
     )]
     log: String,
+}
+
+/// `MIN,MAX` milliseconds of `--raft-election-ms`.
+fn parse_election_ms(s: &str) -> Result<(u64, u64), String> {
+    let (min, max) = s
+        .split_once(',')
+        .ok_or_else(|| format!("expected MIN,MAX in ms, e.g. 200,400; got {s:?}"))?;
+    let ms = |v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .map_err(|e| format!("{v:?} is not a number of ms: {e}"))
+    };
+    let (min, max) = (ms(min)?, ms(max)?);
+    if min == 0 || min >= max {
+        return Err(format!(
+            "MIN must be above 0 and below MAX; got {min},{max}"
+        ));
+    }
+    Ok((min, max))
 }
 
 #[tokio::main]
@@ -232,6 +262,8 @@ async fn main() -> anyhow::Result<()> {
         join: args.join,
         leader,
         raft: RaftTuning {
+            heartbeat_ms: args.raft_heartbeat_ms,
+            election_ms: args.raft_election_ms,
             snapshot_every: args.snapshot_every,
             max_queued_writes: args.max_queued_writes,
             write_timeout: Duration::from_millis(args.write_timeout_ms),
@@ -280,4 +312,18 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_election_ms;
+
+    #[test]
+    fn election_ms_is_a_min_below_a_max() {
+        assert_eq!(parse_election_ms("200,400"), Ok((200, 400)));
+        assert_eq!(parse_election_ms(" 150 , 300 "), Ok((150, 300)));
+        for bad in ["400", "400,200", "300,300", "0,100", "a,b", ""] {
+            assert!(parse_election_ms(bad).is_err(), "{bad:?}");
+        }
+    }
 }

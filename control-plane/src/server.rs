@@ -45,8 +45,10 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
-            heartbeat_ms: 100,
-            election_ms: (400, 800),
+            // A member stands for election after election_ms.1 (openraft's leader lease)
+            // plus a random election_ms: 600-800 ms after the last heartbeat here.
+            heartbeat_ms: 50,
+            election_ms: (200, 400),
             snapshot_every: 5000,
             keep_behind_snapshot: 1000,
             max_queued_writes: 10_000,

@@ -62,6 +62,8 @@ pub struct FleetConfig {
     pub node_timeout_secs: f64,
     /// Members' `RUST_LOG`.
     pub log_filter: String,
+    /// Allocate+release cycles of the memory soak (0: none), run after the other phases.
+    pub soak_cycles: usize,
     /// Where logs and Raft data go (a temporary directory when None, removed at the end).
     pub dir: Option<PathBuf>,
     /// Once filled, write the members' URLs (comma-separated) to this file and keep the
@@ -89,6 +91,7 @@ impl Default for FleetConfig {
             snapshot_every: 5000,
             node_timeout_secs: 5.0,
             log_filter: "warn".into(),
+            soak_cycles: 0,
             dir: None,
             hold: None,
         }
@@ -104,6 +107,8 @@ pub struct ProcSample {
     pub peak_rss_mib: f64,
     /// User + system CPU seconds so far.
     pub cpu_secs: f64,
+    /// Bytes it caused to be written to storage so far (`write_bytes` of `/proc/<pid>/io`).
+    pub write_bytes: u64,
 }
 
 impl ProcSample {
@@ -129,6 +134,14 @@ impl ProcSample {
             rss_mib: kib("VmRSS:") / 1024.0,
             peak_rss_mib: kib("VmHWM:") / 1024.0,
             cpu_secs: ticks / clock_ticks(),
+            write_bytes: std::fs::read_to_string(format!("/proc/{pid}/io"))
+                .ok()
+                .and_then(|io| {
+                    io.lines()
+                        .find_map(|l| l.strip_prefix("write_bytes:"))
+                        .and_then(|v| v.trim().parse().ok())
+                })
+                .unwrap_or(0),
         })
     }
 }
@@ -144,6 +157,11 @@ fn clock_ticks() -> f64 {
             .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
             .unwrap_or(100.0)
     })
+}
+
+/// A byte count over a window as a rate per hour.
+fn per_hour(bytes: u64, window: Duration) -> f64 {
+    bytes as f64 / window.as_secs_f64() * 3600.0
 }
 
 /// CPU use of a process over a window, in percent of one core.
@@ -168,6 +186,38 @@ pub struct MemberReport {
     pub alloc_cpu_percent: f64,
     /// Size of its latest snapshot, bytes (from `warmpool_raft_snapshot_bytes`; 0: none built).
     pub snapshot_bytes: u64,
+    /// Bytes written to disk per hour while only heartbeats arrive (the idle window's rate).
+    pub idle_write_bytes_per_hour: f64,
+    /// Bytes written to disk per hour during the concurrent allocation phase.
+    pub alloc_write_bytes_per_hour: f64,
+}
+
+/// The leader's memory over a long run of allocate+release cycles (each release destroys a
+/// container and keep-warm has the simulated agents make another).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SoakReport {
+    /// Cycles run in all.
+    pub cycles: usize,
+    /// `(cycles done, leader RSS MiB)` after each tenth of the run.
+    pub rss_mib: Vec<(usize, f64)>,
+    /// Cycles per second over the run.
+    pub cycles_per_sec: f64,
+    /// Errors (retried by the loop) over the run.
+    pub errors: usize,
+}
+
+impl SoakReport {
+    /// The largest change of resident memory from the first sample (taken after the first
+    /// tenth, so caches and retention have filled), in percent of that sample.
+    pub fn drift_percent(&self) -> f64 {
+        let Some(&(_, first)) = self.rss_mib.first() else {
+            return 0.0;
+        };
+        self.rss_mib
+            .iter()
+            .map(|(_, r)| (r - first).abs() / first * 100.0)
+            .fold(0.0, f64::max)
+    }
 }
 
 /// Everything [`run`] measured.
@@ -207,6 +257,8 @@ pub struct FleetReport {
     pub join_rss_mib: Option<f64>,
     /// `GET /v1/status` latency with the fleet up (median of 5), ms.
     pub status_ms: f64,
+    /// The memory soak, when asked for.
+    pub soak: Option<SoakReport>,
     /// What failed after the measurements that were made (they are kept).
     pub error: Option<String>,
 }
@@ -559,7 +611,36 @@ pub async fn run(cfg: &FleetConfig, progress: &dyn Fn(String)) -> anyhow::Result
             idle_cpu_percent: cpu_percent(&before[i], &after_idle[i], cfg.idle_window),
             alloc_cpu_percent: cpu_percent(&before_alloc[i], &after_alloc[i], alloc_window),
             snapshot_bytes: snapshot_bytes(&m.url()).await,
+            idle_write_bytes_per_hour: per_hour(
+                after_idle[i].write_bytes - before[i].write_bytes,
+                cfg.idle_window,
+            ),
+            alloc_write_bytes_per_hour: per_hour(
+                after_alloc[i].write_bytes - before_alloc[i].write_bytes,
+                alloc_window,
+            ),
         });
+    }
+
+    if cfg.soak_cycles > 0 {
+        let pid = pids[leader];
+        let chunk = cfg.soak_cycles.div_ceil(10);
+        let mut soak = SoakReport::default();
+        let t = Instant::now();
+        while soak.cycles < cfg.soak_cycles {
+            let n = chunk.min(cfg.soak_cycles - soak.cycles);
+            let phase = allocation_phase(&fleet.client, &pool, n, cfg.concurrency);
+            soak.cycles += n;
+            soak.errors += phase.errors;
+            let rss = pid.and_then(ProcSample::of).map_or(0.0, |s| s.rss_mib);
+            progress(format!(
+                "  soak: {} cycles, leader rss {rss:.1} MiB",
+                soak.cycles
+            ));
+            soak.rss_mib.push((soak.cycles, rss));
+        }
+        soak.cycles_per_sec = soak.cycles as f64 / t.elapsed().as_secs_f64();
+        report.soak = Some(soak);
     }
 
     if cfg.join {
@@ -654,19 +735,21 @@ pub fn render(r: &FleetReport) -> String {
     );
     let _ = writeln!(
         out,
-        "member  leader  rss MiB  peak MiB  idle cpu %  alloc cpu %  snapshot bytes"
+        "member  leader  rss MiB  peak MiB  idle cpu %  alloc cpu %  snapshot bytes  disk MB/h idle  disk MB/h alloc"
     );
     for m in &r.members {
         let _ = writeln!(
             out,
-            "{:>6}  {:>6}  {:>7.0}  {:>8.0}  {:>10.1}  {:>11.1}  {:>14}",
+            "{:>6}  {:>6}  {:>7.0}  {:>8.0}  {:>10.1}  {:>11.1}  {:>14}  {:>14.0}  {:>15.0}",
             m.id,
             if m.leader { "yes" } else { "" },
             m.rss_mib,
             m.peak_rss_mib,
             m.idle_cpu_percent,
             m.alloc_cpu_percent,
-            m.snapshot_bytes
+            m.snapshot_bytes,
+            m.idle_write_bytes_per_hour / 1e6,
+            m.alloc_write_bytes_per_hour / 1e6
         );
     }
     let _ = writeln!(
@@ -688,6 +771,22 @@ pub fn render(r: &FleetReport) -> String {
             l.cycle_ms.p99,
             l.cycles_per_sec,
             l.errors
+        );
+    }
+    if let Some(soak) = &r.soak {
+        let samples: Vec<String> = soak
+            .rss_mib
+            .iter()
+            .map(|(n, rss)| format!("{n}: {rss:.0}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "soak: {} cycles at {:.0}/s, {} errors; leader rss MiB by cycles {}; drift from the first sample {:.1}%",
+            soak.cycles,
+            soak.cycles_per_sec,
+            soak.errors,
+            samples.join(", "),
+            soak.drift_percent()
         );
     }
     if let Some(e) = &r.error {

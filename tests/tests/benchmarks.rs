@@ -24,6 +24,7 @@ async fn the_fleet_simulator_fills_a_small_fleet_and_reports() {
         sequential_cycles: 20,
         concurrent_cycles: 40,
         concurrency: 4,
+        soak_cycles: 50,
         log_filter: "info,openraft=warn,sled=warn,async_nats=warn".into(),
         ..FleetConfig::default()
     };
@@ -41,6 +42,13 @@ async fn the_fleet_simulator_fills_a_small_fleet_and_reports() {
     assert_eq!(report.concurrent.cycles, 40);
     assert_eq!(report.sequential.errors + report.concurrent.errors, 0);
     assert!(report.sequential.alloc_ms.p50 > 0.0);
+    let soak = report.soak.as_ref().expect("the soak ran");
+    assert_eq!((soak.cycles, soak.rss_mib.len(), soak.errors), (50, 10, 0));
+    assert!(soak.rss_mib.iter().all(|(_, rss)| *rss > 0.0));
+    assert!(report
+        .members
+        .iter()
+        .any(|m| m.alloc_write_bytes_per_hour > 0.0));
     assert!(report.join_secs.is_some(), "{:?}", report.error);
     assert!(report.error.is_none(), "{:?}", report.error);
 }

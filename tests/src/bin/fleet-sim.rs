@@ -58,6 +58,10 @@ struct Args {
     /// Concurrency of those.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Allocate+release cycles of a memory soak after the other phases (0: none); the
+    /// leader's resident memory is sampled after every tenth.
+    #[arg(long, default_value_t = 0)]
+    soak_cycles: usize,
     /// Do not time a fourth member joining.
     #[arg(long)]
     no_join: bool,
@@ -113,6 +117,7 @@ fn main() -> anyhow::Result<()> {
         snapshot_every: a.snapshot_every,
         node_timeout_secs: a.node_timeout_secs,
         log_filter: a.log,
+        soak_cycles: a.soak_cycles,
         dir: a.dir,
         hold: a.hold.clone(),
     };
