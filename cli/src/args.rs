@@ -10,7 +10,7 @@ use warmpool_proto::api::{Role, MAX_DRAIN_DEADLINE_SECS, MAX_IDEMPOTENCY_KEY, MA
 use warmpool_proto::TenantId;
 use warmpool_proto::{
     AllocationId, ContainerId, ContainerState, EgressRule, EventKind, MemberId, NodeId, PoolName,
-    SessionId,
+    SessionId, Timestamp,
 };
 
 use crate::spec::{parse_kv, Setting};
@@ -499,6 +499,31 @@ pub struct AllocationsArgs {
     /// Only in this state.
     #[arg(long, value_parser = ["active", "released"])]
     pub state: Option<String>,
+    /// Only on this node.
+    #[arg(long)]
+    pub node: Option<NodeId>,
+    /// Show a page of at most this many (1..=1000), then the cursor of the next page.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub limit: Option<u64>,
+    /// Start at this page (the cursor a previous page printed).
+    #[arg(long, value_name = "CURSOR")]
+    pub cursor: Option<String>,
+    /// Follow the pages to the end, --limit at a time (100 without --limit).
+    #[arg(long)]
+    pub all_pages: bool,
+    /// Only this tenant's.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Released allocations from the answering member's archive (evicted from the
+    /// replicated state), oldest first; with --since/--until.
+    #[arg(long)]
+    pub archived: bool,
+    /// With --archived: released at or after this time (RFC 3339, or a duration ago: 2h).
+    #[arg(long, requires = "archived", value_parser = parse_when)]
+    pub since: Option<Timestamp>,
+    /// With --archived: released at or before this time (RFC 3339, or a duration ago).
+    #[arg(long, requires = "archived", value_parser = parse_when)]
+    pub until: Option<Timestamp>,
 }
 
 /// `poolctl containers`.
@@ -516,6 +541,18 @@ pub struct ContainersArgs {
     /// Only held by this session.
     #[arg(long)]
     pub session: Option<SessionId>,
+    /// Show a page of at most this many (1..=1000), then the cursor of the next page.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub limit: Option<u64>,
+    /// Start at this page (the cursor a previous page printed).
+    #[arg(long, value_name = "CURSOR")]
+    pub cursor: Option<String>,
+    /// Follow the pages to the end, --limit at a time (100 without --limit).
+    #[arg(long)]
+    pub all_pages: bool,
+    /// Only this tenant's.
+    #[arg(long)]
+    pub tenant: Option<String>,
 }
 
 /// `poolctl events`.
@@ -549,6 +586,39 @@ pub struct EventsArgs {
     /// Keep streaming new events until interrupted (Ctrl-C).
     #[arg(long, short = 'f', conflicts_with = "before")]
     pub follow: bool,
+    /// Events evicted from the replicated state, from the answering member's archive, oldest
+    /// first (page on with --after, the last seq shown); with --since/--until.
+    #[arg(long, conflicts_with_all = ["follow", "before"])]
+    pub archived: bool,
+    /// With --archived: at or after this time (RFC 3339, or a duration ago: 2h, 30m).
+    #[arg(long, requires = "archived", value_parser = parse_when)]
+    pub since: Option<Timestamp>,
+    /// With --archived: at or before this time (RFC 3339, or a duration ago).
+    #[arg(long, requires = "archived", value_parser = parse_when)]
+    pub until: Option<Timestamp>,
+}
+
+/// A time: RFC 3339, or a duration before now (`90s`, `30m`, `2h`, `1d`).
+pub fn parse_when(s: &str) -> Result<Timestamp, String> {
+    if let Ok(t) = s.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is neither RFC 3339 nor a duration like 30m"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?}: a duration ends in s, m, h or d")),
+    };
+    Ok(Timestamp(
+        Timestamp::now()
+            .as_millis()
+            .saturating_sub(secs.saturating_mul(1000)),
+    ))
 }
 
 /// `poolctl simulate`.

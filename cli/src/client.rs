@@ -58,6 +58,55 @@ pub struct AllocationQuery {
     /// Only in this state (`active` or `released`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// Only on this node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Only this tenant's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// A page of at most this many (the answer is then a page: use
+    /// [`Client::list_allocations_page`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// The page after this cursor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Read the answering member's archive of released allocations instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archived: Option<bool>,
+    /// Archived ones released at or after this time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<warmpool_proto::Timestamp>,
+    /// Archived ones released at or before this time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<warmpool_proto::Timestamp>,
+}
+
+/// Paging of `GET /v1/containers` (besides its filters).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PageQuery {
+    /// At most this many (the server's default page when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// The page after this cursor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Only this tenant's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// The time range of an archived event read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ArchiveRange {
+    /// Always true: read the archive.
+    pub archived: bool,
+    /// At or after this time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<warmpool_proto::Timestamp>,
+    /// At or before this time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<warmpool_proto::Timestamp>,
 }
 
 /// What `POST /v1/nodes/{id}/{action}` does to a node.
@@ -274,6 +323,12 @@ impl Call {
         Ok(self)
     }
 
+    /// Adds `q`'s pairs to the query already set.
+    pub(crate) fn query_more<Q: Serialize>(mut self, q: &Q) -> Result<Self, ClientError> {
+        self.query.extend(query_pairs(q)?);
+        Ok(self)
+    }
+
     pub(crate) fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));
         self
@@ -384,6 +439,24 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/containers` one page at a time (`page.limit` or the server's default).
+    pub async fn list_containers_page(
+        &self,
+        query: &ContainerQuery,
+        page: &PageQuery,
+    ) -> Result<warmpool_proto::api::ContainerPage, ClientError> {
+        let mut page = page.clone();
+        if page.limit.is_none() && page.cursor.is_none() {
+            page.limit = Some(100);
+        }
+        self.fetch(
+            Call::get(&["v1", "containers"])
+                .query(query)?
+                .query_more(&page)?,
+        )
+        .await
+    }
+
     /// `GET /v1/containers/{id}`.
     pub async fn get_container(&self, id: ContainerId) -> Result<Container, ClientError> {
         self.fetch(Call::get(&["v1", "containers", &id.to_string()]))
@@ -418,6 +491,20 @@ impl Client {
         query: &AllocationQuery,
     ) -> Result<Vec<Allocation>, ClientError> {
         self.fetch(Call::get(&["v1", "allocations"]).query(query)?)
+            .await
+    }
+
+    /// `GET /v1/allocations` one page at a time (`query.limit` or the server's default), or
+    /// archived allocations with `query.archived`.
+    pub async fn list_allocations_page(
+        &self,
+        query: &AllocationQuery,
+    ) -> Result<warmpool_proto::api::AllocationPage, ClientError> {
+        let mut query = query.clone();
+        if query.limit.is_none() && query.cursor.is_none() && query.archived != Some(true) {
+            query.limit = Some(100);
+        }
+        self.fetch(Call::get(&["v1", "allocations"]).query(&query)?)
             .await
     }
 
@@ -580,6 +667,25 @@ impl Client {
     /// `GET /v1/events`, filtered and paged by `query`, ascending by `seq`.
     pub async fn events(&self, query: &EventQuery) -> Result<Vec<Event>, ClientError> {
         self.fetch(Call::get(&["v1", "events"]).query(query)?).await
+    }
+
+    /// `GET /v1/events?archived=true`: events evicted from the state, from the answering
+    /// member's archive, oldest first, within `range`'s times (page on with `query.after`).
+    pub async fn archived_events(
+        &self,
+        query: &EventQuery,
+        range: &ArchiveRange,
+    ) -> Result<Vec<Event>, ClientError> {
+        let range = ArchiveRange {
+            archived: true,
+            ..range.clone()
+        };
+        self.fetch(
+            Call::get(&["v1", "events"])
+                .query(query)?
+                .query_more(&range)?,
+        )
+        .await
     }
 
     /// `GET /v1/events/stream`: committed events as they happen, from `query.after` on.

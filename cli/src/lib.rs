@@ -34,6 +34,6 @@ pub mod spec;
 pub mod sse;
 mod stream;
 
-pub use client::{AllocationQuery, Client, ClientBuilder, NodeAction};
+pub use client::{AllocationQuery, ArchiveRange, Client, ClientBuilder, NodeAction, PageQuery};
 pub use error::ClientError;
 pub use warmpool_policy as policy;

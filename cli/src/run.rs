@@ -14,7 +14,7 @@ use crate::args::{
     AllocArgs, AllocationsArgs, Cli, ClusterCommand, Command, ContainersArgs, EventsArgs,
     KeyCommand, NodeCommand, Output, PoolCommand, TenantCommand,
 };
-use crate::client::{AllocationQuery, Client, NodeAction};
+use crate::client::{AllocationQuery, ArchiveRange, Client, NodeAction, PageQuery};
 use crate::error::{fmt_duration, ClientError};
 use crate::render::{self, Style};
 use crate::simulate;
@@ -218,16 +218,63 @@ async fn dispatch(
             p.show(&a, render::allocation_detail)
         }
         Command::Allocations(a) => {
-            let q = allocation_query(&a);
-            p.show(&client.list_allocations(&q).await?, |l, s| {
-                render::allocations_table(l, s)
-            })
+            let mut q = allocation_query(&a);
+            if !(a.archived || a.all_pages || a.limit.is_some() || a.cursor.is_some()) {
+                return p.show(&client.list_allocations(&q).await?, |l, s| {
+                    render::allocations_table(l, s)
+                });
+            }
+            let mut all = Vec::new();
+            loop {
+                let page = client.list_allocations_page(&q).await?;
+                if !a.all_pages {
+                    return show_page(
+                        &mut p,
+                        &page,
+                        &page.items,
+                        page.next_cursor.as_deref(),
+                        |l, s| render::allocations_table(l, s),
+                    );
+                }
+                all.extend(page.items);
+                match page.next_cursor {
+                    Some(c) => q.cursor = Some(c),
+                    None => break,
+                }
+            }
+            p.show(&all, |l, s| render::allocations_table(l, s))
         }
         Command::Containers(c) => {
             let q = container_query(&c);
-            p.show(&client.list_containers(&q).await?, |l, s| {
-                render::containers_table(l, s)
-            })
+            if !(c.all_pages || c.limit.is_some() || c.cursor.is_some() || c.tenant.is_some()) {
+                return p.show(&client.list_containers(&q).await?, |l, s| {
+                    render::containers_table(l, s)
+                });
+            }
+            let mut page_q = PageQuery {
+                limit: c.limit.map(|n| n as usize),
+                cursor: c.cursor.clone(),
+                tenant: c.tenant.clone(),
+            };
+            let mut all = Vec::new();
+            loop {
+                let page = client.list_containers_page(&q, &page_q).await?;
+                if !c.all_pages {
+                    return show_page(
+                        &mut p,
+                        &page,
+                        &page.items,
+                        page.next_cursor.as_deref(),
+                        |l, s| render::containers_table(l, s),
+                    );
+                }
+                all.extend(page.items);
+                match page.next_cursor {
+                    Some(next) => page_q.cursor = Some(next),
+                    None => break,
+                }
+            }
+            p.show(&all, |l, s| render::containers_table(l, s))
         }
         Command::Container { id } => {
             p.show(&client.get_container(id).await?, render::container_detail)
@@ -519,6 +566,34 @@ pub fn allocation_query(a: &AllocationsArgs) -> AllocationQuery {
         pool: opt_str(&a.pool),
         session: opt_str(&a.session),
         state: a.state.clone(),
+        node: opt_str(&a.node),
+        tenant: a.tenant.clone(),
+        limit: a.limit.map(|n| n as usize),
+        cursor: a.cursor.clone(),
+        archived: a.archived.then_some(true),
+        since: a.since,
+        until: a.until,
+    }
+}
+
+/// One page: in JSON the whole envelope (so a script can follow `next_cursor`), as a table
+/// the rows, then the flag that shows the next page.
+fn show_page<P: Serialize, T>(
+    p: &mut Printer<'_>,
+    page: &P,
+    items: &T,
+    next: Option<&str>,
+    table: impl FnOnce(&T, Style) -> String,
+) -> Result<(), CliError> {
+    match p.output {
+        Output::Json => p.show(page, |_, _| String::new()),
+        Output::Table => {
+            write!(p.out, "{}", table(items, p.style))?;
+            if let Some(c) = next {
+                writeln!(p.out, "next page: --cursor {c}")?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -571,6 +646,22 @@ pub fn follow_query(mut q: EventQuery, backlog: &[Event]) -> EventQuery {
 }
 
 async fn events(e: EventsArgs, client: &Client, mut p: Printer<'_>) -> Result<(), CliError> {
+    if e.archived {
+        let mut query = events_query(&e);
+        // Archived events are read oldest first, from --after.
+        query.before = None;
+        let range = ArchiveRange {
+            archived: true,
+            since: e.since,
+            until: e.until,
+        };
+        let list = client.archived_events(&query, &range).await?;
+        return p.show(&list, |list, style| {
+            list.iter()
+                .map(|ev| render::event_line(ev, style.wide) + "\n")
+                .collect()
+        });
+    }
     let query = events_query(&e);
     let backlog = client.events(&query).await?;
     if !e.follow {
@@ -699,6 +790,48 @@ mod tests {
                 session: Some("s-1".into()),
             }
         );
+    }
+
+    #[test]
+    fn paging_and_archive_flags_reach_the_query() {
+        let Command::Allocations(a) = command(&[
+            "allocations",
+            "--archived",
+            "--since",
+            "2026-01-01T00:00:00Z",
+            "--until",
+            "2026-01-02T00:00:00Z",
+            "--limit",
+            "5",
+            "--node",
+            "n1",
+        ]) else {
+            panic!()
+        };
+        let q = allocation_query(&a);
+        assert_eq!(q.archived, Some(true));
+        assert_eq!(q.limit, Some(5));
+        assert_eq!(q.node.as_deref(), Some("n1"));
+        assert_eq!(
+            q.since.map(|t| t.to_string()).as_deref(),
+            Some("2026-01-01T00:00:00.000Z")
+        );
+        assert!(q.until > q.since);
+        // --since needs --archived; a page of 0 is refused.
+        for bad in [
+            &["allocations", "--since", "1h"][..],
+            &["containers", "--limit", "0"],
+            &["events", "--archived", "--follow"],
+            &["events", "--archived", "--since", "yesterday"],
+        ] {
+            assert!(
+                Cli::try_parse_from(["poolctl"].iter().chain(bad)).is_err(),
+                "{bad:?}"
+            );
+        }
+        let e = events_args(&["--archived", "--since", "2h"]);
+        let ago = Timestamp::now().as_millis() - e.since.unwrap().as_millis();
+        assert!((7_190_000..=7_210_000).contains(&ago), "{ago}");
     }
 
     fn events_args(args: &[&str]) -> EventsArgs {

@@ -13,6 +13,7 @@
 //! - `leader`: the runner that feeds the engine and carries out its effects.
 //! - `session`: logs, exec and files of allocated containers, pulled from their agents.
 //! - `api`: the REST API and event stream.
+//! - `archive`: records evicted from the state, on this member's disk.
 //! - `telemetry`: the HELP text of every metric.
 #![warn(missing_docs)]
 // openraft's error types (StorageError, RaftError) are large by design and travel in Results
@@ -21,6 +22,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod cluster;
 pub mod engine;

@@ -86,6 +86,25 @@ struct Args {
     #[arg(long, env = "WARMPOOL_ABANDON_GRACE_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     abandon_grace_secs: u64,
+    /// Events kept in the replicated state; older ones go to each member's archive
+    /// (replicated: this member proposes it to the cluster; unset keeps the cluster's,
+    /// default 10000).
+    #[arg(long, env = "WARMPOOL_RETAIN_EVENTS", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    retain_events: Option<u64>,
+    /// Ended containers kept in the replicated state (default 2000); see --retain-events.
+    #[arg(long, env = "WARMPOOL_RETAIN_ENDED_CONTAINERS", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    retain_ended_containers: Option<u64>,
+    /// Released allocations (and their idempotency keys) kept in the replicated state
+    /// (default 10000); see --retain-events.
+    #[arg(long, env = "WARMPOOL_RETAIN_RELEASED_ALLOCATIONS", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    retain_released_allocations: Option<u64>,
+    /// Records per archive file before it is closed and compressed.
+    #[arg(long, env = "WARMPOOL_ARCHIVE_SEGMENT_RECORDS", default_value_t = 50_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    archive_segment_records: u64,
     /// Kept for older command lines: auth is on unless --insecure-no-auth.
     #[arg(
         long,
@@ -282,6 +301,15 @@ async fn main() -> anyhow::Result<()> {
         abandon_grace: Duration::from_secs(args.abandon_grace_secs),
         workspace_store: args.workspace_store,
         workspace_store_config: args.workspace_store_config,
+        retention: server::RetentionFlags {
+            events: args.retain_events.map(|n| n as usize),
+            ended_containers: args.retain_ended_containers.map(|n| n as usize),
+            released_allocations: args.retain_released_allocations.map(|n| n as usize),
+        },
+        archive_rotation: warmpool_control_plane::archive::Rotation {
+            records: args.archive_segment_records as usize,
+            ..Default::default()
+        },
     };
 
     let shutdown = CancellationToken::new();

@@ -109,6 +109,43 @@ pub struct Config {
     pub workspace_store: String,
     /// Options of an S3 workspace store (a JSON object of `object_store`'s S3 keys).
     pub workspace_store_config: Option<PathBuf>,
+    /// Retention caps to propose to the cluster (unset ones keep the cluster's).
+    pub retention: RetentionFlags,
+    /// When this member's archive closes a file.
+    pub archive_rotation: crate::archive::Rotation,
+}
+
+/// Retention caps a member was started with (`--retain-*`). The caps are replicated state:
+/// the member proposes them once the cluster has a leader, so every member evicts the same
+/// records; members started with different caps each propose theirs when they start, and
+/// the last one applied holds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RetentionFlags {
+    /// Events.
+    pub events: Option<usize>,
+    /// Ended containers.
+    pub ended_containers: Option<usize>,
+    /// Released allocations.
+    pub released_allocations: Option<usize>,
+}
+
+impl RetentionFlags {
+    /// The caps `current` becomes with these set; none when nothing is set.
+    pub fn apply_to(&self, current: crate::state::Retention) -> Option<crate::state::Retention> {
+        if self.events.is_none()
+            && self.ended_containers.is_none()
+            && self.released_allocations.is_none()
+        {
+            return None;
+        }
+        Some(crate::state::Retention {
+            events: self.events.unwrap_or(current.events),
+            ended_containers: self.ended_containers.unwrap_or(current.ended_containers),
+            released_allocations: self
+                .released_allocations
+                .unwrap_or(current.released_allocations),
+        })
+    }
 }
 
 /// Why a member could not start.
@@ -132,6 +169,12 @@ pub enum StartError {
     /// The TLS certificate or key could not be used.
     #[error("tls: {0}")]
     Tls(String),
+    /// The archive directory could not be opened.
+    #[error("cannot open the archive in {0}: {1}")]
+    Archive(PathBuf, std::io::Error),
+    /// A retention cap is out of range.
+    #[error("{0}")]
+    Retention(String),
     /// The API address could not be bound.
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
@@ -163,8 +206,20 @@ pub async fn run(
         .map_err(|e| StartError::Storage(dir.clone(), e.to_string()))?;
     let log = LogStore::open(&db).map_err(|e| StartError::Storage(dir.clone(), e.to_string()))?;
     let commit_index = log.commit_index();
+    if let Some(r) = config
+        .retention
+        .apply_to(crate::state::Retention::default())
+    {
+        r.validate().map_err(StartError::Retention)?;
+    }
+    let archive_dir = config.data_dir.join("archive");
+    let archive = Arc::new(
+        crate::archive::Archive::open(&archive_dir, config.archive_rotation)
+            .map_err(|e| StartError::Archive(archive_dir.clone(), e))?,
+    );
     let sm = StateMachineStore::open(&db)
-        .map_err(|e| StartError::Storage(dir.clone(), e.to_string()))?;
+        .map_err(|e| StartError::Storage(dir.clone(), e.to_string()))?
+        .with_archive(crate::archive::spawn_writer(archive.clone()));
     let shared = sm.shared();
 
     // The leader must know when its own NATS link broke: heartbeats it missed then are no
@@ -295,6 +350,11 @@ pub async fn run(
     tasks.spawn(leader.run(stop.clone()));
     tasks.spawn(publish_events(cluster.clone(), nats.clone(), stop.clone()));
     tasks.spawn(raft_metrics(raft.clone(), stop.clone()));
+    tasks.spawn(propose_retention(
+        cluster.clone(),
+        config.retention,
+        stop.clone(),
+    ));
     if let Some(token) = config.admin_key.clone() {
         tasks.spawn(bootstrap_admin_key(cluster.clone(), token, stop.clone()));
     }
@@ -319,6 +379,7 @@ pub async fn run(
         gateway: config.gateway.clone(),
         abandon_grace: config.abandon_grace,
         workspaces,
+        archive: Some(archive),
     });
     let serve_stop = stop.clone();
     let router = api::router(app);
@@ -529,6 +590,38 @@ async fn bootstrap_admin_key(cluster: Cluster, token: String, stop: Cancellation
             if cluster.write(crate::state::Request::now(cmd)).await.is_ok() {
                 info!(key = id, "bootstrap admin key stored");
                 return;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Proposes this member's `--retain-*` caps once the cluster can take writes, unless the
+/// cluster has them already.
+async fn propose_retention(cluster: Cluster, flags: RetentionFlags, stop: CancellationToken) {
+    loop {
+        let current = cluster.shared().read(|s| s.retention());
+        let Some(wanted) = flags.apply_to(current) else {
+            return;
+        };
+        if wanted == current {
+            return;
+        }
+        if cluster.leader().is_some() {
+            let cmd = crate::state::Command::SetRetention { retention: wanted };
+            match cluster.write(crate::state::Request::now(cmd)).await {
+                Ok(crate::state::Response::Rejected(r)) => {
+                    warn!(reason = ?r, "retention refused");
+                    return;
+                }
+                Ok(_) => {
+                    info!(?wanted, "retention set");
+                    return;
+                }
+                Err(_) => {}
             }
         }
         tokio::select! {

@@ -973,3 +973,27 @@ pub struct GatewayRoute {
     /// which the gateway never serves.
     pub token_sha256: Option<String>,
 }
+
+/// A page of allocations: `GET /v1/allocations` with `limit` or `cursor` (without either it
+/// answers a plain array, as before), and `archived=true` reads.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AllocationPage {
+    /// This page, in id order (archived reads: in the order they were archived).
+    pub items: Vec<crate::records::Allocation>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A page of containers: `GET /v1/containers` with `limit` or `cursor` (without either it
+/// answers a plain array, as before).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ContainerPage {
+    /// This page, in id order (archived reads: in the order they were archived).
+    pub items: Vec<crate::records::Container>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}

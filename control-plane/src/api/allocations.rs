@@ -431,6 +431,27 @@ pub struct ListQuery {
     /// Only in this state.
     #[param(value_type = Option<AllocationState>)]
     state: Option<String>,
+    /// Only those on this node.
+    node: Option<String>,
+    /// Only this tenant's (a tenant's own key sees only its own anyway).
+    tenant: Option<String>,
+    /// Answer a page (`{"items":[…],"next_cursor":"…"}`) of at most this many (1..=1000;
+    /// 100 when only `cursor` is given). Without `limit` and `cursor` the answer is the whole
+    /// list as an array.
+    #[param(value_type = Option<usize>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// The `next_cursor` of the previous page (opaque).
+    cursor: Option<String>,
+    /// Read this member's archive of released allocations evicted from the replicated state
+    /// (always answers a page). Each member answers from its own archive.
+    #[param(value_type = Option<bool>)]
+    archived: Option<String>,
+    /// Archived allocations released at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<String>,
+    /// Archived allocations released at or before this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    until: Option<String>,
     /// Only those whose metadata has this value under `<key>` (`metadata.<key>=<value>`,
     /// repeatable: every one must match).
     #[serde(skip)]
@@ -439,12 +460,19 @@ pub struct ListQuery {
     metadata: (),
 }
 
-/// Allocations on record (pending first, then active, and released ones not yet forgotten).
+/// Allocations on record (pending first, then active, and released ones not yet evicted);
+/// with `limit` or `cursor`, one page in id order, and only the page is copied out of the
+/// state; with `archived=true`, released allocations from this member's archive.
 #[utoipa::path(
     get, path = "/v1/allocations", tag = "allocations", params(ListQuery, Consistency),
     responses(
-        (status = 200, description = "Matching allocations", body = Vec<Allocation>),
-        (status = 400, description = "Malformed query (`bad_request`)", body = ErrorBody),
+        (status = 200, description = "Matching allocations: an array, or with `limit`, `cursor` or `archived` a page",
+            body = Vec<Allocation>,
+            content(
+                (Vec<Allocation> = "application/json"),
+                (warmpool_proto::api::AllocationPage = "application/json; paged"),
+            )),
+        (status = 400, description = "Malformed query, bad cursor, limit out of range or since after until (`bad_request`)", body = ErrorBody),
         (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds"))),
     )
@@ -454,7 +482,8 @@ pub async fn list(
     scope: Scope,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Vec<Allocation>>, ApiError> {
+) -> Result<Response, ApiError> {
+    use super::paging::{page_size, parse_limit, parse_time_range, Cursor};
     let (q, metadata) = split_metadata_query(raw.as_deref().unwrap_or_default())?;
     let state = match q.state.as_deref() {
         None => None,
@@ -467,32 +496,110 @@ pub async fn list(
             )))
         }
     };
-    barrier_if_asked(&app, &headers).await?;
-    Ok(Json(
-        app.cluster
-            .shared()
-            .read(|s| {
-                s.pending_allocations()
-                    .chain(s.allocations().cloned())
-                    .filter(|a| scope.sees(&a.tenant))
-                    .filter(|a| q.pool.as_deref().is_none_or(|p| a.pool.as_str() == p))
-                    .filter(|a| {
-                        q.session
-                            .as_deref()
-                            .is_none_or(|p| a.session_id.as_str() == p)
-                    })
-                    .filter(|a| state.is_none_or(|st| a.state == st))
-                    .filter(|a| {
-                        metadata
-                            .iter()
-                            .all(|(k, v)| a.metadata.get(k).is_some_and(|have| have == v))
-                    })
-                    .collect::<Vec<_>>()
+    let limit = parse_limit(q.limit.as_deref(), crate::state::query::LIST_PAGE_MAX)?;
+    let archived = match q.archived.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "archived must be true or false, not {other:?}"
+            )))
+        }
+    };
+    let (since, until) = parse_time_range(q.since.as_deref(), q.until.as_deref())?;
+    if !archived && (since.is_some() || until.is_some()) {
+        return Err(ApiError::BadRequest(
+            "since and until select archived records: add archived=true".into(),
+        ));
+    }
+    let tenant = q
+        .tenant
+        .as_deref()
+        .map(|t| {
+            warmpool_proto::TenantId::new(t)
+                .map_err(|e| ApiError::BadRequest(format!("tenant {t:?}: {e}")))
+        })
+        .transpose()?;
+    let (pool, node, session) = (q.pool.clone(), q.node.clone(), q.session.clone());
+    // Owned, so an archive read can take it to a blocking thread.
+    let keep = move |a: &Allocation| {
+        scope.sees(&a.tenant)
+            && tenant.as_ref().is_none_or(|t| &a.tenant == t)
+            && pool.as_deref().is_none_or(|p| a.pool.as_str() == p)
+            && node.as_deref().is_none_or(|n| a.node.as_str() == n)
+            && session
+                .as_deref()
+                .is_none_or(|p| a.session_id.as_str() == p)
+            && state.is_none_or(|st| a.state == st)
+            && metadata
+                .iter()
+                .all(|(k, v)| a.metadata.get(k).is_some_and(|have| have == v))
+    };
+    if archived {
+        let after = match q.cursor.as_deref() {
+            Some(c) => match Cursor::decode(c, 'z')? {
+                Cursor::Archive(p) => Some(p),
+                _ => None,
+            },
+            None => None,
+        };
+        let archive = app
+            .archive
+            .clone()
+            .ok_or_else(|| ApiError::BadRequest("this member keeps no archive".into()))?;
+        let range = crate::archive::Range {
+            since,
+            until,
+            after,
+            limit: page_size(limit),
+        };
+        let page = tokio::task::spawn_blocking(move || {
+            archive.read::<Allocation>(crate::archive::Kind::Allocations, range, |l| {
+                keep(&l.record)
             })
+        });
+        let page = page
+            .await
+            .map_err(|e| ApiError::Internal(format!("archive read: {e}")))?
+            .map_err(|e| ApiError::Internal(format!("archive read: {e}")))?;
+        let items = page
+            .lines
             .into_iter()
-            .map(|a| present(&app, a, None))
-            .collect(),
-    ))
+            .map(|l| present(&app, l.record, None))
+            .collect();
+        let next_cursor = page.next.map(|p| Cursor::Archive(p).encode());
+        return Ok(
+            Json(warmpool_proto::api::AllocationPage { items, next_cursor }).into_response(),
+        );
+    }
+    let after = match q.cursor.as_deref() {
+        Some(c) => match Cursor::decode(c, 'a')? {
+            Cursor::Allocation(id) => Some(AllocationId(id)),
+            _ => None,
+        },
+        None => None,
+    };
+    barrier_if_asked(&app, &headers).await?;
+    if limit.is_none() && q.cursor.is_none() {
+        // The whole list, as before paging: pending first, then by id.
+        let all = app.cluster.shared().read(|s| {
+            s.pending_allocations()
+                .chain(s.allocations().cloned())
+                .filter(|a| keep(a))
+                .collect::<Vec<_>>()
+        });
+        let all: Vec<Allocation> = all.into_iter().map(|a| present(&app, a, None)).collect();
+        return Ok(Json(all).into_response());
+    }
+    let (page, more) = app
+        .cluster
+        .shared()
+        .read(|s| s.allocations_page(after, page_size(limit), keep));
+    let next_cursor = more
+        .then(|| page.last().map(|a| Cursor::Allocation(a.id.0).encode()))
+        .flatten();
+    let items = page.into_iter().map(|a| present(&app, a, None)).collect();
+    Ok(Json(warmpool_proto::api::AllocationPage { items, next_cursor }).into_response())
 }
 
 /// The list query, and its `metadata.<key>=<value>` filters apart (every one must match).

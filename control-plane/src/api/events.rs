@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
@@ -14,17 +14,21 @@ use warmpool_proto::Event;
 use super::error::ApiError;
 use super::extract::ApiQuery;
 use super::openapi::Consistency;
+use super::paging::Split;
 use super::{barrier_if_asked, AppState};
 use crate::auth::{Caller, Scope};
 use crate::state::query::{EVENT_PAGE, EVENT_PAGE_MAX};
-use crate::state::EventFilter;
+use crate::state::{tenant_sees_event, EventFilter};
 
-/// A page of the event log: oldest first after `after`, newest first before `before`.
+/// A page of the event log: oldest first after `after`, newest first before `before`. With
+/// `archived=true`, events evicted from the replicated state, from this member's archive,
+/// oldest first, in the time range `since`..=`until` (page on with `after`, the last `seq`).
 #[utoipa::path(
-    get, path = "/v1/events", tag = "events", params(EventQuery, Consistency),
+    get, path = "/v1/events", tag = "events",
+    params(EventQuery, super::paging::ArchiveParams, Consistency),
     responses(
         (status = 200, description = "Events", body = Vec<Event>),
-        (status = 400, description = "Malformed query, unknown kind or limit out of range (`bad_request`)", body = ErrorBody),
+        (status = 400, description = "Malformed query, unknown kind, limit out of range, since after until, or before with archived (`bad_request`)", body = ErrorBody),
         (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds"))),
     )
@@ -33,8 +37,13 @@ pub async fn list(
     State(app): State<AppState>,
     scope: Scope,
     headers: HeaderMap,
-    ApiQuery(q): ApiQuery<EventQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Json<Vec<Event>>, ApiError> {
+    let split = Split::new(
+        raw.as_deref().unwrap_or_default(),
+        &["archived", "since", "until"],
+    )?;
+    let q: EventQuery = split.parse_rest()?;
     let mut filter = EventFilter::from_query(&q).map_err(ApiError::BadRequest)?;
     filter.tenant = scope.tenant().cloned();
     let limit = q.limit.unwrap_or(EVENT_PAGE);
@@ -42,6 +51,45 @@ pub async fn list(
         return Err(ApiError::BadRequest(format!(
             "limit must be 1..={EVENT_PAGE_MAX}"
         )));
+    }
+    let (since, until) = split.time_range()?;
+    if split.archived()? {
+        if q.before.is_some() {
+            return Err(ApiError::BadRequest(
+                "archived events are read oldest first: page with after, not before".into(),
+            ));
+        }
+        let archive = app
+            .archive
+            .clone()
+            .ok_or_else(|| ApiError::BadRequest("this member keeps no archive".into()))?;
+        let range = crate::archive::Range {
+            since,
+            until,
+            after: None,
+            limit,
+        };
+        let after = q.after.unwrap_or(0);
+        let read = tokio::task::spawn_blocking(move || {
+            archive.read::<Event>(crate::archive::Kind::Events, range, |l| {
+                let e = &l.record;
+                e.seq > after
+                    && filter.matches(e)
+                    && filter
+                        .tenant
+                        .as_ref()
+                        .is_none_or(|t| tenant_sees_event(t, e, l.tenant.as_ref()))
+            })
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("archive read: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("archive read: {e}")))?;
+        return Ok(Json(read.lines.into_iter().map(|l| l.record).collect()));
+    }
+    if since.is_some() || until.is_some() {
+        return Err(ApiError::BadRequest(
+            "since and until select archived events: add archived=true".into(),
+        ));
     }
     barrier_if_asked(&app, &headers).await?;
     Ok(Json(

@@ -1,6 +1,6 @@
 //! Health, status, containers and nodes.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use tokio::time::Instant;
@@ -65,12 +65,19 @@ pub async fn status(
     Ok(Json(status))
 }
 
-/// Containers; without `state`, the live ones.
+/// Containers; without `state`, the live ones. With `limit` or `cursor`, one page in id
+/// order (`{"items":[…],"next_cursor":"…"}`); only the page is copied out of the state.
 #[utoipa::path(
-    get, path = "/v1/containers", tag = "fleet", params(ContainerQuery, Consistency),
+    get, path = "/v1/containers", tag = "fleet",
+    params(ContainerQuery, super::paging::PageParams, Consistency),
     responses(
-        (status = 200, description = "Matching containers", body = Vec<Container>),
-        (status = 400, description = "Malformed query (`bad_request`)", body = ErrorBody),
+        (status = 200, description = "Matching containers: an array, or with `limit` or `cursor` a page",
+            body = Vec<Container>,
+            content(
+                (Vec<Container> = "application/json"),
+                (warmpool_proto::api::ContainerPage = "application/json; paged"),
+            )),
+        (status = 400, description = "Malformed query, bad cursor or limit out of range (`bad_request`)", body = ErrorBody),
         (status = 503, description = "Linearizable read asked for and no quorum (`no_quorum`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds"))),
     )
@@ -79,36 +86,90 @@ pub async fn containers(
     State(app): State<AppState>,
     scope: Scope,
     headers: HeaderMap,
-    ApiQuery(q): ApiQuery<ContainerQuery>,
-) -> Result<Json<Vec<Container>>, ApiError> {
+    RawQuery(raw): RawQuery,
+) -> Result<axum::response::Response, ApiError> {
+    use super::paging::{page_size, Cursor, Split};
+    use axum::response::IntoResponse;
+    let split = Split::new(
+        raw.as_deref().unwrap_or_default(),
+        &["limit", "cursor", "tenant"],
+    )?;
+    let q: ContainerQuery = split.parse_rest()?;
+    let limit = split.limit(crate::state::query::LIST_PAGE_MAX)?;
+    let after = match split.cursor() {
+        Some(c) => match Cursor::decode(c, 'c')? {
+            Cursor::Container(id) => Some(ContainerId(id)),
+            _ => None,
+        },
+        None => None,
+    };
+    let tenant = split.tenant()?;
+    let paged = limit.is_some() || split.cursor().is_some();
     let state: Option<ContainerState> = q
         .state
         .as_deref()
         .map(str::parse)
         .transpose()
         .map_err(ApiError::BadRequest)?;
+    let pool = q
+        .pool
+        .as_deref()
+        .map(warmpool_proto::PoolName::new)
+        .transpose()
+        .ok()
+        .flatten();
+    let node = q
+        .node
+        .as_deref()
+        .map(NodeId::new)
+        .transpose()
+        .ok()
+        .flatten();
+    if (q.pool.is_some() && pool.is_none()) || (q.node.is_some() && node.is_none()) {
+        // A name that cannot exist matches nothing.
+        return Ok(if paged {
+            Json(warmpool_proto::api::ContainerPage::default()).into_response()
+        } else {
+            Json(Vec::<Container>::new()).into_response()
+        });
+    }
     barrier_if_asked(&app, &headers).await?;
-    Ok(Json(app.cluster.shared().read(|s| {
-        s.containers()
-            .filter(|c| q.pool.as_deref().is_none_or(|p| c.pool.as_str() == p))
-            .filter(|c| q.node.as_deref().is_none_or(|n| c.node.as_str() == n))
-            .filter(|c| {
-                q.session
-                    .as_deref()
-                    .is_none_or(|x| c.session.as_ref().is_some_and(|s| s.as_str() == x))
-            })
-            .filter(|c| match state {
-                Some(st) => c.state == st,
-                // Without a state filter, list what is alive; ended ones are asked for by state.
-                None => c.state.is_live(),
-            })
-            .filter(|c| {
-                // Filtering by session must not confirm another tenant's session.
-                q.session.is_none() || own(s, &scope, c)
-            })
-            .map(|c| redact(s, &scope, c))
-            .collect()
-    })))
+    let (items, more) = app.cluster.shared().read(|s| {
+        let keep = |c: &&Container| {
+            q.session
+                .as_deref()
+                .is_none_or(|x| c.session.as_ref().is_some_and(|s| s.as_str() == x))
+                && match state {
+                    Some(st) => c.state == st,
+                    // Without a state filter, list what is alive; ended ones are asked for by
+                    // state.
+                    None => c.state.is_live(),
+                }
+                // Filtering by session or tenant must not confirm another tenant's.
+                && (q.session.is_none() || own(s, &scope, c))
+                && tenant.as_ref().is_none_or(|t| {
+                    own(s, &scope, c)
+                        && c.allocation
+                            .and_then(|a| s.allocation(&a))
+                            .is_some_and(|a| &a.tenant == t)
+                })
+        };
+        let size = if paged { page_size(limit) } else { usize::MAX };
+        let (page, more) = s.containers_page(after, pool.as_ref(), node.as_ref(), size, keep);
+        (
+            page.into_iter()
+                .map(|c| redact(s, &scope, c))
+                .collect::<Vec<_>>(),
+            more,
+        )
+    });
+    if !paged {
+        return Ok(Json(items).into_response());
+    }
+    let next_cursor = more
+        .then(|| items.last().map(|c| Cursor::Container(c.id.0).encode()))
+        .flatten();
+    Ok(Json(warmpool_proto::api::ContainerPage { items, next_cursor }).into_response())
 }
 
 /// One container, live or ended.

@@ -15,6 +15,7 @@ mod fleet;
 pub mod gateway;
 mod keys;
 pub mod openapi;
+pub mod paging;
 mod pools;
 mod session;
 mod settings;
@@ -72,6 +73,8 @@ pub struct App {
     pub abandon_grace: std::time::Duration,
     /// The workspace store (listing, deleting; the agents save and restore).
     pub workspaces: warmpool_workspace_store::Store,
+    /// This member's archive of records evicted from the state.
+    pub archive: Option<Arc<crate::archive::Archive>>,
 }
 
 /// Handler state.

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use super::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership};
 use super::TypeConfig;
-use crate::state::{PoolState, Response};
+use crate::state::{Evicted, PoolState, Response};
 
 const SNAPSHOT_META: &[u8] = b"meta";
 const SNAPSHOT_DATA: &[u8] = b"data";
@@ -70,6 +70,8 @@ pub struct StateMachineStore {
     shared: Arc<Shared>,
     db: sled::Db,
     snapshots: sled::Tree,
+    /// This member's archive writer, which takes what each applied entry evicted.
+    archive: Option<tokio::sync::mpsc::Sender<Evicted>>,
 }
 
 fn io_err(
@@ -100,11 +102,19 @@ impl StateMachineStore {
             }),
             db: db.clone(),
             snapshots,
+            archive: None,
         };
         if let Some((meta, bytes)) = store.load_snapshot()? {
             store.replace(&meta, &bytes)?;
         }
         Ok(store)
+    }
+
+    /// Hands what each applied entry evicts to `writer` (see [`crate::archive`]).
+    pub fn with_archive(mut self, writer: tokio::sync::mpsc::Sender<Evicted>) -> Self {
+        self.shared.write_data().state.collect_evicted(true);
+        self.archive = Some(writer);
+        self
     }
 
     /// The shared read handle.
@@ -154,7 +164,8 @@ impl StateMachineStore {
     }
 
     /// Replaces the whole state with `state`, parsed from the snapshot `meta` describes.
-    fn install_state(&self, meta: &SnapshotMeta, state: PoolState) {
+    fn install_state(&self, meta: &SnapshotMeta, mut state: PoolState) {
+        state.collect_evicted(self.archive.is_some());
         let index = meta.last_log_id.map_or(0, |l| l.index);
         {
             let mut d = self.shared.write_data();
@@ -264,7 +275,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut replies = Vec::new();
-        let last = {
+        let (last, evicted) = {
             let mut d = self.shared.write_data();
             for entry in entries {
                 d.last_applied = Some(entry.log_id);
@@ -278,9 +289,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 };
                 replies.push(reply);
             }
-            d.last_applied.map_or(0, |l| l.index)
+            (
+                d.last_applied.map_or(0, |l| l.index),
+                d.state.take_evicted(),
+            )
         };
         self.shared.applied.send_replace(last);
+        // Outside the lock: waits only when the writer is a whole queue behind.
+        if let Some(writer) = &self.archive {
+            for batch in evicted {
+                if writer.send(batch).await.is_err() {
+                    break;
+                }
+            }
+        }
         Ok(replies)
     }
 

@@ -315,6 +315,13 @@ pub enum Command {
         /// The decision's inputs, kept in the event.
         detail: Option<serde_json::Value>,
     },
+    /// How many old records the state keeps before it evicts them to the members' archives
+    /// (proposed by a member started with `--retain-*`). Applying it evicts at once down to
+    /// the new caps, so every member evicts the same records at the same log index.
+    SetRetention {
+        /// The new caps.
+        retention: super::Retention,
+    },
 }
 
 /// What applying a command answers. Business refusals are values here, never storage errors:

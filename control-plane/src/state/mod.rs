@@ -19,18 +19,89 @@ use warmpool_proto::{
     PoolName, Timestamp,
 };
 
+pub use apply::tenant_sees_event;
 pub use command::{Command, RejectCode, Rejection, Request, Response};
 pub use query::EventFilter;
 
-/// Most events kept; older ones are dropped from the front.
-pub const EVENT_RETENTION: usize = 100_000;
-/// Most ended (terminated or failed) container records kept for inspection.
+/// Most events kept in the replicated state by default; older ones are evicted to each
+/// member's archive ([`crate::archive`]). Kept small so that a snapshot stays small: the
+/// archive holds the history.
+pub const EVENT_RETENTION: usize = 10_000;
+/// Most ended (terminated or failed) container records kept for inspection by default.
 pub const ENDED_CONTAINER_RETENTION: usize = 2_000;
-/// Most released allocation records (and their idempotency keys) kept.
-pub const RELEASED_ALLOCATION_RETENTION: usize = 100_000;
+/// Most released allocation records (and their idempotency keys) kept by default. A retry
+/// with the idempotency key of an allocation evicted since makes a new allocation.
+pub const RELEASED_ALLOCATION_RETENTION: usize = 10_000;
+/// The smallest cap a [`Retention`] may set (the leader reads recent events, and clients
+/// retry with idempotency keys of recently released allocations).
+pub const RETENTION_MIN: usize = 10;
+/// The largest cap a [`Retention`] may set.
+pub const RETENTION_MAX: usize = 1_000_000;
 /// How long past its requester's deadline a waiting allocation stays queued, so the
 /// requester's own cancel arrives first.
 pub const WAIT_GRACE_MS: u64 = 2_000;
+
+/// How many old records the replicated state keeps before it evicts the oldest to the
+/// members' archives. Part of the replicated state (set by [`Command::SetRetention`]), never
+/// a member's own setting: eviction must pick the same records on every member, in log order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Events.
+    pub events: usize,
+    /// Ended (terminated or failed) containers.
+    pub ended_containers: usize,
+    /// Released allocations, with their idempotency keys.
+    pub released_allocations: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            events: EVENT_RETENTION,
+            ended_containers: ENDED_CONTAINER_RETENTION,
+            released_allocations: RELEASED_ALLOCATION_RETENTION,
+        }
+    }
+}
+
+impl Retention {
+    /// Checks every cap is within [`RETENTION_MIN`]`..=`[`RETENTION_MAX`].
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, n) in [
+            ("events", self.events),
+            ("ended containers", self.ended_containers),
+            ("released allocations", self.released_allocations),
+        ] {
+            if !(RETENTION_MIN..=RETENTION_MAX).contains(&n) {
+                return Err(format!(
+                    "retention of {name} must be {RETENTION_MIN}..={RETENTION_MAX}, not {n}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Records one applied log entry evicted from the state: what a member appends to its archive.
+/// Every member evicts the same records at the same index.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Evicted {
+    /// The log index whose apply evicted them.
+    pub index: u64,
+    /// Events, oldest first, each with the tenant it belongs to when it belongs to one.
+    pub events: Vec<(Arc<Event>, Option<warmpool_proto::TenantId>)>,
+    /// Ended containers, in the order they ended, with their allocation's tenant if known.
+    pub containers: Vec<(Arc<Container>, Option<warmpool_proto::TenantId>)>,
+    /// Released allocations, in the order they were released.
+    pub allocations: Vec<Arc<Allocation>>,
+}
+
+impl Evicted {
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.containers.is_empty() && self.allocations.is_empty()
+    }
+}
 
 /// Container time of a pool over closed intervals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -401,7 +472,17 @@ pub struct PoolState {
     /// Allocation requests ever made per pool (served, queued or refused; replays excluded):
     /// the demand the scaler measures.
     arrivals: BTreeMap<PoolName, u64>,
+    /// How many old records are kept (caps from before they could be set are the defaults).
+    #[serde(default)]
+    retention: Retention,
 
+    /// Records evicted since the last [`PoolState::take_evicted`], while collecting is on
+    /// ([`PoolState::collect_evicted`]); otherwise evicted records are simply dropped.
+    #[serde(skip)]
+    evicted: Vec<Evicted>,
+    /// Whether evicted records are kept for [`PoolState::take_evicted`].
+    #[serde(skip)]
+    collect_evicted: bool,
     /// Warm containers per pool, ordered by when they became warm: allocation takes the
     /// oldest first. Derived from `containers`; rebuilt after a snapshot is loaded.
     #[serde(skip)]

@@ -300,3 +300,99 @@ impl PoolState {
         out
     }
 }
+
+/// Default page of a paged list (`limit` absent but a `cursor` given).
+pub const LIST_PAGE: usize = 100;
+/// Largest page of a paged list.
+pub const LIST_PAGE_MAX: usize = 1000;
+
+/// Takes up to `limit` items of `items` that pass `keep`, and tells whether another one
+/// passes after them (so the page has a successor). Reads one item past the page at most.
+pub fn take_page<T>(
+    items: impl Iterator<Item = T>,
+    limit: usize,
+    mut keep: impl FnMut(&T) -> bool,
+) -> (Vec<T>, bool) {
+    let mut out = Vec::with_capacity(limit.min(LIST_PAGE_MAX));
+    let mut more = false;
+    for item in items.filter(|i| keep(i)) {
+        if out.len() == limit {
+            more = true;
+            break;
+        }
+        out.push(item);
+    }
+    (out, more)
+}
+
+impl PoolState {
+    /// One page of container records in id order: up to `limit` after `after` that pass
+    /// `keep`, walking the per-pool or per-node index when one of them is given. Copies
+    /// nothing: the caller clones the page it returns (and only it) while it holds the read.
+    pub fn containers_page<'a>(
+        &'a self,
+        after: Option<warmpool_proto::ContainerId>,
+        pool: Option<&PoolName>,
+        node: Option<&NodeId>,
+        limit: usize,
+        keep: impl FnMut(&&'a warmpool_proto::Container) -> bool,
+    ) -> (Vec<&'a warmpool_proto::Container>, bool) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = match after {
+            Some(a) => Excluded(a),
+            None => Unbounded,
+        };
+        let ids = |set: Option<&'a std::collections::BTreeSet<warmpool_proto::ContainerId>>| {
+            set.into_iter()
+                .flat_map(move |s| s.range((from, Unbounded)))
+                .filter_map(|id| self.container(id))
+        };
+        match (pool, node) {
+            (Some(p), _) => take_page(ids(self.by_pool.get(p)), limit, keep),
+            (None, Some(n)) => take_page(ids(self.by_node.get(n)), limit, keep),
+            (None, None) => take_page(
+                self.containers.range((from, Unbounded)).map(|(_, c)| &**c),
+                limit,
+                keep,
+            ),
+        }
+    }
+
+    /// One page of allocations (granted or waiting) in id order: up to `limit` after `after`
+    /// that pass `keep`. Only the page is copied.
+    pub fn allocations_page(
+        &self,
+        after: Option<warmpool_proto::AllocationId>,
+        limit: usize,
+        mut keep: impl FnMut(&warmpool_proto::Allocation) -> bool,
+    ) -> (Vec<warmpool_proto::Allocation>, bool) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = match after {
+            Some(a) => Excluded(a),
+            None => Unbounded,
+        };
+        // Waiting allocations are few (each is a request being served); sort them in.
+        let mut waiting: Vec<warmpool_proto::Allocation> = self
+            .pending_allocations()
+            .filter(|a| after.is_none_or(|x| a.id > x))
+            .collect();
+        waiting.sort_by_key(|a| a.id);
+        let mut waiting = waiting.into_iter().peekable();
+        let mut granted = self
+            .allocations
+            .range((from, Unbounded))
+            .map(|(_, a)| &**a)
+            .peekable();
+        // Granted ones are borrowed until they are on the page: only the page is copied.
+        let merged = std::iter::from_fn(move || {
+            use std::borrow::Cow;
+            match (granted.peek(), waiting.peek()) {
+                (Some(g), Some(w)) if w.id < g.id => waiting.next().map(Cow::Owned),
+                (Some(_), _) => granted.next().map(Cow::Borrowed),
+                (None, _) => waiting.next().map(Cow::Owned),
+            }
+        });
+        let (page, more) = take_page(merged, limit, |a| keep(a));
+        (page.into_iter().map(|a| a.into_owned()).collect(), more)
+    }
+}

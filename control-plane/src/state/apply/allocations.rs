@@ -13,7 +13,6 @@ use super::{Ctx, EventBody};
 use crate::placement::location_rank;
 use crate::state::{
     scoped_key, touch, Abandonment, Pending, PoolState, RejectCode, Rejection, Response,
-    RELEASED_ALLOCATION_RETENTION,
 };
 use warmpool_proto::api::Location;
 
@@ -569,16 +568,8 @@ impl PoolState {
         self.usage.entry(a.pool.clone()).or_default().allocated_ms += held;
         let cid = a.container_id;
         self.active_by_expiry.remove(&key);
+        // Evicted past the cap at the end of the entry (`evict`).
         self.released_allocations.push_back(id);
-        while self.released_allocations.len() > RELEASED_ALLOCATION_RETENTION {
-            if let Some(old) = self.released_allocations.pop_front() {
-                if let Some(gone) = self.allocations.remove(&old) {
-                    if let Some(key) = &gone.idempotency_key {
-                        self.idempotency.remove(&scoped_key(&gone.tenant, key));
-                    }
-                }
-            }
-        }
         let Some(c) = self.containers.get_mut(&cid).map(Arc::make_mut) else {
             return;
         };

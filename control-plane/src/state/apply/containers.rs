@@ -10,7 +10,7 @@ use warmpool_proto::{
 };
 
 use super::{Ctx, EventBody};
-use crate::state::{retally, touch, PoolState, RejectCode, Response, ENDED_CONTAINER_RETENTION};
+use crate::state::{retally, touch, PoolState, RejectCode, Response};
 
 impl PoolState {
     /// Moves a container to `state`, keeping the warm index and the ended list in step.
@@ -45,15 +45,8 @@ impl PoolState {
             }
             ContainerState::Terminated | ContainerState::Failed => {
                 c.ended_at = Some(at);
+                // Evicted past the cap at the end of the entry (`evict`).
                 self.ended_containers.push_back(id);
-                while self.ended_containers.len() > ENDED_CONTAINER_RETENTION {
-                    if let Some(old) = self.ended_containers.pop_front() {
-                        if let Some(gone) = self.containers.remove(&old) {
-                            self.unindex_container(&gone);
-                            touch(&mut self.node_changed, &gone.node, self.applied_index);
-                        }
-                    }
-                }
             }
             _ => {}
         }

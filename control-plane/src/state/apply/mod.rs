@@ -6,6 +6,8 @@
 
 mod allocations;
 mod containers;
+mod evict;
+pub use evict::tenant_sees_event;
 mod keys;
 mod nodes;
 mod pools;
@@ -17,10 +19,7 @@ use warmpool_proto::{
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{
-    Command, Condition, Pending, PoolState, RejectCode, Request, Response, EVENT_RETENTION,
-    WAIT_GRACE_MS,
-};
+use super::{Command, Condition, Pending, PoolState, RejectCode, Request, Response, WAIT_GRACE_MS};
 
 /// The log position and clock of the command being applied.
 #[derive(Clone, Copy)]
@@ -64,7 +63,7 @@ impl PoolState {
     /// answers [`Response::Rejected`] and leaves the state as it was.
     pub fn apply(&mut self, index: u64, req: Request) -> Response {
         self.applied_index = index;
-        match req.cmd {
+        let response = match req.cmd {
             Command::Batch { requests } => Response::Batch {
                 responses: requests
                     .into_iter()
@@ -72,7 +71,10 @@ impl PoolState {
                     .collect(),
             },
             cmd => self.apply_one(index, Request { at: req.at, cmd }),
-        }
+        };
+        // Old records beyond the caps leave the state once per entry, in log order.
+        self.evict(index);
+        response
     }
 
     fn apply_one(&mut self, index: u64, req: Request) -> Response {
@@ -216,6 +218,7 @@ impl PoolState {
                 wanted,
                 detail,
             } => self.set_wanted(ctx, &pool, wanted, detail),
+            Command::SetRetention { retention } => self.set_retention(retention),
         }
     }
 
@@ -234,9 +237,6 @@ impl PoolState {
             reason: body.reason,
             detail: body.detail,
         }));
-        while self.events.len() > EVENT_RETENTION {
-            self.events.pop_front();
-        }
     }
 }
 

@@ -7,6 +7,7 @@ mod log;
 mod nodes;
 mod pending;
 mod pools;
+mod retention;
 mod size;
 
 use std::collections::BTreeMap;
