@@ -5,7 +5,7 @@
 # from the control plane's events. Prints both and the ratio.
 #
 #   deploy/bench/refill.sh [-n N] [-p P] [--batch-size B] [--pacing-ms MS] [--debug]
-#                          [--bin-dir DIR] [--agent BIN]
+#                          [--bin-dir DIR] [--agent BIN] [--agent-arg ARG]...
 #
 #   -n N         containers in each phase (default 50)
 #   -p P         parallel `docker run` of the raw phase (default 16, the agent's default
@@ -17,6 +17,7 @@
 #   --debug      debug build instead of release (the suite's short form)
 #   --bin-dir DIR   the binaries already built in DIR; no build
 #   --agent BIN  this agent binary instead of the one built (to compare two versions)
+#   --agent-arg ARG   one more argument for the agent (e.g. --agent-arg=--max-concurrent-creates=4)
 #
 # Its own NATS, control-plane member and agent, on free ports, a node id and IPv6 /64 of its
 # own: it runs next to `deploy/dev.sh up` and `deploy/bench/cluster.sh up`. Everything it
@@ -30,6 +31,7 @@ COUNT=50
 PARALLEL=16
 PROFILE=release
 AGENT_BIN=
+AGENT_ARGS=()
 BIN_DIR=
 BATCH=
 PACING=200
@@ -42,7 +44,9 @@ while [ $# -gt 0 ]; do
     --debug) PROFILE=debug; shift ;;
     --bin-dir) BIN_DIR=$2; shift 2 ;;
     --agent) AGENT_BIN=$2; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --agent-arg) AGENT_ARGS+=("$2"); shift 2 ;;
+    --agent-arg=*) AGENT_ARGS+=("${1#--agent-arg=}"); shift ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -118,7 +122,7 @@ RUST_LOG=warn "$BIN/warmpool-control-plane" --id 1 --bootstrap --insecure-no-aut
 PIDS+=($!)
 RUST_LOG=warn "$AGENT_BIN" --node-id "$NODE" --ipv6-prefix "$PREFIX" --nats-url "$NATS_URL" \
   --state-dir "$DIR/agent" --workspace-store "file://$DIR/workspaces" \
-  --metrics-addr "127.0.0.1:$METRICS_PORT" >"$DIR/agent.log" 2>&1 &
+  --metrics-addr "127.0.0.1:$METRICS_PORT" ${AGENT_ARGS[@]+"${AGENT_ARGS[@]}"} >"$DIR/agent.log" 2>&1 &
 PIDS+=($!)
 ready=0
 for _ in $(seq 1 300); do

@@ -31,8 +31,8 @@
 mod activity;
 mod agent;
 mod commands;
-mod creates;
 pub mod config;
+mod creates;
 mod docker;
 mod events;
 mod health;

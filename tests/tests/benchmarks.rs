@@ -156,7 +156,9 @@ fn the_refill_benchmark_measures_docker_and_the_agent() {
     assert!(rate("agent:") > 0.0);
     assert!(stdout.contains("create limit at the end: "), "{stdout}");
     assert!(
-        stdout.lines().any(|l| l.starts_with("ratio:") && l.ends_with("% of the raw rate")),
+        stdout
+            .lines()
+            .any(|l| l.starts_with("ratio:") && l.ends_with("% of the raw rate")),
         "{stdout}"
     );
     // Nothing of the run is left behind: the agent's containers carry its node's label, the raw
