@@ -65,6 +65,8 @@ install_prereqs() {
   # tests/tests/image_pull.rs runs a real registry (Docker's distribution 2.8).
   command -v docker-registry >/dev/null || pkgs+=(docker-registry)
   command -v python3 >/dev/null || pkgs+=(python3)
+  # deploy/bench/*.sh (refill.sh runs in the suite's short form) read JSON with jq.
+  command -v jq >/dev/null || pkgs+=(jq)
   # The API fuzz run (`test`) installs schemathesis into a virtualenv.
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || pkgs+=(python3-venv)
   if [ ${#pkgs[@]} -gt 0 ]; then

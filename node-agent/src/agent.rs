@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -35,8 +35,8 @@ pub struct Shared {
     pub inventory: Inventory,
     /// Facts and heartbeats to publish.
     pub outbox: Outbox,
-    /// Bounds concurrent creates.
-    pub creates: Semaphore,
+    /// Bounds concurrent creates (an adaptive limit).
+    pub creates: crate::creates::Gate,
     /// Create and probe tasks.
     pub tasks: TaskTracker,
     /// Asks the resync loop for a pass now.
@@ -143,7 +143,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             config.startup_grace,
             background.child_token(),
         ),
-        creates: Semaphore::new(config.max_concurrent_creates),
+        creates: crate::creates::Gate::new(
+            config.min_concurrent_creates,
+            config.max_concurrent_creates,
+        ),
         config,
         boot_id,
         nats: nats.clone(),
@@ -158,6 +161,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         images: crate::images::Images::new(registry_auth, background.child_token()),
     });
     crate::telemetry::runtime_available(true);
+    crate::telemetry::create_limit(shared.creates.limit());
 
     let publisher_stop = CancellationToken::new();
     let publisher = tokio::spawn(outbox::publish(

@@ -5,7 +5,7 @@
 //! nothing a peer sends can stop the listener.
 //!
 //! - `Create` is idempotent by id and answered at once (`Accepted`); the container is made in
-//!   the background, at most `max_concurrent_creates` at a time, and its progress arrives as
+//!   the background, at most as many at a time as the adaptive limit says (`creates`), and its progress arrives as
 //!   facts (`Observed` with `Starting`, then `Running`/`Healthy`, or `CreateFailed`).
 //! - `Destroy` is answered once the container is gone (`Destroyed { existed }`).
 //! - `Inventory` is answered with every entry, sorted by id; while dockerd does not answer,
@@ -247,19 +247,26 @@ fn create(shared: &Arc<Shared>, spec: CreateSpec, cancel: CancellationToken) -> 
                 return;
             }
         };
-        let Ok(_permit) = permit else {
+        let Some(slot) = permit else {
             shared2.inventory.abandon_create(guard);
             return;
         };
-        run_create(&shared2, guard, &spec).await;
+        // How this create went moves the limit (a create cut short by a destroy or by dockerd
+        // going away says nothing about the host's pace, and is not counted).
+        match run_create(&shared2, guard, &spec).await {
+            Some(ok) => shared2.creates.finish(slot, ok),
+            None => drop(slot),
+        }
     });
     AgentReply::Accepted
 }
 
-async fn run_create(shared: &Arc<Shared>, guard: CreateGuard, spec: &CreateSpec) {
+/// Makes the container of `spec`; answers whether it was made, or `None` when the attempt
+/// says nothing about the host's pace (abandoned, or dockerd unavailable).
+async fn run_create(shared: &Arc<Shared>, guard: CreateGuard, spec: &CreateSpec) -> Option<bool> {
     if shared.inventory.is_destroyed(&guard.id()) {
         shared.inventory.abandon_create(guard);
-        return;
+        return None;
     }
     let started = tokio::time::Instant::now();
     // The container's own rules (its port open to the ingress prefixes, its egress policy)
@@ -277,6 +284,7 @@ async fn run_create(shared: &Arc<Shared>, guard: CreateGuard, spec: &CreateSpec)
             if let Upsert::Inserted(token) = shared.inventory.finish_create(guard, &obs, &labels) {
                 prober::spawn(shared, spec.id, token);
             }
+            Some(true)
         }
         Err(e) => {
             // A create cut off by dockerd going away (a restart, a hang) is not the
@@ -292,6 +300,7 @@ async fn run_create(shared: &Arc<Shared>, guard: CreateGuard, spec: &CreateSpec)
                 warn!(container = %spec.id, error = %e, "removing the failed container failed; the resync will retry");
             }
             shared.inventory.fail_create(guard, e, runtime_unavailable);
+            (!runtime_unavailable).then_some(false)
         }
     }
 }

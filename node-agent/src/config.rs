@@ -12,6 +12,10 @@ use async_nats::ServerAddr;
 use warmpool_proto::ids::IdError;
 use warmpool_proto::{IpPrefix, NodeId};
 
+/// The default `--max-concurrent-creates`: the ceiling of the adaptive create limit, which
+/// starts at 4 and settles where the host's start latency holds (see `creates`).
+pub const DEFAULT_MAX_CONCURRENT_CREATES: usize = 16;
+
 /// The default `--state-dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/warmpool/agent";
 
@@ -44,8 +48,11 @@ pub struct RawConfig {
     pub cpu_millis: Option<u64>,
     /// Memory offered to containers, MiB; `None` means all of the host's.
     pub memory_mb: Option<u64>,
-    /// Container creations running at once.
+    /// The most container creations running at once (the adaptive limit's ceiling).
     pub max_concurrent_creates: usize,
+    /// The fewest container creations the adaptive limit backs off to; equal to
+    /// `max_concurrent_creates`, a fixed limit.
+    pub min_concurrent_creates: usize,
     /// Milliseconds between level-triggered resyncs of the inventory with Docker.
     pub resync_ms: u64,
     /// Milliseconds between passes of the activity meter.
@@ -88,7 +95,8 @@ impl Default for RawConfig {
             heartbeat_ms: 1000,
             cpu_millis: None,
             memory_mb: None,
-            max_concurrent_creates: 4,
+            max_concurrent_creates: DEFAULT_MAX_CONCURRENT_CREATES,
+            min_concurrent_creates: 1,
             resync_ms: 10_000,
             meter_ms: crate::activity::METER_INTERVAL.as_millis() as u64,
             runtime: None,
@@ -131,8 +139,10 @@ pub struct Config {
     pub cpu_millis: Option<u64>,
     /// Memory override, MiB.
     pub memory_mb: Option<u64>,
-    /// Container creations running at once.
+    /// The most container creations running at once.
     pub max_concurrent_creates: usize,
+    /// The fewest the adaptive limit backs off to (`== max`: fixed).
+    pub min_concurrent_creates: usize,
     /// Time between level-triggered resyncs.
     pub resync: Duration,
     /// Time between passes of the activity meter.
@@ -311,6 +321,13 @@ impl RawConfig {
             1024,
             "1..=1024",
         )?;
+        range(
+            "--min-concurrent-creates",
+            self.min_concurrent_creates as u64,
+            1,
+            self.max_concurrent_creates as u64,
+            "1..=--max-concurrent-creates",
+        )?;
         range("--meter-ms", self.meter_ms, 100, 600_000, "100..=600000")?;
         if let Some(rt) = &self.runtime {
             let ok = !rt.is_empty()
@@ -372,6 +389,7 @@ impl RawConfig {
             cpu_millis: self.cpu_millis,
             memory_mb: self.memory_mb,
             max_concurrent_creates: self.max_concurrent_creates,
+            min_concurrent_creates: self.min_concurrent_creates,
             resync: Duration::from_millis(self.resync_ms),
             meter: Duration::from_millis(self.meter_ms),
             runtime: self.runtime,
@@ -484,7 +502,8 @@ mod tests {
         assert_eq!(c.heartbeat, Duration::from_secs(1));
         assert_eq!(c.nats_servers.len(), 1);
         assert!(c.nats_auth.is_none());
-        assert_eq!(c.max_concurrent_creates, 4);
+        assert_eq!(c.max_concurrent_creates, 16);
+        assert_eq!(c.min_concurrent_creates, 1);
     }
 
     #[test]
@@ -628,6 +647,20 @@ mod tests {
         let mut r = raw();
         r.max_concurrent_creates = 0;
         assert!(matches!(r.validate(None), Err(ConfigError::Range { .. })));
+
+        // The floor may not be above the ceiling; equal is a fixed limit.
+        let mut r = raw();
+        r.max_concurrent_creates = 4;
+        r.min_concurrent_creates = 5;
+        assert!(matches!(
+            r.clone().validate(None),
+            Err(ConfigError::Range {
+                flag: "--min-concurrent-creates",
+                ..
+            })
+        ));
+        r.min_concurrent_creates = 4;
+        assert_eq!(r.validate(None).unwrap().min_concurrent_creates, 4);
 
         let mut r = raw();
         r.memory_mb = Some(0);

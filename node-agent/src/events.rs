@@ -120,6 +120,11 @@ async fn handle(shared: &Arc<Shared>, ev: EventMessage) {
             warn!(container = %id, docker_id, "a second container with a known id started");
             shared.resync_now.notify_one();
         }
+        // A container the agent is creating (or destroying, or restarting) is inspected by
+        // that operation itself, which then updates the inventory; an inspect here would be
+        // skipped by the inventory anyway, and would take dockerd's time from the starts
+        // under way (and hold up this stream's next events).
+        "start" if shared.inventory.is_busy(&id) => {}
         "start" => match shared.driver.inspect(&docker_id).await {
             Ok(Some(obs)) => match labels::parse(&obs.labels) {
                 Ok(l) => {

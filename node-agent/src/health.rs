@@ -92,16 +92,31 @@ impl ProbeState {
     }
 }
 
-/// How long to wait before the next probe. Until the first pass the agent probes at most every
-/// 250 ms, whatever the pool's interval: how fast a new container is reported healthy is how
-/// fast it becomes warm, and that is what the pool is for. After that, the pool's interval.
+/// The first retry of a new container's probe; each failed one doubles it, up to
+/// [`STARTING_MAX`].
+pub const STARTING_FIRST: Duration = Duration::from_millis(20);
+
+/// The slowest a container that has not passed yet is probed.
+pub const STARTING_MAX: Duration = Duration::from_millis(250);
+
+/// How long to wait before the next probe. Until the first pass the agent probes fast, whatever
+/// the pool's interval: how fast a new container is reported healthy is how fast it becomes
+/// warm, and that is what the pool is for. Most workloads listen within tens of milliseconds of
+/// their start, so the retries start at 20 ms and double (20, 40, 80, 160) up to every 250 ms
+/// for one that takes its time. After the first pass, the pool's interval.
 pub fn next_delay(state: &ProbeState, check: &HealthCheck) -> Duration {
     let interval = Duration::from_millis(check.interval_ms.max(1));
     if state.passed_once {
-        interval
-    } else {
-        interval.min(Duration::from_millis(250))
+        return interval;
     }
+    let starting = match state.consecutive_failures {
+        // No probe yet (the container is not running): nothing to hurry.
+        0 => STARTING_MAX,
+        n => STARTING_FIRST
+            .saturating_mul(1u32 << (n - 1).min(8))
+            .min(STARTING_MAX),
+    };
+    interval.min(starting)
 }
 
 /// Probes `addr`:`port` once as `check` says, within `check.timeout_ms`.
@@ -345,6 +360,23 @@ mod tests {
             next_delay(&ProbeState::default(), &fast),
             Duration::from_millis(100)
         );
+        // Right after the start, failed probes are retried fast, then slower.
+        let delays: Vec<u64> = (1..=7)
+            .map(|n| {
+                let s = ProbeState {
+                    consecutive_failures: n,
+                    ..ProbeState::default()
+                };
+                next_delay(&s, &c).as_millis() as u64
+            })
+            .collect();
+        assert_eq!(delays, vec![20, 40, 80, 160, 250, 250, 250]);
+        let s = ProbeState {
+            consecutive_failures: u32::MAX,
+            ..ProbeState::default()
+        };
+        assert_eq!(next_delay(&s, &c), STARTING_MAX, "no overflow");
+        assert_eq!(next_delay(&s, &fast), Duration::from_millis(100));
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             usage: host::read_usage(),
             containers: u32::try_from(entries.len()).unwrap_or(u32::MAX),
             inventory_digest: inventory_digest(&entries),
-            create_slots: Some(u32::try_from(config.max_concurrent_creates).unwrap_or(u32::MAX)),
+            create_slots: Some(u32::try_from(shared.creates.limit()).unwrap_or(u32::MAX)),
             runtime_unavailable: shared.runtime.outage(),
             images: shared.images.report(),
         };

@@ -21,6 +21,7 @@
 //! - `runtime`: whether dockerd answers; the agent rides out its restarts.
 //! - `session`: logs, exec, files and settings of allocated containers (pulled streams).
 //! - [`images`]: image pulls before a pool's first container (policy, credentials, backoff).
+//! - `creates`: how many containers are made at once (adaptive, see its doc).
 //! - `commands`: the NATS command handler; `heartbeat`; `outbox`: ordered publishing.
 //! - `host`: capacity and load from `/proc`.
 //! - `telemetry`: Prometheus metrics and the tiny `/metrics` listener (`--metrics-addr`).
@@ -31,6 +32,7 @@ mod activity;
 mod agent;
 mod commands;
 pub mod config;
+mod creates;
 mod docker;
 mod events;
 mod health;

@@ -64,9 +64,14 @@ struct Args {
     /// Memory offered to containers, MiB; default: all of the host's.
     #[arg(long, env = "WARMPOOL_MEMORY_MB")]
     memory_mb: Option<u64>,
-    /// Container creations running at once.
-    #[arg(long, env = "WARMPOOL_MAX_CONCURRENT_CREATES", default_value_t = 4)]
+    /// The most container creations running at once. The agent adapts how many it runs
+    /// between --min-concurrent-creates and this: more while a create takes about as long as
+    /// the fastest seen, fewer when creates slow down or fail. Equal to the min: a fixed limit.
+    #[arg(long, env = "WARMPOOL_MAX_CONCURRENT_CREATES", default_value_t = warmpool_agent::config::DEFAULT_MAX_CONCURRENT_CREATES)]
     max_concurrent_creates: usize,
+    /// The fewest container creations the adaptive limit backs off to.
+    #[arg(long, env = "WARMPOOL_MIN_CONCURRENT_CREATES", default_value_t = 1)]
+    min_concurrent_creates: usize,
     /// Milliseconds between level-triggered resyncs with Docker.
     #[arg(long, env = "WARMPOOL_RESYNC_MS", default_value_t = 10_000)]
     resync_ms: u64,
@@ -147,6 +152,7 @@ impl Args {
             cpu_millis: self.cpu_millis,
             memory_mb: self.memory_mb,
             max_concurrent_creates: self.max_concurrent_creates,
+            min_concurrent_creates: self.min_concurrent_creates,
             resync_ms: self.resync_ms,
             meter_ms: self.meter_ms,
             runtime: self.runtime,

@@ -102,6 +102,10 @@ fn describe() {
         "Connections to NATS made after losing one"
     );
     describe_gauge!(
+        "warmpool_agent_create_limit",
+        "Containers the agent makes at once now (adaptive, between --min- and --max-concurrent-creates)"
+    );
+    describe_gauge!(
         "warmpool_agent_runtime_available",
         "1 while dockerd answers the agent's pings, 0 during an outage (containers are kept)"
     );
@@ -242,6 +246,11 @@ pub fn sent(heartbeat: bool) {
 /// Counts a message that was not published.
 pub fn dropped(reason: &'static str) {
     metrics::counter!("warmpool_agent_messages_dropped_total", "reason" => reason).increment(1);
+}
+
+/// The adaptive create limit changed (or was set).
+pub fn create_limit(limit: usize) {
+    metrics::gauge!("warmpool_agent_create_limit").set(limit as f64);
 }
 
 /// Notes whether dockerd answers (1) or not (0).

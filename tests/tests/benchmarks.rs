@@ -1,7 +1,8 @@
 //! Small runs of the benchmark harnesses, so they keep working between the real runs
 //! (`docs/BENCHMARKS.md`): the fleet simulator with 20 agents, the failover benchmark with one
-//! kill, and `poolctl bench` against simulated agents with a two-run cold-start baseline
-//! through the real dockerd. They check that each harness runs and reports, not figures.
+//! kill, `poolctl bench` against simulated agents with a two-run cold-start baseline
+//! through the real dockerd, and `deploy/bench/refill.sh` with 10 containers on a debug build.
+//! They check that each harness runs and reports, not figures.
 
 use std::time::Duration;
 
@@ -126,4 +127,64 @@ async fn poolctl_bench_measures_cycles_replenish_and_a_cold_start() {
     // The pool named was used as it is, and is still there.
     assert!(!report.temporary_pool);
     assert!(c.client.get_pool(&spec.name).await.is_ok());
+}
+
+/// `deploy/bench/refill.sh` short form: the raw `docker run` rate and a real agent's refill
+/// of a 10-container pool, with the binaries the suite built (debug, no build of its own). Ratios on a busy 2-core host are not asserted:
+/// only that both phases ran and printed their figures.
+#[test]
+fn the_refill_benchmark_measures_docker_and_the_agent() {
+    ensure_demo_image();
+    let script = warmpool_tests::root().join("deploy/bench/refill.sh");
+    let out = std::process::Command::new(&script)
+        .args(["-n", "10", "-p", "4", "--bin-dir"])
+        .arg(warmpool_tests::bin_dir())
+        .output()
+        .expect("run refill.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    eprint!("{stdout}");
+    assert!(out.status.success(), "refill.sh failed: {}", out.status);
+    let rate = |prefix: &str| -> f64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{stdout}"));
+        let before = line
+            .strip_suffix(" containers/s")
+            .unwrap_or_else(|| panic!("no rate in {line:?}"));
+        before
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no rate in {line:?}"))
+    };
+    assert!(rate("raw:") > 0.0);
+    assert!(rate("agent:") > 0.0);
+    assert!(stdout.contains("create limit at the end: "), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("ratio:") && l.ends_with("% of the raw rate")),
+        "{stdout}"
+    );
+    // Nothing of the run is left behind: the agent's containers carry its node's label, the raw
+    // ones their run's.
+    let node = stderr
+        .split("(node ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("no node id in:\n{stderr}"));
+    let run = node.trim_start_matches("refill");
+    for label in [
+        format!("label=io.warmpool.node={node}"),
+        format!("label=io.warmpool.bench=refill-{run}"),
+    ] {
+        let left = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", &label])
+            .output()
+            .expect("docker ps");
+        assert!(left.stdout.is_empty(), "left behind ({label}): {left:?}");
+    }
 }

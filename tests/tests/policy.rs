@@ -251,12 +251,14 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
         "the pool held its floor when the burst came"
     );
     // The fleet the model has is the one node: room for what its allocatable resources hold
-    // of the pool's containers, four made at once (the agent's default, from its heartbeat).
+    // of the pool's containers, and as many made at once as its agent's adaptive limit says
+    // now (from its heartbeat; it starts at 4 and moves within 1..=16 by default).
     let nodes = c.client.nodes().await.unwrap();
     let [n] = &nodes[..] else {
         panic!("one node: {nodes:?}")
     };
-    assert_eq!(n.create_slots, Some(4), "{n:?}");
+    let slots = n.create_slots.expect("the agent says its create limit");
+    assert!((1..=16).contains(&slots), "{n:?}");
     assert_eq!(
         n.allocatable.cpu_millis,
         n.node.capacity.cpu_millis * 8,
@@ -265,9 +267,11 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
     let fits = (n.allocatable.cpu_millis / spec.resources.cpu_millis)
         .min(n.allocatable.memory_mb / spec.resources.memory_mb);
     assert_eq!(span["fleet"]["slots"].as_u64(), Some(fits), "{span}");
+    // The simulation read the nodes before this test did; the limit may have moved since
+    // only if a create finished in between (none do after the burst has settled).
     assert_eq!(
         span["fleet"]["create_slots"][n.node.id.as_str()],
-        4,
+        slots,
         "{span}"
     );
     let mut warm = std::collections::HashSet::new();
