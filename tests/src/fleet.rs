@@ -64,6 +64,8 @@ pub struct FleetConfig {
     pub log_filter: String,
     /// Allocate+release cycles of the memory soak (0: none), run after the other phases.
     pub soak_cycles: usize,
+    /// Cycles run before the soak measures (to fill the retention caps).
+    pub soak_warmup_cycles: usize,
     /// Where logs and Raft data go (a temporary directory when None, removed at the end).
     pub dir: Option<PathBuf>,
     /// Once filled, write the members' URLs (comma-separated) to this file and keep the
@@ -92,6 +94,7 @@ impl Default for FleetConfig {
             node_timeout_secs: 5.0,
             log_filter: "warn".into(),
             soak_cycles: 0,
+            soak_warmup_cycles: 0,
             dir: None,
             hold: None,
         }
@@ -196,7 +199,12 @@ pub struct MemberReport {
 /// container and keep-warm has the simulated agents make another).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SoakReport {
-    /// Cycles run in all.
+    /// Cycles run before measuring, to fill the retention caps (released allocations, ended
+    /// containers, events): until they are full, memory grows by design.
+    pub warmup_cycles: usize,
+    /// Leader RSS after the warm-up, MiB: the base of [`SoakReport::drift_percent`].
+    pub rss_after_warmup_mib: f64,
+    /// Cycles measured.
     pub cycles: usize,
     /// `(cycles done, leader RSS MiB)` after each tenth of the run.
     pub rss_mib: Vec<(usize, f64)>,
@@ -207,15 +215,15 @@ pub struct SoakReport {
 }
 
 impl SoakReport {
-    /// The largest change of resident memory from the first sample (taken after the first
-    /// tenth, so caches and retention have filled), in percent of that sample.
+    /// The largest change of resident memory from the end of the warm-up, in percent.
     pub fn drift_percent(&self) -> f64 {
-        let Some(&(_, first)) = self.rss_mib.first() else {
+        let base = self.rss_after_warmup_mib;
+        if base <= 0.0 {
             return 0.0;
-        };
+        }
         self.rss_mib
             .iter()
-            .map(|(_, r)| (r - first).abs() / first * 100.0)
+            .map(|(_, r)| (r - base).abs() / base * 100.0)
             .fold(0.0, f64::max)
     }
 }
@@ -625,7 +633,21 @@ pub async fn run(cfg: &FleetConfig, progress: &dyn Fn(String)) -> anyhow::Result
     if cfg.soak_cycles > 0 {
         let pid = pids[leader];
         let chunk = cfg.soak_cycles.div_ceil(10);
-        let mut soak = SoakReport::default();
+        let mut soak = SoakReport {
+            warmup_cycles: cfg.soak_warmup_cycles,
+            ..SoakReport::default()
+        };
+        if cfg.soak_warmup_cycles > 0 {
+            progress(format!("soak: {} warm-up cycles", cfg.soak_warmup_cycles));
+            let phase = allocation_phase(
+                &fleet.client,
+                &pool,
+                cfg.soak_warmup_cycles,
+                cfg.concurrency,
+            );
+            soak.errors += phase.errors;
+        }
+        soak.rss_after_warmup_mib = pid.and_then(ProcSample::of).map_or(0.0, |s| s.rss_mib);
         let t = Instant::now();
         while soak.cycles < cfg.soak_cycles {
             let n = chunk.min(cfg.soak_cycles - soak.cycles);
@@ -633,9 +655,14 @@ pub async fn run(cfg: &FleetConfig, progress: &dyn Fn(String)) -> anyhow::Result
             soak.cycles += n;
             soak.errors += phase.errors;
             let rss = pid.and_then(ProcSample::of).map_or(0.0, |s| s.rss_mib);
+            let all: Vec<String> = sample(&pids)
+                .iter()
+                .map(|s| format!("{:.1}", s.rss_mib))
+                .collect();
             progress(format!(
-                "  soak: {} cycles, leader rss {rss:.1} MiB",
-                soak.cycles
+                "  soak: {} cycles, leader rss {rss:.1} MiB (members: {})",
+                soak.cycles,
+                all.join(", ")
             ));
             soak.rss_mib.push((soak.cycles, rss));
         }
@@ -781,10 +808,12 @@ pub fn render(r: &FleetReport) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "soak: {} cycles at {:.0}/s, {} errors; leader rss MiB by cycles {}; drift from the first sample {:.1}%",
+            "soak: {} warm-up cycles, then {} at {:.0}/s, {} errors; leader rss MiB after the warm-up {:.0}, then by cycles {}; drift {:.1}%",
+            soak.warmup_cycles,
             soak.cycles,
             soak.cycles_per_sec,
             soak.errors,
+            soak.rss_after_warmup_mib,
             samples.join(", "),
             soak.drift_percent()
         );

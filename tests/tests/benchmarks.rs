@@ -26,6 +26,7 @@ async fn the_fleet_simulator_fills_a_small_fleet_and_reports() {
         concurrent_cycles: 40,
         concurrency: 4,
         soak_cycles: 50,
+        soak_warmup_cycles: 10,
         log_filter: "info,openraft=warn,sled=warn,async_nats=warn".into(),
         ..FleetConfig::default()
     };
@@ -45,6 +46,7 @@ async fn the_fleet_simulator_fills_a_small_fleet_and_reports() {
     assert!(report.sequential.alloc_ms.p50 > 0.0);
     let soak = report.soak.as_ref().expect("the soak ran");
     assert_eq!((soak.cycles, soak.rss_mib.len(), soak.errors), (50, 10, 0));
+    assert!(soak.rss_after_warmup_mib > 0.0);
     assert!(soak.rss_mib.iter().all(|(_, rss)| *rss > 0.0));
     assert!(report
         .members

@@ -62,6 +62,10 @@ struct Args {
     /// leader's resident memory is sampled after every tenth.
     #[arg(long, default_value_t = 0)]
     soak_cycles: usize,
+    /// Cycles before the soak measures, to fill the retention caps (memory grows by design
+    /// until they are full).
+    #[arg(long, default_value_t = 0)]
+    soak_warmup_cycles: usize,
     /// Do not time a fourth member joining.
     #[arg(long)]
     no_join: bool,
@@ -118,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         node_timeout_secs: a.node_timeout_secs,
         log_filter: a.log,
         soak_cycles: a.soak_cycles,
+        soak_warmup_cycles: a.soak_warmup_cycles,
         dir: a.dir,
         hold: a.hold.clone(),
     };
