@@ -122,6 +122,8 @@ pub struct Observation {
     /// Process id of its init process while it runs (its network namespace is
     /// `/proc/<pid>/net`).
     pub pid: Option<u32>,
+    /// Paused (`docker pause`): it counts as running, frozen.
+    pub paused: bool,
 }
 
 /// One container as listed (cheaper than inspect; no address, no exit code).
@@ -289,6 +291,8 @@ impl Driver {
                 .pid
                 .and_then(|p| u32::try_from(p).ok())
                 .filter(|p| *p > 0),
+            paused: state.paused.unwrap_or(false)
+                || state.status == Some(ContainerStateStatusEnum::PAUSED),
         }
     }
 
@@ -476,6 +480,31 @@ impl Driver {
             Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
             Err(e) => Err(DockerError::api("stop container")(e)),
         }
+    }
+
+    /// Pauses a running container (the cgroup freezer: no CPU, memory kept). Pausing a
+    /// paused container is not an error.
+    pub async fn pause(&self, docker_id: &str) -> Result<(), DockerError> {
+        match timed("pause container", self.docker.pause_container(docker_id)).await {
+            Ok(()) => Ok(()),
+            // Already paused (409 says so, as it does for a container not running: the
+            // caller checks it runs first).
+            Err(e) if is_status(&e, 409) && self.is_paused(docker_id).await => Ok(()),
+            Err(e) => Err(DockerError::api("pause container")(e)),
+        }
+    }
+
+    /// Unpauses a container; `Ok(false)` when it was not paused.
+    pub async fn unpause(&self, docker_id: &str) -> Result<bool, DockerError> {
+        match timed("unpause container", self.docker.unpause_container(docker_id)).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_status(&e, 409) => Ok(false),
+            Err(e) => Err(DockerError::api("unpause container")(e)),
+        }
+    }
+
+    async fn is_paused(&self, docker_id: &str) -> bool {
+        matches!(self.inspect(docker_id).await, Ok(Some(o)) if o.paused)
     }
 
     /// Starts a created container.

@@ -42,6 +42,7 @@ pub mod isolation;
 pub mod labels;
 mod network;
 mod outbox;
+mod pause;
 mod prober;
 mod resync;
 mod runtime;
