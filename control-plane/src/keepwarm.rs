@@ -144,9 +144,7 @@ fn plan_pool(
         per_node.insert(node, on_node);
     }
     let usable_in = |c: &Container, state: ContainerState| {
-        c.state == state
-            && c.generation == current
-            && !matches!(c.health, Health::Unhealthy { .. })
+        c.state == state && c.generation == current && !matches!(c.health, Health::Unhealthy { .. })
     };
     let usable = |c: &Container| usable_in(c, ContainerState::Warm);
     let paused_wanted = rules::paused_wanted(spec) as usize;
@@ -167,7 +165,8 @@ fn plan_pool(
     let stale = stale_warm + stale_other;
     let mut making_room = false;
     if stale > 0 {
-        let stand_ins = stale_warm.min((wanted + paused_wanted).saturating_sub(warm_current + paused_current));
+        let stand_ins =
+            stale_warm.min((wanted + paused_wanted).saturating_sub(warm_current + paused_current));
         let next_batch = (wanted + paused_wanted)
             .saturating_sub(supply + paused_current)
             .min(batch);
@@ -273,9 +272,7 @@ fn plan_pool(
         let ids: Vec<ContainerId> = state
             .warm_of(name)
             .rev()
-            .filter(|c| {
-                usable(c) && c.health == Health::Healthy && offering.contains(&c.node)
-            })
+            .filter(|c| usable(c) && c.health == Health::Healthy && offering.contains(&c.node))
             .map(|c| c.id)
             .take(to_pause as usize)
             .collect();

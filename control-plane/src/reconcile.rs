@@ -481,7 +481,10 @@ mod tests {
             entries: vec![w.entry(id, Health::Healthy)],
         });
         w.apply(Command::PauseContainers { ids: vec![id] });
-        assert_eq!(w.state.container(&id).unwrap().state, ContainerState::Paused);
+        assert_eq!(
+            w.state.container(&id).unwrap().state,
+            ContainerState::Paused
+        );
         // Still running on its host (the pause was lost): paused, then resent only later.
         let obs = w.observed(vec![w.entry(id, Health::Healthy)]);
         assert_eq!(
@@ -499,7 +502,16 @@ mod tests {
         let mut paused = w.entry(id, Health::Healthy);
         paused.paused = true;
         let obs = w.observed(vec![paused.clone()]);
-        assert!(plan(&w.state, &w.node, Some(&obs), &InFlight::default(), Timestamp(0)).1);
+        assert!(
+            plan(
+                &w.state,
+                &w.node,
+                Some(&obs),
+                &InFlight::default(),
+                Timestamp(0)
+            )
+            .1
+        );
         // Allocated from the paused tier, and its agent died before it unpaused: the
         // inventory of the restarted agent says paused, so it is unpaused.
         let r = w.state.apply(

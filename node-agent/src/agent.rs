@@ -210,7 +210,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
     loops.spawn(resync::run(shared.clone(), background.clone()));
     loops.spawn(heartbeat::run(shared.clone(), background.clone()));
-    loops.spawn(crate::pause::check_paused(shared.clone(), background.clone()));
+    loops.spawn(crate::pause::check_paused(
+        shared.clone(),
+        background.clone(),
+    ));
     loops.spawn(crate::images::run(shared.clone(), background.clone()));
     loops.spawn(crate::runtime::watch(shared.clone(), background.clone()));
     loops.spawn(isolation::run(shared.clone(), background.clone()));

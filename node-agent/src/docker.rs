@@ -260,6 +260,7 @@ impl Driver {
 
     fn observe(&self, c: ContainerInspectResponse) -> Observation {
         let state = c.state.unwrap_or_default();
+        let frozen = c.id.as_deref().and_then(crate::freezer::is_frozen) == Some(true);
         let docker_state = match state.status {
             Some(ContainerStateStatusEnum::RUNNING) | Some(ContainerStateStatusEnum::PAUSED) => {
                 DockerState::Running
@@ -292,7 +293,8 @@ impl Driver {
                 .and_then(|p| u32::try_from(p).ok())
                 .filter(|p| *p > 0),
             paused: state.paused.unwrap_or(false)
-                || state.status == Some(ContainerStateStatusEnum::PAUSED),
+                || state.status == Some(ContainerStateStatusEnum::PAUSED)
+                || frozen,
         }
     }
 
@@ -482,9 +484,17 @@ impl Driver {
         }
     }
 
-    /// Pauses a running container (the cgroup freezer: no CPU, memory kept). Pausing a
+    /// Pauses a running container (the cgroup freezer: no CPU, memory kept), through its
+    /// freezer file where there is one ([`crate::freezer`]), else through Docker. Pausing a
     /// paused container is not an error.
     pub async fn pause(&self, docker_id: &str) -> Result<(), DockerError> {
+        match crate::freezer::freeze(docker_id).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(docker_id, error = %e, "freezer write failed; pausing through Docker")
+            }
+        }
         match timed("pause container", self.docker.pause_container(docker_id)).await {
             Ok(()) => Ok(()),
             // Already paused (409 says so, as it does for a container not running: the
@@ -494,9 +504,22 @@ impl Driver {
         }
     }
 
-    /// Unpauses a container; `Ok(false)` when it was not paused.
+    /// Unpauses a container (its freezer file, and Docker when Docker paused it); `Ok(false)`
+    /// when it was not paused.
     pub async fn unpause(&self, docker_id: &str) -> Result<bool, DockerError> {
-        match timed("unpause container", self.docker.unpause_container(docker_id)).await {
+        match crate::freezer::thaw(docker_id).await {
+            Ok(Some(was)) => return Ok(was),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(docker_id, error = %e, "freezer write failed; unpausing through Docker")
+            }
+        }
+        match timed(
+            "unpause container",
+            self.docker.unpause_container(docker_id),
+        )
+        .await
+        {
             Ok(()) => Ok(true),
             Err(e) if is_status(&e, 409) => Ok(false),
             Err(e) => Err(DockerError::api("unpause container")(e)),

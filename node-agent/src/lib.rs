@@ -33,6 +33,7 @@ mod commands;
 pub mod config;
 mod docker;
 mod events;
+mod freezer;
 mod health;
 mod heartbeat;
 pub mod host;

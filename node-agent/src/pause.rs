@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use warmpool_proto::agent::AgentReply;
 use warmpool_proto::ContainerId;
 
@@ -124,11 +124,13 @@ pub async fn unpause(
         return Err(format!("container {id} is unknown here or busy"));
     };
     // Docker, not the entry, says whether it is paused: unpause answers 409 when it is not.
+    let locked_ms = start.elapsed().as_millis() as u64;
     let was_paused = shared
         .driver
         .unpause(&t.docker_id)
         .await
         .map_err(|e| e.to_string())?;
+    let unpause_ms = start.elapsed().as_millis() as u64;
     if t.paused || was_paused {
         shared.inventory.set_paused(&id, false);
         lock(&shared.pauses.checked).remove(&id);
@@ -147,7 +149,7 @@ pub async fn unpause(
             t.port
         ));
     }
-    debug!(container = %id, was_paused, took_ms = start.elapsed().as_millis() as u64, "container unpaused and answering");
+    info!(container = %id, was_paused, locked_ms, unpause_ms, took_ms = start.elapsed().as_millis() as u64, "container unpaused and answering");
     Ok((start.elapsed(), was_paused))
 }
 
@@ -160,7 +162,9 @@ async fn wait_for_port(addr: Ipv6Addr, port: u16, deadline: Instant) -> bool {
             return false;
         }
         let attempt = left.min(Duration::from_millis(250));
-        if let Ok(Ok(_)) = tokio::time::timeout(attempt, tokio::net::TcpStream::connect(target)).await {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(attempt, tokio::net::TcpStream::connect(target)).await
+        {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(5).min(left)).await;

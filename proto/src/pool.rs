@@ -746,7 +746,9 @@ impl PoolSpec {
 
     /// The ceiling for paused containers (`max_paused`, or `min_paused` when unset).
     pub fn max_paused(&self) -> u32 {
-        self.max_paused.unwrap_or(self.min_paused).max(self.min_paused)
+        self.max_paused
+            .unwrap_or(self.min_paused)
+            .max(self.min_paused)
     }
 
     /// Whether the pool keeps a paused tier.

@@ -145,13 +145,16 @@ async fn unpause(app: &AppState, mut a: Allocation) -> Result<Allocation, ApiErr
                 let labels = [("pool", a.pool.to_string()), ("outcome", "ok".to_string())];
                 metrics::histogram!("warmpool_unpause_duration_seconds", &labels)
                     .record(start.elapsed().as_secs_f64());
-                tracing::debug!(allocation = %a.id, container = %a.container_id, took_ms, "unpaused for its allocation");
+                tracing::info!(allocation = %a.id, container = %a.container_id, agent_ms = took_ms, total_ms = start.elapsed().as_millis() as u64, "unpaused for its allocation");
                 return Ok(a);
             }
             Ok(other) => format!("{other:?}"),
             Err(e) => e.to_string(),
         };
-        let labels = [("pool", a.pool.to_string()), ("outcome", "failed".to_string())];
+        let labels = [
+            ("pool", a.pool.to_string()),
+            ("outcome", "failed".to_string()),
+        ];
         metrics::histogram!("warmpool_unpause_duration_seconds", &labels)
             .record(start.elapsed().as_secs_f64());
         tracing::warn!(allocation = %a.id, container = %a.container_id, error = %why, "a paused container did not answer once unpaused; moving the allocation");

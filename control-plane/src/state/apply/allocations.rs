@@ -560,9 +560,10 @@ impl PoolState {
         };
         let holds = a.state == AllocationState::Active
             && a.container_id == container
-            && self.containers.get(&container).is_some_and(|c| {
-                c.state == ContainerState::Allocated && c.allocation == Some(id)
-            });
+            && self
+                .containers
+                .get(&container)
+                .is_some_and(|c| c.state == ContainerState::Allocated && c.allocation == Some(id));
         if !holds {
             return self.answer_known(id);
         }
