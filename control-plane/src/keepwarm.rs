@@ -532,10 +532,80 @@ mod tests {
                         exit_code: None,
                         oom_killed: false,
                         last_activity_at: None,
+                        paused: false,
                     }],
                 });
             }
         }
+    }
+
+    #[test]
+    fn a_tiered_pool_fills_both_tiers_pausing_the_warm_surplus() {
+        let mut w = World::new(&["a"]);
+        let name = PoolName::new("demo").unwrap();
+        let mut spec = PoolSpec::new(name.clone(), "img");
+        spec.min_warm = 2;
+        spec.min_paused = 3;
+        spec.scaling.batch_size = 10;
+        w.apply(Command::PutPool { spec });
+        // Both tiers' worth is made, all starting warm.
+        assert_eq!(created(&w.decide()), 5);
+        w.carry_out();
+        // The warm surplus goes to the paused tier; nothing more is made.
+        let d = w.decide();
+        assert_eq!(created(&d), 0, "{d:?}");
+        let paused: Vec<ContainerId> = d
+            .iter()
+            .find_map(|d| match d {
+                Decision::Pause { ids } => Some(ids.clone()),
+                _ => None,
+            })
+            .expect("a pause");
+        assert_eq!(paused.len(), 3);
+        w.apply(Command::PauseContainers { ids: paused });
+        assert!(w.decide().is_empty(), "both tiers full");
+        // A burst takes the 2 warm and 2 paused: 4 are made; once warm, 2 of them go to the
+        // paused tier (the warm tier fills first).
+        for i in 0..4 {
+            w.apply(Command::Allocate {
+                allocation_id: AllocationId::new(),
+                pool: name.clone(),
+                session: SessionId::new(format!("s{i}")).unwrap(),
+                lease_ms: 60_000,
+                idempotency_key: None,
+                wait_ms: 0,
+                tenant: Default::default(),
+                metadata: Default::default(),
+                with_settings: false,
+                workspace: None,
+                token_sha256: None,
+                asynchronous: false,
+                location: None,
+                max_lifetime_secs: None,
+            });
+        }
+        assert_eq!(created(&w.decide()), 4);
+        w.carry_out();
+        let pauses: usize = w
+            .decide()
+            .iter()
+            .map(|d| match d {
+                Decision::Pause { ids } => ids.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(pauses, 2);
+    }
+
+    #[test]
+    fn a_pool_without_the_tier_never_pauses() {
+        let mut w = World::new(&["a"]);
+        w.pool(3, 10);
+        w.carry_out();
+        assert!(w
+            .decide()
+            .iter()
+            .all(|d| !matches!(d, Decision::Pause { .. })));
     }
 
     fn created(ds: &[Decision]) -> usize {
@@ -1117,6 +1187,7 @@ mod tests {
                         exit_code: None,
                         oom_killed: false,
                         last_activity_at: None,
+                        paused: false,
                     };
                 match rng.below(13) {
                     0..=2 => {
@@ -1255,6 +1326,7 @@ mod tests {
                         Decision::Create { .. } => "create",
                         Decision::Retire { reason, .. } => reason.as_str(),
                         Decision::Stuck { .. } => "stuck",
+                        Decision::Pause { .. } => "pause",
                     });
                 }
             }

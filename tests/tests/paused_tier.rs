@@ -81,7 +81,8 @@ async fn a_burst_is_served_from_the_warm_then_the_paused_tier_in_milliseconds() 
     spec.scaling.batch_size = 4;
     spec.scaling.pacing_ms = 100;
     c.client.create_pool(&spec).await.expect("create pool");
-    wait_tiers(&c, &pool, MIN_WARM, n_paused, Duration::from_secs(120)).await;
+    let fill = Duration::from_secs(60 + 10 * u64::from(MIN_WARM + n_paused));
+    wait_tiers(&c, &pool, MIN_WARM, n_paused, fill).await;
 
     // The paused ones are frozen in Docker, the warm ones run.
     let paused = containers(&c, &pool, ContainerState::Paused).await;
@@ -178,7 +179,7 @@ async fn a_burst_is_served_from_the_warm_then_the_paused_tier_in_milliseconds() 
     );
 
     // The tiers refill.
-    wait_tiers(&c, &pool, MIN_WARM, n_paused, Duration::from_secs(180)).await;
+    wait_tiers(&c, &pool, MIN_WARM, n_paused, fill).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
