@@ -1190,7 +1190,7 @@ mod tests {
                 releasing: 0,
                 unhealthy: 0,
                 outdated: 0,
-            paused: 0,
+                paused: 0,
                 paused: 0,
             },
             wanted: 3,

@@ -435,7 +435,10 @@ pub fn render(v: &SimulationView) -> String {
         format!("{:.0}", r.report.allocated_container_seconds)
     });
     row("mean warm", &|r| format!("{:.2}", r.report.mean_warm));
-    if v.runs.iter().any(|r| r.report.paused_container_seconds > 0.0) {
+    if v.runs
+        .iter()
+        .any(|r| r.report.paused_container_seconds > 0.0)
+    {
         row("served paused", &|r| r.report.paused_hits.to_string());
         row("paused container-s", &|r| {
             format!("{:.0}", r.report.paused_container_seconds)
