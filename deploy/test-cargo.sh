@@ -14,7 +14,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 JOBS="${WARMPOOL_TEST_JOBS:-3}"
 # Run alone, after the rest: their assertions compare timings taken on this host.
-ALONE=(policy benchmarks)
+ALONE=(policy benchmarks paused_tier)
 # The longest binaries start first, so the last ones to finish are short.
 FIRST=(multi_host chaos cluster single_host agent nats_outage dockerd_restart isolation)
 

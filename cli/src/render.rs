@@ -171,6 +171,10 @@ fn counts_line(c: &Counts) -> String {
         "{} live: {} warm, {} allocated, {} creating, {} releasing, {} unhealthy",
         c.total, c.warm, c.allocated, c.creating, c.releasing, c.unhealthy
     );
+    if c.paused > 0 {
+        // Only for pools with a paused tier.
+        line.push_str(&format!(", {} paused", c.paused));
+    }
     if c.outdated > 0 {
         // Only while a rollout replaces them: old-spec containers, never handed out.
         line.push_str(&format!(", {} outdated", c.outdated));
@@ -1043,6 +1047,7 @@ mod tests {
             access: None,
             cost: None,
             location: None,
+            tier: None,
         }
     }
 
@@ -1186,6 +1191,7 @@ mod tests {
                 releasing: 0,
                 unhealthy: 0,
                 outdated: 0,
+                paused: 0,
             },
             wanted: 3,
             images: vec![],
@@ -1219,6 +1225,7 @@ mod tests {
             releasing: 0,
             unhealthy: 0,
             outdated: 0,
+            paused: 0,
         };
         let s = StatusView {
             totals: counts,

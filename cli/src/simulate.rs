@@ -315,6 +315,8 @@ pub fn simulate(
         let policy = Policy::from_spec(spec);
         let model = PoolModel {
             start_warm,
+            // Each spec's own paused tier (the pool rules are the policy crate's).
+            paused_wanted: warmpool_policy::rules::paused_wanted(spec),
             ..model.clone()
         };
         // One run per seed, from `--seed` on, averaged.
@@ -433,6 +435,15 @@ pub fn render(v: &SimulationView) -> String {
         format!("{:.0}", r.report.allocated_container_seconds)
     });
     row("mean warm", &|r| format!("{:.2}", r.report.mean_warm));
+    if v.runs
+        .iter()
+        .any(|r| r.report.paused_container_seconds > 0.0)
+    {
+        row("served paused", &|r| r.report.paused_hits.to_string());
+        row("paused container-s", &|r| {
+            format!("{:.0}", r.report.paused_container_seconds)
+        });
+    }
     row("mean wanted", &|r| format!("{:.2}", r.report.mean_wanted));
     row("containers made", &|r| r.report.created.to_string());
     out.push_str(&table.render());

@@ -42,6 +42,12 @@ pub enum Decision {
         /// Why.
         reason: RetireReason,
     },
+    /// Move these warm containers to the pool's paused tier (written, then their agents
+    /// pause them).
+    Pause {
+        /// The containers.
+        ids: Vec<ContainerId>,
+    },
     /// The pool is short and no node can take more; the reason is for logs and status.
     Stuck {
         /// The pool.
@@ -100,6 +106,8 @@ fn plan_pool(
     // below need in the common case. Ids are looked up only for a decision that retires some.
     let current = pool.generation;
     let (mut live, mut creating, mut warm_current, mut draining_warm) = (0, 0, 0, 0);
+    // The paused tier (healthy, current generation, on nodes that may hand them out).
+    let mut paused_current = 0;
     // Older generations: warm healthy ones (stand-ins while the rollout goes on), and the rest
     // (being made, or unhealthy), which nothing is waiting for.
     let (mut stale_warm, mut stale_other) = (0, 0);
@@ -110,33 +118,36 @@ fn plan_pool(
     for (node, gens) in state.tallies_of(name) {
         let offers = offering.contains(node);
         if let Some(t) = gens.get(&current) {
-            let warm = if offers { t.warm() } else { 0 };
+            let warm = if offers { t.warm() + t.paused() } else { 0 };
             supply_on.insert(node, (warm + t.creating()) as usize);
         }
         let mut on_node = 0;
         for (generation, t) in gens {
-            live += (t.creating() + t.warm_any() + t.allocated()) as usize;
+            live += (t.creating() + t.warm_any() + t.paused_any() + t.allocated()) as usize;
             on_node += t.live();
             if *generation != current {
                 stale_warm += t.warm() as usize;
-                stale_other += (t.creating() + t.warm_any() - t.warm()) as usize;
+                // Paused ones of an older spec are not stand-ins (they would need unpausing
+                // to serve, and are never handed out): they go at once.
+                stale_other += (t.creating() + t.warm_any() - t.warm() + t.paused_any()) as usize;
             } else {
                 creating += t.creating() as usize;
                 // Unhealthy warm containers are neither offered nor drained: they are retired.
                 if offers {
                     warm_current += t.warm() as usize;
+                    paused_current += t.paused() as usize;
                 } else {
-                    draining_warm += t.warm() as usize;
+                    draining_warm += (t.warm() + t.paused()) as usize;
                 }
             }
         }
         per_node.insert(node, on_node);
     }
-    let usable = |c: &Container| {
-        c.state == ContainerState::Warm
-            && c.generation == current
-            && !matches!(c.health, Health::Unhealthy { .. })
+    let usable_in = |c: &Container, state: ContainerState| {
+        c.state == state && c.generation == current && !matches!(c.health, Health::Unhealthy { .. })
     };
+    let usable = |c: &Container| usable_in(c, ContainerState::Warm);
+    let paused_wanted = rules::paused_wanted(spec) as usize;
 
     // Waiting allocations are demand the pool must meet now, on top of its warm target; those
     // asking for a location are met on matching nodes (below), the rest anywhere.
@@ -154,8 +165,11 @@ fn plan_pool(
     let stale = stale_warm + stale_other;
     let mut making_room = false;
     if stale > 0 {
-        let stand_ins = stale_warm.min(wanted.saturating_sub(warm_current));
-        let next_batch = wanted.saturating_sub(supply).min(batch);
+        let stand_ins =
+            stale_warm.min((wanted + paused_wanted).saturating_sub(warm_current + paused_current));
+        let next_batch = (wanted + paused_wanted)
+            .saturating_sub(supply + paused_current)
+            .min(batch);
         let room_needed = (live + next_batch).saturating_sub(spec.max_total as usize);
         let n = (stale - stand_ins).max(room_needed.min(stale)).min(batch);
         making_room = room_needed > 0;
@@ -168,8 +182,10 @@ fn plan_pool(
             let mut old: Vec<&Container> = state
                 .containers_of(name)
                 .filter(|c| {
-                    matches!(c.state, ContainerState::Creating | ContainerState::Warm)
-                        && c.generation != current
+                    matches!(
+                        c.state,
+                        ContainerState::Creating | ContainerState::Warm | ContainerState::Paused
+                    ) && c.generation != current
                 })
                 .collect();
             old.sort_by_key(|c| (rank(c), c.warm_at.unwrap_or(c.created_at)));
@@ -181,10 +197,12 @@ fn plan_pool(
     }
 
     // Draining nodes give up their warm containers once the rest holds enough.
-    if draining_warm > 0 && warm_current >= wanted {
+    if draining_warm > 0 && warm_current + paused_current >= wanted + paused_wanted {
         let ids = state
             .containers_of(name)
-            .filter(|c| usable(c) && !offering.contains(&c.node))
+            .filter(|c| {
+                (usable(c) || usable_in(c, ContainerState::Paused)) && !offering.contains(&c.node)
+            })
             .map(|c| c.id)
             .take(batch)
             .collect();
@@ -234,7 +252,7 @@ fn plan_pool(
         }
     }
 
-    let counts = PoolCounts {
+    let warm_counts = PoolCounts {
         wanted: wanted as u32,
         waiting: 0, // already in `wanted`
         warm: warm_current as u32,
@@ -242,6 +260,27 @@ fn plan_pool(
         // Containers just planned for located waiters count against `max_total` too.
         live: (live + (spec.max_total as usize).saturating_sub(live) - room) as u32,
     };
+    // The paused tier fills from the warm tier's surplus (new containers start warm).
+    let to_pause = rules::pause_count(
+        warm_counts,
+        paused_current as u32,
+        paused_wanted as u32,
+        batch as u32,
+    );
+    if to_pause > 0 {
+        // The newest warm ones: allocations take the longest-warm first.
+        let ids: Vec<ContainerId> = state
+            .warm_of(name)
+            .rev()
+            .filter(|c| usable(c) && c.health == Health::Healthy && offering.contains(&c.node))
+            .map(|c| c.id)
+            .take(to_pause as usize)
+            .collect();
+        if !ids.is_empty() {
+            out.push(Decision::Pause { ids });
+        }
+    }
+    let counts = rules::tiered(warm_counts, paused_current as u32, paused_wanted as u32);
     let pacing = Pacing::of(spec);
     let n = match rules::resize(
         counts,
@@ -253,14 +292,29 @@ fn plan_pool(
         Resize::Retire(surplus) => {
             // Scale down: retire the newest warm containers first, keeping the longest-warm
             // ones that allocations take first (the warm index is ordered by when they
-            // became warm).
-            let ids = state
+            // became warm); the paused tier gives up only its own surplus.
+            let (from_warm, from_paused) = rules::retire_split(
+                surplus,
+                warm_current as u32,
+                wanted as u32,
+                paused_current as u32,
+                paused_wanted as u32,
+            );
+            let mut ids: Vec<ContainerId> = state
                 .warm_of(name)
                 .rev()
                 .filter(|c| usable(c) && offering.contains(&c.node))
                 .map(|c| c.id)
-                .take(surplus as usize)
+                .take(from_warm as usize)
                 .collect();
+            ids.extend(
+                state
+                    .paused_of(name)
+                    .rev()
+                    .filter(|c| usable_in(c, ContainerState::Paused) && offering.contains(&c.node))
+                    .map(|c| c.id)
+                    .take(from_paused as usize),
+            );
             out.push(Decision::Retire {
                 ids,
                 reason: RetireReason::ScaleDown,
@@ -478,10 +532,80 @@ mod tests {
                         exit_code: None,
                         oom_killed: false,
                         last_activity_at: None,
+                        paused: false,
                     }],
                 });
             }
         }
+    }
+
+    #[test]
+    fn a_tiered_pool_fills_both_tiers_pausing_the_warm_surplus() {
+        let mut w = World::new(&["a"]);
+        let name = PoolName::new("demo").unwrap();
+        let mut spec = PoolSpec::new(name.clone(), "img");
+        spec.min_warm = 2;
+        spec.min_paused = 3;
+        spec.scaling.batch_size = 10;
+        w.apply(Command::PutPool { spec });
+        // Both tiers' worth is made, all starting warm.
+        assert_eq!(created(&w.decide()), 5);
+        w.carry_out();
+        // The warm surplus goes to the paused tier; nothing more is made.
+        let d = w.decide();
+        assert_eq!(created(&d), 0, "{d:?}");
+        let paused: Vec<ContainerId> = d
+            .iter()
+            .find_map(|d| match d {
+                Decision::Pause { ids } => Some(ids.clone()),
+                _ => None,
+            })
+            .expect("a pause");
+        assert_eq!(paused.len(), 3);
+        w.apply(Command::PauseContainers { ids: paused });
+        assert!(w.decide().is_empty(), "both tiers full");
+        // A burst takes the 2 warm and 2 paused: 4 are made; once warm, 2 of them go to the
+        // paused tier (the warm tier fills first).
+        for i in 0..4 {
+            w.apply(Command::Allocate {
+                allocation_id: AllocationId::new(),
+                pool: name.clone(),
+                session: SessionId::new(format!("s{i}")).unwrap(),
+                lease_ms: 60_000,
+                idempotency_key: None,
+                wait_ms: 0,
+                tenant: Default::default(),
+                metadata: Default::default(),
+                with_settings: false,
+                workspace: None,
+                token_sha256: None,
+                asynchronous: false,
+                location: None,
+                max_lifetime_secs: None,
+            });
+        }
+        assert_eq!(created(&w.decide()), 4);
+        w.carry_out();
+        let pauses: usize = w
+            .decide()
+            .iter()
+            .map(|d| match d {
+                Decision::Pause { ids } => ids.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(pauses, 2);
+    }
+
+    #[test]
+    fn a_pool_without_the_tier_never_pauses() {
+        let mut w = World::new(&["a"]);
+        w.pool(3, 10);
+        w.carry_out();
+        assert!(w
+            .decide()
+            .iter()
+            .all(|d| !matches!(d, Decision::Pause { .. })));
     }
 
     fn created(ds: &[Decision]) -> usize {
@@ -1063,6 +1187,7 @@ mod tests {
                         exit_code: None,
                         oom_killed: false,
                         last_activity_at: None,
+                        paused: false,
                     };
                 match rng.below(13) {
                     0..=2 => {
@@ -1201,6 +1326,7 @@ mod tests {
                         Decision::Create { .. } => "create",
                         Decision::Retire { reason, .. } => reason.as_str(),
                         Decision::Stuck { .. } => "stuck",
+                        Decision::Pause { .. } => "pause",
                     });
                 }
             }

@@ -275,6 +275,7 @@ mod tests {
                     exit_code: None,
                     oom_killed: false,
                     last_activity_at: None,
+                    paused: false,
                 }],
             });
             if allocate {

@@ -11,6 +11,10 @@
 //!   [`CREATE_RESEND_MS`], and given up after [`CREATE_DEADLINE_MS`].
 //! - A record the agent once had (`observed_index` set) that is missing from an inventory
 //!   requested *after* that index is **gone**: the agent had it, and no longer does.
+//! - A record in `paused` whose entry runs (healthy, not paused) is paused, and a record that
+//!   is not (allocated, warm) whose entry is paused is unpaused, each at most every
+//!   [`PAUSE_RESEND_MS`]: an agent that died mid-unpause, or a pause that was lost, never
+//!   leaves a session's container frozen or the paused tier running.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,6 +29,9 @@ use crate::state::PoolState;
 pub const CREATE_RESEND_MS: u64 = 10_000;
 /// A container not seen on its node this long after it was planned is given up.
 pub const CREATE_DEADLINE_MS: u64 = 90_000;
+
+/// A pause or unpause the agent has not been seen to carry out is sent again after this long.
+pub const PAUSE_RESEND_MS: u64 = 3_000;
 
 /// An agent's inventory as the leader holds it.
 #[derive(Clone, Debug)]
@@ -46,6 +53,10 @@ pub enum Action {
     Create(Box<CreateSpec>),
     /// Ask the agent to destroy a container.
     Destroy(ContainerId, ContainerEndReason),
+    /// Ask the agent to pause a container of the paused tier.
+    Pause(ContainerId),
+    /// Ask the agent to unpause a container that must run.
+    Unpause(ContainerId),
 }
 
 /// What the leader has in flight, so nothing is sent twice at once.
@@ -55,6 +66,8 @@ pub struct InFlight {
     pub creates: BTreeMap<ContainerId, Timestamp>,
     /// Destroys awaiting an answer.
     pub destroys: BTreeSet<ContainerId>,
+    /// When each pause or unpause was last sent.
+    pub pauses: BTreeMap<ContainerId, Timestamp>,
 }
 
 /// Plans the actions for `node`.
@@ -108,8 +121,31 @@ pub fn plan(
                         actions.push(Action::Destroy(entry.id, why));
                     }
                 }
-                Some(c) if says_more(c, entry) => observe.push(entry.clone()),
-                Some(_) => {}
+                Some(c) => {
+                    if says_more(c, entry) {
+                        observe.push(entry.clone());
+                    }
+                    let wants_paused = c.state == ContainerState::Paused;
+                    let runs = entry.status == ObservedStatus::Running;
+                    let mismatch = if wants_paused {
+                        !entry.paused && runs && entry.health == Health::Healthy
+                    } else {
+                        entry.paused && c.state != ContainerState::Creating
+                    };
+                    if mismatch {
+                        pending = true;
+                        let due = inflight.pauses.get(&c.id).is_none_or(|sent| {
+                            now.since(*sent).as_millis() >= u128::from(PAUSE_RESEND_MS)
+                        });
+                        if due {
+                            actions.push(if wants_paused {
+                                Action::Pause(c.id)
+                            } else {
+                                Action::Unpause(c.id)
+                            });
+                        }
+                    }
+                }
             }
         }
     }
@@ -281,6 +317,7 @@ mod tests {
                 exit_code: None,
                 oom_killed: false,
                 last_activity_at: None,
+                paused: false,
             }
         }
         fn observed(&self, entries: Vec<InventoryEntry>) -> Observed {
@@ -432,6 +469,81 @@ mod tests {
         assert_eq!(
             w.run(Some(&stale), &InFlight::default(), 0),
             vec![Action::Gone(vec![(id, "vanished".into())])]
+        );
+    }
+
+    #[test]
+    fn the_paused_tier_is_paused_and_an_allocated_container_is_never_left_paused() {
+        let mut w = World::new();
+        let id = w.plan();
+        w.apply(Command::Observe {
+            node: w.node.clone(),
+            entries: vec![w.entry(id, Health::Healthy)],
+        });
+        w.apply(Command::PauseContainers { ids: vec![id] });
+        assert_eq!(
+            w.state.container(&id).unwrap().state,
+            ContainerState::Paused
+        );
+        // Still running on its host (the pause was lost): paused, then resent only later.
+        let obs = w.observed(vec![w.entry(id, Health::Healthy)]);
+        assert_eq!(
+            w.run(Some(&obs), &InFlight::default(), 0),
+            vec![Action::Pause(id)]
+        );
+        let mut inflight = InFlight::default();
+        inflight.pauses.insert(id, Timestamp(0));
+        assert!(w.run(Some(&obs), &inflight, 1_000).is_empty());
+        assert_eq!(
+            w.run(Some(&obs), &inflight, PAUSE_RESEND_MS),
+            vec![Action::Pause(id)]
+        );
+        // Paused on its host: settled.
+        let mut paused = w.entry(id, Health::Healthy);
+        paused.paused = true;
+        let obs = w.observed(vec![paused.clone()]);
+        assert!(
+            plan(
+                &w.state,
+                &w.node,
+                Some(&obs),
+                &InFlight::default(),
+                Timestamp(0)
+            )
+            .1
+        );
+        // Allocated from the paused tier, and its agent died before it unpaused: the
+        // inventory of the restarted agent says paused, so it is unpaused.
+        let r = w.state.apply(
+            w.index + 1,
+            Request {
+                at: Timestamp(1_000 * (w.index + 1)),
+                cmd: Command::Allocate {
+                    allocation_id: warmpool_proto::AllocationId::new(),
+                    pool: w.pool.clone(),
+                    session: warmpool_proto::SessionId::new("s1").unwrap(),
+                    lease_ms: 60_000,
+                    idempotency_key: None,
+                    wait_ms: 0,
+                    tenant: Default::default(),
+                    metadata: Default::default(),
+                    with_settings: false,
+                    workspace: None,
+                    token_sha256: None,
+                    asynchronous: false,
+                    location: None,
+                    max_lifetime_secs: None,
+                },
+            },
+        );
+        w.index += 1;
+        assert!(
+            matches!(&r, crate::state::Response::Allocation { allocation, .. } if allocation.tier == Some(warmpool_proto::Tier::Paused)),
+            "{r:?}"
+        );
+        assert_eq!(
+            w.run(Some(&obs), &InFlight::default(), 0),
+            vec![Action::Unpause(id)]
         );
     }
 

@@ -51,6 +51,8 @@ pub struct Shared {
     pub workspaces: crate::workspace::Workspaces,
     /// Image pulls: what each image's last pull did, one pull per image at a time.
     pub images: crate::images::Images,
+    /// The paused tier: per-container locks, claims and check times.
+    pub pauses: crate::pause::Pauses,
 }
 
 /// See [`crate::run`].
@@ -159,6 +161,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         sessions: Default::default(),
         workspaces: crate::workspace::Workspaces::new(store, bindings_dir),
         images: crate::images::Images::new(registry_auth, background.child_token()),
+        pauses: Default::default(),
     });
     crate::telemetry::runtime_available(true);
     crate::telemetry::create_limit(shared.creates.limit());
@@ -211,6 +214,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
     loops.spawn(resync::run(shared.clone(), background.clone()));
     loops.spawn(heartbeat::run(shared.clone(), background.clone()));
+    loops.spawn(crate::pause::check_paused(
+        shared.clone(),
+        background.clone(),
+    ));
     loops.spawn(crate::images::run(shared.clone(), background.clone()));
     loops.spawn(crate::runtime::watch(shared.clone(), background.clone()));
     loops.spawn(isolation::run(shared.clone(), background.clone()));

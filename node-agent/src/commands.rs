@@ -93,6 +93,13 @@ async fn execute(shared: &Arc<Shared>, cmd: AgentCommand, cancel: CancellationTo
             inventory_reply(shared.runtime.outage().as_ref(), || inventory(shared))
         }
         AgentCommand::Restart { id } => restart(shared, id).await,
+        AgentCommand::Pause { id } => crate::pause::pause(shared, id).await,
+        AgentCommand::Unpause { id } => {
+            match crate::pause::unpause(shared, id, true, Duration::from_secs(2)).await {
+                Ok(_) => AgentReply::Unpaused,
+                Err(message) => AgentReply::Error { message },
+            }
+        }
     }
 }
 

@@ -122,6 +122,8 @@ pub struct Observation {
     /// Process id of its init process while it runs (its network namespace is
     /// `/proc/<pid>/net`).
     pub pid: Option<u32>,
+    /// Paused (`docker pause`): it counts as running, frozen.
+    pub paused: bool,
 }
 
 /// One container as listed (cheaper than inspect; no address, no exit code).
@@ -258,6 +260,7 @@ impl Driver {
 
     fn observe(&self, c: ContainerInspectResponse) -> Observation {
         let state = c.state.unwrap_or_default();
+        let frozen = c.id.as_deref().and_then(crate::freezer::is_frozen) == Some(true);
         let docker_state = match state.status {
             Some(ContainerStateStatusEnum::RUNNING) | Some(ContainerStateStatusEnum::PAUSED) => {
                 DockerState::Running
@@ -289,6 +292,9 @@ impl Driver {
                 .pid
                 .and_then(|p| u32::try_from(p).ok())
                 .filter(|p| *p > 0),
+            paused: state.paused.unwrap_or(false)
+                || state.status == Some(ContainerStateStatusEnum::PAUSED)
+                || frozen,
         }
     }
 
@@ -476,6 +482,52 @@ impl Driver {
             Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
             Err(e) => Err(DockerError::api("stop container")(e)),
         }
+    }
+
+    /// Pauses a running container (the cgroup freezer: no CPU, memory kept), through its
+    /// freezer file where there is one ([`crate::freezer`]), else through Docker. Pausing a
+    /// paused container is not an error.
+    pub async fn pause(&self, docker_id: &str) -> Result<(), DockerError> {
+        match crate::freezer::freeze(docker_id).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(docker_id, error = %e, "freezer write failed; pausing through Docker")
+            }
+        }
+        match timed("pause container", self.docker.pause_container(docker_id)).await {
+            Ok(()) => Ok(()),
+            // Already paused (409 says so, as it does for a container not running: the
+            // caller checks it runs first).
+            Err(e) if is_status(&e, 409) && self.is_paused(docker_id).await => Ok(()),
+            Err(e) => Err(DockerError::api("pause container")(e)),
+        }
+    }
+
+    /// Unpauses a container (its freezer file, and Docker when Docker paused it); `Ok(false)`
+    /// when it was not paused.
+    pub async fn unpause(&self, docker_id: &str) -> Result<bool, DockerError> {
+        match crate::freezer::thaw(docker_id).await {
+            Ok(Some(was)) => return Ok(was),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(docker_id, error = %e, "freezer write failed; unpausing through Docker")
+            }
+        }
+        match timed(
+            "unpause container",
+            self.docker.unpause_container(docker_id),
+        )
+        .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if is_status(&e, 409) => Ok(false),
+            Err(e) => Err(DockerError::api("unpause container")(e)),
+        }
+    }
+
+    async fn is_paused(&self, docker_id: &str) -> bool {
+        matches!(self.inspect(docker_id).await, Ok(Some(o)) if o.paused)
     }
 
     /// Starts a created container.

@@ -126,6 +126,22 @@ impl Inner {
     }
 }
 
+/// What pausing or unpausing a container needs ([`Inventory::pause_target`]).
+pub struct PauseTarget {
+    /// Docker's id.
+    pub docker_id: String,
+    /// Paused now, as far as the agent knows.
+    pub paused: bool,
+    /// Running and probed healthy.
+    pub healthy: bool,
+    /// Its address.
+    pub addr: Option<std::net::Ipv6Addr>,
+    /// Its service port.
+    pub port: u16,
+    /// Its pool's health check.
+    pub check: HealthCheck,
+}
+
 /// The answer to a create request.
 pub enum Admission {
     /// The id is new: create it, holding this guard until done.
@@ -428,6 +444,7 @@ impl Inventory {
         }
         t.docker_state = obs.state;
         t.pid = obs.pid;
+        t.entry.paused = obs.paused && obs.state == DockerState::Running;
         t.entry.docker_id = obs.docker_id.clone();
         // A stopped container loses its address in Docker; the entry keeps the last one.
         t.entry.ipv6 = obs.ipv6.or(t.entry.ipv6);
@@ -448,17 +465,31 @@ impl Inventory {
         labels: &ContainerLabels,
     ) -> Upsert {
         let version = inner.bump();
+        // A paused container found at adoption was healthy when it was paused (only healthy
+        // ones are); it stays paused and is reported so, its health checked by the paused
+        // tier's own check (a brief unpause), not by probes that would find it frozen.
+        let paused = obs.paused && obs.state == DockerState::Running;
+        let probe = if paused {
+            ProbeState {
+                verdict: Health::Healthy,
+                passed_once: true,
+                consecutive_failures: 0,
+            }
+        } else {
+            ProbeState::default()
+        };
         let entry = InventoryEntry {
             id: labels.id,
             pool: labels.pool.clone(),
             generation: labels.generation,
             docker_id: obs.docker_id.clone(),
             ipv6: obs.ipv6,
-            status: status_of(obs.state, false),
-            health: Health::Unknown,
+            status: status_of(obs.state, probe.passed_once),
+            health: probe.verdict,
             exit_code: obs.exit_code,
             oom_killed: obs.oom_killed,
             last_activity_at: None,
+            paused,
         };
         let token = self.probes.child_token();
         info!(container = %labels.id, pool = %labels.pool, status = ?entry.status, ipv6 = ?entry.ipv6, "container tracked");
@@ -470,7 +501,7 @@ impl Inventory {
                 port: labels.port,
                 check: labels.health.clone(),
                 docker_state: obs.state,
-                probe: ProbeState::default(),
+                probe,
                 started: Instant::now(),
                 changed_at: version,
                 inserted_at: version,
@@ -604,7 +635,9 @@ impl Inventory {
             addr: t.entry.ipv6,
             port: t.port,
             check: t.check.clone(),
-            running: t.docker_state == DockerState::Running,
+            // A paused container is not probed (it is frozen); the paused tier's check looks
+            // at it now and then.
+            running: t.docker_state == DockerState::Running && !t.entry.paused,
             delay: health::next_delay(&t.probe, &t.check),
         })
     }
@@ -632,6 +665,53 @@ impl Inventory {
                 t.probe_ports.pop_front();
             }
         }
+    }
+
+    /// What pausing or unpausing `id` needs: its Docker id, whether it is paused, whether it
+    /// runs healthy, its address and port, its health check. `None` for a container that is
+    /// unknown here or being created, destroyed or restarted.
+    pub fn pause_target(&self, id: &ContainerId) -> Option<PauseTarget> {
+        let inner = self.lock();
+        if inner.busy(id) {
+            return None;
+        }
+        let t = inner.entries.get(id)?;
+        Some(PauseTarget {
+            docker_id: t.entry.docker_id.clone(),
+            paused: t.entry.paused,
+            healthy: t.docker_state == DockerState::Running && t.entry.health == Health::Healthy,
+            addr: t.entry.ipv6,
+            port: t.port,
+            check: t.check.clone(),
+        })
+    }
+
+    /// Records that `id` is paused (or runs again) and reports it. A container unpaused is
+    /// probed afresh from its current verdict (its probe task picks it up again).
+    pub fn set_paused(&self, id: &ContainerId, paused: bool) {
+        self.update(id, None, |t| t.entry.paused = paused);
+    }
+
+    /// Paused containers, for the paused tier's check.
+    pub fn paused_ids(&self) -> Vec<ContainerId> {
+        self.lock()
+            .entries
+            .values()
+            .filter(|t| t.entry.paused)
+            .map(|t| t.entry.id)
+            .collect()
+    }
+
+    /// A paused container failed the paused tier's check `failures` times in a row: it is
+    /// reported unhealthy (and the control plane replaces it).
+    pub fn mark_unhealthy(&self, id: &ContainerId, failures: u32) {
+        self.update(id, None, |t| {
+            t.probe.verdict = Health::Unhealthy {
+                consecutive_failures: failures,
+            };
+            t.probe.consecutive_failures = failures;
+            t.entry.health = t.probe.verdict;
+        });
     }
 
     /// Running containers to meter.
@@ -727,6 +807,7 @@ mod tests {
             oom_killed: false,
             ipv6: Some("fd36:1::2".parse().unwrap()),
             pid: None,
+            paused: false,
         }
     }
 

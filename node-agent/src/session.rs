@@ -340,6 +340,19 @@ async fn execute(shared: &Arc<Shared>, req: SessionRequest) -> SessionReply {
         SessionRequest::RestoreWorkspace { container, binding } => {
             crate::workspace::restore(shared, container, binding).await
         }
+        SessionRequest::Unpause {
+            container,
+            timeout_ms,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms.clamp(1, 30_000));
+            match crate::pause::unpause(shared, container, true, timeout).await {
+                Ok((took, was_paused)) => SessionReply::Unpaused {
+                    took_ms: took.as_millis() as u64,
+                    was_paused,
+                },
+                Err(message) => SessionReply::error(SessionErrorKind::Runtime, message),
+            }
+        }
     }
 }
 

@@ -104,6 +104,53 @@ pub fn resize(
     }
 }
 
+/// A pool's paused tier (`min_paused`..`max_paused`): how many containers it wants there.
+/// The scaler sizes the warm tier from the measured rate; the paused tier is for bursts, and
+/// keeps its floor, `min_paused` (`max_paused` bounds it).
+pub fn paused_wanted(spec: &warmpool_proto::PoolSpec) -> u32 {
+    spec.min_paused.min(spec.max_paused())
+}
+
+/// The counts [`resize`] works on for a pool with a paused tier: the tiers together. The
+/// pool aims at `wanted` warm plus `paused_wanted` paused; paused containers are supply like
+/// warm ones (they are handed out, after the warm ones).
+pub fn tiered(c: PoolCounts, paused: u32, paused_wanted: u32) -> PoolCounts {
+    PoolCounts {
+        wanted: c.wanted.saturating_add(paused_wanted),
+        warm: c.warm.saturating_add(paused),
+        ..c
+    }
+}
+
+/// How many warm containers to pause now: the warm surplus over `wanted + waiting`, as far
+/// as the paused tier is short of `paused_wanted`, at most a batch. New containers always
+/// start warm; the warm tier fills first, and what it has beyond its target goes to the
+/// paused tier.
+pub fn pause_count(c: PoolCounts, paused: u32, paused_wanted: u32, batch: u32) -> u32 {
+    let warm_target = c.wanted.saturating_add(c.waiting);
+    let surplus = c.warm.saturating_sub(warm_target);
+    let short = paused_wanted.saturating_sub(paused);
+    surplus.min(short).min(batch.max(1))
+}
+
+/// Of `surplus` containers to retire, how many come from the warm tier (its surplus over
+/// `warm_target` first) and how many from the paused tier (its surplus over
+/// `paused_wanted`), as `(warm, paused)`.
+pub fn retire_split(
+    surplus: u32,
+    warm: u32,
+    warm_target: u32,
+    paused: u32,
+    paused_wanted: u32,
+) -> (u32, u32) {
+    let from_warm = surplus.min(warm.saturating_sub(warm_target));
+    let from_paused = (surplus - from_warm).min(paused.saturating_sub(paused_wanted));
+    // Whatever is left over (both tiers at their targets, a smaller target overall) comes
+    // from the warm tier, the costlier one.
+    let rest = surplus - from_warm - from_paused;
+    (from_warm + rest.min(warm - from_warm), from_paused)
+}
+
 /// When the scaler's wanted count is written: growth at once, a decrease at most every
 /// [`SCALE_DOWN_EVERY_MS`], so a pool coming down from a burst writes a few steps, not one
 /// per decision.
@@ -189,6 +236,46 @@ mod tests {
             creating,
             live: warm + creating,
         }
+    }
+
+    #[test]
+    fn a_paused_tier_fills_from_the_warm_surplus_and_counts_as_supply() {
+        // min_warm 3, min_paused 10: the pool aims at 13 in all.
+        let c = tiered(counts(3, 0, 0), 0, 10);
+        assert_eq!(resize(c, P, None, 0, None), Resize::Create(4));
+        // 13 made, all warm: 10 beyond the warm target, paused a batch at a time.
+        let c = counts(3, 13, 0);
+        assert_eq!(pause_count(c, 0, 10, 4), 4);
+        assert_eq!(pause_count(c, 8, 10, 4), 2);
+        assert_eq!(pause_count(c, 10, 10, 4), 0);
+        // The warm tier is never paused below its target.
+        assert_eq!(pause_count(counts(3, 3, 0), 0, 10, 4), 0);
+        // Waiting allocations keep warm ones warm.
+        let waiting = PoolCounts {
+            waiting: 2,
+            ..counts(3, 5, 0)
+        };
+        assert_eq!(pause_count(waiting, 0, 10, 4), 0);
+        // Full tiers: nothing to do; a burst that took the 3 warm and 5 paused refills 8.
+        assert_eq!(
+            resize(tiered(counts(3, 3, 0), 10, 10), P, None, 0, None),
+            Resize::Hold
+        );
+        let after_burst = PoolCounts {
+            live: 13,
+            ..tiered(counts(3, 0, 0), 5, 10)
+        };
+        assert_eq!(resize(after_burst, P, None, 0, None), Resize::Create(4));
+        // No tier: exactly as before.
+        assert_eq!(tiered(counts(3, 1, 0), 0, 0), counts(3, 1, 0));
+    }
+
+    #[test]
+    fn surplus_is_retired_from_the_warm_tier_first() {
+        assert_eq!(retire_split(2, 5, 3, 10, 10), (2, 0));
+        assert_eq!(retire_split(3, 4, 3, 12, 10), (1, 2));
+        assert_eq!(retire_split(2, 3, 3, 10, 10), (2, 0));
+        assert_eq!(retire_split(1, 0, 0, 4, 3), (0, 1));
     }
 
     #[test]

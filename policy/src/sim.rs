@@ -206,6 +206,12 @@ pub struct PoolModel {
     /// Warm containers at the start. None: the policy's first wanted count.
     #[serde(default)]
     pub start_warm: Option<u32>,
+    /// The pool's paused tier ([`rules::paused_wanted`]; 0: none). An arrival that finds no
+    /// warm container takes a paused one, as the control plane's allocation does; the warm
+    /// surplus is paused by [`rules::pause_count`] and the pool sized by [`rules::tiered`].
+    /// The paused tier starts full.
+    #[serde(default)]
+    pub paused_wanted: u32,
 }
 
 impl Default for PoolModel {
@@ -224,6 +230,7 @@ impl Default for PoolModel {
             fleet_slots: None,
             teardown_time: None,
             start_warm: None,
+            paused_wanted: 0,
         }
     }
 }
@@ -247,6 +254,7 @@ impl PoolModel {
             pacing_ms: spec.scaling.pacing_ms,
             max_total: spec.max_total,
             wait_ms,
+            paused_wanted: rules::paused_wanted(spec),
             ..PoolModel::default()
         }
     }
@@ -291,6 +299,12 @@ pub struct SimReport {
     pub scale_changes: u64,
     /// The span simulated, seconds.
     pub duration_s: f64,
+    /// Of the hits, those served from the paused tier.
+    #[serde(default)]
+    pub paused_hits: u64,
+    /// Paused containers, integrated over time (they hold memory, no CPU).
+    #[serde(default)]
+    pub paused_container_seconds: f64,
 }
 
 impl SimReport {
@@ -325,6 +339,8 @@ impl SimReport {
             retired: u(|r| r.retired),
             scale_changes: u(|r| r.scale_changes),
             duration_s: first.duration_s,
+            paused_hits: u(|r| r.paused_hits),
+            paused_container_seconds: f(|r| r.paused_container_seconds),
         })
     }
 }
@@ -378,6 +394,8 @@ struct Sim<'a> {
     now: u64,
     wanted: u32,
     warm: u32,
+    /// In the paused tier.
+    paused: u32,
     /// Being made: waiting for a create slot or started.
     creating: u32,
     /// Planned containers waiting for a create slot, by when they were planned.
@@ -420,6 +438,7 @@ impl<'a> Sim<'a> {
             now: start,
             wanted: 0,
             warm: 0,
+            paused: model.paused_wanted.min(model.max_total),
             creating: 0,
             unstarted: VecDeque::new(),
             started: 0,
@@ -451,6 +470,8 @@ impl<'a> Sim<'a> {
                 retired: 0,
                 scale_changes: 0,
                 duration_s: trace.duration_ms() as f64 / 1000.0,
+                paused_hits: 0,
+                paused_container_seconds: 0.0,
             },
             wanted_integral: 0.0,
         }
@@ -475,7 +496,7 @@ impl<'a> Sim<'a> {
             .model
             .start_warm
             .unwrap_or(self.wanted)
-            .min(self.model.max_total)
+            .min(self.model.max_total.saturating_sub(self.paused))
             .min(self.model.fleet_slots.unwrap_or(u32::MAX));
         self.r.max_wanted = self.wanted;
         let step = self.model.step_ms.max(1);
@@ -522,6 +543,7 @@ impl<'a> Sim<'a> {
         if t > self.now {
             let dt = (t - self.now) as f64 / 1000.0;
             self.r.idle_container_seconds += f64::from(self.warm) * dt;
+            self.r.paused_container_seconds += f64::from(self.paused) * dt;
             self.r.allocated_container_seconds += f64::from(self.allocated) * dt;
             self.r.creating_container_seconds += f64::from(self.creating) * dt;
             self.wanted_integral += f64::from(self.wanted) * dt;
@@ -547,6 +569,11 @@ impl<'a> Sim<'a> {
         self.estimator.record_arrival(Timestamp(self.now));
         if self.queue.is_empty() && self.warm > 0 {
             self.warm -= 1;
+            self.grant(self.now, hold);
+        } else if self.queue.is_empty() && self.paused > 0 {
+            // Warm first, then paused (the unpause is part of the grant: milliseconds).
+            self.paused -= 1;
+            self.r.paused_hits += 1;
             self.grant(self.now, hold);
         } else if self.model.wait_ms == 0 {
             self.r.refused += 1;
@@ -621,13 +648,23 @@ impl<'a> Sim<'a> {
                 Err(at) => self.wake(at),
             }
         }
-        let counts = PoolCounts {
+        let warm_counts = PoolCounts {
             wanted: self.wanted,
             waiting: self.queue.len() as u32,
             warm: self.warm,
             creating: self.creating,
-            live: self.warm + self.creating + self.allocated,
+            live: self.warm + self.paused + self.creating + self.allocated,
         };
+        // The warm surplus joins the paused tier (a pause takes milliseconds: at once here).
+        let batch = self.model.pacing().batch_size;
+        let k = rules::pause_count(warm_counts, self.paused, self.model.paused_wanted, batch);
+        self.warm -= k;
+        self.paused += k;
+        let warm_counts = PoolCounts {
+            warm: self.warm,
+            ..warm_counts
+        };
+        let counts = rules::tiered(warm_counts, self.paused, self.model.paused_wanted);
         // The fleet's limit, when modelled: released containers keep their places until torn
         // down.
         let room = self
@@ -636,8 +673,16 @@ impl<'a> Sim<'a> {
             .map(|slots| slots.saturating_sub(counts.live + self.releasing));
         let n = match rules::resize(counts, self.model.pacing(), self.last_batch, self.now, room) {
             Resize::Retire(n) => {
-                self.r.retired += u64::from(n);
-                self.warm -= n;
+                let (from_warm, from_paused) = rules::retire_split(
+                    n,
+                    self.warm,
+                    self.wanted + warm_counts.waiting,
+                    self.paused,
+                    self.model.paused_wanted,
+                );
+                self.r.retired += u64::from(from_warm + from_paused);
+                self.warm -= from_warm;
+                self.paused -= from_paused;
                 return;
             }
             Resize::Paced { until_ms } => {
@@ -728,6 +773,23 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn a_burst_takes_the_warm_tier_then_the_paused_one_and_both_refill() {
+        // 3 warm and 10 paused; 13 arrivals within 0.6 s, each holding 20 s; warm-up 1 s.
+        let burst: Vec<(u64, u64)> = (0..13).map(|i| (1_000 + i * 50, 20_000)).collect();
+        let mut m = model(1_000);
+        m.paused_wanted = 10;
+        let r = simulate(&trace(&burst, 10_000), &m, &Policy::fixed(3));
+        assert_eq!((r.hits, r.paused_hits, r.waited), (13, 10, 0), "{r:?}");
+        // Refilled within the trace: 13 made, the paused tier full again at the end.
+        assert_eq!(r.created, 13);
+        assert!(r.paused_container_seconds > 0.0);
+        // Without the tier the same burst waits for new containers.
+        let plain = simulate(&trace(&burst, 10_000), &model(1_000), &Policy::fixed(3));
+        assert_eq!((plain.hits, plain.paused_hits), (3, 0));
+        assert_eq!(plain.waited, 10);
     }
 
     /// Fixed pool of 2, warm-up 1 s, over 10 s:

@@ -198,6 +198,9 @@ pub struct InventoryEntry {
     pub oom_killed: bool,
     /// Last time its network counters moved.
     pub last_activity_at: Option<Timestamp>,
+    /// Paused (`docker pause`: frozen, memory kept). Absent from older agents and while not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// Everything an agent manages, at one moment.
@@ -265,11 +268,12 @@ pub fn inventory_digest(entries: &[InventoryEntry]) -> u64 {
         .iter()
         .map(|e| {
             format!(
-                "{}|{:?}|{}|{}",
+                "{}|{:?}|{}|{}{}",
                 e.id,
                 e.status,
                 e.health.as_str(),
-                e.ipv6.map(|a| a.to_string()).unwrap_or_default()
+                e.ipv6.map(|a| a.to_string()).unwrap_or_default(),
+                if e.paused { "|paused" } else { "" }
             )
         })
         .collect();
@@ -406,6 +410,19 @@ pub enum AgentCommand {
         /// The container.
         id: ContainerId,
     },
+    /// Pause this warm container (`docker pause`): it joins its pool's paused tier. Refused
+    /// for a container unpaused for an allocation lately (a pause that arrives after the
+    /// allocation's unpause must not freeze a session's container). Answered once paused.
+    Pause {
+        /// The container.
+        id: ContainerId,
+    },
+    /// Unpause this container if it is paused (it was allocated, or leaves the paused tier).
+    /// Answered once it runs.
+    Unpause {
+        /// The container.
+        id: ContainerId,
+    },
 }
 
 /// An agent's answer to an [`AgentCommand`].
@@ -423,6 +440,10 @@ pub enum AgentReply {
     Inventory(Inventory),
     /// The container was restarted and runs again.
     Restarted,
+    /// The container is paused.
+    Paused,
+    /// The container runs (unpaused, or it was not paused).
+    Unpaused,
     /// The command could not be carried out.
     Error {
         /// Why.
@@ -446,6 +467,7 @@ mod tests {
             exit_code: None,
             oom_killed: false,
             last_activity_at: None,
+            paused: false,
         }
     }
 

@@ -331,6 +331,9 @@ pub struct Counts {
     /// rollout makes new ones to take their places (not counted in `warm`).
     #[serde(default)]
     pub outdated: u32,
+    /// In the paused tier (healthy, of the current spec): handed out after the warm ones.
+    #[serde(default)]
+    pub paused: u32,
 }
 
 /// One pool in `GET /v1/status`.

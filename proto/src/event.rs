@@ -54,6 +54,11 @@ event_kinds! {
     ContainerWarm => "container_warm",
     /// A container was handed to a session.
     ContainerAllocated => "container_allocated",
+    /// A warm container was moved to its pool's paused tier (`docker pause`).
+    ContainerPaused => "container_paused",
+    /// A paused container allocated to a session did not answer once unpaused: it is
+    /// destroyed and the allocation moved to another container.
+    ContainerUnpauseFailed => "container_unpause_failed",
     /// A container's allocation ended.
     ContainerReleased => "container_released",
     /// A container's health verdict changed.

@@ -40,7 +40,7 @@ pub use event::{Event, EventKind};
 pub use ids::{AllocationId, ContainerId, MemberId, NodeId, PoolName, SessionId, TenantId};
 pub use pool::{HealthCheck, HealthProbe, PoolSpec};
 pub use reason::{ContainerEndReason, RetireReason};
-pub use records::{Allocation, Container, ContainerState, Health, Node, NodeStatus};
+pub use records::{Allocation, Container, ContainerState, Health, Node, NodeStatus, Tier};
 pub use time::Timestamp;
 
 /// Protocol version carried in every NATS subject and REST path.

@@ -58,7 +58,19 @@ pub struct PoolSpec {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(maximum = 100_000))]
     pub max_warm: Option<u32>,
-    /// Hard limit on live containers of this pool (warm, creating and allocated together).
+    /// The paused tier's floor: containers started, probed healthy and then paused
+    /// (`docker pause`: no CPU, memory kept), handed out after the warm ones are gone (the
+    /// agent unpauses one and checks it answers before the allocation is granted). 0 (the
+    /// default): no paused tier.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 100_000))]
+    pub min_paused: u32,
+    /// The paused tier's ceiling; defaults to `min_paused`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 100_000))]
+    pub max_paused: Option<u32>,
+    /// Hard limit on live containers of this pool (warm, paused, creating and allocated
+    /// together).
     #[serde(default = "defaults::max_total")]
     #[cfg_attr(feature = "openapi", schema(maximum = 100_000, default = 100))]
     pub max_total: u32,
@@ -642,6 +654,8 @@ impl PoolSpec {
             resources: ContainerResources::default(),
             min_warm: 0,
             max_warm: None,
+            min_paused: 0,
+            max_paused: None,
             max_total: defaults::max_total(),
             health: HealthCheck::default(),
             lease_seconds: defaults::lease_seconds(),
@@ -690,6 +704,8 @@ impl PoolSpec {
             ws.validate().map_err(SpecError)?;
         }
         over("max_warm", self.max_warm.unwrap_or(0).into(), 100_000)?;
+        over("min_paused", self.min_paused.into(), 100_000)?;
+        over("max_paused", self.max_paused.unwrap_or(0).into(), 100_000)?;
         // An allocation may ask for at most this lease; a longer default would make every
         // allocation that asks for none fail.
         over("lease_seconds", self.lease_seconds, MAX_LEASE_SECONDS)?;
@@ -728,6 +744,18 @@ impl PoolSpec {
         self.max_warm.unwrap_or(self.min_warm).max(self.min_warm)
     }
 
+    /// The ceiling for paused containers (`max_paused`, or `min_paused` when unset).
+    pub fn max_paused(&self) -> u32 {
+        self.max_paused
+            .unwrap_or(self.min_paused)
+            .max(self.min_paused)
+    }
+
+    /// Whether the pool keeps a paused tier.
+    pub fn has_paused_tier(&self) -> bool {
+        self.max_paused() > 0
+    }
+
     /// Checks the relations between fields that serde cannot.
     pub fn validate(&self) -> Result<(), SpecError> {
         let fail = |m: String| Err(SpecError(m));
@@ -758,11 +786,27 @@ impl PoolSpec {
                 ));
             }
         }
+        if let Some(max) = self.max_paused {
+            if max < self.min_paused {
+                return fail(format!(
+                    "max_paused ({max}) is below min_paused ({})",
+                    self.min_paused
+                ));
+            }
+        }
         if self.max_warm() > self.max_total {
             return fail(format!(
                 "max_total ({}) is below the warm ceiling ({})",
                 self.max_total,
                 self.max_warm()
+            ));
+        }
+        if u64::from(self.max_warm()) + u64::from(self.max_paused()) > u64::from(self.max_total) {
+            return fail(format!(
+                "max_total ({}) is below the warm and paused ceilings together ({} + {})",
+                self.max_total,
+                self.max_warm(),
+                self.max_paused()
             ));
         }
         if self.max_total > 100_000 {

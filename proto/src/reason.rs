@@ -75,6 +75,9 @@ pub enum ContainerEndReason {
     NodeDown,
     /// `node_lost`: its node stayed down too long (what sessions held).
     NodeLost,
+    /// `unpause_failed`: a paused container did not answer on its port once unpaused for
+    /// an allocation (the allocation went to another container).
+    UnpauseFailed,
     /// Any other string, kept as it was written (a newer peer's reason, or a test's).
     Other(String),
 }
@@ -108,12 +111,13 @@ impl ContainerEndReason {
             RemovedOutsideAgent => "removed outside the agent",
             NodeDown => "node_down",
             NodeLost => "node_lost",
+            UnpauseFailed => "unpause_failed",
             Exited { .. } | CreateFailed { .. } | Other(_) => return None,
         })
     }
 
     /// Every variant without data, for tests and documentation.
-    pub const FIXED: [ContainerEndReason; 21] = [
+    pub const FIXED: [ContainerEndReason; 22] = [
         ContainerEndReason::Client,
         ContainerEndReason::Expired,
         ContainerEndReason::Idle,
@@ -135,6 +139,7 @@ impl ContainerEndReason {
         ContainerEndReason::RemovedOutsideAgent,
         ContainerEndReason::NodeDown,
         ContainerEndReason::NodeLost,
+        ContainerEndReason::UnpauseFailed,
     ];
 
     /// Whether a container that ended this way before it was ever warm says something is

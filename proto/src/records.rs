@@ -13,7 +13,9 @@ use crate::time::Timestamp;
 /// Where a container is in its life.
 ///
 /// `creating → warm → allocated → releasing → terminated`; any live state may end in `failed`
-/// (it never became usable) or `terminated` (it was lost or destroyed).
+/// (it never became usable) or `terminated` (it was lost or destroyed). A pool with a paused
+/// tier (`min_paused`) also moves warm containers to `paused` (frozen by the cgroup freezer),
+/// from where an allocation takes them (`paused → allocated`, unpaused on the way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
@@ -24,6 +26,9 @@ pub enum ContainerState {
     Warm,
     /// Handed to a session.
     Allocated,
+    /// Started, probed healthy, then paused (`docker pause`): no CPU, memory kept. Handed out
+    /// after the warm ones, unpaused on the way.
+    Paused,
     /// Released; the agent is destroying it.
     Releasing,
     /// Gone.
@@ -34,9 +39,10 @@ pub enum ContainerState {
 
 impl ContainerState {
     /// Every state, in lifecycle order.
-    pub const ALL: [ContainerState; 6] = [
+    pub const ALL: [ContainerState; 7] = [
         ContainerState::Creating,
         ContainerState::Warm,
+        ContainerState::Paused,
         ContainerState::Allocated,
         ContainerState::Releasing,
         ContainerState::Terminated,
@@ -49,6 +55,7 @@ impl ContainerState {
             ContainerState::Creating => "creating",
             ContainerState::Warm => "warm",
             ContainerState::Allocated => "allocated",
+            ContainerState::Paused => "paused",
             ContainerState::Releasing => "releasing",
             ContainerState::Terminated => "terminated",
             ContainerState::Failed => "failed",
@@ -441,6 +448,39 @@ pub struct Allocation {
     #[cfg_attr(feature = "openapi", schema(value_type = Option<std::collections::HashMap<String, crate::api::LocationValue>>))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<crate::api::Location>,
+    /// Which tier served it: `warm` (running, handed over as it was) or `paused` (unpaused
+    /// and checked on its port before the answer). Absent while `pending`, and in records
+    /// written before tiers existed (those were all warm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+}
+
+/// The tier an allocation was served from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// A running, probed container.
+    #[default]
+    Warm,
+    /// A paused container, unpaused for this allocation.
+    Paused,
+}
+
+impl Tier {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Warm => "warm",
+            Tier::Paused => "paused",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Allocation {

@@ -456,6 +456,15 @@ pub enum SessionRequest {
         /// Which workspace, the pool's declaration, the tenant's cap.
         binding: crate::workspace::WorkspaceBinding,
     },
+    /// The container was allocated from the paused tier: unpause it (if it is paused) and
+    /// answer [`SessionReply::Unpaused`] once it accepts a connection on its service port
+    /// (within `timeout_ms`). From then on the agent never pauses it again.
+    Unpause {
+        /// The container.
+        container: ContainerId,
+        /// How long it may take to answer on its port once unpaused.
+        timeout_ms: u64,
+    },
 }
 
 impl SessionRequest {
@@ -471,6 +480,7 @@ impl SessionRequest {
             SessionRequest::Close { .. } => "close",
             SessionRequest::ApplySettings { .. } => "apply_settings",
             SessionRequest::RestoreWorkspace { .. } => "restore_workspace",
+            SessionRequest::Unpause { .. } => "unpause",
         }
     }
 }
@@ -556,6 +566,13 @@ pub enum SessionReply {
     Closed,
     /// Settings in place.
     Applied,
+    /// The container runs and answers on its port.
+    Unpaused {
+        /// Time from the request to the first accepted connection, ms.
+        took_ms: u64,
+        /// Whether it was paused (false: it ran already, e.g. a repeat).
+        was_paused: bool,
+    },
     /// The workspace is in the container.
     WorkspaceRestored {
         /// The version restored; absent for a workspace never saved (it starts empty).

@@ -235,6 +235,7 @@ fn handle(
                 exit_code: None,
                 oom_killed: false,
                 last_activity_at: None,
+                paused: false,
             };
             s.containers.insert(spec.id, entry.clone());
             s.digest = None;
@@ -272,6 +273,8 @@ fn handle(
                 None,
             ),
         },
+        AgentCommand::Pause { id } => sim_pause(&mut s, node, seq, id, true),
+        AgentCommand::Unpause { id } => sim_pause(&mut s, node, seq, id, false),
         AgentCommand::Inventory => {
             let containers = s.containers.values().cloned().collect();
             (
@@ -286,4 +289,38 @@ fn handle(
             )
         }
     }
+}
+
+/// Pauses (or unpauses) a simulated container: only its entry says so.
+fn sim_pause(
+    s: &mut State,
+    node: &NodeId,
+    seq: u64,
+    id: warmpool_proto::ContainerId,
+    pause: bool,
+) -> (AgentReply, Option<Fact>) {
+    let Some(entry) = s.containers.get_mut(&id) else {
+        return (
+            AgentReply::Error {
+                message: format!("no container {id}"),
+            },
+            None,
+        );
+    };
+    entry.paused = pause;
+    let entry = entry.clone();
+    s.digest = None;
+    let reply = if pause {
+        AgentReply::Paused
+    } else {
+        AgentReply::Unpaused
+    };
+    (
+        reply,
+        Some(Fact::Observed {
+            node: node.clone(),
+            seq,
+            entry,
+        }),
+    )
 }

@@ -103,6 +103,7 @@ pub async fn create(
     if allocation.state == AllocationState::Pending {
         return Ok(pending(&app, allocation, replayed, token));
     }
+    let allocation = unpause(&app, allocation).await?;
     let allocation = match settings {
         Some(s) => s.deliver(&app, allocation).await,
         None => allocation,
@@ -112,6 +113,81 @@ pub async fn create(
         None => allocation,
     };
     Ok(allocated(&app, allocation, replayed, token))
+}
+
+/// Unpause attempts (each on another container) before the allocation is given up.
+const UNPAUSE_ATTEMPTS: u32 = 3;
+/// How long an unpaused container may take to accept a connection on its port.
+const UNPAUSE_PORT_TIMEOUT_MS: u64 = 2_000;
+
+/// An allocation served from the paused tier: its agent unpauses the container and checks it
+/// answers on its port before the client gets the answer. A container that does not is
+/// destroyed and the allocation moved to another one ([`Command::UnpauseFailed`]), up to
+/// [`UNPAUSE_ATTEMPTS`] times. Warm allocations pass through untouched.
+///
+/// Should this member or the agent die in between, the allocation stands with its container
+/// paused; the leader's reconciliation sees an allocated container its agent reports paused
+/// and unpauses it (level-triggered), so it is never left frozen.
+async fn unpause(app: &AppState, mut a: Allocation) -> Result<Allocation, ApiError> {
+    use warmpool_proto::session::{SessionReply, SessionRequest};
+    for _ in 0..UNPAUSE_ATTEMPTS {
+        if a.tier != Some(warmpool_proto::Tier::Paused) || a.state != AllocationState::Active {
+            return Ok(a);
+        }
+        let start = Instant::now();
+        let req = SessionRequest::Unpause {
+            container: a.container_id,
+            timeout_ms: UNPAUSE_PORT_TIMEOUT_MS,
+        };
+        let timeout = Duration::from_millis(UNPAUSE_PORT_TIMEOUT_MS + 1_000);
+        let why = match app.sessions.request(&a.node, &req, timeout).await {
+            Ok(SessionReply::Unpaused { took_ms, .. }) => {
+                let labels = [("pool", a.pool.to_string()), ("outcome", "ok".to_string())];
+                metrics::histogram!("warmpool_unpause_duration_seconds", &labels)
+                    .record(start.elapsed().as_secs_f64());
+                tracing::info!(allocation = %a.id, container = %a.container_id, agent_ms = took_ms, total_ms = start.elapsed().as_millis() as u64, "unpaused for its allocation");
+                return Ok(a);
+            }
+            Ok(other) => format!("{other:?}"),
+            Err(e) => e.to_string(),
+        };
+        let labels = [
+            ("pool", a.pool.to_string()),
+            ("outcome", "failed".to_string()),
+        ];
+        metrics::histogram!("warmpool_unpause_duration_seconds", &labels)
+            .record(start.elapsed().as_secs_f64());
+        tracing::warn!(allocation = %a.id, container = %a.container_id, error = %why, "a paused container did not answer once unpaused; moving the allocation");
+        let cmd = Command::UnpauseFailed {
+            allocation_id: a.id,
+            container: a.container_id,
+        };
+        match app.cluster.write(Request::now(cmd)).await? {
+            Applied::Allocation { allocation, .. } => a = allocation,
+            Applied::Rejected(r) => return Err(r.into()),
+            other => return Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+    if a.state == AllocationState::Active && a.tier == Some(warmpool_proto::Tier::Paused) {
+        // Out of attempts with one more paused container untried: nobody will hold it.
+        let cmd = Command::Release {
+            allocation_id: a.id,
+            reason: ReleaseReason::Lost,
+        };
+        if let Err(e) = app.cluster.write(Request::now(cmd)).await {
+            tracing::warn!(allocation = %a.id, error = %e, "releasing an allocation no container answered for failed");
+        }
+    }
+    if a.state != AllocationState::Active || a.tier == Some(warmpool_proto::Tier::Paused) {
+        return Err(ApiError::NoCapacity {
+            message: format!(
+                "no container of pool {:?} answered once unpaused; retry",
+                a.pool.as_str()
+            ),
+            retry_after: 1,
+        });
+    }
+    Ok(a)
 }
 
 /// The grant itself: one Raft write (or a wait in the pool's queue).

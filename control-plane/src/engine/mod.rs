@@ -310,6 +310,9 @@ impl Engine {
             AgentCommand::Restart { id } => {
                 self.restarts_sent.insert(*id, now.mono);
             }
+            AgentCommand::Pause { id } | AgentCommand::Unpause { id } => {
+                self.inflight.pauses.insert(*id, now.wall);
+            }
             _ => {}
         }
     }

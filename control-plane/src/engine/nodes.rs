@@ -83,6 +83,10 @@ pub(super) fn reconcile(e: &mut Engine, s: &PoolState, facts: &Facts, now: Now) 
         s.container(id)
             .is_some_and(|c| c.state == ContainerState::Creating)
     });
+    // A pause or unpause only while its container lives.
+    e.inflight
+        .pauses
+        .retain(|id, _| s.container(id).is_some_and(|c| c.state.is_live()));
     // (A destroy is in flight until its agent answers, whatever the answer: see
     // `Engine::on_reply`.)
     let nodes: Vec<_> = s
@@ -138,6 +142,14 @@ pub(super) fn reconcile(e: &mut Engine, s: &PoolState, facts: &Facts, now: Now) 
                 Action::Destroy(id, reason) => Effect::Send {
                     node: node.clone(),
                     cmd: AgentCommand::Destroy { id, reason },
+                },
+                Action::Pause(id) => Effect::Send {
+                    node: node.clone(),
+                    cmd: AgentCommand::Pause { id },
+                },
+                Action::Unpause(id) => Effect::Send {
+                    node: node.clone(),
+                    cmd: AgentCommand::Unpause { id },
                 },
             });
         }

@@ -17,6 +17,8 @@ pub enum Sent {
     Destroy(ContainerId),
     /// A restart of this container.
     Restart(ContainerId),
+    /// A pause or unpause of this container.
+    Pause(ContainerId),
     /// Anything else: the answer changes nothing.
     Other,
 }
@@ -28,6 +30,7 @@ impl Sent {
             AgentCommand::Create(spec) => Sent::Create(spec.id),
             AgentCommand::Destroy { id, .. } => Sent::Destroy(*id),
             AgentCommand::Restart { id } => Sent::Restart(*id),
+            AgentCommand::Pause { id } | AgentCommand::Unpause { id } => Sent::Pause(*id),
             _ => Sent::Other,
         }
     }
@@ -73,6 +76,12 @@ impl Engine {
                 vec![]
             }
             (Sent::Restart(_), Ok(AgentReply::Restarted)) => vec![Effect::Pull(node.clone())],
+            (Sent::Pause(_), Ok(AgentReply::Paused | AgentReply::Unpaused)) => vec![],
+            (Sent::Pause(id), other) => {
+                // Reconciliation sends it again while the inventory disagrees with the record.
+                debug!(%node, container = %id, reply = ?other, "pause or unpause not carried out");
+                vec![]
+            }
             (sent, other) => {
                 warn!(%node, ?sent, reply = ?other, "unexpected answer from agent");
                 vec![]

@@ -204,6 +204,7 @@ impl World {
             exit_code: None,
             oom_killed: false,
             last_activity_at: None,
+            paused: false,
         }
     }
 

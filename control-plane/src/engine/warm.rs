@@ -68,6 +68,27 @@ pub(super) fn keep_warm(e: &mut Engine, s: &PoolState, facts: &Facts, now: Now) 
                     reason: reason.into(),
                 }));
             }
+            Decision::Pause { ids } => {
+                // Written first, so no allocation takes them as warm while they freeze; the
+                // agents pause them once the write is in (an allocation that takes one from
+                // the paused tier meanwhile unpauses it, and the agent refuses a pause that
+                // comes after that unpause).
+                let then = ids
+                    .iter()
+                    .filter_map(|id| {
+                        let node = s.container(id)?.node.clone();
+                        Some(Effect::Send {
+                            node,
+                            cmd: AgentCommand::Pause { id: *id },
+                        })
+                    })
+                    .collect();
+                metrics::counter!("warmpool_keepwarm_paused_total").increment(ids.len() as u64);
+                out.push(Effect::Propose {
+                    cmd: Command::PauseContainers { ids },
+                    then,
+                });
+            }
             Decision::Stuck { pool, reason } => {
                 if e.stuck.get(&pool) != Some(&reason) {
                     warn!(%pool, %reason, "pool cannot grow");

@@ -103,6 +103,23 @@ pub enum Command {
         /// Why.
         reason: ContainerEndReason,
     },
+    /// Move these warm containers to their pool's paused tier (the leader then has their
+    /// agents pause them). Containers no longer warm and healthy are skipped.
+    PauseContainers {
+        /// The containers.
+        ids: Vec<ContainerId>,
+    },
+    /// A container allocated from the paused tier did not answer once unpaused: it is
+    /// destroyed (`unpause_failed`) and the allocation moves to another container of its
+    /// pool (warm first, then paused), or, with none free, ends (`lost`). Refused unless
+    /// `container` still holds the allocation (a repeat changes nothing and answers the
+    /// allocation as it stands).
+    UnpauseFailed {
+        /// The allocation.
+        allocation_id: AllocationId,
+        /// The container that did not answer.
+        container: ContainerId,
+    },
     /// Hand a warm container of `pool` to `session`. The state machine picks the container, so
     /// concurrent allocations can never pick the same one.
     Allocate {

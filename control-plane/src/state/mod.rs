@@ -219,8 +219,8 @@ impl Condition {
 /// state or health changes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
-    /// `[state][unhealthy]` for creating, warm, allocated, releasing.
-    counts: [[u32; 2]; 4],
+    /// `[state][unhealthy]` for creating, warm, allocated, releasing, paused.
+    counts: [[u32; 2]; 5],
 }
 
 impl Tally {
@@ -230,6 +230,7 @@ impl Tally {
             ContainerState::Warm => Some(1),
             ContainerState::Allocated => Some(2),
             ContainerState::Releasing => Some(3),
+            ContainerState::Paused => Some(4),
             ContainerState::Terminated | ContainerState::Failed => None,
         }
     }
@@ -253,6 +254,16 @@ impl Tally {
         self.counts[1][0] + self.counts[1][1]
     }
 
+    /// Paused and not unhealthy.
+    pub fn paused(&self) -> u32 {
+        self.counts[4][0]
+    }
+
+    /// Paused, healthy or not.
+    pub fn paused_any(&self) -> u32 {
+        self.counts[4][0] + self.counts[4][1]
+    }
+
     /// Allocated, healthy or not.
     pub fn allocated(&self) -> u32 {
         self.counts[2][0] + self.counts[2][1]
@@ -261,7 +272,7 @@ impl Tally {
     /// Live containers that count against a pool's `max_total`: releasing ones are on their
     /// way out and do not block replacements.
     pub fn counted(&self) -> u32 {
-        self.creating() + self.warm_any() + self.allocated()
+        self.creating() + self.warm_any() + self.paused_any() + self.allocated()
     }
 
     /// Every live container (releasing ones included).
@@ -275,12 +286,13 @@ impl Tally {
     pub fn add_to(&self, counts: &mut Counts, current: bool) {
         let c = &self.counts;
         counts.total += self.live();
-        counts.unhealthy += c[0][1] + c[1][1] + c[2][1] + c[3][1];
+        counts.unhealthy += c[0][1] + c[1][1] + c[2][1] + c[3][1] + c[4][1];
         counts.creating += self.creating();
         if current {
             counts.warm += c[1][0];
+            counts.paused += c[4][0];
         } else {
-            counts.outdated += c[1][0];
+            counts.outdated += c[1][0] + c[4][0];
         }
         counts.allocated += self.allocated();
         counts.releasing += c[3][0] + c[3][1];
@@ -420,6 +432,7 @@ impl Pending {
             access: None,
             cost: None,
             location: self.location.clone(),
+            tier: None,
         }
     }
 }
@@ -487,6 +500,10 @@ pub struct PoolState {
     /// oldest first. Derived from `containers`; rebuilt after a snapshot is loaded.
     #[serde(skip)]
     warm_index: BTreeMap<PoolName, BTreeSet<(Timestamp, ContainerId)>>,
+    /// Paused containers per pool, ordered by when they became warm (allocation takes the
+    /// oldest first once no warm one is left). Derived from `containers`.
+    #[serde(skip)]
+    paused_index: BTreeMap<PoolName, BTreeSet<(Timestamp, ContainerId)>>,
     /// Every container record (live or ended) per node, by id, so work on one node does not
     /// scan the fleet. Derived from `containers` (a container never changes node).
     #[serde(skip)]
@@ -527,6 +544,7 @@ impl PoolState {
     /// Rebuilds derived indexes; call after deserializing.
     pub fn rebuild_indexes(&mut self) {
         self.warm_index.clear();
+        self.paused_index.clear();
         self.by_node.clear();
         self.by_pool.clear();
         self.active_by_expiry.clear();
@@ -537,6 +555,12 @@ impl PoolState {
             retally(&mut self.tallies, c, true);
             if c.state == warmpool_proto::ContainerState::Warm {
                 self.warm_index
+                    .entry(c.pool.clone())
+                    .or_default()
+                    .insert((c.warm_at.unwrap_or(c.created_at), c.id));
+            }
+            if c.state == warmpool_proto::ContainerState::Paused {
+                self.paused_index
                     .entry(c.pool.clone())
                     .or_default()
                     .insert((c.warm_at.unwrap_or(c.created_at), c.id));
@@ -588,6 +612,14 @@ impl PoolState {
                 .collect::<BTreeMap<_, _>>()
         };
         assert_eq!(warm(self), warm(&fresh), "warm index");
+        let paused = |s: &PoolState| {
+            s.paused_index
+                .iter()
+                .filter(|(_, set)| !set.is_empty())
+                .map(|(p, set)| (p.clone(), set.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(paused(self), paused(&fresh), "paused index");
         assert_eq!(self.by_node, fresh.by_node, "per-node index");
         assert_eq!(self.by_pool, fresh.by_pool, "per-pool index");
         assert_eq!(
@@ -660,6 +692,18 @@ impl PoolState {
         pool: &PoolName,
     ) -> impl DoubleEndedIterator<Item = &'a Container> + 'a {
         self.warm_index
+            .get(pool)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, id)| self.container(id))
+    }
+
+    /// The paused containers of `pool` (any generation or health), longest warm first.
+    pub fn paused_of<'a>(
+        &'a self,
+        pool: &PoolName,
+    ) -> impl DoubleEndedIterator<Item = &'a Container> + 'a {
+        self.paused_index
             .get(pool)
             .into_iter()
             .flatten()

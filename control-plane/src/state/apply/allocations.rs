@@ -6,7 +6,7 @@ use std::sync::Arc;
 use warmpool_proto::records::{AllocationState, NodeStatus, ReleaseReason};
 use warmpool_proto::{
     Allocation, AllocationId, ContainerEndReason, ContainerId, ContainerState, EventKind, Health,
-    PoolName, Timestamp,
+    PoolName, Tier, Timestamp,
 };
 
 use super::{Ctx, EventBody};
@@ -26,11 +26,39 @@ impl PoolState {
         pool: &PoolName,
         location: Option<&Location>,
     ) -> Option<ContainerId> {
+        self.pick_in(pool, location, Tier::Warm)
+    }
+
+    /// The container an allocation from `pool` gets: a warm one ([`PoolState::pick_warm`]),
+    /// else one of the paused tier picked the same way, with the tier it comes from.
+    pub(in crate::state) fn pick(
+        &self,
+        pool: &PoolName,
+        location: Option<&Location>,
+    ) -> Option<(ContainerId, Tier)> {
+        self.pick_in(pool, location, Tier::Warm)
+            .map(|id| (id, Tier::Warm))
+            .or_else(|| {
+                self.pick_in(pool, location, Tier::Paused)
+                    .map(|id| (id, Tier::Paused))
+            })
+    }
+
+    fn pick_in(
+        &self,
+        pool: &PoolName,
+        location: Option<&Location>,
+        tier: Tier,
+    ) -> Option<ContainerId> {
         let generation = self.pools.get(pool)?.generation;
-        let mut offered = self.warm_index.get(pool)?.iter().filter_map(|(_, id)| {
+        let (index, state) = match tier {
+            Tier::Warm => (&self.warm_index, ContainerState::Warm),
+            Tier::Paused => (&self.paused_index, ContainerState::Paused),
+        };
+        let mut offered = index.get(pool)?.iter().filter_map(|(_, id)| {
             let c = self.containers.get(id)?;
             let node = self.nodes.get(&c.node)?;
-            let ok = c.state == ContainerState::Warm
+            let ok = c.state == state
                 && c.generation == generation
                 && c.health == Health::Healthy
                 && matches!(node.status, NodeStatus::Ready | NodeStatus::Cordoned)
@@ -63,7 +91,7 @@ impl PoolState {
         let Some(p) = self.pools.get(pool) else {
             return false;
         };
-        self.pick_warm(pool, Some(location)).is_some()
+        self.pick(pool, Some(location)).is_some()
             || self.nodes.values().any(|n| {
                 n.status == NodeStatus::Ready
                     && location_rank(&n.labels, location).is_some()
@@ -168,8 +196,8 @@ impl PoolState {
         // Every earlier waiter was offered every warm container after the last command (see
         // `serve_waiters`), so a container this request can take is one none of them can:
         // taking it serves no one ahead of an earlier waiter.
-        if let Some(cid) = self.pick_warm(&pool, req.location.as_ref()) {
-            let allocation = self.grant(ctx, &pool, req, cid);
+        if let Some((cid, tier)) = self.pick(&pool, req.location.as_ref()) {
+            let allocation = self.grant(ctx, &pool, req, cid, tier);
             return Response::Allocation {
                 allocation,
                 replayed: false,
@@ -250,11 +278,11 @@ impl PoolState {
                     continue;
                 }
                 let location = waiter.location.clone();
-                // Nothing warm at all: no one behind can be served either.
-                if location.is_some() && self.pick_warm(&pool, None).is_none() {
+                // Nothing warm or paused at all: no one behind can be served either.
+                if location.is_some() && self.pick(&pool, None).is_none() {
                     break;
                 }
-                let Some(cid) = self.pick_warm(&pool, location.as_ref()) else {
+                let Some((cid, tier)) = self.pick(&pool, location.as_ref()) else {
                     if location.is_none() {
                         break;
                     }
@@ -264,7 +292,7 @@ impl PoolState {
                 let Some(req) = self.pending.get_mut(&pool).and_then(|q| q.remove(i)) else {
                     break;
                 };
-                self.grant(ctx, &pool, req, cid);
+                self.grant(ctx, &pool, req, cid, tier);
             }
             if self.pending.get(&pool).is_some_and(VecDeque::is_empty) {
                 self.pending.remove(&pool);
@@ -441,6 +469,7 @@ impl PoolState {
         pool: &PoolName,
         req: Pending,
         cid: ContainerId,
+        tier: Tier,
     ) -> Allocation {
         let pool_cap = self.pools.get(pool).and_then(|p| p.spec.max_lifetime_secs);
         // The request's own cap, never past the pool's (the API refuses a longer one).
@@ -494,11 +523,17 @@ impl PoolState {
             access: None,
             cost: None,
             location: req.location,
+            tier: Some(tier),
         };
         let mut body = EventBody::of_container(c);
         let waited = ctx.at.since(req.since).as_millis() as u64;
-        if waited > 0 {
-            body.detail = Some(serde_json::json!({ "waited_ms": waited }));
+        match (waited, tier) {
+            (0, Tier::Warm) => {}
+            (0, Tier::Paused) => body.detail = Some(serde_json::json!({ "tier": tier })),
+            (w, Tier::Warm) => body.detail = Some(serde_json::json!({ "waited_ms": w })),
+            (w, Tier::Paused) => {
+                body.detail = Some(serde_json::json!({ "waited_ms": w, "tier": tier }))
+            }
         }
         self.active_by_expiry
             .insert((expires_at, req.allocation_id));
@@ -510,6 +545,71 @@ impl PoolState {
         }
         self.emit(ctx, EventKind::ContainerAllocated, body);
         allocation
+    }
+
+    /// See [`crate::state::Command::UnpauseFailed`].
+    pub(super) fn unpause_failed(
+        &mut self,
+        ctx: Ctx,
+        id: AllocationId,
+        container: ContainerId,
+    ) -> Response {
+        let Some(a) = self.allocations.get(&id) else {
+            return Response::rejected(RejectCode::NotFound, format!("no allocation {id}"));
+        };
+        let holds = a.state == AllocationState::Active
+            && a.container_id == container
+            && self
+                .containers
+                .get(&container)
+                .is_some_and(|c| c.state == ContainerState::Allocated && c.allocation == Some(id));
+        if !holds {
+            return self.answer_known(id);
+        }
+        let pool = a.pool.clone();
+        let location = a.location.clone();
+        // The container goes: destroyed by its agent, replaced by keep-warm.
+        let reason = ContainerEndReason::UnpauseFailed;
+        if let Some(c) = self.containers.get_mut(&container).map(Arc::make_mut) {
+            c.session = None;
+            c.allocation = None;
+            c.lease_expires_at = None;
+            c.reason = Some(reason.clone());
+            let mut body = EventBody::of_container(c).reason(reason.to_string());
+            body.allocation = Some(id);
+            self.set_state(container, ContainerState::Releasing, ctx.at);
+            self.emit(ctx, EventKind::ContainerUnpauseFailed, body);
+        }
+        let Some((next, tier)) = self.pick(&pool, location.as_ref()) else {
+            // Nothing left to move it to: the allocation ends, as for a lost container.
+            self.end_allocation(ctx, id, ReleaseReason::Lost, Some(&reason));
+            return self.answer_known(id);
+        };
+        let Some(a) = self.allocations.get_mut(&id).map(Arc::make_mut) else {
+            return Response::rejected(RejectCode::NotFound, format!("no allocation {id}"));
+        };
+        let (session, expires_at) = (a.session_id.clone(), a.expires_at);
+        self.set_state(next, ContainerState::Allocated, ctx.at);
+        let Some(c) = self.containers.get_mut(&next).map(Arc::make_mut) else {
+            return Response::rejected(RejectCode::NotFound, format!("no container {next}"));
+        };
+        c.session = Some(session);
+        c.allocation = Some(id);
+        c.allocated_at = Some(ctx.at);
+        c.lease_expires_at = Some(expires_at);
+        let mut body = EventBody::of_container(c);
+        body.detail = Some(serde_json::json!({ "tier": tier, "replaces": container }));
+        let (node, ipv6, port, url) = (c.node.clone(), c.ipv6, c.port, c.url());
+        if let Some(a) = self.allocations.get_mut(&id).map(Arc::make_mut) {
+            a.container_id = next;
+            a.node = node;
+            a.ipv6 = ipv6;
+            a.port = port;
+            a.url = url;
+            a.tier = Some(tier);
+        }
+        self.emit(ctx, EventKind::ContainerAllocated, body);
+        self.answer_known(id)
     }
 
     pub(super) fn release(

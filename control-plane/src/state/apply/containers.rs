@@ -35,10 +35,23 @@ impl PoolState {
             self.usage.entry(c.pool.clone()).or_default().warm_ms +=
                 at.since(warm_at).as_millis() as u64;
         }
+        if was == ContainerState::Paused {
+            let warm_at = c.warm_at.unwrap_or(c.created_at);
+            if let Some(set) = self.paused_index.get_mut(&c.pool) {
+                set.remove(&(warm_at, c.id));
+            }
+        }
         match state {
             ContainerState::Warm => {
                 let at = *c.warm_at.get_or_insert(at);
                 self.warm_index
+                    .entry(c.pool.clone())
+                    .or_default()
+                    .insert((at, c.id));
+            }
+            ContainerState::Paused => {
+                let at = *c.warm_at.get_or_insert(at);
+                self.paused_index
                     .entry(c.pool.clone())
                     .or_default()
                     .insert((at, c.id));
@@ -168,7 +181,10 @@ impl PoolState {
                 let body = EventBody::of_container(&self.containers[&id]);
                 self.emit(ctx, EventKind::ContainerWarm, body);
             }
-            (ContainerState::Creating | ContainerState::Warm, Health::Unhealthy { .. }) => {
+            (
+                ContainerState::Creating | ContainerState::Warm | ContainerState::Paused,
+                Health::Unhealthy { .. },
+            ) => {
                 // Never offered again; destroyed and replaced.
                 self.retire(ctx, id, &ContainerEndReason::Unhealthy);
             }
@@ -193,7 +209,9 @@ impl PoolState {
                     self.end_allocation(ctx, a, ReleaseReason::Lost, Some(reason));
                 }
             }
-            ContainerState::Creating | ContainerState::Warm => self.retire(ctx, id, reason),
+            ContainerState::Creating | ContainerState::Warm | ContainerState::Paused => {
+                self.retire(ctx, id, reason)
+            }
             _ => {}
         }
     }
@@ -205,7 +223,7 @@ impl PoolState {
             return;
         };
         match c.state {
-            ContainerState::Creating | ContainerState::Warm => {
+            ContainerState::Creating | ContainerState::Warm | ContainerState::Paused => {
                 c.reason = Some(reason.clone());
                 self.set_state(id, ContainerState::Releasing, ctx.at);
             }
@@ -253,6 +271,28 @@ impl PoolState {
         self.set_state(id, state, ctx.at);
         self.emit(ctx, kind, body);
         self.note_if_drained(ctx, &node);
+    }
+
+    /// Moves warm containers to their pool's paused tier (the leader then has their agents
+    /// pause them). Only healthy warm containers of their pool's current generation move;
+    /// any other id (allocated meanwhile, retired, unknown) is skipped.
+    pub(super) fn pause_containers(&mut self, ctx: Ctx, ids: Vec<ContainerId>) -> Response {
+        for id in ids {
+            let Some(c) = self.containers.get(&id) else {
+                continue;
+            };
+            let current = self.pools.get(&c.pool).map(|p| p.generation);
+            if c.state != ContainerState::Warm
+                || c.health != Health::Healthy
+                || Some(c.generation) != current
+            {
+                continue;
+            }
+            self.set_state(id, ContainerState::Paused, ctx.at);
+            let body = EventBody::of_container(&self.containers[&id]);
+            self.emit(ctx, EventKind::ContainerPaused, body);
+        }
+        Response::Ok
     }
 
     /// Restarts an allocated, unhealthy container in place, once.

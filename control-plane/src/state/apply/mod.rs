@@ -113,6 +113,11 @@ impl PoolState {
                 }
                 Response::Ok
             }
+            Command::PauseContainers { ids } => self.pause_containers(ctx, ids),
+            Command::UnpauseFailed {
+                allocation_id,
+                container,
+            } => self.unpause_failed(ctx, allocation_id, container),
             Command::Allocate {
                 allocation_id,
                 pool,

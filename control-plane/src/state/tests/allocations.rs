@@ -1,6 +1,7 @@
 //! Allocations: grants, idempotency, renewals and the waiting queue.
 
 use super::*;
+use warmpool_proto::Tier;
 
 #[test]
 fn release_is_idempotent_and_unknown_release_is_not_found() {
@@ -377,5 +378,92 @@ fn a_waiter_whose_client_hung_up_leaves_the_queue_at_once() {
     assert!(
         h.state.allocation(&stays).is_some(),
         "the next waiter got the container"
+    );
+}
+
+#[test]
+fn allocation_takes_warm_first_then_paused_and_says_which() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 1);
+    let ids = h.warm(&p, &n, 3);
+    // The two newest go to the paused tier.
+    h.apply(Command::PauseContainers {
+        ids: vec![ids[1], ids[2]],
+    });
+    for id in &ids[1..] {
+        assert_eq!(h.state.container(id).unwrap().state, ContainerState::Paused);
+        assert!(h.kinds_for(*id).contains(&EventKind::ContainerPaused));
+    }
+    // A paused container is not paused twice, an allocated one never.
+    let (first, _) = allocation(h.allocate(&p, None));
+    assert_eq!((first.container_id, first.tier), (ids[0], Some(Tier::Warm)));
+    h.apply(Command::PauseContainers { ids: vec![ids[0]] });
+    assert_eq!(
+        h.state.container(&ids[0]).unwrap().state,
+        ContainerState::Allocated
+    );
+    let (second, _) = allocation(h.allocate(&p, None));
+    assert_eq!(
+        (second.container_id, second.tier),
+        (ids[1], Some(Tier::Paused))
+    );
+    let (third, _) = allocation(h.allocate(&p, None));
+    assert_eq!(
+        (third.container_id, third.tier),
+        (ids[2], Some(Tier::Paused))
+    );
+    assert_eq!(rejection(h.allocate(&p, None)), RejectCode::NoCapacity);
+}
+
+#[test]
+fn a_paused_container_that_does_not_answer_is_replaced_and_the_allocation_moves() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 0);
+    let ids = h.warm(&p, &n, 2);
+    h.apply(Command::PauseContainers { ids: ids.clone() });
+    let (a, _) = allocation(h.allocate(&p, None));
+    assert_eq!((a.container_id, a.tier), (ids[0], Some(Tier::Paused)));
+
+    // The agent could not make it answer: it is destroyed, the allocation moves.
+    let (moved, _) = allocation(h.apply(Command::UnpauseFailed {
+        allocation_id: a.id,
+        container: ids[0],
+    }));
+    assert_eq!(moved.id, a.id);
+    assert_eq!(
+        (moved.container_id, moved.tier),
+        (ids[1], Some(Tier::Paused))
+    );
+    assert_eq!(moved.state, AllocationState::Active);
+    let failed = h.state.container(&ids[0]).unwrap();
+    assert_eq!(failed.state, ContainerState::Releasing);
+    assert_eq!(failed.reason, Some(ContainerEndReason::UnpauseFailed));
+    assert_eq!(failed.allocation, None);
+    assert!(h
+        .kinds_for(ids[0])
+        .contains(&EventKind::ContainerUnpauseFailed));
+    let holder = h.state.container(&ids[1]).unwrap();
+    assert_eq!(
+        (holder.state, holder.allocation),
+        (ContainerState::Allocated, Some(a.id))
+    );
+    // A repeat changes nothing.
+    let (again, _) = allocation(h.apply(Command::UnpauseFailed {
+        allocation_id: a.id,
+        container: ids[0],
+    }));
+    assert_eq!(again.container_id, ids[1]);
+
+    // With nothing left to move to, the allocation ends (lost).
+    let (ended, _) = allocation(h.apply(Command::UnpauseFailed {
+        allocation_id: a.id,
+        container: ids[1],
+    }));
+    assert_eq!(ended.state, AllocationState::Released);
+    assert_eq!(
+        h.state.container(&ids[1]).unwrap().state,
+        ContainerState::Releasing
     );
 }

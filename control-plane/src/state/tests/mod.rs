@@ -127,6 +127,7 @@ impl Harness {
                 exit_code: (status == ObservedStatus::Exited).then_some(137),
                 oom_killed: false,
                 last_activity_at: None,
+                paused: false,
             }],
         });
     }

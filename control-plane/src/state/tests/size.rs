@@ -28,6 +28,7 @@ fn entry(s: &PoolState, id: ContainerId, n: u32) -> InventoryEntry {
         exit_code: None,
         oom_killed: false,
         last_activity_at: None,
+        paused: false,
     }
 }
 
