@@ -330,6 +330,7 @@ mod tests {
             ("removed outside the agent", RemovedOutsideAgent),
             ("node_down", NodeDown),
             ("node_lost", NodeLost),
+            ("unpause_failed", UnpauseFailed),
         ]
     }
 

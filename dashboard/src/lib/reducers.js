@@ -7,7 +7,7 @@
 
 /** Container states in lifecycle order, and which are live. */
 export const CONTAINER_STATES = ['creating', 'warm', 'allocated', 'releasing', 'terminated', 'failed'];
-export const LIVE_STATES = new Set(['creating', 'warm', 'allocated', 'releasing']);
+export const LIVE_STATES = new Set(['creating', 'warm', 'paused', 'allocated', 'releasing']);
 
 /** Every event kind the server knows (unknown kinds are shown as they come). */
 export const EVENT_KINDS = [
@@ -20,6 +20,8 @@ export const EVENT_KINDS = [
   'container_created',
   'container_warm',
   'container_allocated',
+  'container_paused',
+  'container_unpause_failed',
   'container_released',
   'container_health_changed',
   'container_restarted',
@@ -77,6 +79,9 @@ export function applyToContainer(c, ev) {
     case 'container_warm':
       if (!c) return undefined;
       return { ...c, state: 'warm', warm_at: c.warm_at ?? at, health: { status: 'healthy' } };
+    case 'container_paused':
+      if (!c) return undefined;
+      return { ...c, state: 'paused' };
     case 'container_allocated':
       if (!c) return undefined;
       return {
@@ -119,7 +124,8 @@ function addTo(counts, c, sign) {
   if (!c || !LIVE_STATES.has(c.state)) return counts;
   const next = { ...EMPTY_COUNTS, ...counts };
   next.total += sign;
-  next[c.state] += sign;
+  // `paused` is absent from the counts of servers without the tier.
+  next[c.state] = (next[c.state] ?? 0) + sign;
   if (unhealthy(c)) next.unhealthy += sign;
   for (const k of Object.keys(next)) if (next[k] < 0) next[k] = 0;
   return next;

@@ -42,6 +42,16 @@ describe('applyToContainer', () => {
     expect(c).toMatchObject({ state: 'terminated', ended_at: ev(5).at });
   });
 
+  it('moves a warm container to the paused tier and from there to a session', () => {
+    let c = applyToContainer({ id: C, state: 'warm', health: { status: 'healthy' } }, ev(1, 'container_paused', { container: C }));
+    expect(c).toMatchObject({ state: 'paused', health: { status: 'healthy' } });
+    c = applyToContainer(c, ev(2, 'container_allocated', { container: C, session: 's1', allocation: 'a1' }));
+    expect(c).toMatchObject({ state: 'allocated', allocation: 'a1' });
+    const status = { totals: { total: 1, warm: 1, paused: 0 }, pools: [], nodes: [] };
+    const next = adjustStatus(status, { id: C, state: 'warm' }, { id: C, state: 'paused' });
+    expect(next.totals).toMatchObject({ total: 1, warm: 0, paused: 1 });
+  });
+
   it('takes health from the reason of a health change', () => {
     const c = { id: C, state: 'allocated', health: { status: 'healthy' } };
     expect(applyToContainer(c, ev(1, 'container_health_changed', { container: C, reason: 'unhealthy' })).health).toEqual({ status: 'unhealthy' });
