@@ -57,15 +57,16 @@ struct Args {
     /// Reservation overcommit for CPU when placing containers.
     #[arg(long, env = "WARMPOOL_CPU_OVERCOMMIT", default_value_t = 8.0)]
     cpu_overcommit: f64,
-    /// Raft: the leader's heartbeat interval to the other members, ms.
-    #[arg(long, env = "WARMPOOL_RAFT_HEARTBEAT_MS", default_value_t = 50,
+    /// Raft: the leader's heartbeat interval to the other members, ms. It is also the time
+    /// limit of every append to a member (which answers once the entries are on its disk).
+    #[arg(long, env = "WARMPOOL_RAFT_HEARTBEAT_MS", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(10..=10_000))]
     raft_heartbeat_ms: u64,
     /// Raft: the election timeout range, `MIN,MAX` ms. A member stands for election once it
     /// has heard no leader for MAX (the leader's lease) plus a random MIN..MAX, so a leader's
     /// death costs MAX + MIN..MAX before writes resume. MIN must exceed the heartbeat interval
     /// well (3x at least: a lost heartbeat or two must not start an election).
-    #[arg(long, env = "WARMPOOL_RAFT_ELECTION_MS", default_value = "200,400",
+    #[arg(long, env = "WARMPOOL_RAFT_ELECTION_MS", default_value = "250,400",
           value_parser = parse_election_ms)]
     raft_election_ms: (u64, u64),
     /// Raft: take a snapshot after this many log entries.

@@ -49,9 +49,11 @@ impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
             // A member stands for election after election_ms.1 (openraft's leader lease)
-            // plus a random election_ms: 600-800 ms after the last heartbeat here.
-            heartbeat_ms: 50,
-            election_ms: (200, 400),
+            // plus a random election_ms: 650-800 ms after the last heartbeat here. The
+            // heartbeat is also openraft's time limit for every append (a follower answers
+            // once the entries are flushed): 50 ms timed appends out under load.
+            heartbeat_ms: 100,
+            election_ms: (250, 400),
             snapshot_every: 5000,
             keep_behind_snapshot: 1000,
             max_queued_writes: 10_000,
