@@ -66,7 +66,7 @@ struct Args {
     /// has heard no leader for MAX (the leader's lease) plus a random MIN..MAX, so a leader's
     /// death costs MAX + MIN..MAX before writes resume. MIN must exceed the heartbeat interval
     /// well (3x at least: a lost heartbeat or two must not start an election).
-    #[arg(long, env = "WARMPOOL_RAFT_ELECTION_MS", default_value = "250,400",
+    #[arg(long, env = "WARMPOOL_RAFT_ELECTION_MS", default_value = "400,800",
           value_parser = parse_election_ms)]
     raft_election_ms: (u64, u64),
     /// Raft: take a snapshot after this many log entries.

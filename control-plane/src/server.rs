@@ -53,7 +53,7 @@ impl Default for RaftTuning {
             // heartbeat is also openraft's time limit for every append (a follower answers
             // once the entries are flushed): 50 ms timed appends out under load.
             heartbeat_ms: 100,
-            election_ms: (250, 400),
+            election_ms: (400, 800),
             snapshot_every: 5000,
             keep_behind_snapshot: 1000,
             max_queued_writes: 10_000,
