@@ -567,22 +567,11 @@ mod tests {
         // A burst takes the 2 warm and 2 paused: 4 are made; once warm, 2 of them go to the
         // paused tier (the warm tier fills first).
         for i in 0..4 {
-            w.apply(Command::Allocate {
-                allocation_id: AllocationId::new(),
-                pool: name.clone(),
-                session: SessionId::new(format!("s{i}")).unwrap(),
-                lease_ms: 60_000,
-                idempotency_key: None,
-                wait_ms: 0,
-                tenant: Default::default(),
-                metadata: Default::default(),
-                with_settings: false,
-                workspace: None,
-                token_sha256: None,
-                asynchronous: false,
-                location: None,
-                max_lifetime_secs: None,
-            });
+            w.apply(Command::plain_allocate(
+                name.clone(),
+                SessionId::new(format!("s{i}")).unwrap(),
+                60_000,
+            ));
         }
         assert_eq!(created(&w.decide()), 4);
         w.carry_out();
@@ -716,22 +705,11 @@ mod tests {
         let mut w = World::new(&["a"]);
         let p = w.pool(3, 4);
         w.carry_out();
-        w.apply(Command::Allocate {
-            allocation_id: AllocationId::new(),
-            pool: p,
-            session: SessionId::new("s").unwrap(),
-            lease_ms: 1000,
-            idempotency_key: None,
-            wait_ms: 0,
-            tenant: Default::default(),
-            metadata: Default::default(),
-            with_settings: false,
-            workspace: None,
-            token_sha256: None,
-            asynchronous: false,
-            location: None,
-            max_lifetime_secs: None,
-        });
+        w.apply(Command::plain_allocate(
+            p,
+            SessionId::new("s").unwrap(),
+            1000,
+        ));
         assert_eq!(created(&w.decide()), 1);
     }
 
@@ -745,22 +723,11 @@ mod tests {
         w.apply(Command::PutPool { spec });
         w.carry_out();
         for _ in 0..2 {
-            w.apply(Command::Allocate {
-                allocation_id: AllocationId::new(),
-                pool: name.clone(),
-                session: SessionId::new("s").unwrap(),
-                lease_ms: 1000,
-                idempotency_key: None,
-                wait_ms: 0,
-                tenant: Default::default(),
-                metadata: Default::default(),
-                with_settings: false,
-                workspace: None,
-                token_sha256: None,
-                asynchronous: false,
-                location: None,
-                max_lifetime_secs: None,
-            });
+            w.apply(Command::plain_allocate(
+                name.clone(),
+                SessionId::new("s").unwrap(),
+                1000,
+            ));
         }
         let d = w.decide();
         assert_eq!(created(&d), 0);
@@ -1222,22 +1189,11 @@ mod tests {
                         }
                     }
                     5 => {
-                        w.apply(Command::Allocate {
-                            allocation_id: AllocationId::new(),
-                            pool: pool.clone(),
-                            session: SessionId::new("s").unwrap(),
-                            lease_ms: 1000,
-                            idempotency_key: None,
-                            wait_ms: 0,
-                            tenant: Default::default(),
-                            metadata: Default::default(),
-                            with_settings: false,
-                            workspace: None,
-                            token_sha256: None,
-                            asynchronous: false,
-                            location: None,
-                            max_lifetime_secs: None,
-                        });
+                        w.apply(Command::plain_allocate(
+                            pool.clone(),
+                            SessionId::new("s").unwrap(),
+                            1000,
+                        ));
                         allocations.extend(w.state.active_allocations().map(|a| a.id).last());
                     }
                     6 => {

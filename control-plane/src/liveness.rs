@@ -279,22 +279,11 @@ mod tests {
                 }],
             });
             if allocate {
-                self.apply(Command::Allocate {
-                    allocation_id: warmpool_proto::AllocationId::new(),
-                    pool: pool(),
-                    session: SessionId::new("s").expect("session"),
-                    lease_ms: 3_600_000,
-                    idempotency_key: None,
-                    wait_ms: 0,
-                    tenant: Default::default(),
-                    metadata: Default::default(),
-                    with_settings: false,
-                    workspace: None,
-                    token_sha256: None,
-                    asynchronous: false,
-                    location: None,
-                    max_lifetime_secs: None,
-                });
+                self.apply(Command::plain_allocate(
+                    pool(),
+                    SessionId::new("s").expect("session"),
+                    3_600_000,
+                ));
             }
             assert_eq!(
                 self.state.container(&id).map(|c| c.state),
@@ -324,22 +313,7 @@ mod tests {
 
     /// A plain allocation from pool `demo`, waiting for nothing.
     fn allocate() -> Command {
-        Command::Allocate {
-            allocation_id: warmpool_proto::AllocationId::new(),
-            pool: pool(),
-            session: SessionId::new("s").expect("session"),
-            lease_ms: 60_000,
-            idempotency_key: None,
-            wait_ms: 0,
-            tenant: Default::default(),
-            metadata: Default::default(),
-            with_settings: false,
-            workspace: None,
-            token_sha256: None,
-            asynchronous: false,
-            location: None,
-            max_lifetime_secs: None,
-        }
+        Command::plain_allocate(pool(), SessionId::new("s").expect("session"), 60_000)
     }
 
     fn downs(cmds: &[Command]) -> Vec<String> {

@@ -518,22 +518,11 @@ mod tests {
             w.index + 1,
             Request {
                 at: Timestamp(1_000 * (w.index + 1)),
-                cmd: Command::Allocate {
-                    allocation_id: warmpool_proto::AllocationId::new(),
-                    pool: w.pool.clone(),
-                    session: warmpool_proto::SessionId::new("s1").unwrap(),
-                    lease_ms: 60_000,
-                    idempotency_key: None,
-                    wait_ms: 0,
-                    tenant: Default::default(),
-                    metadata: Default::default(),
-                    with_settings: false,
-                    workspace: None,
-                    token_sha256: None,
-                    asynchronous: false,
-                    location: None,
-                    max_lifetime_secs: None,
-                },
+                cmd: Command::plain_allocate(
+                    w.pool.clone(),
+                    warmpool_proto::SessionId::new("s1").unwrap(),
+                    60_000,
+                ),
             },
         );
         w.index += 1;

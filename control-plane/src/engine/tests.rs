@@ -626,22 +626,11 @@ fn demand_grows_the_pool_and_the_growth_is_written() {
     w.all_warm(&mut e, &n);
     for _ in 0..30 {
         w.advance(0.1);
-        let _ = w.apply(Command::Allocate {
-            allocation_id: AllocationId::new(),
-            pool: pool.clone(),
-            session: SessionId::new("s").unwrap(),
-            lease_ms: 60_000,
-            idempotency_key: None,
-            wait_ms: 0,
-            tenant: Default::default(),
-            metadata: Default::default(),
-            with_settings: false,
-            workspace: None,
-            token_sha256: None,
-            asynchronous: false,
-            location: None,
-            max_lifetime_secs: None,
-        });
+        let _ = w.apply(Command::plain_allocate(
+            pool.clone(),
+            SessionId::new("s").unwrap(),
+            60_000,
+        ));
         let effects = e.decide(Duty::Scale, &w.state, &w.facts, w.now());
         w.carry_out(&mut e, effects);
     }

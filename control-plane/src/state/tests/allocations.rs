@@ -70,22 +70,7 @@ fn a_retried_allocate_proposal_is_answered_not_doubled() {
     let n = h.node("n1");
     let p = h.pool("demo", 2);
     h.warm(&p, &n, 2);
-    let cmd = Command::Allocate {
-        allocation_id: AllocationId::new(),
-        pool: p.clone(),
-        session: SessionId::new("s").unwrap(),
-        lease_ms: 1000,
-        idempotency_key: None,
-        wait_ms: 0,
-        tenant: Default::default(),
-        metadata: Default::default(),
-        with_settings: false,
-        workspace: None,
-        token_sha256: None,
-        asynchronous: false,
-        location: None,
-        max_lifetime_secs: None,
-    };
+    let cmd = Command::plain_allocate(p.clone(), SessionId::new("s").unwrap(), 1000);
     let (a, _) = allocation(h.apply(cmd.clone()));
     let (b, replayed) = allocation(h.apply(cmd));
     assert!(replayed);

@@ -31,22 +31,7 @@ fn snapshot_round_trip_restores_indexes_and_replay_is_deterministic() {
         99,
         Request {
             at: Timestamp(2_000_000),
-            cmd: Command::Allocate {
-                allocation_id: AllocationId::new(),
-                pool: p.clone(),
-                session: SessionId::new("s").unwrap(),
-                lease_ms: 1,
-                idempotency_key: None,
-                wait_ms: 0,
-                tenant: Default::default(),
-                metadata: Default::default(),
-                with_settings: false,
-                workspace: None,
-                token_sha256: None,
-                asynchronous: false,
-                location: None,
-                max_lifetime_secs: None,
-            },
+            cmd: Command::plain_allocate(p.clone(), SessionId::new("s").unwrap(), 1),
         },
     );
     assert_eq!(restored.pool_counts(&p).allocated, before + 1);
