@@ -421,6 +421,34 @@ impl Response {
 }
 
 #[cfg(test)]
+impl Command {
+    /// An allocation that waits for nothing and asks for nothing beyond its lease: the
+    /// request most tests need.
+    pub(crate) fn plain_allocate(
+        pool: warmpool_proto::PoolName,
+        session: warmpool_proto::SessionId,
+        lease_ms: u64,
+    ) -> Command {
+        Command::Allocate {
+            allocation_id: warmpool_proto::AllocationId::new(),
+            pool,
+            session,
+            lease_ms,
+            idempotency_key: None,
+            wait_ms: 0,
+            tenant: Default::default(),
+            metadata: Default::default(),
+            with_settings: false,
+            workspace: None,
+            token_sha256: None,
+            asynchronous: false,
+            location: None,
+            max_lifetime_secs: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod restamp_tests {
     use super::*;
 
@@ -453,33 +481,5 @@ mod restamp_tests {
         };
         assert_eq!(requests[0], drain(1_000_000, 1_060_000));
         assert_eq!(b.at, Timestamp(1_000_000));
-    }
-}
-
-#[cfg(test)]
-impl Command {
-    /// An allocation that waits for nothing and asks for nothing beyond its lease: the
-    /// request most tests need.
-    pub(crate) fn plain_allocate(
-        pool: warmpool_proto::PoolName,
-        session: warmpool_proto::SessionId,
-        lease_ms: u64,
-    ) -> Command {
-        Command::Allocate {
-            allocation_id: warmpool_proto::AllocationId::new(),
-            pool,
-            session,
-            lease_ms,
-            idempotency_key: None,
-            wait_ms: 0,
-            tenant: Default::default(),
-            metadata: Default::default(),
-            with_settings: false,
-            workspace: None,
-            token_sha256: None,
-            asynchronous: false,
-            location: None,
-            max_lifetime_secs: None,
-        }
     }
 }
