@@ -2,8 +2,9 @@
 //!
 //! Every member evicts the same records at the same log index ([`Evicted`]); after applying,
 //! the state machine hands them to this member's writer ([`spawn_writer`]), a thread of its
-//! own, so a slow disk delays the archive, not the log (apply waits only when the writer is
-//! [`QUEUE`] batches behind). A write that fails is logged and counted
+//! own, so a slow disk delays the archive, never the log: apply does not wait for it (a writer
+//! [`QUEUE`] batches behind loses the next batches, logged and counted in
+//! `warmpool_archive_dropped_total`). A write that fails is logged and counted
 //! (`warmpool_archive_errors_total`) and the records are lost to this member's archive; the
 //! replicated state is never affected.
 //!
@@ -38,7 +39,7 @@ use warmpool_proto::{Allocation, Container, Event, TenantId, Timestamp};
 
 use crate::state::Evicted;
 
-/// Batches the writer may fall behind before apply waits for it.
+/// Batches the writer may fall behind before what apply evicts is dropped from the archive.
 pub const QUEUE: usize = 4096;
 /// The name of the segment being written.
 const ACTIVE: &str = "active.jsonl";

@@ -23,9 +23,6 @@ use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{self, Raft};
 use crate::state::query::EVENT_PAGE_MAX;
 
-/// sled's page cache per member.
-const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
-
 /// Raft timing and compaction.
 #[derive(Clone, Debug)]
 pub struct RaftTuning {
@@ -207,10 +204,6 @@ pub async fn run(
     let db = sled::Config::new()
         .path(&dir)
         .mode(sled::Mode::HighThroughput)
-        // sled caches pages up to 1 GiB by default, so a member's memory would grow with
-        // every entry ever written until then. The log kept (snapshot interval plus what is
-        // kept behind it) and the latest snapshot fit well within this.
-        .cache_capacity(SLED_CACHE_BYTES)
         .open()
         .map_err(|e| StartError::Storage(dir.clone(), e.to_string()))?;
     let log = LogStore::open(&db).map_err(|e| StartError::Storage(dir.clone(), e.to_string()))?;

@@ -205,22 +205,30 @@ pub async fn check_paused(shared: Arc<Shared>, cancel: CancellationToken) {
 
 async fn check_one(shared: &Arc<Shared>, id: ContainerId) {
     let guard = shared.pauses.container_lock(&id);
-    let _held = guard.lock().await;
-    lock(&shared.pauses.checked).insert(id, Instant::now());
-    let Some(t) = shared.inventory.pause_target(&id) else {
-        return;
+    // The lock is held to unpause and to pause again, not while probing: an unpause for an
+    // allocation must never wait for a health check (the allocation's client is waiting).
+    let t = {
+        let _held = guard.lock().await;
+        lock(&shared.pauses.checked).insert(id, Instant::now());
+        let Some(t) = shared.inventory.pause_target(&id) else {
+            return;
+        };
+        if !t.paused || shared.pauses.is_claimed(&id) || t.addr.is_none() {
+            return;
+        }
+        if let Err(e) = shared.driver.unpause(&t.docker_id).await {
+            warn!(container = %id, error = %e, "unpausing for the paused tier's check failed");
+            return;
+        }
+        t
     };
-    if !t.paused || shared.pauses.is_claimed(&id) {
-        return;
-    }
     let Some(addr) = t.addr else { return };
-    if let Err(e) = shared.driver.unpause(&t.docker_id).await {
-        warn!(container = %id, error = %e, "unpausing for the paused tier's check failed");
-        return;
-    }
     let threshold = t.check.failure_threshold.max(1);
     let mut passed = false;
     for attempt in 0..threshold {
+        if shared.pauses.is_claimed(&id) {
+            break;
+        }
         if health::probe_traced(addr, t.port, &t.check).await.0 == Outcome::Pass {
             passed = true;
             break;
@@ -228,6 +236,12 @@ async fn check_one(shared: &Arc<Shared>, id: ContainerId) {
         if attempt + 1 < threshold {
             tokio::time::sleep(Duration::from_millis(t.check.interval_ms.min(1_000))).await;
         }
+    }
+    let _held = guard.lock().await;
+    if shared.pauses.is_claimed(&id) {
+        // Allocated while it was being checked: its unpause found it running; it stays so.
+        shared.inventory.set_paused(&id, false);
+        return;
     }
     metrics::counter!("warmpool_agent_paused_checks_total", "outcome" => if passed { "pass" } else { "fail" })
         .increment(1);

@@ -295,11 +295,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             )
         };
         self.shared.applied.send_replace(last);
-        // Outside the lock: waits only when the writer is a whole queue behind.
+        // Outside the lock, and never waiting: the answers to this entry's clients go out
+        // now. A writer a whole queue behind (its disk far slower than the log's) loses
+        // the batch from this member's archive, logged and counted; the state has it evicted
+        // either way.
         if let Some(writer) = &self.archive {
             for batch in evicted {
-                if writer.send(batch).await.is_err() {
-                    break;
+                match writer.try_send(batch) {
+                    Ok(()) => {}
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(lost)) => {
+                        metrics::counter!("warmpool_archive_dropped_total").increment(1);
+                        tracing::warn!(
+                            index = lost.index,
+                            "the archive writer is {} batches behind: the records this entry evicted are not archived here",
+                            crate::archive::QUEUE
+                        );
+                    }
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => break,
                 }
             }
         }
