@@ -989,6 +989,31 @@ pub struct AllocationPage {
     pub next_cursor: Option<String>,
 }
 
+/// What `GET /v1/allocations` answers: the whole list as an array, or with `limit`, `cursor`
+/// or `archived=true` a page. For the API document (one `application/json` body, either
+/// shape); clients read the shape they asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum AllocationList {
+    /// Without paging parameters.
+    All(Vec<crate::records::Allocation>),
+    /// With them.
+    Page(AllocationPage),
+}
+
+/// What `GET /v1/containers` answers: the whole list as an array, or with `limit` or
+/// `cursor` a page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum ContainerList {
+    /// Without paging parameters.
+    All(Vec<crate::records::Container>),
+    /// With them.
+    Page(ContainerPage),
+}
+
 /// A page of containers: `GET /v1/containers` with `limit` or `cursor` (without either it
 /// answers a plain array, as before).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -372,6 +372,16 @@ async fn lists_are_paged_on_request_and_bad_queries_are_refused() {
         assert_eq!(status, 400, "{path}: {body}");
         assert_eq!(body["error"]["code"], "bad_request", "{path}: {body}");
     }
+    // An archived read is this member's own, but a bad consistency header is still refused.
+    for path in ["/v1/events?archived=true", "/v1/allocations?archived=true"] {
+        let resp = http_client()
+            .get(format!("{base}{path}"))
+            .header("Warmpool-Consistency", "sometimes")
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(resp.status().as_u16(), 400, "{path} with a bad header");
+    }
     let (status, _) = get(&format!("{base}/v1/health")).await;
     assert_eq!(status, 200);
 }

@@ -543,11 +543,7 @@ pub struct ListQuery {
     get, path = "/v1/allocations", tag = "allocations", params(ListQuery, Consistency),
     responses(
         (status = 200, description = "Matching allocations: an array, or with `limit`, `cursor` or `archived` a page",
-            body = Vec<Allocation>,
-            content(
-                (Vec<Allocation> = "application/json"),
-                (warmpool_proto::api::AllocationPage = "application/json; paged"),
-            )),
+            body = warmpool_proto::api::AllocationList),
         (status = 400, description = "Malformed query, bad cursor, limit out of range or since after until (`bad_request`)", body = ErrorBody),
         (status = 503, description = "No quorum (`no_quorum`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds"))),
@@ -612,6 +608,9 @@ pub async fn list(
                 .all(|(k, v)| a.metadata.get(k).is_some_and(|have| have == v))
     };
     if archived {
+        // The archive is this member's own files: the consistency header is still checked,
+        // but a read barrier would add nothing.
+        super::wants_linearizable(&headers)?;
         let after = match q.cursor.as_deref() {
             Some(c) => match Cursor::decode(c, 'z')? {
                 Cursor::Archive(p) => Some(p),

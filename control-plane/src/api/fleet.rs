@@ -72,11 +72,7 @@ pub async fn status(
     params(ContainerQuery, super::paging::PageParams, Consistency),
     responses(
         (status = 200, description = "Matching containers: an array, or with `limit` or `cursor` a page",
-            body = Vec<Container>,
-            content(
-                (Vec<Container> = "application/json"),
-                (warmpool_proto::api::ContainerPage = "application/json; paged"),
-            )),
+            body = warmpool_proto::api::ContainerList),
         (status = 400, description = "Malformed query, bad cursor or limit out of range (`bad_request`)", body = ErrorBody),
         (status = 503, description = "Linearizable read asked for and no quorum (`no_quorum`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds"))),
