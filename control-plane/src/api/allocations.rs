@@ -608,9 +608,6 @@ pub async fn list(
                 .all(|(k, v)| a.metadata.get(k).is_some_and(|have| have == v))
     };
     if archived {
-        // The archive is this member's own files: the consistency header is still checked,
-        // but a read barrier would add nothing.
-        super::wants_linearizable(&headers)?;
         let after = match q.cursor.as_deref() {
             Some(c) => match Cursor::decode(c, 'z')? {
                 Cursor::Archive(p) => Some(p),

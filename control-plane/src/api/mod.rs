@@ -138,6 +138,7 @@ pub fn router(app: AppState) -> Router {
         .fallback(dashboard::serve)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(consistency_header))
         .layer(middleware::from_fn_with_state(
             app.clone(),
             crate::auth::authenticate,
@@ -246,6 +247,15 @@ fn wants_linearizable(headers: &HeaderMap) -> Result<bool, ApiError> {
 }
 
 /// Takes a read barrier when asked to.
+/// Refuses a malformed consistency header on every route, before the handler: a handler
+/// that answers early (an empty filter, an archive read) must not accept what another refuses.
+async fn consistency_header(req: Request, next: Next) -> Response {
+    match wants_linearizable(req.headers()) {
+        Ok(_) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn barrier_if_asked(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     if wants_linearizable(headers)? {
         app.cluster.read_barrier().await?;
