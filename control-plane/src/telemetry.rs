@@ -78,6 +78,14 @@ pub fn describe() {
     // Raft.
     describe_gauge!("warmpool_raft_term", "Current Raft term of this member");
     describe_gauge!(
+        "warmpool_heap_allocated_bytes",
+        "Bytes the member holds in its heap (the allocator's count, every 5 s)"
+    );
+    describe_gauge!(
+        "warmpool_heap_resident_bytes",
+        "Bytes the allocator keeps resident for the member's heap, freed pages not yet returned included"
+    );
+    describe_gauge!(
         "warmpool_raft_is_leader",
         "1 while this member is the Raft leader, else 0"
     );

@@ -208,6 +208,11 @@ pub struct SoakReport {
     pub cycles: usize,
     /// `(cycles done, leader RSS MiB)` after each tenth of the run.
     pub rss_mib: Vec<(usize, f64)>,
+    /// The leader's heap as its allocator counts it (`warmpool_heap_allocated_bytes`), MiB,
+    /// after the warm-up and then with each RSS sample: what the program holds, apart from
+    /// what the allocator keeps.
+    pub heap_after_warmup_mib: f64,
+    pub heap_mib: Vec<(usize, f64)>,
     /// Cycles per second over the run.
     pub cycles_per_sec: f64,
     /// Errors (retried by the loop) over the run.
@@ -215,7 +220,8 @@ pub struct SoakReport {
 }
 
 impl SoakReport {
-    /// The largest change of resident memory from the end of the warm-up, in percent.
+    /// The largest change of resident memory from the end of the warm-up, in percent: a
+    /// sample taken while a snapshot is built shows its transient buffers.
     pub fn drift_percent(&self) -> f64 {
         let base = self.rss_after_warmup_mib;
         if base <= 0.0 {
@@ -225,6 +231,16 @@ impl SoakReport {
             .iter()
             .map(|(_, r)| (r - base).abs() / base * 100.0)
             .fold(0.0, f64::max)
+    }
+
+    /// The change of resident memory from the end of the warm-up to the end of the run, in
+    /// percent: growth that stays.
+    pub fn end_drift_percent(&self) -> f64 {
+        let base = self.rss_after_warmup_mib;
+        match self.rss_mib.last() {
+            Some((_, end)) if base > 0.0 => (end - base) / base * 100.0,
+            _ => 0.0,
+        }
     }
 }
 
@@ -465,19 +481,25 @@ pub fn allocation_phase(
 
 /// `warmpool_raft_snapshot_bytes` from a member's `/metrics` (0 when absent).
 async fn snapshot_bytes(url: &str) -> u64 {
+    gauge(url, "warmpool_raft_snapshot_bytes")
+        .await
+        .map_or(0, |v| v as u64)
+}
+
+/// One unlabelled gauge from a member's `/metrics`.
+async fn gauge(url: &str, name: &str) -> Option<f64> {
     let Ok(resp) = crate::http_client()
         .get(format!("{url}/metrics"))
         .send()
         .await
     else {
-        return 0;
+        return None;
     };
     let text = resp.text().await.unwrap_or_default();
     text.lines()
-        .find(|l| l.starts_with("warmpool_raft_snapshot_bytes"))
+        .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }
 
 /// Fills the fleet and measures it; `progress` hears what is going on.
@@ -647,7 +669,14 @@ pub async fn run(cfg: &FleetConfig, progress: &dyn Fn(String)) -> anyhow::Result
             );
             soak.errors += phase.errors;
         }
+        let leader_url = fleet.members[leader].url();
+        let heap = || async {
+            gauge(&leader_url, "warmpool_heap_allocated_bytes")
+                .await
+                .map_or(0.0, |b| b / 1048576.0)
+        };
         soak.rss_after_warmup_mib = pid.and_then(ProcSample::of).map_or(0.0, |s| s.rss_mib);
+        soak.heap_after_warmup_mib = heap().await;
         let t = Instant::now();
         while soak.cycles < cfg.soak_cycles {
             let n = chunk.min(cfg.soak_cycles - soak.cycles);
@@ -659,12 +688,14 @@ pub async fn run(cfg: &FleetConfig, progress: &dyn Fn(String)) -> anyhow::Result
                 .iter()
                 .map(|s| format!("{:.1}", s.rss_mib))
                 .collect();
+            let heap = heap().await;
             progress(format!(
-                "  soak: {} cycles, leader rss {rss:.1} MiB (members: {})",
+                "  soak: {} cycles, leader rss {rss:.1} MiB, heap {heap:.1} MiB (members' rss: {})",
                 soak.cycles,
                 all.join(", ")
             ));
             soak.rss_mib.push((soak.cycles, rss));
+            soak.heap_mib.push((soak.cycles, heap));
         }
         soak.cycles_per_sec = soak.cycles as f64 / t.elapsed().as_secs_f64();
         report.soak = Some(soak);
@@ -808,14 +839,26 @@ pub fn render(r: &FleetReport) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "soak: {} warm-up cycles, then {} at {:.0}/s, {} errors; leader rss MiB after the warm-up {:.0}, then by cycles {}; drift {:.1}%",
+            "soak: {} warm-up cycles, then {} at {:.0}/s, {} errors; leader rss MiB after the warm-up {:.0}, then by cycles {}; at the end {:+.1}%, largest change {:.1}%",
             soak.warmup_cycles,
             soak.cycles,
             soak.cycles_per_sec,
             soak.errors,
             soak.rss_after_warmup_mib,
             samples.join(", "),
+            soak.end_drift_percent(),
             soak.drift_percent()
+        );
+        let heap: Vec<String> = soak
+            .heap_mib
+            .iter()
+            .map(|(n, h)| format!("{n}: {h:.0}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "soak: leader heap MiB (allocator's count) after the warm-up {:.0}, then by cycles {}",
+            soak.heap_after_warmup_mib,
+            heap.join(", ")
         );
     }
     if let Some(e) = &r.error {
@@ -834,4 +877,21 @@ pub fn render(r: &FleetReport) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SoakReport;
+
+    #[test]
+    fn a_transient_peak_is_the_largest_change_but_not_growth_that_stays() {
+        let soak = SoakReport {
+            rss_after_warmup_mib: 50.0,
+            rss_mib: vec![(10, 52.0), (20, 75.0), (30, 51.0)],
+            ..SoakReport::default()
+        };
+        assert!((soak.drift_percent() - 50.0).abs() < 1e-9);
+        assert!((soak.end_drift_percent() - 2.0).abs() < 1e-9);
+        assert_eq!(SoakReport::default().end_drift_percent(), 0.0);
+    }
 }
