@@ -553,6 +553,16 @@ pub struct ContainersArgs {
     /// Only this tenant's.
     #[arg(long)]
     pub tenant: Option<String>,
+    /// Ended containers from the answering member's archive (evicted from the replicated
+    /// state), oldest first; with --since/--until.
+    #[arg(long)]
+    pub archived: bool,
+    /// With --archived: ended at or after this time (RFC 3339, or a duration ago: 2h).
+    #[arg(long, requires = "archived", value_parser = parse_when)]
+    pub since: Option<Timestamp>,
+    /// With --archived: ended at or before this time (RFC 3339, or a duration ago).
+    #[arg(long, requires = "archived", value_parser = parse_when)]
+    pub until: Option<Timestamp>,
 }
 
 /// `poolctl events`.

@@ -94,6 +94,15 @@ pub struct PageQuery {
     /// Only this tenant's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Read the answering member's archive of ended containers instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archived: Option<bool>,
+    /// Archived ones ended at or after this time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<warmpool_proto::Timestamp>,
+    /// Archived ones ended at or before this time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<warmpool_proto::Timestamp>,
 }
 
 /// The time range of an archived event read.
@@ -439,14 +448,15 @@ impl Client {
             .await
     }
 
-    /// `GET /v1/containers` one page at a time (`page.limit` or the server's default).
+    /// `GET /v1/containers` one page at a time (`page.limit` or the server's default), or
+    /// archived containers with `page.archived`.
     pub async fn list_containers_page(
         &self,
         query: &ContainerQuery,
         page: &PageQuery,
     ) -> Result<warmpool_proto::api::ContainerPage, ClientError> {
         let mut page = page.clone();
-        if page.limit.is_none() && page.cursor.is_none() {
+        if page.limit.is_none() && page.cursor.is_none() && page.archived != Some(true) {
             page.limit = Some(100);
         }
         self.fetch(

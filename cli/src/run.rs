@@ -246,16 +246,17 @@ async fn dispatch(
         }
         Command::Containers(c) => {
             let q = container_query(&c);
-            if !(c.all_pages || c.limit.is_some() || c.cursor.is_some() || c.tenant.is_some()) {
+            if !(c.archived
+                || c.all_pages
+                || c.limit.is_some()
+                || c.cursor.is_some()
+                || c.tenant.is_some())
+            {
                 return p.show(&client.list_containers(&q).await?, |l, s| {
                     render::containers_table(l, s)
                 });
             }
-            let mut page_q = PageQuery {
-                limit: c.limit.map(|n| n as usize),
-                cursor: c.cursor.clone(),
-                tenant: c.tenant.clone(),
-            };
+            let mut page_q = container_page_query(&c);
             let mut all = Vec::new();
             loop {
                 let page = client.list_containers_page(&q, &page_q).await?;
@@ -597,6 +598,18 @@ fn show_page<P: Serialize, T>(
     }
 }
 
+/// The paging and archive part of `poolctl containers`.
+pub fn container_page_query(c: &ContainersArgs) -> PageQuery {
+    PageQuery {
+        limit: c.limit.map(|n| n as usize),
+        cursor: c.cursor.clone(),
+        tenant: c.tenant.clone(),
+        archived: c.archived.then_some(true),
+        since: c.since,
+        until: c.until,
+    }
+}
+
 /// The query of `poolctl containers`.
 pub fn container_query(c: &ContainersArgs) -> ContainerQuery {
     ContainerQuery {
@@ -829,6 +842,25 @@ mod tests {
                 "{bad:?}"
             );
         }
+        let Command::Containers(c) = command(&[
+            "containers",
+            "--archived",
+            "--since",
+            "2026-01-01T00:00:00Z",
+            "--pool",
+            "demo",
+        ]) else {
+            panic!()
+        };
+        let page = container_page_query(&c);
+        assert_eq!(page.archived, Some(true));
+        assert_eq!(
+            page.since.map(|t| t.to_string()).as_deref(),
+            Some("2026-01-01T00:00:00.000Z")
+        );
+        assert_eq!(page.until, None);
+        assert_eq!(container_query(&c).pool.as_deref(), Some("demo"));
+        assert!(Cli::try_parse_from(["poolctl", "containers", "--until", "1h"]).is_err());
         let e = events_args(&["--archived", "--since", "2h"]);
         let ago = Timestamp::now().as_millis() - e.since.unwrap().as_millis();
         assert!((7_190_000..=7_210_000).contains(&ago), "{ago}");

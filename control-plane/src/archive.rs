@@ -19,6 +19,15 @@
 //!   [`Rotation::records`] records or [`Rotation::bytes`] bytes: written whole to a
 //!   temporary file, synced, renamed, then the active file is emptied.
 //!
+//! Pruning: after a segment closes (and at least once a minute while records come), the
+//! writer deletes the oldest closed segments, of all kinds together, while the archive is
+//! over [`Rotation::max_bytes`] on disk or their newest record is older than
+//! [`Rotation::max_age`] ([`plan_prune`] decides; counted in
+//! `warmpool_archive_pruned_segments_total` and `warmpool_archive_pruned_bytes_total`). The
+//! newest closed segment of each kind is always kept: its name holds the highest index
+//! archived, which a restart needs to write nothing twice. A read of a pruned range answers
+//! what is left.
+//!
 //! Restart: the state is rebuilt from the last snapshot and the log after it, so entries are
 //! applied again and evict again. Records carry the log index that evicted them; a batch at
 //! or below the highest index already archived for its kind is skipped, so nothing is
@@ -31,10 +40,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{info, warn};
 use warmpool_proto::{Allocation, Container, Event, TenantId, Timestamp};
 
 use crate::state::Evicted;
@@ -44,13 +54,21 @@ pub const QUEUE: usize = 4096;
 /// The name of the segment being written.
 const ACTIVE: &str = "active.jsonl";
 
-/// When a segment is closed.
+/// How often, at most, the writer prunes when no segment closed meanwhile.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// When a segment is closed, and when closed segments are deleted.
 #[derive(Clone, Copy, Debug)]
 pub struct Rotation {
     /// Records in a segment at most.
     pub records: usize,
     /// Uncompressed bytes in a segment at most.
     pub bytes: u64,
+    /// Bytes on disk of the whole archive at most (closed segments as compressed, active ones
+    /// as written); the oldest closed segments are deleted beyond it.
+    pub max_bytes: u64,
+    /// Closed segments whose newest record is older than this are deleted; `None` keeps them.
+    pub max_age: Option<Duration>,
 }
 
 impl Default for Rotation {
@@ -58,8 +76,72 @@ impl Default for Rotation {
         Rotation {
             records: 50_000,
             bytes: 32 << 20,
+            max_bytes: 1 << 30,
+            max_age: Some(Duration::from_secs(30 * 86_400)),
         }
     }
+}
+
+/// A closed segment as pruning sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentFacts {
+    /// Its kind.
+    pub kind: Kind,
+    /// The time of its newest record.
+    pub max: Timestamp,
+    /// The last log index it holds.
+    pub last_index: u64,
+    /// Its size on disk.
+    pub bytes: u64,
+}
+
+/// Which closed segments to delete (indices into `closed`, ascending): oldest first (by their
+/// newest record, then index), every one older than `max_age` before `now`, then more while
+/// the archive (`closed` plus `active_bytes`) is over `max_bytes`. The newest segment of each
+/// kind is never deleted.
+pub fn plan_prune(
+    closed: &[SegmentFacts],
+    active_bytes: u64,
+    now: Timestamp,
+    max_bytes: u64,
+    max_age: Option<Duration>,
+) -> Vec<usize> {
+    let newest = |k: Kind| {
+        closed
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.kind == k)
+            .max_by_key(|(_, c)| c.last_index)
+            .map(|(i, _)| i)
+    };
+    let kept: Vec<usize> = Kind::ALL.iter().filter_map(|k| newest(*k)).collect();
+    let mut order: Vec<usize> = (0..closed.len()).filter(|i| !kept.contains(i)).collect();
+    order.sort_by_key(|&i| (closed[i].max, closed[i].last_index));
+    let cutoff = max_age.map(|a| Timestamp(now.0.saturating_sub(a.as_millis() as u64)));
+    let mut total = closed
+        .iter()
+        .fold(active_bytes, |t, c| t.saturating_add(c.bytes));
+    let mut out = Vec::new();
+    for i in order {
+        let too_old = cutoff.is_some_and(|c| closed[i].max < c);
+        if !too_old && total <= max_bytes {
+            // The rest are newer still.
+            break;
+        }
+        total = total.saturating_sub(closed[i].bytes);
+        out.push(i);
+    }
+    out.sort_unstable();
+    out
+}
+
+/// What one pruning pass deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Segments deleted.
+    pub segments: u64,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 /// What an archive directory holds.
@@ -276,15 +358,16 @@ impl Segment {
         Ok(seg)
     }
 
-    /// Appends `lines` (all evicted at `index`) unless that index is archived already.
+    /// Appends `lines` (all evicted at `index`) unless that index is archived already; true
+    /// when that closed the segment.
     fn append<T: Serialize>(
         &mut self,
         index: u64,
         lines: &[Line<T>],
         rotation: Rotation,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         if lines.is_empty() || index <= self.last_index {
-            return Ok(());
+            return Ok(false);
         }
         let mut buf = Vec::new();
         for l in lines {
@@ -300,8 +383,9 @@ impl Segment {
         self.last_index = index;
         if self.records >= rotation.records || self.bytes >= rotation.bytes {
             self.rotate()?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Closes the active segment into a compressed file and starts an empty one.
@@ -370,8 +454,9 @@ impl Archive {
         self.segment(kind).last_index
     }
 
-    /// Appends what one applied entry evicted (skipping kinds that hold its index already).
-    pub fn append(&self, batch: &Evicted) -> io::Result<()> {
+    /// Appends what one applied entry evicted (skipping kinds that hold its index already);
+    /// true when that closed a segment.
+    pub fn append(&self, batch: &Evicted) -> io::Result<bool> {
         let at_of = |c: &Container| c.ended_at.or(c.released_at).unwrap_or(c.created_at);
         let events: Vec<Line<&Event>> = batch
             .events
@@ -404,11 +489,73 @@ impl Archive {
             })
             .collect();
         let r = self.rotation;
-        self.segment(Kind::Events).append(batch.index, &events, r)?;
-        self.segment(Kind::Containers)
+        let mut closed = self.segment(Kind::Events).append(batch.index, &events, r)?;
+        closed |= self
+            .segment(Kind::Containers)
             .append(batch.index, &containers, r)?;
-        self.segment(Kind::Allocations)
-            .append(batch.index, &allocations, r)
+        closed |= self
+            .segment(Kind::Allocations)
+            .append(batch.index, &allocations, r)?;
+        Ok(closed)
+    }
+
+    /// Deletes the closed segments [`plan_prune`] picks at `now` under this archive's limits.
+    /// Runs on the writer's thread (nothing else closes segments meanwhile); a read that
+    /// listed a deleted file skips it.
+    pub fn prune(&self, now: Timestamp) -> io::Result<Pruned> {
+        let mut facts = Vec::new();
+        let mut paths = Vec::new();
+        let mut active_bytes = 0u64;
+        for k in Kind::ALL {
+            active_bytes += self.segment(k).bytes;
+            let dir = self.dir.join(k.dir());
+            for c in list_closed(&dir)? {
+                let bytes = match fs::metadata(&c.path) {
+                    Ok(m) => m.len(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                facts.push(SegmentFacts {
+                    kind: k,
+                    max: c.max,
+                    last_index: c.last_index,
+                    bytes,
+                });
+                paths.push(c.path);
+            }
+        }
+        let r = self.rotation;
+        let mut pruned = Pruned::default();
+        for i in plan_prune(&facts, active_bytes, now, r.max_bytes, r.max_age) {
+            match fs::remove_file(&paths[i]) {
+                Ok(()) => {
+                    pruned.segments += 1;
+                    pruned.bytes += facts[i].bytes;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// [`Archive::prune`] with its logs and counters.
+    fn prune_logged(&self) {
+        match self.prune(Timestamp::now()) {
+            Ok(p) if p.segments > 0 => {
+                metrics::counter!("warmpool_archive_pruned_segments_total").increment(p.segments);
+                metrics::counter!("warmpool_archive_pruned_bytes_total").increment(p.bytes);
+                info!(segments = p.segments, bytes = p.bytes, dir = %self.dir.display(),
+                    max_bytes = self.rotation.max_bytes,
+                    max_age_secs = self.rotation.max_age.map(|a| a.as_secs()),
+                    "archive pruned: oldest segments deleted");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                metrics::counter!("warmpool_archive_errors_total").increment(1);
+                warn!(error = %e, dir = %self.dir.display(), "archive pruning failed");
+            }
+        }
     }
 
     /// Closes every active segment (tests, and a clean stop).
@@ -540,10 +687,18 @@ pub fn spawn_writer(archive: Arc<Archive>) -> tokio::sync::mpsc::Sender<Evicted>
     let spawned = std::thread::Builder::new()
         .name("archive-writer".into())
         .spawn(move || {
+            archive.prune_logged();
+            let mut pruned_at = Instant::now();
             while let Some(batch) = rx.blocking_recv() {
                 let n = batch.events.len() + batch.containers.len() + batch.allocations.len();
                 match archive.append(&batch) {
-                    Ok(()) => metrics::counter!("warmpool_archive_records_total").increment(n as u64),
+                    Ok(closed) => {
+                        metrics::counter!("warmpool_archive_records_total").increment(n as u64);
+                        if closed || pruned_at.elapsed() >= PRUNE_EVERY {
+                            archive.prune_logged();
+                            pruned_at = Instant::now();
+                        }
+                    }
                     Err(e) => {
                         metrics::counter!("warmpool_archive_errors_total").increment(1);
                         warn!(error = %e, index = batch.index, records = n, dir = %archive.dir().display(),
@@ -608,6 +763,7 @@ mod tests {
         let rot = Rotation {
             records: 10,
             bytes: u64::MAX,
+            ..Default::default()
         };
         let a = Archive::open(dir.path(), rot).unwrap();
         for i in 0..10u64 {
@@ -644,6 +800,7 @@ mod tests {
         let rot = Rotation {
             records: 7,
             bytes: u64::MAX,
+            ..Default::default()
         };
         let a = Archive::open(dir.path(), rot).unwrap();
         for i in 0..6u64 {
@@ -676,6 +833,7 @@ mod tests {
         let rot = Rotation {
             records: 4,
             bytes: u64::MAX,
+            ..Default::default()
         };
         {
             let a = Archive::open(dir.path(), rot).unwrap();
@@ -705,6 +863,7 @@ mod tests {
         let rot = Rotation {
             records: 100,
             bytes: u64::MAX,
+            ..Default::default()
         };
         {
             let a = Archive::open(dir.path(), rot).unwrap();
@@ -724,6 +883,108 @@ mod tests {
         assert_eq!(read_seqs(&a, all()).0, vec![1, 2, 3]);
         a.append(&batch(3, 4..=4)).unwrap();
         assert_eq!(read_seqs(&a, all()).0, vec![1, 2, 3, 4]);
+    }
+
+    fn seg(kind: Kind, max_secs: u64, last_index: u64, bytes: u64) -> SegmentFacts {
+        SegmentFacts {
+            kind,
+            max: Timestamp(max_secs * 1000),
+            last_index,
+            bytes,
+        }
+    }
+
+    const DAY: u64 = 86_400;
+
+    #[test]
+    fn pruning_deletes_the_oldest_segments_beyond_the_byte_cap() {
+        let closed = [
+            seg(Kind::Events, 10, 1, 100),
+            seg(Kind::Events, 30, 3, 100),
+            seg(Kind::Containers, 20, 2, 100),
+            seg(Kind::Events, 50, 5, 100),
+            seg(Kind::Containers, 40, 4, 100),
+        ];
+        let now = Timestamp(100_000);
+        // Under the cap (active segments count): nothing.
+        assert_eq!(plan_prune(&closed, 50, now, 550, None), Vec::<usize>::new());
+        // 50 over: the oldest one goes.
+        assert_eq!(plan_prune(&closed, 100, now, 550, None), vec![0]);
+        // Oldest by their newest record, across kinds: t=10, then t=20, then t=30.
+        assert_eq!(plan_prune(&closed, 0, now, 300, None), vec![0, 2]);
+        assert_eq!(plan_prune(&closed, 0, now, 200, None), vec![0, 1, 2]);
+        // A cap nothing fits: every kind's newest stays all the same.
+        assert_eq!(plan_prune(&closed, 1000, now, 0, None), vec![0, 1, 2]);
+        assert_eq!(plan_prune(&[], 1000, now, 0, None), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn pruning_deletes_segments_older_than_the_age_cap() {
+        let now = Timestamp(100 * DAY * 1000);
+        let closed = [
+            seg(Kind::Allocations, 60 * DAY, 7, 10),
+            seg(Kind::Allocations, 95 * DAY, 9, 10),
+            seg(Kind::Allocations, 50 * DAY, 5, 10),
+            seg(Kind::Allocations, 99 * DAY, 12, 10),
+            seg(Kind::Events, 10 * DAY, 3, 10),
+        ];
+        let age = Some(Duration::from_secs(30 * DAY));
+        // Older than 30 days: the ones at day 60 and 50; the events' only segment is kept
+        // however old.
+        assert_eq!(plan_prune(&closed, 0, now, u64::MAX, age), vec![0, 2]);
+        // Without an age cap none is too old.
+        assert_eq!(
+            plan_prune(&closed, 0, now, u64::MAX, None),
+            Vec::<usize>::new()
+        );
+        // Both caps: the old ones, then more by size.
+        assert_eq!(plan_prune(&closed, 0, now, 20, age), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn pruned_files_are_gone_and_reads_answer_what_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let rot = Rotation {
+            records: 5,
+            bytes: u64::MAX,
+            max_bytes: u64::MAX,
+            max_age: None,
+        };
+        let a = Archive::open(dir.path(), rot).unwrap();
+        for i in 0..6u64 {
+            a.append(&batch(10 + i, i * 5 + 1..=i * 5 + 5)).unwrap();
+        }
+        let d = dir.path().join("events");
+        assert_eq!(list_closed(&d).unwrap().len(), 6);
+        assert_eq!(a.prune(Timestamp::now()).unwrap(), Pruned::default());
+        drop(a);
+        // A byte cap of one: all but the newest file go.
+        let a = Archive::open(
+            dir.path(),
+            Rotation {
+                max_bytes: 1,
+                ..rot
+            },
+        )
+        .unwrap();
+        let p = a.prune(Timestamp::now()).unwrap();
+        assert_eq!(p.segments, 5);
+        assert!(p.bytes > 0);
+        let left = list_closed(&d).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].last_index, 15);
+        assert_eq!(read_seqs(&a, all()).0, (26..=30).collect::<Vec<_>>());
+        // A pruned range reads as empty, no error.
+        let old = Range {
+            since: Some(Timestamp(1000)),
+            until: Some(Timestamp(10_000)),
+            ..all()
+        };
+        assert_eq!(read_seqs(&a, old).0, Vec::<u64>::new());
+        // Reopened, the archive still knows what it wrote: nothing written twice.
+        a.append(&batch(15, 26..=30)).unwrap();
+        a.append(&batch(16, 31..=31)).unwrap();
+        assert_eq!(read_seqs(&a, all()).0, (26..=31).collect::<Vec<_>>());
     }
 
     #[test]

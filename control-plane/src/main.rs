@@ -106,6 +106,16 @@ struct Args {
     #[arg(long, env = "WARMPOOL_ARCHIVE_SEGMENT_RECORDS", default_value_t = 50_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     archive_segment_records: u64,
+    /// Bytes this member's archive may take on disk; beyond them its oldest closed files are
+    /// deleted (the newest of each kind is always kept).
+    #[arg(long, env = "WARMPOOL_ARCHIVE_MAX_BYTES", value_name = "BYTES", default_value_t = 1 << 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    archive_max_bytes: u64,
+    /// Archive files whose newest record is older than this many days are deleted (0 keeps
+    /// them however old; --archive-max-bytes still applies).
+    #[arg(long, env = "WARMPOOL_ARCHIVE_MAX_AGE_DAYS", value_name = "DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    archive_max_age_days: u64,
     /// Kept for older command lines: auth is on unless --insecure-no-auth.
     #[arg(
         long,
@@ -330,6 +340,9 @@ async fn main() -> anyhow::Result<()> {
         },
         archive_rotation: warmpool_control_plane::archive::Rotation {
             records: args.archive_segment_records as usize,
+            max_bytes: args.archive_max_bytes,
+            max_age: (args.archive_max_age_days > 0)
+                .then(|| Duration::from_secs(args.archive_max_age_days * 86_400)),
             ..Default::default()
         },
     };

@@ -151,6 +151,29 @@ pub fn describe() {
         "Events in the replicated event log"
     );
 
+    // This member's archive.
+    describe_counter!(
+        "warmpool_archive_records_total",
+        "Records evicted from the replicated state that this member wrote to its archive"
+    );
+    describe_counter!(
+        "warmpool_archive_errors_total",
+        "Archive writes or prunings on this member that failed (the records are not in its archive)"
+    );
+    describe_counter!(
+        "warmpool_archive_dropped_total",
+        "Batches of evicted records dropped because this member's archive writer was too far behind"
+    );
+    describe_counter!(
+        "warmpool_archive_pruned_segments_total",
+        "Archive files this member deleted, oldest first, over --archive-max-bytes or --archive-max-age-days"
+    );
+    describe_counter!(
+        "warmpool_archive_pruned_bytes_total",
+        Unit::Bytes,
+        "Bytes of the archive files this member deleted"
+    );
+
     // Agents, as heard by this member.
     describe_counter!(
         "warmpool_agent_heartbeats_received_total",

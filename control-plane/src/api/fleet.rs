@@ -66,14 +66,17 @@ pub async fn status(
 }
 
 /// Containers; without `state`, the live ones. With `limit` or `cursor`, one page in id
-/// order (`{"items":[…],"next_cursor":"…"}`); only the page is copied out of the state.
+/// order (`{"items":[…],"next_cursor":"…"}`); only the page is copied out of the state. With
+/// `archived=true`, ended containers evicted from the replicated state, from this member's
+/// archive, oldest first in `since`..=`until` (always a page; a tenant's key sees only its
+/// tenant's).
 #[utoipa::path(
     get, path = "/v1/containers", tag = "fleet",
-    params(ContainerQuery, super::paging::PageParams, Consistency),
+    params(ContainerQuery, super::paging::PageParams, super::paging::ArchiveParams, Consistency),
     responses(
-        (status = 200, description = "Matching containers: an array, or with `limit` or `cursor` a page",
+        (status = 200, description = "Matching containers: an array, or with `limit`, `cursor` or `archived` a page",
             body = warmpool_proto::api::ContainerList),
-        (status = 400, description = "Malformed query, bad cursor or limit out of range (`bad_request`)", body = ErrorBody),
+        (status = 400, description = "Malformed query, bad cursor, limit out of range or since after until (`bad_request`)", body = ErrorBody),
         (status = 503, description = "Linearizable read asked for and no quorum (`no_quorum`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds"))),
     )
@@ -88,10 +91,19 @@ pub async fn containers(
     use axum::response::IntoResponse;
     let split = Split::new(
         raw.as_deref().unwrap_or_default(),
-        &["limit", "cursor", "tenant"],
+        &["limit", "cursor", "tenant", "archived", "since", "until"],
     )?;
     let q: ContainerQuery = split.parse_rest()?;
     let limit = split.limit(crate::state::query::LIST_PAGE_MAX)?;
+    let (since, until) = split.time_range()?;
+    if split.archived()? {
+        return archived_containers(app, scope, &headers, q, &split, limit, since, until).await;
+    }
+    if since.is_some() || until.is_some() {
+        return Err(ApiError::BadRequest(
+            "since and until select archived records: add archived=true".into(),
+        ));
+    }
     let after = match split.cursor() {
         Some(c) => match Cursor::decode(c, 'c')? {
             Cursor::Container(id) => Some(ContainerId(id)),
@@ -165,6 +177,70 @@ pub async fn containers(
     let next_cursor = more
         .then(|| items.last().map(|c| Cursor::Container(c.id.0).encode()))
         .flatten();
+    Ok(Json(warmpool_proto::api::ContainerPage { items, next_cursor }).into_response())
+}
+
+/// `GET /v1/containers?archived=true`: a page of ended containers from this member's
+/// archive. A tenant's key sees only containers whose allocation was its tenant's.
+#[allow(clippy::too_many_arguments)]
+async fn archived_containers(
+    app: AppState,
+    scope: Scope,
+    headers: &HeaderMap,
+    q: ContainerQuery,
+    split: &super::paging::Split,
+    limit: Option<usize>,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+) -> Result<axum::response::Response, ApiError> {
+    use super::paging::{page_size, Cursor};
+    use axum::response::IntoResponse;
+    // The archive is this member's own files: the consistency header is still checked, but
+    // a read barrier would add nothing.
+    super::wants_linearizable(headers)?;
+    let after = match split.cursor() {
+        Some(c) => match Cursor::decode(c, 'z')? {
+            Cursor::Archive(p) => Some(p),
+            _ => None,
+        },
+        None => None,
+    };
+    let tenant = split.tenant()?;
+    let state: Option<ContainerState> = q
+        .state
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    let archive = app
+        .archive
+        .clone()
+        .ok_or_else(|| ApiError::BadRequest("this member keeps no archive".into()))?;
+    let range = crate::archive::Range {
+        since,
+        until,
+        after,
+        limit: page_size(limit),
+    };
+    let page = tokio::task::spawn_blocking(move || {
+        archive.read::<Container>(crate::archive::Kind::Containers, range, |l| {
+            let c = &l.record;
+            let of = |t: &warmpool_proto::TenantId| l.tenant.as_ref() == Some(t);
+            scope.tenant().is_none_or(of)
+                && tenant.as_ref().is_none_or(of)
+                && q.pool.as_deref().is_none_or(|p| c.pool.as_str() == p)
+                && q.node.as_deref().is_none_or(|n| c.node.as_str() == n)
+                && q.session
+                    .as_deref()
+                    .is_none_or(|x| c.session.as_ref().is_some_and(|s| s.as_str() == x))
+                && state.is_none_or(|st| c.state == st)
+        })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("archive read: {e}")))?
+    .map_err(|e| ApiError::Internal(format!("archive read: {e}")))?;
+    let items = page.lines.into_iter().map(|l| l.record).collect();
+    let next_cursor = page.next.map(|p| Cursor::Archive(p).encode());
     Ok(Json(warmpool_proto::api::ContainerPage { items, next_cursor }).into_response())
 }
 

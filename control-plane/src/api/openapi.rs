@@ -381,6 +381,29 @@ mod tests {
     }
 
     #[test]
+    fn archived_lists_document_their_parameters_and_one_json_body() {
+        let doc: serde_json::Value = serde_json::from_str(document()).unwrap();
+        for path in ["/v1/containers", "/v1/allocations", "/v1/events"] {
+            let op = &doc["paths"][path]["get"];
+            let names: BTreeSet<&str> = op["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            for want in ["archived", "since", "until"] {
+                assert!(names.contains(want), "{path}: no {want} in {names:?}");
+            }
+            let ok = op["responses"]["200"]["content"].as_object().unwrap();
+            assert_eq!(
+                ok.keys().collect::<Vec<_>>(),
+                vec!["application/json"],
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
     fn the_document_lists_exactly_the_routes_the_router_serves() {
         let doc: serde_json::Value = serde_json::from_str(document()).unwrap();
         let mut documented = BTreeSet::new();

@@ -30,7 +30,7 @@ pub struct PageParams {
     tenant: Option<String>,
 }
 
-/// Archive parameters of `GET /v1/events` and `GET /v1/allocations`.
+/// Archive parameters of `GET /v1/events` and `GET /v1/containers`.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
