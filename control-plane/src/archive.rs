@@ -26,7 +26,7 @@
 //! `warmpool_archive_pruned_segments_total` and `warmpool_archive_pruned_bytes_total`). The
 //! newest closed segment of each kind is always kept: its name holds the highest index
 //! archived, which a restart needs to write nothing twice. A read of a pruned range answers
-//! what is left.
+//! what is left; a read that runs while the writer prunes skips a file deleted under it.
 //!
 //! Restart: the state is rebuilt from the last snapshot and the log after it, so entries are
 //! applied again and evict again. Records carry the log index that evicted them; a batch at
