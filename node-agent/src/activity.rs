@@ -155,6 +155,7 @@ pub fn spawn(shared: &Arc<Shared>, stop: CancellationToken) {
                     Some(c) if c.established == 0 => &[],
                     _ => &["tcp6", "tcp"],
                 };
+                let mut in_tables: Option<Duration> = None;
                 for table in tables {
                     let Ok(text) = tokio::fs::read_to_string(format!("/proc/{}/net/{table}", t.pid)).await else {
                         continue;
@@ -163,8 +164,16 @@ pub fn spawn(shared: &Arc<Shared>, stop: CancellationToken) {
                     // agent's probe: unknowable, so not counted.
                     if let Some(d) = last_traffic(&text, &t.probe_ports).filter(|d| *d < started.elapsed()) {
                         tracing::debug!(container = %t.id, table, ago_ms = d.as_millis() as u64, "traffic in the socket table");
-                        ago = Some(ago.map_or(d, |a| a.min(d)));
+                        in_tables = Some(in_tables.map_or(d, |a| a.min(d)));
                     }
+                }
+                // A probe under way while the tables were read shows as a connection from a
+                // port not yet known as a probe's (on a loaded host, often): such a pass cannot
+                // tell, and leaves the tables to the next one.
+                let still_quiet = t.probes_in_flight == 0
+                    && shared.inventory.probe_counts(&t.id) == Some((t.probe_connects, 0));
+                if let (Some(d), true) = (in_tables, still_quiet) {
+                    ago = Some(ago.map_or(d, |a| a.min(d)));
                 }
                 if let Some(d) = ago {
                     let at = Timestamp(now.as_millis().saturating_sub(d.as_millis() as u64));
