@@ -228,9 +228,9 @@ pub struct BenchArgs {
     /// wanted per tier.
     #[arg(long, value_enum, conflicts_with_all = ["burst", "replenish"])]
     pub tier: Option<BenchTier>,
-    /// `min_paused` of the temporary pool of `--tier paused` (default 10: paused samples per
-    /// round) or `--burst` (default: the burst's size); `--warm` is then its `min_warm`
-    /// (default 3).
+    /// `min_paused` of the temporary pool of `--tier paused` (default min(N, 10): paused
+    /// samples per round; `--warm` likewise) or `--burst` (default: the burst's size;
+    /// `--warm` 3).
     #[arg(long, value_name = "N", conflicts_with = "pool", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub paused: Option<u32>,
     /// Instead of the cycles: with both tiers full, N allocations sent evenly within

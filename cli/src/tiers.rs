@@ -185,23 +185,25 @@ pub fn count_within(latencies: &[Duration], limit: Duration) -> usize {
     latencies.iter().filter(|d| **d <= limit).count()
 }
 
-/// The tiers of a temporary pool for `--tier paused` or `--burst`: `--warm` (default
-/// [`DEFAULT_TIER_WARM`]) and `--paused` (default: the burst size, or
-/// min(samples, [`DEFAULT_ROUND_PAUSED`])), with room for a full refill while the allocations
-/// of a round or burst are held.
+/// The tiers of a temporary pool: for `--burst`, `--warm` (default [`DEFAULT_BURST_WARM`])
+/// and `--paused` (default: the burst's size); for `--tier paused`, both default to
+/// min(samples, [`DEFAULT_ROUND_PAUSED`]) (as many samples of each tier per round).
 pub fn tier_targets(plan: &BenchPlan) -> (u32, u32) {
-    let warm = plan.warm.unwrap_or(DEFAULT_TIER_WARM);
-    let paused = plan.paused.unwrap_or(match plan.burst {
-        Some(b) => b.n as u32,
-        None => (plan.cycles as u32).clamp(1, DEFAULT_ROUND_PAUSED),
-    });
-    (warm, paused.max(1))
+    let per_round = (plan.cycles.min(u32::MAX as usize) as u32).clamp(1, DEFAULT_ROUND_PAUSED);
+    let (warm, paused) = match plan.burst {
+        Some(b) => (DEFAULT_BURST_WARM, b.n.min(u32::MAX as usize) as u32),
+        None => (per_round, per_round),
+    };
+    (
+        plan.warm.unwrap_or(warm),
+        plan.paused.unwrap_or(paused).max(1),
+    )
 }
 
-/// `min_warm` of a temporary tiered pool unless `--warm` says otherwise (the burst
+/// `min_warm` of a temporary `--burst` pool unless `--warm` says otherwise (the burst
 /// pool keeps 3).
-pub const DEFAULT_TIER_WARM: u32 = 3;
-/// `min_paused` of a temporary `--tier paused` pool: paused samples per round.
+pub const DEFAULT_BURST_WARM: u32 = 3;
+/// `min_warm` and `min_paused` of a temporary `--tier paused` pool: samples per round.
 pub const DEFAULT_ROUND_PAUSED: u32 = 10;
 
 /// Sets a temporary pool's tiers for a tiered run.
@@ -375,12 +377,16 @@ pub(crate) async fn measure_burst(
         burst.n, burst.within, plan.wait_ms
     ));
 
+    // One client (its own connection pool) per allocation, made before the clock starts.
     let urls = target.urls();
+    let clients: Vec<_> = (0..burst.n)
+        .map(|_| Client::new(urls.clone(), token.clone()))
+        .collect();
     let started = Instant::now();
     let tasks: Vec<_> = burst_offsets(burst.n, burst.within)
         .into_iter()
-        .map(|offset| {
-            let client = Client::new(urls.clone(), token.clone());
+        .zip(clients)
+        .map(|(offset, client)| {
             let req = alloc_request(name, plan.wait_ms);
             tokio::spawn(async move {
                 tokio::time::sleep_until((started + offset).into()).await;
@@ -731,9 +737,14 @@ mod tests {
     fn a_temporary_tiered_pool_has_both_tiers_and_room_to_refill() {
         let mut spec = crate::bench::temporary_spec(&plan()).unwrap();
         tiered_spec(&mut spec, &plan()).unwrap();
-        assert_eq!((spec.min_warm, spec.min_paused), (3, 10));
-        assert_eq!((spec.max_warm(), spec.max_paused()), (3, 10));
-        assert_eq!(spec.max_total, 34);
+        assert_eq!((spec.min_warm, spec.min_paused), (10, 10));
+        assert_eq!((spec.max_warm(), spec.max_paused()), (10, 10));
+        assert_eq!(spec.max_total, 48);
+        let few = BenchPlan {
+            cycles: 4,
+            ..plan()
+        };
+        assert_eq!(tier_targets(&few), (4, 4));
         let burst = BenchPlan {
             burst: Some(crate::bench::BurstPlan {
                 n: 30,
