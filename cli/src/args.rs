@@ -222,6 +222,49 @@ pub struct BenchArgs {
     /// Keep the temporary pool at the end.
     #[arg(long)]
     pub keep_pool: bool,
+    /// Measure a tier next to the others instead of the cycles: `paused` reports
+    /// unpause-to-granted and warm allocation latency (each sample in the bucket of the tier
+    /// its answer names) and the cold-start baseline, in one run; `-n` is then the samples
+    /// wanted per tier.
+    #[arg(long, value_enum, conflicts_with_all = ["burst", "replenish"])]
+    pub tier: Option<BenchTier>,
+    /// `min_paused` of the temporary pool of `--tier paused` (default min(N, 10): paused
+    /// samples per round; `--warm` likewise) or `--burst` (default: the burst's size;
+    /// `--warm` 3).
+    #[arg(long, value_name = "N", conflicts_with = "pool", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub paused: Option<u32>,
+    /// Instead of the cycles: with both tiers full, N allocations sent evenly within
+    /// `--within`, one client (connection) each; reports each one's latency and tier, whether
+    /// its container answers on its port, and the tiers' refill.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000), conflicts_with = "replenish")]
+    pub burst: Option<u64>,
+    /// The window of `--burst` (e.g. 2s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_window, requires = "burst")]
+    pub within: std::time::Duration,
+    /// With `--burst`: the latency an allocation counts as fast under.
+    #[arg(long, value_name = "MS", default_value_t = 100, requires = "burst")]
+    pub fast_ms: u64,
+    /// With `--burst`: exit 1 (after the report) when fewer than K were fast; a burst also
+    /// fails when an allocation was refused, a container did not answer, or the tiers did
+    /// not refill.
+    #[arg(long, value_name = "K", requires = "burst")]
+    pub expect_fast: Option<usize>,
+}
+
+/// A tier `poolctl bench --tier` measures against the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchTier {
+    /// The paused tier, next to the warm tier and a cold start.
+    Paused,
+}
+
+/// A window such as `2s` or `500ms` (at most an hour).
+fn parse_window(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 2s, 500ms)"))?;
+    if d > std::time::Duration::from_secs(3600) {
+        return Err(format!("{s:?}: at most an hour"));
+    }
+    Ok(d)
 }
 
 /// A baseline to measure next to warm allocations.
@@ -1009,6 +1052,12 @@ mod tests {
             vec!["bench", "--pool", "demo", "--warm", "5"],
             vec!["bench", "--baseline", "hot"],
             vec!["bench", "--via", "nobody"],
+            vec!["bench", "--tier", "frozen"],
+            vec!["bench", "--tier", "paused", "--burst", "30"],
+            vec!["bench", "--burst", "0"],
+            vec!["bench", "--burst", "30", "--within", "soon"],
+            vec!["bench", "--within", "2s"],
+            vec!["bench", "--pool", "demo", "--paused", "5"],
         ] {
             let err = parse(&args).expect_err(&format!("{args:?} parsed"));
             assert_eq!(err.exit_code(), 2, "{args:?}");
@@ -1058,6 +1107,49 @@ mod tests {
         assert_eq!(b.image, "warmpool-demo:latest");
         assert_eq!(b.via, crate::bench::Via::Given);
         assert!(b.pool.is_none() && b.warm.is_none() && b.replenish == 0);
+        assert!(b.tier.is_none() && b.burst.is_none() && b.paused.is_none());
+    }
+
+    #[test]
+    fn bench_takes_a_tier_or_a_burst() {
+        let Command::Bench(b) = parse(&["bench", "--tier", "paused", "-n", "4"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!((b.tier, b.cycles), (Some(BenchTier::Paused), 4));
+        let Command::Bench(b) = parse(&[
+            "bench",
+            "--burst",
+            "30",
+            "--within",
+            "2s",
+            "--warm",
+            "3",
+            "--paused",
+            "30",
+            "--wait-ms",
+            "10000",
+            "--expect-fast",
+            "27",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(b.burst, Some(30));
+        assert_eq!(b.within, std::time::Duration::from_secs(2));
+        assert_eq!((b.warm, b.paused, b.wait_ms), (Some(3), Some(30), 10_000));
+        assert_eq!((b.fast_ms, b.expect_fast), (100, Some(27)));
+        let Command::Bench(b) = parse(&["bench", "--burst", "5", "--within", "500ms"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(b.within, std::time::Duration::from_millis(500));
     }
 
     #[test]

@@ -184,6 +184,25 @@ pub struct BenchReport {
     pub ratio: Option<Ratio>,
     /// The replenish measurement, when asked for.
     pub replenish: Option<Replenish>,
+    /// `--tier paused`: the tiers side by side (the cycles are not run then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<crate::tiers::TierPhase>,
+    /// `--burst`: the burst (the cycles are not run then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<crate::tiers::BurstPhase>,
+}
+
+/// `--burst N --within D`: N allocations, one client each, sent evenly within D.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BurstPlan {
+    /// Allocations.
+    pub n: usize,
+    /// The window they are sent in.
+    pub within: Duration,
+    /// The latency an allocation counts as fast under.
+    pub fast: Duration,
+    /// Fail the run (exit 1, after the report) with fewer fast allocations than this.
+    pub expect_fast: Option<usize>,
 }
 
 /// What to run; built from the command line by [`crate::run`].
@@ -217,6 +236,13 @@ pub struct BenchPlan {
     pub fill_timeout: Duration,
     /// Keep a temporary pool instead of deleting it.
     pub keep_pool: bool,
+    /// `--tier paused`: warm and paused tiers side by side, with the cold baseline; `cycles`
+    /// is then the samples wanted per tier.
+    pub tiers: bool,
+    /// `--burst`: one burst on a tiered pool instead of the cycles.
+    pub burst: Option<BurstPlan>,
+    /// `min_paused` of a temporary tiered pool (None: see [`crate::tiers::tier_targets`]).
+    pub paused: Option<u32>,
 }
 
 /// Why a benchmark could not run.
@@ -252,7 +278,7 @@ pub async fn run(
                 .iter()
                 .find(|m| (m.id == leader) == (plan.via == Via::Leader))
                 .ok_or_else(|| BenchError::Setup("no such member in the cluster".into()))?;
-            Client::new(vec![member.api_addr.clone()], token)?
+            Client::new(vec![member.api_addr.clone()], token.clone())?
         }
     };
     if view.build == Some(BuildProfile::Debug) {
@@ -276,8 +302,15 @@ pub async fn run(
         None => {
             let spec = temporary_spec(plan)?;
             progress(format!(
-                "creating temporary pool {} ({} warm containers of {})",
-                spec.name, spec.min_warm, spec.image
+                "creating temporary pool {} ({} warm{} containers of {})",
+                spec.name,
+                spec.min_warm,
+                if spec.min_paused > 0 {
+                    format!(" and {} paused", spec.min_paused)
+                } else {
+                    String::new()
+                },
+                spec.image
             ));
             client.create_pool(&spec).await?;
             (spec, true)
@@ -287,7 +320,14 @@ pub async fn run(
     report.image = spec.image.clone();
     report.temporary_pool = temporary;
 
-    let result = measure(client, &target, plan, &spec, &mut report, progress).await;
+    let result = if plan.burst.is_some() {
+        crate::tiers::measure_burst(client, &target, token, plan, &spec, &mut report, progress)
+            .await
+    } else if plan.tiers {
+        crate::tiers::measure_tiers(client, &target, plan, &spec, &mut report, progress).await
+    } else {
+        measure(client, &target, plan, &spec, &mut report, progress).await
+    };
     if temporary && !plan.keep_pool {
         progress(format!("deleting temporary pool {}", spec.name));
         if let Err(e) = client.delete_pool(&spec.name).await {
@@ -319,6 +359,9 @@ pub fn temporary_spec(plan: &BenchPlan) -> Result<PoolSpec, BenchError> {
     spec.resources.memory_mb = 32;
     spec.scaling.batch_size = 16;
     spec.scaling.pacing_ms = 50;
+    if plan.tiers || plan.burst.is_some() {
+        crate::tiers::tiered_spec(&mut spec, plan)?;
+    }
     spec.validate()
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     Ok(spec)
@@ -409,7 +452,7 @@ async fn measure(
 /// The pool's line of `/v1/status`. Status is read from any member, and one that has not yet
 /// applied the pool's creation does not know it for a moment: only a pool missing for
 /// [`MISSING`] is gone.
-async fn pool_status(
+pub(crate) async fn pool_status(
     client: &Client,
     pool: &PoolName,
 ) -> Result<warmpool_proto::api::PoolStatus, BenchError> {
@@ -491,7 +534,7 @@ async fn wait_settled(
     }
 }
 
-fn alloc_request(pool: &PoolName, wait_ms: u64) -> CreateAllocation {
+pub(crate) fn alloc_request(pool: &PoolName, wait_ms: u64) -> CreateAllocation {
     CreateAllocation {
         pool: pool.clone(),
         session_id: None,
@@ -608,9 +651,9 @@ async fn replenish(
     })
 }
 
-/// The report for people: a summary block and a latency table.
-pub fn render(r: &BenchReport) -> String {
-    let mut rows = vec![
+/// The first lines of every report: what was measured, where, on which build.
+pub(crate) fn summary_rows(r: &BenchReport) -> Vec<(&'static str, String)> {
+    vec![
         (
             "pool",
             format!(
@@ -632,6 +675,19 @@ pub fn render(r: &BenchReport) -> String {
                 None => "unknown".into(),
             },
         ),
+    ]
+}
+
+/// The report for people: a summary block and a latency table.
+pub fn render(r: &BenchReport) -> String {
+    if let Some(t) = &r.tiers {
+        return crate::tiers::render_tiers(r, t);
+    }
+    if let Some(b) = &r.burst {
+        return crate::tiers::render_burst(r, b);
+    }
+    let mut rows = summary_rows(r);
+    rows.extend([
         ("warm at start", r.warm_at_start.to_string()),
         (
             "cycles",
@@ -647,7 +703,7 @@ pub fn render(r: &BenchReport) -> String {
                 r.warm.cycles_per_sec, r.warm.wall_secs
             ),
         ),
-    ];
+    ]);
     if let Some(e) = &r.warm.first_error {
         rows.push(("first error", e.clone()));
     }
@@ -721,7 +777,7 @@ pub fn render(r: &BenchReport) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn ms(v: &[u64]) -> Vec<Duration> {
@@ -739,7 +795,7 @@ mod tests {
         assert_eq!((ten.p50, ten.p90, ten.p99), (5.0, 9.0, 10.0));
     }
 
-    fn plan() -> BenchPlan {
+    pub(crate) fn plan() -> BenchPlan {
         BenchPlan {
             pool: None,
             image: "img:1".into(),
@@ -755,6 +811,9 @@ mod tests {
             replenish: 20,
             fill_timeout: Duration::from_secs(60),
             keep_pool: false,
+            tiers: false,
+            burst: None,
+            paused: None,
         }
     }
 
@@ -813,6 +872,7 @@ mod tests {
                 p99: 200.0,
             }),
             replenish: None,
+            ..Default::default()
         };
         let text = render(&r);
         assert!(text.contains("warm allocation"), "{text}");

@@ -173,7 +173,8 @@ async fn once(docker: &Docker, network: &str, spec: &PoolSpec) -> Result<Timing,
             .map_err(docker_err("start"))?;
         let started = t0.elapsed();
         let ip = address(docker, &id, network).await?;
-        wait_healthy(ip, spec).await?;
+        let target = SocketAddr::V6(SocketAddrV6::new(ip, spec.port, 0, 0));
+        answers(target, &spec.health.probe, START_DEADLINE).await?;
         Ok(Timing {
             created,
             started,
@@ -234,17 +235,20 @@ async fn address(docker: &Docker, id: &str, network: &str) -> Result<Ipv6Addr, B
         .ok_or_else(|| BenchError::Docker(format!("container has no IPv6 address on {network}")))
 }
 
-/// Polls `ip` with the pool's health check until it passes.
-async fn wait_healthy(ip: Ipv6Addr, spec: &PoolSpec) -> Result<(), BenchError> {
-    let target = SocketAddr::V6(SocketAddrV6::new(ip, spec.port, 0, 0));
-    let deadline = Instant::now() + START_DEADLINE;
+/// Polls `target` with the pool's health check until it passes, for at most `within`.
+pub(crate) async fn answers(
+    target: SocketAddr,
+    check: &HealthProbe,
+    within: Duration,
+) -> Result<(), BenchError> {
+    let deadline = Instant::now() + within;
     loop {
-        if probe(target, &spec.health.probe).await {
+        if probe(target, check).await {
             return Ok(());
         }
         if Instant::now() > deadline {
             return Err(BenchError::Docker(format!(
-                "{target} did not answer its health check within {START_DEADLINE:?}"
+                "{target} did not answer its health check within {within:?}"
             )));
         }
         tokio::time::sleep(POLL).await;

@@ -15,7 +15,8 @@
 //! - [`simulate`]: `poolctl simulate`, replaying a pool's history against a proposed policy
 //!   with [`policy`] (`warmpool-policy`, re-exported for tools and tests).
 //! - [`bench`]: `poolctl bench`, allocate+release cycles measured from the client, with
-//!   [`cold`] (the cold-start baseline through the Docker API) and a replenish measurement.
+//!   [`cold`] (the cold-start baseline through the Docker API) and a replenish measurement;
+//!   [`tiers`]: its `--tier paused` and `--burst` modes (the paused tier from the client).
 //! - [`session`]: `poolctl logs`, `exec` and `cp`: using an allocated container.
 //! - [`run`]: carrying out a command, exit codes and error messages.
 #![warn(missing_docs)]
@@ -33,6 +34,7 @@ pub mod simulate;
 pub mod spec;
 pub mod sse;
 mod stream;
+pub mod tiers;
 
 pub use client::{AllocationQuery, ArchiveRange, Client, ClientBuilder, NodeAction, PageQuery};
 pub use error::ClientError;

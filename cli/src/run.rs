@@ -392,7 +392,11 @@ async fn dispatch(
                         crate::bench::BenchError::Client(c) => CliError::Client(c),
                         other => CliError::Bench(other.to_string()),
                     })?;
-            p.show(&report, |r, _| crate::bench::render(r))
+            p.show(&report, |r, _| crate::bench::render(r))?;
+            match report.burst.as_ref().and_then(|b| b.shortfall()) {
+                Some(why) => Err(CliError::Bench(why)),
+                None => Ok(()),
+            }
         }
     }
 }
@@ -408,15 +412,26 @@ pub fn bench_plan(b: crate::args::BenchArgs) -> crate::bench::BenchPlan {
         warm: b.warm,
         wait_ms: b.wait_ms,
         via: b.via,
-        cold_runs: match b.baseline {
-            Some(crate::args::Baseline::Cold) => b.cold_runs,
-            None => 0,
+        // `--tier paused` always reports the cold start next to the tiers.
+        cold_runs: match (b.baseline, b.tier) {
+            (Some(crate::args::Baseline::Cold), _) | (_, Some(crate::args::BenchTier::Paused)) => {
+                b.cold_runs
+            }
+            (None, None) => 0,
         },
         docker_host: b.docker_host,
         cold_prefix: b.cold_prefix,
         replenish: b.replenish,
         fill_timeout: std::time::Duration::from_secs(b.fill_timeout_secs),
         keep_pool: b.keep_pool,
+        tiers: b.tier == Some(crate::args::BenchTier::Paused),
+        burst: b.burst.map(|n| crate::bench::BurstPlan {
+            n: n as usize,
+            within: b.within,
+            fast: std::time::Duration::from_millis(b.fast_ms),
+            expect_fast: b.expect_fast,
+        }),
+        paused: b.paused,
     }
 }
 

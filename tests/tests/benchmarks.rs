@@ -1,12 +1,13 @@
 //! Small runs of the benchmark harnesses, so they keep working between the real runs
 //! (`docs/BENCHMARKS.md`): the fleet simulator with 20 agents, the failover benchmark with one
 //! kill, `poolctl bench` against simulated agents with a two-run cold-start baseline
-//! through the real dockerd, and `deploy/bench/refill.sh` with 10 containers on a debug build.
+//! through the real dockerd, `poolctl bench --tier paused` and `--burst` against a real agent,
+//! and `deploy/bench/refill.sh` with 10 containers on a debug build.
 //! They check that each harness runs and reports, not figures.
 
 use std::time::Duration;
 
-use poolctl::bench::{BenchPlan, Via};
+use poolctl::bench::{BenchPlan, BurstPlan, Via};
 use warmpool_tests::failover::{self, FailoverConfig};
 use warmpool_tests::fleet::{self, FleetConfig};
 use warmpool_tests::sim_agent::SimAgent;
@@ -104,6 +105,9 @@ async fn poolctl_bench_measures_cycles_replenish_and_a_cold_start() {
         replenish: 4,
         fill_timeout: Duration::from_secs(60),
         keep_pool: false,
+        tiers: false,
+        burst: None,
+        paused: None,
     };
     let report = poolctl::bench::run(&c.client, None, &plan, &mut |l| eprintln!("bench: {l}"))
         .await
@@ -129,6 +133,88 @@ async fn poolctl_bench_measures_cycles_replenish_and_a_cold_start() {
     // The pool named was used as it is, and is still there.
     assert!(!report.temporary_pool);
     assert!(c.client.get_pool(&spec.name).await.is_ok());
+}
+
+/// `poolctl bench --tier paused` (what `docs/BENCHMARKS.md` runs with `-n 200`) and
+/// `poolctl bench --burst` (what `deploy/bench/burst.sh` runs with 30) in short form, against
+/// a real agent that pauses through the cgroup freezer: each reports its buckets by the tier
+/// each answer named, and the burst's containers answer and the tiers refill. Timings are
+/// printed, not asserted (debug builds on a shared 2-core host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poolctl_bench_reports_the_paused_tier_and_a_burst() {
+    let c = TestCluster::single().await;
+    let plan = BenchPlan {
+        pool: None,
+        image: warmpool_tests::DEMO_IMAGE.into(),
+        cycles: 2,
+        concurrency: 1,
+        warmup: 0,
+        warm: Some(1),
+        wait_ms: 10_000,
+        via: Via::Given,
+        cold_runs: 1,
+        docker_host: "unix:///var/run/docker.sock".into(),
+        cold_prefix: None,
+        replenish: 0,
+        fill_timeout: Duration::from_secs(120),
+        keep_pool: false,
+        tiers: true,
+        burst: None,
+        paused: Some(2),
+    };
+    let report = poolctl::bench::run(&c.client, None, &plan, &mut |l| eprintln!("bench: {l}"))
+        .await
+        .expect("bench --tier paused");
+    let text = poolctl::bench::render(&report);
+    eprint!("{text}");
+    let t = report.tiers.as_ref().expect("the tiers were measured");
+    assert_eq!((t.warm_target, t.paused_target), (1, 2));
+    assert_eq!(t.errors, 0, "{:?}", t.first_error);
+    assert_eq!(t.buckets.untiered, 0, "every answer names its tier");
+    assert!(t.buckets.paused.count >= 2, "{t:?}");
+    assert!(t.buckets.warm.count >= 2, "{t:?}");
+    assert!(t.buckets.paused.ms.p50 > 0.0 && t.buckets.warm.ms.p50 > 0.0);
+    let cold = report
+        .cold
+        .as_ref()
+        .expect("a cold baseline in the same run");
+    assert_eq!(cold.runs, 1, "{:?}", cold.first_failure);
+    for row in [
+        "paused: unpause to granted",
+        "warm allocation",
+        "cold: to first healthy answer",
+    ] {
+        assert!(text.contains(row), "no {row:?} in:\n{text}");
+    }
+    assert!(report.temporary_pool);
+
+    let plan = BenchPlan {
+        tiers: false,
+        cold_runs: 0,
+        burst: Some(BurstPlan {
+            n: 4,
+            within: Duration::from_millis(500),
+            fast: Duration::from_millis(100),
+            expect_fast: None,
+        }),
+        paused: Some(3),
+        ..plan
+    };
+    let report = poolctl::bench::run(&c.client, None, &plan, &mut |l| eprintln!("bench: {l}"))
+        .await
+        .expect("bench --burst");
+    eprint!("{}", poolctl::bench::render(&report));
+    let b = report.burst.as_ref().expect("the burst ran");
+    assert_eq!(b.allocations.len(), 4);
+    assert_eq!(b.granted, 4, "{:?}", b.allocations);
+    assert_eq!(b.answered, 4, "{:?}", b.allocations);
+    assert_eq!(b.buckets.warm.count + b.buckets.paused.count, 4);
+    assert!(b.buckets.paused.count >= 2, "{b:?}");
+    assert!(b.refilled, "{b:?}");
+    assert_eq!(b.shortfall(), None);
+    // Both temporary pools are gone.
+    let status = c.client.status().await.expect("status");
+    assert!(status.pools.is_empty(), "{:?}", status.pools);
 }
 
 /// `deploy/bench/refill.sh` short form: the raw `docker run` rate and a real agent's refill
