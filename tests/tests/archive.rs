@@ -296,10 +296,21 @@ async fn lists_are_paged_on_request_and_bad_queries_are_refused() {
     }
     let base = c.members[0].url();
 
-    // Without limit or cursor: the plain array every client reads.
-    let (_, whole) = get(&format!("{base}/v1/containers?pool={pool}")).await;
-    let whole = whole.as_array().expect("an array").clone();
-    assert!(whole.len() >= 6);
+    // Without limit or cursor: the plain array every client reads, once keep-warm has made up
+    // for the four allocated (until then the list grows under the pages).
+    let whole = wait_until(Duration::from_secs(30), "the pool to settle", || {
+        let url = format!("{base}/v1/containers?pool={pool}");
+        async move {
+            let (_, whole) = get(&url).await;
+            let whole = whole.as_array()?.clone();
+            let settled = whole.len() >= 10
+                && whole
+                    .iter()
+                    .all(|c| c["state"] == "warm" || c["state"] == "allocated");
+            settled.then_some(whole)
+        }
+    })
+    .await;
     let mut want = ids(&whole);
     want.sort();
     // Paged: the same records, in id order, a few at a time.
