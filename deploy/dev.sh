@@ -67,6 +67,9 @@ install_prereqs() {
   command -v python3 >/dev/null || pkgs+=(python3)
   # deploy/bench/*.sh (refill.sh runs in the suite's short form) read JSON with jq.
   command -v jq >/dev/null || pkgs+=(jq)
+  # The control plane's allocator (jemalloc) is built from C with make.
+  command -v make >/dev/null || pkgs+=(make)
+  command -v cc >/dev/null || pkgs+=(gcc)
   # The API fuzz run (`test`) installs schemathesis into a virtualenv.
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || pkgs+=(python3-venv)
   if [ ${#pkgs[@]} -gt 0 ]; then
