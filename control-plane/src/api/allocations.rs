@@ -608,32 +608,19 @@ pub async fn list(
                 .all(|(k, v)| a.metadata.get(k).is_some_and(|have| have == v))
     };
     if archived {
-        let after = match q.cursor.as_deref() {
-            Some(c) => match Cursor::decode(c, 'z')? {
-                Cursor::Archive(p) => Some(p),
-                _ => None,
-            },
-            None => None,
-        };
-        let archive = app
-            .archive
-            .clone()
-            .ok_or_else(|| ApiError::BadRequest("this member keeps no archive".into()))?;
         let range = crate::archive::Range {
             since,
             until,
-            after,
+            after: super::paging::archive_cursor(q.cursor.as_deref())?,
             limit: page_size(limit),
         };
-        let page = tokio::task::spawn_blocking(move || {
-            archive.read::<Allocation>(crate::archive::Kind::Allocations, range, |l| {
-                keep(&l.record)
-            })
-        });
-        let page = page
-            .await
-            .map_err(|e| ApiError::Internal(format!("archive read: {e}")))?
-            .map_err(|e| ApiError::Internal(format!("archive read: {e}")))?;
+        let page = super::paging::read_archive(
+            app.archive.as_ref(),
+            crate::archive::Kind::Allocations,
+            range,
+            move |l: &crate::archive::Line<Allocation>| keep(&l.record),
+        )
+        .await?;
         let items = page
             .lines
             .into_iter()

@@ -59,10 +59,6 @@ pub async fn list(
                 "archived events are read oldest first: page with after, not before".into(),
             ));
         }
-        let archive = app
-            .archive
-            .clone()
-            .ok_or_else(|| ApiError::BadRequest("this member keeps no archive".into()))?;
         let range = crate::archive::Range {
             since,
             until,
@@ -70,8 +66,11 @@ pub async fn list(
             limit,
         };
         let after = q.after.unwrap_or(0);
-        let read = tokio::task::spawn_blocking(move || {
-            archive.read::<Event>(crate::archive::Kind::Events, range, |l| {
+        let read = super::paging::read_archive(
+            app.archive.as_ref(),
+            crate::archive::Kind::Events,
+            range,
+            move |l: &crate::archive::Line<Event>| {
                 let e = &l.record;
                 e.seq > after
                     && filter.matches(e)
@@ -79,11 +78,9 @@ pub async fn list(
                         .tenant
                         .as_ref()
                         .is_none_or(|t| tenant_sees_event(t, e, l.tenant.as_ref()))
-            })
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("archive read: {e}")))?
-        .map_err(|e| ApiError::Internal(format!("archive read: {e}")))?;
+            },
+        )
+        .await?;
         return Ok(Json(read.lines.into_iter().map(|l| l.record).collect()));
     }
     if since.is_some() || until.is_some() {

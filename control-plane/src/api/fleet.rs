@@ -195,13 +195,7 @@ async fn archived_containers(
     use axum::response::IntoResponse;
     // The archive is this member's own files: a read barrier would add nothing (a malformed
     // consistency header was refused before the handler).
-    let after = match split.cursor() {
-        Some(c) => match Cursor::decode(c, 'z')? {
-            Cursor::Archive(p) => Some(p),
-            _ => None,
-        },
-        None => None,
-    };
+    let after = super::paging::archive_cursor(split.cursor())?;
     let tenant = split.tenant()?;
     let state: Option<ContainerState> = q
         .state
@@ -209,18 +203,17 @@ async fn archived_containers(
         .map(str::parse)
         .transpose()
         .map_err(ApiError::BadRequest)?;
-    let archive = app
-        .archive
-        .clone()
-        .ok_or_else(|| ApiError::BadRequest("this member keeps no archive".into()))?;
     let range = crate::archive::Range {
         since,
         until,
         after,
         limit: page_size(limit),
     };
-    let page = tokio::task::spawn_blocking(move || {
-        archive.read::<Container>(crate::archive::Kind::Containers, range, |l| {
+    let page = super::paging::read_archive(
+        app.archive.as_ref(),
+        crate::archive::Kind::Containers,
+        range,
+        move |l: &crate::archive::Line<Container>| {
             let c = &l.record;
             let of = |t: &warmpool_proto::TenantId| l.tenant.as_ref() == Some(t);
             scope.tenant().is_none_or(of)
@@ -231,11 +224,9 @@ async fn archived_containers(
                     .as_deref()
                     .is_none_or(|x| c.session.as_ref().is_some_and(|s| s.as_str() == x))
                 && state.is_none_or(|st| c.state == st)
-        })
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("archive read: {e}")))?
-    .map_err(|e| ApiError::Internal(format!("archive read: {e}")))?;
+        },
+    )
+    .await?;
     let items = page.lines.into_iter().map(|l| l.record).collect();
     let next_cursor = page.next.map(|p| Cursor::Archive(p).encode());
     Ok(Json(warmpool_proto::api::ContainerPage { items, next_cursor }).into_response())

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use warmpool_proto::{TenantId, Timestamp};
 
 use super::error::ApiError;
-use crate::archive::Position;
+use crate::archive::{Archive, Kind, Line, Position, Range, ReadPage};
 use crate::state::query::{LIST_PAGE, LIST_PAGE_MAX};
 
 /// Paging and tenant parameters of `GET /v1/containers` (the filters are `ContainerQuery`).
@@ -203,6 +203,34 @@ impl Cursor {
             }
         }
     }
+}
+
+/// The archive position an archived list's `cursor` names (`None` without one).
+pub fn archive_cursor(cursor: Option<&str>) -> Result<Option<Position>, ApiError> {
+    match cursor.map(|c| Cursor::decode(c, 'z')).transpose()? {
+        Some(Cursor::Archive(p)) => Ok(Some(p)),
+        _ => Ok(None),
+    }
+}
+
+/// Reads records of `kind` that pass `keep` from this member's archive, on a blocking thread
+/// (the files are gzip and may be many).
+pub async fn read_archive<T>(
+    archive: Option<&std::sync::Arc<Archive>>,
+    kind: Kind,
+    range: Range,
+    keep: impl FnMut(&Line<T>) -> bool + Send + 'static,
+) -> Result<ReadPage<T>, ApiError>
+where
+    T: DeserializeOwned + Send + 'static,
+{
+    let archive = archive
+        .cloned()
+        .ok_or_else(|| ApiError::BadRequest("this member keeps no archive".into()))?;
+    tokio::task::spawn_blocking(move || archive.read::<T>(kind, range, keep))
+        .await
+        .map_err(|e| ApiError::Internal(format!("archive read: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("archive read: {e}")))
 }
 
 /// The page size of a paged answer: `limit`, or the default when only a cursor is given.
