@@ -295,6 +295,8 @@ pub fn simulate(
     let model_spec = current.unwrap_or(proposed);
     let mut model = PoolModel::from_spec(model_spec, warm_time.clone(), a.wait_ms);
     model.seed = a.seed;
+    // Either policy would have watched the pool as the live one did before the first arrival.
+    model.before = history.before();
     if let Some(f) = fleet {
         model.teardown_time = timed(history.teardowns_ms.clone());
         model.fleet_slots = Some(f.slots);

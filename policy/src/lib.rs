@@ -42,5 +42,5 @@ pub use estimator::{DemandEstimator, DemandInputs, EstimatorConfig};
 pub use scaler::{
     DecisionInputs, Need, Policy, ScaleDecision, ScaleReason, Scaler, SCALE_DOWN_EVERY_MS,
 };
-pub use sim::{simulate, simulate_with, PoolModel, SimReport, WarmTime};
+pub use sim::{simulate, simulate_with, Before, PoolModel, SimReport, WarmTime};
 pub use trace::{Arrival, History, Trace, TraceError};

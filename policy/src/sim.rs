@@ -19,7 +19,9 @@
 //!   is gone at once.
 //! - **The scaler** is the real [`Scaler`] fed by the real [`DemandEstimator`]: every arrival
 //!   and every warm-up is recorded, and the scaler decides after every event and at least
-//!   every `step_ms` (the leader loop's tick).
+//!   every `step_ms` (the leader loop's tick). It starts with what the leader's scaler had
+//!   seen before the trace ([`Before`]): since when it watched the pool, and the warm-ups
+//!   measured then.
 //!
 //! The pool starts the trace holding `start_warm` warm containers, or else the policy's first
 //! wanted count. Costs are
@@ -212,6 +214,25 @@ pub struct PoolModel {
     /// The paused tier starts full.
     #[serde(default)]
     pub paused_wanted: u32,
+    /// What the leader had seen of the pool before the trace starts.
+    #[serde(default)]
+    pub before: Before,
+}
+
+/// What the control plane's scaler knows of a pool when the trace's first arrival comes: it
+/// has watched the pool since the leader first saw it, so the quiet time before the first
+/// arrival counts in how bursty arrivals look, and the warm-up times it measured then set
+/// its lead time. The default knows nothing: the scaler starts watching at the trace's start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Before {
+    /// When the scaler began watching the pool's demand, ms (the pool's first event); a time
+    /// after the trace's start is taken as its start.
+    #[serde(default)]
+    pub since_ms: Option<u64>,
+    /// Warm-up times measured before the trace's start, oldest first, ms.
+    #[serde(default)]
+    pub warm_times_ms: Vec<u64>,
 }
 
 impl Default for PoolModel {
@@ -231,6 +252,7 @@ impl Default for PoolModel {
             teardown_time: None,
             start_warm: None,
             paused_wanted: 0,
+            before: Before::default(),
         }
     }
 }
@@ -426,12 +448,18 @@ impl<'a> Sim<'a> {
         estimator: &EstimatorConfig,
     ) -> Self {
         let start = trace.start_ms;
+        let watched_from = model.before.since_ms.map_or(start, |t| t.min(start));
+        let mut estimator =
+            DemandEstimator::with_config(estimator.clone(), Timestamp(watched_from));
+        for &ms in &model.before.warm_times_ms {
+            estimator.record_warm_time(Duration::from_millis(ms));
+        }
         Sim {
             trace,
             model,
             policy,
             rng: Rng::new(model.seed),
-            estimator: DemandEstimator::with_config(estimator.clone(), Timestamp(start)),
+            estimator,
             scaler: Scaler::new(),
             events: BinaryHeap::new(),
             seq: 0,
@@ -953,6 +981,48 @@ mod tests {
         assert!(r.hit_rate > 0.8, "{r:?}");
         assert!(r.retired > 0, "shrank after the load: {r:?}");
         assert!(r.mean_wanted < 10.0, "{r:?}");
+    }
+
+    /// The control plane's scaler has watched a pool since the leader first saw it: the quiet
+    /// time before a burst counts in how bursty arrivals look, and the warm-ups measured then
+    /// set its lead time. A run told so starts from that knowledge.
+    #[test]
+    fn what_the_scaler_saw_before_the_trace_carries_into_it() {
+        let mut p = Policy::fixed(3);
+        p.max_warm = 60;
+        p.target_hit_rate = Some(0.95);
+        // 30 arrivals within 2 s, a minute after the pool was made; each held 20 s.
+        let t = Trace::new(
+            (0..30)
+                .map(|i| Arrival {
+                    at_ms: 60_000 + i * 66,
+                    hold_ms: 20_000,
+                })
+                .collect(),
+            60_000,
+            90_000,
+        );
+        let mut m = model(1_000);
+        m.start_warm = Some(3);
+        let blind = simulate(&t, &m, &p);
+        // Slow warm-ups measured earlier: a longer lead time, so a bigger pool for the burst
+        // from its first arrivals.
+        m.before.warm_times_ms = vec![6_000; 10];
+        let slow = simulate(&t, &m, &p);
+        assert!(
+            slow.max_wanted > blind.max_wanted,
+            "{slow:?} against {blind:?}"
+        );
+        // The quiet minute before is seen: another estimate of the same arrivals.
+        m.before = Before {
+            since_ms: Some(0),
+            warm_times_ms: Vec::new(),
+        };
+        let watched = simulate(&t, &m, &p);
+        assert_ne!(watched, blind);
+        // A start after the trace's own is the trace's start.
+        m.before.since_ms = Some(120_000);
+        assert_eq!(simulate(&t, &m, &p), blind);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
+use crate::sim::Before;
 use serde::{Deserialize, Serialize};
 use warmpool_proto::{AllocationId, ContainerId, Event, EventKind, NodeId, PoolName};
 
@@ -196,6 +197,9 @@ pub struct History {
     pub teardowns_ms: Vec<(u64, u64)>,
     /// Warm containers when the trace starts, when the log shows the pool before then.
     pub start_warm: Option<u32>,
+    /// The first event given, ms: since when the log shows the pool.
+    #[serde(default)]
+    pub first_ms: Option<u64>,
     /// Allocations still open at the end, held until then.
     pub open_allocations: usize,
     /// Releases whose allocation is not in the events given (it started earlier); skipped.
@@ -211,6 +215,7 @@ impl History {
             makings: Vec::new(),
             teardowns_ms: Vec::new(),
             start_warm: None,
+            first_ms: None,
             open_allocations: 0,
             unmatched_releases: 0,
         }
@@ -332,6 +337,7 @@ impl History {
             makings,
             teardowns_ms,
             start_warm,
+            first_ms: Some(first),
             open_allocations,
             unmatched_releases,
         })
@@ -339,6 +345,24 @@ impl History {
 }
 
 impl History {
+    /// What the control plane's scaler had seen of the pool at the trace's start: it watched
+    /// the pool from its first event, and measured the warm-ups that ended before the start.
+    pub fn before(&self) -> Before {
+        let mut earlier: Vec<&Making> = self
+            .makings
+            .iter()
+            .filter(|m| m.warm_ms < self.trace.start_ms)
+            .collect();
+        earlier.sort_by_key(|m| m.warm_ms);
+        Before {
+            since_ms: self.first_ms,
+            warm_times_ms: earlier
+                .iter()
+                .map(|m| m.warm_ms.saturating_sub(m.planned_ms))
+                .collect(),
+        }
+    }
+
     /// Each container's time from taking a create slot on its node to warm, with when it took
     /// the slot, `(at, how long)` in ms, sorted: the warm-up times less the wait for a slot,
     /// for a model that makes containers a few at a time ([`crate::PoolModel::create_slots`]).
@@ -547,6 +571,15 @@ mod tests {
         assert_eq!(h.teardowns_ms, vec![(9_000, 400)]);
         assert_eq!(h.makings.len(), 2);
         assert_eq!((h.open_allocations, h.unmatched_releases), (1, 1));
+        // The scaler watched the pool from its first event and measured both warm-ups, which
+        // ended before the first arrival, in the order they ended.
+        assert_eq!(
+            h.before(),
+            Before {
+                since_ms: Some(1_000),
+                warm_times_ms: vec![1_500, 1_900],
+            }
+        );
         assert!(History::from_events(&[], None).is_none());
 
         // A log that begins with the first allocation says nothing of the pool before it.
