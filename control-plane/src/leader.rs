@@ -142,7 +142,19 @@ impl Leader {
             gone: self.fleet.take_gone(),
         };
         for duty in Duty::ALL {
-            let effects = self.read(|s| engine.decide(duty, s, &facts, Now::read()));
+            // A duty may take several reads (reconciling a large fleet does), each short, so
+            // that writes get in between; its effects go out together, after the last.
+            let mut effects = Vec::new();
+            loop {
+                let started = std::time::Instant::now();
+                effects.extend(self.read(|s| engine.decide(duty, s, &facts, Now::read())));
+                metrics::histogram!("warmpool_leader_duty_read_seconds", "duty" => duty.as_str())
+                    .record(started.elapsed().as_secs_f64());
+                if !engine.unfinished(duty) {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
             self.execute(term, engine, effects).await;
             if duty == Duty::Liveness {
                 self.pull_inventories();

@@ -51,6 +51,11 @@ pub struct Config {
     pub node_lost: Duration,
     /// Reservation overcommit for placement.
     pub overcommit: Overcommit,
+    /// Container records and inventory entries one read of reconciliation looks at before
+    /// it stops for the rest of the fleet (a node is never split). Writes wait while the
+    /// leader reads the state, so a large fleet is compared in several short reads with
+    /// writes in between, and an allocation never waits for the whole fleet's comparison.
+    pub reconcile_read_budget: usize,
 }
 
 impl Default for Config {
@@ -61,6 +66,7 @@ impl Default for Config {
             node_timeout: Duration::from_secs(5),
             node_lost: Duration::from_secs(300),
             overcommit: Overcommit::default(),
+            reconcile_read_budget: 256,
         }
     }
 }
@@ -223,6 +229,20 @@ impl Duty {
         Duty::Leases,
         Duty::Health,
     ];
+
+    /// Its name in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Duty::Liveness => "liveness",
+            Duty::RecordGone => "record_gone",
+            Duty::Reconcile => "reconcile",
+            Duty::Scale => "scale",
+            Duty::Failures => "failures",
+            Duty::KeepWarm => "keep_warm",
+            Duty::Leases => "leases",
+            Duty::Health => "health",
+        }
+    }
 }
 
 /// One term of leadership's decisions and soft memory.
@@ -243,6 +263,8 @@ pub struct Engine {
     /// Nodes found settled by reconciliation, with the versions of their inventory and of
     /// their records then: not looked at again until one of them moves.
     settled: HashMap<NodeId, (u64, u64)>,
+    /// Where an unfinished pass of reconciliation goes on: after this node.
+    reconcile_after: Option<NodeId>,
 }
 
 impl Engine {
@@ -258,6 +280,7 @@ impl Engine {
             last_batch: BTreeMap::new(),
             stuck: HashMap::new(),
             settled: HashMap::new(),
+            reconcile_after: None,
             config,
         }
     }
@@ -267,7 +290,14 @@ impl Engine {
         &self.config
     }
 
-    /// Decides one duty.
+    /// Whether `duty`'s last decision covered only part of the fleet: call
+    /// [`Engine::decide`] again, with a fresh read of the state, for the rest. Only
+    /// reconciliation splits its pass ([`Config::reconcile_read_budget`]).
+    pub fn unfinished(&self, duty: Duty) -> bool {
+        duty == Duty::Reconcile && self.reconcile_after.is_some()
+    }
+
+    /// Decides one duty (or the next part of it: see [`Engine::unfinished`]).
     pub fn decide(
         &mut self,
         duty: Duty,
@@ -291,10 +321,16 @@ impl Engine {
     /// than carried out between duties.
     #[cfg(test)]
     pub fn step(&mut self, state: &PoolState, facts: &Facts, now: Now) -> Vec<Effect> {
-        Duty::ALL
-            .iter()
-            .flat_map(|d| self.decide(*d, state, facts, now))
-            .collect()
+        let mut out = Vec::new();
+        for duty in Duty::ALL {
+            loop {
+                out.extend(self.decide(duty, state, facts, now));
+                if !self.unfinished(duty) {
+                    break;
+                }
+            }
+        }
+        out
     }
 
     /// Notes that `effect` was carried out (sends are tracked from when they leave).

@@ -75,33 +75,48 @@ pub(super) fn record_gone(s: &PoolState, facts: &Facts) -> Vec<Effect> {
     vec![Effect::propose(Command::ContainersGone { gone })]
 }
 
-/// Compares every node's records with its inventory. A node found settled is not looked at
+/// Compares every node's records with its inventory, a part of the fleet per call (see
+/// [`Engine::unfinished`]), in the order of node ids. A node found settled is not looked at
 /// again until its inventory or its records change.
 pub(super) fn reconcile(e: &mut Engine, s: &PoolState, facts: &Facts, now: Now) -> Vec<Effect> {
-    // A create is in flight only while its record waits for it.
-    e.inflight.creates.retain(|id, _| {
-        s.container(id)
-            .is_some_and(|c| c.state == ContainerState::Creating)
-    });
-    // A pause or unpause only while its container lives.
-    e.inflight
-        .pauses
-        .retain(|id, _| s.container(id).is_some_and(|c| c.state.is_live()));
-    // (A destroy is in flight until its agent answers, whatever the answer: see
-    // `Engine::on_reply`.)
+    let after = e.reconcile_after.take();
+    if after.is_none() {
+        // A new pass.
+        // A create is in flight only while its record waits for it.
+        e.inflight.creates.retain(|id, _| {
+            s.container(id)
+                .is_some_and(|c| c.state == ContainerState::Creating)
+        });
+        // A pause or unpause only while its container lives.
+        e.inflight
+            .pauses
+            .retain(|id, _| s.container(id).is_some_and(|c| c.state.is_live()));
+        // (A destroy is in flight until its agent answers, whatever the answer: see
+        // `Engine::on_reply`.)
+        e.settled
+            .retain(|node, _| s.node(node).is_some_and(|n| n.status != NodeStatus::Down));
+    }
     let nodes: Vec<_> = s
         .nodes()
         .filter(|n| n.status != NodeStatus::Down)
+        .filter(|n| after.as_ref().is_none_or(|a| &n.id > a))
         .map(|n| (n.id.clone(), s.node_changed_at(&n.id)))
         .collect();
-    e.settled
-        .retain(|node, _| nodes.iter().any(|(n, _)| n == node));
+    let (mut looked_at, mut prev) = (0, None);
     let mut out = Vec::new();
     for (node, changed_at) in nodes {
+        if looked_at >= e.config.reconcile_read_budget {
+            // The rest after a fresh read.
+            e.reconcile_after = prev;
+            break;
+        }
+        prev = Some(node.clone());
         let (observed, version) = facts.observed(&node);
         if e.settled.get(&node) == Some(&(version, changed_at)) {
             continue;
         }
+        looked_at +=
+            observed.map_or(0, |o| o.inventory.containers.len()) + s.containers_on_count(&node);
         if facts.runtime_unavailable(&node) {
             // Its agent can neither make, destroy nor list containers now, and what it
             // listed before still runs (live restore): wait for it.

@@ -106,9 +106,11 @@ impl World {
     /// A node joined and is heard, with an empty inventory.
     fn node(&mut self, name: &str) -> NodeId {
         let id = nid(name);
+        // Each node its own prefix: two claiming one are cordoned.
+        let prefix = format!("fd36:{}::/64", self.state.nodes().count() + 1);
         self.apply(Command::NodeJoin {
             node: id.clone(),
-            ipv6_prefix: "fd36:1::/64".into(),
+            ipv6_prefix: prefix.clone(),
             labels: BTreeMap::new(),
             capacity: Resources {
                 cpu_millis: 4000,
@@ -120,7 +122,10 @@ impl World {
         self.facts.nodes.insert(
             id.clone(),
             NodeSoft {
-                heartbeat: heartbeat(&id),
+                heartbeat: Heartbeat {
+                    ipv6_prefix: prefix,
+                    ..heartbeat(&id)
+                },
                 received: now.mono,
                 received_at: now.wall,
                 observed: None,
@@ -179,11 +184,16 @@ impl World {
         }
     }
 
-    /// One whole step, carried out duty by duty as the runner does.
+    /// One whole step, carried out duty by duty (a duty part by part) as the runner does.
     fn step(&mut self, engine: &mut Engine) {
         for duty in Duty::ALL {
-            let effects = engine.decide(duty, &self.state, &self.facts, self.now());
-            self.carry_out(engine, effects);
+            loop {
+                let effects = engine.decide(duty, &self.state, &self.facts, self.now());
+                self.carry_out(engine, effects);
+                if !engine.unfinished(duty) {
+                    break;
+                }
+            }
         }
     }
 
@@ -796,4 +806,100 @@ fn the_record_of_commands_in_flight_stays_bounded_over_many_cycles() {
     }
     w.all_warm(&mut e, &n);
     assert_eq!(w.state.pool_counts(&pool).warm, 2, "the pool kept its size");
+}
+
+#[test]
+fn a_large_fleet_is_reconciled_in_parts_each_on_a_fresh_read() {
+    // A committed plan (two containers on each of three nodes of four) whose creates were
+    // lost with its leader: reconciliation sends them.
+    let mut w = World::new();
+    let nodes: Vec<NodeId> = (1..=4).map(|i| w.node(&format!("n{i}"))).collect();
+    let pool = w.pool("demo", 0, |spec| spec.max_total = 10);
+    let generation = w.state.pool(&pool).expect("the pool").generation;
+    let plan: Vec<(ContainerId, NodeId)> = nodes[..3]
+        .iter()
+        .flat_map(|n| {
+            [
+                (ContainerId::new(), n.clone()),
+                (ContainerId::new(), n.clone()),
+            ]
+        })
+        .collect();
+    let r = w.apply(Command::PlanContainers {
+        pool,
+        generation,
+        placements: plan.clone(),
+    });
+    assert!(!matches!(r, Response::Rejected(_)), "{r:?}");
+    let with_records: Vec<&NodeId> = nodes[..3].iter().collect();
+    assert!(with_records
+        .iter()
+        .all(|n| w.state.containers_on_count(n) == 2));
+    // A budget of one record per read: each read compares one node that has any.
+    let mut e = Engine::new(
+        &w.state,
+        Config {
+            reconcile_read_budget: 1,
+            ..Config::default()
+        },
+        w.now(),
+    );
+    let mut reads = 0;
+    let mut created = Vec::new();
+    loop {
+        reads += 1;
+        let effects = e.decide(Duty::Reconcile, &w.state, &w.facts, w.now());
+        let mut nodes_sent: Vec<&NodeId> = Vec::new();
+        for effect in &effects {
+            if let Effect::Send {
+                node,
+                cmd: AgentCommand::Create(spec),
+            } = effect
+            {
+                nodes_sent.push(node);
+                created.push(spec.id);
+            }
+        }
+        nodes_sent.dedup();
+        assert!(nodes_sent.len() <= 1, "one node per read: {effects:?}");
+        w.carry_out(&mut e, effects);
+        if reads == 1 {
+            // A write between two reads is seen by the next: the last node's containers are
+            // retired, and their creates are not sent.
+            let last = with_records.last().expect("a node");
+            let ids: Vec<ContainerId> = w.state.containers_on(last).map(|c| c.id).collect();
+            w.apply(Command::RetireContainers {
+                ids,
+                reason: warmpool_proto::ContainerEndReason::ScaleDown,
+            });
+        }
+        if !e.unfinished(Duty::Reconcile) {
+            break;
+        }
+    }
+    // One read per node: each with records fills the budget, so the next node waits for the
+    // next read. The retired node's read found its records were never made and sent no
+    // create.
+    assert_eq!(reads, nodes.len());
+    let last = with_records.last().expect("a node");
+    let mut expected: Vec<ContainerId> = plan
+        .iter()
+        .filter(|(_, n)| n != *last)
+        .map(|(id, _)| *id)
+        .collect();
+    expected.sort();
+    created.sort();
+    assert_eq!(created, expected, "each create sent once");
+    // The next pass starts over from the first node, and everything is in flight now.
+    let effects = e.decide(Duty::Reconcile, &w.state, &w.facts, w.now());
+    assert!(
+        !effects.iter().any(|e| matches!(
+            e,
+            Effect::Send {
+                cmd: AgentCommand::Create(_),
+                ..
+            }
+        )),
+        "{effects:?}"
+    );
 }

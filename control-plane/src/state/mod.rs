@@ -668,6 +668,11 @@ impl PoolState {
             .filter_map(|id| self.container(id))
     }
 
+    /// How many container records `node` has (live or not), without reading them.
+    pub fn containers_on_count(&self, node: &NodeId) -> usize {
+        self.by_node.get(node).map_or(0, BTreeSet::len)
+    }
+
     /// The log index at which a container record on `node` last changed (created, changed
     /// state, health, address or lease, or was observed); the index the state was loaded at
     /// for nodes unchanged since. Equal answers mean nothing on the node changed in between.
