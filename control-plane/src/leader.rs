@@ -85,10 +85,12 @@ impl Leader {
                         batch.push(r);
                     }
                     if let Some((t, engine)) = term.as_mut() {
-                        for (_, node, sent, reply) in batch.into_iter().filter(|r| r.0 == *t) {
-                            let effects = self.read(|s| engine.on_reply(s, &node, sent, reply));
-                            self.execute(*t, engine, effects).await;
-                        }
+                        let ours = batch
+                            .into_iter()
+                            .filter(|r| r.0 == *t)
+                            .map(|(_, node, sent, reply)| (node, sent, reply));
+                        let effects = self.read(|s| engine.on_replies(s, ours));
+                        self.execute(*t, engine, effects).await;
                     }
                 }
             }

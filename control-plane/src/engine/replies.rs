@@ -37,6 +37,41 @@ impl Sent {
 }
 
 impl Engine {
+    /// Several answers at once, as they queue up under load: what each one asks, with the
+    /// containers they report gone recorded in one write and each node's inventory asked
+    /// for once. (One write per answer made a leader that destroys hundreds of containers a
+    /// second fall behind: the answers waited for each other's commits.)
+    pub fn on_replies(
+        &mut self,
+        state: &PoolState,
+        replies: impl IntoIterator<Item = (NodeId, Sent, Result<AgentReply, AgentError>)>,
+    ) -> Vec<Effect> {
+        let mut gone = Vec::new();
+        let mut pulls: Vec<NodeId> = Vec::new();
+        let mut out = Vec::new();
+        for (node, sent, reply) in replies {
+            for effect in self.on_reply(state, &node, sent, reply) {
+                match effect {
+                    Effect::Propose {
+                        cmd: Command::ContainersGone { gone: g },
+                        then,
+                    } if then.is_empty() => gone.extend(g),
+                    Effect::Pull(n) => {
+                        if !pulls.contains(&n) {
+                            pulls.push(n);
+                        }
+                    }
+                    other => out.push(other),
+                }
+            }
+        }
+        if !gone.is_empty() {
+            out.insert(0, Effect::propose(Command::ContainersGone { gone }));
+        }
+        out.extend(pulls.into_iter().map(Effect::Pull));
+        out
+    }
+
     /// The agent of `node` answered `reply` to `sent` (or did not answer: `Err`).
     pub fn on_reply(
         &mut self,

@@ -597,6 +597,66 @@ fn a_destroy_answered_records_the_container_gone_and_pulls_the_inventory() {
 }
 
 #[test]
+fn answers_that_queue_up_are_recorded_in_one_write_and_one_pull_per_node() {
+    let mut w = World::new();
+    let n = w.node("n1");
+    let pool = w.pool("demo", 3, |_| {});
+    let mut e = w.engine();
+    w.step(&mut e);
+    w.all_warm(&mut e, &n);
+    let ids: Vec<ContainerId> = (0..3)
+        .map(|_| {
+            let a = w.allocate(&pool);
+            w.apply(Command::Release {
+                allocation_id: a,
+                reason: ReleaseReason::Client,
+            });
+            w.state.allocation(&a).unwrap().container_id
+        })
+        .collect();
+    w.step(&mut e);
+    // Three destroys answered, and a create the agent refused, all at once.
+    let refused = ContainerId::new();
+    let mut answers: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            (
+                n.clone(),
+                Sent::Destroy(*id),
+                Ok(AgentReply::Destroyed { existed: true }),
+            )
+        })
+        .collect();
+    answers.push((
+        n.clone(),
+        Sent::Create(refused),
+        Ok(AgentReply::Error {
+            message: "no such image".into(),
+        }),
+    ));
+    let effects = e.on_replies(&w.state, answers);
+    let [Effect::Propose {
+        cmd: Command::ContainersGone { gone },
+        then,
+    }, Effect::Pull(pulled)] = &effects[..]
+    else {
+        panic!("one write and one pull: {effects:?}");
+    };
+    assert!(then.is_empty());
+    assert_eq!(pulled, &n);
+    let mut recorded: Vec<ContainerId> = gone.iter().map(|(id, _)| *id).collect();
+    recorded.sort();
+    let mut expected = ids.clone();
+    expected.push(refused);
+    expected.sort();
+    assert_eq!(recorded, expected);
+    w.carry_out(&mut e, effects);
+    assert!(ids
+        .iter()
+        .all(|id| !w.state.container(id).is_some_and(|c| c.state.is_live())));
+}
+
+#[test]
 fn no_node_is_judged_while_the_leader_cannot_hear_nats() {
     let mut w = World::new();
     w.node("n1");
