@@ -15,8 +15,8 @@
 //! - **The fleet** (when the model has its limits). At most `create_slots` containers are
 //!   started at once, first planned first served; at most `fleet_slots` of the pool's
 //!   containers exist at once, and a released one keeps its place for a teardown time drawn
-//!   from the model. Without them, every planned container starts at once and a released one
-//!   is gone at once.
+//!   from the model (a retired one too). Without them, every planned container starts at once
+//!   and a released or retired one is gone at once.
 //! - **The scaler** is the real [`Scaler`] fed by the real [`DemandEstimator`]: every arrival
 //!   and every warm-up is recorded, and the scaler decides after every event and at least
 //!   every `step_ms` (the leader loop's tick). It starts with what the leader's scaler had
@@ -711,6 +711,14 @@ impl<'a> Sim<'a> {
                 self.r.retired += u64::from(from_warm + from_paused);
                 self.warm -= from_warm;
                 self.paused -= from_paused;
+                // A retired container keeps its place until torn down, as a released one does.
+                if let Some(t) = &self.model.teardown_time {
+                    for _ in 0..from_warm + from_paused {
+                        let gone_in = t.sample_at(self.now, &mut self.rng);
+                        self.releasing += 1;
+                        self.schedule(self.now.saturating_add(gone_in), Ev::TornDown);
+                    }
+                }
                 return;
             }
             Resize::Paced { until_ms } => {
@@ -955,6 +963,26 @@ mod tests {
         let r = simulate(&trace(&[], 1_000), &m, &Policy::fixed(1));
         assert!(close(r.idle_container_seconds, 1.5), "{r:?}");
         assert_eq!(r.retired, 1);
+    }
+
+    /// Retired surplus keeps its place too. Fleet of 2, fixed pool of 1, two warm at the
+    /// start: one is retired at the first step (0.5 s). t=1 A (hold 10 s) takes the other;
+    /// t=2 B waits. Torn down in 3 s, the retired one leaves room at 3.5: B's container is
+    /// planned then and serves it at 4.5 (wait 2.5 s). Gone at once, A's replacement is
+    /// planned at 1 and serves B at 2 (a hit).
+    #[test]
+    fn retired_containers_hold_their_place_until_torn_down() {
+        let mut m = model(1_000);
+        m.fleet_slots = Some(2);
+        m.start_warm = Some(2);
+        m.teardown_time = Some(WarmTime::Fixed { ms: 3_000 });
+        let t = trace(&[(1_000, 10_000), (2_000, 10_000)], 12_000);
+        let r = simulate(&t, &m, &Policy::fixed(1));
+        assert_eq!(r.retired, 1, "{r:?}");
+        assert_eq!((r.hits, r.waited, r.wait_p99_ms), (1, 1, 2_500), "{r:?}");
+        m.teardown_time = None;
+        let r = simulate(&t, &m, &Policy::fixed(1));
+        assert_eq!((r.hits, r.waited), (2, 0), "{r:?}");
     }
 
     #[test]
