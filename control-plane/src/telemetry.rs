@@ -74,6 +74,11 @@ pub fn describe() {
         Unit::Seconds,
         "The part of a leader pass spent reading the replicated state"
     );
+    describe_histogram!(
+        "warmpool_leader_duty_read_seconds",
+        Unit::Seconds,
+        "One read of the replicated state by one duty of the leader (writes wait meanwhile)"
+    );
 
     // Raft.
     describe_gauge!("warmpool_raft_term", "Current Raft term of this member");
