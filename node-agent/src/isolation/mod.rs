@@ -28,6 +28,7 @@ mod nft;
 pub mod rules;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bollard::Docker;
@@ -79,8 +80,21 @@ struct Enforcer {
     /// at each sync).
     fleet: Vec<IpPrefix>,
     ingress_from: Vec<IpPrefix>,
-    /// Serialises syncs; holds the last script applied.
-    last: Mutex<Option<String>>,
+    /// Syncs asked for so far (each caller takes the next number).
+    asked: AtomicU64,
+    /// Serialises syncs; what the last one applied.
+    last: Mutex<Applied>,
+}
+
+/// What the last sync applied.
+#[derive(Default)]
+struct Applied {
+    script: Option<String>,
+    /// Every sync asked for up to this number is covered: the sync that applied `script`
+    /// began after they were asked for, so it read Docker after their containers were made.
+    covers: u64,
+    /// The containers the rules cover.
+    members: usize,
 }
 
 /// The kernel settings without which traffic between two containers of one bridge never
@@ -140,7 +154,8 @@ impl Isolation {
                 table: rules::table_name(&config.node_id),
                 fleet,
                 ingress_from: config.ingress_from.clone(),
-                last: Mutex::new(None),
+                asked: AtomicU64::new(0),
+                last: Mutex::new(Applied::default()),
             }),
             poke: Notify::new(),
         };
@@ -171,7 +186,15 @@ impl Isolation {
         let Some(e) = &self.inner else {
             return Ok(0);
         };
+        // Group commit: callers that queue up while a sync runs (a refill's creates, each
+        // needing its container's rules before it is reported) are all covered by the next
+        // one, instead of each rebuilding every container's rules in turn.
+        let mine = e.asked.fetch_add(1, Ordering::SeqCst) + 1;
         let mut last = e.last.lock().await;
+        if last.covers >= mine {
+            return Ok(last.members);
+        }
+        let covers = e.asked.load(Ordering::SeqCst);
         let net = network::attached(&e.docker, &e.network).await?;
         let listed = driver.list().await?;
         let mut members = Vec::new();
@@ -230,10 +253,12 @@ impl Isolation {
         let script = rules::script(&settings, &members)?;
         // Applied every time, changed or not: the kernel's copy may have been flushed.
         nft::apply(&script).await?;
-        if last.as_deref() != Some(script.as_str()) {
+        if last.script.as_deref() != Some(script.as_str()) {
             debug!(containers = members.len(), "isolation rules changed");
-            *last = Some(script);
+            last.script = Some(script);
         }
+        last.covers = covers;
+        last.members = members.len();
         Ok(members.len())
     }
 }
