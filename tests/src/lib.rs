@@ -100,10 +100,7 @@ pub fn in_prefix(ip: &Ipv6Addr, prefix: &str) -> bool {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
 /// Builds the demo image once per test process.
@@ -257,12 +254,35 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A free TCP port on `addr`.
+/// A free TCP port on `addr`, for a process started later to listen on.
+///
+/// Picked at random below the kernel's ephemeral range (`ip_local_port_range`, 32768 and up
+/// here), never with a bind to port 0: a port the kernel hands out is free again once this
+/// probe closes, and the kernel may then give it to any outgoing connection (the suite opens
+/// thousands, several binaries at once) before the server binds it. A port below the range
+/// is taken only by a bind that names it; one already bound fails the probe and another is
+/// tried, and each port is handed out once per process.
 fn free_port_on(addr: IpAddr) -> u16 {
-    TcpListener::bind(SocketAddr::new(addr, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    const LOW: u16 = 10_000;
+    const HIGH: u16 = 32_000;
+    for _ in 0..1_000 {
+        let port = LOW + (uuid::Uuid::new_v4().as_u128() % u128::from(HIGH - LOW)) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        let given = given.get_or_insert_with(HashSet::new);
+        if given.contains(&port) {
+            continue;
+        }
+        // Free on `addr` and on the wildcard address (a server may listen on either).
+        let bound = |ip: IpAddr| TcpListener::bind(SocketAddr::new(ip, port)).is_ok();
+        if bound(addr) && bound(IpAddr::V6(Ipv6Addr::UNSPECIFIED)) {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port on {addr} below the ephemeral range");
 }
 
 /// One nats-server process of a [`Nats`].

@@ -86,12 +86,20 @@ fn random_u64() -> u64 {
     ContainerId::new().0.as_u64_pair().1
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, for a server started later.
+///
+/// Picked at random below the kernel's ephemeral range (32768 and up), never with a bind to
+/// port 0: the kernel may hand a port it gave out to an outgoing connection of another test
+/// once the probe closes, before the server binds it. Below the range only a bind that names
+/// the port takes it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    for _ in 0..1_000 {
+        let port = 10_000 + (random_u64() % 22_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on loopback below the ephemeral range");
 }
 
 /// A nats-server on a free port, killed on drop.
