@@ -1,64 +1,83 @@
 //! Writes the client gave up on. A member that gives up on writes at once
-//! (`--write-timeout-ms 1`) answers every allocation 503 although the allocation commits: the
+//! (`--write-timeout-ms 1`) answers allocations 503 although the leader commits them: the
 //! client has no answer and the cluster has an allocation nobody holds. A client that asks
 //! again with the same idempotency key (here through another member) gets that same
 //! allocation and keeps it; one that never returns leaves no active allocation once
 //! `--abandon-grace-secs` has passed: it is released as `abandoned`.
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use poolctl::{AllocationQuery, ClientError};
 use warmpool_proto::api::ErrorCode;
 use warmpool_proto::records::{AllocationState, ReleaseReason};
-use warmpool_proto::Allocation;
+use warmpool_proto::{Allocation, AllocationId};
 use warmpool_tests::sim_agent::SimAgent;
 use warmpool_tests::{unique, wait_until, TestCluster};
 
 const GRACE_SECS: u64 = 3;
 
-/// The allocation made under `key`, once some member has applied it.
-async fn made_with_key(client: &poolctl::Client, pool: &str, key: &str) -> Allocation {
-    wait_until(
-        Duration::from_secs(10),
-        "the unanswered allocation to commit",
-        || async move {
-            let all = client
-                .list_allocations(&AllocationQuery {
-                    pool: Some(pool.to_string()),
-                    ..Default::default()
-                })
-                .await
-                .ok()?;
-            all.into_iter()
-                .find(|a| a.idempotency_key.as_deref() == Some(key))
-        },
-    )
-    .await
+/// Every allocation of `pool`, in any state.
+async fn allocations_of(client: &poolctl::Client, pool: &str) -> Vec<Allocation> {
+    client
+        .list_allocations(&AllocationQuery {
+            pool: Some(pool.to_string()),
+            ..Default::default()
+        })
+        .await
+        .expect("list allocations")
 }
 
-/// Asks `slow` for an allocation (under a fresh key made from `prefix` when `keyed`) until its
-/// write times out: a write through that member may, rarely, still be answered within its
-/// millisecond; that allocation is released at once and another asked for. Returns the key.
+/// Asks `slow` for an allocation (under a fresh key made from `prefix` when `keyed`) until
+/// its write times out after reaching the leader; returns the key and the allocation that
+/// write made, as `observer` sees it.
+///
+/// A write through the slow member may, rarely, still be answered within its millisecond:
+/// that allocation is released at once and another asked for. It may also fail before it
+/// reaches the leader (a member that has just restarted may not know the leader yet): then
+/// nothing is made (its abandonment refuses it should it arrive late), and another is asked
+/// for.
 async fn unanswered(
     slow: &poolctl::Client,
     fast: &poolctl::Client,
+    observer: &poolctl::Client,
     pool: &str,
     prefix: &str,
     keyed: bool,
-) -> String {
+) -> (String, Allocation) {
+    let mut seen: HashSet<AllocationId> = allocations_of(observer, pool)
+        .await
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
     for _ in 0..20 {
         let key = unique(prefix);
         let mut req = warmpool_tests::allocation(pool, 0);
         req.idempotency_key = keyed.then(|| key.clone());
         match slow.allocate(&req).await {
-            Err(e) if is_write_timeout(&e) => return key,
+            Err(e) if is_write_timeout(&e) => {}
             Err(e) => panic!("{e:?}"),
             Ok(a) => {
+                seen.insert(a.id);
                 fast.release(a.id).await.expect("release");
+                continue;
             }
         }
+        // A write that reached the leader commits within milliseconds.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let made = allocations_of(observer, pool).await.into_iter().find(|a| {
+                !seen.contains(&a.id)
+                    && (!keyed || a.idempotency_key.as_deref() == Some(key.as_str()))
+            });
+            if let Some(a) = made {
+                return (key, a);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("an unanswered write through the slow member made nothing; asking again");
     }
-    panic!("every write through the slow member was answered in time");
+    panic!("no write through the slow member went unanswered after reaching the leader");
 }
 
 fn is_write_timeout(e: &ClientError) -> bool {
@@ -110,46 +129,28 @@ async fn an_unanswered_allocation_is_kept_for_a_returning_client_and_released_ot
     let fast_client = c.client_of(fast);
 
     // 1. The client comes back, through another member, with its key.
-    let back_key = unanswered(&slow_client, &fast_client, &pool, "back", true).await;
+    let (back_key, made) =
+        unanswered(&slow_client, &fast_client, &c.client, &pool, "back", true).await;
     let mut req = warmpool_tests::allocation(&pool, 0);
     req.idempotency_key = Some(back_key.clone());
-    let made = made_with_key(&c.client, &pool, &back_key).await;
     let again = fast_client.allocate(&req).await.expect("asked again");
     assert_eq!(again.id, made.id, "the same allocation, not a second one");
     assert_eq!(again.container_id, made.container_id);
 
     // 2. Clients that never come back: with a key, and without one.
-    let gone_key = unanswered(&slow_client, &fast_client, &pool, "gone", true).await;
-    let gone = made_with_key(&c.client, &pool, &gone_key).await;
+    let (gone_key, gone) =
+        unanswered(&slow_client, &fast_client, &c.client, &pool, "gone", true).await;
     assert_eq!(gone.state, AllocationState::Active);
-    let before: Vec<_> = c
-        .client
-        .list_allocations(&AllocationQuery {
-            pool: Some(pool.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| a.id)
-        .collect();
-    unanswered(&slow_client, &fast_client, &pool, "keyless", false).await;
-    let keyless = wait_until(Duration::from_secs(10), "the keyless allocation", || {
-        let (client, pool, before) = (c.client.clone(), pool.clone(), before.clone());
-        async move {
-            let all = client
-                .list_allocations(&AllocationQuery {
-                    pool: Some(pool),
-                    ..Default::default()
-                })
-                .await
-                .ok()?;
-            // (Any answered in time on the way were released at once.)
-            all.into_iter()
-                .find(|a| !before.contains(&a.id) && a.state == AllocationState::Active)
-        }
-    })
+    let (_, keyless) = unanswered(
+        &slow_client,
+        &fast_client,
+        &c.client,
+        &pool,
+        "keyless",
+        false,
+    )
     .await;
+    assert_eq!(keyless.state, AllocationState::Active);
 
     // Both are released as abandoned once the grace has passed (and not long after).
     for id in [gone.id, keyless.id] {
