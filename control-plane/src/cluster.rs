@@ -31,6 +31,13 @@ pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 pub const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(60);
 /// Time a new member has to replicate the log before it is refused as a voter.
 pub const LEARNER_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a joining member waits for an answer to one request to join. Only the leader
+/// answers, so a request sent while there is none (a member started with the cluster, before
+/// the first election) has no answer at all; a join the leader works on longer (a learner
+/// catching up) is finished in the background, and the member sees itself a voter.
+const JOIN_ATTEMPT: Duration = Duration::from_millis(500);
+/// The longest pause between a joining member's requests to join.
+const JOIN_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// Why a write or a consistent read did not happen.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -592,29 +599,33 @@ impl Cluster {
                 tracing::info!(member = self.id, "joined the cluster as a voter");
                 return;
             }
-            let req = self.nats.request(subjects::JOIN, payload.clone());
+            let req = self.nats.send_request(
+                subjects::JOIN,
+                async_nats::Request::new()
+                    .payload(payload.clone())
+                    .timeout(Some(JOIN_ATTEMPT)),
+            );
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = tokio::time::timeout(MEMBERSHIP_DEADLINE, req) => r,
+                r = req => r,
             };
             match outcome {
-                Ok(Ok(msg)) => match serde_json::from_slice::<ForwardReply>(&msg.payload) {
+                Ok(msg) => match serde_json::from_slice::<ForwardReply>(&msg.payload) {
                     Ok(ForwardReply::Done) => continue,
                     Ok(ForwardReply::Failed(e)) => {
                         warn!(member = self.id, error = %e, "join refused; retrying")
                     }
                     _ => warn!(member = self.id, "unexpected join reply; retrying"),
                 },
-                Ok(Err(e)) => {
+                Err(e) => {
                     debug!(member = self.id, error = %e, "no leader answered the join; retrying")
                 }
-                Err(_) => debug!(member = self.id, "join timed out; retrying"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
             }
-            pause = (pause * 2).min(Duration::from_secs(5));
+            pause = (pause * 2).min(JOIN_PAUSE_MAX);
         }
     }
 
@@ -627,6 +638,9 @@ impl Cluster {
         let direct = self.nats.subscribe(subjects::forward(self.id)).await?;
         let joins = self.nats.subscribe(subjects::JOIN).await?;
         let mut sub = futures::stream::select(direct, joins);
+        // Members the leader is adding on their own request: a request repeated meanwhile
+        // (its asker timed out) is not answered, and the first one goes on.
+        let joining = Arc::new(std::sync::Mutex::new(BTreeSet::<MemberId>::new()));
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -640,14 +654,25 @@ impl Cluster {
                 continue;
             }
             let this = self.clone();
+            let joining = joining.clone();
             tokio::spawn(async move {
-                let answer = match serde_json::from_slice::<Forward>(&msg.payload) {
+                let fwd = match serde_json::from_slice::<Forward>(&msg.payload) {
                     Err(e) => {
                         warn!(error = %e, "malformed forwarded request; dropped");
                         return;
                     }
-                    Ok(fwd) => this.answer_forward(fwd).await,
+                    Ok(fwd) => fwd,
                 };
+                let _joining = match &fwd {
+                    Forward::AddMember { id, .. } if msg.subject.as_str() == subjects::JOIN => {
+                        match JoinUnderWay::start(&joining, *id) {
+                            Some(under_way) => Some(under_way),
+                            None => return,
+                        }
+                    }
+                    _ => None,
+                };
+                let answer = this.answer_forward(fwd).await;
                 match serde_json::to_vec(&answer) {
                     Ok(bytes) => {
                         if let Err(e) = this.nats.publish(reply, Bytes::from(bytes)).await {
@@ -680,5 +705,31 @@ impl Cluster {
                 .map(|_| ForwardReply::Done),
         };
         result.unwrap_or_else(ForwardReply::Failed)
+    }
+}
+
+/// A join the leader is working on, in the set of those under way until dropped.
+struct JoinUnderWay {
+    set: Arc<std::sync::Mutex<BTreeSet<MemberId>>>,
+    id: MemberId,
+}
+
+impl JoinUnderWay {
+    /// `None` when a join of `id` is already under way.
+    fn start(set: &Arc<std::sync::Mutex<BTreeSet<MemberId>>>, id: MemberId) -> Option<Self> {
+        let fresh = set.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+        fresh.then(|| JoinUnderWay {
+            set: set.clone(),
+            id,
+        })
+    }
+}
+
+impl Drop for JoinUnderWay {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
     }
 }
