@@ -279,8 +279,8 @@ async fn run_create(shared: &Arc<Shared>, guard: CreateGuard, spec: &CreateSpec)
     // The container's own rules (its port open to the ingress prefixes, its egress policy)
     // go in before anyone hears of it; until then it is closed both ways.
     let made = match make(shared, spec).await {
-        Ok(made) => match shared.isolation.sync(shared).await {
-            Ok(_) => Ok(made),
+        Ok(made) => match shared.isolation.admit(shared, &made.0).await {
+            Ok(()) => Ok(made),
             Err(e) => Err(e.to_string()),
         },
         Err(e) => Err(e.to_string()),
@@ -391,9 +391,10 @@ async fn destroy(
                 .inventory
                 .finish_destroy(id, existed.then_some(reason));
             shared.sessions.forget(&id);
-            // Its rules go at the next sync; its address is not reused meanwhile (random
-            // IPv6; an IPv4 address Docker reuses is re-keyed by the new container's create).
-            shared.isolation.poke();
+            // Its rules go now, without holding up the answer. A container admitted meanwhile
+            // with its (IPv4) address has the whole rule set rebuilt instead.
+            let shared2 = shared.clone();
+            tokio::spawn(async move { shared2.isolation.forget(&id.to_string()).await });
             AgentReply::Destroyed { existed }
         }
         Err(e) => {

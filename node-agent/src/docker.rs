@@ -5,7 +5,7 @@
 //! daemon is unwrapped: a missing field is `None`, a 404 is `Ok(None)` or `Ok(false)`.
 
 use std::collections::HashMap;
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 use warmpool_proto::session::SETTINGS_DIR;
 
@@ -119,6 +119,8 @@ pub struct Observation {
     pub oom_killed: bool,
     /// Address on the node's network.
     pub ipv6: Option<Ipv6Addr>,
+    /// IPv4 address on the node's network.
+    pub ipv4: Option<Ipv4Addr>,
     /// Process id of its init process while it runs (its network namespace is
     /// `/proc/<pid>/net`).
     pub pid: Option<u32>,
@@ -269,12 +271,17 @@ impl Driver {
             | Some(ContainerStateStatusEnum::RESTARTING) => DockerState::Created,
             _ => DockerState::Exited,
         };
-        let ipv6 = c
+        let endpoint = c
             .network_settings
             .and_then(|n| n.networks)
-            .and_then(|mut nets| nets.remove(&self.network))
-            .and_then(|ep| ep.global_ipv6_address)
-            .and_then(|a| a.parse().ok());
+            .and_then(|mut nets| nets.remove(&self.network));
+        let (ipv6, ipv4) = match endpoint {
+            Some(ep) => (
+                ep.global_ipv6_address.and_then(|a| a.parse().ok()),
+                ep.ip_address.and_then(|a| a.parse().ok()),
+            ),
+            None => (None, None),
+        };
         Observation {
             docker_id: c.id.unwrap_or_default(),
             name: c
@@ -288,6 +295,7 @@ impl Driver {
                 .flatten(),
             oom_killed: state.oom_killed.unwrap_or(false),
             ipv6,
+            ipv4,
             pid: state
                 .pid
                 .and_then(|p| u32::try_from(p).ok())

@@ -806,6 +806,7 @@ mod tests {
             exit_code: (state == DockerState::Exited).then_some(137),
             oom_killed: false,
             ipv6: Some("fd36:1::2".parse().unwrap()),
+            ipv4: None,
             pid: None,
             paused: false,
         }

@@ -73,6 +73,11 @@ fn describe() {
         "warmpool_agent_docker_call_errors_total",
         "Docker API calls that failed, by operation"
     );
+    describe_histogram!(
+        "warmpool_agent_isolation_apply_seconds",
+        Unit::Seconds,
+        "Time nft took to apply isolation rules, by how (rebuild: the whole rule set; add: one new container's elements; remove: one removed container's)"
+    );
     describe_counter!(
         "warmpool_agent_probes_total",
         "Health probes of containers, by result (pass, fail)"

@@ -11,9 +11,16 @@
 //! - After each create, once Docker has given the container its addresses and before the
 //!   control plane hears of it: a container is never handed out before its own port is open to
 //!   the ingress prefixes. (Until then it is closed both ways, as every unknown address is.)
-//! - After each destroy, at every resync interval, and when the Docker event stream comes back
-//!   (dockerd restarted): the whole set is rebuilt from what Docker says now, so a rule never
-//!   outlives its container for long and a table flushed by hand comes back.
+//!   Only its own elements are added ([`Isolation::admit`]): a refill of many containers
+//!   neither reads Docker's whole list nor rebuilds every rule once per container. When the
+//!   rules applied cannot take it (its policy has no chain there yet), the whole set is
+//!   rebuilt.
+//! - After each destroy, its elements are deleted ([`Isolation::forget`]).
+//! - At every resync interval, and when the Docker event stream comes back (dockerd
+//!   restarted): the whole set is rebuilt from what Docker says now, so a rule never outlives
+//!   its container for long and a table flushed by hand comes back. A single add or delete
+//!   that `nft` refuses, or an add whose address the rules still give to a container gone,
+//!   rebuilds the whole set at once.
 //!
 //! The table is the agent's alone; the rules of dockerd live in other tables and are not
 //! touched. The table is removed with the node's network (or its network namespace); a rule
@@ -27,6 +34,7 @@
 mod nft;
 pub mod rules;
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,7 +47,7 @@ use warmpool_proto::{IpPrefix, LABEL_ID};
 
 use crate::agent::Shared;
 use crate::config::Config;
-use crate::docker::{DockerError, Driver};
+use crate::docker::{DockerError, Driver, Observation};
 use crate::labels;
 use crate::network::{self, NetworkError};
 pub use nft::NftError;
@@ -93,8 +101,63 @@ struct Applied {
     /// Every sync asked for up to this number is covered: the sync that applied `script`
     /// began after they were asked for, so it read Docker after their containers were made.
     covers: u64,
-    /// The containers the rules cover.
-    members: usize,
+    /// The containers the rules cover, by name ([`Member::name`]): what the kernel's table
+    /// holds, as far as the agent applied it.
+    covered: BTreeMap<String, Member>,
+    /// The egress chain of each policy in the rules ([`rules::chains`]).
+    chains: BTreeMap<String, String>,
+}
+
+impl Applied {
+    /// Whether another container than `m` has one of its addresses in the rules (one gone
+    /// whose rules are not out yet): then `m` cannot be added on its own.
+    fn address_taken(&self, m: &Member) -> bool {
+        self.covered.values().any(|c| {
+            c.name != m.name
+                && ((c.ipv6.is_some() && c.ipv6 == m.ipv6)
+                    || (c.ipv4.is_some() && c.ipv4 == m.ipv4))
+        })
+    }
+}
+
+/// The rules' view of container `name` with `labels` at these addresses; `None` for a
+/// container without a service port label (unmanageable: the resync removes it, and until
+/// then it stays closed).
+fn member_of(
+    name: &str,
+    labels: &HashMap<String, String>,
+    ipv6: Option<std::net::Ipv6Addr>,
+    ipv4: Option<std::net::Ipv4Addr>,
+) -> Option<Member> {
+    let port = labels
+        .get(warmpool_proto::LABEL_PORT)
+        .and_then(|p| p.parse().ok())?;
+    // One container's bad label must not stop the rules of all the others: it gets the
+    // closed policy.
+    let egress = match labels::egress_of(labels) {
+        Ok(e) => match e.validate() {
+            Ok(()) => e,
+            Err(err) => {
+                warn!(container = name, error = %err, "unusable egress policy: the container gets none");
+                Default::default()
+            }
+        },
+        Err(err) => {
+            warn!(container = name, error = %err, "unusable egress label: the container gets none");
+            Default::default()
+        }
+    };
+    Some(Member {
+        name: labels
+            .get(LABEL_ID)
+            .cloned()
+            .unwrap_or_else(|| name.to_string()),
+        ipv6,
+        ipv4,
+        port,
+        extra_ports: labels::extra_ports_of(labels),
+        egress,
+    })
 }
 
 /// The kernel settings without which traffic between two containers of one bridge never
@@ -176,6 +239,77 @@ impl Isolation {
         self.poke.notify_one();
     }
 
+    /// Opens the rules for `container`, just started: its addresses and ports are added to the
+    /// rules applied last, without reading Docker or rebuilding the others' rules. When those
+    /// rules cannot take it (no chain for its policy yet, an element of a container gone
+    /// meanwhile still holds its address, the table flushed by hand), the whole set is
+    /// rebuilt from what Docker runs, as [`Isolation::sync`]. Without isolation, does nothing.
+    pub async fn admit(
+        &self,
+        shared: &Shared,
+        container: &Observation,
+    ) -> Result<(), IsolationError> {
+        let Some(e) = &self.inner else {
+            return Ok(());
+        };
+        let member = member_of(
+            &container.name,
+            &container.labels,
+            container.ipv6,
+            container.ipv4,
+        );
+        if let Some(member) = member.filter(|m| m.ipv6.is_some() || m.ipv4.is_some()) {
+            let mut last = e.last.lock().await;
+            let script = last
+                .script
+                .as_ref()
+                .filter(|_| !last.address_taken(&member))
+                .and_then(|_| rules::admit(&e.table, &last.chains, &member));
+            if let Some(script) = script {
+                let applying = std::time::Instant::now();
+                match nft::apply(&script).await {
+                    Ok(()) => {
+                        metrics::histogram!("warmpool_agent_isolation_apply_seconds", "how" => "add")
+                            .record(applying.elapsed().as_secs_f64());
+                        last.covered.insert(member.name.clone(), member);
+                        return Ok(());
+                    }
+                    Err(err) => {
+                        debug!(container = %container.name, error = %err, "adding a container's rules was refused; rebuilding them all")
+                    }
+                }
+            }
+        }
+        self.sync(shared).await.map(|_| ())
+    }
+
+    /// Takes container `name` ([`Member::name`]: its Warmpool id), just removed from Docker,
+    /// out of the rules: only its own elements are deleted. When that fails (the rules were
+    /// rebuilt or flushed meanwhile), a whole rebuild is asked for. Its address is closed
+    /// either way until a container that has it is admitted. Without isolation, or for a
+    /// container the rules do not cover, does nothing.
+    pub async fn forget(&self, name: &str) {
+        let Some(e) = &self.inner else {
+            return;
+        };
+        let mut last = e.last.lock().await;
+        let Some(member) = last.covered.remove(name) else {
+            return;
+        };
+        let applying = std::time::Instant::now();
+        match nft::apply(&rules::remove(&e.table, &member)).await {
+            Ok(()) => {
+                metrics::histogram!("warmpool_agent_isolation_apply_seconds", "how" => "remove")
+                    .record(applying.elapsed().as_secs_f64());
+            }
+            Err(err) => {
+                debug!(container = name, error = %err, "taking a container's rules out was refused; rebuilding them all");
+                drop(last);
+                self.poke();
+            }
+        }
+    }
+
     /// Rebuilds and applies the rules from what Docker runs now; the number of containers
     /// they cover. Without isolation, does nothing.
     pub async fn sync(&self, shared: &Shared) -> Result<usize, IsolationError> {
@@ -192,51 +326,19 @@ impl Isolation {
         let mine = e.asked.fetch_add(1, Ordering::SeqCst) + 1;
         let mut last = e.last.lock().await;
         if last.covers >= mine {
-            return Ok(last.members);
+            return Ok(last.covered.len());
         }
         let covers = e.asked.load(Ordering::SeqCst);
         let net = network::attached(&e.docker, &e.network).await?;
         let listed = driver.list().await?;
-        let mut members = Vec::new();
-        for c in listed {
-            let Some((ipv6, ipv4)) = net.endpoints.get(&c.docker_id).copied() else {
-                continue; // not running, or not on this network: no address to key rules on
-            };
-            let Some(port) = c
-                .labels
-                .get(warmpool_proto::LABEL_PORT)
-                .and_then(|p| p.parse().ok())
-            else {
-                continue; // unmanageable: the resync removes it; meanwhile it stays closed
-            };
-            // One container's bad label must not stop the rules of all the others: it gets
-            // the closed policy.
-            let egress = match labels::egress_of(&c.labels) {
-                Ok(e) => match e.validate() {
-                    Ok(()) => e,
-                    Err(err) => {
-                        warn!(container = c.name, error = %err, "unusable egress policy: the container gets none");
-                        Default::default()
-                    }
-                },
-                Err(err) => {
-                    warn!(container = c.name, error = %err, "unusable egress label: the container gets none");
-                    Default::default()
-                }
-            };
-            members.push(Member {
-                name: c
-                    .labels
-                    .get(LABEL_ID)
-                    .cloned()
-                    .unwrap_or_else(|| c.name.clone()),
-                ipv6,
-                ipv4,
-                port,
-                extra_ports: labels::extra_ports_of(&c.labels),
-                egress,
-            });
-        }
+        let mut members: Vec<Member> = listed
+            .iter()
+            .filter_map(|c| {
+                // Not running, or not on this network: no address to key rules on.
+                let (ipv6, ipv4) = net.endpoints.get(&c.docker_id).copied()?;
+                member_of(&c.name, &c.labels, ipv6, ipv4)
+            })
+            .collect();
         members.sort_by(|a, b| a.name.cmp(&b.name));
         let mut fleet = e.fleet.clone();
         fleet.extend(
@@ -252,14 +354,19 @@ impl Isolation {
         };
         let script = rules::script(&settings, &members)?;
         // Applied every time, changed or not: the kernel's copy may have been flushed.
+        let applying = std::time::Instant::now();
         nft::apply(&script).await?;
+        metrics::histogram!("warmpool_agent_isolation_apply_seconds", "how" => "rebuild")
+            .record(applying.elapsed().as_secs_f64());
+        last.chains = rules::chains(&members);
         if last.script.as_deref() != Some(script.as_str()) {
             debug!(containers = members.len(), "isolation rules changed");
             last.script = Some(script);
         }
         last.covers = covers;
-        last.members = members.len();
-        Ok(members.len())
+        let n = members.len();
+        last.covered = members.into_iter().map(|m| (m.name.clone(), m)).collect();
+        Ok(n)
     }
 }
 

@@ -230,6 +230,101 @@ fn policy_chain(out: &mut String, chain: &str, egress: &Egress, allow: &AllowLis
     out.push_str("\t}\n");
 }
 
+/// What tells two egress policies apart: each distinct one has its own chain.
+fn policy_key(egress: &Egress) -> String {
+    serde_json::to_string(egress).unwrap_or_default()
+}
+
+/// The chain of each distinct egress policy of `members` ([`policy_key`] to chain name), as
+/// [`script`] names them.
+pub fn chains(members: &[Member]) -> BTreeMap<String, String> {
+    let keys: std::collections::BTreeSet<String> =
+        members.iter().map(|m| policy_key(&m.egress)).collect();
+    keys.into_iter()
+        .enumerate()
+        .map(|(i, k)| (k, format!("egress_{i}")))
+        .collect()
+}
+
+/// One container's elements of the egress maps and port sets.
+struct Elements {
+    egress6: Option<String>,
+    egress4: Option<String>,
+    ports6: Vec<String>,
+    ports4: Vec<String>,
+}
+
+impl Elements {
+    /// Those of `m`, whose policy's chain is `chain`.
+    fn of(m: &Member, chain: &str) -> Elements {
+        let ports = |ip: String| {
+            std::iter::once(m.port)
+                .chain(m.extra_ports.iter().copied())
+                .map(|p| format!("{ip} . {p}"))
+                .collect::<Vec<_>>()
+        };
+        Elements {
+            egress6: m.ipv6.map(|ip| format!("{ip} : jump {chain}")),
+            egress4: m.ipv4.map(|ip| format!("{ip} : jump {chain}")),
+            ports6: m.ipv6.map(|ip| ports(ip.to_string())).unwrap_or_default(),
+            ports4: m.ipv4.map(|ip| ports(ip.to_string())).unwrap_or_default(),
+        }
+    }
+}
+
+/// The script that adds container `m` to the rule set applied last, made for containers whose
+/// policies' chains were `chains` ([`chains`]): its addresses into the egress maps and its
+/// ports into the port sets, nothing else touched. `None` when that rule set has no chain for
+/// its policy: only a whole new rule set ([`script`]) can hold it.
+///
+/// `nft` refuses the script if an element for one of its addresses is there with another
+/// policy (a container that had the address is gone and the rules do not know it yet): the
+/// caller then rebuilds the whole set, as it would without this.
+pub fn admit(table: &str, chains: &BTreeMap<String, String>, m: &Member) -> Option<String> {
+    let chain = chains.get(&policy_key(&m.egress))?;
+    let e = Elements::of(m, chain);
+    let mut out = String::new();
+    for (name, element) in [("egress6", e.egress6), ("egress4", e.egress4)] {
+        if let Some(element) = element {
+            let _ = writeln!(out, "add element inet {table} {name} {{ {element} }}");
+        }
+    }
+    for (name, elements) in [("ports6", e.ports6), ("ports4", e.ports4)] {
+        if !elements.is_empty() {
+            let _ = writeln!(
+                out,
+                "add element inet {table} {name} {{ {} }}",
+                elements.join(", ")
+            );
+        }
+    }
+    Some(out)
+}
+
+/// The script that takes container `m`, gone, out of the rules applied last: its addresses
+/// out of the egress maps and its ports out of the port sets. `nft` refuses it if one of them
+/// is not there (the rules were rebuilt meanwhile); the caller then rebuilds the whole set.
+pub fn remove(table: &str, m: &Member) -> String {
+    let e = Elements::of(m, "");
+    let mut out = String::new();
+    let keys = [
+        ("egress6", m.ipv6.map(|ip| vec![ip.to_string()])),
+        ("egress4", m.ipv4.map(|ip| vec![ip.to_string()])),
+        ("ports6", Some(e.ports6).filter(|p| !p.is_empty())),
+        ("ports4", Some(e.ports4).filter(|p| !p.is_empty())),
+    ];
+    for (name, keys) in keys {
+        if let Some(keys) = keys {
+            let _ = writeln!(
+                out,
+                "delete element inet {table} {name} {{ {} }}",
+                keys.join(", ")
+            );
+        }
+    }
+    out
+}
+
 /// The whole rule set of a node with `members` running (see the module doc).
 pub fn script(s: &Settings, members: &[Member]) -> Result<String, RulesError> {
     if !iface_ok(&s.bridge) {
@@ -240,7 +335,7 @@ pub fn script(s: &Settings, members: &[Member]) -> Result<String, RulesError> {
     // One chain per distinct policy, in a stable order.
     let mut policies: BTreeMap<String, (Egress, AllowList)> = BTreeMap::new();
     for m in members {
-        let key = serde_json::to_string(&m.egress).unwrap_or_default();
+        let key = policy_key(&m.egress);
         if policies.contains_key(&key) {
             continue;
         }
@@ -257,11 +352,7 @@ pub fn script(s: &Settings, members: &[Member]) -> Result<String, RulesError> {
         }
         policies.insert(key, (m.egress.clone(), allow));
     }
-    let chain_of: BTreeMap<&String, String> = policies
-        .keys()
-        .enumerate()
-        .map(|(i, k)| (k, format!("egress_{i}")))
-        .collect();
+    let chain_of = chains(members);
 
     let mut out = String::new();
     let _ = writeln!(
@@ -286,22 +377,11 @@ pub fn script(s: &Settings, members: &[Member]) -> Result<String, RulesError> {
     let mut ports6 = Vec::new();
     let mut ports4 = Vec::new();
     for m in members {
-        let key = serde_json::to_string(&m.egress).unwrap_or_default();
-        let chain = &chain_of[&key];
-        if let Some(ip) = m.ipv6 {
-            egress6.push(format!("{ip} : jump {chain}"));
-            ports6.push(format!("{ip} . {}", m.port));
-            for p in &m.extra_ports {
-                ports6.push(format!("{ip} . {p}"));
-            }
-        }
-        if let Some(ip) = m.ipv4 {
-            egress4.push(format!("{ip} : jump {chain}"));
-            ports4.push(format!("{ip} . {}", m.port));
-            for p in &m.extra_ports {
-                ports4.push(format!("{ip} . {p}"));
-            }
-        }
+        let e = Elements::of(m, &chain_of[&policy_key(&m.egress)]);
+        egress6.extend(e.egress6);
+        egress4.extend(e.egress4);
+        ports6.extend(e.ports6);
+        ports4.extend(e.ports4);
     }
     // Two containers never share an address; should Docker's view be stale, the first wins
     // rather than the whole transaction failing on a duplicate element.
@@ -534,6 +614,73 @@ mod tests {
                 "drop"
             ]
         );
+    }
+
+    #[test]
+    fn a_new_container_is_added_with_the_elements_a_rebuild_would_give_it() {
+        let running = [member(2, Egress::None), member(4, Egress::Internet)];
+        let chains = chains(&running);
+        let mut new = member(7, Egress::None);
+        new.extra_ports = vec![6080];
+        let add = admit("warmpool_a", &chains, &new).unwrap();
+        assert_eq!(
+            add.lines().collect::<Vec<_>>(),
+            [
+                "add element inet warmpool_a egress6 { fd36:1::abcd:0:0:7 : jump egress_1 }",
+                "add element inet warmpool_a egress4 { 172.20.0.7 : jump egress_1 }",
+                "add element inet warmpool_a ports6 { fd36:1::abcd:0:0:7 . 8080, fd36:1::abcd:0:0:7 . 6080 }",
+                "add element inet warmpool_a ports4 { 172.20.0.7 . 8080, 172.20.0.7 . 6080 }",
+            ]
+        );
+        // The rules rebuilt with it hold the very same elements, under the same chain.
+        let rebuilt = script(&settings(), &[running[0].clone(), running[1].clone(), new]).unwrap();
+        assert_eq!(
+            chain(&rebuilt, "egress_1"),
+            chain(&script(&settings(), &running).unwrap(), "egress_1")
+        );
+        for element in [
+            "fd36:1::abcd:0:0:7 : jump egress_1",
+            "172.20.0.7 : jump egress_1",
+            "fd36:1::abcd:0:0:7 . 6080",
+            "172.20.0.7 . 8080",
+        ] {
+            assert!(rebuilt.contains(element), "{element} in {rebuilt}");
+        }
+    }
+
+    #[test]
+    fn a_gone_container_is_taken_out_key_by_key() {
+        let mut m = member(7, Egress::Internet);
+        m.extra_ports = vec![6080];
+        assert_eq!(
+            remove("warmpool_a", &m).lines().collect::<Vec<_>>(),
+            [
+                "delete element inet warmpool_a egress6 { fd36:1::abcd:0:0:7 }",
+                "delete element inet warmpool_a egress4 { 172.20.0.7 }",
+                "delete element inet warmpool_a ports6 { fd36:1::abcd:0:0:7 . 8080, fd36:1::abcd:0:0:7 . 6080 }",
+                "delete element inet warmpool_a ports4 { 172.20.0.7 . 8080, 172.20.0.7 . 6080 }",
+            ]
+        );
+        m.ipv4 = None;
+        assert!(!remove("warmpool_a", &m).contains("4 {"));
+    }
+
+    #[test]
+    fn a_container_whose_policy_has_no_chain_yet_needs_a_rebuild() {
+        let chains = chains(&[member(2, Egress::None)]);
+        assert_eq!(
+            admit("warmpool_a", &chains, &member(3, Egress::Internet)),
+            None
+        );
+        assert_eq!(
+            admit("warmpool_a", &BTreeMap::new(), &member(3, Egress::None)),
+            None
+        );
+        // Without an IPv4 address, only the IPv6 elements.
+        let mut v6 = member(3, Egress::None);
+        v6.ipv4 = None;
+        let add = admit("warmpool_a", &chains, &v6).unwrap();
+        assert!(!add.contains("egress4") && !add.contains("ports4"), "{add}");
     }
 
     #[test]
