@@ -76,7 +76,7 @@ fn describe() {
     describe_histogram!(
         "warmpool_agent_isolation_apply_seconds",
         Unit::Seconds,
-        "Time nft took to apply isolation rules, by how (rebuild: the whole rule set; add: one new container's elements; remove: one removed container's)"
+        "Time nft took to apply isolation rules, by how (rebuild: the whole rule set; change: new containers' elements added, removed ones' deleted, those queued up together)"
     );
     describe_counter!(
         "warmpool_agent_probes_total",

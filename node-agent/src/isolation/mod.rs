@@ -90,8 +90,96 @@ struct Enforcer {
     ingress_from: Vec<IpPrefix>,
     /// Syncs asked for so far (each caller takes the next number).
     asked: AtomicU64,
+    /// Single containers' changes waiting for the next `nft` run.
+    changes: std::sync::Mutex<Vec<Change>>,
     /// Serialises syncs; what the last one applied.
     last: Mutex<Applied>,
+}
+
+/// A change to one container's rules, waiting to be applied with the others queued.
+enum Change {
+    /// Add this container; the answer says whether it was added (else the whole set must be
+    /// rebuilt for it).
+    Add(Member, tokio::sync::oneshot::Sender<bool>),
+    /// Take out the container of this name.
+    Remove(String),
+}
+
+impl Enforcer {
+    fn queue(&self, change: Change) {
+        self.changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(change);
+    }
+
+    /// Applies every queued change in one `nft` run (a refill's creates that queue up while
+    /// one runs share the next, as the whole rebuilds do). Who queued a change and then gets
+    /// here finds it applied, by this call or by the one before it.
+    async fn apply_changes(&self, poke: &Notify) {
+        let mut last = self.last.lock().await;
+        let batch = std::mem::take(&mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.is_empty() {
+            return;
+        }
+        let mut script = String::new();
+        let mut added: Vec<(Member, tokio::sync::oneshot::Sender<bool>)> = Vec::new();
+        let mut refused = Vec::new();
+        let mut removed = 0;
+        // Removals first: an address Docker gave again is free once its old holder is out.
+        let (adds, removes): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|c| matches!(c, Change::Add(..)));
+        for change in removes {
+            if let Change::Remove(name) = change {
+                if let Some(m) = last.covered.remove(&name) {
+                    script.push_str(&rules::remove(&self.table, &m));
+                    removed += 1;
+                }
+            }
+        }
+        for change in adds {
+            let Change::Add(m, tx) = change else { continue };
+            let clash =
+                last.address_taken(&m) || added.iter().any(|(a, _)| rules::share_an_address(a, &m));
+            match last
+                .script
+                .as_ref()
+                .filter(|_| !clash)
+                .and_then(|_| rules::admit(&self.table, &last.chains, &m))
+            {
+                Some(add) => {
+                    script.push_str(&add);
+                    added.push((m, tx));
+                }
+                None => refused.push(tx),
+            }
+        }
+        if !script.is_empty() {
+            let applying = std::time::Instant::now();
+            match nft::apply(&script).await {
+                Ok(()) => {
+                    metrics::histogram!("warmpool_agent_isolation_apply_seconds", "how" => "change")
+                        .record(applying.elapsed().as_secs_f64());
+                    for (m, tx) in added {
+                        last.covered.insert(m.name.clone(), m);
+                        let _ = tx.send(true);
+                    }
+                }
+                Err(err) => {
+                    // The kernel's table is not what `covered` says any more: nothing is
+                    // added alone until a rebuild has made them one again.
+                    debug!(error = %err, added = added.len(), removed, "adding or removing single containers' rules was refused; rebuilding them all");
+                    last.script = None;
+                    refused.extend(added.into_iter().map(|(_, tx)| tx));
+                    poke.notify_one();
+                }
+            }
+        }
+        for tx in refused {
+            let _ = tx.send(false);
+        }
+    }
 }
 
 /// What the last sync applied.
@@ -112,11 +200,9 @@ impl Applied {
     /// Whether another container than `m` has one of its addresses in the rules (one gone
     /// whose rules are not out yet): then `m` cannot be added on its own.
     fn address_taken(&self, m: &Member) -> bool {
-        self.covered.values().any(|c| {
-            c.name != m.name
-                && ((c.ipv6.is_some() && c.ipv6 == m.ipv6)
-                    || (c.ipv4.is_some() && c.ipv4 == m.ipv4))
-        })
+        self.covered
+            .values()
+            .any(|c| c.name != m.name && rules::share_an_address(c, m))
     }
 }
 
@@ -218,6 +304,7 @@ impl Isolation {
                 fleet,
                 ingress_from: config.ingress_from.clone(),
                 asked: AtomicU64::new(0),
+                changes: std::sync::Mutex::new(Vec::new()),
                 last: Mutex::new(Applied::default()),
             }),
             poke: Notify::new(),
@@ -259,25 +346,11 @@ impl Isolation {
             container.ipv4,
         );
         if let Some(member) = member.filter(|m| m.ipv6.is_some() || m.ipv4.is_some()) {
-            let mut last = e.last.lock().await;
-            let script = last
-                .script
-                .as_ref()
-                .filter(|_| !last.address_taken(&member))
-                .and_then(|_| rules::admit(&e.table, &last.chains, &member));
-            if let Some(script) = script {
-                let applying = std::time::Instant::now();
-                match nft::apply(&script).await {
-                    Ok(()) => {
-                        metrics::histogram!("warmpool_agent_isolation_apply_seconds", "how" => "add")
-                            .record(applying.elapsed().as_secs_f64());
-                        last.covered.insert(member.name.clone(), member);
-                        return Ok(());
-                    }
-                    Err(err) => {
-                        debug!(container = %container.name, error = %err, "adding a container's rules was refused; rebuilding them all")
-                    }
-                }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            e.queue(Change::Add(member, tx));
+            e.apply_changes(&self.poke).await;
+            if rx.await == Ok(true) {
+                return Ok(());
             }
         }
         self.sync(shared).await.map(|_| ())
@@ -292,22 +365,8 @@ impl Isolation {
         let Some(e) = &self.inner else {
             return;
         };
-        let mut last = e.last.lock().await;
-        let Some(member) = last.covered.remove(name) else {
-            return;
-        };
-        let applying = std::time::Instant::now();
-        match nft::apply(&rules::remove(&e.table, &member)).await {
-            Ok(()) => {
-                metrics::histogram!("warmpool_agent_isolation_apply_seconds", "how" => "remove")
-                    .record(applying.elapsed().as_secs_f64());
-            }
-            Err(err) => {
-                debug!(container = name, error = %err, "taking a container's rules out was refused; rebuilding them all");
-                drop(last);
-                self.poke();
-            }
-        }
+        e.queue(Change::Remove(name.to_string()));
+        e.apply_changes(&self.poke).await;
     }
 
     /// Rebuilds and applies the rules from what Docker runs now; the number of containers

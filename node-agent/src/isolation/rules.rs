@@ -301,6 +301,11 @@ pub fn admit(table: &str, chains: &BTreeMap<String, String>, m: &Member) -> Opti
     Some(out)
 }
 
+/// Whether `a` and `b` have an address in common.
+pub fn share_an_address(a: &Member, b: &Member) -> bool {
+    (a.ipv6.is_some() && a.ipv6 == b.ipv6) || (a.ipv4.is_some() && a.ipv4 == b.ipv4)
+}
+
 /// The script that takes container `m`, gone, out of the rules applied last: its addresses
 /// out of the egress maps and its ports out of the port sets. `nft` refuses it if one of them
 /// is not there (the rules were rebuilt meanwhile); the caller then rebuilds the whole set.
