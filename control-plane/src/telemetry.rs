@@ -120,6 +120,11 @@ pub fn describe() {
         "Size of the last snapshot this member built"
     );
     describe_histogram!(
+        "warmpool_raft_log_flush_seconds",
+        Unit::Seconds,
+        "Time of one flush of the Raft log to disk (every append waits for one before it counts towards a quorum)"
+    );
+    describe_histogram!(
         "warmpool_raft_log_flush_batch",
         "Raft log writes made durable by one flush (group commit)"
     );

@@ -66,7 +66,10 @@ impl Flusher {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
+                    let flushing = std::time::Instant::now();
                     let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    metrics::histogram!("warmpool_raft_log_flush_seconds")
+                        .record(flushing.elapsed().as_secs_f64());
                     metrics::histogram!("warmpool_raft_log_flush_batch").record(batch.len() as f64);
                     for job in batch {
                         match job {
