@@ -368,7 +368,8 @@ down() {
     ids=$(docker ps -aq --filter "label=io.warmpool.node=$NODE_ID")
     if [ -n "$ids" ]; then
       say "removing $(echo "$ids" | wc -l) containers"
-      docker rm -f $ids >/dev/null
+      # 16 at a time: `docker rm -f` of hundreds at once has hung dockerd 20.10 here.
+      echo "$ids" | xargs -n 16 docker rm -f >/dev/null
     fi
     docker network rm "warmpool-$NODE_ID" >/dev/null 2>&1 || true
   fi

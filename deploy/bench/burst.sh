@@ -95,7 +95,8 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   ids=$(docker ps -aq --filter "label=io.warmpool.node=$NODE" 2>/dev/null || true)
-  [ -n "$ids" ] && { docker rm -f $ids >/dev/null 2>&1 || true; }
+  # 16 at a time: `docker rm -f` of hundreds at once has hung dockerd 20.10 here.
+  [ -n "$ids" ] && { echo "$ids" | xargs -n 16 docker rm -f >/dev/null 2>&1 || true; }
   docker network rm "warmpool-$NODE" >/dev/null 2>&1 || true
   if command -v nft >/dev/null; then nft delete table inet "warmpool_$NODE" 2>/dev/null || true; fi
   rm -rf "$DIR"

@@ -94,7 +94,8 @@ down() {
   for n in nats nats0 nats1 nats2; do stop_pid "$n"; done
   local ids
   ids=$(docker ps -aq --filter "label=io.warmpool.node=$NODE_ID" 2>/dev/null || true)
-  [ -n "$ids" ] && { docker rm -f $ids >/dev/null 2>&1 || true; }
+  # 16 at a time: `docker rm -f` of hundreds at once has hung dockerd 20.10 here.
+  [ -n "$ids" ] && { echo "$ids" | xargs -n 16 docker rm -f >/dev/null 2>&1 || true; }
   docker network rm "warmpool-$NODE_ID" >/dev/null 2>&1 || true
   rm -rf "$DIR"/cp1 "$DIR"/cp2 "$DIR"/cp3
 }
