@@ -37,6 +37,8 @@ pub struct Shared {
     pub outbox: Outbox,
     /// Bounds concurrent creates (an adaptive limit).
     pub creates: crate::creates::Gate,
+    /// Bounds concurrent destroys ([`crate::commands::MAX_CONCURRENT_DESTROYS`]).
+    pub destroys: tokio::sync::Semaphore,
     /// Create and probe tasks.
     pub tasks: TaskTracker,
     /// Asks the resync loop for a pass now.
@@ -149,6 +151,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             config.min_concurrent_creates,
             config.max_concurrent_creates,
         ),
+        destroys: tokio::sync::Semaphore::new(crate::commands::MAX_CONCURRENT_DESTROYS),
         config,
         boot_id,
         nats: nats.clone(),

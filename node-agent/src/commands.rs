@@ -31,6 +31,13 @@ use crate::prober;
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Containers removed at once; the destroys beyond wait their turn. A pool deleted with a few
+/// hundred containers sends as many destroys at once, and dockerd 20.10 killing and removing
+/// about 260 containers at once here stopped answering for good (every remove waiting for an
+/// exit it was never told of). The control plane's reconciliation asks again for any destroy
+/// whose answer came too late.
+pub const MAX_CONCURRENT_DESTROYS: usize = 16;
+
 /// Serves commands from `sub` until `cancel`; handlers run on `handlers`, creates on
 /// `shared.tasks`.
 pub async fn listen(
@@ -361,6 +368,9 @@ async fn destroy(
         // it made. `changed` errs when the create's guard is dropped: that is the signal.
         let _ = done.changed().await;
     }
+    // The tombstone is in (a create still queued will not start); the work with Docker waits
+    // for a slot. The semaphore is never closed: no permit would change only the pace.
+    let _slot = shared.destroys.acquire().await.ok();
     let mut existed = docker_id.is_some();
     let mut result = Ok(());
     if let Some(docker_id) = &docker_id {
