@@ -34,7 +34,7 @@
 mod nft;
 pub mod rules;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -122,62 +122,45 @@ impl Enforcer {
         if batch.is_empty() {
             return;
         }
-        let mut script = String::new();
-        let mut added: Vec<(Member, tokio::sync::oneshot::Sender<bool>)> = Vec::new();
-        let mut refused = Vec::new();
-        let mut removed = 0;
-        // Removals first: an address Docker gave again is free once its old holder is out.
-        let (adds, removes): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .partition(|c| matches!(c, Change::Add(..)));
-        for change in removes {
-            if let Change::Remove(name) = change {
-                if let Some(m) = last.covered.remove(&name) {
-                    script.push_str(&rules::remove(&self.table, &m));
-                    removed += 1;
+        let (mut removes, mut adds, mut answers) = (Vec::new(), Vec::new(), Vec::new());
+        for change in batch {
+            match change {
+                Change::Remove(name) => removes.push(name),
+                Change::Add(m, tx) => {
+                    adds.push(m);
+                    answers.push(Some(tx));
                 }
             }
         }
-        for change in adds {
-            let Change::Add(m, tx) = change else { continue };
-            let clash =
-                last.address_taken(&m) || added.iter().any(|(a, _)| rules::share_an_address(a, &m));
-            match last
-                .script
-                .as_ref()
-                .filter(|_| !clash)
-                .and_then(|_| rules::admit(&self.table, &last.chains, &m))
-            {
-                Some(add) => {
-                    script.push_str(&add);
-                    added.push((m, tx));
-                }
-                None => refused.push(tx),
+        let mut answer = |i: usize, added: bool| {
+            if let Some(tx) = answers[i].take() {
+                let _ = tx.send(added);
             }
+        };
+        // Not known (a change was refused since the last rebuild): only a rebuild can tell.
+        let Some(known) = last.known.as_mut() else {
+            (0..adds.len()).for_each(|i| answer(i, false));
+            return;
+        };
+        let plan = known.plan(&self.table, &removes, &adds);
+        plan.refused.iter().for_each(|&i| answer(i, false));
+        if plan.script.is_empty() {
+            return;
         }
-        if !script.is_empty() {
-            let applying = std::time::Instant::now();
-            match nft::apply(&script).await {
-                Ok(()) => {
-                    metrics::histogram!("warmpool_agent_isolation_apply_seconds", "how" => "change")
-                        .record(applying.elapsed().as_secs_f64());
-                    for (m, tx) in added {
-                        last.covered.insert(m.name.clone(), m);
-                        let _ = tx.send(true);
-                    }
-                }
-                Err(err) => {
-                    // The kernel's table is not what `covered` says any more: nothing is
-                    // added alone until a rebuild has made them one again.
-                    debug!(error = %err, added = added.len(), removed, "adding or removing single containers' rules was refused; rebuilding them all");
-                    last.script = None;
-                    refused.extend(added.into_iter().map(|(_, tx)| tx));
-                    poke.notify_one();
-                }
+        let applying = std::time::Instant::now();
+        match nft::apply(&plan.script).await {
+            Ok(()) => {
+                metrics::histogram!("warmpool_agent_isolation_apply_seconds", "how" => "change")
+                    .record(applying.elapsed().as_secs_f64());
+                known.apply(&plan, &adds);
+                plan.added.iter().for_each(|&i| answer(i, true));
             }
-        }
-        for tx in refused {
-            let _ = tx.send(false);
+            Err(err) => {
+                debug!(error = %err, added = plan.added.len(), removed = plan.removed.len(), "adding or removing single containers' rules was refused; rebuilding them all");
+                last.known = None;
+                plan.added.iter().for_each(|&i| answer(i, false));
+                poke.notify_one();
+            }
         }
     }
 }
@@ -185,25 +168,12 @@ impl Enforcer {
 /// What the last sync applied.
 #[derive(Default)]
 struct Applied {
-    script: Option<String>,
-    /// Every sync asked for up to this number is covered: the sync that applied `script`
-    /// began after they were asked for, so it read Docker after their containers were made.
+    /// Every sync asked for up to this number is covered: the last sync began after they
+    /// were asked for, so it read Docker after their containers were made.
     covers: u64,
-    /// The containers the rules cover, by name ([`Member::name`]): what the kernel's table
-    /// holds, as far as the agent applied it.
-    covered: BTreeMap<String, Member>,
-    /// The egress chain of each policy in the rules ([`rules::chains`]).
-    chains: BTreeMap<String, String>,
-}
-
-impl Applied {
-    /// Whether another container than `m` has one of its addresses in the rules (one gone
-    /// whose rules are not out yet): then `m` cannot be added on its own.
-    fn address_taken(&self, m: &Member) -> bool {
-        self.covered
-            .values()
-            .any(|c| c.name != m.name && rules::share_an_address(c, m))
-    }
+    /// What the kernel's table holds; `None` before the first rebuild and after a refused
+    /// change (until the next rebuild).
+    known: Option<rules::Known>,
 }
 
 /// The rules' view of container `name` with `labels` at these addresses; `None` for a
@@ -385,7 +355,7 @@ impl Isolation {
         let mine = e.asked.fetch_add(1, Ordering::SeqCst) + 1;
         let mut last = e.last.lock().await;
         if last.covers >= mine {
-            return Ok(last.covered.len());
+            return Ok(last.known.as_ref().map_or(0, rules::Known::len));
         }
         let covers = e.asked.load(Ordering::SeqCst);
         let net = network::attached(&e.docker, &e.network).await?;
@@ -417,14 +387,9 @@ impl Isolation {
         nft::apply(&script).await?;
         metrics::histogram!("warmpool_agent_isolation_apply_seconds", "how" => "rebuild")
             .record(applying.elapsed().as_secs_f64());
-        last.chains = rules::chains(&members);
-        if last.script.as_deref() != Some(script.as_str()) {
-            debug!(containers = members.len(), "isolation rules changed");
-            last.script = Some(script);
-        }
         last.covers = covers;
         let n = members.len();
-        last.covered = members.into_iter().map(|m| (m.name.clone(), m)).collect();
+        last.known = Some(rules::Known::of(members));
         Ok(n)
     }
 }

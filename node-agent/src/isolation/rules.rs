@@ -302,8 +302,99 @@ pub fn admit(table: &str, chains: &BTreeMap<String, String>, m: &Member) -> Opti
 }
 
 /// Whether `a` and `b` have an address in common.
-pub fn share_an_address(a: &Member, b: &Member) -> bool {
+fn share_an_address(a: &Member, b: &Member) -> bool {
     (a.ipv6.is_some() && a.ipv6 == b.ipv6) || (a.ipv4.is_some() && a.ipv4 == b.ipv4)
+}
+
+/// What the node's table holds, as the agent applied it: the containers it covers, by name
+/// ([`Member::name`]), and the chain of each egress policy in it. Between whole rebuilds,
+/// single containers' changes are planned against it ([`Known::plan`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Known {
+    covered: BTreeMap<String, Member>,
+    chains: BTreeMap<String, String>,
+}
+
+/// One batch of single containers' changes, as [`Known::plan`] made it.
+#[derive(Debug, PartialEq)]
+pub struct Plan {
+    /// For `nft -f -` (empty: nothing to run).
+    pub script: String,
+    /// The containers taken out (the names asked for that the table covers).
+    pub removed: Vec<String>,
+    /// Indices of the adds the script holds.
+    pub added: Vec<usize>,
+    /// Indices of the adds that only a whole rebuild can hold.
+    pub refused: Vec<usize>,
+}
+
+impl Known {
+    /// What a whole rule set made by [`script`] for `members` holds.
+    pub fn of(members: Vec<Member>) -> Known {
+        Known {
+            chains: chains(&members),
+            covered: members.into_iter().map(|m| (m.name.clone(), m)).collect(),
+        }
+    }
+
+    /// The containers covered.
+    pub fn len(&self) -> usize {
+        self.covered.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.covered.is_empty()
+    }
+
+    /// Plans taking out the containers named in `removes` and adding `adds`, in one script.
+    /// Removals go first: an address Docker gave again is free once its old holder is out.
+    /// An add is refused when its policy has no chain in the table, when a container that
+    /// stays has one of its addresses (one gone whose rules are not out yet), or when an
+    /// earlier add of the batch has one.
+    pub fn plan(&self, table: &str, removes: &[String], adds: &[Member]) -> Plan {
+        let mut script = String::new();
+        let mut removed: Vec<String> = Vec::new();
+        for name in removes {
+            if let Some(m) = self.covered.get(name) {
+                if !removed.contains(name) {
+                    script.push_str(&remove(table, m));
+                    removed.push(name.clone());
+                }
+            }
+        }
+        let (mut added, mut refused) = (Vec::new(), Vec::new());
+        for (i, m) in adds.iter().enumerate() {
+            let held = self
+                .covered
+                .values()
+                .any(|c| c.name != m.name && !removed.contains(&c.name) && share_an_address(c, m));
+            let claimed = added.iter().any(|&j: &usize| share_an_address(&adds[j], m));
+            match admit(table, &self.chains, m).filter(|_| !held && !claimed) {
+                Some(add) => {
+                    script.push_str(&add);
+                    added.push(i);
+                }
+                None => refused.push(i),
+            }
+        }
+        Plan {
+            script,
+            removed,
+            added,
+            refused,
+        }
+    }
+
+    /// Records `plan`, applied, with the `adds` it was made from.
+    pub fn apply(&mut self, plan: &Plan, adds: &[Member]) {
+        for name in &plan.removed {
+            self.covered.remove(name);
+        }
+        for &i in &plan.added {
+            self.covered.insert(adds[i].name.clone(), adds[i].clone());
+        }
+    }
 }
 
 /// The script that takes container `m`, gone, out of the rules applied last: its addresses
@@ -668,6 +759,52 @@ mod tests {
         );
         m.ipv4 = None;
         assert!(!remove("warmpool_a", &m).contains("4 {"));
+    }
+
+    #[test]
+    fn a_gone_container_leaves_before_a_new_one_takes_its_address() {
+        let gone = member(3, Egress::None);
+        let mut known = Known::of(vec![gone.clone(), member(4, Egress::None)]);
+        // Docker gave the new container the IPv4 address of the gone one.
+        let mut new = member(9, Egress::None);
+        new.ipv4 = gone.ipv4;
+        let adds = [new.clone()];
+        // Its rules still there: the new container cannot be added alone.
+        assert_eq!(known.plan("warmpool_a", &[], &adds).refused, [0]);
+        // Taken out in the same batch: first the delete, then the add.
+        let plan = known.plan("warmpool_a", std::slice::from_ref(&gone.name), &adds);
+        assert_eq!((plan.added.as_slice(), plan.refused.len()), (&[0][..], 0));
+        let delete = plan
+            .script
+            .find("delete element inet warmpool_a egress4 { 172.20.0.3 }");
+        let add = plan
+            .script
+            .find("add element inet warmpool_a egress4 { 172.20.0.3 : jump");
+        assert!(
+            delete.is_some() && add.is_some() && delete < add,
+            "{}",
+            plan.script
+        );
+        known.apply(&plan, &adds);
+        assert_eq!(known, Known::of(vec![member(4, Egress::None), new]));
+    }
+
+    #[test]
+    fn an_add_is_refused_when_the_batch_or_the_table_cannot_hold_it() {
+        let known = Known::of(vec![member(2, Egress::None)]);
+        let mut twin = member(8, Egress::None);
+        twin.ipv6 = member(7, Egress::None).ipv6;
+        let adds = [
+            member(7, Egress::None),
+            twin,                        // an address the batch's first add has
+            member(5, Egress::Internet), // a policy with no chain in the table
+            member(6, Egress::None),
+        ];
+        let plan = known.plan("warmpool_a", &["never-covered".into()], &adds);
+        assert_eq!(plan.added, [0, 3]);
+        assert_eq!(plan.refused, [1, 2]);
+        assert!(plan.removed.is_empty());
+        assert!(!plan.script.contains("delete"), "{}", plan.script);
     }
 
     #[test]
