@@ -69,6 +69,7 @@ cleanup() {
     [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1
     docker network rm "warmpool-$NODE" >/dev/null 2>&1
   fi
+  "$ROOT/deploy/lib/remove-node-table.sh" "$NODE"
   if [ "$PASSED" -ne 1 ] && [ "$rc" -ne 0 ]; then
     for log in "$WORK"/*.log; do
       [ -f "$log" ] || continue

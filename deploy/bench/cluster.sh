@@ -97,6 +97,7 @@ down() {
   # 16 at a time: `docker rm -f` of hundreds at once has hung dockerd 20.10 here.
   [ -n "$ids" ] && { echo "$ids" | xargs -n 16 docker rm -f >/dev/null 2>&1 || true; }
   docker network rm "warmpool-$NODE_ID" >/dev/null 2>&1 || true
+  "$ROOT/deploy/lib/remove-node-table.sh" "$NODE_ID"
   rm -rf "$DIR"/cp1 "$DIR"/cp2 "$DIR"/cp3
 }
 

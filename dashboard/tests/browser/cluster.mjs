@@ -385,6 +385,25 @@ function removeDocker(node) {
   } catch {
     /* docker is not there: nothing of ours to remove */
   }
+  removeIsolationTable(node);
+}
+
+// The agent leaves its nftables table (warmpool_<node>, anything but letters and digits made
+// `_`, maybe a hash after it) to close what may still run while it is away. Left behind, every
+// such table's chains run for every packet on the host, loopback included.
+function removeIsolationTable(node) {
+  const want = `warmpool_${node.replace(/[^A-Za-z0-9]/g, '_')}`;
+  try {
+    const tables = execFileSync('nft', ['list', 'tables', 'inet'], { encoding: 'utf8' });
+    for (const line of tables.split('\n')) {
+      const name = line.trim().replace(/^table inet /, '');
+      if (name === want || name.startsWith(`${want}_`)) {
+        spawnSync('nft', ['delete', 'table', 'inet', name], { stdio: 'ignore' });
+      }
+    }
+  } catch {
+    /* no nft: no table */
+  }
 }
 
 // By hand: start a cluster with pool "demo" and keep it until Ctrl-C.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use warmpool_tests::{bin, random_prefix, unique};
 
 /// A `warmpool-agent` process with its own node id and /64; on drop it is killed and its
-/// containers and network are removed.
+/// containers, network and nftables table are removed.
 pub struct AgentProcess {
     /// Its node id.
     pub node: String,
@@ -84,6 +84,7 @@ impl Drop for AgentProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        warmpool_tests::remove_isolation_table(&self.node);
     }
 }
 
