@@ -298,10 +298,17 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     let stop = shutdown.child_token();
     {
-        let (nats, raft, stop) = (nats.clone(), raft.clone(), stop.clone());
-        let id = config.id;
+        let heard = raft::watch::Heard::default();
+        let (nats, raft, stop, id) = (nats.clone(), raft.clone(), stop.clone(), config.id);
+        tasks.spawn(raft::watch::run(
+            nats.clone(),
+            raft.clone(),
+            id,
+            heard.clone(),
+            stop.clone(),
+        ));
         tasks.spawn(async move {
-            if let Err(e) = raft::server::serve(nats, raft, id, stop).await {
+            if let Err(e) = raft::server::serve(nats, raft, id, heard, stop).await {
                 warn!(error = %e, "raft rpc server stopped");
             }
         });

@@ -119,6 +119,10 @@ pub fn describe() {
         Unit::Bytes,
         "Size of the last snapshot this member built"
     );
+    describe_counter!(
+        "warmpool_raft_fast_elections_total",
+        "Elections this member stood for as soon as the leases ended, having found the leader's process gone"
+    );
     describe_histogram!(
         "warmpool_raft_log_flush_seconds",
         Unit::Seconds,

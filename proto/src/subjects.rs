@@ -80,6 +80,9 @@ pub enum RaftRpc {
     Vote,
     /// InstallSnapshot (one chunk).
     Snapshot,
+    /// What the member says of itself: its log, the leader it knows and when it last heard
+    /// one (a dead leader's subject has no responders, which is the point of asking).
+    Status,
 }
 
 impl RaftRpc {
@@ -89,6 +92,7 @@ impl RaftRpc {
             RaftRpc::Append => "append",
             RaftRpc::Vote => "vote",
             RaftRpc::Snapshot => "snapshot",
+            RaftRpc::Status => "status",
         }
     }
 
@@ -98,6 +102,7 @@ impl RaftRpc {
             "append" => Some(RaftRpc::Append),
             "vote" => Some(RaftRpc::Vote),
             "snapshot" => Some(RaftRpc::Snapshot),
+            "status" => Some(RaftRpc::Status),
             _ => None,
         }
     }

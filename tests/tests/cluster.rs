@@ -613,3 +613,100 @@ async fn a_member_joining_after_ten_thousand_allocations_catches_up_by_snapshot(
     );
     c.members.push(joiner);
 }
+
+/// `warmpool_raft_fast_elections_total` of member `i`.
+async fn fast_elections(c: &TestCluster, i: usize) -> u64 {
+    let text = warmpool_tests::http_client()
+        .get(format!("{}/metrics", c.members[i].url()))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("scrape /metrics");
+    let text = text.text().await.expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("warmpool_raft_fast_elections_total "))
+        .map_or(0, |v| v.trim().parse::<f64>().expect("a number") as u64)
+}
+
+/// The leader every running member but `gone` names, once they agree on one other than it.
+async fn new_leader(c: &TestCluster, gone: usize) -> usize {
+    let gone_id = c.members[gone].id;
+    let view = wait_until(Duration::from_secs(20), "a new leader", || {
+        let clients: Vec<_> = (0..c.members.len())
+            .filter(|i| *i != gone)
+            .map(|i| c.client_of(i))
+            .collect();
+        async move {
+            let mut leaders = BTreeSet::new();
+            for client in clients {
+                leaders.insert(client.cluster().await.ok()?.leader?);
+            }
+            (leaders.len() == 1 && !leaders.contains(&gone_id)).then(|| leaders.pop_first())?
+        }
+    })
+    .await;
+    c.members
+        .iter()
+        .position(|m| m.id == view)
+        .expect("leader is a member")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_finds_the_leaders_process_gone_stands_as_the_leases_end() {
+    let mut c = TestCluster::replicated(3, &[]).await;
+    let (_agent, pool) = sim_pool(&c, 2).await;
+    let victim = leader_index(&c).await;
+    // The followers hear appends until the kill.
+    c.client
+        .allocate(&alloc(&pool, None))
+        .await
+        .expect("allocate");
+    c.members[victim].kill();
+    let leader = new_leader(&c, victim).await;
+    // Exactly one follower stood on finding no one at the leader's subject, and it won: the
+    // other left the election to it, and openraft's own timer did not start another first.
+    let stood: Vec<u64> = {
+        let mut v = Vec::new();
+        for i in (0..3).filter(|i| *i != victim) {
+            v.push(fast_elections(&c, i).await);
+        }
+        v
+    };
+    assert_eq!(
+        stood.iter().sum::<u64>(),
+        1,
+        "fast elections by survivor: {stood:?}"
+    );
+    assert_eq!(
+        fast_elections(&c, leader).await,
+        1,
+        "the new leader stood first"
+    );
+    c.client_of(leader)
+        .allocate(&alloc(&pool, None))
+        .await
+        .expect("the new leader writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_is_only_stalled_is_not_deposed_early() {
+    let c = TestCluster::replicated(3, &[]).await;
+    let victim = leader_index(&c).await;
+    let pid = c.members[victim].pid().expect("running").to_string();
+    // SIGSTOP: the process and its NATS connection stay, it just answers nothing.
+    let stop = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    };
+    stop("-STOP");
+    let leader = new_leader(&c, victim).await;
+    stop("-CONT");
+    // Its subject still had a subscriber: the followers waited out openraft's timers.
+    for i in (0..3).filter(|i| *i != victim) {
+        assert_eq!(fast_elections(&c, i).await, 0, "member {i} stood early");
+    }
+    assert_ne!(leader, victim);
+}

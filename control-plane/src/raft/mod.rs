@@ -5,6 +5,7 @@
 //! - [`network`]: Raft RPCs as NATS requests on `pool.v1.raft.<member>.<rpc>`.
 //! - [`server`]: answers those requests for the local member.
 //! - [`router`]: an in-process network for tests of consensus without NATS.
+//! - [`watch`]: a follower that finds the leader gone stands as soon as the leases allow.
 
 pub mod log_store;
 pub mod network;
@@ -13,6 +14,7 @@ pub mod server;
 pub mod state_machine;
 #[cfg(test)]
 mod tests;
+pub mod watch;
 
 use std::io::Cursor;
 

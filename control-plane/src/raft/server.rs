@@ -11,13 +11,16 @@ use tracing::{debug, warn};
 use warmpool_proto::subjects::{self, RaftRpc};
 
 use super::network::decode_snapshot_chunk;
+use super::watch::{self, Heard};
 use super::{MemberId, Raft};
 
-/// Serves Raft RPCs for `member` until the subscription ends or `shutdown` fires.
+/// Serves Raft RPCs for `member` until the subscription ends or `shutdown` fires, recording
+/// in `heard` when appends arrive.
 pub async fn serve(
     client: async_nats::Client,
     raft: Raft,
     member: MemberId,
+    heard: Heard,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::SubscribeError> {
     let mut sub = client.subscribe(subjects::raft_all(member)).await?;
@@ -37,10 +40,14 @@ pub async fn serve(
             .rsplit('.')
             .next()
             .and_then(RaftRpc::parse);
-        let (raft, client) = (raft.clone(), client.clone());
+        if rpc == Some(RaftRpc::Append) {
+            heard.now();
+        }
+        let (raft, client, heard) = (raft.clone(), client.clone(), heard.clone());
         // One task per request: a long snapshot install must not hold up votes.
         tokio::spawn(async move {
             let answer = match rpc {
+                Some(RaftRpc::Status) => to_bytes(&watch::status(&raft, member, &heard)),
                 Some(rpc) => handle(&raft, rpc, &msg.payload).await,
                 None => Err(format!("unknown raft rpc subject {}", msg.subject)),
             };
@@ -83,5 +90,6 @@ async fn handle(raft: &Raft, rpc: RaftRpc, payload: &[u8]) -> Result<Bytes, Stri
                 raft.install_snapshot(req).await;
             to_bytes(&res)
         }
+        RaftRpc::Status => Err("status is answered by serve".into()),
     }
 }
