@@ -126,9 +126,10 @@ impl Leader {
             metrics::histogram!("warmpool_leader_step_read_seconds").record(read.as_secs_f64());
             // A step reads the whole fleet's state; on a large fleet that takes milliseconds,
             // during which writes wait, and stepping after every write would crowd them out.
-            // The loop rests three times as long as its last step spent reading, within
-            // `min_step..=tick` (time spent waiting for its own writes does not count).
-            let rest = (read * 3).clamp(
+            // The loop rests nine times as long as its last step spent reading (reads take at
+            // most a tenth of its time, and of the CPU it shares with the members' writes),
+            // within `min_step..=tick` (time spent waiting for its own writes does not count).
+            let rest = (read * 9).clamp(
                 self.config.min_step,
                 self.config.tick.max(self.config.min_step),
             );
