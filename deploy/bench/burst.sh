@@ -27,6 +27,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+. "$ROOT/deploy/lib/bench-alone.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 COUNT=30
 WARM=3
@@ -50,6 +51,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
+bench_alone
 positive() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || { echo "error: $1 wants a positive count" >&2; exit 2; }; }
 positive -n "$COUNT"
 [[ "$WARM" =~ ^[0-9]+$ ]] || { echo "error: --warm wants a count" >&2; exit 2; }

@@ -15,6 +15,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 DIR="$ROOT/.bench"
+. "$ROOT/deploy/lib/bench-alone.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN="$TARGET/release"
 API_PORT=${WARMPOOL_BENCH_API_PORT:-7170}
@@ -44,6 +45,8 @@ spawn() { # name, command...
 
 up() {
   docker info >/dev/null 2>&1 || die "dockerd is not running (deploy/dev.sh up starts it)"
+  # shellcheck disable=SC2046 # its own processes, from an earlier `up`, do not count
+  bench_alone $(cat "$DIR"/*.pid 2>/dev/null)
   say "building release binaries (cargo build --release --bins)"
   (cd "$ROOT" && cargo build --release --bins --quiet)
   "$ROOT/deploy/demo-image/build.sh" >&2

@@ -8,6 +8,8 @@
 # release members on free ports, simulated agents (the claim is about the control plane).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+. "$ROOT/deploy/lib/bench-alone.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+bench_alone
 (cd "$ROOT" && cargo build --release --bins --quiet)
 exec "$TARGET/release/failover-bench" "$@"

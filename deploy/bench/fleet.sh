@@ -9,6 +9,8 @@
 # Any flag of target/release/fleet-sim may be given (--help lists them).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+. "$ROOT/deploy/lib/bench-alone.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+bench_alone
 (cd "$ROOT" && cargo build --release --bins --quiet)
 exec "$TARGET/release/fleet-sim" "$@"

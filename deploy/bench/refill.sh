@@ -26,6 +26,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+. "$ROOT/deploy/lib/bench-alone.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 COUNT=50
 PARALLEL=16
@@ -50,6 +51,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
+bench_alone
 [[ "$COUNT" =~ ^[1-9][0-9]*$ ]] || { echo "error: -n wants a positive count" >&2; exit 2; }
 [[ "$PARALLEL" =~ ^[1-9][0-9]*$ ]] || { echo "error: -p wants a positive count" >&2; exit 2; }
 BATCH=${BATCH:-$PARALLEL}

@@ -7,6 +7,7 @@
 #   deploy/bench/throughput.sh [-n CYCLES] [-c CONCURRENCY] [--json FILE]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+. "$ROOT/deploy/lib/bench-alone.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 CYCLES=20000
 CONCURRENCY=32
@@ -20,6 +21,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
+bench_alone
 (cd "$ROOT" && cargo build --release --bins --quiet)
 READY=$(mktemp -u)
 # 20 agents x 250 warm containers in one pool (fleet0), refilled in batches of 500.
