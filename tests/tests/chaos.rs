@@ -467,8 +467,23 @@ async fn fault_campaign_loses_nothing_doubles_nothing_and_recovers() {
             cleared,
         });
     }
-    current.store(faults.len() + 1, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // After the campaign, allocations are served again before the load stops.
+    let after = faults.len() + 1;
+    current.store(after, Ordering::Relaxed);
+    wait_until(
+        Duration::from_secs(60),
+        "an allocation after the campaign",
+        || {
+            let history = history.clone();
+            async move {
+                let h = history.lock().unwrap();
+                h.iter()
+                    .any(|o| o.fault == after && !o.answers.is_empty())
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     for t in clients {
         t.await.unwrap();
