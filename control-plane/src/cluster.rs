@@ -135,7 +135,10 @@ async fn propose(id: MemberId, raft: &Raft, batch: Vec<Proposal>) {
     } else {
         Request::now(Command::Batch { requests })
     };
-    let written = match tokio::time::timeout(WRITE_DEADLINE, raft.client_write(entry)).await {
+    let proposed = std::time::Instant::now();
+    let written = tokio::time::timeout(WRITE_DEADLINE, raft.client_write(entry)).await;
+    metrics::histogram!("warmpool_raft_write_seconds").record(proposed.elapsed().as_secs_f64());
+    let written = match written {
         Err(_) => Err(no_commit(id)),
         Ok(Ok(resp)) => Ok(resp.data),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {

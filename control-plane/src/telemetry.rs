@@ -119,6 +119,11 @@ pub fn describe() {
         Unit::Bytes,
         "Size of the last snapshot this member built"
     );
+    describe_histogram!(
+        "warmpool_raft_write_seconds",
+        Unit::Seconds,
+        "Time from proposing one Raft log entry (one write, or a batch of them) to its commit and apply on this member, the leader"
+    );
     describe_counter!(
         "warmpool_raft_fast_elections_total",
         "Elections this member stood for as soon as the leases ended, having found the leader's process gone"
