@@ -47,8 +47,7 @@ pub async fn serve(
         // One task per request: a long snapshot install must not hold up votes.
         tokio::spawn(async move {
             let answer = match rpc {
-                Some(RaftRpc::Status) => to_bytes(&watch::status(&raft, member, &heard)),
-                Some(rpc) => handle(&raft, rpc, &msg.payload).await,
+                Some(rpc) => handle(&raft, member, &heard, rpc, &msg.payload).await,
                 None => Err(format!("unknown raft rpc subject {}", msg.subject)),
             };
             let payload = match answer {
@@ -72,7 +71,13 @@ fn to_bytes<T: Serialize>(v: &T) -> Result<Bytes, String> {
         .map_err(|e| e.to_string())
 }
 
-async fn handle(raft: &Raft, rpc: RaftRpc, payload: &[u8]) -> Result<Bytes, String> {
+async fn handle(
+    raft: &Raft,
+    member: MemberId,
+    heard: &Heard,
+    rpc: RaftRpc,
+    payload: &[u8],
+) -> Result<Bytes, String> {
     match rpc {
         RaftRpc::Append => {
             let req = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
@@ -90,6 +95,6 @@ async fn handle(raft: &Raft, rpc: RaftRpc, payload: &[u8]) -> Result<Bytes, Stri
                 raft.install_snapshot(req).await;
             to_bytes(&res)
         }
-        RaftRpc::Status => Err("status is answered by serve".into()),
+        RaftRpc::Status => to_bytes(&watch::status(raft, member, heard)),
     }
 }
