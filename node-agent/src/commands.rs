@@ -31,12 +31,9 @@ use crate::prober;
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Containers removed at once; the destroys beyond wait their turn. A pool deleted with a few
-/// hundred containers sends as many destroys at once, and dockerd 20.10 killing and removing
-/// about 260 containers at once here stopped answering for good (every remove waiting for an
-/// exit it was never told of). The control plane's reconciliation asks again for any destroy
-/// whose answer came too late.
-pub const MAX_CONCURRENT_DESTROYS: usize = 16;
+/// Containers removed at once ([`warmpool_proto::agent::DESTROY_SLOTS`]). The control plane's
+/// reconciliation asks again for any destroy whose answer came too late.
+pub const MAX_CONCURRENT_DESTROYS: usize = warmpool_proto::agent::DESTROY_SLOTS;
 
 /// Serves commands from `sub` until `cancel`; handlers run on `handlers`, creates on
 /// `shared.tasks`.

@@ -32,7 +32,7 @@
 pub mod estimator;
 pub mod generate;
 pub mod quantile;
-mod rng;
+pub mod rng;
 pub mod rules;
 pub mod scaler;
 pub mod sim;

@@ -91,7 +91,7 @@ impl WarmTime {
     }
 
     /// A draw for something starting at `now` (only [`WarmTime::Timed`] looks at it).
-    fn sample_at(&self, now: u64, rng: &mut Rng) -> u64 {
+    pub fn sample_at(&self, now: u64, rng: &mut Rng) -> u64 {
         let WarmTime::Timed { samples } = self else {
             return self.sample(rng);
         };
@@ -205,6 +205,11 @@ pub struct PoolModel {
     /// How long a released container keeps its place. None: it is gone at once.
     #[serde(default)]
     pub teardown_time: Option<WarmTime>,
+    /// Containers removed at once, each for a `teardown_time`; the others wait their turn,
+    /// first asked first served. None: no limit. (Modelled by the control plane's replay of
+    /// its engine, `warmpool_control_plane::sim`, not by [`simulate`].)
+    #[serde(default)]
+    pub destroy_slots: Option<u32>,
     /// Warm containers at the start. None: the policy's first wanted count.
     #[serde(default)]
     pub start_warm: Option<u32>,
@@ -250,6 +255,7 @@ impl Default for PoolModel {
             create_slots: None,
             fleet_slots: None,
             teardown_time: None,
+            destroy_slots: None,
             start_warm: None,
             paused_wanted: 0,
             before: Before::default(),
@@ -330,6 +336,51 @@ pub struct SimReport {
 }
 
 impl SimReport {
+    /// A report of nothing yet, over `duration_s`.
+    pub fn empty(duration_s: f64) -> Self {
+        SimReport {
+            arrivals: 0,
+            allocations: 0,
+            hits: 0,
+            hit_rate: 1.0,
+            waited: 0,
+            refused: 0,
+            wait_p50_ms: 0,
+            wait_p99_ms: 0,
+            idle_container_seconds: 0.0,
+            allocated_container_seconds: 0.0,
+            creating_container_seconds: 0.0,
+            mean_warm: 0.0,
+            mean_wanted: 0.0,
+            max_wanted: 0,
+            created: 0,
+            retired: 0,
+            scale_changes: 0,
+            duration_s,
+            paused_hits: 0,
+            paused_container_seconds: 0.0,
+        }
+    }
+
+    /// Fills in what follows from the counts at the end of a run: the means over its span
+    /// (`wanted_seconds`: the wanted count integrated over it), the hit rate and the wait
+    /// percentiles of `waits` (ms, one per allocation).
+    pub fn close(&mut self, mut waits: Vec<u64>, wanted_seconds: f64) {
+        if self.duration_s > 0.0 {
+            self.mean_warm = self.idle_container_seconds / self.duration_s;
+            self.mean_wanted = wanted_seconds / self.duration_s;
+        }
+        if self.arrivals > 0 {
+            self.hit_rate = self.hits as f64 / self.arrivals as f64;
+        }
+        waits.sort_unstable();
+        if !waits.is_empty() {
+            let n = waits.len();
+            self.wait_p50_ms = waits[percentile_rank(n, 0.5)];
+            self.wait_p99_ms = waits[percentile_rank(n, 0.99)];
+        }
+    }
+
     /// The mean of several runs (of one trace, under different seeds): every figure averaged,
     /// counts and milliseconds rounded. `None` for no runs.
     pub fn mean(runs: &[SimReport]) -> Option<SimReport> {
@@ -479,28 +530,7 @@ impl<'a> Sim<'a> {
             latest: None,
             writes: WantedWrites::default(),
             waits: Vec::new(),
-            r: SimReport {
-                arrivals: 0,
-                allocations: 0,
-                hits: 0,
-                hit_rate: 1.0,
-                waited: 0,
-                refused: 0,
-                wait_p50_ms: 0,
-                wait_p99_ms: 0,
-                idle_container_seconds: 0.0,
-                allocated_container_seconds: 0.0,
-                creating_container_seconds: 0.0,
-                mean_warm: 0.0,
-                mean_wanted: 0.0,
-                max_wanted: 0,
-                created: 0,
-                retired: 0,
-                scale_changes: 0,
-                duration_s: trace.duration_ms() as f64 / 1000.0,
-                paused_hits: 0,
-                paused_container_seconds: 0.0,
-            },
+            r: SimReport::empty(trace.duration_ms() as f64 / 1000.0),
             wanted_integral: 0.0,
         }
     }
@@ -757,23 +787,11 @@ impl<'a> Sim<'a> {
     }
 
     fn finish(mut self) -> SimReport {
-        let secs = self.r.duration_s;
-        if secs > 0.0 {
-            self.r.mean_warm = self.r.idle_container_seconds / secs;
-            self.r.mean_wanted = self.wanted_integral / secs;
-        } else {
+        if self.r.duration_s <= 0.0 {
             self.r.mean_warm = f64::from(self.warm);
             self.r.mean_wanted = f64::from(self.wanted);
         }
-        if self.r.arrivals > 0 {
-            self.r.hit_rate = self.r.hits as f64 / self.r.arrivals as f64;
-        }
-        self.waits.sort_unstable();
-        if !self.waits.is_empty() {
-            let n = self.waits.len();
-            self.r.wait_p50_ms = self.waits[percentile_rank(n, 0.5)];
-            self.r.wait_p99_ms = self.waits[percentile_rank(n, 0.99)];
-        }
+        self.r.close(self.waits, self.wanted_integral);
         self.r
     }
 }

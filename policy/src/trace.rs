@@ -398,6 +398,34 @@ impl History {
     }
 }
 
+impl History {
+    /// Each measured teardown's time from taking a destroy slot on its node to gone, with when
+    /// it took the slot, `(at, how long)` in ms, sorted: the teardowns less the wait for a
+    /// slot, for a model that removes containers `slots` at a time
+    /// ([`crate::PoolModel::destroy_slots`]), as the agent does. A burst's releases queue for
+    /// the slots, and counting that wait in every teardown would make a quiet time's few
+    /// removals as slow as the burst's.
+    pub fn destroy_times_ms(&self, slots: usize) -> Vec<(u64, u64)> {
+        let mut teardowns = self.teardowns_ms.clone();
+        teardowns.sort_unstable();
+        let mut free: BinaryHeap<Reverse<u64>> = BinaryHeap::new();
+        let mut out = Vec::with_capacity(teardowns.len());
+        for (released, took) in teardowns {
+            let gone = released + took;
+            let began = if free.len() < slots.max(1) {
+                released
+            } else {
+                free.pop().map_or(released, |Reverse(t)| t.max(released))
+            };
+            let began = began.min(gone);
+            out.push((began, gone - began));
+            free.push(Reverse(gone));
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
 /// How long an allocation waited for its container (0 when it did not, or says nothing
 /// readable).
 fn waited_ms(e: &Event) -> u64 {
@@ -411,6 +439,29 @@ fn waited_ms(e: &Event) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn destroy_times_leave_out_the_wait_for_a_slot() {
+        let mut h = History::of_trace(Trace::new(
+            vec![Arrival {
+                at_ms: 0,
+                hold_ms: 1,
+            }],
+            0,
+            10,
+        ));
+        // Three released at once, gone after 1, 1.5 and 2 s, two removed at a time: the third
+        // waited for the first's slot and took 1 s itself.
+        h.teardowns_ms = vec![(0, 2_000), (0, 1_000), (0, 1_500)];
+        assert_eq!(
+            h.destroy_times_ms(2),
+            vec![(0, 1_000), (0, 1_500), (1_000, 1_000)]
+        );
+        assert_eq!(
+            h.destroy_times_ms(16),
+            vec![(0, 1_000), (0, 1_500), (0, 2_000)]
+        );
+    }
     use warmpool_proto::Timestamp;
 
     #[test]

@@ -225,6 +225,12 @@ impl Inventory {
     }
 }
 
+/// Containers an agent removes at once; the destroys beyond wait their turn. A pool deleted
+/// with a few hundred containers sends as many destroys at once, and dockerd 20.10 killing and
+/// removing about 260 containers at once stopped answering for good (every remove waiting for
+/// an exit it was never told of). The simulator's fleet removes as many at once.
+pub const DESTROY_SLOTS: usize = 16;
+
 /// Node labels at most, so that a heartbeat stays small (it travels every second, and must fit
 /// in a NATS message with room to spare).
 pub const MAX_LABELS: usize = 64;
