@@ -298,7 +298,10 @@ pub fn simulate(
     // Either policy would have watched the pool as the live one did before the first arrival.
     model.before = history.before();
     if let Some(f) = fleet {
-        model.teardown_time = timed(history.teardowns_ms.clone());
+        // Agents remove a few containers at once: the teardowns less the wait for that.
+        let slots = warmpool_proto::agent::DESTROY_SLOTS;
+        model.teardown_time = timed(history.destroy_times_ms(slots));
+        model.destroy_slots = Some(slots as u32);
         model.fleet_slots = Some(f.slots);
         model.create_slots = Some(f.total_create_slots());
     }
@@ -328,7 +331,7 @@ pub fn simulate(
                     seed: model.seed.wrapping_add(u64::from(i)),
                     ..model.clone()
                 };
-                warmpool_policy::simulate(trace, &model, &policy)
+                warmpool_control_plane::sim::simulate(trace, &model, spec)
             })
             .collect();
         let report = SimReport::mean(&reports).expect("at least one run");
@@ -779,9 +782,14 @@ mod tests {
         let bounded = on(Some(&fleet));
         let p99 = |v: &SimulationView| v.runs[0].report.wait_p99_ms;
         // Unbounded: batches of up to 4, 200 ms apart, each warm 1 s after it is planned.
-        // Two at a time: the seven waiters are served from 1 s to 4 s after they came.
+        // Two at a time: the seven waiters are served from 1 s to 4 s after they came, plus
+        // what the leader's steps and its pacing of batches add (the replay runs its engine).
         assert!(p99(&unbounded) < 2_000, "{:?}", unbounded.runs[0].report);
-        assert_eq!(p99(&bounded), 4_000, "{:?}", bounded.runs[0].report);
+        assert!(
+            (4_000..4_500).contains(&p99(&bounded)),
+            "{:?}",
+            bounded.runs[0].report
+        );
         assert!(render(&bounded).contains(
             "fleet (now, 1 ready node): room for 100 of the pool's containers, 2 started at once; \
              teardown: none measured: at once\n"

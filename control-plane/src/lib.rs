@@ -11,6 +11,8 @@
 //! - `engine`: the leader's decisions, one module per duty: state, facts and a clock in,
 //!   effects out.
 //! - `leader`: the runner that feeds the engine and carries out its effects.
+//! - [`sim`]: the engine and the state machine replayed against a simulated fleet on a
+//!   virtual clock (`poolctl simulate`).
 //! - `session`: logs, exec and files of allocated containers, pulled from their agents.
 //! - `api`: the REST API and event stream.
 //! - `archive`: records evicted from the state, on this member's disk.
@@ -34,6 +36,7 @@ pub mod raft;
 pub mod reconcile;
 pub mod server;
 pub mod session;
+pub mod sim;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

