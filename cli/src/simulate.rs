@@ -430,6 +430,7 @@ pub fn render(v: &SimulationView) -> String {
     };
     row("policy", &|r| r.summary.clone());
     row("hit rate", &|r| percent_fixed(r.report.hit_rate));
+    row("wait mean", &|r| format!("{} ms", r.report.wait_mean_ms));
     row("wait p50", &|r| format!("{} ms", r.report.wait_p50_ms));
     row("wait p99", &|r| format!("{} ms", r.report.wait_p99_ms));
     row("refused", &|r| r.report.refused.to_string());
@@ -615,7 +616,8 @@ mod tests {
         let words = |i: usize| lines[i].split_whitespace().collect::<Vec<_>>();
         assert_eq!(words(4), ["policy", "fixed", "3", "fixed", "0"], "{text}");
         assert_eq!(words(5), ["hit", "rate", "100.00%", "0.00%"], "{text}");
-        assert_eq!(words(8), ["refused", "0", "0"], "{text}");
+        assert_eq!(words(6)[..2], ["wait", "mean"], "{text}");
+        assert_eq!(words(9), ["refused", "0", "0"], "{text}");
 
         let json = serde_json::to_value(&v).unwrap();
         assert_eq!(json["runs"][1]["name"], "proposed");
