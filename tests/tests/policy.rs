@@ -329,7 +329,7 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
     // waits is a single waiter's, and its neighbours lie 100-200 ms apart: the live median
     // itself ranged from 1.74 s to 2.24 s over thirteen runs of this test, and the replay's
     // was −17.8% to +7.9% of the live one over eight. The mean was within 3.6% in the runs
-    // measured (−2.3% to +3.6%, six runs). The median is held to 20%.
+    // measured (−2.3% to +3.6%, eight runs). The median is held to 20%.
     let sim_mean = sim_wait("wait_mean_ms") as f64;
     assert!(
         (sim_mean - live_mean).abs() <= 0.05 * live_mean,
@@ -344,7 +344,7 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
     // One live run is one draw: its scaler reacts to when each container happened to turn
     // warm, and a pool that peaks one container lower, or steps down one step (2 s) sooner,
     // moves this figure by 5-10%. With the agents' destroy slots modelled, the replay was
-    // within −3.9% to +7.9% of the live figure over nine runs, and +13.3% in one taken while
+    // within −3.9% to +7.9% of the live figure over eleven runs, and +13.3% in one taken while
     // the host was still busy with an earlier run's containers (without the slots, +10% to
     // +17%: the burst's queued releases made every later retirement look as slow).
     assert!(
