@@ -3,7 +3,8 @@
 //! The history comes from the control plane's event log (allocations with their holds, and
 //! measured warm-up times; see [`History::from_events`]) or from a trace file. Both the pool's
 //! current policy and the proposed one (the current spec with the flags applied) are replayed on
-//! the same trace and pool model by `warmpool-policy`'s simulator, and shown side by side.
+//! the same trace and pool model by the control plane's own leader engine and state machine
+//! (`warmpool_control_plane::sim`), and shown side by side.
 //!
 //! When the history is the pool's own, the model has the fleet's limits as it is now (see
 //! [`Fleet`]): how many containers of the pool its nodes hold, how many their agents make at
@@ -292,8 +293,7 @@ pub fn simulate(
             ms: warmpool_policy::sim::DEFAULT_WARM_MS,
         }),
     };
-    let model_spec = current.unwrap_or(proposed);
-    let mut model = PoolModel::from_spec(model_spec, warm_time.clone(), a.wait_ms);
+    let mut model = PoolModel::new(warm_time.clone(), a.wait_ms);
     model.seed = a.seed;
     // Either policy would have watched the pool as the live one did before the first arrival.
     model.before = history.before();
@@ -320,8 +320,6 @@ pub fn simulate(
         let policy = Policy::from_spec(spec);
         let model = PoolModel {
             start_warm,
-            // Each spec's own paused tier (the pool rules are the policy crate's).
-            paused_wanted: warmpool_policy::rules::paused_wanted(spec),
             ..model.clone()
         };
         // One run per seed, from `--seed` on, averaged.

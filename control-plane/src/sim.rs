@@ -45,7 +45,7 @@ use crate::agents::{NatsLink, NodeSoft};
 use crate::engine::{Config, Duty, Effect, Engine, Facts, Now, Sent};
 use crate::placement::Overcommit;
 use crate::reconcile::Observed;
-use crate::state::{Command, PoolState, Request, Response, Retention};
+use crate::state::{Command, PoolState, Request, Response, Retention, RETENTION_MIN};
 
 /// The simulated node's id.
 const NODE: &str = "sim-1";
@@ -53,9 +53,9 @@ const NODE: &str = "sim-1";
 /// Replays `trace` on a pool with `spec`, in a fleet and with requesters as `model` says;
 /// warm-up and teardown times are drawn with `model.seed`.
 ///
-/// The model's batch size, pacing and `max_total` are not read: the spec's are, by the
-/// control plane's own rules. The model's `start_warm` containers (or the pool's first wanted
-/// count) are warm at the start, and its paused tier is full; with `model.before.since_ms`
+/// Everything about the pool (sizes, batches, pacing, tiers, policy) is the spec's, applied by
+/// the control plane's own rules. The model's `start_warm` containers (or the pool's first
+/// wanted count) are warm at the start, and the pool's paused tier is full; with `model.before.since_ms`
 /// the replay begins there, as the pool's history did, so the scaler has watched the quiet
 /// time before the first arrival, and the starting containers warm in the measured times.
 pub fn simulate(trace: &Trace, model: &PoolModel, spec: &PoolSpec) -> SimReport {
@@ -154,6 +154,9 @@ struct Sim<'a> {
     wanted_integral: f64,
     /// Counting what the engine does (not the starting pool).
     counting: bool,
+    /// The node's inventory as of an agent version, reused while the agent's containers do
+    /// not change.
+    seen: Option<(u64, Arc<Observed>)>,
 }
 
 impl<'a> Sim<'a> {
@@ -209,6 +212,7 @@ impl<'a> Sim<'a> {
             r: SimReport::empty(trace.duration_ms() as f64 / 1000.0),
             wanted_integral: 0.0,
             counting: false,
+            seen: None,
         };
         // The replay reads nothing old: ended records are let go soon, so that a long replay's
         // steps stay as cheap as its first (a node's reconciliation reads every record the
@@ -216,8 +220,8 @@ impl<'a> Sim<'a> {
         sim.apply(Command::SetRetention {
             retention: Retention {
                 events: 1_000,
-                ended_containers: 100,
-                released_allocations: 100,
+                ended_containers: RETENTION_MIN,
+                released_allocations: RETENTION_MIN,
             },
         });
         sim.apply(Command::NodeJoin {
@@ -556,10 +560,20 @@ impl<'a> Sim<'a> {
         self.next_step = self.now + (wait.as_millis() as u64).max(1);
     }
 
-    fn facts(&self) -> Facts {
+    fn facts(&mut self) -> Facts {
         let now = self.clock();
-        let inventory = self.agent.inventory(now.wall);
-        let digest = inventory.digest();
+        let version = self.agent.version;
+        let observed = match &self.seen {
+            Some((v, observed)) if *v == version => observed.clone(),
+            _ => {
+                let observed = Arc::new(Observed {
+                    inventory: self.agent.inventory(now.wall),
+                    requested_index: self.index,
+                });
+                self.seen = Some((version, observed.clone()));
+                observed
+            }
+        };
         let heartbeat = Heartbeat {
             node: self.agent.node.clone(),
             boot_id: uuid::Uuid::nil(),
@@ -570,8 +584,10 @@ impl<'a> Sim<'a> {
             labels: Default::default(),
             capacity: self.agent.capacity,
             usage: Usage::default(),
-            containers: inventory.containers.len() as u32,
-            inventory_digest: digest,
+            containers: observed.inventory.containers.len() as u32,
+            // Only the members' intake of heartbeats compares digests; the engine reads the
+            // inventory itself.
+            inventory_digest: 0,
             create_slots: self.agent.slots,
             runtime_unavailable: None,
             images: Vec::new(),
@@ -580,11 +596,8 @@ impl<'a> Sim<'a> {
             heartbeat,
             received: now.mono,
             received_at: now.wall,
-            observed: Some(Arc::new(Observed {
-                inventory,
-                requested_index: self.index,
-            })),
-            observed_digest: Some(digest),
+            observed: Some(observed),
+            observed_digest: None,
             observed_version: self.agent.version,
             pull_wanted: false,
             boot_seen_at: Timestamp(self.origin),
@@ -797,7 +810,7 @@ fn capacity_for(slots: Option<u32>, per: (u64, u64), overcommit: Overcommit) -> 
 
 #[cfg(test)]
 mod tests {
-    use warmpool_policy::{Arrival, WarmTime};
+    use warmpool_policy::{Arrival, Before, WarmTime};
 
     use super::*;
 
@@ -941,5 +954,103 @@ mod tests {
             &spec(2),
         );
         assert_eq!(at_once.hits, 3, "{at_once:?}");
+    }
+
+    /// Without waiting, an arrival that finds no warm container is refused at once; with a
+    /// wait shorter than a warm-up, it gives up.
+    #[test]
+    fn without_waiting_an_empty_pool_refuses() {
+        let t = trace(&[(0, 1_000), (100, 1_000), (200, 1_000)], 3_000);
+        let now = PoolModel {
+            wait_ms: 0,
+            ..model(2_000)
+        };
+        let r = simulate(&t, &now, &spec(1));
+        assert_eq!((r.hits, r.refused, r.allocations), (1, 2, 1), "{r:?}");
+        let short = PoolModel {
+            wait_ms: 1_000,
+            ..model(2_000)
+        };
+        let r = simulate(&trace(&[(0, 1_000), (100, 1_000)], 3_000), &short, &spec(1));
+        assert_eq!((r.hits, r.refused, r.waited), (1, 1, 0), "{r:?}");
+    }
+
+    /// A pool told to start empty makes its first containers only once the replay begins.
+    #[test]
+    fn the_pool_may_start_other_than_warm() {
+        let t = trace(&[(0, 1_000)], 5_000);
+        let empty = PoolModel {
+            start_warm: Some(0),
+            ..model(2_000)
+        };
+        let r = simulate(&t, &empty, &spec(3));
+        assert_eq!((r.hits, r.waited), (0, 1), "{r:?}");
+        assert!((2_000..2_200).contains(&r.wait_p99_ms), "{r:?}");
+        let r = simulate(&t, &model(2_000), &spec(3));
+        assert_eq!(r.hits, 1, "{r:?}");
+    }
+
+    /// The control plane's scaler, run by the leader's engine: two arrivals a second for a
+    /// minute grow the pool; after the cool-down it shrinks again.
+    #[test]
+    fn the_scaler_grows_the_pool_under_load_and_shrinks_it_after() {
+        let mut s = spec(0);
+        s.max_warm = Some(50);
+        s.scaling.target_hit_rate = Some(0.99);
+        s.scaling.cooldown_secs = 30;
+        let arrivals: Vec<_> = (0..120).map(|i| (10_000 + i * 500, 5_000)).collect();
+        let r = simulate(&trace(&arrivals, 300_000), &model(2_000), &s);
+        assert!(r.max_wanted >= 5, "2/s over 2 s warm-ups: {r:?}");
+        assert!(r.hit_rate > 0.8, "{r:?}");
+        assert!(r.retired > 0, "shrank after the load: {r:?}");
+        assert!(r.scale_changes >= 2, "{r:?}");
+    }
+
+    /// With the pool's history before the first arrival, the replay begins where the history
+    /// does: the scaler has watched the quiet time, and measured the starting containers'
+    /// warm-ups (slow ones here: a longer lead time, so a bigger pool for the burst).
+    #[test]
+    fn what_the_scaler_saw_before_the_trace_carries_into_it() {
+        let mut s = spec(3);
+        s.max_warm = Some(60);
+        s.max_total = 100;
+        s.scaling.target_hit_rate = Some(0.95);
+        // 30 arrivals within 2 s, a minute after the pool was made; each held 20 s.
+        let t = Trace::new(
+            (0..30)
+                .map(|i| Arrival {
+                    at_ms: 60_000 + i * 66,
+                    hold_ms: 20_000,
+                })
+                .collect(),
+            60_000,
+            90_000,
+        );
+        let m = PoolModel {
+            start_warm: Some(10),
+            ..model(1_000)
+        };
+        let blind = simulate(&t, &m, &s);
+        let watched = PoolModel {
+            before: Before {
+                since_ms: Some(0),
+                warm_times_ms: vec![6_000; 10],
+            },
+            ..m.clone()
+        };
+        let slow = simulate(&t, &watched, &s);
+        assert!(
+            slow.max_wanted > blind.max_wanted,
+            "{slow:?} against {blind:?}"
+        );
+        // A start after the trace's own is the trace's start.
+        let late = PoolModel {
+            before: Before {
+                since_ms: Some(120_000),
+                warm_times_ms: Vec::new(),
+            },
+            ..m
+        };
+        assert_eq!(simulate(&t, &late, &s), blind);
     }
 }

@@ -11,12 +11,14 @@
 //! - [`scaler`]: [`Scaler::decide`] turns a [`Policy`] (from a `PoolSpec`) and the inputs into a
 //!   [`ScaleDecision`] when the wanted warm count changes: up at once, down after a cool-down
 //!   with hysteresis, always within `min_warm..=max_warm`.
-//! - [`rules`]: the pool rules shared by the control plane and the simulator: [`rules::resize`]
-//!   (how many containers to make or retire now), [`rules::WantedWrites`], [`rules::fits`].
+//! - [`rules`]: the pool rules, each defined once, that the control plane's leader applies:
+//!   [`rules::resize`] (how many containers to make or retire now), [`rules::WantedWrites`],
+//!   [`rules::fits`].
 //! - [`quantile`]: the arithmetic behind the target hit rate (Poisson and negative binomial
 //!   quantiles, the normal quantile).
-//! - [`sim`]: [`simulate`] replays a [`Trace`] on a [`PoolModel`] under a policy, on a virtual
-//!   clock, and reports hit rate, waits and container-seconds.
+//! - [`sim`]: what a replay is given besides the pool ([`PoolModel`]: warm-up and teardown
+//!   times, the fleet's limits, waits) and what it reports ([`SimReport`]). The replay itself
+//!   runs the control plane's engine and state machine (`warmpool_control_plane::sim`).
 //! - [`trace`]: [`Trace`] files (JSON lines or CSV) and [`History`] rebuilt from the event log.
 //! - [`generate`]: deterministic synthetic traces: steady, diurnal and bursty.
 //!
@@ -42,5 +44,5 @@ pub use estimator::{DemandEstimator, DemandInputs, EstimatorConfig};
 pub use scaler::{
     DecisionInputs, Need, Policy, ScaleDecision, ScaleReason, Scaler, SCALE_DOWN_EVERY_MS,
 };
-pub use sim::{simulate, simulate_with, Before, PoolModel, SimReport, WarmTime};
+pub use sim::{Before, PoolModel, SimReport, WarmTime};
 pub use trace::{Arrival, History, Trace, TraceError};

@@ -1,6 +1,6 @@
 //! The rules that decide what a pool does, defined once: the control plane's leader carries
-//! them out on the real fleet, and the simulator ([`crate::sim`]) on its model. A change here
-//! changes both; neither keeps a copy.
+//! them out, on the real fleet and in a replay against a simulated one (`poolctl simulate`,
+//! which runs the leader's engine itself). Nothing else keeps a copy.
 //!
 //! - [`resize`]: given a pool's counts, how many containers to make or retire now (the target,
 //!   the batch size and pacing, the cap on containers being made, `max_total`).

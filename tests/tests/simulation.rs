@@ -1,8 +1,9 @@
-//! Demand-driven warm targets against fixed ones, on synthetic traces, with the simulator of
-//! `warmpool-policy` (pure: no cluster, no Docker; runs in seconds).
+//! Demand-driven warm targets against fixed ones, on synthetic traces, replayed through the
+//! control plane's own leader engine and state machine (`warmpool_control_plane::sim`: no
+//! cluster, no Docker).
 //!
-//! Three traces of four hours (bursty, diurnal, steady), each replayed on the same pool model
-//! under the demand-driven scaler and under fixed targets:
+//! Traces of an hour (bursty, diurnal, steady), each replayed on the same pool model under the
+//! demand-driven scaler and under fixed targets:
 //!
 //! - **fixed N, same idle**: the smallest fixed target whose pool holds, on average, at least
 //!   as many idle warm containers as the scaler's did. A fixed pool of N averages fewer than N
@@ -17,16 +18,19 @@
 //! on one with a real fleet's limits (how many it starts at once, how many it holds, released
 //! containers keeping their place while they are torn down).
 //!
-//! The report is printed (`cargo test -p warmpool-tests --test simulation -- --nocapture`).
-//! The claim asserted: on bursty traffic the scaler serves more allocations warm than a fixed
-//! target at equal or lower idle cost (and than one at its own mean target).
+//! The suite replays the bursty trace, where the claim is asserted: the scaler serves more
+//! allocations warm than a fixed target at equal or lower idle cost (and than one at its own
+//! mean target). All three traces, for the table in the README:
+//! `cargo test -p warmpool-tests --test simulation -- --include-ignored --nocapture`.
 
 use poolctl::policy::generate::{Bursty, Diurnal, Hold, Steady};
-use poolctl::policy::{simulate, Policy, PoolModel, SimReport, Trace, WarmTime};
+use poolctl::policy::{PoolModel, SimReport, Trace, WarmTime};
 use poolctl::render::{Align, Table};
+use warmpool_control_plane::sim::simulate;
 use warmpool_proto::{PoolName, PoolSpec};
 
-const HOURS: f64 = 4.0;
+/// Hours per trace.
+const HOURS: f64 = 1.0;
 
 /// The pool: a spec as an operator would write it for demand-driven scaling. Batches of 8
 /// (not the default 4) so that two batches in flight can refill at the bursts' rate.
@@ -42,6 +46,15 @@ fn spec() -> PoolSpec {
     s
 }
 
+/// A fixed target of `n`: the pool's spec with `min_warm = max_warm = n`.
+fn fixed(n: u32) -> PoolSpec {
+    let mut s = spec();
+    s.min_warm = n;
+    s.max_warm = Some(n);
+    s.scaling.target_hit_rate = None;
+    s
+}
+
 /// Warm-up 1.2 s median, 3 s p99 (a cold `docker run` plus the first health probe); sessions
 /// wait up to 5 s for a container.
 fn model() -> PoolModel {
@@ -49,7 +62,7 @@ fn model() -> PoolModel {
         median_ms: 1_200,
         p99_ms: 3_000,
     };
-    let mut m = PoolModel::from_spec(&spec(), warm, 5_000);
+    let mut m = PoolModel::new(warm, 5_000);
     m.seed = 7;
     m
 }
@@ -107,7 +120,7 @@ struct Row {
 fn fixed_with_idle_at_least(trace: &Trace, m: &PoolModel, mean_warm: f64) -> (u32, SimReport) {
     let mut n = mean_warm.floor() as u32;
     loop {
-        let r = simulate(trace, m, &Policy::fixed(n));
+        let r = simulate(trace, m, &fixed(n));
         if r.mean_warm >= mean_warm || n >= 100 {
             return (n, r);
         }
@@ -146,15 +159,15 @@ fn report(rows: &[Row]) -> String {
 
 /// Runs every trace under the scaler and the fixed policies on `m`, prints the report, and
 /// checks the claim on the bursty trace.
-fn compare(m: &PoolModel, fleet: &str) {
-    let scaler = Policy::from_spec(&spec());
+fn compare(m: &PoolModel, fleet: &str, traces: Vec<(&'static str, Trace)>) {
+    let scaler = spec();
     let mut rows = Vec::new();
     let mut bursty = None;
-    for (name, trace) in traces() {
+    for (name, trace) in traces {
         let s = simulate(&trace, m, &scaler);
         let (n_idle, same_idle) = fixed_with_idle_at_least(&trace, m, s.mean_warm);
         let n_mean = s.mean_wanted.round() as u32;
-        let mean_target = simulate(&trace, m, &Policy::fixed(n_mean));
+        let mean_target = simulate(&trace, m, &fixed(n_mean));
         if name == "bursty" {
             bursty = Some((s.clone(), same_idle.clone(), mean_target.clone()));
         }
@@ -167,7 +180,7 @@ fn compare(m: &PoolModel, fleet: &str) {
             rows.push(Row {
                 trace: name,
                 policy: format!("fixed {n} (less idle)"),
-                r: simulate(&trace, m, &Policy::fixed(n)),
+                r: simulate(&trace, m, &fixed(n)),
             });
         }
         rows.push(Row {
@@ -186,8 +199,8 @@ fn compare(m: &PoolModel, fleet: &str) {
     println!(
         "\n{HOURS} h per trace; {fleet}; warm-up {}; batches of {} every {} ms; sessions wait up to {} ms\n\n{}",
         m.warm_time.describe(),
-        m.batch_size,
-        m.pacing_ms,
+        scaler.scaling.batch_size,
+        scaler.scaling.pacing_ms,
         m.wait_ms,
         report(&rows)
     );
@@ -210,33 +223,61 @@ fn compare(m: &PoolModel, fleet: &str) {
     );
 }
 
-#[test]
-fn demand_driven_scaling_beats_fixed_targets_on_bursty_traffic() {
-    compare(&model(), "a fleet that starts any number at once");
-}
-
-/// The same on a fleet with a real one's limits: two hosts that start four containers each at
-/// once, with room for 64 of the pool's containers, and released ones holding their place
-/// for 1.5 s. The bursts then ask for more than the fleet makes, which a fixed pool cannot
-/// make up for either.
-#[test]
-fn demand_driven_scaling_beats_fixed_targets_on_a_limited_fleet() {
-    let m = PoolModel {
+/// Two hosts that start four containers each at once, with room for 400 of the pool's
+/// containers, and released ones holding their place for 1.5 s. The bursts then ask for more
+/// than the fleet makes, which a fixed pool cannot make up for either.
+fn limited() -> PoolModel {
+    PoolModel {
         create_slots: Some(8),
         fleet_slots: Some(400),
         teardown_time: Some(WarmTime::Fixed { ms: 1_500 }),
         ..model()
-    };
-    compare(
-        &m,
-        "2 hosts, 8 started at once, room for 400, teardowns 1.5 s",
-    );
+    }
+}
+
+const UNLIMITED: &str = "a fleet that starts any number at once";
+const LIMITED: &str = "2 hosts, 8 started at once, room for 400, teardowns 1.5 s";
+
+fn bursty() -> Vec<(&'static str, Trace)> {
+    traces()
+        .into_iter()
+        .filter(|(n, _)| *n == "bursty")
+        .collect()
+}
+
+#[test]
+fn demand_driven_scaling_beats_fixed_targets_on_bursty_traffic() {
+    compare(&model(), UNLIMITED, bursty());
+}
+
+#[test]
+fn demand_driven_scaling_beats_fixed_targets_on_a_limited_fleet() {
+    compare(&limited(), LIMITED, bursty());
+}
+
+/// Every trace on both fleets: the README's table.
+#[test]
+#[ignore]
+fn every_trace_on_both_fleets() {
+    compare(&model(), UNLIMITED, traces());
+    compare(&limited(), LIMITED, traces());
 }
 
 #[test]
 fn simulations_are_deterministic() {
-    let (_, trace) = traces().remove(0);
-    let p = Policy::from_spec(&spec());
+    // The bursty trace's first ten minutes: a burst and the quiet after it.
+    let (_, whole) = traces().remove(0);
+    let end = whole.start_ms + 600_000;
+    let trace = Trace::new(
+        whole
+            .arrivals
+            .into_iter()
+            .filter(|a| a.at_ms < end)
+            .collect(),
+        whole.start_ms,
+        end,
+    );
+    let p = spec();
     assert_eq!(
         simulate(&trace, &model(), &p),
         simulate(&trace, &model(), &p)

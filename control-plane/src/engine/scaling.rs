@@ -1,7 +1,7 @@
 //! Sizing pools: each pool's demand estimator is fed with new arrivals and warm-up times, and
 //! the scaler's decisions are written as the pool's wanted count. A new leader resumes from
 //! the replicated wanted count, so a change of leader never shrinks a pool before a full
-//! cool-down. When decisions are written is [`WantedWrites`]' rule, shared with the simulator.
+//! cool-down. When decisions are written is [`WantedWrites`]' rule.
 
 use std::collections::HashMap;
 use std::time::Duration;
