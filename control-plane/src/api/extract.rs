@@ -30,7 +30,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// An optional JSON body: empty, or `null`, means `T::default()`.
+/// An optional JSON body: none at all, or `null`, means `T::default()`.
 pub struct OptionalJson<T>(pub T);
 
 impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
@@ -47,14 +47,23 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
                 ApiError::BadRequest(format!("cannot read request body: {e}"))
             }
         })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(OptionalJson(T::default()));
-        }
-        if bytes.trim_ascii() == b"null" {
-            return Ok(OptionalJson(T::default()));
-        }
-        parse_json(&bytes).map(OptionalJson)
+        optional_body(&bytes).map(OptionalJson)
     }
+}
+
+/// A body that may be left out: none at all (zero bytes) or JSON `null` is the default; any
+/// other body must be a JSON object. Whitespace alone is not JSON, and is refused like any
+/// other malformed body.
+fn optional_body<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() || bytes.trim_ascii() == b"null" {
+        return Ok(T::default());
+    }
+    if bytes.trim_ascii().is_empty() {
+        return Err(ApiError::BadRequest(
+            "request body is only whitespace: send no body, or a JSON object".into(),
+        ));
+    }
+    parse_json(bytes)
 }
 
 /// Every request body is a JSON object. serde would also take a struct from an array of its
@@ -130,6 +139,26 @@ mod tests {
         assert!(parse(b"[5]").is_err());
         assert!(parse(b"").is_err());
         assert!(parse_json::<CreateAllocation>(br#"["demo"]"#).is_err());
+    }
+
+    #[test]
+    fn an_optional_body_is_absent_or_an_object() {
+        use warmpool_proto::api::RenewAllocation;
+        let parse = optional_body::<RenewAllocation>;
+        assert_eq!(parse(b"").unwrap(), RenewAllocation::default());
+        assert_eq!(parse(b" null ").unwrap(), RenewAllocation::default());
+        assert_eq!(
+            parse(br#"{"lease_seconds":5}"#).unwrap().lease_seconds,
+            Some(5)
+        );
+        // Whitespace alone is not a JSON document (the API fuzzer sent "\n").
+        for bad in [&b"\n"[..], b"  ", b"{", b"[]", b"5"] {
+            assert!(
+                matches!(parse(bad), Err(ApiError::BadRequest(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
