@@ -116,11 +116,16 @@ struct Row {
     r: SimReport,
 }
 
-/// The smallest fixed target whose mean idle warm pool is at least `mean_warm`.
-fn fixed_with_idle_at_least(trace: &Trace, m: &PoolModel, mean_warm: f64) -> (u32, SimReport) {
-    let mut n = mean_warm.floor() as u32;
+/// The smallest fixed target whose mean idle warm pool is at least `mean_warm`, with `run`
+/// replaying a fixed target. A fixed pool of N holds at most N warm, so the search starts at
+/// the mean rounded up.
+fn fixed_with_idle_at_least(
+    run: &mut impl FnMut(u32) -> SimReport,
+    mean_warm: f64,
+) -> (u32, SimReport) {
+    let mut n = mean_warm.ceil() as u32;
     loop {
-        let r = simulate(trace, m, &fixed(n));
+        let r = run(n);
         if r.mean_warm >= mean_warm || n >= 100 {
             return (n, r);
         }
@@ -165,9 +170,17 @@ fn compare(m: &PoolModel, fleet: &str, traces: Vec<(&'static str, Trace)>) {
     let mut bursty = None;
     for (name, trace) in traces {
         let s = simulate(&trace, m, &scaler);
-        let (n_idle, same_idle) = fixed_with_idle_at_least(&trace, m, s.mean_warm);
+        // Each fixed target replayed once, however many rows show it.
+        let mut replayed = std::collections::BTreeMap::new();
+        let mut run = |n: u32| {
+            replayed
+                .entry(n)
+                .or_insert_with(|| simulate(&trace, m, &fixed(n)))
+                .clone()
+        };
+        let (n_idle, same_idle) = fixed_with_idle_at_least(&mut run, s.mean_warm);
         let n_mean = s.mean_wanted.round() as u32;
-        let mean_target = simulate(&trace, m, &fixed(n_mean));
+        let mean_target = run(n_mean);
         if name == "bursty" {
             bursty = Some((s.clone(), same_idle.clone(), mean_target.clone()));
         }
@@ -180,7 +193,7 @@ fn compare(m: &PoolModel, fleet: &str, traces: Vec<(&'static str, Trace)>) {
             rows.push(Row {
                 trace: name,
                 policy: format!("fixed {n} (less idle)"),
-                r: simulate(&trace, m, &fixed(n)),
+                r: run(n),
             });
         }
         rows.push(Row {
