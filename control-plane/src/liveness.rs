@@ -93,9 +93,7 @@ pub fn plan(state: &PoolState, heard: &HashMap<NodeId, NodeSoft>, clock: Clock) 
         if n.status == NodeStatus::Down {
             let down_for = clock.wall.since(n.status_changed_at);
             let joining = last.is_some_and(|l| clock.now.duration_since(l) <= clock.node_timeout);
-            if down_for >= clock.node_lost
-                && !joining
-                && state.containers_on(&n.id).any(|c| c.state.is_live())
+            if down_for >= clock.node_lost && !joining && state.live_containers_on_count(&n.id) > 0
             {
                 out.push(Command::NodeLost { node: n.id.clone() });
             }

@@ -150,7 +150,7 @@ pub fn plan(
         }
     }
 
-    let records = state.containers_on(node).filter(|c| c.state.is_live());
+    let records = state.live_containers_on(node);
     for c in records.filter(|c| !seen.contains(&c.id)) {
         let had_it = match (observed, c.observed_index) {
             (Some(obs), Some(at)) => at <= obs.requested_index,

@@ -215,8 +215,7 @@ impl<'a> Sim<'a> {
             seen: None,
         };
         // The replay reads nothing old: ended records are let go soon, so that a long replay's
-        // steps stay as cheap as its first (a node's reconciliation reads every record the
-        // state holds of it, ended ones too).
+        // state stays as small as its first minutes'.
         sim.apply(Command::SetRetention {
             retention: Retention {
                 events: 1_000,

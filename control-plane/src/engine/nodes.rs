@@ -115,8 +115,8 @@ pub(super) fn reconcile(e: &mut Engine, s: &PoolState, facts: &Facts, now: Now) 
         if e.settled.get(&node) == Some(&(version, changed_at)) {
             continue;
         }
-        looked_at +=
-            observed.map_or(0, |o| o.inventory.containers.len()) + s.containers_on_count(&node);
+        looked_at += observed.map_or(0, |o| o.inventory.containers.len())
+            + s.live_containers_on_count(&node);
         if facts.runtime_unavailable(&node) {
             // Its agent can neither make, destroy nor list containers now, and what it
             // listed before still runs (live restore): wait for it.
@@ -126,7 +126,7 @@ pub(super) fn reconcile(e: &mut Engine, s: &PoolState, facts: &Facts, now: Now) 
         let actions = if facts.suspicion(&node, now.mono).is_some() {
             // Nothing it reports is trusted and a create would reach every agent claiming
             // it; only destroys (idempotent, harmless twice) go out.
-            s.containers_on(&node)
+            s.live_containers_on(&node)
                 .filter(|c| c.state == ContainerState::Releasing)
                 .filter(|c| !e.inflight.destroys.contains(&c.id))
                 .map(|c| {

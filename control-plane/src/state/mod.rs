@@ -508,6 +508,12 @@ pub struct PoolState {
     /// scan the fleet. Derived from `containers` (a container never changes node).
     #[serde(skip)]
     by_node: BTreeMap<NodeId, BTreeSet<ContainerId>>,
+    /// The live container records per node (creating, warm, paused, allocated, releasing): what
+    /// the leader reconciles with the node's inventory. The ended ones kept for history (up to
+    /// the retention cap) would otherwise be read on every pass over a busy node. Derived from
+    /// `containers`.
+    #[serde(skip)]
+    live_by_node: BTreeMap<NodeId, BTreeSet<ContainerId>>,
     /// Every container record per pool, by id. Derived from `containers` (a container never
     /// changes pool).
     #[serde(skip)]
@@ -546,6 +552,7 @@ impl PoolState {
         self.warm_index.clear();
         self.paused_index.clear();
         self.by_node.clear();
+        self.live_by_node.clear();
         self.by_pool.clear();
         self.active_by_expiry.clear();
         self.tallies.clear();
@@ -566,6 +573,12 @@ impl PoolState {
                     .insert((c.warm_at.unwrap_or(c.created_at), c.id));
             }
             self.by_node.entry(c.node.clone()).or_default().insert(c.id);
+            if c.state.is_live() {
+                self.live_by_node
+                    .entry(c.node.clone())
+                    .or_default()
+                    .insert(c.id);
+            }
             self.by_pool.entry(c.pool.clone()).or_default().insert(c.id);
         }
         for a in self.allocations.values() {
@@ -575,14 +588,34 @@ impl PoolState {
         }
     }
 
-    /// Adds a new container record to the per-node and per-pool indexes.
+    /// Adds a new (live) container record to the per-node and per-pool indexes.
     fn index_container(&mut self, node: &NodeId, pool: &PoolName, id: ContainerId) {
         self.by_node.entry(node.clone()).or_default().insert(id);
+        self.live_by_node
+            .entry(node.clone())
+            .or_default()
+            .insert(id);
         self.by_pool.entry(pool.clone()).or_default().insert(id);
+    }
+
+    /// Moves container `id` of `node` into or out of the live index.
+    fn index_liveness(&mut self, node: &NodeId, id: ContainerId, live: bool) {
+        if live {
+            self.live_by_node
+                .entry(node.clone())
+                .or_default()
+                .insert(id);
+        } else if let Some(set) = self.live_by_node.get_mut(node) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.live_by_node.remove(node);
+            }
+        }
     }
 
     /// Takes a removed container record out of the per-node and per-pool indexes.
     fn unindex_container(&mut self, c: &Container) {
+        self.index_liveness(&c.node, c.id, false);
         if let Some(set) = self.by_node.get_mut(&c.node) {
             set.remove(&c.id);
             if set.is_empty() {
@@ -621,6 +654,7 @@ impl PoolState {
         };
         assert_eq!(paused(self), paused(&fresh), "paused index");
         assert_eq!(self.by_node, fresh.by_node, "per-node index");
+        assert_eq!(self.live_by_node, fresh.live_by_node, "live per-node index");
         assert_eq!(self.by_pool, fresh.by_pool, "per-pool index");
         assert_eq!(
             self.active_by_expiry, fresh.active_by_expiry,
@@ -666,6 +700,23 @@ impl PoolState {
             .into_iter()
             .flatten()
             .filter_map(|id| self.container(id))
+    }
+
+    /// The live container records on `node` (creating, warm, paused, allocated, releasing).
+    pub fn live_containers_on<'a>(
+        &'a self,
+        node: &NodeId,
+    ) -> impl Iterator<Item = &'a Container> + 'a {
+        self.live_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.container(id))
+    }
+
+    /// How many live container records `node` has, without reading them.
+    pub fn live_containers_on_count(&self, node: &NodeId) -> usize {
+        self.live_by_node.get(node).map_or(0, BTreeSet::len)
     }
 
     /// How many container records `node` has (live or not), without reading them.

@@ -26,6 +26,7 @@ impl PoolState {
         retally(&mut self.tallies, c, false);
         c.state = state;
         retally(&mut self.tallies, c, true);
+        let moved = (was.is_live() != state.is_live()).then(|| c.node.clone());
         if was == ContainerState::Warm {
             let warm_at = c.warm_at.unwrap_or(c.created_at);
             if let Some(set) = self.warm_index.get_mut(&c.pool) {
@@ -62,6 +63,9 @@ impl PoolState {
                 self.ended_containers.push_back(id);
             }
             _ => {}
+        }
+        if let Some(node) = moved {
+            self.index_liveness(&node, id, state.is_live());
         }
     }
 

@@ -125,8 +125,8 @@ impl PoolState {
         // a broken link (or a control plane that lost NATS), and its sessions with it. They
         // are given up on by `NodeLost` if the node stays down.
         let on_node: Vec<ContainerId> = self
-            .containers_on(id)
-            .filter(|c| c.state.is_live() && c.state != ContainerState::Allocated)
+            .live_containers_on(id)
+            .filter(|c| c.state != ContainerState::Allocated)
             .map(|c| c.id)
             .collect();
         for cid in on_node {
@@ -145,11 +145,7 @@ impl PoolState {
                 format!("node {id} is {}, not down", n.status.as_str()),
             );
         }
-        let on_node: Vec<ContainerId> = self
-            .containers_on(id)
-            .filter(|c| c.state.is_live())
-            .map(|c| c.id)
-            .collect();
+        let on_node: Vec<ContainerId> = self.live_containers_on(id).map(|c| c.id).collect();
         for cid in on_node {
             self.container_gone(ctx, cid, &ContainerEndReason::NodeLost);
         }
@@ -257,7 +253,7 @@ impl PoolState {
             .nodes
             .get(id)
             .is_some_and(|n| n.status == NodeStatus::Draining);
-        if draining && !self.containers_on(id).any(|c| c.state.is_live()) {
+        if draining && self.live_containers_on_count(id) == 0 {
             self.emit(
                 ctx,
                 EventKind::NodeDrained,

@@ -113,6 +113,10 @@ fn a_killed_warm_container_leaves_the_pool() {
         c.reason,
         Some(ContainerEndReason::Exited { code: Some(137) })
     );
+    // The ended record stays for history; the leader's reconciliation no longer reads it.
+    assert_eq!(h.state.containers_on(&n).count(), 1);
+    assert_eq!(h.state.live_containers_on(&n).count(), 0);
+    assert_eq!(h.state.live_containers_on_count(&n), 0);
 }
 
 #[test]
