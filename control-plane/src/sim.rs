@@ -165,23 +165,57 @@ impl<'a> Sim<'a> {
         let origin = model.before.since_ms.map_or(start, |t| t.min(start));
         let node = NodeId::new(NODE).expect("a valid node id");
         let config = Config::default();
+        let capacity = capacity_for(
+            model.fleet_slots,
+            (spec.resources.cpu_millis, spec.resources.memory_mb),
+            Overcommit::default(),
+        );
+        // The node and the pool, before the engine's term begins.
+        let setup = [
+            // The replay reads nothing old: ended records are let go soon, so that a long
+            // replay's state stays as small as its first minutes'.
+            Command::SetRetention {
+                retention: Retention {
+                    events: 1_000,
+                    ended_containers: RETENTION_MIN,
+                    released_allocations: RETENTION_MIN,
+                },
+            },
+            Command::NodeJoin {
+                node: node.clone(),
+                ipv6_prefix: "fd36:5::/64".into(),
+                labels: Default::default(),
+                capacity,
+                agent_version: "simulated".into(),
+            },
+            Command::PutPool { spec: spec.clone() },
+        ];
+        let mut state = PoolState::default();
+        let mut index = 0;
+        for cmd in setup {
+            index += 1;
+            let at = Timestamp(origin);
+            state.apply(index, Request { at, cmd });
+        }
+        let t0 = Instant::now();
+        let engine = Engine::new(
+            &state,
+            config.clone(),
+            Now {
+                mono: t0,
+                wall: Timestamp(origin),
+            },
+        );
         let mut sim = Sim {
             trace,
             model,
             pool: spec.name.clone(),
-            state: PoolState::default(),
-            index: 0,
-            engine: Engine::new(
-                &PoolState::default(),
-                config.clone(),
-                Now {
-                    mono: Instant::now(),
-                    wall: Timestamp(origin),
-                },
-            ),
+            state,
+            index,
+            engine,
             config,
             agent: Agent {
-                node: node.clone(),
+                node,
                 containers: BTreeMap::new(),
                 queue: VecDeque::new(),
                 starting: 0,
@@ -189,15 +223,11 @@ impl<'a> Sim<'a> {
                 removals: VecDeque::new(),
                 removing: 0,
                 destroy_slots: model.destroy_slots.map(|k| k.max(1)),
-                capacity: capacity_for(
-                    model.fleet_slots,
-                    (spec.resources.cpu_millis, spec.resources.memory_mb),
-                    Overcommit::default(),
-                ),
+                capacity,
                 version: 1,
             },
             rng: Rng::new(model.seed),
-            t0: Instant::now(),
+            t0,
             origin,
             now: origin,
             events: BinaryHeap::new(),
@@ -214,24 +244,6 @@ impl<'a> Sim<'a> {
             counting: false,
             seen: None,
         };
-        // The replay reads nothing old: ended records are let go soon, so that a long replay's
-        // state stays as small as its first minutes'.
-        sim.apply(Command::SetRetention {
-            retention: Retention {
-                events: 1_000,
-                ended_containers: RETENTION_MIN,
-                released_allocations: RETENTION_MIN,
-            },
-        });
-        sim.apply(Command::NodeJoin {
-            node,
-            ipv6_prefix: "fd36:5::/64".into(),
-            labels: Default::default(),
-            capacity: sim.agent.capacity,
-            agent_version: "simulated".into(),
-        });
-        sim.apply(Command::PutPool { spec: spec.clone() });
-        sim.engine = Engine::new(&sim.state, sim.config.clone(), sim.clock());
         sim.seed_pool(spec);
         sim
     }
@@ -249,7 +261,7 @@ impl<'a> Sim<'a> {
             .unwrap_or_else(|| self.state.wanted(pool));
         let paused = warmpool_policy::rules::paused_wanted(spec);
         let room = self.model.fleet_slots.unwrap_or(u32::MAX);
-        let n = (warm + paused).min(spec.max_total).min(room);
+        let n = warm.saturating_add(paused).min(spec.max_total).min(room);
         if n == 0 {
             return;
         }
@@ -464,28 +476,22 @@ impl<'a> Sim<'a> {
             },
         );
         self.r.arrivals += 1;
-        let response = self.apply(Command::Allocate {
-            allocation_id: id,
-            pool: self.pool.clone(),
-            session: SessionId::new(format!("s-{i}")).expect("a valid session id"),
+        let response = self.apply(Command::simple_allocate(
+            id,
+            self.pool.clone(),
+            SessionId::new(format!("s-{i}")).expect("a valid session id"),
             // Released by the requester after its hold, never by the lease.
-            lease_ms: a.hold_ms.saturating_add(3_600_000),
-            idempotency_key: None,
-            wait_ms: self.model.wait_ms,
-            tenant: Default::default(),
-            metadata: Default::default(),
-            with_settings: false,
-            workspace: None,
-            token_sha256: None,
-            asynchronous: false,
-            location: None,
-            max_lifetime_secs: None,
-        });
+            a.hold_ms.saturating_add(3_600_000),
+            self.model.wait_ms,
+        ));
         match response {
             Response::Allocation { allocation, .. } => self.granted(id, allocation.tier),
             Response::Queued { .. } => {
                 self.waiting.push(id);
-                self.schedule(self.now + self.model.wait_ms, Ev::Deadline(id));
+                self.schedule(
+                    self.now.saturating_add(self.model.wait_ms),
+                    Ev::Deadline(id),
+                );
             }
             _ => self.r.refused += 1,
         }
@@ -507,7 +513,7 @@ impl<'a> Sim<'a> {
             self.r.waited += 1;
         }
         self.waits.push(wait);
-        self.schedule(self.now + hold, Ev::Release(id));
+        self.schedule(self.now.saturating_add(hold), Ev::Release(id));
     }
 
     /// Queued allocations the state has granted since.
@@ -724,7 +730,7 @@ impl<'a> Sim<'a> {
                 .as_ref()
                 .map_or(0, |t| t.sample_at(self.now, &mut self.rng));
             self.agent.removing += 1;
-            self.schedule(self.now + gone_in, Ev::TornDown(id));
+            self.schedule(self.now.saturating_add(gone_in), Ev::TornDown(id));
         }
     }
 
@@ -744,7 +750,7 @@ impl<'a> Sim<'a> {
             );
             self.agent.starting += 1;
             self.agent.changed();
-            self.schedule(self.now + warm_in, Ev::Warm(id));
+            self.schedule(self.now.saturating_add(warm_in), Ev::Warm(id));
         }
     }
 

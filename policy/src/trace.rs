@@ -50,7 +50,17 @@ pub enum TraceError {
     /// No arrivals at all.
     #[error("the trace holds no arrivals")]
     Empty,
+    /// From the first arrival to the last release is longer than [`MAX_SPAN_MS`]: a replay
+    /// steps through all of it, at least twice a second.
+    #[error("the trace spans {days} days, from its first arrival to its last release; at most 366 are replayed")]
+    TooLong {
+        /// Its span, in whole days.
+        days: u64,
+    },
 }
+
+/// The longest span a trace file may cover: a year (and a day).
+pub const MAX_SPAN_MS: u64 = 366 * 24 * 3_600_000;
 
 #[derive(Deserialize)]
 struct JsonLine {
@@ -135,7 +145,13 @@ impl Trace {
         if arrivals.is_empty() {
             return Err(TraceError::Empty);
         }
-        Ok(Trace::from_arrivals(arrivals))
+        let trace = Trace::from_arrivals(arrivals);
+        if trace.duration_ms() > MAX_SPAN_MS {
+            return Err(TraceError::TooLong {
+                days: trace.duration_ms() / (24 * 3_600_000),
+            });
+        }
+        Ok(trace)
     }
 
     /// The trace as JSON lines, one arrival per line: what [`Trace::parse`] reads.
@@ -512,6 +528,18 @@ mod tests {
         }
         assert_eq!(Trace::parse("# nothing\n\n"), Err(TraceError::Empty));
         assert_eq!(Trace::parse("at_ms,hold_ms\n"), Err(TraceError::Empty));
+        // A hold or a gap of centuries would have the replay step through them.
+        assert_eq!(
+            Trace::parse("0,18446744073709551615\n"),
+            Err(TraceError::TooLong {
+                days: u64::MAX / (24 * 3_600_000)
+            })
+        );
+        assert!(matches!(
+            Trace::parse("0,1000\n40000000000,1000\n"),
+            Err(TraceError::TooLong { days: 462 })
+        ));
+        assert!(Trace::parse(&format!("0,{MAX_SPAN_MS}\n")).is_ok());
     }
 
     #[test]

@@ -894,7 +894,7 @@ fn a_large_fleet_is_reconciled_in_parts_each_on_a_fresh_read() {
     let with_records: Vec<&NodeId> = nodes[..3].iter().collect();
     assert!(with_records
         .iter()
-        .all(|n| w.state.containers_on_count(n) == 2));
+        .all(|n| w.state.live_containers_on_count(n) == 2));
     // A budget of one record per read: each read compares one node that has any.
     let mut e = Engine::new(
         &w.state,

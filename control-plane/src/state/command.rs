@@ -420,22 +420,24 @@ impl Response {
     }
 }
 
-#[cfg(test)]
 impl Command {
-    /// An allocation that waits for nothing and asks for nothing beyond its lease: the
-    /// request most tests need.
-    pub(crate) fn plain_allocate(
+    /// Allocation `allocation_id`, asking for nothing beyond its lease and waiting up to
+    /// `wait_ms` for a container: what the simulator's requesters ask (and, waiting for
+    /// nothing, the request most tests need).
+    pub(crate) fn simple_allocate(
+        allocation_id: warmpool_proto::AllocationId,
         pool: warmpool_proto::PoolName,
         session: warmpool_proto::SessionId,
         lease_ms: u64,
+        wait_ms: u64,
     ) -> Command {
         Command::Allocate {
-            allocation_id: warmpool_proto::AllocationId::new(),
+            allocation_id,
             pool,
             session,
             lease_ms,
             idempotency_key: None,
-            wait_ms: 0,
+            wait_ms,
             tenant: Default::default(),
             metadata: Default::default(),
             with_settings: false,
@@ -445,6 +447,24 @@ impl Command {
             location: None,
             max_lifetime_secs: None,
         }
+    }
+}
+
+#[cfg(test)]
+impl Command {
+    /// An allocation that waits for nothing and asks for nothing beyond its lease.
+    pub(crate) fn plain_allocate(
+        pool: warmpool_proto::PoolName,
+        session: warmpool_proto::SessionId,
+        lease_ms: u64,
+    ) -> Command {
+        Command::simple_allocate(
+            warmpool_proto::AllocationId::new(),
+            pool,
+            session,
+            lease_ms,
+            0,
+        )
     }
 }
 

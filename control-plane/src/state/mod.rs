@@ -695,11 +695,7 @@ impl PoolState {
 
     /// The container records (live or recently ended) on `node`, by id.
     pub fn containers_on<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a Container> + 'a {
-        self.by_node
-            .get(node)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.container(id))
+        self.records(self.by_node.get(node))
     }
 
     /// The live container records on `node` (creating, warm, paused, allocated, releasing).
@@ -707,9 +703,15 @@ impl PoolState {
         &'a self,
         node: &NodeId,
     ) -> impl Iterator<Item = &'a Container> + 'a {
-        self.live_by_node
-            .get(node)
-            .into_iter()
+        self.records(self.live_by_node.get(node))
+    }
+
+    /// The container records of the ids in `set`, if any.
+    fn records<'a>(
+        &'a self,
+        set: Option<&'a BTreeSet<ContainerId>>,
+    ) -> impl Iterator<Item = &'a Container> + 'a {
+        set.into_iter()
             .flatten()
             .filter_map(|id| self.container(id))
     }
@@ -717,11 +719,6 @@ impl PoolState {
     /// How many live container records `node` has, without reading them.
     pub fn live_containers_on_count(&self, node: &NodeId) -> usize {
         self.live_by_node.get(node).map_or(0, BTreeSet::len)
-    }
-
-    /// How many container records `node` has (live or not), without reading them.
-    pub fn containers_on_count(&self, node: &NodeId) -> usize {
-        self.by_node.get(node).map_or(0, BTreeSet::len)
     }
 
     /// The log index at which a container record on `node` last changed (created, changed
