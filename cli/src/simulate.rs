@@ -223,6 +223,9 @@ pub struct TraceSummary {
     pub create_slots: Option<u32>,
     /// The teardown times used, when the fleet's limits are modelled.
     pub teardown_time: Option<String>,
+    /// Containers removed at once in the replay (the agents' destroy slots, across the
+    /// fleet's nodes), when the fleet's limits are modelled.
+    pub destroy_slots: Option<u32>,
     /// How long a replayed allocation waits for a warm container, ms.
     pub wait_ms: u64,
     /// Replays per policy, averaged.
@@ -298,10 +301,12 @@ pub fn simulate(
     // Either policy would have watched the pool as the live one did before the first arrival.
     model.before = history.before();
     if let Some(f) = fleet {
-        // Agents remove a few containers at once: the teardowns less the wait for that.
-        let slots = warmpool_proto::agent::DESTROY_SLOTS;
+        // Each node's agent removes a few containers at once: the teardowns less the wait
+        // for that, across the fleet's nodes (the replay's one node has all their slots, as it
+        // has all their create slots).
+        let slots = warmpool_proto::agent::DESTROY_SLOTS.saturating_mul(f.nodes.max(1));
         model.teardown_time = timed(history.destroy_times_ms(slots));
-        model.destroy_slots = Some(slots as u32);
+        model.destroy_slots = Some(u32::try_from(slots).unwrap_or(u32::MAX));
         model.fleet_slots = Some(f.slots);
         model.create_slots = Some(f.total_create_slots());
     }
@@ -369,6 +374,7 @@ pub fn simulate(
             fleet_slots: model.fleet_slots,
             create_slots: model.create_slots,
             teardown_time,
+            destroy_slots: model.destroy_slots,
             wait_ms: a.wait_ms,
             runs: a.runs.max(1),
         },
@@ -794,6 +800,14 @@ mod tests {
             "fleet (now, 1 ready node): room for 100 of the pool's containers, 2 started at once; \
              teardown: none measured: at once\n"
         ));
+        // Each node's agent removes 16 at once; the replay has them all.
+        assert_eq!(bounded.trace.destroy_slots, Some(16));
+        assert_eq!(unbounded.trace.destroy_slots, None);
+        let two = Fleet {
+            nodes: 2,
+            ..fleet.clone()
+        };
+        assert_eq!(on(Some(&two)).trace.destroy_slots, Some(32));
         // What-ifs: more room and more starts at once than the fleet has.
         let more = args(&[
             "--warm-time-ms",
