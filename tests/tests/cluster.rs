@@ -391,6 +391,46 @@ async fn losing_the_leader_under_load_loses_nothing_acknowledged_and_doubles_not
     );
 }
 
+/// A member's events, allocations and pools, once it has applied `target`.
+async fn member_history(
+    m: &Client,
+    target: u64,
+) -> (
+    Vec<warmpool_proto::Event>,
+    Vec<warmpool_proto::Allocation>,
+    Vec<warmpool_proto::records::Pool>,
+) {
+    wait_until(Duration::from_secs(30), "member to replay its log", || {
+        let m = m.clone();
+        async move { (m.cluster().await.ok()?.applied_index? >= target).then_some(()) }
+    })
+    .await;
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = m
+            .events(&EventQuery {
+                after,
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.seq);
+        all.extend(page);
+    }
+    let allocations = m.list_allocations(&Default::default()).await.unwrap();
+    let pools = m
+        .list_pools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.pool)
+        .collect();
+    (all, allocations, pools)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_members_restarted_hold_identical_state_and_event_logs() {
     let mut c = TestCluster::replicated(3, &[]).await;
@@ -407,40 +447,21 @@ async fn all_members_restarted_hold_identical_state_and_event_logs() {
         m.start();
     }
     c.wait_ready().await;
-    let target = c.client.cluster().await.unwrap().applied_index.unwrap();
-    let mut logs = Vec::new();
-    for i in 0..3 {
-        let m = c.client_of(i);
-        wait_until(Duration::from_secs(30), "member to replay its log", || {
-            let m = m.clone();
-            async move { (m.cluster().await.ok()?.applied_index? >= target).then_some(()) }
-        })
-        .await;
-        let mut all = Vec::new();
-        let mut after = None;
-        loop {
-            let page = m
-                .events(&EventQuery {
-                    after,
-                    limit: Some(1000),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            let Some(last) = page.last() else { break };
-            after = Some(last.seq);
-            all.extend(page);
+    // The new leader may still be writing (a node its agent left is declared down, its
+    // containers gone): members read while an entry is on its way would differ by it. Read
+    // every member's log until no entry was committed during the round, then compare.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let logs = loop {
+        let target = c.client.cluster().await.unwrap().applied_index.unwrap();
+        let mut logs = Vec::new();
+        for i in 0..3 {
+            logs.push(member_history(&c.client_of(i), target).await);
         }
-        let allocations = m.list_allocations(&Default::default()).await.unwrap();
-        let pools: Vec<_> = m
-            .list_pools()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|p| p.pool)
-            .collect();
-        logs.push((all, allocations, pools));
-    }
+        let after = c.client.cluster().await.unwrap().applied_index.unwrap();
+        if after == target || Instant::now() > deadline {
+            break logs;
+        }
+    };
     assert!(logs[0].0.len() > 20, "the log has the history");
     assert_eq!(logs[0].1.len(), 5);
     assert_eq!(logs[1], logs[0]);
