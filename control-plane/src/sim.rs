@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use warmpool_policy::rng::Rng;
-use warmpool_policy::{PoolModel, SimReport, Trace};
+use warmpool_policy::{Draws, PoolModel, SimReport, Trace, WarmTime};
 use warmpool_proto::agent::{
     AgentCommand, AgentReply, Heartbeat, Inventory, InventoryEntry, ObservedStatus, Usage,
 };
@@ -135,6 +135,9 @@ struct Sim<'a> {
     config: Config,
     agent: Agent,
     rng: Rng,
+    /// The model's warm-up and teardown times, drawn over this run.
+    warm_ups: Draws<'a>,
+    teardowns: Option<Draws<'a>>,
     t0: Instant,
     origin: u64,
     now: u64,
@@ -227,6 +230,8 @@ impl<'a> Sim<'a> {
                 version: 1,
             },
             rng: Rng::new(model.seed),
+            warm_ups: model.warm_time.draws(),
+            teardowns: model.teardown_time.as_ref().map(WarmTime::draws),
             t0,
             origin,
             now: origin,
@@ -725,10 +730,9 @@ impl<'a> Sim<'a> {
                 return;
             };
             let gone_in = self
-                .model
-                .teardown_time
-                .as_ref()
-                .map_or(0, |t| t.sample_at(self.now, &mut self.rng));
+                .teardowns
+                .as_mut()
+                .map_or(0, |t| t.next(self.now, &mut self.rng));
             self.agent.removing += 1;
             self.schedule(self.now.saturating_add(gone_in), Ev::TornDown(id));
         }
@@ -740,7 +744,7 @@ impl<'a> Sim<'a> {
             let Some((id, pool, generation)) = self.agent.queue.pop_front() else {
                 return;
             };
-            let warm_in = self.model.warm_time.sample_at(self.now, &mut self.rng);
+            let warm_in = self.warm_ups.next(self.now, &mut self.rng);
             self.agent.containers.insert(
                 id,
                 Held {
@@ -815,7 +819,7 @@ fn capacity_for(slots: Option<u32>, per: (u64, u64), overcommit: Overcommit) -> 
 
 #[cfg(test)]
 mod tests {
-    use warmpool_policy::{Arrival, Before, WarmTime};
+    use warmpool_policy::{Arrival, Before};
 
     use super::*;
 

@@ -44,5 +44,5 @@ pub use estimator::{DemandEstimator, DemandInputs, EstimatorConfig};
 pub use scaler::{
     DecisionInputs, Need, Policy, ScaleDecision, ScaleReason, Scaler, SCALE_DOWN_EVERY_MS,
 };
-pub use sim::{Before, PoolModel, SimReport, WarmTime};
+pub use sim::{Before, Draws, PoolModel, SimReport, WarmTime};
 pub use trace::{Arrival, History, Trace, TraceError};

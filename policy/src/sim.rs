@@ -10,6 +10,7 @@
 use crate::estimator::percentile_rank;
 use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 /// Default warm-up time when nothing is measured, ms.
 pub const DEFAULT_WARM_MS: u64 = 2_000;
@@ -59,26 +60,12 @@ impl WarmTime {
         WarmTime::Timed { samples }
     }
 
-    /// A draw for something starting at `now` (only [`WarmTime::Timed`] looks at it).
-    pub fn sample_at(&self, now: u64, rng: &mut Rng) -> u64 {
-        let WarmTime::Timed { samples } = self else {
-            return self.sample(rng);
-        };
-        if samples.is_empty() {
-            return DEFAULT_WARM_MS;
+    /// Draws for one replay: see [`Draws`].
+    pub fn draws(&self) -> Draws<'_> {
+        Draws {
+            time: self,
+            unused: BTreeSet::new(),
         }
-        // The samples nearest `now`: those at the time just before or just after it, whichever
-        // is closer; one of them at random when several were taken at that time.
-        let i = samples.partition_point(|(at, _)| *at < now);
-        let at = match (i.checked_sub(1).map(|j| samples[j].0), samples.get(i)) {
-            (Some(before), Some(&(after, _))) if now - before > after - now => after,
-            (Some(before), _) => before,
-            (None, Some(&(after, _))) => after,
-            (None, None) => return DEFAULT_WARM_MS,
-        };
-        let lo = samples.partition_point(|(t, _)| *t < at);
-        let hi = samples.partition_point(|(t, _)| *t <= at);
-        samples[lo + rng.below(hi - lo)].1
     }
 
     fn sample(&self, rng: &mut Rng) -> u64 {
@@ -127,6 +114,52 @@ impl WarmTime {
                 samples.iter().map(|(_, ms)| *ms).collect(),
             ),
         }
+    }
+}
+
+/// A replay's draws from one [`WarmTime`].
+///
+/// Measured samples with their times ([`WarmTime::Timed`]) are replayed each once per pass
+/// over them: something starting at `now` takes the unused sample taken nearest that time (the
+/// earlier on a tie; one of those taken at that very time at random), and the samples are all
+/// used again once every one has been. A node that started four containers at once, one of
+/// them slow, thus starts four with the same four times in the replay, not four draws from
+/// them: drawn with replacement, the first of the four to be warm is on average later than
+/// the first was, and the slow one may come twice. The other kinds are independent draws.
+#[derive(Debug)]
+pub struct Draws<'a> {
+    time: &'a WarmTime,
+    /// Indexes of the samples not yet drawn in this pass ([`WarmTime::Timed`] only).
+    unused: BTreeSet<usize>,
+}
+
+impl Draws<'_> {
+    /// The time taken by something starting at `now`, ms.
+    pub fn next(&mut self, now: u64, rng: &mut Rng) -> u64 {
+        let WarmTime::Timed { samples } = self.time else {
+            return self.time.sample(rng);
+        };
+        if samples.is_empty() {
+            return DEFAULT_WARM_MS;
+        }
+        if self.unused.is_empty() {
+            self.unused.extend(0..samples.len());
+        }
+        let i = samples.partition_point(|(at, _)| *at < now);
+        let before = self.unused.range(..i).next_back().map(|&j| samples[j].0);
+        let after = self.unused.range(i..).next().map(|&j| samples[j].0);
+        let at = match (before, after) {
+            (Some(b), Some(a)) if now - b > a - now => a,
+            (Some(b), _) => b,
+            (None, Some(a)) => a,
+            (None, None) => return DEFAULT_WARM_MS,
+        };
+        let lo = samples.partition_point(|(t, _)| *t < at);
+        let hi = samples.partition_point(|(t, _)| *t <= at);
+        let same: Vec<usize> = self.unused.range(lo..hi).copied().collect();
+        let j = same[rng.below(same.len())];
+        self.unused.remove(&j);
+        samples[j].1
     }
 }
 
@@ -438,25 +471,41 @@ mod tests {
         );
         assert_eq!(s.describe(), "measured (3 samples, p50 200 ms, p99 300 ms)");
 
-        // Timed: the sample nearest the time asked; one of those taken then, at random.
+        // Timed: the unused sample nearest the time asked; each once per pass.
         let t = WarmTime::timed(vec![(5_000, 900), (1_000, 100), (1_000, 150), (9_000, 50)]);
-        assert_eq!(t.sample_at(5_100, &mut rng), 900);
-        assert_eq!(t.sample_at(20_000, &mut rng), 50);
+        let mut d = t.draws();
+        assert_eq!(d.next(5_100, &mut rng), 900);
         assert_eq!(
-            t.sample_at(7_000, &mut rng),
-            900,
-            "a tie goes to the earlier"
+            d.next(5_100, &mut rng),
+            50,
+            "900 is used: the nearest left is 9 s"
         );
-        assert_eq!(t.sample_at(7_001, &mut rng), 50);
-        let early: std::collections::BTreeSet<u64> =
-            (0..50).map(|_| t.sample_at(0, &mut rng)).collect();
-        assert_eq!(early, [100, 150].into());
+        let early = [d.next(5_100, &mut rng), d.next(5_100, &mut rng)];
+        assert!(
+            early == [100, 150] || early == [150, 100],
+            "the two taken at 1 s, each once, in either order: {early:?}"
+        );
+        // A new pass: all four again.
+        assert_eq!(d.next(20_000, &mut rng), 50);
+        let mut d = t.draws();
+        assert_eq!(d.next(7_000, &mut rng), 900, "a tie goes to the earlier");
+        let mut d = t.draws();
+        assert_eq!(d.next(7_001, &mut rng), 50);
+        // Over many passes each of the two taken at the same time comes first in some.
+        let firsts: std::collections::BTreeSet<u64> =
+            (0..50).map(|_| t.draws().next(0, &mut rng)).collect();
+        assert_eq!(firsts, [100, 150].into());
+        // A pass replays the samples themselves: four draws at one time are the four samples.
+        let mut d = t.draws();
+        let mut pass: Vec<u64> = (0..4).map(|_| d.next(3_000, &mut rng)).collect();
+        pass.sort_unstable();
+        assert_eq!(pass, [50, 100, 150, 900]);
         assert_eq!(
             t.describe(),
             "measured, nearest in time (4 samples, p50 100 ms, p99 900 ms)"
         );
         assert_eq!(
-            WarmTime::timed(Vec::new()).sample_at(1, &mut rng),
+            WarmTime::timed(Vec::new()).draws().next(1, &mut rng),
             DEFAULT_WARM_MS
         );
     }

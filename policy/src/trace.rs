@@ -208,8 +208,8 @@ pub struct History {
     pub warm_times_ms: Vec<u64>,
     /// The same containers, with where and when: for [`History::start_times_ms`].
     pub makings: Vec<Making>,
-    /// Measured teardowns, `(released at, until terminated)` in ms: how long a released
-    /// container still held its place on its node.
+    /// Measured teardowns, `(released or retired at, until terminated)` in ms: how long a
+    /// container let go of still held its place on its node.
     pub teardowns_ms: Vec<(u64, u64)>,
     /// Warm containers when the trace starts, when the log shows the pool before then.
     pub start_warm: Option<u32>,
@@ -331,7 +331,13 @@ impl History {
                     let Some(c) = e.container else { continue };
                     warm.remove(&c);
                     created.remove(&c);
-                    if let Some(t0) = released.remove(&c) {
+                    // From its release, or from its retirement, which the event's detail
+                    // gives (a container scaled down was never released).
+                    let t0 = released.remove(&c).or_else(|| {
+                        let took = e.detail.as_ref()?.get("teardown_ms")?.as_u64()?;
+                        Some(at.saturating_sub(took))
+                    });
+                    if let Some(t0) = t0 {
                         teardowns_ms.push((t0, at.saturating_sub(t0)));
                     }
                 }
@@ -615,6 +621,12 @@ mod tests {
                 allocation: Some(a3),
                 ..event(8, 9_500, EventKind::ContainerReleased)
             },
+            // c2, never released, is retired and gone 300 ms later, which the event says.
+            Event {
+                container: Some(c2),
+                detail: Some(serde_json::json!({"teardown_ms": 300})),
+                ..event(12, 9_800, EventKind::ContainerTerminated)
+            },
             // Another pool's allocation: not ours.
             Event {
                 allocation: Some(AllocationId::new()),
@@ -647,7 +659,7 @@ mod tests {
         // before it give warm-up times only.
         assert_eq!((h.trace.start_ms, h.trace.end_ms), (4_000, 10_000));
         assert_eq!(h.start_warm, Some(2));
-        assert_eq!(h.teardowns_ms, vec![(9_000, 400)]);
+        assert_eq!(h.teardowns_ms, vec![(9_000, 400), (9_500, 300)]);
         assert_eq!(h.makings.len(), 2);
         assert_eq!((h.open_allocations, h.unmatched_releases), (1, 1));
         // The scaler watched the pool from its first event and measured both warm-ups, which

@@ -149,7 +149,8 @@ pub struct Container {
     pub last_activity_at: Option<Timestamp>,
     /// When the lease of its allocation runs out.
     pub lease_expires_at: Option<Timestamp>,
-    /// When it was released.
+    /// When it was released, or retired without having been allocated (scaled down, of an
+    /// older spec, drained, ...).
     pub released_at: Option<Timestamp>,
     /// When it was terminated or failed.
     pub ended_at: Option<Timestamp>,

@@ -229,6 +229,7 @@ impl PoolState {
         match c.state {
             ContainerState::Creating | ContainerState::Warm | ContainerState::Paused => {
                 c.reason = Some(reason.clone());
+                c.released_at = Some(ctx.at);
                 self.set_state(id, ContainerState::Releasing, ctx.at);
             }
             ContainerState::Allocated => {
@@ -270,7 +271,14 @@ impl PoolState {
         } else {
             (ContainerState::Failed, EventKind::ContainerFailed)
         };
-        let body = EventBody::of_container(c).reason(reason);
+        let mut body = EventBody::of_container(c).reason(reason);
+        // How long it took to go once let go of (released, or retired): what a replay of the
+        // pool's history takes a teardown to be.
+        if let Some(released) = c.released_at {
+            body.detail = Some(serde_json::json!({
+                "teardown_ms": ctx.at.0.saturating_sub(released.0),
+            }));
+        }
         let node = c.node.clone();
         self.set_state(id, state, ctx.at);
         self.emit(ctx, kind, body);

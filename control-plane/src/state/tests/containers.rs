@@ -314,3 +314,39 @@ fn counts_and_usage_from_the_indexes_match_a_full_scan() {
         assert_eq!(h.state.node_counts(node), scan, "{node}");
     }
 }
+
+#[test]
+fn a_retired_container_says_when_it_was_let_go_and_how_long_it_took_to_go() {
+    let mut h = Harness::new();
+    let n = h.node("n1");
+    let p = h.pool("demo", 0);
+    let [id] = h.warm(&p, &n, 1)[..] else {
+        unreachable!()
+    };
+    assert_eq!(h.state.container(&id).unwrap().released_at, None);
+    h.apply(Command::RetireContainers {
+        ids: vec![id],
+        reason: "scale_down".into(),
+    });
+    let retired = h.state.container(&id).unwrap().released_at.unwrap();
+    assert_eq!(retired, Timestamp(h.now));
+    h.now += 1_490;
+    h.apply(Command::ContainersGone {
+        gone: vec![(id, ContainerEndReason::Destroyed)],
+    });
+    let filter = EventFilter {
+        container: Some(id.to_string()),
+        ..Default::default()
+    };
+    let events = h.state.events(None, None, 1000, &filter);
+    let gone = events
+        .iter()
+        .find(|e| e.kind == EventKind::ContainerTerminated)
+        .unwrap();
+    assert_eq!(gone.reason.as_deref(), Some("scale_down"));
+    assert_eq!(
+        gone.detail.as_ref().unwrap()["teardown_ms"],
+        1_500,
+        "from its retirement to the write that recorded it gone: {gone:?}"
+    );
+}
