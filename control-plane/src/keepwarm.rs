@@ -749,6 +749,7 @@ mod tests {
             w.apply(Command::RetireContainers {
                 ids: ids.to_vec(),
                 reason: "spec_changed".into(),
+                timed: true,
             });
         }
     }
@@ -1246,6 +1247,7 @@ mod tests {
                                 w.apply(Command::RetireContainers {
                                     ids,
                                     reason: reason.into(),
+                                    timed: true,
                                 });
                             }
                         }
@@ -1260,6 +1262,7 @@ mod tests {
                             w.apply(Command::RetireContainers {
                                 ids: vec![id],
                                 reason: "test".into(),
+                                timed: true,
                             });
                         }
                     }
@@ -1330,6 +1333,7 @@ mod tests {
                         w.apply(Command::RetireContainers {
                             ids,
                             reason: reason.into(),
+                            timed: true,
                         });
                     }
                 }

@@ -437,6 +437,7 @@ mod tests {
         w.apply(Command::RetireContainers {
             ids: vec![id],
             reason: "scale_down".into(),
+            timed: true,
         });
         let obs = w.observed(vec![w.entry(id, Health::Healthy)]);
         assert_eq!(

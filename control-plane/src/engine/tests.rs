@@ -931,6 +931,7 @@ fn a_large_fleet_is_reconciled_in_parts_each_on_a_fresh_read() {
             w.apply(Command::RetireContainers {
                 ids,
                 reason: warmpool_proto::ContainerEndReason::ScaleDown,
+                timed: true,
             });
         }
         if !e.unfinished(Duty::Reconcile) {

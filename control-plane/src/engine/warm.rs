@@ -66,6 +66,7 @@ pub(super) fn keep_warm(e: &mut Engine, s: &PoolState, facts: &Facts, now: Now) 
                 out.push(Effect::propose(Command::RetireContainers {
                     ids,
                     reason: reason.into(),
+                    timed: true,
                 }));
             }
             Decision::Pause { ids } => {

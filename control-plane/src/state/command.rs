@@ -102,6 +102,13 @@ pub enum Command {
         ids: Vec<ContainerId>,
         /// Why.
         reason: ContainerEndReason,
+        /// Written by this version: each container keeps the retirement's time in its
+        /// `released_at`, and its `container_terminated` (or `container_failed`) event says how
+        /// long it took to go (`detail.teardown_ms`). Entries written before it lack the field
+        /// and are applied as they were, so that a log replayed by this version makes the state
+        /// and the events it made then.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        timed: bool,
     },
     /// Move these warm containers to their pool's paused tier (the leader then has their
     /// agents pause them). Containers no longer warm and healthy are skipped.

@@ -190,12 +190,12 @@ impl PoolState {
                 Health::Unhealthy { .. },
             ) => {
                 // Never offered again; destroyed and replaced.
-                self.retire(ctx, id, &ContainerEndReason::Unhealthy);
+                self.retire(ctx, id, &ContainerEndReason::Unhealthy, false);
             }
             (ContainerState::Allocated, Health::Unhealthy { .. }) if restarts > 0 => {
                 // It was restarted once and fails again: its session loses it (the release
                 // event says why) and the pool replaces it.
-                self.retire(ctx, id, &ContainerEndReason::Unhealthy);
+                self.retire(ctx, id, &ContainerEndReason::Unhealthy, false);
             }
             _ => {}
         }
@@ -214,7 +214,7 @@ impl PoolState {
                 }
             }
             ContainerState::Creating | ContainerState::Warm | ContainerState::Paused => {
-                self.retire(ctx, id, reason)
+                self.retire(ctx, id, reason, false)
             }
             _ => {}
         }
@@ -222,14 +222,24 @@ impl PoolState {
 
     /// Takes a container out of service: it goes to `releasing`, and the leader has its agent
     /// destroy it.
-    pub(super) fn retire(&mut self, ctx: Ctx, id: ContainerId, reason: &ContainerEndReason) {
+    /// With `timed`, the container keeps when it was retired (see
+    /// [`Command::RetireContainers`](crate::state::Command::RetireContainers)).
+    pub(super) fn retire(
+        &mut self,
+        ctx: Ctx,
+        id: ContainerId,
+        reason: &ContainerEndReason,
+        timed: bool,
+    ) {
         let Some(c) = self.containers.get_mut(&id).map(Arc::make_mut) else {
             return;
         };
         match c.state {
             ContainerState::Creating | ContainerState::Warm | ContainerState::Paused => {
                 c.reason = Some(reason.clone());
-                c.released_at = Some(ctx.at);
+                if timed {
+                    c.released_at = Some(ctx.at);
+                }
                 self.set_state(id, ContainerState::Releasing, ctx.at);
             }
             ContainerState::Allocated => {
@@ -272,11 +282,12 @@ impl PoolState {
             (ContainerState::Failed, EventKind::ContainerFailed)
         };
         let mut body = EventBody::of_container(c).reason(reason);
-        // How long it took to go once let go of (released, or retired): what a replay of the
-        // pool's history takes a teardown to be.
-        if let Some(released) = c.released_at {
+        // A container retired unallocated: how long it took to go, which a replay of the
+        // pool's history takes its teardowns from (a released one's `container_released`
+        // event already says when it was let go).
+        if let (Some(retired), None) = (c.released_at, c.allocated_at) {
             body.detail = Some(serde_json::json!({
-                "teardown_ms": ctx.at.0.saturating_sub(released.0),
+                "teardown_ms": ctx.at.0.saturating_sub(retired.0),
             }));
         }
         let node = c.node.clone();

@@ -107,9 +107,9 @@ impl PoolState {
                 }
                 Response::Ok
             }
-            Command::RetireContainers { ids, reason } => {
+            Command::RetireContainers { ids, reason, timed } => {
                 for id in ids {
-                    self.retire(ctx, id, &reason);
+                    self.retire(ctx, id, &reason, timed);
                 }
                 Response::Ok
             }

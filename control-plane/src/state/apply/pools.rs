@@ -94,7 +94,7 @@ impl PoolState {
                 Some(a) => {
                     self.release(ctx, a, ReleaseReason::PoolDeleted);
                 }
-                None => self.retire(ctx, id, &ContainerEndReason::PoolDeleted),
+                None => self.retire(ctx, id, &ContainerEndReason::PoolDeleted, false),
             }
         }
         self.emit(
