@@ -327,9 +327,9 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
     );
     // How long the burst's allocations waited, on average and at the median, and the idle
     // container-seconds: each within 5%. The replay draws each measured warm-up and teardown
-    // once (nearest in time), and retirements' teardowns are measured too: over eight runs
-    // the mean was within −0.7% to −0.1%, the median −0.7% to −0.2%, idle −2.4% to +6.5%
-    // (+4.1% to +6.5% while retirements were given releases' teardowns; −2.4% to −1.1% since).
+    // once (nearest in time), and retirements' teardowns are measured too. Over six runs the
+    // mean was within −0.7% to −0.1%, the median −0.8% to −0.1%, idle −2.4% to −0.1% (idle
+    // was +4.1% to +6.5% while retirements were given releases' teardowns).
     let sim_mean = sim_wait("wait_mean_ms") as f64;
     assert!(
         (sim_mean - live_mean).abs() <= 0.05 * live_mean,
