@@ -321,6 +321,21 @@ fn a_retired_container_says_when_it_was_let_go_and_how_long_it_took_to_go() {
     let mut h = Harness::new();
     let n = h.node("n1");
     let p = h.pool("demo", 0);
+    // Destroys `id` and reads its `container_terminated` event.
+    let gone = |h: &mut Harness, id: ContainerId| {
+        h.apply(Command::ContainersGone {
+            gone: vec![(id, ContainerEndReason::Destroyed)],
+        });
+        let filter = EventFilter {
+            container: Some(id.to_string()),
+            ..Default::default()
+        };
+        h.state
+            .events(None, None, 1000, &filter)
+            .into_iter()
+            .find(|e| e.kind == EventKind::ContainerTerminated)
+            .unwrap()
+    };
     let [id] = h.warm(&p, &n, 1)[..] else {
         unreachable!()
     };
@@ -333,23 +348,12 @@ fn a_retired_container_says_when_it_was_let_go_and_how_long_it_took_to_go() {
     let retired = h.state.container(&id).unwrap().released_at.unwrap();
     assert_eq!(retired, Timestamp(h.now));
     h.now += 1_490;
-    h.apply(Command::ContainersGone {
-        gone: vec![(id, ContainerEndReason::Destroyed)],
-    });
-    let filter = EventFilter {
-        container: Some(id.to_string()),
-        ..Default::default()
-    };
-    let events = h.state.events(None, None, 1000, &filter);
-    let gone = events
-        .iter()
-        .find(|e| e.kind == EventKind::ContainerTerminated)
-        .unwrap();
-    assert_eq!(gone.reason.as_deref(), Some("scale_down"));
+    let e = gone(&mut h, id);
+    assert_eq!(e.reason.as_deref(), Some("scale_down"));
     assert_eq!(
-        gone.detail.as_ref().unwrap()["teardown_ms"],
+        e.detail.as_ref().unwrap()["teardown_ms"],
         1_500,
-        "from its retirement to the write that recorded it gone: {gone:?}"
+        "from its retirement to the write that recorded it gone: {e:?}"
     );
 
     // An entry written before the field existed is applied as it was then: no time kept, no
@@ -363,17 +367,6 @@ fn a_retired_container_says_when_it_was_let_go_and_how_long_it_took_to_go() {
     .unwrap();
     h.apply(entry);
     assert_eq!(h.state.container(&old).unwrap().released_at, None);
-    h.apply(Command::ContainersGone {
-        gone: vec![(old, ContainerEndReason::Destroyed)],
-    });
-    let filter = EventFilter {
-        container: Some(old.to_string()),
-        ..Default::default()
-    };
-    let events = h.state.events(None, None, 1000, &filter);
-    let gone = events
-        .iter()
-        .find(|e| e.kind == EventKind::ContainerTerminated)
-        .unwrap();
-    assert_eq!(gone.detail, None, "{gone:?}");
+    let e = gone(&mut h, old);
+    assert_eq!(e.detail, None, "{e:?}");
 }
