@@ -428,9 +428,15 @@ run_tests() {
   build
   local tables_before leaked
   tables_before=$(isolation_tables)
-  say "running the tests: every cargo test binary, a few at once (deploy/test-cargo.sh), and beside them the dashboard's (Vitest, then Chromium against a live cluster), the Python SDK's (pytest) and the API fuzz run (schemathesis, auth on): deploy/test-beside.sh"
+  say "running the tests (every cargo test binary, a few at once: deploy/test-cargo.sh)"
   cd "$ROOT"
-  WARMPOOL_TEST_BESIDE="$ROOT/deploy/test-beside.sh" "$ROOT/deploy/test-cargo.sh"
+  "$ROOT/deploy/test-cargo.sh"
+  say "running the dashboard's tests (Vitest, then Chromium against a live cluster)"
+  WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/dashboard-test.sh"
+  say "running the Python SDK's tests (pytest against a live cluster)"
+  WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/sdk-test.sh"
+  say "fuzzing the API from its OpenAPI document (schemathesis, auth on)"
+  "$ROOT/deploy/fuzz-api.sh"
   say "down then up at once, three times (the dev cluster; stops the dockerd dev.sh started)"
   "$ROOT/deploy/updown-test.sh"
   # A test's agent leaves its table when killed; its harness must delete it. Left behind, the

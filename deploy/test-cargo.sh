@@ -8,9 +8,6 @@
 # are sensitive to a busy host (the burst test compares a live run with the simulator; the
 # benchmarks' short form) run afterwards, alone.
 #
-# WARMPOOL_TEST_BESIDE, when set, is a program run beside the binaries that share the host
-# (with a directory for its logs as its one argument); the timing-sensitive ones wait for it.
-#
 # Usage: deploy/test-cargo.sh [extra args for every test binary, e.g. a name filter]
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -84,21 +81,10 @@ together=("${first[@]}" "${together[@]}")
 
 started=$SECONDS
 failed=0
-beside=
-if [ -n "${WARMPOOL_TEST_BESIDE:-}" ]; then
-  echo "running beside them: $WARMPOOL_TEST_BESIDE (logs in $LOGS/beside)"
-  # At a lower priority: the binaries keep the CPU they had when these ran after them.
-  nice -n 10 "$WARMPOOL_TEST_BESIDE" "$LOGS/beside" &
-  beside=$!
-fi
 echo "running ${#together[@]} test binaries, $JOBS at a time (logs in $LOGS)"
 printf '%s\n' "${together[@]}" |
   xargs -P "$JOBS" -d '\n' -I{} bash -c 'IFS=$'"'"'\t'"'"' read -r l d e <<<"$0"; run_one "$l" "$d" "$e" "$@"' {} "$@" ||
   failed=1
-if [ -n "$beside" ]; then
-  wait "$beside" || failed=1
-  echo "the binaries and what ran beside them took $((SECONDS - started)) s"
-fi
 if [ "${#alone[@]}" -gt 0 ]; then
   echo "running ${#alone[@]} timing-sensitive test binaries alone"
   for entry in "${alone[@]}"; do
