@@ -156,8 +156,11 @@ impl Draws<'_> {
         };
         let lo = samples.partition_point(|(t, _)| *t < at);
         let hi = samples.partition_point(|(t, _)| *t <= at);
-        let same: Vec<usize> = self.unused.range(lo..hi).copied().collect();
-        let j = same[rng.below(same.len())];
+        // One of the unused samples taken at that time; there is one at least (the one found).
+        let k = rng.below(self.unused.range(lo..hi).count());
+        let Some(&j) = self.unused.range(lo..hi).nth(k) else {
+            return DEFAULT_WARM_MS;
+        };
         self.unused.remove(&j);
         samples[j].1
     }

@@ -326,12 +326,7 @@ fn a_retired_container_says_when_it_was_let_go_and_how_long_it_took_to_go() {
         h.apply(Command::ContainersGone {
             gone: vec![(id, ContainerEndReason::Destroyed)],
         });
-        let filter = EventFilter {
-            container: Some(id.to_string()),
-            ..Default::default()
-        };
-        h.state
-            .events(None, None, 1000, &filter)
+        h.events_for(id)
             .into_iter()
             .find(|e| e.kind == EventKind::ContainerTerminated)
             .unwrap()

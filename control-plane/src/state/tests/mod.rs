@@ -159,16 +159,16 @@ impl Harness {
         })
     }
 
-    fn kinds_for(&self, id: ContainerId) -> Vec<EventKind> {
+    fn events_for(&self, id: ContainerId) -> Vec<Event> {
         let filter = EventFilter {
             container: Some(id.to_string()),
             ..Default::default()
         };
-        self.state
-            .events(None, None, 1000, &filter)
-            .iter()
-            .map(|e| e.kind)
-            .collect()
+        self.state.events(None, None, 1000, &filter)
+    }
+
+    fn kinds_for(&self, id: ContainerId) -> Vec<EventKind> {
+        self.events_for(id).iter().map(|e| e.kind).collect()
     }
 }
 
