@@ -952,6 +952,38 @@ impl TestCluster {
             },
         )
         .await;
+        // A member's voters include both halves of a joint configuration, so "n voters" can
+        // be seen while the change is still in flight, and a follower may not have the final
+        // configuration yet. Stopping the leader then leaves a joint configuration whose old
+        // half needs it to elect anyone. Wait until every member holds the same log, all of
+        // it committed, on two reads in a row: the final configuration is then everywhere.
+        let clients: Vec<Client> = (0..c.members.len()).map(|i| c.client_of(i)).collect();
+        let settled = || async {
+            let mut logs = std::collections::BTreeSet::new();
+            for client in &clients {
+                let Ok(view) = client.cluster().await else {
+                    return false;
+                };
+                if view.members.iter().filter(|m| m.role == "voter").count() != n as usize
+                    || view.last_log_index != view.applied_index
+                {
+                    return false;
+                }
+                logs.insert(view.last_log_index);
+            }
+            logs.len() == 1
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut in_a_row = 0;
+        while in_a_row < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after 60s waiting for every member to hold the whole, committed \
+                 membership change"
+            );
+            in_a_row = if settled().await { in_a_row + 1 } else { 0 };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         c
     }
 
