@@ -94,7 +94,16 @@ install_moto() {
 DOCKER_PIDFILE=/var/run/docker.pid
 CONTAINERD_PIDFILE=/var/run/docker/containerd/containerd.pid
 
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+# A process that has exited but not yet been reaped (a zombie) counts as gone: the processes
+# `up` starts outlive it and are reaped by the machine's init, which on some hosts does so
+# only every few seconds, and `kill -0` succeeds on a zombie.
+alive() {
+  [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null || return 1
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
 pid_in() { [ -s "$1" ] && cat "$1" 2>/dev/null || true; }
 
 # Waits up to $2 seconds (default 30) for process $1 to exit; false if it is still there.
@@ -183,7 +192,7 @@ admin_key() {
   cat "$DEV/admin.key"
 }
 
-running() { [ -f "$DEV/$1.pid" ] && kill -0 "$(cat "$DEV/$1.pid")" 2>/dev/null; }
+running() { [ -f "$DEV/$1.pid" ] && alive "$(cat "$DEV/$1.pid")"; }
 
 spawn() { # name, command...
   local name=$1; shift
