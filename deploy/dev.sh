@@ -440,14 +440,31 @@ run_tests() {
   say "running the tests (every cargo test binary, a few at once: deploy/test-cargo.sh)"
   cd "$ROOT"
   "$ROOT/deploy/test-cargo.sh"
+  # The fuzzer runs for a fixed time on one core (schemathesis is Python: one interpreter),
+  # with its own nats-server and member and no Docker. The stages after it leave about half
+  # the machine idle (they wait on a browser, on containers, on dockerd stopping): it runs
+  # beside them, at a lower priority, and its output follows theirs.
+  local fuzz_log fuzz_pid failed=()
+  fuzz_log=$(mktemp "${TMPDIR:-/tmp}/warmpool-fuzz-output.XXXXXX")
+  say "fuzzing the API from its OpenAPI document (schemathesis, auth on), beside the stages below (output: $fuzz_log)"
+  nice -n 10 "$ROOT/deploy/fuzz-api.sh" >"$fuzz_log" 2>&1 &
+  fuzz_pid=$!
+  # shellcheck disable=SC2064 # the pid is known now
+  trap "kill $fuzz_pid 2>/dev/null || true" EXIT
   say "running the dashboard's tests (Vitest, then Chromium against a live cluster)"
-  WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/dashboard-test.sh"
+  WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/dashboard-test.sh" || failed+=("the dashboard's tests")
   say "running the Python SDK's tests (pytest against a live cluster)"
-  WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/sdk-test.sh"
-  say "fuzzing the API from its OpenAPI document (schemathesis, auth on)"
-  "$ROOT/deploy/fuzz-api.sh"
+  WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/sdk-test.sh" || failed+=("the SDK's tests")
   say "down then up at once, three times (the dev cluster; stops the dockerd dev.sh started)"
-  "$ROOT/deploy/updown-test.sh"
+  "$ROOT/deploy/updown-test.sh" || failed+=("down then up")
+  say "waiting for the API fuzzer; its output:"
+  local fuzz_rc=0
+  wait "$fuzz_pid" || fuzz_rc=$?
+  trap - EXIT
+  cat "$fuzz_log"
+  rm -f "$fuzz_log"
+  [ "$fuzz_rc" -eq 0 ] || failed+=("the API fuzzer")
+  [ "${#failed[@]}" -eq 0 ] || die "failed: $(IFS=,; echo "${failed[*]}" | sed 's/,/, /g')"
   # A test's agent leaves its table when killed; its harness must delete it. Left behind, the
   # tables pile up run after run and every packet on the host walks their chains.
   leaked=$(comm -13 <(echo "$tables_before") <(isolation_tables))
