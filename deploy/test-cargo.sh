@@ -4,17 +4,18 @@
 # `cargo test` runs its test binaries one after another, and most of ours spend their time
 # waiting (for containers to start, a leader to be elected, a lease to run out), not on the CPU.
 # So this builds them all, then runs up to $WARMPOOL_TEST_JOBS binaries at a time (default 3),
-# each with its own log; a failing binary's log is printed whole. The binaries whose figures
-# are sensitive to a busy host (the burst test compares a live run with the simulator; the
-# benchmarks' short form) run afterwards, alone.
+# each with its own log; a failing binary's log is printed whole. The tests whose assertions
+# compare timings taken on this host (the burst test compares a live run with the simulator;
+# the paused tier's burst must be served without waiting) run afterwards, alone.
 #
 # Usage: deploy/test-cargo.sh [extra args for every test binary, e.g. a name filter]
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 JOBS="${WARMPOOL_TEST_JOBS:-3}"
-# Run alone, after the rest: their assertions compare timings taken on this host.
-ALONE=(policy benchmarks paused_tier)
+# Run alone, after the rest: their assertions compare timings taken on this host. An entry is a
+# test binary, or BINARY/TEST for one test of it (the binary's other tests run with the rest).
+ALONE=(policy/a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees paused_tier)
 # The longest binaries start first, so the last ones to finish are short.
 FIRST=(multi_host chaos cluster single_host agent nats_outage dockerd_restart isolation)
 
@@ -60,18 +61,34 @@ run_one() {
 export -f run_one
 export LOGS ROOT
 
-is_alone() {
-  local t="$1" a
-  for a in "${ALONE[@]}"; do [ "$t" = "$a" ] && return 0; done
-  return 1
+# The tests of binary $1 named to run alone: "*" for all of them, else one name a line.
+alone_tests() {
+  local a
+  for a in "${ALONE[@]}"; do
+    if [ "$a" = "$1" ]; then echo '*'; elif [ "${a%%/*}" = "$1" ]; then echo "${a#*/}"; fi
+  done
 }
 
+# Entries: label, directory, executable, then the binary's own arguments (tab-separated).
 first=() together=() alone=()
 while IFS=$'\t' read -r label target dir exe; do
   entry="$label"$'\t'"$dir"$'\t'"$exe"
-  if is_alone "$target"; then
+  mapfile -t names < <(alone_tests "$target")
+  if [ "${#names[@]}" -gt 0 ] && { [ "${names[0]}" = '*' ] || [ $# -gt 0 ]; }; then
+    # Whole, alone (also when a filter was given: it may or may not select the named tests).
     alone+=("$entry")
-  elif [[ " ${FIRST[*]} " == *" $target "* ]]; then
+    continue
+  elif [ "${#names[@]}" -gt 0 ]; then
+    skips=""
+    for n in "${names[@]}"; do
+      alone+=("$label/$n"$'\t'"$dir"$'\t'"$exe"$'\t'"$n"$'\t'--exact)
+      skips+=$'\t'"--skip"$'\t'"$n"
+    done
+    entry+="$skips"
+    # Exact: --skip otherwise drops every test whose name contains it.
+    entry+=$'\t'--exact
+  fi
+  if [[ " ${FIRST[*]} " == *" $target "* ]]; then
     first+=("$entry")
   else
     together+=("$entry")
@@ -83,13 +100,13 @@ started=$SECONDS
 failed=0
 echo "running ${#together[@]} test binaries, $JOBS at a time (logs in $LOGS)"
 printf '%s\n' "${together[@]}" |
-  xargs -P "$JOBS" -d '\n' -I{} bash -c 'IFS=$'"'"'\t'"'"' read -r l d e <<<"$0"; run_one "$l" "$d" "$e" "$@"' {} "$@" ||
+  xargs -P "$JOBS" -d '\n' -I{} bash -c 'IFS=$'"'"'\t'"'"' read -r -a f <<<"$0"; run_one "${f[@]}" "$@"' {} "$@" ||
   failed=1
 if [ "${#alone[@]}" -gt 0 ]; then
-  echo "running ${#alone[@]} timing-sensitive test binaries alone"
+  echo "running ${#alone[@]} timing-sensitive tests alone"
   for entry in "${alone[@]}"; do
-    IFS=$'\t' read -r l d e <<<"$entry"
-    run_one "$l" "$d" "$e" "$@" || failed=1
+    IFS=$'\t' read -r -a f <<<"$entry"
+    run_one "${f[@]}" "$@" || failed=1
   done
 fi
 # Documentation examples, if any crate has them.
