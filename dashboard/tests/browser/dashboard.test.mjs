@@ -525,15 +525,19 @@ test('restart the member serving the page: the view says it is disconnected, the
 });
 
 test('screenshots of every view at phone and desktop widths', async () => {
-  // Some traffic first, so the charts have something to show.
+  // Some traffic first, so the charts have something to show, and the page's next scrape of
+  // /metrics after it (every 5 s), which adds a point to the latency chart.
+  await go(page, '#/overview');
+  const latency = page.getByRole('img', { name: /^milliseconds\./ }).locator('path').first();
+  const points = async () => ((await latency.getAttribute('d')) ?? '').split(/[ML]/).length - 1;
+  const before = await points();
   const held = [];
   for (let i = 0; i < 8; i++) {
-    const a = await post(i % 3, '/v1/allocations', { pool: 'demo', wait_ms: 3000 });
+    const a = await post(i % 3, '/v1/allocations', { pool: 'demo', wait_ms: 5000 });
     held.push(a.id);
-    await new Promise((r) => setTimeout(r, 1200));
     if (i % 2 === 1) await api(`/v1/allocations/${held.shift()}`, { method: 'DELETE' });
   }
-  await new Promise((r) => setTimeout(r, 5500)); // one more metrics scrape
+  await waitFor('a scrape of /metrics after the traffic', async () => (await points()) > before, 15000);
   for (const [size, tag] of [
     [DESKTOP, 'desktop'],
     [PHONE, 'phone'],
