@@ -192,24 +192,11 @@ fn parse_election_ms(s: &str) -> Result<(u64, u64), String> {
 }
 
 /// jemalloc, whose background threads hand freed pages back to the system within a second
-/// (`MALLOC_CONF`). Under glibc's allocator a member's resident memory grew by about a fifth
-/// over 30,000 allocate/release cycles while its heap stayed flat (docs/BENCHMARKS.md, "Memory
-/// over a long run").
+/// (its options are set where it is built: `.cargo/config.toml`). Under glibc's allocator a
+/// member's resident memory grew by about a fifth over 30,000 allocate/release cycles while its
+/// heap stayed flat (docs/BENCHMARKS.md, "Memory over a long run").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's options, read by jemalloc itself (the `malloc_conf` symbol) when it starts, the
-/// same whether jemalloc was built with the crate or came prebuilt (`JEMALLOC_OVERRIDE`):
-/// background threads return pages freed for a second. With jemalloc's default of 10 s,
-/// resident memory swung 64-90 MiB over a soak whose heap stayed at 55 MiB; with these,
-/// 55-58 MiB (docs/BENCHMARKS.md, "Memory over a long run"). The `MALLOC_CONF` environment
-/// variable still overrides them.
-// SAFETY: jemalloc declares `malloc_conf` as a weak `const char *` and reads it once, when it
-// starts; this is the one definition in the program, a pointer to a NUL-terminated string
-// that lives as long as the program.
-#[allow(unsafe_code)]
-#[export_name = "malloc_conf"]
-static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 /// The allocator's own figures: what the program holds, and what the allocator keeps
 /// resident for it (their gap is memory freed but not yet given back).
