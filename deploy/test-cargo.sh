@@ -19,6 +19,12 @@ ALONE=(policy/a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_ag
 # The longest binaries start first, so the last ones to finish are short.
 FIRST=(multi_host chaos cluster single_host agent nats_outage dockerd_restart isolation)
 
+# $WARMPOOL_TOGETHER_DONE, when set, is a file made once the binaries run together are done (or
+# this script ends early): `deploy/dev.sh test` starts its API fuzzer, at the lowest priority,
+# when it appears.
+together_done() { [ -z "${WARMPOOL_TOGETHER_DONE:-}" ] || touch "$WARMPOOL_TOGETHER_DONE"; }
+trap together_done EXIT
+
 LOGS="$(mktemp -d "${TMPDIR:-/tmp}/warmpool-tests.XXXXXX")"
 LIST="$LOGS/binaries"
 cargo test --workspace --no-run --message-format=json 2>"$LOGS/build.err" |
@@ -102,6 +108,10 @@ echo "running ${#together[@]} test binaries, $JOBS at a time (logs in $LOGS)"
 printf '%s\n' "${together[@]}" |
   xargs -P "$JOBS" -d '\n' -I{} bash -c 'IFS=$'"'"'\t'"'"' read -r -a f <<<"$0"; run_one "${f[@]}" "$@"' {} "$@" ||
   failed=1
+# Documentation examples, if any crate has them (built now: compiling is no load for the tests
+# run alone).
+cargo test --workspace --doc --quiet >"$LOGS/doc.log" 2>&1 || { cat "$LOGS/doc.log" >&2; failed=1; }
+together_done
 if [ "${#alone[@]}" -gt 0 ]; then
   echo "running ${#alone[@]} timing-sensitive tests alone"
   for entry in "${alone[@]}"; do
@@ -109,8 +119,6 @@ if [ "${#alone[@]}" -gt 0 ]; then
     run_one "${f[@]}" "$@" || failed=1
   done
 fi
-# Documentation examples, if any crate has them.
-cargo test --workspace --doc --quiet >"$LOGS/doc.log" 2>&1 || { cat "$LOGS/doc.log" >&2; failed=1; }
 echo "cargo tests took $((SECONDS - started)) s"
 
 if [ "$failed" -ne 0 ]; then
