@@ -458,10 +458,22 @@ run_tests() {
   say "the API fuzzer (schemathesis, auth on) starts beside the tests run alone (output: $fuzz_log)"
   WARMPOOL_TOGETHER_DONE=$marker "$ROOT/deploy/test-cargo.sh" || failed+=("the cargo tests")
   rm -f "$marker"
-  say "running the dashboard's tests (Vitest, then Chromium against a live cluster)"
+  # The SDK's tests and the dashboard's each start their own cluster and mostly wait on it (and
+  # on a browser): they run side by side, the SDK's output after the dashboard's.
+  local sdk_log sdk_pid sdk_rc=0
+  sdk_log=$(mktemp "${TMPDIR:-/tmp}/warmpool-sdk-output.XXXXXX")
+  WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/sdk-test.sh" >"$sdk_log" 2>&1 &
+  sdk_pid=$!
+  # shellcheck disable=SC2064 # the pids are known now
+  trap "kill $fuzz_pid $sdk_pid 2>/dev/null || true" EXIT
+  say "running the dashboard's tests (Vitest, then Chromium against a live cluster), and beside them the Python SDK's (pytest against a live cluster)"
   WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/dashboard-test.sh" || failed+=("the dashboard's tests")
-  say "running the Python SDK's tests (pytest against a live cluster)"
-  WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/sdk-test.sh" || failed+=("the SDK's tests")
+  say "the Python SDK's tests:"
+  wait "$sdk_pid" || sdk_rc=$?
+  trap "kill $fuzz_pid 2>/dev/null || true" EXIT
+  cat "$sdk_log"
+  rm -f "$sdk_log"
+  [ "$sdk_rc" -eq 0 ] || failed+=("the SDK's tests")
   say "down then up at once, three times (the dev cluster; stops the dockerd dev.sh started)"
   "$ROOT/deploy/updown-test.sh" || failed+=("down then up")
   say "waiting for the API fuzzer; its output:"
