@@ -444,20 +444,33 @@ run_tests() {
   # run together (and keep both cores busy) are done, at the lowest priority: the stages
   # after them leave about half the machine idle (the tests run alone wait on containers, the
   # rest on a browser, a cluster, dockerd stopping). Its output follows theirs.
-  local fuzz_log fuzz_pid marker failed=()
+  # The dashboard's packages, build and unit tests (Vitest: no browser, no cluster, no timing)
+  # take the same slot, also at the lowest priority; its browser tests come later.
+  local fuzz_log fuzz_pid unit_log unit_pid unit_rc=0 marker failed=()
   fuzz_log=$(mktemp "${TMPDIR:-/tmp}/warmpool-fuzz-output.XXXXXX")
+  unit_log=$(mktemp "${TMPDIR:-/tmp}/warmpool-dashboard-unit-output.XXXXXX")
   marker=$(mktemp -u "${TMPDIR:-/tmp}/warmpool-together-done.XXXXXX")
   (
     while [ ! -e "$marker" ]; do sleep 0.5; done
-    # 130 s (its default is 120): about the time the stages beside it take.
-    exec nice -n 19 "$ROOT/deploy/fuzz-api.sh" --max-time 130
+    # Its default of 120 s is about the time the stages beside it take.
+    exec nice -n 19 "$ROOT/deploy/fuzz-api.sh"
   ) >"$fuzz_log" 2>&1 &
   fuzz_pid=$!
-  # shellcheck disable=SC2064 # the pid is known now
-  trap "kill $fuzz_pid 2>/dev/null || true" EXIT
-  say "the API fuzzer (schemathesis, auth on) starts beside the tests run alone (output: $fuzz_log)"
+  (
+    while [ ! -e "$marker" ]; do sleep 0.5; done
+    exec nice -n 19 "$ROOT/deploy/dashboard-test.sh" --unit
+  ) >"$unit_log" 2>&1 &
+  unit_pid=$!
+  # shellcheck disable=SC2064 # the pids are known now
+  trap "kill $fuzz_pid $unit_pid 2>/dev/null || true" EXIT
+  say "the API fuzzer (schemathesis, auth on) and the dashboard's unit tests start beside the tests run alone (output: $fuzz_log, $unit_log)"
   WARMPOOL_TOGETHER_DONE=$marker "$ROOT/deploy/test-cargo.sh" || failed+=("the cargo tests")
+  say "the dashboard's packages, build and unit tests (Vitest):"
+  wait "$unit_pid" || unit_rc=$?
   rm -f "$marker"
+  cat "$unit_log"
+  rm -f "$unit_log"
+  [ "$unit_rc" -eq 0 ] || failed+=("the dashboard's unit tests")
   # The SDK's tests and the dashboard's each start their own cluster and mostly wait on it (and
   # on a browser): they run side by side, the SDK's output after the dashboard's.
   local sdk_log sdk_pid sdk_rc=0
@@ -466,8 +479,12 @@ run_tests() {
   sdk_pid=$!
   # shellcheck disable=SC2064 # the pids are known now
   trap "kill $fuzz_pid $sdk_pid 2>/dev/null || true" EXIT
-  say "running the dashboard's tests (Vitest, then Chromium against a live cluster), and beside them the Python SDK's (pytest against a live cluster)"
-  WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/dashboard-test.sh" || failed+=("the dashboard's tests")
+  say "running the dashboard's browser tests (Chromium against a live cluster), and beside them the Python SDK's (pytest against a live cluster)"
+  if [ "$unit_rc" -eq 0 ]; then
+    WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/dashboard-test.sh" --browser || failed+=("the dashboard's browser tests")
+  else
+    say "skipped: the dashboard's unit stage failed (above)"
+  fi
   say "the Python SDK's tests:"
   wait "$sdk_pid" || sdk_rc=$?
   trap "kill $fuzz_pid 2>/dev/null || true" EXIT
