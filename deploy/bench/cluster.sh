@@ -34,7 +34,9 @@ urls() {
   echo "http://127.0.0.1:$API_PORT,http://127.0.0.1:$((API_PORT + 1)),http://127.0.0.1:$((API_PORT + 2))"
 }
 
-running() { [ -f "$DIR/$1.pid" ] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
+# shellcheck source=deploy/lib/proc.sh
+. "$ROOT/deploy/lib/proc.sh"
+running() { [ -f "$DIR/$1.pid" ] && alive "$(cat "$DIR/$1.pid")"; }
 
 spawn() { # name, command...
   local name=$1; shift
