@@ -94,16 +94,8 @@ install_moto() {
 DOCKER_PIDFILE=/var/run/docker.pid
 CONTAINERD_PIDFILE=/var/run/docker/containerd/containerd.pid
 
-# A process that has exited but not yet been reaped (a zombie) counts as gone: the processes
-# `up` starts outlive it and are reaped by the machine's init, which on some hosts does so
-# only every few seconds, and `kill -0` succeeds on a zombie.
-alive() {
-  [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null || return 1
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [ "${stat%% *}" != Z ]
-}
+# shellcheck source=deploy/lib/proc.sh
+. "$ROOT/deploy/lib/proc.sh"
 pid_in() { [ -s "$1" ] && cat "$1" 2>/dev/null || true; }
 
 # Waits up to $2 seconds (default 30) for process $1 to exit; false if it is still there.
@@ -429,6 +421,37 @@ isolation_tables() {
   as_root nft list tables inet 2>/dev/null | awk '$3 ~ /^warmpool_/ {print $3}' | sort
 }
 
+# Stages run in the background by `test`: `bg_start NAME COMMAND...` runs one with its output
+# in a file of its own; `bg_finish NAME` waits for it, prints that output and returns its
+# status; `bg_stop_all` stops those still running (on exit). `after FILE COMMAND...` runs
+# COMMAND once FILE exists.
+declare -A BG_PID=() BG_LOG=()
+bg_start() {
+  local name=$1
+  shift
+  BG_LOG[$name]=$(mktemp "${TMPDIR:-/tmp}/warmpool-$name.XXXXXX")
+  "$@" >"${BG_LOG[$name]}" 2>&1 &
+  BG_PID[$name]=$!
+}
+bg_finish() {
+  local name=$1 rc=0
+  wait "${BG_PID[$name]}" || rc=$?
+  unset "BG_PID[$name]"
+  cat "${BG_LOG[$name]}"
+  rm -f "${BG_LOG[$name]}"
+  return "$rc"
+}
+bg_stop_all() {
+  local pid
+  for pid in "${BG_PID[@]}"; do kill "$pid" 2>/dev/null || true; done
+}
+after() {
+  local file=$1
+  shift
+  while [ ! -e "$file" ]; do sleep 0.5; done
+  exec "$@"
+}
+
 run_tests() {
   # The tests run the debug binaries, whatever WARMPOOL_RELEASE says.
   PROFILE=debug
@@ -440,67 +463,43 @@ run_tests() {
   say "running the tests (every cargo test binary, a few at once: deploy/test-cargo.sh)"
   cd "$ROOT"
   # The API fuzzer runs for a fixed time on one core (schemathesis is Python: one interpreter),
-  # with its own nats-server and member and no Docker. It starts once the test binaries that
-  # run together (and keep both cores busy) are done, at the lowest priority: the stages
-  # after them leave about half the machine idle (the tests run alone wait on containers, the
-  # rest on a browser, a cluster, dockerd stopping). Its output follows theirs.
-  # The dashboard's packages, build and unit tests (Vitest: no browser, no cluster, no timing)
-  # take the same slot, also at the lowest priority; its browser tests come later.
-  local fuzz_log fuzz_pid unit_log unit_pid unit_rc=0 marker failed=()
-  fuzz_log=$(mktemp "${TMPDIR:-/tmp}/warmpool-fuzz-output.XXXXXX")
-  unit_log=$(mktemp "${TMPDIR:-/tmp}/warmpool-dashboard-unit-output.XXXXXX")
+  # with its own nats-server and member and no Docker; the dashboard's packages, build and
+  # Vitest suite need no browser, cluster or timing. Both start once the test binaries that run
+  # together (and keep both cores busy) are done, at the lowest priority: the stages after them
+  # leave about half the machine idle (the tests run alone wait on containers, the rest on a
+  # browser, a cluster, dockerd stopping).
+  local marker failed=()
   marker=$(mktemp -u "${TMPDIR:-/tmp}/warmpool-together-done.XXXXXX")
-  (
-    while [ ! -e "$marker" ]; do sleep 0.5; done
-    # Its default of 120 s is about the time the stages beside it take.
-    exec nice -n 19 "$ROOT/deploy/fuzz-api.sh"
-  ) >"$fuzz_log" 2>&1 &
-  fuzz_pid=$!
-  (
-    while [ ! -e "$marker" ]; do sleep 0.5; done
-    exec nice -n 19 "$ROOT/deploy/dashboard-test.sh" --unit
-  ) >"$unit_log" 2>&1 &
-  unit_pid=$!
-  # shellcheck disable=SC2064 # the pids are known now
-  trap "kill $fuzz_pid $unit_pid 2>/dev/null || true" EXIT
-  say "the API fuzzer (schemathesis, auth on) and the dashboard's unit tests start beside the tests run alone (output: $fuzz_log, $unit_log)"
+  trap bg_stop_all EXIT
+  bg_start fuzz after "$marker" nice -n 19 "$ROOT/deploy/fuzz-api.sh"
+  bg_start dashboard-unit after "$marker" nice -n 19 "$ROOT/deploy/dashboard-test.sh" --unit
+  say "the API fuzzer (schemathesis, auth on) and the dashboard's unit tests start beside the tests run alone"
   WARMPOOL_TOGETHER_DONE=$marker "$ROOT/deploy/test-cargo.sh" || failed+=("the cargo tests")
   say "the dashboard's packages, build and unit tests (Vitest):"
-  wait "$unit_pid" || unit_rc=$?
+  local unit_ok=yes
+  bg_finish dashboard-unit || { failed+=("the dashboard's unit tests"); unit_ok=no; }
   rm -f "$marker"
-  cat "$unit_log"
-  rm -f "$unit_log"
-  [ "$unit_rc" -eq 0 ] || failed+=("the dashboard's unit tests")
-  # The SDK's tests and the dashboard's each start their own cluster and mostly wait on it (and
-  # on a browser): they run side by side, the SDK's output after the dashboard's.
-  local sdk_log sdk_pid sdk_rc=0
-  sdk_log=$(mktemp "${TMPDIR:-/tmp}/warmpool-sdk-output.XXXXXX")
-  WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/sdk-test.sh" >"$sdk_log" 2>&1 &
-  sdk_pid=$!
-  # shellcheck disable=SC2064 # the pids are known now
-  trap "kill $fuzz_pid $sdk_pid 2>/dev/null || true" EXIT
+  # The SDK's tests and the dashboard's browser tests each start their own cluster and mostly
+  # wait on it (and on a browser): they run side by side.
+  bg_start sdk env WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/sdk-test.sh"
   say "running the dashboard's browser tests (Chromium against a live cluster), and beside them the Python SDK's (pytest against a live cluster)"
-  if [ "$unit_rc" -eq 0 ]; then
+  if [ "$unit_ok" = yes ]; then
     WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/dashboard-test.sh" --browser || failed+=("the dashboard's browser tests")
   else
     say "skipped: the dashboard's unit stage failed (above)"
   fi
   say "the Python SDK's tests:"
-  wait "$sdk_pid" || sdk_rc=$?
-  trap "kill $fuzz_pid 2>/dev/null || true" EXIT
-  cat "$sdk_log"
-  rm -f "$sdk_log"
-  [ "$sdk_rc" -eq 0 ] || failed+=("the SDK's tests")
+  bg_finish sdk || failed+=("the SDK's tests")
   say "down then up at once, three times (the dev cluster; stops the dockerd dev.sh started)"
   "$ROOT/deploy/updown-test.sh" || failed+=("down then up")
-  say "waiting for the API fuzzer; its output:"
-  local fuzz_rc=0
-  wait "$fuzz_pid" || fuzz_rc=$?
+  say "the API fuzzer (schemathesis, auth on):"
+  bg_finish fuzz || failed+=("the API fuzzer")
   trap - EXIT
-  cat "$fuzz_log"
-  rm -f "$fuzz_log"
-  [ "$fuzz_rc" -eq 0 ] || failed+=("the API fuzzer")
-  [ "${#failed[@]}" -eq 0 ] || die "failed: $(IFS=,; echo "${failed[*]}" | sed 's/,/, /g')"
+  if [ "${#failed[@]}" -gt 0 ]; then
+    local list
+    printf -v list '%s, ' "${failed[@]}"
+    die "failed: ${list%, }"
+  fi
   # A test's agent leaves its table when killed; its harness must delete it. Left behind, the
   # tables pile up run after run and every packet on the host walks their chains.
   leaked=$(comm -13 <(echo "$tables_before") <(isolation_tables))
