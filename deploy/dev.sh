@@ -475,6 +475,9 @@ run_tests() {
   bg_start dashboard-unit after "$marker" nice -n 19 "$ROOT/deploy/dashboard-test.sh" --unit
   say "the API fuzzer (schemathesis, auth on) and the dashboard's unit tests start beside the tests run alone"
   WARMPOOL_TOGETHER_DONE=$marker "$ROOT/deploy/test-cargo.sh" || failed+=("the cargo tests")
+  # test-cargo.sh makes it, also when it fails; not when it is killed, and the stages waiting
+  # for it would then wait for ever.
+  touch "$marker"
   say "the dashboard's packages, build and unit tests (Vitest):"
   local unit_ok=yes
   bg_finish dashboard-unit || { failed+=("the dashboard's unit tests"); unit_ok=no; }
