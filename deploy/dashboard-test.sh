@@ -4,9 +4,6 @@
 #   deploy/dashboard-test.sh            install what is missing, build, run Vitest, then the
 #                                       browser tests (Chromium against a live local cluster)
 #   deploy/dashboard-test.sh --unit     Vitest only (no browser, no cluster)
-#   deploy/dashboard-test.sh --browser  the browser tests only, on the build and packages a
-#                                       `--unit` run left (`deploy/dev.sh test` runs the two
-#                                       parts at different times)
 #
 # It installs: the npm packages (`npm ci`, from dashboard/package-lock.json), Debian's
 # chromium, and, for the cluster the browser tests start, what `deploy/dev.sh` also needs
@@ -24,13 +21,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DASH="$ROOT/dashboard"
 UNIT_ONLY=0
-BROWSER_ONLY=0
-case "${1:-}" in
-  --unit) UNIT_ONLY=1 ;;
-  --browser) BROWSER_ONLY=1 ;;
-  "") ;;
-  *) echo "usage: deploy/dashboard-test.sh [--unit|--browser]" >&2; exit 2 ;;
-esac
+[ "${1:-}" = "--unit" ] && UNIT_ONLY=1
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -52,18 +43,14 @@ node -e '
     process.exit(1);
   }' || exit 1
 
-if [ "$BROWSER_ONLY" -eq 0 ]; then
-  say "installing npm packages (npm ci)"
-  (cd "$DASH" && npm ci --no-audit --no-fund --loglevel=error)
+say "installing npm packages (npm ci)"
+(cd "$DASH" && npm ci --no-audit --no-fund --loglevel=error)
 
-  say "building the dashboard (vite build)"
-  (cd "$DASH" && npx vite build --logLevel warn)
+say "building the dashboard (vite build)"
+(cd "$DASH" && npx vite build --logLevel warn)
 
-  say "unit tests (vitest)"
-  (cd "$DASH" && npx vitest run)
-elif [ ! -f "$DASH/dist/index.html" ] || [ ! -d "$DASH/node_modules" ]; then
-  die "--browser needs the packages and build a --unit run leaves (dashboard/node_modules, dashboard/dist)"
-fi
+say "unit tests (vitest)"
+(cd "$DASH" && npx vitest run)
 
 if [ "$UNIT_ONLY" -eq 1 ]; then exit 0; fi
 

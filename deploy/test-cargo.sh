@@ -20,8 +20,8 @@ ALONE=(policy/a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_ag
 FIRST=(multi_host chaos cluster single_host agent nats_outage dockerd_restart isolation)
 
 # $WARMPOOL_TOGETHER_DONE, when set, is a file made once the binaries run together are done (or
-# this script ends early): `deploy/dev.sh test` starts the stages that run beside the tests run
-# alone (the API fuzzer, the dashboard's unit tests) when it appears.
+# this script ends early): `deploy/dev.sh test` starts its API fuzzer, at the lowest priority,
+# when it appears.
 together_done() { [ -z "${WARMPOOL_TOGETHER_DONE:-}" ] || touch "$WARMPOOL_TOGETHER_DONE"; }
 trap together_done EXIT
 
