@@ -43,6 +43,17 @@ fn frozen(docker_id: &str) -> bool {
     }
 }
 
+/// `warmpool_agent_probes_total{result="pass"}` from the agent's `/metrics` on `[::1]:port`.
+async fn probes_passed(port: u16) -> Result<u64> {
+    let (_, body) = http_get(std::net::Ipv6Addr::LOCALHOST, port, "/metrics").await?;
+    Ok(body
+        .lines()
+        .find(|l| l.starts_with("warmpool_agent_probes_total{result=\"pass\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_container_is_readopted_paused_after_an_agent_restart() -> Result<()> {
     ensure_demo_image();
@@ -80,15 +91,22 @@ async fn a_paused_container_is_readopted_paused_after_an_agent_restart() -> Resu
     // The agent dies and comes back: a is adopted paused, healthy, and stays so (it is not
     // probed while frozen, which would find it failing).
     agent.kill();
-    let _agent = AgentProc::start(&node, &nats.url, &[])?;
+    let metrics = free_port();
+    let metrics_addr = format!("[::1]:{metrics}");
+    let _agent = AgentProc::start(&node, &nats.url, &["--metrics-addr", &metrics_addr])?;
     wait_until("both adopted", T, || async {
         let inv = ctl.inventory().await.ok()?;
         (inv.containers.len() == 2).then_some(())
     })
     .await?;
-    // A few probe intervals of b (200 ms) and failure thresholds pass.
+    // Probe rounds pass: b is probed 12 more times (every 200 ms), time enough for two probes
+    // of a to time out (1 s each) and cross its failure threshold (2), were it probed.
     facts.wait("b healthy again", T, healthy(b.id)).await?;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let passed = probes_passed(metrics).await?;
+    wait_until("12 more probes", T, || async {
+        (probes_passed(metrics).await.ok()? >= passed + 12).then_some(())
+    })
+    .await?;
     assert_eq!(
         entry(&ctl, a.id).await?,
         (true, Health::Healthy, ObservedStatus::Running),
