@@ -22,13 +22,16 @@ use std::time::{Duration, Instant};
 
 use poolctl::{Client, ClientError};
 use warmpool_proto::api::{ContainerQuery, ErrorCode};
+use warmpool_proto::records::UnreachableReason;
 use warmpool_proto::{AllocationId, ContainerId};
 use warmpool_tests::hosts::{HostCluster, HostSpec};
 use warmpool_tests::{unique, wait_until};
 
-/// How long the load runs under each fault before it is undone (faults with their own
-/// duration, such as the NATS outage, use that).
-const UNDER_FAULT: Duration = Duration::from_secs(4);
+/// How many of the load's allocations are answered, held and released while a fault stands,
+/// before it is undone: the load runs through every fault.
+const UNDER_FAULT_OPS: usize = 3;
+/// How long every NATS server is down (issue 21's outage).
+const NATS_OUTAGE: Duration = Duration::from_secs(10);
 /// The most a single fault may stop allocation for.
 const RECOVERY_BOUND: Duration = Duration::from_secs(5);
 
@@ -88,6 +91,37 @@ impl Fault {
             Fault::ClockAhead => "member clock +30 s",
             Fault::DiskFull => "a member's disk full",
         }
+    }
+}
+
+/// The load's record: every allocation asked for, and the fault running now.
+#[derive(Clone, Default)]
+struct Load {
+    history: Arc<Mutex<Vec<Op>>>,
+    /// The fault running (its index in the campaign, from 1; 0 before the first).
+    current: Arc<AtomicUsize>,
+}
+
+impl Load {
+    /// Waits until [`UNDER_FAULT_OPS`] allocations answered during the fault now running are
+    /// done (held and released): the load ran through the fault.
+    async fn through_fault(&self) {
+        let fault = self.current.load(Ordering::Relaxed);
+        wait_until(
+            Duration::from_secs(60),
+            "the load's allocations under the fault",
+            || {
+                let done = self
+                    .history
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|op| op.fault == fault && !op.answers.is_empty())
+                    .count();
+                async move { (done >= UNDER_FAULT_OPS).then_some(()) }
+            },
+        )
+        .await;
     }
 }
 
@@ -215,12 +249,14 @@ fn fill(dir: &std::path::Path) {
         .output();
 }
 
-/// Injects `fault`, keeps it for its time under load, undoes it; answers the time until
-/// allocation worked again, counted from the injection (from the return, for the NATS outage).
+/// Injects `fault`, keeps it until the load has run through it, undoes it; answers the time
+/// until allocation worked again, counted from the injection (from the return, for the NATS
+/// outage).
 async fn inject(
     c: &mut HostCluster,
     fault: Fault,
     pool: &str,
+    load: &Load,
     tmpfs: &mut Option<PathBuf>,
 ) -> Duration {
     let probe_client = c.client.clone();
@@ -230,7 +266,7 @@ async fn inject(
             c.members[i].kill();
             let t = Instant::now();
             let r = recovered(&probe_client, pool, t).await;
-            tokio::time::sleep(UNDER_FAULT.saturating_sub(t.elapsed())).await;
+            load.through_fault().await;
             c.members[i].start();
             r
         }
@@ -243,17 +279,43 @@ async fn inject(
             c.nats.kill_server(server);
             let t = Instant::now();
             let r = recovered(&probe_client, pool, t).await;
-            tokio::time::sleep(UNDER_FAULT.saturating_sub(t.elapsed())).await;
+            load.through_fault().await;
             c.nats.restart_server(server);
             r
         }
         Fault::NatsAllDown => {
+            // The containers warm now, with the host each runs on (none of them can be
+            // claimed, held and released before NATS is down, within a second).
+            let warm: Vec<(usize, std::net::Ipv6Addr, u16)> = c
+                .client
+                .list_containers(&ContainerQuery {
+                    state: Some("warm".into()),
+                    ..Default::default()
+                })
+                .await
+                .expect("list containers")
+                .into_iter()
+                .filter_map(|x| {
+                    let h = c.hosts.iter().position(|h| h.node == x.node.as_str())?;
+                    Some((h, x.ipv6?, x.port))
+                })
+                .collect();
             c.nats.kill();
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            let down = Instant::now();
+            // Meanwhile each is asked every half second that it still answers: the data
+            // path never needs NATS, and no agent destroys a container for want of it.
+            while down.elapsed() < NATS_OUTAGE {
+                for (h, ip, port) in &warm {
+                    if let Err(e) = c.hosts[*h].fetch(*ip, *port, "/").await {
+                        panic!("a warm container stopped answering during the outage: {e}");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             c.nats.restart();
             let t = Instant::now();
             let r = recovered(&probe_client, pool, t).await;
-            tokio::time::sleep(UNDER_FAULT.saturating_sub(t.elapsed())).await;
+            load.through_fault().await;
             r
         }
         Fault::DockerdRestart => {
@@ -263,10 +325,31 @@ async fn inject(
             // Probed meanwhile (starting dockerd blocks this task until it answers).
             let pool = pool.to_string();
             let probing = tokio::spawn(async move { recovered(&probe_client, &pool, t).await });
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            // Down until the control plane knows: the agent reported its runtime gone, and
+            // the node takes no grants.
+            let (client, node) = (c.client.clone(), h.node.clone());
+            wait_until(
+                Duration::from_secs(30),
+                "the node marked runtime unavailable",
+                || {
+                    let (client, node) = (client.clone(), node.clone());
+                    async move {
+                        let nodes = client.nodes().await.ok()?;
+                        nodes
+                            .iter()
+                            .find(|n| n.node.id.as_str() == node)?
+                            .node
+                            .unreachable
+                            .as_ref()
+                            .filter(|u| u.reason == UnreachableReason::RuntimeUnavailable)
+                            .map(|_| ())
+                    }
+                },
+            )
+            .await;
             h.start_dockerd();
             let r = probing.await.expect("probe");
-            tokio::time::sleep(UNDER_FAULT.saturating_sub(t.elapsed())).await;
+            load.through_fault().await;
             r
         }
         Fault::AgentKillMidCreate => {
@@ -294,7 +377,7 @@ async fn inject(
             let r = recovered(&probe_client, pool, t).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
             c.hosts[1].start_agent();
-            tokio::time::sleep(UNDER_FAULT.saturating_sub(t.elapsed())).await;
+            load.through_fault().await;
             r
         }
         Fault::ClockAhead => {
@@ -305,7 +388,7 @@ async fn inject(
             let t = Instant::now();
             c.members[i].start();
             let r = recovered(&probe_client, pool, t).await;
-            tokio::time::sleep(UNDER_FAULT.saturating_sub(t.elapsed())).await;
+            load.through_fault().await;
             c.members[i].kill();
             c.members[i].set_clock_ahead(0);
             c.members[i].start();
@@ -340,7 +423,7 @@ async fn inject(
             fill(&dir);
             let t = Instant::now();
             let r = recovered(&probe_client, pool, t).await;
-            tokio::time::sleep(UNDER_FAULT.saturating_sub(t.elapsed())).await;
+            load.through_fault().await;
             // Space again: the member is restarted (if it stopped, or stalled) off the tmpfs.
             c.members[i].kill();
             off_tmpfs(&dir);
@@ -375,8 +458,8 @@ async fn fault_campaign_loses_nothing_doubles_nothing_and_recovers() {
 
     // The load: three clients allocate, hold 1 s and release, each retrying with its key
     // until answered (up to 60 s) and recording every answer.
-    let history: Arc<Mutex<Vec<Op>>> = Arc::default();
-    let current = Arc::new(AtomicUsize::new(0));
+    let load = Load::default();
+    let (history, current) = (load.history.clone(), load.current.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let urls: Vec<String> = c.members.iter().map(|m| m.url()).collect();
     let mut clients = Vec::new();
@@ -434,7 +517,7 @@ async fn fault_campaign_loses_nothing_doubles_nothing_and_recovers() {
     for (k, fault) in faults.iter().enumerate() {
         current.store(k + 1, Ordering::Relaxed);
         eprintln!("CHAOS: injecting {}", fault.name());
-        let recovery = inject(&mut c, *fault, &pool, &mut tmpfs).await;
+        let recovery = inject(&mut c, *fault, &pool, &load, &mut tmpfs).await;
         let undone = Instant::now();
         let orphaned = orphans(&c, Duration::from_secs(30)).await;
         // No node is left backed off for failures the fault caused (a create cut off by a
