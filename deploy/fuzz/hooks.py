@@ -12,11 +12,30 @@ about the API rather than about what an operator may break on purpose:
   100000) is lowered to at most 4, and a valid `wait_ms` above 1000 to 1000 (fuzzed pools
   often stay empty, and a waiting allocation waits to the end). Values over the documented
   limits are left alone: the server must refuse them, and does.
+
+One more patch is about the interpreter, not the API: Hypothesis describes each filter's lambda
+by parsing its source with `ast.parse`, and CPython 3.11 cannot build two syntax trees at once
+in two threads (it raises "SystemError: AST constructor recursion depth mismatch"). With two
+workers that dropped whole operations from the coverage phase. `ast.parse` runs one call at a
+time here; the GIL serialises that code anyway.
 """
 
+import ast
 import os
+import threading
 
 import schemathesis
+
+_parse = ast.parse
+_parsing = threading.Lock()
+
+
+def _parse_alone(*args, **kwargs):
+    with _parsing:
+        return _parse(*args, **kwargs)
+
+
+ast.parse = _parse_alone
 
 KEEP_POOL = os.environ.get("FUZZ_KEEP_POOL", "")
 KEEP_KEYS = {k for k in os.environ.get("FUZZ_KEEP_KEYS", "").split(",") if k}
