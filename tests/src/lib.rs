@@ -791,37 +791,54 @@ impl Agent {
         tail(&self.log_dir.join(format!("{}.log", self.node)), lines)
     }
 
-    /// Removes every container and the network of this node.
+    /// Removes every container and the network of this node. A create the agent asked for
+    /// just before it was killed may still finish in dockerd after the containers were listed,
+    /// and its endpoint then keeps the network: the removal is tried again until the network
+    /// is gone (or was never made), for up to 5 s.
     pub fn cleanup_docker(&self) {
-        let ids = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=io.warmpool.node={}", self.node),
-            ])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+        let network = format!("warmpool-{}", self.node);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ids = Command::new("docker")
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=io.warmpool.node={}", self.node),
+                ])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&ids)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            let removed = Command::new("docker")
+                .args(["network", "rm", &network])
+                .output();
+            let done = match removed {
+                Ok(o) => {
+                    let err = String::from_utf8_lossy(&o.stderr);
+                    o.status.success() || err.contains("not found") || err.contains("No such network")
+                }
+                // No docker CLI: nothing to remove.
+                Err(_) => true,
+            };
+            if done || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        let _ = Command::new("docker")
-            .args(["network", "rm", &format!("warmpool-{}", self.node)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
         remove_isolation_table(&self.node);
     }
 }
