@@ -422,6 +422,10 @@ isolation_tables() {
   as_root nft list tables inet 2>/dev/null | awk '$3 ~ /^warmpool_/ {print $3}' | sort
 }
 
+warmpool_networks() {
+  docker network ls --format '{{.Name}}' 2>/dev/null | grep '^warmpool-' | sort || true
+}
+
 # Stages run in the background by `test`: `bg_start NAME COMMAND...` runs one with its output
 # in a file of its own; `bg_finish NAME` waits for it, prints that output and returns its
 # status; `bg_stop_all` stops those still running (on exit). `after FILE COMMAND...` runs
@@ -459,8 +463,9 @@ run_tests() {
   install_prereqs
   start_dockerd
   build tests
-  local tables_before leaked
+  local tables_before networks_before leaked
   tables_before=$(isolation_tables)
+  networks_before=$(warmpool_networks)
   say "running the tests (every cargo test binary, a few at once: deploy/test-cargo.sh)"
   cd "$ROOT"
   # The API fuzzer runs for a fixed time on one core (schemathesis is Python: one interpreter),
@@ -480,6 +485,11 @@ run_tests() {
   # for it would then wait for ever.
   touch "$marker"
   rm -f "$marker"
+  # Each test's agents remove their Docker network when the test ends, failed or not; one left
+  # behind is named (the stages after this start clusters of their own, and the down/up test
+  # stops dockerd).
+  leaked=$(comm -13 <(echo "$networks_before") <(warmpool_networks))
+  [ -z "$leaked" ] || say "warning: the cargo tests left Docker networks behind: $(echo $leaked)"
   # The SDK's tests and the dashboard's each start their own cluster and mostly wait on it (and
   # on a browser): they run side by side.
   bg_start sdk env WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/sdk-test.sh"
