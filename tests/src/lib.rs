@@ -829,7 +829,9 @@ impl Agent {
             let done = match removed {
                 Ok(o) => {
                     let err = String::from_utf8_lossy(&o.stderr);
-                    o.status.success() || err.contains("not found") || err.contains("No such network")
+                    o.status.success()
+                        || err.contains("not found")
+                        || err.contains("No such network")
                 }
                 // No docker CLI: nothing to remove.
                 Err(_) => true,
