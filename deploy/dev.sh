@@ -141,18 +141,15 @@ start_dockerd() {
   die "dockerd did not come up"
 }
 
-# WARMPOOL_SKIP_CARGO_BUILD=1: the caller built the binaries (and may be building more, holding
-# cargo's lock).
+# `build tests` also builds every test binary, in the same cargo run (two runs in a row each end
+# linking on one core; from empty, one run took 269 s where two had taken 230 s and 56 s, but a
+# later run of the whole suite gained nothing measurable: builds vary by 10-15 s between runs).
 build() {
-  if [ "${WARMPOOL_SKIP_CARGO_BUILD:-0}" = 1 ]; then
-    :
-  elif [ "$PROFILE" = release ]; then
-    say "building (cargo build --release --bins)"
-    (cd "$ROOT" && cargo build --release --bins --quiet)
-  else
-    say "building (cargo build --bins)"
-    (cd "$ROOT" && cargo build --bins --quiet)
-  fi
+  local args=(--bins)
+  [ "${1:-}" != tests ] || args+=(--workspace --tests)
+  [ "$PROFILE" != release ] || args+=(--release)
+  say "building (cargo build ${args[*]})"
+  (cd "$ROOT" && cargo build "${args[@]}" --quiet)
   "$ROOT/deploy/demo-image/build.sh" "$IMAGE" >&2
 }
 
@@ -381,15 +378,6 @@ down() {
   # The agent's isolation rules go with its network (the agent leaves them to close what may
   # still run while it is away).
   as_root "$ROOT/deploy/lib/remove-node-table.sh" "$NODE_ID"
-  stop_dockerd || failed=1
-  rm -rf "$DEV"/cp1 "$DEV"/cp2 "$DEV"/cp3 "$DEV/env" "$DEV/admin.key"
-  [ "$failed" -eq 0 ] || die "some processes did not stop (see above)"
-}
-
-# Stops the dockerd this script started, if it did, and waits for it, its containerd and (when
-# no other containers run) their shims to exit.
-stop_dockerd() {
-  local failed=0
   if [ -f "$DEV/dockerd.pid" ]; then
     local dpid cpid others shims
     dpid=$(cat "$DEV/dockerd.pid")
@@ -418,7 +406,8 @@ stop_dockerd() {
       done
     fi
   fi
-  return "$failed"
+  rm -rf "$DEV"/cp1 "$DEV"/cp2 "$DEV"/cp3 "$DEV/env" "$DEV/admin.key"
+  [ "$failed" -eq 0 ] || die "some processes did not stop (see above)"
 }
 
 status() {
@@ -473,25 +462,12 @@ run_tests() {
   PROFILE=debug
   install_prereqs
   start_dockerd
-  build
-  cd "$ROOT"
-  local marker failed=() tables_before networks_before leaked ours=no
-  trap bg_stop_all EXIT
-  # The down/up test (`dev.sh down` then `up` at once, three times, on the dev cluster) stops
-  # and starts dockerd, so it runs while nothing else uses Docker: beside the build of the test
-  # binaries (its `up`s skip the cargo build, whose lock that build holds).
-  bg_start updown env WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/updown-test.sh"
-  say "building the test binaries (cargo build --workspace --tests), and beside it the down/up test"
-  # A failure shows again, whole, when test-cargo.sh builds.
-  cargo build --workspace --tests --quiet || true
-  say "down then up at once, three times (the dev cluster; stops the dockerd dev.sh started):"
-  bg_finish updown || failed+=("down then up")
-  # It stopped the dockerd started above; the one started now is stopped at the end.
-  docker info >/dev/null 2>&1 || ours=yes
-  start_dockerd
+  build tests
+  local tables_before networks_before leaked
   tables_before=$(isolation_tables)
   networks_before=$(warmpool_networks)
   say "running the tests (every cargo test binary, a few at once: deploy/test-cargo.sh)"
+  cd "$ROOT"
   # The API fuzzer runs for a fixed time on one core (schemathesis is Python: one interpreter),
   # with its own nats-server and member and no Docker. It starts once the test binaries that
   # run together (and keep both cores busy) are done, at the lowest priority: the stages after
@@ -499,7 +475,9 @@ run_tests() {
   # a browser, a cluster, dockerd stopping). Nothing else runs beside the tests run alone: with
   # the dashboard's npm ci and build there too (disk, which nice does not govern), the burst
   # test's replay came out 5.1% off the live run.
+  local marker failed=()
   marker=$(mktemp -u "${TMPDIR:-/tmp}/warmpool-together-done.XXXXXX")
+  trap bg_stop_all EXIT
   bg_start fuzz after "$marker" nice -n 19 "$ROOT/deploy/fuzz-api.sh"
   say "the API fuzzer (schemathesis, auth on) starts beside the tests run alone"
   WARMPOOL_TOGETHER_DONE=$marker "$ROOT/deploy/test-cargo.sh" || failed+=("the cargo tests")
@@ -508,7 +486,8 @@ run_tests() {
   touch "$marker"
   rm -f "$marker"
   # Each test's agents remove their Docker network when the test ends, failed or not; one left
-  # behind is named (the stages after this start clusters of their own).
+  # behind is named (the stages after this start clusters of their own, and the down/up test
+  # stops dockerd).
   leaked=$(comm -13 <(echo "$networks_before") <(warmpool_networks))
   [ -z "$leaked" ] || say "warning: the cargo tests left Docker networks behind: $(echo $leaked)"
   # The SDK's tests and the dashboard's each start their own cluster and mostly wait on it (and
@@ -518,13 +497,11 @@ run_tests() {
   WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/dashboard-test.sh" || failed+=("the dashboard's tests")
   say "the Python SDK's tests:"
   bg_finish sdk || failed+=("the SDK's tests")
+  say "down then up at once, three times (the dev cluster; stops the dockerd dev.sh started)"
+  "$ROOT/deploy/updown-test.sh" || failed+=("down then up")
   say "the API fuzzer (schemathesis, auth on):"
   bg_finish fuzz || failed+=("the API fuzzer")
   trap - EXIT
-  if [ "$ours" = yes ]; then
-    say "stopping the dockerd this run started"
-    stop_dockerd || failed+=("stopping dockerd")
-  fi
   if [ "${#failed[@]}" -gt 0 ]; then
     local list
     printf -v list '%s, ' "${failed[@]}"

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # `deploy/dev.sh down` then `up` at once, three times: each `up` must find the processes the
 # `down` before it stopped gone (dockerd included, when dev.sh started it) and end with a warm
-# pool. `deploy/dev.sh test` runs it beside the build of the test binaries, before anything else
-# uses Docker: it stops and starts dockerd (when dev.sh started it) and the dev cluster.
+# pool. Run by `deploy/dev.sh test` last, since it stops and starts the dev cluster.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DEV="$ROOT/.dev"
