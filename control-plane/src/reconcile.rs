@@ -97,11 +97,13 @@ pub fn plan(
     let mut actions = Vec::new();
     let mut observe = Vec::new();
     let mut gone = Vec::new();
-    let mut seen = BTreeSet::new();
+    // Built at once (sorted, then filled in order) rather than an insert per entry.
+    let seen: BTreeSet<ContainerId> = observed
+        .map(|obs| obs.inventory.containers.iter().map(|e| e.id).collect())
+        .unwrap_or_default();
 
     if let Some(obs) = observed {
         for entry in &obs.inventory.containers {
-            seen.insert(entry.id);
             let record = state
                 .container(&entry.id)
                 .filter(|c| c.state.is_live() && &c.node == node);
@@ -150,8 +152,7 @@ pub fn plan(
         }
     }
 
-    let records = state.live_containers_on(node);
-    for c in records.filter(|c| !seen.contains(&c.id)) {
+    for c in state.live_containers_on_except(node, &seen) {
         let had_it = match (observed, c.observed_index) {
             (Some(obs), Some(at)) => at <= obs.requested_index,
             _ => false,

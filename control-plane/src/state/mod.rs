@@ -706,6 +706,20 @@ impl PoolState {
         self.records(self.live_by_node.get(node))
     }
 
+    /// The live container records on `node` whose ids are not in `except`: a walk of two
+    /// sorted sets side by side, reading only the records it answers.
+    pub fn live_containers_on_except<'a>(
+        &'a self,
+        node: &NodeId,
+        except: &'a BTreeSet<ContainerId>,
+    ) -> impl Iterator<Item = &'a Container> + 'a {
+        self.live_by_node
+            .get(node)
+            .into_iter()
+            .flat_map(move |ids| ids.difference(except))
+            .filter_map(|id| self.container(id))
+    }
+
     /// The container records of the ids in `set`, if any.
     fn records<'a>(
         &'a self,
