@@ -160,7 +160,16 @@ struct Sim<'a> {
     /// The node's inventory as of an agent version, reused while the agent's containers do
     /// not change.
     seen: Option<(u64, Arc<Observed>)>,
+    /// The last [`Sim::tally`], with what it was counted from.
+    tallied: Option<(TallyKey, Tally)>,
 }
+
+/// Idle warm, paused, allocated, and being made.
+type Tally = (u32, u32, u32, u32);
+
+/// What a tally is counted from: the state (its index), the agent's containers (its version;
+/// how many it has, queues and starts, which also move when a starting one is destroyed).
+type TallyKey = (u64, u64, usize, usize, u32);
 
 impl<'a> Sim<'a> {
     fn new(trace: &'a Trace, model: &'a PoolModel, spec: &PoolSpec) -> Self {
@@ -248,6 +257,7 @@ impl<'a> Sim<'a> {
             wanted_integral: 0.0,
             counting: false,
             seen: None,
+            tallied: None,
         };
         sim.seed_pool(spec);
         sim
@@ -387,8 +397,27 @@ impl<'a> Sim<'a> {
     }
 
     /// What the host runs now: idle warm, paused, allocated, and being made (waiting for a
-    /// slot or starting).
-    fn tally(&self) -> (u32, u32, u32, u32) {
+    /// slot or starting). Counted again only when what it counts from has changed: the clock
+    /// moves far more often than the state or the agent.
+    fn tally(&mut self) -> Tally {
+        let key = (
+            self.index,
+            self.agent.version,
+            self.agent.containers.len(),
+            self.agent.queue.len(),
+            self.agent.starting,
+        );
+        if let Some((k, t)) = self.tallied {
+            if k == key {
+                return t;
+            }
+        }
+        let t = self.count_running();
+        self.tallied = Some((key, t));
+        t
+    }
+
+    fn count_running(&self) -> Tally {
         let (mut idle, mut paused, mut allocated) = (0, 0, 0);
         let mut creating = self.agent.queue.len() as u32;
         for (id, h) in &self.agent.containers {
