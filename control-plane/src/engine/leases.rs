@@ -59,6 +59,10 @@ fn idle(e: &Engine, s: &PoolState, facts: &Facts, now: Now) -> Vec<warmpool_prot
             .saturating_sub(now.mono.saturating_duration_since(e.since).as_millis() as u64),
     );
     let mut out = Vec::new();
+    // Most fleets have no pool with an idle timeout: then no allocation need be read.
+    if s.pools().all(|p| p.spec.idle_timeout_secs.is_none()) {
+        return out;
+    }
     for a in s.active_allocations() {
         let Some(timeout) = s.pool(&a.pool).and_then(|p| p.spec.idle_timeout_secs) else {
             continue;
