@@ -791,58 +791,58 @@ impl Agent {
         tail(&self.log_dir.join(format!("{}.log", self.node)), lines)
     }
 
-    /// Removes every container and the network of this node. A create the agent asked for
-    /// just before it was killed may still finish in dockerd after the containers were listed,
-    /// and its endpoint then keeps the network: the removal is tried again until the network
-    /// is gone (or was never made), for up to 5 s.
+    /// Removes every container and the network of this node (see [`remove_node_docker`]).
     pub fn cleanup_docker(&self) {
-        let network = format!("warmpool-{}", self.node);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let ids = Command::new("docker")
-                .args([
-                    "ps",
-                    "-aq",
-                    "--filter",
-                    &format!("label=io.warmpool.node={}", self.node),
-                ])
-                .output()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .split_whitespace()
-                        .map(str::to_string)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .arg("rm")
-                    .arg("-f")
-                    .args(&ids)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-            let removed = Command::new("docker")
-                .args(["network", "rm", &network])
-                .output();
-            let done = match removed {
-                Ok(o) => {
-                    let err = String::from_utf8_lossy(&o.stderr);
-                    o.status.success()
-                        || err.contains("not found")
-                        || err.contains("No such network")
-                }
-                // No docker CLI: nothing to remove.
-                Err(_) => true,
-            };
-            if done || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        remove_isolation_table(&self.node);
+        remove_node_docker(&self.node);
     }
+}
+
+/// Removes every container and the network of node `node` from this host's dockerd, and its
+/// agent's nftables table. A create the agent asked for just before it was killed may still
+/// finish in dockerd after the containers were listed, and its endpoint then keeps the
+/// network: the removal is tried again until the network is gone (or was never made), for up
+/// to 5 s.
+pub fn remove_node_docker(node: &str) {
+    let network = format!("warmpool-{node}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ids = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=io.warmpool.node={node}"))
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let removed = Command::new("docker")
+            .args(["network", "rm", &network])
+            .output();
+        let done = match removed {
+            Ok(o) => {
+                let err = String::from_utf8_lossy(&o.stderr);
+                o.status.success() || err.contains("not found") || err.contains("No such network")
+            }
+            // No docker CLI: nothing to remove.
+            Err(_) => true,
+        };
+        if done || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    remove_isolation_table(node);
 }
 
 /// Deletes the nftables table of node `node`'s agent in this namespace (`warmpool_<id>`, with

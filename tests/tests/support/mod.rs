@@ -5,7 +5,7 @@
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use warmpool_tests::{bin, random_prefix, unique};
@@ -59,32 +59,7 @@ impl Drop for AgentProcess {
                 eprintln!("{l}");
             }
         }
-        let ids = Command::new("docker")
-            .args(["ps", "-aq", "--filter"])
-            .arg(format!("label=io.warmpool.node={}", self.node))
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = Command::new("docker")
-            .args(["network", "rm", &format!("warmpool-{}", self.node)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        warmpool_tests::remove_isolation_table(&self.node);
+        warmpool_tests::remove_node_docker(&self.node);
     }
 }
 
