@@ -319,34 +319,22 @@ async fn inject(
             r
         }
         Fault::DockerdRestart => {
-            let h = &mut c.hosts[0];
-            h.stop_dockerd();
+            c.hosts[0].stop_dockerd();
             let t = Instant::now();
             // Probed meanwhile (starting dockerd blocks this task until it answers).
             let pool = pool.to_string();
             let probing = tokio::spawn(async move { recovered(&probe_client, &pool, t).await });
             // Down until the control plane knows: the agent reported its runtime gone, and
             // the node takes no grants.
-            let (client, node) = (c.client.clone(), h.node.clone());
-            wait_until(
-                Duration::from_secs(30),
-                "the node marked runtime unavailable",
-                || {
-                    let (client, node) = (client.clone(), node.clone());
-                    async move {
-                        let nodes = client.nodes().await.ok()?;
-                        nodes
-                            .iter()
-                            .find(|n| n.node.id.as_str() == node)?
-                            .node
-                            .unreachable
-                            .as_ref()
-                            .filter(|u| u.reason == UnreachableReason::RuntimeUnavailable)
-                            .map(|_| ())
-                    }
-                },
-            )
+            let node = c.hosts[0].node.clone();
+            c.wait_node(&node, Duration::from_secs(30), "runtime unavailable", |n| {
+                n.node
+                    .unreachable
+                    .as_ref()
+                    .is_some_and(|u| u.reason == UnreachableReason::RuntimeUnavailable)
+            })
             .await;
+            let h = &mut c.hosts[0];
             h.start_dockerd();
             let r = probing.await.expect("probe");
             load.through_fault().await;
