@@ -167,9 +167,11 @@ struct Sim<'a> {
 /// Idle warm, paused, allocated, and being made.
 type Tally = (u32, u32, u32, u32);
 
-/// What a tally is counted from: the state (its index), the agent's containers (its version;
-/// how many it has, queues and starts, which also move when a starting one is destroyed).
-type TallyKey = (u64, u64, usize, usize, u32);
+/// What a tally is counted from: the state (its index), and the agent's containers: its
+/// version (bumped when one is added, removed, warm or paused), its queue (which a create
+/// joins without a bump), and how many are starting (which drops, without a bump, when a
+/// starting one is destroyed).
+type TallyKey = (u64, u64, usize, u32);
 
 impl<'a> Sim<'a> {
     fn new(trace: &'a Trace, model: &'a PoolModel, spec: &PoolSpec) -> Self {
@@ -403,7 +405,6 @@ impl<'a> Sim<'a> {
         let key = (
             self.index,
             self.agent.version,
-            self.agent.containers.len(),
             self.agent.queue.len(),
             self.agent.starting,
         );
