@@ -141,15 +141,14 @@ start_dockerd() {
   die "dockerd did not come up"
 }
 
-# `build tests` also builds every test binary, in the same cargo run (two runs in a row each end
-# linking on one core; from empty, one run took 269 s where two had taken 230 s and 56 s, but a
-# later run of the whole suite gained nothing measurable: builds vary by 10-15 s between runs).
 build() {
-  local args=(--bins)
-  [ "${1:-}" != tests ] || args+=(--workspace --tests)
-  [ "$PROFILE" != release ] || args+=(--release)
-  say "building (cargo build ${args[*]})"
-  (cd "$ROOT" && cargo build "${args[@]}" --quiet)
+  if [ "$PROFILE" = release ]; then
+    say "building (cargo build --release --bins)"
+    (cd "$ROOT" && cargo build --release --bins --quiet)
+  else
+    say "building (cargo build --bins)"
+    (cd "$ROOT" && cargo build --bins --quiet)
+  fi
   "$ROOT/deploy/demo-image/build.sh" "$IMAGE" >&2
 }
 
@@ -462,7 +461,7 @@ run_tests() {
   PROFILE=debug
   install_prereqs
   start_dockerd
-  build tests
+  build
   local tables_before networks_before leaked
   tables_before=$(isolation_tables)
   networks_before=$(warmpool_networks)
