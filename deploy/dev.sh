@@ -428,7 +428,8 @@ warmpool_networks() {
 # Stages run in the background by `test`: `bg_start NAME COMMAND...` runs one with its output
 # in a file of its own; `bg_finish NAME` waits for it, prints that output and returns its
 # status; `bg_stop_all` stops those still running (on exit). `after FILE COMMAND...` runs
-# COMMAND once FILE exists.
+# COMMAND once FILE exists, or gives up once this script is gone (killed before it made FILE,
+# where its EXIT trap could not stop the waiting).
 declare -A BG_PID=() BG_LOG=()
 bg_start() {
   local name=$1
@@ -452,7 +453,10 @@ bg_stop_all() {
 after() {
   local file=$1
   shift
-  while [ ! -e "$file" ]; do sleep 0.5; done
+  while [ ! -e "$file" ]; do
+    kill -0 "$$" 2>/dev/null || exit 1
+    sleep 0.5
+  done
   exec "$@"
 }
 
