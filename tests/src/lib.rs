@@ -798,13 +798,14 @@ impl Agent {
 }
 
 /// Removes every container and the network of node `node` from this host's dockerd, and its
-/// agent's nftables table. A create the agent asked for just before it was killed may still
-/// finish in dockerd after the containers were listed, and its endpoint then keeps the
-/// network: the removal is tried again until the network is gone (or was never made), for up
-/// to 5 s.
+/// agent's nftables table. Containers dockerd is still removing (destroys the killed agent had
+/// asked for: `docker rm -f` refuses those as "already in progress"), or a create it had asked
+/// for that finishes after the listing, keep the network: the removal is tried again until the
+/// network is gone (or was never made), for up to 30 s. A network was seen left behind with
+/// 5 s, after the burst test's tens of containers.
 pub fn remove_node_docker(node: &str) {
     let network = format!("warmpool-{node}");
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ids = Command::new("docker")
             .args(["ps", "-aq", "--filter"])
