@@ -36,7 +36,7 @@ pub struct Shared {
     /// Facts and heartbeats to publish.
     pub outbox: Outbox,
     /// Bounds concurrent creates (an adaptive limit).
-    pub creates: crate::creates::Gate,
+    pub creates: Arc<crate::creates::Gate>,
     /// Bounds concurrent destroys ([`crate::commands::MAX_CONCURRENT_DESTROYS`]).
     pub destroys: tokio::sync::Semaphore,
     /// Create and probe tasks.
@@ -147,10 +147,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             config.startup_grace,
             background.child_token(),
         ),
-        creates: crate::creates::Gate::new(
+        creates: Arc::new(crate::creates::Gate::new(
             config.min_concurrent_creates,
             config.max_concurrent_creates,
-        ),
+        )),
         destroys: tokio::sync::Semaphore::new(crate::commands::MAX_CONCURRENT_DESTROYS),
         config,
         boot_id,

@@ -220,13 +220,17 @@ fn create(shared: &Arc<Shared>, spec: CreateSpec, cancel: CancellationToken) -> 
             }
         }
     };
+    // Its place in line for a create slot, taken now, so that creates start in the order they
+    // came (their image checks below may finish in any order).
+    let ticket = shared.creates.ticket();
     let shared2 = shared.clone();
     shared.tasks.spawn(async move {
         // The image first, outside the create slots: a pull (or the wait for one another
-        // create started) holds up only the creates of its image. A destroy of this id or
-        // shutdown drops the create; the pull itself goes on for the next one.
+        // create started) holds up only the creates of its image, as the ticket steps aside
+        // for it. A destroy of this id or shutdown drops the create; the pull itself goes on
+        // for the next one.
         let image = tokio::select! {
-            r = crate::images::ensure(&shared2, &spec.image, &spec.pool, spec.pull) => r,
+            r = crate::images::ensure(&shared2, &spec.image, &spec.pool, spec.pull, || ticket.step_aside()) => r,
             _ = cancel.cancelled() => {
                 shared2.inventory.abandon_create(guard);
                 return;
@@ -246,9 +250,9 @@ fn create(shared: &Arc<Shared>, spec: CreateSpec, cancel: CancellationToken) -> 
             return;
         }
         // Wait for a create slot; at shutdown, or when a destroy of this id arrives, a queued
-        // create is dropped without ever being started.
-        let permit = tokio::select! {
-            p = shared2.creates.acquire() => p,
+        // create is dropped without ever being started (and gives up its place).
+        let slot = tokio::select! {
+            s = shared2.creates.acquire(ticket) => s,
             _ = cancel.cancelled() => {
                 shared2.inventory.abandon_create(guard);
                 return;
@@ -257,10 +261,6 @@ fn create(shared: &Arc<Shared>, spec: CreateSpec, cancel: CancellationToken) -> 
                 shared2.inventory.abandon_create(guard);
                 return;
             }
-        };
-        let Some(slot) = permit else {
-            shared2.inventory.abandon_create(guard);
-            return;
         };
         // How this create went moves the limit (a create cut short by a destroy or by dockerd
         // going away says nothing about the host's pace, and is not counted).

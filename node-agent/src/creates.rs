@@ -21,12 +21,14 @@
 //!   their latencies are not news.
 //!
 //! The controller is pure (samples in, limit out) and tested with plain values; [`Gate`] applies
-//! it to a FIFO semaphore, so creates are still served first planned, first started.
+//! it to slots served in the order the creates were admitted, so creates are still served
+//! first planned, first started.
 
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// A create slower than this many times the baseline (and [`SLACK`] slower) is a congestion
@@ -139,25 +141,50 @@ impl Controller {
     }
 }
 
-/// The create slots: a FIFO semaphore whose size follows a [`Controller`].
+/// The create slots: as many as a [`Controller`] says, served in the order the creates were
+/// admitted.
+///
+/// A create takes a [`Ticket`] when the agent admits it, then checks its image, then waits for
+/// a slot. A slot goes to the first ticket in line, and only to it: a later create whose image
+/// check happened to finish first waits, so creates start in the order they were planned. A
+/// create that must wait for a pull steps aside ([`Ticket::step_aside`]) and holds up no one;
+/// when the pull is done it comes back with its old place, at the front.
 pub struct Gate {
-    slots: Semaphore,
     state: Mutex<GateState>,
+    changed: Notify,
 }
 
 struct GateState {
     ctl: Controller,
-    /// Slots taken now.
+    /// Slots taken now (more than the limit after it shrank, until they come back).
     in_use: usize,
-    /// Permits to retire as they come back, after the limit shrank below what was in use.
-    debt: usize,
     /// Starts that took the last slot, ever.
     fulls: u64,
+    /// The next ticket's number.
+    next: u64,
+    /// The tickets not yet served, by number; `true` for one that stepped aside.
+    line: BTreeMap<u64, bool>,
+}
+
+impl GateState {
+    /// The ticket a free slot goes to: the first in line that did not step aside.
+    fn head(&self) -> Option<u64> {
+        self.line
+            .iter()
+            .find(|(_, aside)| !**aside)
+            .map(|(n, _)| *n)
+    }
+}
+
+/// A create's place in line, from its admission until it gets a slot (or is dropped: then the
+/// place is given up).
+pub struct Ticket {
+    gate: Arc<Gate>,
+    n: u64,
 }
 
 /// A create slot; give it back with [`Gate::finish`] (or drop it for a create that never ran).
 pub struct Slot<'a> {
-    permit: Option<SemaphorePermit<'a>>,
     gate: &'a Gate,
     started: Instant,
     /// Whether its own start took the last slot.
@@ -165,20 +192,22 @@ pub struct Slot<'a> {
     /// [`GateState::fulls`] when it started: a later start that took the last slot means
     /// every slot was taken during its run too.
     fulls: u64,
+    /// Whether [`Gate::finish`] gave it back already.
+    returned: bool,
 }
 
 impl Gate {
     /// Slots between `min` and `max`.
     pub fn new(min: usize, max: usize) -> Gate {
-        let ctl = Controller::new(min, max);
         Gate {
-            slots: Semaphore::new(ctl.limit()),
             state: Mutex::new(GateState {
-                ctl,
+                ctl: Controller::new(min, max),
                 in_use: 0,
-                debt: 0,
                 fulls: 0,
+                next: 0,
+                line: BTreeMap::new(),
             }),
+            changed: Notify::new(),
         }
     }
 
@@ -191,62 +220,104 @@ impl Gate {
         self.lock().ctl.limit()
     }
 
-    /// Waits for a slot (first come, first served); `None` once the gate is closed.
-    pub async fn acquire(&self) -> Option<Slot<'_>> {
-        let permit = self.slots.acquire().await.ok()?;
+    /// A place in line, behind every create admitted before.
+    pub fn ticket(self: &Arc<Self>) -> Ticket {
         let mut st = self.lock();
-        st.in_use += 1;
-        let busy = st.in_use >= st.ctl.limit();
-        if busy {
-            st.fulls += 1;
+        let n = st.next;
+        st.next += 1;
+        st.line.insert(n, false);
+        Ticket {
+            gate: self.clone(),
+            n,
         }
-        Some(Slot {
-            permit: Some(permit),
-            gate: self,
-            started: Instant::now(),
-            busy,
-            fulls: st.fulls,
-        })
+    }
+
+    /// Waits until `ticket` is first in line and a slot is free, and takes the slot.
+    pub async fn acquire(&self, ticket: Ticket) -> Slot<'_> {
+        {
+            let mut st = self.lock();
+            if st.line.insert(ticket.n, false) == Some(true) {
+                // Back from a pull: its place holds up the others again.
+                drop(st);
+                self.changed.notify_waiters();
+            }
+        }
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if st.head() == Some(ticket.n) && st.in_use < st.ctl.limit() {
+                    st.line.remove(&ticket.n);
+                    st.in_use += 1;
+                    let busy = st.in_use >= st.ctl.limit();
+                    if busy {
+                        st.fulls += 1;
+                    }
+                    let fulls = st.fulls;
+                    drop(st);
+                    // Its place is gone (the drop tells the next in line, which may find a
+                    // slot free still).
+                    drop(ticket);
+                    return Slot {
+                        gate: self,
+                        started: Instant::now(),
+                        busy,
+                        fulls,
+                        returned: false,
+                    };
+                }
+            }
+            changed.await;
+        }
     }
 
     /// Gives `slot` back with what its create did; the limit moves as the controller says.
     pub fn finish(&self, mut slot: Slot<'_>, ok: bool) {
-        let mut st = self.lock();
-        let sample = Sample {
-            latency: slot.started.elapsed(),
-            ok,
-            busy: slot.busy || st.fulls > slot.fulls,
+        let limit = {
+            let mut st = self.lock();
+            let sample = Sample {
+                latency: slot.started.elapsed(),
+                ok,
+                busy: slot.busy || st.fulls > slot.fulls,
+            };
+            st.ctl.record(sample)
         };
-        let before = st.ctl.limit();
-        let after = st.ctl.record(sample);
-        if after > before {
-            let mut grow = after - before;
-            let paid = grow.min(st.debt);
-            st.debt -= paid;
-            grow -= paid;
-            self.slots.add_permits(grow);
-        } else if after < before {
-            let shrink = before - after;
-            let taken = self.slots.forget_permits(shrink);
-            st.debt += shrink - taken;
-        }
-        crate::telemetry::create_limit(after);
-        drop(st);
+        crate::telemetry::create_limit(limit);
         self.release(&mut slot);
     }
 
     fn release(&self, slot: &mut Slot<'_>) {
-        let Some(permit) = slot.permit.take() else {
+        if std::mem::replace(&mut slot.returned, true) {
             return;
-        };
-        let mut st = self.lock();
-        st.in_use = st.in_use.saturating_sub(1);
-        if st.debt > 0 {
-            st.debt -= 1;
-            permit.forget();
-        } else {
-            drop(permit);
         }
+        {
+            let mut st = self.lock();
+            st.in_use = st.in_use.saturating_sub(1);
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+impl Ticket {
+    /// This create waits on something slow (a pull) before it can start: until it comes to
+    /// [`Gate::acquire`], the creates behind it may go first.
+    pub fn step_aside(&self) {
+        let moved = {
+            let mut st = self.gate.lock();
+            st.line.insert(self.n, true) == Some(false)
+        };
+        if moved {
+            self.gate.changed.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.gate.lock().line.remove(&self.n);
+        self.gate.changed.notify_waiters();
     }
 }
 
@@ -364,34 +435,91 @@ mod tests {
         assert_eq!(grown, vec![2, 2, 3, 3, 3, 4, 4, 4, 4, 4]);
     }
 
+    /// Whether `f` is still waiting after one poll.
+    async fn pending<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+        futures::poll!(f).is_pending()
+    }
+
     #[tokio::test]
-    async fn the_gate_follows_the_limit_and_serves_in_order() {
-        let gate = Gate::new(1, 6);
+    async fn the_gate_follows_the_limit() {
+        let gate = Arc::new(Gate::new(1, 6));
         assert_eq!(gate.limit(), 4);
-        let slots: Vec<_> = futures::future::join_all((0..4).map(|_| gate.acquire()))
-            .await
-            .into_iter()
-            .map(Option::unwrap)
-            .collect();
+        let mut slots = Vec::new();
+        for _ in 0..4 {
+            let t = gate.ticket();
+            slots.push(gate.acquire(t).await);
+        }
         assert!(slots[3].busy, "the fourth took the last slot");
-        assert_eq!(gate.slots.available_permits(), 0);
-        // Fast creates: the limit grows to 6, two more slots open.
+        let fifth = gate.ticket();
+        let fifth = gate.acquire(fifth);
+        tokio::pin!(fifth);
+        assert!(pending(fifth.as_mut()).await, "no fifth slot at limit 4");
+        // Fast creates: the limit grows to 6, two more slots open (two back, two new).
         let mut slots = slots.into_iter();
         gate.finish(slots.next().unwrap(), true);
         assert_eq!(gate.limit(), 5);
         gate.finish(slots.next().unwrap(), true);
         assert_eq!(gate.limit(), 6);
-        assert_eq!(gate.slots.available_permits(), 4, "two back, two new");
-        // Failures cut it while slots are out: the debt is paid as they come back.
-        let held: Vec<_> = futures::future::join_all((0..4).map(|_| gate.acquire()))
-            .await
-            .into_iter()
-            .map(Option::unwrap)
-            .collect();
+        let mut held = vec![fifth.await];
+        for _ in 0..3 {
+            let t = gate.ticket();
+            held.push(gate.acquire(t).await);
+        }
+        assert_eq!(gate.lock().in_use, 6);
+        // A failure cuts it while 7 slots are out (6, then 5 with the failed one back): the
+        // next waits until fewer than 5 are in use.
+        let extra = gate.ticket();
+        let extra = gate.acquire(extra);
+        tokio::pin!(extra);
         gate.finish(slots.next().unwrap(), false);
         assert_eq!(gate.limit(), 5);
+        assert!(pending(extra.as_mut()).await, "5 in use at limit 5");
+        drop(held.pop());
+        let _extra = extra.await;
+        assert_eq!(gate.lock().in_use, 5);
         drop(slots);
         drop(held);
-        assert_eq!(gate.slots.available_permits(), 5, "as many as the limit");
+        assert_eq!(gate.lock().in_use, 1);
+    }
+
+    #[tokio::test]
+    async fn the_gate_serves_in_admission_order_and_a_pull_steps_aside() {
+        let gate = Arc::new(Gate::new(1, 1));
+        let (first, second, third) = (gate.ticket(), gate.ticket(), gate.ticket());
+        // The third's image check finished first: it waits for the first two, though the one
+        // slot is free.
+        let third = gate.acquire(third);
+        tokio::pin!(third);
+        assert!(pending(third.as_mut()).await);
+        let second = gate.acquire(second);
+        tokio::pin!(second);
+        assert!(pending(second.as_mut()).await);
+        // The first must pull: it steps aside, and the second (the first in line) starts.
+        first.step_aside();
+        let slot = second.await;
+        assert!(pending(third.as_mut()).await, "one slot");
+        // The pull is done while the second runs: the first is back at the front.
+        let first = gate.acquire(first);
+        tokio::pin!(first);
+        assert!(pending(first.as_mut()).await);
+        gate.finish(slot, true);
+        assert!(
+            pending(third.as_mut()).await,
+            "the first goes before the third"
+        );
+        let slot = first.await;
+        drop(slot);
+        let _slot = third.await;
+        // A ticket given up (a create destroyed before its slot) holds up no one.
+        let (gone, next) = (gate.ticket(), gate.ticket());
+        let next = gate.acquire(next);
+        tokio::pin!(next);
+        drop(_slot);
+        assert!(
+            pending(next.as_mut()).await,
+            "behind a ticket still checking"
+        );
+        drop(gone);
+        let _ = next.await;
     }
 }

@@ -355,12 +355,14 @@ impl Images {
 }
 
 /// Makes sure `image` is on this node for a create of `pool`, pulling it if the policy says
-/// so. `Err` is why it is not (the create then fails without touching Docker).
+/// so. `Err` is why it is not (the create then fails without touching Docker). `waiting` is
+/// called before each wait for a pull (the create's place in line goes to the next meanwhile).
 pub async fn ensure(
     shared: &Arc<Shared>,
     image: &str,
     pool: &PoolName,
     policy: PullPolicy,
+    waiting: impl Fn(),
 ) -> Result<(), (ImagePullError, String)> {
     loop {
         let present = shared
@@ -409,6 +411,7 @@ pub async fn ensure(
             }
         };
         if let Some(mut done) = wait {
+            waiting();
             // Errs when the pull's sender is dropped: the pull is over.
             let _ = done.changed().await;
         }
