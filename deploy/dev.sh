@@ -463,9 +463,14 @@ after() {
 run_tests() {
   # The tests run the debug binaries, whatever WARMPOOL_RELEASE says.
   PROFILE=debug
+  local t=$SECONDS times=()
+  # `lap NAME`: NAME took the seconds since the last lap (the summary at the end).
+  lap() { times+=("$1 $((SECONDS - t)) s"); t=$SECONDS; }
   install_prereqs
   start_dockerd
+  lap "installing and starting dockerd"
   build
+  lap "building"
   local tables_before networks_before leaked
   tables_before=$(isolation_tables)
   networks_before=$(warmpool_networks)
@@ -484,6 +489,7 @@ run_tests() {
   bg_start fuzz after "$marker" nice -n 19 "$ROOT/deploy/fuzz-api.sh"
   say "the API fuzzer (schemathesis, auth on) starts beside the tests run alone"
   WARMPOOL_TOGETHER_DONE=$marker "$ROOT/deploy/test-cargo.sh" || failed+=("the cargo tests")
+  lap "the cargo tests"
   # test-cargo.sh makes it, also when it fails; not when it is killed, and the stages waiting
   # for it would then wait for ever.
   touch "$marker"
@@ -500,11 +506,21 @@ run_tests() {
   WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/dashboard-test.sh" || failed+=("the dashboard's tests")
   say "the Python SDK's tests:"
   bg_finish sdk || failed+=("the SDK's tests")
+  lap "the dashboard's and the SDK's tests"
   say "down then up at once, three times (the dev cluster; stops the dockerd dev.sh started)"
   "$ROOT/deploy/updown-test.sh" || failed+=("down then up")
+  lap "down then up"
   say "the API fuzzer (schemathesis, auth on):"
   bg_finish fuzz || failed+=("the API fuzzer")
+  lap "waiting for the fuzzer after that"
   trap - EXIT
+  local total=0 lapped
+  for lapped in "${times[@]}"; do
+    lapped=${lapped% s}
+    total=$((total + ${lapped##* }))
+  done
+  printf -v lapped '%s; ' "${times[@]}"
+  say "stages: ${lapped%; } ($total s in all)"
   if [ "${#failed[@]}" -gt 0 ]; then
     local list
     printf -v list '%s, ' "${failed[@]}"

@@ -108,9 +108,12 @@ echo "running ${#together[@]} test binaries, $JOBS at a time (logs in $LOGS)"
 printf '%s\n' "${together[@]}" |
   xargs -P "$JOBS" -d '\n' -I{} bash -c 'IFS=$'"'"'\t'"'"' read -r -a f <<<"$0"; run_one "${f[@]}" "$@"' {} "$@" ||
   failed=1
-# Documentation examples, if any crate has them (built now: compiling is no load for the tests
-# run alone).
-cargo test --workspace --doc --quiet >"$LOGS/doc.log" 2>&1 || { cat "$LOGS/doc.log" >&2; failed=1; }
+# Documentation examples, when a doc comment has one (built now: compiling is no load for the
+# tests run alone). Only then: rustdoc reads every library crate to find them, which takes half
+# a minute here, and this workspace documents with `text` and `sh` blocks, not tests.
+if awk -f "$ROOT/deploy/doc-examples.awk" $(find "$ROOT"/*/src -name '*.rs'); then
+  cargo test --workspace --doc --quiet >"$LOGS/doc.log" 2>&1 || { cat "$LOGS/doc.log" >&2; failed=1; }
+fi
 together_done
 if [ "${#alone[@]}" -gt 0 ]; then
   echo "running ${#alone[@]} timing-sensitive tests alone"
