@@ -83,8 +83,8 @@ fi
 
 if [ "${WARMPOOL_SKIP_CARGO_BUILD:-0}" != 1 ]; then
   command -v cargo >/dev/null || die "cargo is missing: install Rust (https://rustup.rs)"
-  say "building the control plane and agent (cargo build --bins)"
-  (cd "$ROOT" && cargo build --bins --quiet)
+  say "building the control plane and agent (cargo build --bins --no-default-features)"
+  (cd "$ROOT" && cargo build --bins --no-default-features --quiet)
 fi
 "$ROOT/deploy/demo-image/build.sh" warmpool-demo:latest >&2
 

@@ -146,8 +146,8 @@ build() {
     say "building (cargo build --release --bins)"
     (cd "$ROOT" && cargo build --release --bins --quiet)
   else
-    say "building (cargo build --bins)"
-    (cd "$ROOT" && cargo build --bins --quiet)
+    say "building (cargo build --bins --no-default-features: debug, without jemalloc)"
+    (cd "$ROOT" && cargo build --bins --no-default-features --quiet)
   fi
   "$ROOT/deploy/demo-image/build.sh" "$IMAGE" >&2
 }

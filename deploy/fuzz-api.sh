@@ -53,7 +53,7 @@ command -v python3 >/dev/null || die "python3 is not installed"
 command -v curl >/dev/null || die "curl is not installed"
 if [ ! -x "$BIN/warmpool-control-plane" ] || [ ! -x "$BIN/warmpool-sim-agent" ]; then
   say "building the control plane and the simulated agent"
-  (cd "$ROOT" && cargo build --bins -q)
+  (cd "$ROOT" && cargo build --bins --no-default-features -q)
 fi
 
 if [ ! -x "$VENV/bin/st" ] || ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$ST_VERSION"; then

@@ -102,8 +102,8 @@ fi
 
 if [ "${WARMPOOL_SKIP_CARGO_BUILD:-0}" != 1 ]; then
   command -v cargo >/dev/null || die "cargo is missing: install Rust (https://rustup.rs)"
-  say "building the control plane, agent and gateway (cargo build --bins)"
-  (cd "$ROOT" && cargo build --bins --quiet)
+  say "building the control plane, agent and gateway (cargo build --bins --no-default-features)"
+  (cd "$ROOT" && cargo build --bins --no-default-features --quiet)
 fi
 for b in warmpool-control-plane warmpool-agent; do
   [ -x "$BIN/$b" ] || die "$BIN/$b is missing: run cargo build --bins"

@@ -27,7 +27,7 @@ trap together_done EXIT
 
 LOGS="$(mktemp -d "${TMPDIR:-/tmp}/warmpool-tests.XXXXXX")"
 LIST="$LOGS/binaries"
-cargo test --workspace --no-run --message-format=json 2>"$LOGS/build.err" |
+cargo test --workspace --no-default-features --no-run --message-format=json 2>"$LOGS/build.err" |
   python3 -c '
 import json, os, sys
 for line in sys.stdin:
@@ -112,7 +112,7 @@ printf '%s\n' "${together[@]}" |
 # tests run alone). Only then: rustdoc reads every library crate to find them, which takes half
 # a minute here, and this workspace documents with `text` and `sh` blocks, not tests.
 if awk -f "$ROOT/deploy/doc-examples.awk" $(find "$ROOT"/*/src -name '*.rs'); then
-  cargo test --workspace --doc --quiet >"$LOGS/doc.log" 2>&1 || { cat "$LOGS/doc.log" >&2; failed=1; }
+  cargo test --workspace --no-default-features --doc --quiet >"$LOGS/doc.log" 2>&1 || { cat "$LOGS/doc.log" >&2; failed=1; }
 fi
 together_done
 if [ "${#alone[@]}" -gt 0 ]; then

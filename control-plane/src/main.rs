@@ -194,12 +194,22 @@ fn parse_election_ms(s: &str) -> Result<(u64, u64), String> {
 /// jemalloc, whose background threads hand freed pages back to the system within a second
 /// (its options are set where it is built: `.cargo/config.toml`). Under glibc's allocator a
 /// member's resident memory grew by about a fifth over 30,000 allocate/release cycles while its
-/// heap stayed flat (docs/BENCHMARKS.md, "Memory over a long run").
+/// heap stayed flat (docs/BENCHMARKS.md, "Memory over a long run"). Feature `jemalloc`, on by
+/// default; the project's debug builds leave it out (control-plane/Cargo.toml says why).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The allocator this member was built with, for its first log line.
+const ALLOCATOR_NAME: &str = if cfg!(feature = "jemalloc") {
+    "jemalloc"
+} else {
+    "the system's (built without feature jemalloc; the heap gauges stay unset)"
+};
+
 /// The allocator's own figures: what the program holds, and what the allocator keeps
 /// resident for it (their gap is memory freed but not yet given back).
+#[cfg(feature = "jemalloc")]
 fn heap_gauges() {
     use tikv_jemalloc_ctl::{epoch, stats};
     if epoch::advance().is_err() {
@@ -210,6 +220,10 @@ fn heap_gauges() {
         metrics::gauge!("warmpool_heap_resident_bytes").set(resident as f64);
     }
 }
+
+/// The system's allocator has no figures to give.
+#[cfg(not(feature = "jemalloc"))]
+fn heap_gauges() {}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -234,6 +248,11 @@ async fn main() -> anyhow::Result<()> {
     } else {
         fmt.with_ansi(ansi).init();
     }
+    tracing::info!(
+        build = warmpool_proto::api::BuildProfile::current().as_str(),
+        allocator = ALLOCATOR_NAME,
+        "starting"
+    );
     if !(args.node_timeout_secs > 0.0 && args.cpu_overcommit > 0.0 && args.node_lost_secs >= 0.0) {
         anyhow::bail!(
             "--node-timeout-secs and --cpu-overcommit must be positive, --node-lost-secs not negative"

@@ -75,8 +75,8 @@ elif [ "$PROFILE" = release ]; then
   say "building release binaries (cargo build --release --bins)"
   (cd "$ROOT" && cargo build --release --bins --quiet)
 else
-  say "building debug binaries (cargo build --bins)"
-  (cd "$ROOT" && cargo build --bins --quiet)
+  say "building debug binaries (cargo build --bins --no-default-features)"
+  (cd "$ROOT" && cargo build --bins --no-default-features --quiet)
 fi
 BIN=${BIN_DIR:-$TARGET/$PROFILE}
 for b in poolctl warmpool-control-plane warmpool-agent; do
