@@ -4,6 +4,8 @@
 #   deploy/dashboard-test.sh            install what is missing, build, run Vitest, then the
 #                                       browser tests (Chromium against a live local cluster)
 #   deploy/dashboard-test.sh --unit     Vitest only (no browser, no cluster)
+#   deploy/dashboard-test.sh --browser  the browser tests only, on what `--unit` installed and
+#                                       built (deploy/dev.sh test runs `--unit` beside its build)
 #
 # It installs: the npm packages (`npm ci`, from dashboard/package-lock.json), Debian's
 # chromium, and, for the cluster the browser tests start, what `deploy/dev.sh` also needs
@@ -20,11 +22,16 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DASH="$ROOT/dashboard"
-UNIT_ONLY=0
-[ "${1:-}" = "--unit" ] && UNIT_ONLY=1
-
 say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+UNIT_ONLY=0 BROWSER_ONLY=0
+case "${1:-}" in
+  --unit) UNIT_ONLY=1 ;;
+  --browser) BROWSER_ONLY=1 ;;
+  "") ;;
+  *) die "usage: deploy/dashboard-test.sh [--unit|--browser]" ;;
+esac
+
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
 }
@@ -43,14 +50,16 @@ node -e '
     process.exit(1);
   }' || exit 1
 
-say "installing npm packages (npm ci)"
-(cd "$DASH" && npm ci --no-audit --no-fund --loglevel=error)
+if [ "$BROWSER_ONLY" -eq 0 ]; then
+  say "installing npm packages (npm ci)"
+  (cd "$DASH" && npm ci --no-audit --no-fund --loglevel=error)
 
-say "building the dashboard (vite build)"
-(cd "$DASH" && npx vite build --logLevel warn)
+  say "building the dashboard (vite build)"
+  (cd "$DASH" && npx vite build --logLevel warn)
 
-say "unit tests (vitest)"
-(cd "$DASH" && npx vitest run)
+  say "unit tests (vitest)"
+  (cd "$DASH" && npx vitest run)
+fi
 
 if [ "$UNIT_ONLY" -eq 1 ]; then exit 0; fi
 
