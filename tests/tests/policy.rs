@@ -329,7 +329,9 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
     // container-seconds: each within 5%. The replay draws each measured warm-up and teardown
     // once (nearest in time), and retirements' teardowns are measured too. Over six runs the
     // mean was within −0.7% to −0.1%, the median −0.8% to −0.1%, idle −2.4% to −0.1% (idle
-    // was +4.1% to +6.5% while retirements were given releases' teardowns).
+    // was +4.1% to +6.5% while retirements were given releases' teardowns). On 2026-12-05,
+    // five runs more gave idle −0.5% to +2.0%, and one CI-like run (a clean clone, the fuzzer
+    // beside it) +9.6% with mean and median within 0.6%, which failed it: not explained yet.
     let sim_mean = sim_wait("wait_mean_ms") as f64;
     assert!(
         (sim_mean - live_mean).abs() <= 0.05 * live_mean,
