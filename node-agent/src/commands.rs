@@ -252,7 +252,7 @@ fn create(shared: &Arc<Shared>, spec: CreateSpec, cancel: CancellationToken) -> 
         // Wait for a create slot; at shutdown, or when a destroy of this id arrives, a queued
         // create is dropped without ever being started (and gives up its place).
         let slot = tokio::select! {
-            s = shared2.creates.acquire(ticket) => s,
+            s = ticket.acquire() => s,
             _ = cancel.cancelled() => {
                 shared2.inventory.abandon_create(guard);
                 return;
@@ -265,7 +265,7 @@ fn create(shared: &Arc<Shared>, spec: CreateSpec, cancel: CancellationToken) -> 
         // How this create went moves the limit (a create cut short by a destroy or by dockerd
         // going away says nothing about the host's pace, and is not counted).
         match run_create(&shared2, guard, &spec).await {
-            Some(ok) => shared2.creates.finish(slot, ok),
+            Some(ok) => slot.finish(ok),
             None => drop(slot),
         }
     });

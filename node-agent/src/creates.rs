@@ -183,17 +183,16 @@ pub struct Ticket {
     n: u64,
 }
 
-/// A create slot; give it back with [`Gate::finish`] (or drop it for a create that never ran).
-pub struct Slot<'a> {
-    gate: &'a Gate,
+/// A create slot, taken by [`Ticket::acquire`]; give it back with [`Slot::finish`] (or drop it
+/// for a create that never ran: the slot comes back, the limit does not move).
+pub struct Slot {
+    gate: Arc<Gate>,
     started: Instant,
     /// Whether its own start took the last slot.
     busy: bool,
     /// [`GateState::fulls`] when it started: a later start that took the last slot means
     /// every slot was taken during its run too.
     fulls: u64,
-    /// Whether [`Gate::finish`] gave it back already.
-    returned: bool,
 }
 
 impl Gate {
@@ -231,25 +230,29 @@ impl Gate {
             n,
         }
     }
+}
 
-    /// Waits until `ticket` is first in line and a slot is free, and takes the slot.
-    pub async fn acquire(&self, ticket: Ticket) -> Slot<'_> {
-        {
-            let mut st = self.lock();
-            if st.line.insert(ticket.n, false) == Some(true) {
-                // Back from a pull: its place holds up the others again.
-                drop(st);
-                self.changed.notify_waiters();
-            }
+impl Ticket {
+    /// This create waits on something slow (a pull) before it can start: until it comes to
+    /// [`Ticket::acquire`], the creates behind it may go first.
+    pub fn step_aside(&self) {
+        let moved = self.gate.lock().line.insert(self.n, true) == Some(false);
+        if moved {
+            self.gate.changed.notify_waiters();
         }
+    }
+
+    /// Waits until this ticket is first in line and a slot is free, and takes the slot. Back
+    /// from a pull ([`Ticket::step_aside`]), it holds up the others again from now on.
+    pub async fn acquire(self) -> Slot {
+        self.gate.lock().line.insert(self.n, false);
         loop {
-            let changed = self.changed.notified();
+            let changed = self.gate.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             {
-                let mut st = self.lock();
-                if st.head() == Some(ticket.n) && st.in_use < st.ctl.limit() {
-                    st.line.remove(&ticket.n);
+                let mut st = self.gate.lock();
+                if st.head() == Some(self.n) && st.in_use < st.ctl.limit() {
                     st.in_use += 1;
                     let busy = st.in_use >= st.ctl.limit();
                     if busy {
@@ -257,59 +260,17 @@ impl Gate {
                     }
                     let fulls = st.fulls;
                     drop(st);
-                    // Its place is gone (the drop tells the next in line, which may find a
-                    // slot free still).
-                    drop(ticket);
+                    // Dropping the ticket gives up its place and tells the next in line,
+                    // which may find a slot free still.
                     return Slot {
-                        gate: self,
+                        gate: self.gate.clone(),
                         started: Instant::now(),
                         busy,
                         fulls,
-                        returned: false,
                     };
                 }
             }
             changed.await;
-        }
-    }
-
-    /// Gives `slot` back with what its create did; the limit moves as the controller says.
-    pub fn finish(&self, mut slot: Slot<'_>, ok: bool) {
-        let limit = {
-            let mut st = self.lock();
-            let sample = Sample {
-                latency: slot.started.elapsed(),
-                ok,
-                busy: slot.busy || st.fulls > slot.fulls,
-            };
-            st.ctl.record(sample)
-        };
-        crate::telemetry::create_limit(limit);
-        self.release(&mut slot);
-    }
-
-    fn release(&self, slot: &mut Slot<'_>) {
-        if std::mem::replace(&mut slot.returned, true) {
-            return;
-        }
-        {
-            let mut st = self.lock();
-            st.in_use = st.in_use.saturating_sub(1);
-        }
-        self.changed.notify_waiters();
-    }
-}
-
-impl Ticket {
-    /// This create waits on something slow (a pull) before it can start: until it comes to
-    /// [`Gate::acquire`], the creates behind it may go first.
-    pub fn step_aside(&self) {
-        let moved = {
-            let mut st = self.gate.lock();
-            st.line.insert(self.n, true) == Some(false)
-        };
-        if moved {
-            self.gate.changed.notify_waiters();
         }
     }
 }
@@ -321,9 +282,30 @@ impl Drop for Ticket {
     }
 }
 
-impl Drop for Slot<'_> {
+impl Slot {
+    /// Gives the slot back with what its create did; the limit moves as the controller says.
+    pub fn finish(self, ok: bool) {
+        let limit = {
+            let mut st = self.gate.lock();
+            let sample = Sample {
+                latency: self.started.elapsed(),
+                ok,
+                busy: self.busy || st.fulls > self.fulls,
+            };
+            st.ctl.record(sample)
+        };
+        crate::telemetry::create_limit(limit);
+        // The drop gives the slot back.
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.gate.release(self);
+        {
+            let mut st = self.gate.lock();
+            st.in_use = st.in_use.saturating_sub(1);
+        }
+        self.gate.changed.notify_waiters();
     }
 }
 
@@ -447,31 +429,31 @@ mod tests {
         let mut slots = Vec::new();
         for _ in 0..4 {
             let t = gate.ticket();
-            slots.push(gate.acquire(t).await);
+            slots.push(t.acquire().await);
         }
         assert!(slots[3].busy, "the fourth took the last slot");
         let fifth = gate.ticket();
-        let fifth = gate.acquire(fifth);
+        let fifth = fifth.acquire();
         tokio::pin!(fifth);
         assert!(pending(fifth.as_mut()).await, "no fifth slot at limit 4");
         // Fast creates: the limit grows to 6, two more slots open (two back, two new).
         let mut slots = slots.into_iter();
-        gate.finish(slots.next().unwrap(), true);
+        slots.next().unwrap().finish(true);
         assert_eq!(gate.limit(), 5);
-        gate.finish(slots.next().unwrap(), true);
+        slots.next().unwrap().finish(true);
         assert_eq!(gate.limit(), 6);
         let mut held = vec![fifth.await];
         for _ in 0..3 {
             let t = gate.ticket();
-            held.push(gate.acquire(t).await);
+            held.push(t.acquire().await);
         }
         assert_eq!(gate.lock().in_use, 6);
         // A failure cuts it while 7 slots are out (6, then 5 with the failed one back): the
         // next waits until fewer than 5 are in use.
         let extra = gate.ticket();
-        let extra = gate.acquire(extra);
+        let extra = extra.acquire();
         tokio::pin!(extra);
-        gate.finish(slots.next().unwrap(), false);
+        slots.next().unwrap().finish(false);
         assert_eq!(gate.limit(), 5);
         assert!(pending(extra.as_mut()).await, "5 in use at limit 5");
         drop(held.pop());
@@ -488,10 +470,10 @@ mod tests {
         let (first, second, third) = (gate.ticket(), gate.ticket(), gate.ticket());
         // The third's image check finished first: it waits for the first two, though the one
         // slot is free.
-        let third = gate.acquire(third);
+        let third = third.acquire();
         tokio::pin!(third);
         assert!(pending(third.as_mut()).await);
-        let second = gate.acquire(second);
+        let second = second.acquire();
         tokio::pin!(second);
         assert!(pending(second.as_mut()).await);
         // The first must pull: it steps aside, and the second (the first in line) starts.
@@ -499,10 +481,10 @@ mod tests {
         let slot = second.await;
         assert!(pending(third.as_mut()).await, "one slot");
         // The pull is done while the second runs: the first is back at the front.
-        let first = gate.acquire(first);
+        let first = first.acquire();
         tokio::pin!(first);
         assert!(pending(first.as_mut()).await);
-        gate.finish(slot, true);
+        slot.finish(true);
         assert!(
             pending(third.as_mut()).await,
             "the first goes before the third"
@@ -512,7 +494,7 @@ mod tests {
         let _slot = third.await;
         // A ticket given up (a create destroyed before its slot) holds up no one.
         let (gone, next) = (gate.ticket(), gate.ticket());
-        let next = gate.acquire(next);
+        let next = next.acquire();
         tokio::pin!(next);
         drop(_slot);
         assert!(
