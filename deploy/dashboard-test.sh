@@ -50,7 +50,10 @@ node -e '
     process.exit(1);
   }' || exit 1
 
-if [ "$BROWSER_ONLY" -eq 0 ]; then
+if [ "$BROWSER_ONLY" -eq 1 ]; then
+  [ -d "$DASH/node_modules" ] && [ -f "$DASH/dist/index.html" ] ||
+    die "--browser needs the npm packages and the built dashboard: run deploy/dashboard-test.sh --unit first"
+else
   say "installing npm packages (npm ci)"
   (cd "$DASH" && npm ci --no-audit --no-fund --loglevel=error)
 
