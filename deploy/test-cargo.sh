@@ -111,7 +111,8 @@ printf '%s\n' "${together[@]}" |
 # Documentation examples, when a doc comment has one (built now: compiling is no load for the
 # tests run alone). Only then: rustdoc reads every library crate to find them, which takes half
 # a minute here, and this workspace documents with `text` and `sh` blocks, not tests.
-if awk -f "$ROOT/deploy/doc-examples.awk" $(find "$ROOT"/*/src -name '*.rs'); then
+mapfile -d '' sources < <(find "$ROOT"/*/src -name '*.rs' -print0)
+if awk -f "$ROOT/deploy/doc-examples.awk" "${sources[@]}"; then
   cargo test --workspace --no-default-features --doc --quiet >"$LOGS/doc.log" 2>&1 || { cat "$LOGS/doc.log" >&2; failed=1; }
 fi
 together_done
