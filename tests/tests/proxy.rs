@@ -76,7 +76,11 @@ impl Setup {
             DOMAIN,
         ]);
         member.start();
-        let mut agent = Agent::new(&nats.url(), dir.path());
+        // The idle timeout here is seconds, not minutes: traffic must reach the leader within
+        // it. At the default meter (every 2 s), a pass or two skipped because a probe of the
+        // container was under way (on a loaded host, often) made a busy allocation look idle
+        // for 4 s once; every 500 ms keeps that well inside the timeout.
+        let mut agent = Agent::new(&nats.url(), dir.path()).with_args(&["--meter-ms", "500"]);
         agent.start();
         let admin = Client::builder(vec![member.url()])
             .token(Some(admin_key.clone()))
