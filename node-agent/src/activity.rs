@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use warmpool_proto::{ContainerId, Timestamp};
 
 use crate::agent::Shared;
+use crate::inventory::MeterTarget;
 
 /// How often containers are metered.
 pub const METER_INTERVAL: Duration = Duration::from_secs(2);
@@ -119,69 +120,166 @@ struct Seen {
 ///
 /// Traffic since the last pass is any of: more accepted connections than the agent's probes
 /// opened (a short request that came and went between passes), a connection the container
-/// opened, or a connection open right now that is not a probe.
+/// opened, or a connection open right now that is not a probe. A container whose pass met one
+/// of its probes under way is metered again [`RETRY_AFTER`] later, not a whole interval later:
+/// with a short idle timeout, a skipped pass or two could otherwise make a busy container look
+/// idle.
 pub fn spawn(shared: &Arc<Shared>, stop: CancellationToken) {
     let shared = shared.clone();
     shared.tasks.clone().spawn(async move {
         let started = tokio::time::Instant::now();
         let mut seen: HashMap<ContainerId, Seen> = HashMap::new();
+        let mut schedule = Schedule::new(started, shared.config.meter);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(shared.config.meter) => {}
+                _ = tokio::time::sleep_until(schedule.next_at()) => {}
             }
-            let targets = shared.inventory.meter_targets();
-            seen.retain(|id, _| targets.iter().any(|t| &t.id == id));
+            let mut targets = shared.inventory.meter_targets();
+            match schedule.pass(tokio::time::Instant::now()) {
+                Pass::Full => seen.retain(|id, _| targets.iter().any(|t| &t.id == id)),
+                Pass::Retry(ids) => targets.retain(|t| ids.contains(&t.id)),
+            }
             for t in targets {
-                let now = Timestamp::now();
-                let mut ago: Option<Duration> = None;
-                let counters = tokio::fs::read_to_string(format!("/proc/{}/net/snmp", t.pid))
-                    .await
-                    .ok()
-                    .and_then(|snmp| tcp_counters(&snmp));
-                let quiet = t.probes_in_flight == 0
-                    && shared.inventory.probe_counts(&t.id) == Some((t.probe_connects, 0));
-                if let (Some(c), true) = (counters, quiet) {
-                    let now_seen = Seen { others_accepted: c.accepted as i64 - t.probe_connects as i64, opened: c.opened };
-                    if let Some(before) = seen.insert(t.id, now_seen) {
-                        if now_seen.others_accepted > before.others_accepted || now_seen.opened > before.opened {
-                            tracing::debug!(container = %t.id, accepted = c.accepted, probes = t.probe_connects, opened = c.opened, "new connections beyond the probes");
-                            ago = Some(Duration::ZERO);
-                        }
-                    }
-                }
-                // Without counters, the tables are read anyway rather than miss a connection.
-                let tables: &[&str] = match counters {
-                    Some(c) if c.established == 0 => &[],
-                    _ => &["tcp6", "tcp"],
-                };
-                let mut in_tables: Option<Duration> = None;
-                for table in tables {
-                    let Ok(text) = tokio::fs::read_to_string(format!("/proc/{}/net/{table}", t.pid)).await else {
-                        continue;
-                    };
-                    // A closed connection from before this agent started may be an earlier
-                    // agent's probe: unknowable, so not counted.
-                    if let Some(d) = last_traffic(&text, &t.probe_ports).filter(|d| *d < started.elapsed()) {
-                        tracing::debug!(container = %t.id, table, ago_ms = d.as_millis() as u64, "traffic in the socket table");
-                        in_tables = Some(in_tables.map_or(d, |a| a.min(d)));
-                    }
-                }
-                // A probe under way while the tables were read shows as a connection from a
-                // port not yet known as a probe's (on a loaded host, often): such a pass cannot
-                // tell, and leaves the tables to the next one.
-                let still_quiet = t.probes_in_flight == 0
-                    && shared.inventory.probe_counts(&t.id) == Some((t.probe_connects, 0));
-                if let (Some(d), true) = (in_tables, still_quiet) {
-                    ago = Some(ago.map_or(d, |a| a.min(d)));
-                }
-                if let Some(d) = ago {
-                    let at = Timestamp(now.as_millis().saturating_sub(d.as_millis() as u64));
-                    shared.inventory.record_activity(&t.id, at);
-                }
+                let told = meter_one(&shared, &t, &mut seen, started.elapsed()).await;
+                schedule.metered(t.id, told, tokio::time::Instant::now());
             }
         }
     });
+}
+
+/// How soon a container whose pass met one of its probes under way is metered again.
+pub const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// When the meter runs next, and over which containers: every one each interval, and those a
+/// pass could not tell about (a probe was under way) [`RETRY_AFTER`] later, until a pass can.
+#[derive(Debug)]
+struct Schedule {
+    interval: Duration,
+    next_full: tokio::time::Instant,
+    /// Containers to meter again, and since when they wait.
+    retry: HashMap<ContainerId, tokio::time::Instant>,
+}
+
+/// What one pass of the meter covers.
+#[derive(Debug, PartialEq, Eq)]
+enum Pass {
+    Full,
+    Retry(HashSet<ContainerId>),
+}
+
+impl Schedule {
+    fn new(now: tokio::time::Instant, interval: Duration) -> Self {
+        Schedule {
+            interval,
+            next_full: now + interval,
+            retry: HashMap::new(),
+        }
+    }
+
+    /// When the next pass is due.
+    fn next_at(&self) -> tokio::time::Instant {
+        let retry = self
+            .retry
+            .values()
+            .min()
+            .map(|since| *since + RETRY_AFTER.min(self.interval));
+        retry.map_or(self.next_full, |r| r.min(self.next_full))
+    }
+
+    /// The pass to run at `now` (once [`Self::next_at`] has come).
+    fn pass(&mut self, now: tokio::time::Instant) -> Pass {
+        if now >= self.next_full {
+            // Missed intervals (a host too busy to run the meter) are not made up in a rush.
+            while self.next_full <= now {
+                self.next_full += self.interval;
+            }
+            self.retry.clear();
+            Pass::Full
+        } else {
+            Pass::Retry(self.retry.drain().map(|(id, _)| id).collect())
+        }
+    }
+
+    /// The pass over `id` could tell (`told`) or met a probe under way and must be run again.
+    fn metered(&mut self, id: ContainerId, told: bool, now: tokio::time::Instant) {
+        if told {
+            self.retry.remove(&id);
+        } else {
+            self.retry.insert(id, now);
+        }
+    }
+}
+
+/// Meters one container: records its last traffic when seen. False when a probe of it was
+/// under way and the pass could not tell a probe from traffic.
+async fn meter_one(
+    shared: &Shared,
+    t: &MeterTarget,
+    seen: &mut HashMap<ContainerId, Seen>,
+    running_for: Duration,
+) -> bool {
+    let now = Timestamp::now();
+    let mut ago: Option<Duration> = None;
+    let mut told = true;
+    let counters = tokio::fs::read_to_string(format!("/proc/{}/net/snmp", t.pid))
+        .await
+        .ok()
+        .and_then(|snmp| tcp_counters(&snmp));
+    let quiet = |shared: &Shared| {
+        t.probes_in_flight == 0
+            && shared.inventory.probe_counts(&t.id) == Some((t.probe_connects, 0))
+    };
+    if let Some(c) = counters {
+        if quiet(shared) {
+            let now_seen = Seen {
+                others_accepted: c.accepted as i64 - t.probe_connects as i64,
+                opened: c.opened,
+            };
+            if let Some(before) = seen.insert(t.id, now_seen) {
+                if now_seen.others_accepted > before.others_accepted
+                    || now_seen.opened > before.opened
+                {
+                    tracing::debug!(container = %t.id, accepted = c.accepted, probes = t.probe_connects, opened = c.opened, "new connections beyond the probes");
+                    ago = Some(Duration::ZERO);
+                }
+            }
+        } else {
+            told = false;
+        }
+    }
+    // Without counters, the tables are read anyway rather than miss a connection.
+    let tables: &[&str] = match counters {
+        Some(c) if c.established == 0 => &[],
+        _ => &["tcp6", "tcp"],
+    };
+    let mut in_tables: Option<Duration> = None;
+    for table in tables {
+        let Ok(text) = tokio::fs::read_to_string(format!("/proc/{}/net/{table}", t.pid)).await
+        else {
+            continue;
+        };
+        // A closed connection from before this agent started may be an earlier agent's probe:
+        // unknowable, so not counted.
+        if let Some(d) = last_traffic(&text, &t.probe_ports).filter(|d| *d < running_for) {
+            tracing::debug!(container = %t.id, table, ago_ms = d.as_millis() as u64, "traffic in the socket table");
+            in_tables = Some(in_tables.map_or(d, |a| a.min(d)));
+        }
+    }
+    // A probe under way while the tables were read shows as a connection from a port not yet
+    // known as a probe's (on a loaded host, often): such a pass cannot tell.
+    if let Some(d) = in_tables {
+        if quiet(shared) {
+            ago = Some(ago.map_or(d, |a| a.min(d)));
+        } else {
+            told = false;
+        }
+    }
+    if let Some(d) = ago {
+        let at = Timestamp(now.as_millis().saturating_sub(d.as_millis() as u64));
+        shared.inventory.record_activity(&t.id, at);
+    }
+    told
 }
 
 #[cfg(test)]
@@ -241,6 +339,56 @@ mod tests {
         );
         assert_eq!(tcp_counters("Tcp: ActiveOpens\n"), None);
         assert_eq!(tcp_counters(""), None);
+    }
+
+    #[test]
+    fn a_pass_that_met_a_probe_is_run_again_soon_for_that_container_alone() {
+        let start = tokio::time::Instant::now();
+        let interval = Duration::from_secs(2);
+        let (a, b) = (ContainerId::new(), ContainerId::new());
+        let mut s = Schedule::new(start, interval);
+        assert_eq!(s.next_at(), start + interval);
+        let t = s.next_at();
+        assert_eq!(s.pass(t), Pass::Full);
+        s.metered(a, false, t);
+        s.metered(b, true, t);
+        // a alone, soon; then, once told, the next whole pass.
+        assert_eq!(s.next_at(), t + RETRY_AFTER);
+        assert_eq!(s.pass(t + RETRY_AFTER), Pass::Retry(HashSet::from([a])));
+        s.metered(a, false, t + RETRY_AFTER);
+        assert_eq!(s.next_at(), t + RETRY_AFTER * 2);
+        assert_eq!(s.pass(t + RETRY_AFTER * 2), Pass::Retry(HashSet::from([a])));
+        s.metered(a, true, t + RETRY_AFTER * 2);
+        assert_eq!(s.next_at(), start + interval * 2);
+        // A retry due after the next whole pass waits for it, and that pass covers it.
+        let t = start + interval * 2;
+        assert_eq!(s.pass(t), Pass::Full);
+        s.metered(b, false, t + interval - Duration::from_millis(50));
+        assert_eq!(s.next_at(), start + interval * 3);
+        assert_eq!(s.pass(start + interval * 3), Pass::Full);
+        assert_eq!(s.next_at(), start + interval * 4);
+    }
+
+    #[test]
+    fn missed_passes_are_not_made_up_in_a_rush() {
+        let start = tokio::time::Instant::now();
+        let interval = Duration::from_secs(2);
+        let mut s = Schedule::new(start, interval);
+        assert_eq!(
+            s.pass(start + interval * 5 + Duration::from_millis(300)),
+            Pass::Full
+        );
+        assert_eq!(s.next_at(), start + interval * 6);
+    }
+
+    #[test]
+    fn a_meter_interval_shorter_than_the_retry_retries_at_the_interval() {
+        let start = tokio::time::Instant::now();
+        let interval = Duration::from_millis(100);
+        let mut s = Schedule::new(start, interval);
+        assert_eq!(s.pass(start + interval), Pass::Full);
+        s.metered(ContainerId::new(), false, start + interval);
+        assert_eq!(s.next_at(), start + interval * 2);
     }
 
     #[test]
