@@ -4,17 +4,21 @@
 # `cargo test` runs its test binaries one after another, and most of ours spend their time
 # waiting (for containers to start, a leader to be elected, a lease to run out), not on the CPU.
 # So this builds them all, then runs up to $WARMPOOL_TEST_JOBS binaries at a time (default 3),
-# each with its own log; a failing binary's log is printed whole. The tests whose assertions
+# each with its own log; a failing binary's log is printed whole. The whole-system suite
+# (tests/tests/suite.rs) is one binary, run once a module (`cluster`, `policy`, ...), each
+# process given its module's tests by name: it counts here as a binary a module. The tests whose assertions
 # compare timings taken on this host (the burst test compares a live run with the simulator;
 # the paused tier's burst must be served without waiting) run afterwards, alone.
 #
 # Usage: deploy/test-cargo.sh [extra args for every test binary, e.g. a name filter]
+# With arguments, the suite runs whole, as one binary, after the rest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 JOBS="${WARMPOOL_TEST_JOBS:-3}"
 # Run alone, after the rest: their assertions compare timings taken on this host. An entry is a
-# test binary, or BINARY/TEST for one test of it (the binary's other tests run with the rest).
+# test binary or a module of the suite, or BINARY/TEST for one test of it (its other tests run
+# with the rest).
 ALONE=(policy/a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees paused_tier)
 # The longest binaries start first, so the last ones to finish are short.
 FIRST=(multi_host chaos cluster single_host agent nats_outage dockerd_restart isolation)
@@ -29,7 +33,8 @@ LOGS="$(mktemp -d "${TMPDIR:-/tmp}/warmpool-tests.XXXXXX")"
 LIST="$LOGS/binaries"
 cargo test --workspace --no-default-features --no-run --message-format=json 2>"$LOGS/build.err" |
   python3 -c '
-import json, os, sys
+import json, os, subprocess, sys
+filtered = sys.argv[1] != "0"
 for line in sys.stdin:
     try:
         m = json.loads(line)
@@ -44,8 +49,20 @@ for line in sys.stdin:
     label = package + "/" + ("unit" if t["kind"][0] in ("lib", "bin") else t["name"])
     if t["kind"][0] == "bin":
         label += ":" + t["name"]
-    print("\t".join([label, t["name"], os.path.dirname(m["manifest_path"]), m["executable"]]))
-' >"$LIST" || { cat "$LOGS/build.err" >&2; exit 1; }
+    row = [label, t["name"], os.path.dirname(m["manifest_path"]), m["executable"]]
+    if t["name"] != "suite" or filtered:
+        print("\t".join(row))
+        continue
+    # The whole-system suite: one group a module, each run as a binary of its own.
+    listed = subprocess.run([m["executable"], "--list", "--format", "terse"], capture_output=True, text=True, check=True)
+    groups = {}
+    for test in listed.stdout.splitlines():
+        name, _, kind = test.rpartition(": ")
+        if kind == "test" and "::" in name:
+            groups.setdefault(name.split("::")[0], []).append(name)
+    for module, names in sorted(groups.items()):
+        print("\t".join([package + "/" + module, module] + row[2:] + [" ".join(names)]))
+' "$#" >"$LIST" || { cat "$LOGS/build.err" >&2; exit 1; }
 [ -s "$LIST" ] || { cat "$LOGS/build.err" >&2; echo "no test binaries built" >&2; exit 1; }
 
 # One binary: its log in $LOGS, a line on stdout; exit status its own.
@@ -67,7 +84,10 @@ run_one() {
 export -f run_one
 export LOGS ROOT
 
-# The tests of binary $1 named to run alone: "*" for all of them, else one name a line.
+# Its arguments joined by tabs (an entry's fields).
+tabbed() { local IFS=$'\t'; echo "$*"; }
+
+# The tests of binary (or suite module) $1 named to run alone: "*" for all of them, else one name a line.
 alone_tests() {
   local a
   for a in "${ALONE[@]}"; do
@@ -76,31 +96,61 @@ alone_tests() {
 }
 
 # Entries: label, directory, executable, then the binary's own arguments (tab-separated).
-first=() together=() alone=()
-while IFS=$'\t' read -r label target dir exe; do
+first=() together=() alone=() ordered=()
+while IFS=$'\t' read -r label target dir exe names; do
   entry="$label"$'\t'"$dir"$'\t'"$exe"
-  mapfile -t names < <(alone_tests "$target")
-  if [ "${#names[@]}" -gt 0 ] && { [ "${names[0]}" = '*' ] || [ $# -gt 0 ]; }; then
-    # Whole, alone (also when a filter was given: it may or may not select the named tests).
+  mapfile -t lone < <(alone_tests "$target")
+  if [ -n "$names" ]; then
+    # A module of the suite: its tests by name, exactly; those named to run alone apart.
+    read -r -a group <<<"$names"
+    if [ "${lone[0]:-}" = '*' ]; then
+      alone+=("$entry"$'\t'"$(tabbed "${group[@]}")"$'\t'--exact)
+      continue
+    fi
+    rest=()
+    for n in "${group[@]}"; do
+      if printf '%s\n' "${lone[@]}" | grep -qxF "${n#*::}"; then
+        alone+=("$label/${n#*::}"$'\t'"$dir"$'\t'"$exe"$'\t'"$n"$'\t'--exact)
+      else
+        rest+=("$n")
+      fi
+    done
+    [ "${#rest[@]}" -gt 0 ] || continue
+    entry+=$'\t'"$(tabbed "${rest[@]}")"$'\t'--exact
+  elif [ "$target" = suite ]; then
+    # The suite whole, with the filter given (it may or may not select tests named to run alone).
     alone+=("$entry")
     continue
-  elif [ "${#names[@]}" -gt 0 ]; then
-    skips=""
-    for n in "${names[@]}"; do
-      alone+=("$label/$n"$'\t'"$dir"$'\t'"$exe"$'\t'"$n"$'\t'--exact)
-      skips+=$'\t'"--skip"$'\t'"$n"
-    done
-    entry+="$skips"
-    # Exact: --skip otherwise drops every test whose name contains it.
-    entry+=$'\t'--exact
+  else
+    if [ "${#lone[@]}" -gt 0 ] && { [ "${lone[0]}" = '*' ] || [ $# -gt 0 ]; }; then
+      # Whole, alone (also when a filter was given: it may or may not select the named tests).
+      alone+=("$entry")
+      continue
+    elif [ "${#lone[@]}" -gt 0 ]; then
+      skips=""
+      for n in "${lone[@]}"; do
+        alone+=("$label/$n"$'\t'"$dir"$'\t'"$exe"$'\t'"$n"$'\t'--exact)
+        skips+=$'\t'"--skip"$'\t'"$n"
+      done
+      entry+="$skips"
+      # Exact: --skip otherwise drops every test whose name contains it.
+      entry+=$'\t'--exact
+    fi
   fi
   if [[ " ${FIRST[*]} " == *" $target "* ]]; then
-    first+=("$entry")
+    first+=("$target"$'\t'"$entry")
   else
     together+=("$entry")
   fi
 done <"$LIST"
-together=("${first[@]}" "${together[@]}")
+# The first ones in the order FIRST names them.
+ordered=()
+for name in "${FIRST[@]}"; do
+  for e in "${first[@]}"; do
+    [ "${e%%$'\t'*}" != "$name" ] || ordered+=("${e#*$'\t'}")
+  done
+done
+together=("${ordered[@]}" "${together[@]}")
 
 started=$SECONDS
 failed=0

@@ -25,7 +25,7 @@ report=$(mktemp)
 trap 'rm -f "$report"' EXIT
 # The campaign's harness is a test binary; the processes it runs are the release builds.
 WARMPOOL_BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release" WARMPOOL_CHAOS_ROUNDS=$ROUNDS \
-  WARMPOOL_CHAOS_REPORT=$report cargo test -p warmpool-tests --test chaos -- --nocapture 2>&1 |
+  WARMPOOL_CHAOS_REPORT=$report cargo test -p warmpool-tests --test suite chaos:: -- --nocapture 2>&1 |
   grep -E '^CHAOS|^test result' || true
 printf '\n%-26s %12s %5s %8s %8s %12s %12s\n' fault acknowledged lost doubled orphans 'recovery (s)' 'backoff (s)'
 awk -F'\t' '{printf "%-26s %12s %5s %8s %8s %12s %12s\n", $1, $2, $3, $4, $5, $6, $7}' "$report"

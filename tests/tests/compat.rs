@@ -15,7 +15,7 @@
 //!
 //! ```text
 //! WARMPOOL_BIN_DIR=<dir of old binaries> WARMPOOL_WRITE_FIXTURE=1 \
-//!   cargo test -p warmpool-tests --test compat -- --ignored --nocapture write_fixture
+//!   cargo test -p warmpool-tests --test suite compat::write_fixture -- --ignored --nocapture
 //! ```
 
 use std::path::{Path, PathBuf};

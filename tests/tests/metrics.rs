@@ -9,7 +9,7 @@
 //! text (issue 16), and when `promtool` is on the PATH (Debian's `prometheus` package) the
 //! scrapes must pass `promtool check metrics` as well.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //!   and logged by the control plane, and B never becomes a node;
 //! - a control plane and a real agent, each with its own user, run a pool end to end.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

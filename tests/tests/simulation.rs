@@ -21,7 +21,7 @@
 //! The suite replays the bursty trace, where the claim is asserted: the scaler serves more
 //! allocations warm than a fixed target at equal or lower idle cost (and than one at its own
 //! mean target). All three traces, for the table in the README:
-//! `cargo test -p warmpool-tests --test simulation -- --include-ignored --nocapture`.
+//! `cargo test -p warmpool-tests --test suite simulation:: -- --include-ignored --nocapture`.
 
 use poolctl::policy::generate::{Bursty, Diurnal, Hold, Steady};
 use poolctl::policy::{PoolModel, SimReport, Trace, WarmTime};

@@ -3,7 +3,7 @@
 //! by openssl. A pool comes up and allocates through it all; plain HTTP to the HTTPS port and
 //! HTTPS without trusting the CA are refused.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

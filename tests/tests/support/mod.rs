@@ -1,5 +1,5 @@
-//! Helpers shared by `metrics.rs` and `nats_permissions.rs`: an agent process started with
-//! arbitrary flags, and a nats-server started from a configuration file.
+//! Helpers shared by the `metrics`, `nats_permissions` and `tls` modules: an agent process
+//! started with arbitrary flags, and a nats-server started from a configuration file.
 
 #![allow(dead_code)]
 
