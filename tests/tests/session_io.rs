@@ -38,6 +38,20 @@ struct Fleet {
     _dir: tempfile::TempDir,
 }
 
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // A failed test says what its processes said (their logs go with the temp directory).
+        if std::thread::panicking() {
+            eprintln!("----- control plane -----\n{}", self.member.log_tail(80));
+            eprintln!(
+                "----- agent {} -----\n{}",
+                self.agent.node,
+                self.agent.log_tail(80)
+            );
+        }
+    }
+}
+
 impl Fleet {
     async fn start(min_warm: u32, tweak: impl FnOnce(&mut warmpool_proto::PoolSpec)) -> Fleet {
         warmpool_tests::ensure_demo_image();
