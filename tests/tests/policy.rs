@@ -296,6 +296,9 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
     let mut warm = std::collections::HashSet::new();
     let mut live_idle_ms = 0u64;
     let mut prev = start;
+    // For a failure to say where the runs parted: the live warm count each time it changed
+    // (ms from the first arrival), and what was made and ended.
+    let (mut timeline, mut created, mut ended) = (Vec::new(), 0u32, 0u32);
     for e in &history {
         // Events are in log order; their times (when each command was proposed) may run a
         // few milliseconds backwards across it.
@@ -315,8 +318,24 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
             }
             _ => {}
         }
+        match e.kind {
+            EventKind::ContainerCreated => created += 1,
+            EventKind::ContainerTerminated | EventKind::ContainerFailed => ended += 1,
+            _ => {}
+        }
+        match timeline.last_mut() {
+            Some((t, n)) if *t == at - start => *n = warm.len(),
+            Some((_, n)) if *n == warm.len() => {}
+            _ => timeline.push((at - start, warm.len())),
+        }
     }
     let live_idle = live_idle_ms as f64 / 1000.0;
+    let timeline: Vec<String> = timeline.iter().map(|(t, n)| format!("{t}:{n}")).collect();
+    eprintln!(
+        "live: {created} created, {ended} ended; warm (ms:count) {}",
+        timeline.join(" ")
+    );
+    eprintln!("simulated: {}", runs[0]["report"]);
     let sim_idle = runs[0]["report"]["idle_container_seconds"]
         .as_f64()
         .unwrap();
