@@ -502,9 +502,13 @@ run_tests() {
   rm -f "$marker"
   # Each test's agents remove their Docker network when the test ends, failed or not; one left
   # behind is named (the stages after this start clusters of their own, and the down/up test
-  # stops dockerd).
+  # stops dockerd), then removed: dockerd gives every bridge network an IPv4 pool of its own,
+  # 31 by default, and a machine that runs the suite again and again would run out.
   leaked=$(comm -13 <(echo "$networks_before") <(warmpool_networks))
-  [ -z "$leaked" ] || say "warning: the cargo tests left Docker networks behind: $(echo $leaked)"
+  if [ -n "$leaked" ]; then
+    say "warning: the cargo tests left Docker networks behind: $(echo $leaked) (removing them)"
+    for net in $leaked; do docker network rm "$net" >/dev/null || true; done
+  fi
   # The SDK's tests and the dashboard's each start their own cluster and mostly wait on it (and
   # on a browser): they run side by side.
   bg_start sdk env WARMPOOL_SKIP_CARGO_BUILD=1 "$ROOT/deploy/sdk-test.sh"

@@ -830,15 +830,20 @@ pub fn remove_node_docker(node: &str) {
         let removed = Command::new("docker")
             .args(["network", "rm", &network])
             .output();
-        let done = match removed {
+        let (done, err) = match removed {
             Ok(o) => {
-                let err = String::from_utf8_lossy(&o.stderr);
-                o.status.success() || err.contains("not found") || err.contains("No such network")
+                let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+                let gone = err.contains("not found") || err.contains("No such network");
+                (o.status.success() || gone, err)
             }
             // No docker CLI: nothing to remove.
-            Err(_) => true,
+            Err(_) => (true, String::new()),
         };
-        if done || Instant::now() > deadline {
+        if done {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("network {network} left behind after 30 s of trying: {err}");
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
