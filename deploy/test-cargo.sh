@@ -31,6 +31,9 @@ trap together_done EXIT
 
 LOGS="$(mktemp -d "${TMPDIR:-/tmp}/warmpool-tests.XXXXXX")"
 LIST="$LOGS/binaries"
+# What the tests' clean-up could not remove, and Docker's reason (tests/src/lib.rs), printed at
+# the end: a passing test's own output is not shown.
+export WARMPOOL_CLEANUP_LOG="$LOGS/cleanup.txt"
 cargo test --workspace --no-default-features --no-run --message-format=json 2>"$LOGS/build.err" |
   python3 -c '
 import json, os, subprocess, sys
@@ -174,6 +177,10 @@ if [ "${#alone[@]}" -gt 0 ]; then
   done
 fi
 echo "cargo tests took $((SECONDS - started)) s"
+if [ -s "$WARMPOOL_CLEANUP_LOG" ]; then
+  echo "left behind by the tests' clean-up:"
+  cat "$WARMPOOL_CLEANUP_LOG"
+fi
 
 if [ "$failed" -ne 0 ]; then
   for log in "$LOGS"/*.log; do

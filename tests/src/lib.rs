@@ -843,7 +843,32 @@ pub fn remove_node_docker(node: &str) {
             break;
         }
         if Instant::now() > deadline {
-            eprintln!("network {network} left behind after 30 s of trying: {err}");
+            // Said where a passing test's output is not swallowed, when the runner asks.
+            let endpoints = Command::new("docker")
+                .args([
+                    "network",
+                    "inspect",
+                    "--format",
+                    "{{json .Containers}}",
+                    &network,
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            let said = format!(
+                "network {network} left behind after 30 s of trying: {err}; attached: {endpoints}"
+            );
+            eprintln!("{said}");
+            if let Some(path) = std::env::var_os("WARMPOOL_CLEANUP_LOG") {
+                if let Ok(mut f) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{said}");
+                }
+            }
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
