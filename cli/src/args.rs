@@ -732,6 +732,10 @@ pub struct SimulateArgs {
     /// Show only the proposed policy's run.
     #[arg(long)]
     pub only_proposed: bool,
+    /// With `--output json`: each run's warm, unallocated count over time (its first draw),
+    /// as `idle_timeline` (`[ms from the trace's start, count]` at each change).
+    #[arg(long)]
+    pub timeline: bool,
 }
 
 fn parse_hit_rate(s: &str) -> Result<f64, String> {

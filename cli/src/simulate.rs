@@ -337,7 +337,10 @@ pub fn simulate(
                 warmpool_control_plane::sim::simulate(trace, &model, spec)
             })
             .collect();
-        let report = SimReport::mean(&reports).expect("at least one run");
+        let mut report = SimReport::mean(&reports).expect("at least one run");
+        if !a.timeline {
+            report.idle_timeline.clear();
+        }
         runs.push(Run {
             name: name.to_string(),
             summary: describe_policy(&policy),
@@ -573,6 +576,53 @@ mod tests {
             open_allocations: 1,
             ..History::of_trace(Trace::new(arrivals, 0, 600_000))
         }
+    }
+
+    #[test]
+    fn the_timeline_is_the_idle_count_the_report_integrates() {
+        let current = spec();
+        let run = |flags: &[&str]| {
+            let a = args(flags);
+            simulate(
+                None,
+                "t".into(),
+                &history(),
+                Some(&current),
+                &current,
+                None,
+                &a,
+            )
+        };
+        assert!(run(&["--runs", "1"]).runs[0]
+            .report
+            .idle_timeline
+            .is_empty());
+        let r = run(&["--runs", "1", "--timeline"]).runs[0].report.clone();
+        let t = &r.idle_timeline;
+        assert_eq!(
+            t[0],
+            [0, 2],
+            "three warm, one taken at once by the arrival at 0: {t:?}"
+        );
+        assert!(
+            t.windows(2)
+                .all(|w| w[0][0] < w[1][0] && w[0][1] != w[1][1]),
+            "{t:?}"
+        );
+        // Integrated over the span, it is the report's idle container-seconds.
+        let end = (r.duration_s * 1000.0).round() as u64;
+        let integral: u64 = t
+            .iter()
+            .zip(t.iter().skip(1).map(|p| p[0]).chain([end]))
+            .map(|(p, until)| p[1] * (until - p[0]))
+            .sum();
+        assert!(
+            (integral as f64 / 1000.0 - r.idle_container_seconds).abs() < 1e-6,
+            "{integral} ms against {r:?}"
+        );
+        // Of the first draw, in a mean of several.
+        let three = run(&["--runs", "3", "--timeline"]).runs[0].report.clone();
+        assert_eq!(three.idle_timeline, r.idle_timeline);
     }
 
     #[test]

@@ -381,6 +381,12 @@ impl<'a> Sim<'a> {
         if t > from {
             let dt = (t - from) as f64 / 1000.0;
             let (idle, paused, allocated, creating) = self.tally();
+            let since_start = from - self.trace.start_ms;
+            match self.r.idle_timeline.last_mut() {
+                Some([at, n]) if *at == since_start => *n = u64::from(idle),
+                Some([_, n]) if *n == u64::from(idle) => {}
+                _ => self.r.idle_timeline.push([since_start, u64::from(idle)]),
+            }
             self.r.idle_container_seconds += f64::from(idle) * dt;
             self.r.paused_container_seconds += f64::from(paused) * dt;
             self.r.allocated_container_seconds += f64::from(allocated) * dt;

@@ -311,6 +311,11 @@ pub struct SimReport {
     /// Paused containers, integrated over time (they hold memory, no CPU).
     #[serde(default)]
     pub paused_container_seconds: f64,
+    /// The warm, unallocated count each time it changed: `[ms from the trace's start,
+    /// count]`, for comparing a replay with the run it replays. Of the first run in a mean;
+    /// `poolctl simulate` shows it with `--timeline`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idle_timeline: Vec<[u64; 2]>,
 }
 
 impl SimReport {
@@ -338,6 +343,7 @@ impl SimReport {
             duration_s,
             paused_hits: 0,
             paused_container_seconds: 0.0,
+            idle_timeline: Vec::new(),
         }
     }
 
@@ -395,6 +401,7 @@ impl SimReport {
             duration_s: first.duration_s,
             paused_hits: u(|r| r.paused_hits),
             paused_container_seconds: f(|r| r.paused_container_seconds),
+            idle_timeline: first.idle_timeline.clone(),
         })
     }
 }

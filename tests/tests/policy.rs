@@ -215,6 +215,7 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
             // the 5% asked of its figures.
             "--runs",
             "10",
+            "--timeline",
         ])
         .output()
         .unwrap();
@@ -223,7 +224,23 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
         "poolctl simulate: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The replay's warm count over time (of its first draw), printed beside the live one below.
+    let sim_timeline: Vec<String> = report["runs"][0]["report"]["idle_timeline"]
+        .as_array()
+        .map(|points| {
+            points
+                .iter()
+                .map(|p| format!("{}:{}", p[0], p[1]))
+                .collect()
+        })
+        .unwrap_or_default();
+    for run in report["runs"].as_array_mut().unwrap() {
+        run["report"]
+            .as_object_mut()
+            .unwrap()
+            .remove("idle_timeline");
+    }
     eprintln!(
         "simulate: {}",
         serde_json::to_string_pretty(&report).unwrap()
@@ -335,7 +352,11 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
         "live: {created} created, {ended} ended; warm (ms:count) {}",
         timeline.join(" ")
     );
-    eprintln!("simulated: {}", runs[0]["report"]);
+    eprintln!(
+        "simulated: {}; warm (ms:count, first draw) {}",
+        runs[0]["report"],
+        sim_timeline.join(" ")
+    );
     let sim_idle = runs[0]["report"]["idle_container_seconds"]
         .as_f64()
         .unwrap();
