@@ -14,7 +14,8 @@
 //!   the start instead of creeping up from zero (with a floor of 5 s on that watched time, so
 //!   the first arrival does not read as an enormous rate).
 //! - **Burstiness**, the index of dispersion (variance / mean) of arrival counts per 1 s
-//!   bucket over the last 5 minutes: 1.0 for Poisson arrivals, larger when arrivals bunch.
+//!   bucket of the clock over the last 5 minutes: 1.0 for Poisson arrivals, larger when
+//!   arrivals bunch.
 //!   With little evidence it is shrunk towards 1 (a prior worth 10 arrivals), so two arrivals
 //!   that happen to share a second do not make a pool look bursty.
 //! - **Time to make a container warm**: the mean and the p99 of the last 200 samples
@@ -170,7 +171,8 @@ pub struct DemandEstimator {
     start: u64,
     steady: DecayingSum,
     burst: DecayingSum,
-    /// Non-empty buckets in the window, oldest first: (bucket index from `start`, count).
+    /// Non-empty buckets in the window, oldest first: (bucket index, count; bucket `i` spans
+    /// `[i, i + 1) * bucket_ms` of the clock).
     buckets: VecDeque<(u64, u64)>,
     /// Sum of the counts in `buckets`, and of their squares.
     bucket_sum: u64,
@@ -226,7 +228,7 @@ impl DemandEstimator {
         let at = at.as_millis().max(self.start);
         self.steady.add(at, n as f64);
         self.burst.add(at, n as f64);
-        let bucket = (at - self.start) / self.config.bucket_ms.max(1);
+        let bucket = at / self.config.bucket_ms.max(1);
         // Almost always the newest bucket; an out-of-order arrival is put in its place.
         let pos = self
             .buckets
@@ -305,9 +307,22 @@ impl DemandEstimator {
 
     /// Index of dispersion over the complete buckets of the window, shrunk towards 1 by the
     /// prior; and the arrivals it was measured on.
+    ///
+    /// Buckets are aligned to the clock, not to when watching began: estimators fed the same
+    /// arrivals count them alike whenever each started (the leader's and a replay's of its
+    /// history, or a new leader's after a failover). Aligned to the start, a burst of two
+    /// seconds fell into two or three buckets depending on the phase, and the dispersion moved
+    /// by a tenth between runs of the same demand. The bucket watching began in is partial,
+    /// and not counted.
     fn dispersion(&self, now: u64) -> (f64, u64) {
-        let current = (now - self.start) / self.config.bucket_ms.max(1);
-        let lo = current.saturating_sub(self.window_buckets());
+        let width = self.config.bucket_ms.max(1);
+        let current = now / width;
+        let lo = current
+            .saturating_sub(self.window_buckets())
+            .max(self.start.div_ceil(width));
+        if current <= lo {
+            return (1.0, 0);
+        }
         let n = current - lo; // complete buckets in the window
                               // The running sums cover every bucket kept; take out the few outside the window
                               // (older than `lo` at the front, the current incomplete one at the back).
@@ -407,6 +422,28 @@ mod tests {
             DemandEstimator::new(t(0.0)).inputs(t(100.0)).rate_per_s,
             0.0
         );
+    }
+
+    #[test]
+    fn the_dispersion_does_not_depend_on_when_watching_began() {
+        // A burst of 30 in 2 s, watched from two starts within one bucket (0.35 s apart).
+        let burst = |e: &mut DemandEstimator| {
+            for i in 0..30 {
+                e.record_arrival(t(10.3 + f64::from(i) * 0.066));
+            }
+        };
+        let (mut a, mut b) = (DemandEstimator::new(t(0.1)), DemandEstimator::new(t(0.45)));
+        burst(&mut a);
+        burst(&mut b);
+        for at in [12.0, 13.5, 20.0, 40.0] {
+            let (da, db) = (a.inputs(t(at)), b.inputs(t(at)));
+            assert_eq!(da.dispersion, db.dispersion, "at {at} s");
+            assert_eq!(da.samples, db.samples, "at {at} s");
+        }
+        // Only complete buckets count: none yet, then one.
+        let e = DemandEstimator::new(t(0.45));
+        assert_eq!(e.inputs(t(0.9)).samples, 0);
+        assert_eq!(e.inputs(t(1.9)).dispersion, 1.0);
     }
 
     #[test]

@@ -74,7 +74,14 @@ impl Scaling {
             let new = arrivals.saturating_sub(d.arrivals_seen);
             d.arrivals_seen = arrivals;
             if new > 0 {
-                d.estimator.record_arrivals(now.wall, new);
+                // Each at the time it was made (a step may come tens of milliseconds after,
+                // and several arrivals apart, which moved them between the estimator's
+                // buckets); those the state has no time for, now.
+                let (times, unknown) = s.arrival_times(&spec.name, new);
+                for at in times {
+                    d.estimator.record_arrival(at);
+                }
+                d.estimator.record_arrivals(now.wall, unknown);
             }
             for (_, took) in warmed.iter().filter(|(p, _)| *p == &spec.name) {
                 d.estimator.record_warm_time(*took);

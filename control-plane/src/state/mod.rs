@@ -437,6 +437,10 @@ impl Pending {
     }
 }
 
+/// How many of a pool's latest allocation requests the state keeps the time of
+/// ([`PoolState::arrival_times`]): more than arrive between two steps of the leader.
+pub const RECENT_ARRIVALS: usize = 1024;
+
 /// Everything the control plane agrees on.
 ///
 /// Containers, allocations and events, the bulk of a large fleet's state, are kept behind
@@ -485,6 +489,12 @@ pub struct PoolState {
     /// Allocation requests ever made per pool (served, queued or refused; replays excluded):
     /// the demand the scaler measures.
     arrivals: BTreeMap<PoolName, u64>,
+    /// When the latest of those requests were made, ms, oldest first (at most
+    /// [`RECENT_ARRIVALS`] a pool): the scaler records each at its own time, not when the
+    /// leader next looks. Not in snapshots: a member restored from one knows only the counts,
+    /// and its scaler records the arrivals it has no time for when it sees them.
+    #[serde(skip)]
+    recent_arrivals: BTreeMap<PoolName, VecDeque<u64>>,
     /// How many old records are kept (caps from before they could be set are the defaults).
     #[serde(default)]
     retention: Retention,
@@ -977,6 +987,20 @@ impl PoolState {
     /// Allocation requests made for `pool` so far.
     pub fn arrivals(&self, pool: &PoolName) -> u64 {
         self.arrivals.get(pool).copied().unwrap_or(0)
+    }
+
+    /// When the last `n` allocation requests for `pool` were made, oldest first, as far as
+    /// this state knows (see `recent_arrivals`), and how many of the `n` it has no time for.
+    pub fn arrival_times(&self, pool: &PoolName, n: u64) -> (Vec<Timestamp>, u64) {
+        let known = self.recent_arrivals.get(pool);
+        let have = known.map_or(0, VecDeque::len) as u64;
+        let take = n.min(have);
+        let times = known
+            .into_iter()
+            .flat_map(|q| q.iter().skip((have - take) as usize))
+            .map(|ms| Timestamp(*ms))
+            .collect();
+        (times, n - take)
     }
 }
 

@@ -193,6 +193,11 @@ impl PoolState {
             self.tenants.insert(req.tenant.clone(), t);
         }
         *self.arrivals.entry(pool.clone()).or_default() += 1;
+        let recent = self.recent_arrivals.entry(pool.clone()).or_default();
+        if recent.len() == crate::state::RECENT_ARRIVALS {
+            recent.pop_front();
+        }
+        recent.push_back(ctx.at.0);
         // Every earlier waiter was offered every warm container after the last command (see
         // `serve_waiters`), so a container this request can take is one none of them can:
         // taking it serves no one ahead of an earlier waiter.

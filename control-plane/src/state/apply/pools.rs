@@ -79,6 +79,7 @@ impl PoolState {
         }
         self.wanted.remove(name);
         self.conditions.remove(name);
+        self.recent_arrivals.remove(name);
         // Waiting allocations can never be served now.
         while self.pending.get(name).is_some_and(|q| !q.is_empty()) {
             self.cancel_pending(ctx, name, 0, "pool_deleted");

@@ -452,3 +452,31 @@ fn a_paused_container_that_does_not_answer_is_replaced_and_the_allocation_moves(
         ContainerState::Releasing
     );
 }
+
+#[test]
+fn each_request_keeps_its_time_for_the_scaler_until_a_snapshot() {
+    let mut h = Harness::new();
+    let p = h.pool("demo", 0);
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        h.now += 137;
+        // Refused (no warm container, no wait): demand all the same.
+        assert_eq!(rejection(h.allocate(&p, None)), RejectCode::NoCapacity);
+        made.push(Timestamp(h.now));
+    }
+    assert_eq!(h.state.arrival_times(&p, 2), (made[1..].to_vec(), 0));
+    assert_eq!(
+        h.state.arrival_times(&p, 5),
+        (made.clone(), 2),
+        "two it never saw"
+    );
+    assert_eq!(h.state.arrival_times(&p, 0), (vec![], 0));
+    // A state loaded from a snapshot knows the count, not the times.
+    let loaded: PoolState =
+        serde_json::from_str(&serde_json::to_string(&h.state).unwrap()).unwrap();
+    assert_eq!(loaded.arrivals(&p), 3);
+    assert_eq!(loaded.arrival_times(&p, 3), (vec![], 3));
+    // A deleted pool's times go with it.
+    h.apply(Command::DeletePool { name: p.clone() });
+    assert_eq!(h.state.arrival_times(&p, 1), (vec![], 1));
+}
