@@ -382,10 +382,17 @@ impl<'a> Sim<'a> {
             let dt = (t - from) as f64 / 1000.0;
             let (idle, paused, allocated, creating) = self.tally();
             let since_start = from - self.trace.start_ms;
-            match self.r.idle_timeline.last_mut() {
+            let timeline = &mut self.r.idle_timeline;
+            match timeline.last_mut() {
                 Some([at, n]) if *at == since_start => *n = u64::from(idle),
                 Some([_, n]) if *n == u64::from(idle) => {}
-                _ => self.r.idle_timeline.push([since_start, u64::from(idle)]),
+                _ => timeline.push([since_start, u64::from(idle)]),
+            }
+            // A change undone within the millisecond leaves nothing.
+            if let [.., [_, a], [_, b]] = timeline[..] {
+                if a == b {
+                    timeline.pop();
+                }
             }
             self.r.idle_container_seconds += f64::from(idle) * dt;
             self.r.paused_container_seconds += f64::from(paused) * dt;
