@@ -480,6 +480,15 @@ run_tests() {
   bg_finish dashboard_unit || failed+=("the dashboard's unit tests")
   lap "building"
   local tables_before networks_before leaked
+  # Networks of the tests' agents (`warmpool-node-<8 hex>`) an earlier run left behind: dockerd
+  # can keep a stale endpoint on one after its containers are gone ("has active endpoints"),
+  # which only a restart of dockerd clears; they would take IPv4 pools from this run.
+  local stale
+  stale=$(warmpool_networks | grep -E '^warmpool-node-[0-9a-f]{8}$' || true)
+  if [ -n "$stale" ]; then
+    say "removing Docker networks an earlier run of the tests left behind: $(echo $stale)"
+    for net in $stale; do docker network rm "$net" >/dev/null || true; done
+  fi
   tables_before=$(isolation_tables)
   networks_before=$(warmpool_networks)
   say "running the tests (every cargo test binary, a few at once: deploy/test-cargo.sh)"
@@ -506,7 +515,7 @@ run_tests() {
   # 31 by default, and a machine that runs the suite again and again would run out.
   leaked=$(comm -13 <(echo "$networks_before") <(warmpool_networks))
   if [ -n "$leaked" ]; then
-    say "warning: the cargo tests left Docker networks behind: $(echo $leaked) (removing them)"
+    say "warning: the cargo tests left Docker networks behind: $(echo $leaked) (removing them; one that dockerd says has active endpoints, with no container left, goes at the next run, once dockerd has restarted)"
     for net in $leaked; do docker network rm "$net" >/dev/null || true; done
   fi
   # The SDK's tests and the dashboard's each start their own cluster and mostly wait on it (and
