@@ -578,21 +578,24 @@ mod tests {
         }
     }
 
+    /// The pool's history replayed under its current spec, with `flags`.
+    fn replay_current(flags: &[&str]) -> SimulationView {
+        let current = spec();
+        let a = args(flags);
+        simulate(
+            None,
+            "t".into(),
+            &history(),
+            Some(&current),
+            &current,
+            None,
+            &a,
+        )
+    }
+
     #[test]
     fn the_timeline_is_the_idle_count_the_report_integrates() {
-        let current = spec();
-        let run = |flags: &[&str]| {
-            let a = args(flags);
-            simulate(
-                None,
-                "t".into(),
-                &history(),
-                Some(&current),
-                &current,
-                None,
-                &a,
-            )
-        };
+        let run = replay_current;
         assert!(run(&["--runs", "1"]).runs[0]
             .report
             .idle_timeline
@@ -693,18 +696,7 @@ mod tests {
         assert_eq!(v.trace.warm_time, "fixed 1500 ms");
 
         // --runs averages over seeds: one run is that seed's alone, three the mean of three.
-        let run_with = |flags: &[&str]| {
-            let a = args(flags);
-            simulate(
-                None,
-                "t".into(),
-                &history(),
-                Some(&current),
-                &current,
-                None,
-                &a,
-            )
-        };
+        let run_with = replay_current;
         let one = |seed: &str| {
             run_with(&["--runs", "1", "--seed", seed]).runs[0]
                 .report
