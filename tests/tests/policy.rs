@@ -399,7 +399,7 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
     // five runs more gave idle −0.5% to +2.0%, and one CI-like run (a clean clone, the fuzzer
     // beside it) +9.6% with mean and median within 0.6%, which failed it, and on 2026-12-06
     // another +6.2%: the live and replayed estimators bucketed the burst's arrivals apart (see
-    // the README). With buckets on the clock and arrivals recorded at their own times, nine
+    // the README). With buckets on the clock and arrivals recorded at their own times, twelve
     // runs gave idle −1.0% to +1.2%, mean −1.2% to +0.3%, median −6.2% once, else within 2.5%.
     let sim_mean = sim_wait("wait_mean_ms") as f64;
     assert!(
