@@ -332,15 +332,14 @@ pub fn simulate(
             .map(|i| {
                 let model = PoolModel {
                     seed: model.seed.wrapping_add(u64::from(i)),
+                    // The mean shows the first run's.
+                    timeline: a.timeline && i == 0,
                     ..model.clone()
                 };
                 warmpool_control_plane::sim::simulate(trace, &model, spec)
             })
             .collect();
-        let mut report = SimReport::mean(&reports).expect("at least one run");
-        if !a.timeline {
-            report.idle_timeline.clear();
-        }
+        let report = SimReport::mean(&reports).expect("at least one run");
         runs.push(Run {
             name: name.to_string(),
             summary: describe_policy(&policy),

@@ -381,18 +381,13 @@ impl<'a> Sim<'a> {
         if t > from {
             let dt = (t - from) as f64 / 1000.0;
             let (idle, paused, allocated, creating) = self.tally();
-            let since_start = from - self.trace.start_ms;
-            let timeline = &mut self.r.idle_timeline;
-            match timeline.last_mut() {
-                Some([at, n]) if *at == since_start => *n = u64::from(idle),
-                Some([_, n]) if *n == u64::from(idle) => {}
-                _ => timeline.push([since_start, u64::from(idle)]),
-            }
-            // A change undone within the millisecond leaves nothing.
-            if let [.., [_, a], [_, b]] = timeline[..] {
-                if a == b {
-                    timeline.pop();
-                }
+            if self.model.timeline {
+                let since_start = from - self.trace.start_ms;
+                warmpool_policy::sim::record_change(
+                    &mut self.r.idle_timeline,
+                    since_start,
+                    idle.into(),
+                );
             }
             self.r.idle_container_seconds += f64::from(idle) * dt;
             self.r.paused_container_seconds += f64::from(paused) * dt;

@@ -215,6 +215,10 @@ pub struct PoolModel {
     /// What the leader had seen of the pool before the trace starts.
     #[serde(default)]
     pub before: Before,
+    /// Whether the report keeps [`SimReport::idle_timeline`]: off unless asked, as a long
+    /// trace changes the warm count millions of times.
+    #[serde(default)]
+    pub timeline: bool,
 }
 
 /// What the control plane's scaler knows of a pool when the trace's first arrival comes: it
@@ -247,6 +251,7 @@ impl Default for PoolModel {
             destroy_slots: None,
             start_warm: None,
             before: Before::default(),
+            timeline: false,
         }
     }
 }
@@ -312,10 +317,27 @@ pub struct SimReport {
     #[serde(default)]
     pub paused_container_seconds: f64,
     /// The warm, unallocated count each time it changed: `[ms from the trace's start,
-    /// count]`, for comparing a replay with the run it replays. Of the first run in a mean;
-    /// `poolctl simulate` shows it with `--timeline`.
+    /// count]`, for comparing a replay with the run it replays; kept when the model asks
+    /// ([`PoolModel::timeline`]). Of the first run in a mean; `poolctl simulate` shows it with
+    /// `--timeline`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub idle_timeline: Vec<[u64; 2]>,
+}
+
+/// Adds `[at, n]` to a timeline of changes (as [`SimReport::idle_timeline`]): a second change
+/// at the same `at` replaces the first, and a change undone within the millisecond leaves
+/// nothing.
+pub fn record_change(timeline: &mut Vec<[u64; 2]>, at: u64, n: u64) {
+    match timeline.last_mut() {
+        Some([t, last]) if *t == at => *last = n,
+        Some([_, last]) if *last == n => {}
+        _ => timeline.push([at, n]),
+    }
+    if let [.., [_, a], [_, b]] = timeline[..] {
+        if a == b {
+            timeline.pop();
+        }
+    }
 }
 
 impl SimReport {
@@ -453,6 +475,25 @@ mod tests {
         assert!(close(mean.idle_container_seconds, 20.0));
         assert_eq!(SimReport::mean(std::slice::from_ref(&a)), Some(a));
         assert_eq!(SimReport::mean(&[]), None);
+    }
+
+    #[test]
+    fn a_timeline_keeps_changes_only() {
+        let mut t = Vec::new();
+        for (at, n) in [
+            (0, 3),
+            (5, 3),
+            (7, 2),
+            (9, 4),
+            (9, 2),
+            (12, 1),
+            (12, 2),
+            (15, 0),
+        ] {
+            record_change(&mut t, at, n);
+        }
+        // 5: no change; 9: undone to 2 in the same millisecond; 12: back to 2, no change.
+        assert_eq!(t, vec![[0, 3], [7, 2], [15, 0]]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use poolctl::policy::sim::record_change;
 use warmpool_proto::api::{CreateAllocation, EventQuery, RenewAllocation};
 use warmpool_proto::records::{AllocationState, ReleaseReason};
 use warmpool_proto::{ContainerState, EventKind, PoolName, PoolSpec};
@@ -355,20 +356,10 @@ async fn a_burst_is_served_the_pool_grows_then_shrinks_back_and_simulate_agrees(
             EventKind::ContainerTerminated | EventKind::ContainerFailed => ended += 1,
             _ => {}
         }
-        match timeline.last_mut() {
-            Some((t, n)) if *t == at - start => *n = warm.len(),
-            Some((_, n)) if *n == warm.len() => {}
-            _ => timeline.push((at - start, warm.len())),
-        }
-        // A change undone within the millisecond leaves nothing.
-        if let [.., (_, a), (_, b)] = timeline[..] {
-            if a == b {
-                timeline.pop();
-            }
-        }
+        record_change(&mut timeline, at - start, warm.len() as u64);
     }
     let live_idle = live_idle_ms as f64 / 1000.0;
-    let timeline: Vec<String> = timeline.iter().map(|(t, n)| format!("{t}:{n}")).collect();
+    let timeline: Vec<String> = timeline.iter().map(|[t, n]| format!("{t}:{n}")).collect();
     eprintln!(
         "live: {created} created, {ended} ended; warm (ms:count) {}",
         timeline.join(" ")
