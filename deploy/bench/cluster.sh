@@ -11,6 +11,11 @@
 #
 # Everything lives under .bench/ (logs, pids, Raft data). Ports: WARMPOOL_BENCH_API_PORT
 # (7170, 7171, 7172) and WARMPOOL_BENCH_NATS_PORT (4322); node bench-local on fd36:be::/64.
+#
+# The members and nats-server run under real-time round-robin scheduling (`chrt -r 10`), the
+# agent and dockerd under the normal scheduler: on one host, the allocation path otherwise
+# waits for the CPU behind Docker's work (docs/BENCHMARKS.md). WARMPOOL_BENCH_RT=0 runs them
+# all under the normal scheduler.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -26,6 +31,7 @@ NATS_CLUSTER=0
 NODE_ID=${WARMPOOL_BENCH_NODE:-bench-local}
 PREFIX=${WARMPOOL_BENCH_PREFIX:-fd36:be::/64}
 LOG=${WARMPOOL_BENCH_LOG:-warn}
+RT=${WARMPOOL_BENCH_RT:-1}
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -45,6 +51,19 @@ spawn() { # name, command...
   echo $! >"$DIR/$name.pid"
 }
 
+# The allocation path's processes (members, nats-server): real-time unless WARMPOOL_BENCH_RT=0.
+# chrt execs the command, so the pid spawn records is the process's own.
+PRIO=()
+priority() {
+  [ "$RT" = 1 ] || { say "members and nats-server under the normal scheduler (WARMPOOL_BENCH_RT=0)"; return; }
+  if chrt -r 10 true 2>/dev/null; then
+    PRIO=(chrt -r 10)
+    say "members and nats-server under SCHED_RR 10 (WARMPOOL_BENCH_RT=0 for the normal scheduler)"
+  else
+    say "warning: chrt -r 10 is not allowed here: members and nats-server under the normal scheduler"
+  fi
+}
+
 up() {
   docker info >/dev/null 2>&1 || die "dockerd is not running (deploy/dev.sh up starts it)"
   # shellcheck disable=SC2046 # its own processes, from an earlier `up`, do not count
@@ -53,21 +72,22 @@ up() {
   (cd "$ROOT" && cargo build --release --bins --quiet)
   "$ROOT/deploy/demo-image/build.sh" >&2
   mkdir -p "$DIR"
+  priority
   local nats_url="nats://127.0.0.1:$NATS_PORT"
   if [ "$NATS_CLUSTER" = 1 ]; then
     local i routes="nats://127.0.0.1:$NATS_ROUTE_PORT,nats://127.0.0.1:$((NATS_ROUTE_PORT + 1)),nats://127.0.0.1:$((NATS_ROUTE_PORT + 2))"
     for i in 0 1 2; do
-      spawn "nats$i" nats-server -a 127.0.0.1 -p "$((NATS_PORT + i))" -n "bench-nats-$i" \
+      spawn "nats$i" "${PRIO[@]}" nats-server -a 127.0.0.1 -p "$((NATS_PORT + i))" -n "bench-nats-$i" \
         --cluster_name warmpool-bench --cluster "nats://127.0.0.1:$((NATS_ROUTE_PORT + i))" --routes "$routes"
     done
     nats_url="$nats_url,nats://127.0.0.1:$((NATS_PORT + 1)),nats://127.0.0.1:$((NATS_PORT + 2))"
   else
-    spawn nats nats-server -a 127.0.0.1 -p "$NATS_PORT"
+    spawn nats "${PRIO[@]}" nats-server -a 127.0.0.1 -p "$NATS_PORT"
   fi
-  spawn cp1 "$BIN/warmpool-control-plane" --id 1 --bootstrap --insecure-no-auth --data-dir "$DIR/cp1" \
+  spawn cp1 "${PRIO[@]}" "$BIN/warmpool-control-plane" --id 1 --bootstrap --insecure-no-auth --data-dir "$DIR/cp1" \
     --api-addr "127.0.0.1:$API_PORT" --nats-url "$nats_url"
   for m in 2 3; do
-    spawn "cp$m" "$BIN/warmpool-control-plane" --id "$m" --join --insecure-no-auth --data-dir "$DIR/cp$m" \
+    spawn "cp$m" "${PRIO[@]}" "$BIN/warmpool-control-plane" --id "$m" --join --insecure-no-auth --data-dir "$DIR/cp$m" \
       --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "$nats_url"
   done
   spawn agent "$BIN/warmpool-agent" --node-id "$NODE_ID" --ipv6-prefix "$PREFIX" \

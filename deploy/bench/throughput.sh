@@ -5,6 +5,10 @@
 # and a real agent replaces it at dockerd's pace (see BENCHMARKS.md, "replenish").
 #
 #   deploy/bench/throughput.sh [-n CYCLES] [-c CONCURRENCY] [--json FILE]
+#
+# The members, nats-server and the load generator run under real-time round-robin scheduling
+# (`chrt -r 10`), the simulated fleet under the normal scheduler, as `cluster.sh` runs them;
+# WARMPOOL_BENCH_RT=0 runs them all under the normal scheduler.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 . "$ROOT/deploy/lib/bench-alone.sh"
@@ -31,9 +35,16 @@ SIM=$!
 trap 'kill $SIM 2>/dev/null; wait $SIM 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do [ -s "$READY" ] && break; sleep 0.2; done
 [ -s "$READY" ] || { echo "error: the simulated fleet did not come up" >&2; exit 1; }
+PRIO=()
+if [ "${WARMPOOL_BENCH_RT:-1}" = 1 ] && chrt -r 10 true 2>/dev/null; then
+  # The fleet's children: the three members and nats-server.
+  for p in $(pgrep -P "$SIM" -f 'warmpool-control-plane|nats-server'); do chrt -a -r -p 10 "$p"; done
+  PRIO=(chrt -r 10)
+  echo "members, nats-server and poolctl under SCHED_RR 10 (WARMPOOL_BENCH_RT=0 for the normal scheduler)" >&2
+fi
 ARGS=(--url "$(cat "$READY")" bench --pool fleet0 -n "$CYCLES" -c "$CONCURRENCY" --warmup 500)
 if [ -n "$JSON" ]; then
-  "$TARGET/release/poolctl" -o json "${ARGS[@]}" | tee "$JSON"
+  "${PRIO[@]}" "$TARGET/release/poolctl" -o json "${ARGS[@]}" | tee "$JSON"
 else
-  "$TARGET/release/poolctl" "${ARGS[@]}"
+  "${PRIO[@]}" "$TARGET/release/poolctl" "${ARGS[@]}"
 fi
