@@ -166,6 +166,10 @@ pub struct BenchReport {
     pub leader: Option<u64>,
     /// How the member that answered first was built (`debug` figures say little).
     pub server_build: Option<BuildProfile>,
+    /// How the kernel schedules this `poolctl` (Linux only): under the normal scheduler on a
+    /// host busy with Docker, its own waits for the CPU are part of the figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_scheduler: Option<Scheduler>,
     /// The pool.
     pub pool: String,
     /// Whether this run made (and deleted) the pool.
@@ -293,6 +297,9 @@ pub async fn run(
         via: Some(plan.via),
         leader: view.leader,
         server_build: view.build,
+        client_scheduler: std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|stat| Scheduler::of_stat(&stat)),
         warmup: plan.warmup,
         ..Default::default()
     };
@@ -675,7 +682,90 @@ pub(crate) fn summary_rows(r: &BenchReport) -> Vec<(&'static str, String)> {
                 None => "unknown".into(),
             },
         ),
+        (
+            "client",
+            match r.client_scheduler {
+                Some(s) if s.policy.is_real_time() => format!("{s}"),
+                Some(s) => format!(
+                    "{s} (on a busy host, poolctl's own waits for the CPU are in the figures; \
+                     chrt -r 10 poolctl ... runs it first)"
+                ),
+                None => "scheduler unknown".into(),
+            },
+        ),
     ]
+}
+
+/// A Linux scheduling policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedPolicy {
+    /// `SCHED_OTHER`: the normal, fair scheduler.
+    Normal,
+    /// `SCHED_FIFO`: real-time, first in first out.
+    Fifo,
+    /// `SCHED_RR`: real-time, round robin.
+    RoundRobin,
+    /// `SCHED_BATCH`.
+    Batch,
+    /// `SCHED_IDLE`.
+    Idle,
+    /// `SCHED_DEADLINE`.
+    Deadline,
+}
+
+impl SchedPolicy {
+    /// Whether a thread under it runs before every normal one.
+    pub fn is_real_time(self) -> bool {
+        matches!(
+            self,
+            SchedPolicy::Fifo | SchedPolicy::RoundRobin | SchedPolicy::Deadline
+        )
+    }
+}
+
+/// How the kernel schedules a process: its policy and real-time priority (0 for the others).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scheduler {
+    /// The policy.
+    pub policy: SchedPolicy,
+    /// The real-time priority, 1-99 (0 for the normal policies).
+    pub priority: u32,
+}
+
+impl Scheduler {
+    /// Reads the policy and priority from the text of `/proc/<pid>/stat` (fields 40 and 41,
+    /// counted after the command name, which may itself hold spaces and parentheses).
+    /// `None` when the text is not such a line.
+    pub fn of_stat(stat: &str) -> Option<Scheduler> {
+        let rest = &stat[stat.rfind(')')? + 1..];
+        // `rest` starts at field 3 (the state): field n is rest's (n - 3)th.
+        let mut fields = rest.split_whitespace().skip(40 - 3);
+        let priority = fields.next()?.parse().ok()?;
+        let policy = match fields.next()?.parse::<u32>().ok()? {
+            0 => SchedPolicy::Normal,
+            1 => SchedPolicy::Fifo,
+            2 => SchedPolicy::RoundRobin,
+            3 => SchedPolicy::Batch,
+            5 => SchedPolicy::Idle,
+            6 => SchedPolicy::Deadline,
+            _ => return None,
+        };
+        Some(Scheduler { policy, priority })
+    }
+}
+
+impl std::fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.policy {
+            SchedPolicy::Normal => f.write_str("normal scheduler"),
+            SchedPolicy::Batch => f.write_str("batch scheduler"),
+            SchedPolicy::Idle => f.write_str("idle scheduler"),
+            SchedPolicy::Deadline => f.write_str("real-time (SCHED_DEADLINE)"),
+            SchedPolicy::Fifo => write!(f, "real-time (SCHED_FIFO {})", self.priority),
+            SchedPolicy::RoundRobin => write!(f, "real-time (SCHED_RR {})", self.priority),
+        }
+    }
 }
 
 /// The report for people: a summary block and a latency table.
@@ -782,6 +872,50 @@ pub(crate) mod tests {
 
     fn ms(v: &[u64]) -> Vec<Duration> {
         v.iter().map(|m| Duration::from_millis(*m)).collect()
+    }
+
+    #[test]
+    fn the_scheduler_is_read_from_a_stat_line() {
+        // Field 40 is the real-time priority, 41 the policy; a command name may hold spaces
+        // and parentheses.
+        let line = |name: &str, prio: u32, policy: u32| {
+            let mut fields: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+            fields[40 - 3] = prio.to_string();
+            fields[41 - 3] = policy.to_string();
+            format!("4242 ({name}) {}", fields.join(" "))
+        };
+        let rr = Scheduler::of_stat(&line("poolctl", 10, 2)).unwrap();
+        assert_eq!(
+            rr,
+            Scheduler {
+                policy: SchedPolicy::RoundRobin,
+                priority: 10
+            }
+        );
+        assert!(rr.policy.is_real_time());
+        assert_eq!(rr.to_string(), "real-time (SCHED_RR 10)");
+        let normal = Scheduler::of_stat(&line("a) b (c", 0, 0)).unwrap();
+        assert_eq!(normal.policy, SchedPolicy::Normal);
+        assert!(!normal.policy.is_real_time());
+        assert_eq!(
+            Scheduler::of_stat(&line("x", 0, 1)).map(|s| s.policy),
+            Some(SchedPolicy::Fifo)
+        );
+        // Not such a line: too short, no name, an unknown policy, a word for a number.
+        assert_eq!(Scheduler::of_stat("4242 (poolctl) R 1 2 3"), None);
+        assert_eq!(Scheduler::of_stat("no name here"), None);
+        assert_eq!(Scheduler::of_stat(&line("x", 0, 4)), None);
+        assert_eq!(
+            Scheduler::of_stat(&line("x", 0, 0).replace(" 0 0 ", " zero 0 ")),
+            None
+        );
+    }
+
+    #[test]
+    fn this_process_has_a_scheduler() {
+        // What the kernel says of this test process: read, not set by anything here.
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(Scheduler::of_stat(&stat).is_some(), "{stat}");
     }
 
     #[test]

@@ -117,6 +117,16 @@ async fn poolctl_bench_measures_cycles_replenish_and_a_cold_start() {
     assert_eq!(report.warm.errors, 0, "{:?}", report.warm.first_error);
     assert!(report.warm.alloc_ms.p50 > 0.0 && report.warm.cycles_per_sec > 0.0);
     assert_eq!(report.urls.len(), 1, "one follower");
+    // How the kernel schedules the measuring process is in the report: on a host busy with
+    // Docker, its own waits for the CPU are in the figures.
+    let sched = report.client_scheduler.expect("the client's scheduler");
+    let shown = poolctl::bench::render(&report);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("client:") && l.contains(&sched.to_string())),
+        "{shown}"
+    );
     let cold = report.cold.as_ref().expect("a cold baseline");
     assert_eq!(cold.runs, 2, "{:?}", cold.first_failure);
     assert!(
