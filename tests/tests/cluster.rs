@@ -559,12 +559,28 @@ async fn a_member_joining_after_ten_thousand_allocations_catches_up_by_snapshot(
     for i in 0..16 {
         let (client, pool, done) = (c.client_of(i % 3), pool.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
-            while done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < total {
+            loop {
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n >= total {
+                    break;
+                }
+                // As a client should: a refusal that may pass (an election on a starved
+                // machine answers 503 `no_quorum`) is retried with the same key, so an
+                // allocation that was committed after all is not made twice (the count below).
                 let req = CreateAllocation {
                     wait_ms: Some(10_000),
-                    ..alloc(&pool, None)
+                    ..alloc(&pool, Some(format!("big-{n}")))
                 };
-                client.allocate(&req).await.expect("allocation");
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    match client.allocate(&req).await {
+                        Ok(_) => break,
+                        Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => panic!("allocation {n}: {e}"),
+                    }
+                }
             }
         }));
     }
