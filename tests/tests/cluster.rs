@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use poolctl::Client;
-use warmpool_proto::api::{CreateAllocation, EventQuery};
+use warmpool_proto::api::{CreateAllocation, ErrorCode, EventQuery};
 use warmpool_proto::records::AllocationState;
 use warmpool_proto::{AllocationId, ContainerId, EventKind, PoolName, SessionId};
 use warmpool_tests::sim_agent::SimAgent;
@@ -567,6 +567,8 @@ async fn a_member_joining_after_ten_thousand_allocations_catches_up_by_snapshot(
                 // As a client should: a refusal that may pass (an election on a starved
                 // machine answers 503 `no_quorum`) is retried with the same key, so an
                 // allocation that was committed after all is not made twice (the count below).
+                // `no_capacity` is not retried: every allocation is still to be served
+                // within its `wait_ms`.
                 let req = CreateAllocation {
                     wait_ms: Some(10_000),
                     ..alloc(&pool, Some(format!("big-{n}")))
@@ -575,7 +577,11 @@ async fn a_member_joining_after_ten_thousand_allocations_catches_up_by_snapshot(
                 loop {
                     match client.allocate(&req).await {
                         Ok(_) => break,
-                        Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                        Err(e)
+                            if e.is_retryable()
+                                && e.code() != Some(ErrorCode::NoCapacity)
+                                && Instant::now() < deadline =>
+                        {
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                         Err(e) => panic!("allocation {n}: {e}"),
