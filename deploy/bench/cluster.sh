@@ -31,7 +31,6 @@ NATS_CLUSTER=0
 NODE_ID=${WARMPOOL_BENCH_NODE:-bench-local}
 PREFIX=${WARMPOOL_BENCH_PREFIX:-fd36:be::/64}
 LOG=${WARMPOOL_BENCH_LOG:-warn}
-RT=${WARMPOOL_BENCH_RT:-1}
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -51,18 +50,8 @@ spawn() { # name, command...
   echo $! >"$DIR/$name.pid"
 }
 
-# The allocation path's processes (members, nats-server): real-time unless WARMPOOL_BENCH_RT=0.
-# chrt execs the command, so the pid spawn records is the process's own.
-PRIO=()
-priority() {
-  [ "$RT" = 1 ] || { say "members and nats-server under the normal scheduler (WARMPOOL_BENCH_RT=0)"; return; }
-  if chrt -r 10 true 2>/dev/null; then
-    PRIO=(chrt -r 10)
-    say "members and nats-server under SCHED_RR 10 (WARMPOOL_BENCH_RT=0 for the normal scheduler)"
-  else
-    say "warning: chrt -r 10 is not allowed here: members and nats-server under the normal scheduler"
-  fi
-}
+# shellcheck source=deploy/lib/bench-rt.sh
+. "$ROOT/deploy/lib/bench-rt.sh"
 
 up() {
   docker info >/dev/null 2>&1 || die "dockerd is not running (deploy/dev.sh up starts it)"
@@ -72,22 +61,23 @@ up() {
   (cd "$ROOT" && cargo build --release --bins --quiet)
   "$ROOT/deploy/demo-image/build.sh" >&2
   mkdir -p "$DIR"
-  priority
+  # chrt execs the command, so the pid spawn records is the process's own.
+  bench_rt "members and nats-server"
   local nats_url="nats://127.0.0.1:$NATS_PORT"
   if [ "$NATS_CLUSTER" = 1 ]; then
     local i routes="nats://127.0.0.1:$NATS_ROUTE_PORT,nats://127.0.0.1:$((NATS_ROUTE_PORT + 1)),nats://127.0.0.1:$((NATS_ROUTE_PORT + 2))"
     for i in 0 1 2; do
-      spawn "nats$i" "${PRIO[@]}" nats-server -a 127.0.0.1 -p "$((NATS_PORT + i))" -n "bench-nats-$i" \
+      spawn "nats$i" "${RT_PRIO[@]}" nats-server -a 127.0.0.1 -p "$((NATS_PORT + i))" -n "bench-nats-$i" \
         --cluster_name warmpool-bench --cluster "nats://127.0.0.1:$((NATS_ROUTE_PORT + i))" --routes "$routes"
     done
     nats_url="$nats_url,nats://127.0.0.1:$((NATS_PORT + 1)),nats://127.0.0.1:$((NATS_PORT + 2))"
   else
-    spawn nats "${PRIO[@]}" nats-server -a 127.0.0.1 -p "$NATS_PORT"
+    spawn nats "${RT_PRIO[@]}" nats-server -a 127.0.0.1 -p "$NATS_PORT"
   fi
-  spawn cp1 "${PRIO[@]}" "$BIN/warmpool-control-plane" --id 1 --bootstrap --insecure-no-auth --data-dir "$DIR/cp1" \
+  spawn cp1 "${RT_PRIO[@]}" "$BIN/warmpool-control-plane" --id 1 --bootstrap --insecure-no-auth --data-dir "$DIR/cp1" \
     --api-addr "127.0.0.1:$API_PORT" --nats-url "$nats_url"
   for m in 2 3; do
-    spawn "cp$m" "${PRIO[@]}" "$BIN/warmpool-control-plane" --id "$m" --join --insecure-no-auth --data-dir "$DIR/cp$m" \
+    spawn "cp$m" "${RT_PRIO[@]}" "$BIN/warmpool-control-plane" --id "$m" --join --insecure-no-auth --data-dir "$DIR/cp$m" \
       --api-addr "127.0.0.1:$((API_PORT + m - 1))" --nats-url "$nats_url"
   done
   spawn agent "$BIN/warmpool-agent" --node-id "$NODE_ID" --ipv6-prefix "$PREFIX" \

@@ -14,7 +14,8 @@
 #
 # Warmpool: `poolctl bench -n WARM_CYCLES` (a temporary pool, allocations through the leader)
 # against POOLCTL_URL, or against deploy/bench/cluster.sh, started for the run and stopped
-# after, when POOLCTL_URL is not set.
+# after, when POOLCTL_URL is not set; poolctl runs as cluster.sh runs the members (real-time
+# unless WARMPOOL_BENCH_RT=0).
 #
 # Swarm is left as it was found: a swarm this script initialised (on 127.0.0.1) is left again,
 # and the service is removed either way.
@@ -23,6 +24,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 POOLCTL="$TARGET/release/poolctl"
+# shellcheck source=deploy/lib/bench-rt.sh
+. "$ROOT/deploy/lib/bench-rt.sh"
 IMAGE=warmpool-demo:latest
 ROUNDS=10
 WARM_CYCLES=100
@@ -83,7 +86,8 @@ else
 fi
 "$ROOT/deploy/demo-image/build.sh" "$IMAGE" >/dev/null
 say "Warmpool: $WARM_CYCLES allocate+release cycles through the leader"
-WARM_JSON=$("$POOLCTL" -o json bench -n "$WARM_CYCLES" --via leader --image "$IMAGE")
+bench_rt "poolctl"
+WARM_JSON=$("${RT_PRIO[@]}" "$POOLCTL" -o json bench -n "$WARM_CYCLES" --via leader --image "$IMAGE")
 WARM_P50=$(jq '.warm.alloc_ms.p50 * 100 | round / 100' <<<"$WARM_JSON")
 WARM_P99=$(jq '.warm.alloc_ms.p99 * 100 | round / 100' <<<"$WARM_JSON")
 

@@ -12,6 +12,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 . "$ROOT/deploy/lib/bench-alone.sh"
+# shellcheck source=deploy/lib/bench-rt.sh
+. "$ROOT/deploy/lib/bench-rt.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 CYCLES=20000
 CONCURRENCY=32
@@ -35,16 +37,16 @@ SIM=$!
 trap 'kill $SIM 2>/dev/null; wait $SIM 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do [ -s "$READY" ] && break; sleep 0.2; done
 [ -s "$READY" ] || { echo "error: the simulated fleet did not come up" >&2; exit 1; }
-PRIO=()
-if [ "${WARMPOOL_BENCH_RT:-1}" = 1 ] && chrt -r 10 true 2>/dev/null; then
-  # The fleet's children: the three members and nats-server.
-  for p in $(pgrep -P "$SIM" -f 'warmpool-control-plane|nats-server'); do chrt -a -r -p 10 "$p"; done
-  PRIO=(chrt -r 10)
-  echo "members, nats-server and poolctl under SCHED_RR 10 (WARMPOOL_BENCH_RT=0 for the normal scheduler)" >&2
-fi
+bench_rt "members, nats-server and poolctl"
+# The fleet's children: the three members and nats-server.
+PATH_PIDS=$(pgrep -P "$SIM" -f 'warmpool-control-plane|nats-server' || true)
+[ "$(echo "$PATH_PIDS" | wc -w)" = 4 ] ||
+  echo "warning: found $(echo "$PATH_PIDS" | wc -w) of the 3 members and nats-server to schedule" >&2
+# shellcheck disable=SC2086 # one pid a word
+bench_rt_pids $PATH_PIDS
 ARGS=(--url "$(cat "$READY")" bench --pool fleet0 -n "$CYCLES" -c "$CONCURRENCY" --warmup 500)
 if [ -n "$JSON" ]; then
-  "${PRIO[@]}" "$TARGET/release/poolctl" -o json "${ARGS[@]}" | tee "$JSON"
+  "${RT_PRIO[@]}" "$TARGET/release/poolctl" -o json "${ARGS[@]}" | tee "$JSON"
 else
-  "${PRIO[@]}" "$TARGET/release/poolctl" "${ARGS[@]}"
+  "${RT_PRIO[@]}" "$TARGET/release/poolctl" "${ARGS[@]}"
 fi
